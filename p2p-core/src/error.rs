@@ -1,0 +1,280 @@
+//! Typed errors, one enum per phase, gathered in [`Error`].
+//!
+//! Each error knows whose fault it is ([`Error::is_transient`] tells a retry loop whether
+//! trying again can help) and which [`ErrorCode`] to send the peer when it aborts a
+//! transfer. Messages are written for the person running the program: they say what
+//! happened and, where it helps, what to do.
+
+use std::io;
+use std::path::PathBuf;
+
+use crate::wire::{ErrorCode, PROTOCOL_VERSION};
+
+/// Result alias for p2p-core.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Framing and encoding failures.
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    /// A frame header announced more bytes than any valid message has.
+    #[error("frame of {len} bytes is too large (limit {max})")]
+    Oversized { len: u64, max: usize },
+    /// The stream ended in the middle of a frame.
+    #[error("connection closed in the middle of a frame ({buffered} bytes unread)")]
+    Truncated { buffered: usize },
+    /// The payload is not a valid message.
+    #[error("malformed message: {0}")]
+    Decode(#[source] postcard::Error),
+    /// A message could not be encoded (a local bug or an oversized value).
+    #[error("cannot encode message: {0}")]
+    Encode(#[source] postcard::Error),
+    /// A frame held bytes after its message.
+    #[error("malformed message: {0} unexpected trailing bytes")]
+    TrailingBytes(usize),
+    /// The transport failed.
+    #[error("connection error: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// Why a session could not be established.
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeError {
+    /// Both sides speak different protocol versions.
+    #[error(
+        "incompatible protocol version: this side speaks v{local}, the peer speaks v{remote}; \
+         update the older side"
+    )]
+    VersionMismatch { local: u32, remote: u32 },
+    /// The other end is not a p2p-transfer peer.
+    #[error("the peer is not a p2p-transfer peer (bad greeting)")]
+    NotAPeer,
+    /// The peer sent a message that does not belong in the handshake.
+    #[error("handshake failed: expected {expected}, got {got}")]
+    Unexpected {
+        expected: &'static str,
+        got: &'static str,
+    },
+    /// The peer's proposed configuration is unusable.
+    #[error("handshake failed: {0}")]
+    BadConfig(String),
+    /// The peer closed the connection during the handshake.
+    #[error("the peer closed the connection during the handshake")]
+    Closed,
+    /// The peer did not answer in time.
+    #[error("the peer did not answer the handshake within {0} s")]
+    Timeout(u64),
+}
+
+/// Problems with the contents of a transfer: the manifest or a file's data.
+#[derive(Debug, thiserror::Error)]
+pub enum TransferError {
+    /// The peer sent something the protocol does not allow.
+    #[error("protocol violation by the peer: {0}")]
+    Protocol(String),
+    /// A path in an offer was refused.
+    #[error("refused unsafe path {path:?}: {reason}")]
+    UnsafePath { path: String, reason: &'static str },
+    /// A destination file exists and overwriting was not allowed.
+    #[error(
+        "{} already exist(s) in the output folder (first: {first}); \
+         pass --overwrite to replace them",
+        count
+    )]
+    AlreadyExists { first: String, count: usize },
+    /// The declared sizes do not fit on the receiver's disk.
+    #[error("not enough free space: the transfer needs {needed} bytes, {available} are free")]
+    InsufficientSpace { needed: u64, available: u64 },
+    /// A chunk kept failing its CRC.
+    #[error("chunk {index} of {path:?} failed its checksum {attempts} times; giving up")]
+    ChunkRetriesExhausted {
+        path: String,
+        index: u64,
+        attempts: u32,
+    },
+    /// A chunk was not acknowledged in time, repeatedly.
+    #[error("chunk {index} of {path:?} was not acknowledged after {attempts} attempts")]
+    AckTimeout {
+        path: String,
+        index: u64,
+        attempts: u32,
+    },
+    /// A file's SHA-256 differed after all chunks arrived. Nothing was written to its
+    /// final path.
+    #[error("{path:?} failed verification: its SHA-256 does not match what the sender hashed")]
+    VerificationFailed { path: String },
+    /// A compressed chunk was malformed or decompressed to the wrong size.
+    #[error("chunk {index} of {path:?} could not be decompressed: {reason}")]
+    Decompress {
+        path: String,
+        index: u64,
+        reason: String,
+    },
+    /// The peer aborted with a reason.
+    #[error("the peer refused or aborted the transfer: {message}")]
+    PeerAborted { code: ErrorCode, message: String },
+    /// The connection closed before the transfer finished.
+    #[error("the connection closed before the transfer finished")]
+    ConnectionClosed,
+    /// The peer stopped answering.
+    #[error("the peer stopped answering for {0} s")]
+    PeerSilent(u64),
+    /// The local user cancelled.
+    #[error("the transfer was cancelled")]
+    Cancelled,
+}
+
+/// Local file-system failures, with the path involved.
+#[derive(Debug, thiserror::Error)]
+#[error("{action} {path:?}: {source}")]
+pub struct StorageError {
+    pub action: &'static str,
+    pub path: PathBuf,
+    #[source]
+    pub source: io::Error,
+}
+
+impl StorageError {
+    /// Wraps an I/O error with what we were doing and where.
+    pub fn new(action: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
+        Self {
+            action,
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+/// Any p2p-core failure.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    #[error(transparent)]
+    Handshake(#[from] HandshakeError),
+    #[error(transparent)]
+    Transfer(#[from] TransferError),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// Connecting, accepting or binding failed.
+    #[error("cannot {action} {addr}: {source}")]
+    Connect {
+        action: &'static str,
+        addr: String,
+        #[source]
+        source: io::Error,
+    },
+    /// The caller passed something unusable (bad path to send, bad option).
+    #[error("{0}")]
+    InvalidInput(String),
+}
+
+impl Error {
+    /// Whether retrying (reconnecting) can help: true for network trouble, false for
+    /// anything that would fail the same way again (disk full, refused paths, version
+    /// mismatch, corrupted data after retries).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Wire(WireError::Io(e)) => io_is_transient(e),
+            Error::Wire(WireError::Truncated { .. }) => true,
+            Error::Wire(_) => false,
+            Error::Handshake(HandshakeError::Closed | HandshakeError::Timeout(_)) => true,
+            Error::Handshake(_) => false,
+            Error::Transfer(
+                TransferError::ConnectionClosed
+                | TransferError::PeerSilent(_)
+                | TransferError::AckTimeout { .. },
+            ) => true,
+            Error::Transfer(_) => false,
+            Error::Storage(_) => false,
+            Error::Connect { source, .. } => io_is_transient(source),
+            Error::InvalidInput(_) => false,
+        }
+    }
+
+    /// The code to send the peer when this error aborts a transfer.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Error::Handshake(HandshakeError::VersionMismatch { .. }) => ErrorCode::VersionMismatch,
+            Error::Transfer(t) => match t {
+                TransferError::UnsafePath { .. } => ErrorCode::UnsafePath,
+                TransferError::AlreadyExists { .. } => ErrorCode::AlreadyExists,
+                TransferError::InsufficientSpace { .. } => ErrorCode::InsufficientSpace,
+                TransferError::VerificationFailed { .. } => ErrorCode::VerificationFailed,
+                TransferError::Cancelled => ErrorCode::Cancelled,
+                TransferError::Protocol(_) | TransferError::Decompress { .. } => {
+                    ErrorCode::Protocol
+                }
+                TransferError::PeerAborted { code, .. } => *code,
+                _ => ErrorCode::Other,
+            },
+            Error::Storage(_) => ErrorCode::Storage,
+            Error::Wire(WireError::Decode(_) | WireError::TrailingBytes(_)) => ErrorCode::Protocol,
+            _ => ErrorCode::Other,
+        }
+    }
+
+    /// Shorthand for a protocol violation.
+    pub fn protocol(msg: impl Into<String>) -> Self {
+        Error::Transfer(TransferError::Protocol(msg.into()))
+    }
+
+    /// The `Message::Error` that tells the peer why we stop.
+    pub fn to_message(&self) -> crate::wire::Message {
+        crate::wire::Message::Error {
+            code: self.code(),
+            message: self.to_string(),
+            version: PROTOCOL_VERSION,
+        }
+    }
+}
+
+fn io_is_transient(e: &io::Error) -> bool {
+    use io::ErrorKind::*;
+    matches!(
+        e.kind(),
+        ConnectionReset
+            | ConnectionAborted
+            | ConnectionRefused
+            | BrokenPipe
+            | TimedOut
+            | UnexpectedEof
+            | NotConnected
+            | Interrupted
+            | HostUnreachable
+            | NetworkUnreachable
+            | NetworkDown
+            | AddrNotAvailable
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn network_trouble_is_transient_and_refusals_are_not() {
+        let reset = Error::Wire(WireError::Io(io::Error::from(
+            io::ErrorKind::ConnectionReset,
+        )));
+        assert!(reset.is_transient());
+        assert!(Error::Transfer(TransferError::ConnectionClosed).is_transient());
+        let mismatch = Error::Handshake(HandshakeError::VersionMismatch {
+            local: 1,
+            remote: 2,
+        });
+        assert!(!mismatch.is_transient());
+        assert_eq!(mismatch.code(), ErrorCode::VersionMismatch);
+        let full = Error::Storage(StorageError::new(
+            "write",
+            "/x",
+            io::Error::from(io::ErrorKind::StorageFull),
+        ));
+        assert!(!full.is_transient());
+        let unsafe_path = Error::Transfer(TransferError::UnsafePath {
+            path: "../x".into(),
+            reason: "parent",
+        });
+        assert!(!unsafe_path.is_transient());
+        assert_eq!(unsafe_path.code(), ErrorCode::UnsafePath);
+    }
+}

@@ -1,0 +1,56 @@
+//! # p2p-core
+//!
+//! Everything needed to move files and folders between two peers: establish a session,
+//! negotiate parameters, stream chunks through a sliding window, verify, and place files
+//! safely. The CLI (`p2p-cli`) and the GUI (`p2p-gui`) are thin front ends over this crate;
+//! they render [`TransferEvent`]s and never see a socket or a frame.
+//!
+//! ## Layout
+//!
+//! Data flows top to bottom when sending and bottom to top when receiving:
+//!
+//! | module | owns |
+//! |---|---|
+//! | [`session`] | [`P2PSession`]: connect/accept, then any number of sends and receives |
+//! | [`handshake`] | `Hello`/`Config` exchange, version check, capability intersection |
+//! | [`transfer`] | sans-IO [`Sender`]/[`Receiver`] machines and their async driver |
+//! | [`wire`] | the [`Message`] enum and the length-prefixed frame codec |
+//! | [`transport`] | byte streams (TCP today) |
+//! | [`fs`] | manifests, safe paths, `.part` files, atomic finalisation |
+//! | [`compress`], [`verify`] | adaptive zstd, CRC-32 and SHA-256 |
+//! | [`event`] | [`TransferEvent`] and [`EventSink`] |
+//! | [`config`], [`error`] | defaults and limits; typed errors |
+//!
+//! ## Example
+//!
+//! ```no_run
+//! # async fn demo() -> p2p_core::Result<()> {
+//! use p2p_core::{P2PSession, ReceiveOptions, SessionOptions, NoEvents};
+//!
+//! // Receiver: accept one session and receive until the sender closes it.
+//! let listener = p2p_core::transport::listen("0.0.0.0:14567").await?;
+//! let mut session = P2PSession::accept(&listener, &SessionOptions::default()).await?;
+//! let options = ReceiveOptions { output_dir: "downloads".into(), overwrite: false };
+//! for summary in session.run_event_loop(&options, &NoEvents).await? {
+//!     println!("received {} files", summary.files);
+//! }
+//! # Ok(()) }
+//! ```
+
+pub mod compress;
+pub mod config;
+pub mod error;
+pub mod event;
+pub mod fs;
+pub mod handshake;
+pub mod session;
+pub mod transfer;
+pub mod transport;
+pub mod verify;
+pub mod wire;
+
+pub use error::{Error, Result};
+pub use event::{Direction, EventSink, NoEvents, TransferEvent};
+pub use session::{P2PSession, Role, SessionOptions};
+pub use transfer::{ReceiveOptions, Receiver, Sender, TransferSummary};
+pub use wire::{Capabilities, Message, SessionConfig, PROTOCOL_VERSION};

@@ -1,0 +1,249 @@
+//! [`P2PSession`]: one established connection on which either side sends or receives,
+//! as many times as it likes.
+//!
+//! Establishing is asymmetric (one side connects, the other accepts; see
+//! [`crate::handshake`]); afterwards both sides are equal. Operations run one at a time:
+//! the side that sends calls [`P2PSession::send`], the other [`P2PSession::receive`]
+//! (or [`P2PSession::run_event_loop`], which receives until the peer closes).
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use futures::{SinkExt, StreamExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::codec::Framed;
+use uuid::Uuid;
+
+use crate::config::default_config;
+use crate::error::{Error, Result};
+use crate::event::EventSink;
+use crate::fs::source::SourceManifest;
+use crate::handshake::{self, Established, LocalPeer, RemotePeer};
+use crate::transfer::{self, ReceiveOptions, TransferSummary};
+use crate::transport::{self, Stream};
+use crate::wire::{Capabilities, FrameCodec, Message, SessionConfig};
+
+/// Which side opened the connection. Informational only: it does not restrict what the
+/// session can do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Initiator,
+    Responder,
+}
+
+/// Who we are, what we support, what we propose.
+#[derive(Debug, Clone)]
+pub struct SessionOptions {
+    pub device_id: Uuid,
+    pub device_name: String,
+    pub capabilities: Capabilities,
+    /// As initiator: the proposal. As responder: ceilings (see [`crate::config::negotiate`]).
+    pub config: SessionConfig,
+}
+
+impl Default for SessionOptions {
+    fn default() -> Self {
+        Self {
+            device_id: Uuid::new_v4(),
+            device_name: default_device_name(),
+            capabilities: Capabilities::supported(),
+            config: default_config(),
+        }
+    }
+}
+
+/// The host name, or "p2p-transfer" when it cannot be read.
+pub fn default_device_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "p2p-transfer".to_owned())
+}
+
+/// An established session over a stream `S`.
+///
+/// ```no_run
+/// # async fn demo() -> p2p_core::Result<()> {
+/// use p2p_core::{P2PSession, SessionOptions, NoEvents};
+/// let mut session = P2PSession::connect("127.0.0.1:14567", &SessionOptions::default()).await?;
+/// let summary = session.send(&["photos"], &NoEvents).await?;
+/// println!("sent {} files, {} bytes", summary.files, summary.bytes);
+/// # Ok(()) }
+/// ```
+pub struct P2PSession<S> {
+    framed: Framed<S, FrameCodec>,
+    role: Role,
+    established: Established,
+    peer_addr: Option<SocketAddr>,
+}
+
+impl P2PSession<TcpStream> {
+    /// Connects to `addr` (`host:port`) and runs the handshake as initiator.
+    pub async fn connect(addr: &str, options: &SessionOptions) -> Result<Self> {
+        let stream = transport::connect(addr).await?;
+        let peer_addr = stream.peer_addr().ok();
+        let mut session = Self::initiate(stream, options).await?;
+        session.peer_addr = peer_addr;
+        Ok(session)
+    }
+
+    /// Accepts one connection on `listener` and runs the handshake as responder.
+    pub async fn accept(listener: &TcpListener, options: &SessionOptions) -> Result<Self> {
+        let (stream, peer_addr) = transport::accept(listener).await?;
+        let mut session = Self::respond(stream, options).await?;
+        session.peer_addr = Some(peer_addr);
+        Ok(session)
+    }
+}
+
+impl<S: Stream> P2PSession<S> {
+    /// Runs the handshake as initiator over any stream.
+    pub async fn initiate(stream: S, options: &SessionOptions) -> Result<Self> {
+        let mut framed = Framed::new(stream, FrameCodec);
+        let established = handshake::initiate(&mut framed, &local(options)).await?;
+        Ok(Self::new(framed, Role::Initiator, established))
+    }
+
+    /// Runs the handshake as responder over any stream.
+    pub async fn respond(stream: S, options: &SessionOptions) -> Result<Self> {
+        let mut framed = Framed::new(stream, FrameCodec);
+        let established = handshake::respond(&mut framed, &local(options)).await?;
+        Ok(Self::new(framed, Role::Responder, established))
+    }
+
+    fn new(framed: Framed<S, FrameCodec>, role: Role, established: Established) -> Self {
+        Self {
+            framed,
+            role,
+            established,
+            peer_addr: None,
+        }
+    }
+
+    /// Which side opened the connection.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// The peer's identity as it announced it (not authenticated).
+    pub fn peer(&self) -> &RemotePeer {
+        &self.established.peer
+    }
+
+    /// The peer's socket address, for TCP sessions.
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        self.peer_addr
+    }
+
+    /// The agreed transfer parameters.
+    pub fn config(&self) -> &SessionConfig {
+        &self.established.config
+    }
+
+    /// The agreed capabilities (intersection of both sides).
+    pub fn capabilities(&self) -> Capabilities {
+        self.established.capabilities
+    }
+
+    /// Sends files and folders; returns when the peer has verified and placed every file.
+    pub async fn send<P: AsRef<Path>>(
+        &mut self,
+        paths: &[P],
+        events: &dyn EventSink,
+    ) -> Result<TransferSummary> {
+        let manifest = SourceManifest::scan(paths)?;
+        self.send_manifest(&manifest, events).await
+    }
+
+    /// Sends an already scanned manifest.
+    pub async fn send_manifest(
+        &mut self,
+        manifest: &SourceManifest,
+        events: &dyn EventSink,
+    ) -> Result<TransferSummary> {
+        let folder = manifest.entries.len() > 1
+            || manifest
+                .entries
+                .iter()
+                .any(|e| matches!(e.kind, crate::wire::EntryKind::Dir));
+        if folder && !self.capabilities().contains(Capabilities::FOLDER) {
+            return Err(Error::InvalidInput(
+                "the peer cannot receive folders or several files".into(),
+            ));
+        }
+        let peer = self.established.peer.device_name.clone();
+        let config = self.established.config;
+        transfer::send_manifest(&mut self.framed, manifest, &config, &peer, events).await
+    }
+
+    /// Waits for the peer's next transfer and receives it. Returns `Ok(None)` when the
+    /// peer closed the session cleanly instead.
+    pub async fn receive(
+        &mut self,
+        options: &ReceiveOptions,
+        events: &dyn EventSink,
+    ) -> Result<Option<TransferSummary>> {
+        loop {
+            match self.framed.next().await {
+                None => return Ok(None),
+                Some(Err(e)) => return Err(e.into()),
+                Some(Ok(Message::Ping(v))) => self.framed.send(Message::Pong(v)).await?,
+                Some(Ok(Message::Pong(_))) => {}
+                Some(Ok(Message::Offer(offer))) => {
+                    let peer = self.established.peer.device_name.clone();
+                    let config = self.established.config;
+                    let summary = transfer::receive_offer(
+                        &mut self.framed,
+                        offer,
+                        &config,
+                        options,
+                        &peer,
+                        events,
+                    )
+                    .await?;
+                    return Ok(Some(summary));
+                }
+                Some(Ok(other)) => {
+                    let error = Error::protocol(format!(
+                        "expected an Offer between transfers, got {}",
+                        other.kind()
+                    ));
+                    let _ = self.framed.send(error.to_message()).await;
+                    return Err(error);
+                }
+            }
+        }
+    }
+
+    /// Receives transfers until the peer closes the session.
+    pub async fn run_event_loop(
+        &mut self,
+        options: &ReceiveOptions,
+        events: &dyn EventSink,
+    ) -> Result<Vec<TransferSummary>> {
+        let mut done = Vec::new();
+        while let Some(summary) = self.receive(options, events).await? {
+            done.push(summary);
+        }
+        Ok(done)
+    }
+
+    /// Closes the session: flushes and shuts the stream down, so the peer's event loop
+    /// ends cleanly.
+    pub async fn close(mut self) -> Result<()> {
+        SinkExt::<Message>::close(&mut self.framed)
+            .await
+            .map_err(Error::from)
+    }
+}
+
+fn local(options: &SessionOptions) -> LocalPeer {
+    LocalPeer {
+        device_id: options.device_id,
+        device_name: options.device_name.clone(),
+        capabilities: options.capabilities,
+        config: options.config,
+    }
+}

@@ -1,0 +1,387 @@
+//! The async driver: runs a [`Sender`] or [`Receiver`] over a framed stream and the disk.
+//!
+//! One loop per transfer: serve the machine's disk requests, write what it wants sent,
+//! report its events (progress coalesced to one every [`PROGRESS_INTERVAL`]), then wait
+//! for the next frame, the machine's timer, or the keepalive timer — whichever comes
+//! first. The driver makes no protocol decisions.
+//!
+//! Disk I/O is done inline with positional reads and writes: chunks are page-cache
+//! sized and short, and keeping them on this task keeps the order of "write, then
+//! acknowledge" obvious.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use futures::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_util::codec::Framed;
+use uuid::Uuid;
+
+use crate::error::{Error, Result, TransferError, WireError};
+use crate::event::{Direction, EventSink, TransferEvent, PROGRESS_INTERVAL};
+use crate::fs::output::OutputDir;
+use crate::fs::source::{SourceManifest, SourceReader};
+use crate::transfer::receiver::{IoRequest, Receiver};
+use crate::transfer::sender::Sender;
+use crate::transfer::window::{DEFAULT_MAX_ATTEMPTS, DEFAULT_RTO};
+use crate::wire::{FrameCodec, Message, Offer, SessionConfig};
+
+/// Send a `Ping` when we have sent nothing for this long during a transfer.
+pub const PING_INTERVAL: Duration = Duration::from_secs(5);
+/// Give up when the peer has sent nothing for this long during a transfer.
+pub const IDLE_LIMIT: Duration = Duration::from_secs(30);
+
+/// Where and how to receive.
+#[derive(Debug, Clone)]
+pub struct ReceiveOptions {
+    /// Folder everything is written into (created if missing).
+    pub output_dir: PathBuf,
+    /// Replace existing files instead of refusing the transfer.
+    pub overwrite: bool,
+}
+
+/// What a finished transfer did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransferSummary {
+    pub transfer_id: Uuid,
+    pub direction: Direction,
+    /// Files (not directories) moved.
+    pub files: u64,
+    pub bytes: u64,
+    pub elapsed: Duration,
+    /// Top-level names of what was moved.
+    pub roots: Vec<String>,
+}
+
+/// What the generic loop needs from a state machine.
+trait Machine {
+    fn handle_message(&mut self, msg: Message, now: Instant) -> Result<()>;
+    fn handle_timeout(&mut self, now: Instant) -> Result<()>;
+    fn poll_transmit(&mut self) -> Option<Message>;
+    fn poll_timeout(&self) -> Option<Instant>;
+    fn poll_event(&mut self) -> Option<TransferEvent>;
+    fn is_finished(&self) -> bool;
+    fn progress(&self) -> (u64, Option<(String, u64, u64)>);
+}
+
+impl Machine for Sender {
+    fn handle_message(&mut self, msg: Message, now: Instant) -> Result<()> {
+        Sender::handle_message(self, msg, now)
+    }
+    fn handle_timeout(&mut self, now: Instant) -> Result<()> {
+        Sender::handle_timeout(self, now)
+    }
+    fn poll_transmit(&mut self) -> Option<Message> {
+        Sender::poll_transmit(self)
+    }
+    fn poll_timeout(&self) -> Option<Instant> {
+        Sender::poll_timeout(self)
+    }
+    fn poll_event(&mut self) -> Option<TransferEvent> {
+        Sender::poll_event(self)
+    }
+    fn is_finished(&self) -> bool {
+        Sender::is_finished(self)
+    }
+    fn progress(&self) -> (u64, Option<(String, u64, u64)>) {
+        (self.done_bytes(), self.current_file())
+    }
+}
+
+impl Machine for Receiver {
+    fn handle_message(&mut self, msg: Message, now: Instant) -> Result<()> {
+        Receiver::handle_message(self, msg, now)
+    }
+    fn handle_timeout(&mut self, _now: Instant) -> Result<()> {
+        Ok(())
+    }
+    fn poll_transmit(&mut self) -> Option<Message> {
+        Receiver::poll_transmit(self)
+    }
+    fn poll_timeout(&self) -> Option<Instant> {
+        Receiver::poll_timeout(self)
+    }
+    fn poll_event(&mut self) -> Option<TransferEvent> {
+        Receiver::poll_event(self)
+    }
+    fn is_finished(&self) -> bool {
+        Receiver::is_finished(self)
+    }
+    fn progress(&self) -> (u64, Option<(String, u64, u64)>) {
+        (self.done_bytes(), self.current_file())
+    }
+}
+
+/// Sends `manifest` over an established session stream.
+pub async fn send_manifest<S>(
+    framed: &mut Framed<S, FrameCodec>,
+    manifest: &SourceManifest,
+    config: &SessionConfig,
+    peer: &str,
+    events: &dyn EventSink,
+) -> Result<TransferSummary>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let transfer_id = Uuid::new_v4();
+    for (path, reason) in &manifest.skipped {
+        events.emit(TransferEvent::Skipped {
+            path: path.display().to_string(),
+            reason: (*reason).to_owned(),
+        });
+    }
+    let mut sender = Sender::new(
+        transfer_id,
+        manifest.entries.clone(),
+        config,
+        DEFAULT_RTO,
+        DEFAULT_MAX_ATTEMPTS,
+    );
+    let mut reader = SourceReader::new(manifest);
+    let total = sender.layout().total_bytes();
+    let files = sender.layout().files().count() as u64;
+    let start = Instant::now();
+    events.emit(TransferEvent::Started {
+        transfer_id,
+        direction: Direction::Send,
+        files,
+        total_bytes: total,
+        peer: peer.to_owned(),
+    });
+    let result = drive(framed, &mut sender, transfer_id, total, events, |s| {
+        let Some(req) = s.poll_read() else {
+            return Ok(false);
+        };
+        let data = reader.read(req.at.file, req.offset, req.len)?;
+        s.handle_read(req, data, Instant::now());
+        Ok(true)
+    })
+    .await;
+    finish(transfer_id, Direction::Send, &manifest.entries, files, total, start, result, events)
+}
+
+/// Receives the transfer `offer` (already read from the stream) into `options.output_dir`.
+pub async fn receive_offer<S>(
+    framed: &mut Framed<S, FrameCodec>,
+    offer: Offer,
+    config: &SessionConfig,
+    options: &ReceiveOptions,
+    peer: &str,
+    events: &dyn EventSink,
+) -> Result<TransferSummary>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let transfer_id = offer.transfer_id;
+    let start = Instant::now();
+    let mut output = match OutputDir::prepare(&options.output_dir, &offer, options.overwrite) {
+        Ok(out) => out,
+        Err(e) => {
+            tell_peer(framed, &e).await;
+            events.emit(TransferEvent::Failed {
+                transfer_id,
+                error: e.to_string(),
+            });
+            return Err(e);
+        }
+    };
+    let entries = offer.entries.clone();
+    let mut receiver = Receiver::new(offer, config);
+    let total = receiver.layout().total_bytes();
+    let files = receiver.layout().files().count() as u64;
+    events.emit(TransferEvent::Started {
+        transfer_id,
+        direction: Direction::Receive,
+        files,
+        total_bytes: total,
+        peer: peer.to_owned(),
+    });
+    let result = drive(framed, &mut receiver, transfer_id, total, events, |r| {
+        let Some(io) = r.poll_io() else {
+            return Ok(false);
+        };
+        match io {
+            IoRequest::Write { at, offset, data } => {
+                output.write(at.file, offset, &data)?;
+                r.handle_written(at)?;
+            }
+            IoRequest::Finalize { file } => {
+                output.finalize(file)?;
+                r.handle_finalized(file)?;
+            }
+            IoRequest::Finish => {
+                output.finish()?;
+                r.handle_finished();
+            }
+        }
+        Ok(true)
+    })
+    .await;
+    if result.is_err() {
+        output.discard_partials();
+    }
+    finish(transfer_id, Direction::Receive, &entries, files, total, start, result, events)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn finish(
+    transfer_id: Uuid,
+    direction: Direction,
+    entries: &[crate::wire::Entry],
+    files: u64,
+    bytes: u64,
+    start: Instant,
+    result: Result<()>,
+    events: &dyn EventSink,
+) -> Result<TransferSummary> {
+    match result {
+        Ok(()) => {
+            let elapsed = start.elapsed();
+            events.emit(TransferEvent::Finished {
+                transfer_id,
+                files,
+                bytes,
+                elapsed,
+            });
+            Ok(TransferSummary {
+                transfer_id,
+                direction,
+                files,
+                bytes,
+                elapsed,
+                roots: entries
+                    .iter()
+                    .filter(|e| !e.path.contains('/'))
+                    .map(|e| e.path.clone())
+                    .collect(),
+            })
+        }
+        Err(e) => {
+            events.emit(TransferEvent::Failed {
+                transfer_id,
+                error: e.to_string(),
+            });
+            Err(e)
+        }
+    }
+}
+
+/// Best effort: tell the peer why we stop, unless the peer itself stopped us or the
+/// connection is gone.
+async fn tell_peer<S>(framed: &mut Framed<S, FrameCodec>, error: &Error)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let pointless = matches!(
+        error,
+        Error::Transfer(TransferError::PeerAborted { .. } | TransferError::ConnectionClosed)
+            | Error::Wire(WireError::Io(_) | WireError::Truncated { .. })
+    );
+    if pointless {
+        return;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(2), framed.send(error.to_message())).await;
+}
+
+async fn drive<S, M>(
+    framed: &mut Framed<S, FrameCodec>,
+    machine: &mut M,
+    transfer_id: Uuid,
+    total: u64,
+    events: &dyn EventSink,
+    mut serve_io: impl FnMut(&mut M) -> Result<bool>,
+) -> Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    M: Machine,
+{
+    let result = drive_inner(framed, machine, transfer_id, total, events, &mut serve_io).await;
+    if let Err(e) = &result {
+        tell_peer(framed, e).await;
+    }
+    result
+}
+
+async fn drive_inner<S, M>(
+    framed: &mut Framed<S, FrameCodec>,
+    machine: &mut M,
+    transfer_id: Uuid,
+    total: u64,
+    events: &dyn EventSink,
+    serve_io: &mut impl FnMut(&mut M) -> Result<bool>,
+) -> Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    M: Machine,
+{
+    let mut last_rx = Instant::now();
+    let mut last_tx = Instant::now();
+    let mut last_progress: Option<Instant> = None;
+    let mut ping_seq = 0u64;
+    loop {
+        // Disk work and transmissions, interleaved so a chunk is on the wire before the
+        // next one is read.
+        let mut wrote = false;
+        loop {
+            let served = serve_io(machine)?;
+            while let Some(msg) = machine.poll_transmit() {
+                framed.feed(msg).await?;
+                wrote = true;
+            }
+            if !served {
+                break;
+            }
+        }
+        if wrote {
+            framed.flush().await?;
+            last_tx = Instant::now();
+        }
+        while let Some(event) = machine.poll_event() {
+            events.emit(event);
+        }
+        let now = Instant::now();
+        let finished = machine.is_finished();
+        if finished || last_progress.is_none_or(|t| now - t >= PROGRESS_INTERVAL) {
+            let (done_bytes, current_file) = machine.progress();
+            events.emit(TransferEvent::Progress {
+                transfer_id,
+                done_bytes,
+                total_bytes: total,
+                current_file,
+            });
+            last_progress = Some(now);
+        }
+        if finished {
+            return Ok(());
+        }
+
+        let ping_at = last_tx + PING_INTERVAL;
+        let idle_at = last_rx + IDLE_LIMIT;
+        let wake = machine
+            .poll_timeout()
+            .map_or(ping_at.min(idle_at), |t| t.min(ping_at).min(idle_at));
+        tokio::select! {
+            frame = framed.next() => {
+                let now = Instant::now();
+                last_rx = now;
+                match frame {
+                    Some(Ok(msg)) => machine.handle_message(msg, now)?,
+                    Some(Err(e)) => return Err(e.into()),
+                    None => return Err(TransferError::ConnectionClosed.into()),
+                }
+            }
+            _ = tokio::time::sleep_until(wake.into()) => {
+                let now = Instant::now();
+                if now >= idle_at {
+                    return Err(TransferError::PeerSilent(IDLE_LIMIT.as_secs()).into());
+                }
+                if now >= ping_at {
+                    ping_seq += 1;
+                    framed.send(Message::Ping(ping_seq)).await?;
+                    last_tx = now;
+                }
+                machine.handle_timeout(now)?;
+            }
+        }
+    }
+}

@@ -1,0 +1,357 @@
+//! The receiving half of a transfer, as a sans-IO state machine.
+//!
+//! The receiver checks every chunk against the offer (file index, chunk index, exact
+//! length, flags, CRC-32), decompresses it into a buffer of exactly the expected size,
+//! and asks the driver to write it ([`IoRequest::Write`]). Once the write is done
+//! ([`Receiver::handle_written`]) it acknowledges the chunk. Each file is hashed in order
+//! while its data streams: a chunk that arrives ahead of a gap (after a retransmission)
+//! is held until the gap fills, never more than a window's worth. When a file has all
+//! its chunks and its `FileEnd`, the digests are compared; only a match asks the driver
+//! to finalise the file ([`IoRequest::Finalize`]).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Instant;
+
+use uuid::Uuid;
+
+use crate::compress::decompress_exact;
+use crate::error::{Error, Result, TransferError};
+use crate::event::TransferEvent;
+use crate::transfer::layout::Layout;
+use crate::verify::{crc32, FileHasher};
+use crate::wire::{Accept, Chunk, ChunkFlags, ChunkRef, Entry, Message, Offer, SessionConfig};
+
+/// Disk work the receiver needs done.
+#[derive(Debug, PartialEq, Eq)]
+pub enum IoRequest {
+    /// Write `data` at `offset` of the file's `.part` file, then call `handle_written`.
+    Write {
+        at: ChunkRef,
+        offset: u64,
+        data: Vec<u8>,
+    },
+    /// The file is verified: move it into place, then call `handle_finalized`.
+    Finalize { file: u32 },
+    /// Every file is in place: apply directory metadata, then call `handle_finished`.
+    Finish,
+}
+
+#[derive(Debug, Default)]
+struct FileState {
+    /// Which chunks have arrived (written or being written).
+    arrived: Vec<bool>,
+    written: u64,
+    hashed: u64,
+    hasher: FileHasher,
+    /// Chunks that arrived ahead of `hashed`, kept until the gap fills.
+    ahead: BTreeMap<u64, Vec<u8>>,
+    expected: Option<[u8; 32]>,
+    finalizing: bool,
+    done: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Receiving,
+    Finishing,
+    Finished,
+    Failed,
+}
+
+/// Receiving state machine. See the module documentation.
+pub struct Receiver {
+    transfer_id: Uuid,
+    entries: Vec<Entry>,
+    layout: Layout,
+    files: Vec<Option<FileState>>,
+    compressed_allowed: bool,
+    /// Most bytes held in `ahead` buffers at once.
+    ahead_limit: u64,
+    ahead_bytes: u64,
+    remaining: usize,
+    phase: Phase,
+    outbox: VecDeque<Message>,
+    io: VecDeque<IoRequest>,
+    events: VecDeque<TransferEvent>,
+    done_bytes: u64,
+    current_file: Option<u32>,
+}
+
+impl Receiver {
+    /// A receiver for an offer whose paths the caller has already validated; queues the
+    /// `Accept`.
+    pub fn new(offer: Offer, config: &SessionConfig) -> Self {
+        let layout = Layout::new(&offer.entries, config.chunk_size);
+        let files: Vec<Option<FileState>> = (0..offer.entries.len() as u32)
+            .map(|i| {
+                layout.chunks(i).map(|n| FileState {
+                    arrived: vec![false; n as usize],
+                    ..FileState::default()
+                })
+            })
+            .collect();
+        let remaining = files.iter().flatten().count();
+        let mut outbox = VecDeque::new();
+        outbox.push_back(Message::Accept(Accept {
+            transfer_id: offer.transfer_id,
+            have: Vec::new(),
+        }));
+        let mut receiver = Self {
+            transfer_id: offer.transfer_id,
+            entries: offer.entries,
+            ahead_limit: u64::from(config.window_size.max(1)) * layout.chunk_size(),
+            layout,
+            files,
+            compressed_allowed: config.compress,
+            ahead_bytes: 0,
+            remaining,
+            phase: Phase::Receiving,
+            outbox,
+            io: VecDeque::new(),
+            events: VecDeque::new(),
+            done_bytes: 0,
+            current_file: None,
+        };
+        receiver.check_all_done();
+        receiver
+    }
+
+    // ---- getters -------------------------------------------------------------------
+
+    pub fn transfer_id(&self) -> Uuid {
+        self.transfer_id
+    }
+
+    pub fn entries(&self) -> &[Entry] {
+        &self.entries
+    }
+
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// Bytes written so far.
+    pub fn done_bytes(&self) -> u64 {
+        self.done_bytes
+    }
+
+    /// The file most recently written to: (path, bytes written, size).
+    pub fn current_file(&self) -> Option<(String, u64, u64)> {
+        let f = self.current_file?;
+        let state = self.files[f as usize].as_ref()?;
+        let size = self.layout.size(f).unwrap_or(0);
+        Some((
+            self.entries[f as usize].path.clone(),
+            (state.written * self.layout.chunk_size()).min(size),
+            size,
+        ))
+    }
+
+    /// True once every file is in place and `Done` is queued.
+    pub fn is_finished(&self) -> bool {
+        self.phase == Phase::Finished
+    }
+
+    // ---- input ---------------------------------------------------------------------
+
+    /// Handles a message from the sender.
+    pub fn handle_message(&mut self, msg: Message, now: Instant) -> Result<()> {
+        let _ = now;
+        let result = match msg {
+            Message::Ping(v) => {
+                self.outbox.push_back(Message::Pong(v));
+                Ok(())
+            }
+            Message::Pong(_) => Ok(()),
+            Message::Error { code, message, .. } => {
+                Err(TransferError::PeerAborted { code, message }.into())
+            }
+            Message::Chunk(chunk) if self.phase == Phase::Receiving => self.on_chunk(chunk),
+            Message::FileEnd { file, sha256 } if self.phase == Phase::Receiving => {
+                self.on_file_end(file, sha256)
+            }
+            other => Err(Error::protocol(format!(
+                "unexpected {} while {:?}",
+                other.kind(),
+                self.phase
+            ))),
+        };
+        if result.is_err() {
+            self.phase = Phase::Failed;
+        }
+        result
+    }
+
+    fn file_state(&mut self, file: u32) -> Result<&mut FileState> {
+        self.files
+            .get_mut(file as usize)
+            .and_then(Option::as_mut)
+            .ok_or_else(|| Error::protocol(format!("entry {file} is not a file of the offer")))
+    }
+
+    fn on_chunk(&mut self, chunk: Chunk) -> Result<()> {
+        let at = chunk.at;
+        let expected_len = self
+            .layout
+            .chunk_len(at)
+            .ok_or_else(|| Error::protocol(format!("chunk {at:?} is outside its file")))?;
+        if !(ChunkFlags::all().contains(chunk.flags)) {
+            return Err(Error::protocol("chunk carries unknown flags"));
+        }
+        let compressed = chunk.flags.contains(ChunkFlags::COMPRESSED);
+        if compressed && !self.compressed_allowed {
+            return Err(Error::protocol("compressed chunk, but compression is off"));
+        }
+        let state = self.file_state(at.file)?;
+        if state.done || state.arrived[at.index as usize] {
+            // A retransmission crossed our ack: acknowledge again, write nothing.
+            self.outbox.push_back(Message::Ack(at));
+            return Ok(());
+        }
+        if crc32(&chunk.data) != chunk.crc32 {
+            self.outbox.push_back(Message::Nack(at));
+            return Ok(());
+        }
+        let data = if compressed {
+            decompress_exact(&chunk.data, expected_len).map_err(|e| {
+                TransferError::Decompress {
+                    path: self.entries[at.file as usize].path.clone(),
+                    index: at.index,
+                    reason: e.to_string(),
+                }
+            })?
+        } else if chunk.data.len() != expected_len {
+            return Err(Error::protocol(format!(
+                "chunk {at:?} has {} bytes, expected {expected_len}",
+                chunk.data.len()
+            )));
+        } else {
+            chunk.data
+        };
+        let state = self.file_state(at.file)?;
+        state.arrived[at.index as usize] = true;
+        let data = if at.index == state.hashed {
+            state.hasher.update(&data);
+            state.hashed += 1;
+            let mut freed = 0u64;
+            while let Some(next) = state.ahead.remove(&state.hashed) {
+                state.hasher.update(&next);
+                state.hashed += 1;
+                freed += next.len() as u64;
+            }
+            self.ahead_bytes -= freed;
+            data
+        } else {
+            state.ahead.insert(at.index, data.clone());
+            self.ahead_bytes += data.len() as u64;
+            if self.ahead_bytes > self.ahead_limit {
+                return Err(Error::protocol(
+                    "the sender has more chunks in flight than the agreed window",
+                ));
+            }
+            data
+        };
+        self.io.push_back(IoRequest::Write {
+            at,
+            offset: self.layout.offset(at),
+            data,
+        });
+        Ok(())
+    }
+
+    fn on_file_end(&mut self, file: u32, sha256: [u8; 32]) -> Result<()> {
+        let state = self.file_state(file)?;
+        if state.expected.is_some() {
+            return Err(Error::protocol(format!("second FileEnd for entry {file}")));
+        }
+        state.expected = Some(sha256);
+        self.check_file(file)
+    }
+
+    /// The write of `at` reached the file: acknowledge it.
+    pub fn handle_written(&mut self, at: ChunkRef) -> Result<()> {
+        let len = self.layout.chunk_len(at).unwrap_or(0) as u64;
+        let state = self.file_state(at.file)?;
+        state.written += 1;
+        self.done_bytes += len;
+        self.current_file = Some(at.file);
+        self.outbox.push_back(Message::Ack(at));
+        self.check_file(at.file)
+    }
+
+    fn check_file(&mut self, file: u32) -> Result<()> {
+        let chunks = self.layout.chunks(file).unwrap_or(0);
+        let state = self.file_state(file)?;
+        if state.finalizing || state.written < chunks || state.hashed < chunks {
+            return Ok(());
+        }
+        let Some(expected) = state.expected else {
+            return Ok(());
+        };
+        let actual = std::mem::take(&mut state.hasher).finish();
+        if actual != expected {
+            self.phase = Phase::Failed;
+            return Err(TransferError::VerificationFailed {
+                path: self.entries[file as usize].path.clone(),
+            }
+            .into());
+        }
+        state.finalizing = true;
+        self.io.push_back(IoRequest::Finalize { file });
+        Ok(())
+    }
+
+    /// The file is in place: confirm it to the sender.
+    pub fn handle_finalized(&mut self, file: u32) -> Result<()> {
+        let state = self.file_state(file)?;
+        state.done = true;
+        self.remaining -= 1;
+        self.outbox.push_back(Message::FileDone { file });
+        self.events.push_back(TransferEvent::FileDone {
+            transfer_id: self.transfer_id,
+            path: self.entries[file as usize].path.clone(),
+            size: self.layout.size(file).unwrap_or(0),
+        });
+        self.check_all_done();
+        Ok(())
+    }
+
+    fn check_all_done(&mut self) {
+        if self.remaining == 0 && self.phase == Phase::Receiving {
+            self.phase = Phase::Finishing;
+            self.io.push_back(IoRequest::Finish);
+        }
+    }
+
+    /// Directory metadata is applied: the transfer is complete.
+    pub fn handle_finished(&mut self) {
+        if self.phase == Phase::Finishing {
+            self.phase = Phase::Finished;
+            self.outbox.push_back(Message::Done {
+                transfer_id: self.transfer_id,
+            });
+        }
+    }
+
+    // ---- output --------------------------------------------------------------------
+
+    /// The next disk operation to perform.
+    pub fn poll_io(&mut self) -> Option<IoRequest> {
+        self.io.pop_front()
+    }
+
+    /// The next message for the sender.
+    pub fn poll_transmit(&mut self) -> Option<Message> {
+        self.outbox.pop_front()
+    }
+
+    /// The receiver keeps no timers of its own; the driver's keepalive covers silence.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        None
+    }
+
+    /// The next event for the front end.
+    pub fn poll_event(&mut self) -> Option<TransferEvent> {
+        self.events.pop_front()
+    }
+}

@@ -1,0 +1,379 @@
+//! The sending half of a transfer, as a sans-IO state machine.
+//!
+//! Lifecycle: `new` queues the `Offer`; the peer's `Accept` starts streaming. The machine
+//! asks for file data with [`Sender::poll_read`] (new chunks in file order while the
+//! window has room, then chunks to send again), hashes each file while its chunks are
+//! read for the first time, compresses and checksums each chunk, and queues it for
+//! [`Sender::poll_transmit`]. After the last chunk of a file it queues `FileEnd` with the
+//! file's SHA-256. It finishes when the receiver reports `Done` after confirming every
+//! file with `FileDone`.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use uuid::Uuid;
+
+use crate::compress::AdaptiveCompressor;
+use crate::error::{Error, Result, TransferError};
+use crate::event::TransferEvent;
+use crate::transfer::layout::Layout;
+use crate::transfer::window::Window;
+use crate::verify::{crc32, FileHasher};
+use crate::wire::{Chunk, ChunkFlags, ChunkRef, Entry, Message, Offer, SessionConfig};
+
+/// File data the sender needs from disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadRequest {
+    pub at: ChunkRef,
+    pub offset: u64,
+    pub len: usize,
+    /// A second (or later) send of this chunk.
+    pub retransmit: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Offer sent, waiting for Accept.
+    Offered,
+    Streaming,
+    Finished,
+    Failed,
+}
+
+/// Sending state machine. See the module documentation.
+pub struct Sender {
+    transfer_id: Uuid,
+    entries: Vec<Entry>,
+    layout: Layout,
+    window: Window,
+    max_attempts: u32,
+    phase: Phase,
+    /// Next file (position in `files`) and chunk to read for the first time.
+    files: Vec<u32>,
+    next_file: usize,
+    next_chunk: u64,
+    /// Hash of the file being read for the first time.
+    hasher: FileHasher,
+    /// Chunks to read again for a retransmission.
+    resend: VecDeque<ChunkRef>,
+    /// Chunks handed out by `poll_read` and not yet given back.
+    reading: usize,
+    compressor: AdaptiveCompressor,
+    outbox: VecDeque<Message>,
+    events: VecDeque<TransferEvent>,
+    /// Per entry: bytes acknowledged and whether the receiver confirmed the file.
+    acked_bytes: Vec<u64>,
+    confirmed: Vec<bool>,
+    unconfirmed: usize,
+    done_bytes: u64,
+    current_file: Option<u32>,
+}
+
+impl Sender {
+    /// A sender for `entries` with the session's agreed `config`. `rto` is the
+    /// retransmission timeout and `max_attempts` the sends per chunk before giving up.
+    pub fn new(
+        transfer_id: Uuid,
+        entries: Vec<Entry>,
+        config: &SessionConfig,
+        rto: Duration,
+        max_attempts: u32,
+    ) -> Self {
+        let layout = Layout::new(&entries, config.chunk_size);
+        let files: Vec<u32> = layout.files().collect();
+        let mut outbox = VecDeque::new();
+        outbox.push_back(Message::Offer(Offer {
+            transfer_id,
+            entries: entries.clone(),
+        }));
+        Self {
+            transfer_id,
+            window: Window::new(config.window_size as usize, rto),
+            max_attempts: max_attempts.max(1),
+            phase: Phase::Offered,
+            unconfirmed: files.len(),
+            files,
+            next_file: 0,
+            next_chunk: 0,
+            hasher: FileHasher::new(),
+            resend: VecDeque::new(),
+            reading: 0,
+            compressor: AdaptiveCompressor::new(
+                config.compress,
+                i32::from(config.compress_level),
+                config.adaptive,
+            ),
+            outbox,
+            events: VecDeque::new(),
+            acked_bytes: vec![0; entries.len()],
+            confirmed: vec![false; entries.len()],
+            done_bytes: 0,
+            current_file: None,
+            layout,
+            entries,
+        }
+    }
+
+    // ---- getters -------------------------------------------------------------------
+
+    pub fn transfer_id(&self) -> Uuid {
+        self.transfer_id
+    }
+
+    pub fn entries(&self) -> &[Entry] {
+        &self.entries
+    }
+
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// Bytes the receiver has acknowledged.
+    pub fn done_bytes(&self) -> u64 {
+        self.done_bytes
+    }
+
+    /// The file most recently acknowledged: (path, bytes acknowledged, size).
+    pub fn current_file(&self) -> Option<(String, u64, u64)> {
+        let f = self.current_file?;
+        let e = &self.entries[f as usize];
+        Some((
+            e.path.clone(),
+            self.acked_bytes[f as usize],
+            self.layout.size(f).unwrap_or(0),
+        ))
+    }
+
+    /// True once the receiver confirmed every file and the whole transfer.
+    pub fn is_finished(&self) -> bool {
+        self.phase == Phase::Finished
+    }
+
+    // ---- input ---------------------------------------------------------------------
+
+    /// Handles a message from the receiver.
+    pub fn handle_message(&mut self, msg: Message, now: Instant) -> Result<()> {
+        let _ = now;
+        let result = self.dispatch(msg);
+        if result.is_err() {
+            self.phase = Phase::Failed;
+        }
+        result
+    }
+
+    fn dispatch(&mut self, msg: Message) -> Result<()> {
+        match (self.phase, msg) {
+            (_, Message::Ping(v)) => self.outbox.push_back(Message::Pong(v)),
+            (_, Message::Pong(_)) => {}
+            (_, Message::Error { code, message, .. }) => {
+                return Err(TransferError::PeerAborted { code, message }.into())
+            }
+            (Phase::Offered, Message::Accept(accept)) => {
+                if accept.transfer_id != self.transfer_id {
+                    return Err(Error::protocol("Accept names another transfer"));
+                }
+                if !accept.have.is_empty() {
+                    return Err(Error::protocol(
+                        "the receiver offered resume data this sender does not use",
+                    ));
+                }
+                self.phase = Phase::Streaming;
+            }
+            (Phase::Streaming, Message::Ack(at)) => self.on_ack(at)?,
+            (Phase::Streaming, Message::Nack(at)) => self.on_nack(at)?,
+            (Phase::Streaming, Message::FileDone { file }) => self.on_file_done(file)?,
+            (Phase::Streaming, Message::Done { transfer_id }) => {
+                if transfer_id != self.transfer_id || self.unconfirmed > 0 {
+                    return Err(Error::protocol(
+                        "the receiver reported Done before confirming every file",
+                    ));
+                }
+                self.phase = Phase::Finished;
+            }
+            (phase, msg) => {
+                return Err(Error::protocol(format!(
+                    "unexpected {} while {phase:?}",
+                    msg.kind()
+                )))
+            }
+        }
+        Ok(())
+    }
+
+    fn on_ack(&mut self, at: ChunkRef) -> Result<()> {
+        let len = self
+            .layout
+            .chunk_len(at)
+            .ok_or_else(|| Error::protocol(format!("Ack for unknown chunk {at:?}")))?;
+        if self.window.ack(at) {
+            self.done_bytes += len as u64;
+            self.acked_bytes[at.file as usize] += len as u64;
+            self.current_file = Some(at.file);
+        }
+        Ok(())
+    }
+
+    fn on_nack(&mut self, at: ChunkRef) -> Result<()> {
+        if !self.window.contains(at) {
+            return Ok(()); // already resent and acknowledged
+        }
+        self.schedule_resend(at)
+    }
+
+    fn schedule_resend(&mut self, at: ChunkRef) -> Result<()> {
+        let attempts = self.window.attempts(at);
+        let path = self.entries[at.file as usize].path.clone();
+        if attempts >= self.max_attempts {
+            return Err(TransferError::ChunkRetriesExhausted {
+                path,
+                index: at.index,
+                attempts,
+            }
+            .into());
+        }
+        if !self.resend.contains(&at) {
+            self.resend.push_back(at);
+            self.events.push_back(TransferEvent::Retrying {
+                transfer_id: self.transfer_id,
+                path,
+                chunk: at.index,
+                attempt: attempts + 1,
+            });
+        }
+        Ok(())
+    }
+
+    fn on_file_done(&mut self, file: u32) -> Result<()> {
+        let size = self
+            .layout
+            .size(file)
+            .ok_or_else(|| Error::protocol(format!("FileDone for non-file entry {file}")))?;
+        if self.confirmed[file as usize] {
+            return Err(Error::protocol(format!("FileDone for entry {file} twice")));
+        }
+        if self.acked_bytes[file as usize] != size {
+            return Err(Error::protocol(format!(
+                "FileDone for entry {file} before all its chunks were acknowledged"
+            )));
+        }
+        self.confirmed[file as usize] = true;
+        self.unconfirmed -= 1;
+        self.events.push_back(TransferEvent::FileDone {
+            transfer_id: self.transfer_id,
+            path: self.entries[file as usize].path.clone(),
+            size,
+        });
+        Ok(())
+    }
+
+    /// Handles the data of a [`ReadRequest`].
+    pub fn handle_read(&mut self, req: ReadRequest, data: Vec<u8>, now: Instant) {
+        self.reading = self.reading.saturating_sub(1);
+        let first_send = !req.retransmit;
+        if first_send {
+            self.hasher.update(&data);
+        } else if !self.window.contains(req.at) {
+            return; // acknowledged while it was being read again
+        }
+        let (flags, payload) = match self.compressor.compress(&data) {
+            Some(packed) => (ChunkFlags::COMPRESSED, packed),
+            None => (ChunkFlags::empty(), data),
+        };
+        self.window.sent(req.at, now);
+        self.outbox.push_back(Message::Chunk(Chunk {
+            at: req.at,
+            flags,
+            crc32: crc32(&payload),
+            data: payload,
+        }));
+        if first_send && Some(req.at.index + 1) == self.layout.chunks(req.at.file) {
+            self.end_file(req.at.file);
+        }
+    }
+
+    fn end_file(&mut self, file: u32) {
+        let sha256 = std::mem::take(&mut self.hasher).finish();
+        self.outbox.push_back(Message::FileEnd { file, sha256 });
+    }
+
+    /// Handles the passage of time: chunks unacknowledged past their deadline are sent
+    /// again, or fail the transfer after `max_attempts` sends.
+    pub fn handle_timeout(&mut self, now: Instant) -> Result<()> {
+        for at in self.window.expire(now) {
+            let attempts = self.window.attempts(at);
+            if attempts >= self.max_attempts {
+                self.phase = Phase::Failed;
+                return Err(TransferError::AckTimeout {
+                    path: self.entries[at.file as usize].path.clone(),
+                    index: at.index,
+                    attempts,
+                }
+                .into());
+            }
+            self.schedule_resend(at)?;
+        }
+        Ok(())
+    }
+
+    // ---- output --------------------------------------------------------------------
+
+    /// The next file data needed, if any. Every request must be answered with
+    /// [`Sender::handle_read`] before the next `poll_read` that should see its effect.
+    pub fn poll_read(&mut self) -> Option<ReadRequest> {
+        if self.phase != Phase::Streaming {
+            return None;
+        }
+        if let Some(at) = self.resend.pop_front() {
+            self.reading += 1;
+            return Some(self.request(at, true));
+        }
+        while self.window.len() + self.reading < self.window.capacity() {
+            let file = *self.files.get(self.next_file)?;
+            let chunks = self.layout.chunks(file).unwrap_or(0);
+            if self.next_chunk >= chunks {
+                if chunks == 0 {
+                    self.end_file(file); // empty file: nothing to read
+                }
+                self.next_file += 1;
+                self.next_chunk = 0;
+                continue;
+            }
+            let at = ChunkRef {
+                file,
+                index: self.next_chunk,
+            };
+            self.next_chunk += 1;
+            self.reading += 1;
+            return Some(self.request(at, false));
+        }
+        None
+    }
+
+    fn request(&self, at: ChunkRef, retransmit: bool) -> ReadRequest {
+        ReadRequest {
+            at,
+            retransmit,
+            offset: self.layout.offset(at),
+            len: self.layout.chunk_len(at).unwrap_or(0),
+        }
+    }
+
+    /// The next message for the receiver.
+    pub fn poll_transmit(&mut self) -> Option<Message> {
+        self.outbox.pop_front()
+    }
+
+    /// When [`Sender::handle_timeout`] should next be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.phase == Phase::Streaming {
+            self.window.next_deadline()
+        } else {
+            None
+        }
+    }
+
+    /// The next event for the front end.
+    pub fn poll_event(&mut self) -> Option<TransferEvent> {
+        self.events.pop_front()
+    }
+}

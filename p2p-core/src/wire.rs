@@ -1,0 +1,540 @@
+//! Wire format: the [`Message`] enum and the length-prefixed frame codec.
+//!
+//! Every message travels as one frame: a 4-byte big-endian length followed by that many
+//! bytes of a postcard-encoded [`Message`]. The length is checked against
+//! [`MAX_FRAME_LEN`] *before* any buffer is grown, so a hostile peer cannot make us
+//! allocate more than one frame's worth. This module knows how messages look, not what
+//! they mean: the handshake and transfer layers give them meaning.
+//!
+//! The variant order of [`Message`] is part of the protocol (postcard encodes the
+//! variant index as a varint); `Hello`, `HelloAck` and `Error` keep their index and
+//! layout in every protocol version so that a version mismatch can always be reported.
+//! `docs/protocol.md` is the byte-level specification.
+
+use bytes::{Buf, BufMut, BytesMut};
+use serde::{Deserialize, Serialize};
+use tokio_util::codec::{Decoder, Encoder};
+use uuid::Uuid;
+
+use crate::error::WireError;
+
+/// The protocol version this build speaks. Peers with another version are refused.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The four bytes every `Hello` starts with: tells a p2p-transfer peer from anything else.
+pub const MAGIC: [u8; 4] = *b"P2PT";
+
+/// Largest frame payload accepted or produced: the largest chunk plus generous room for
+/// headers, and the cap on a manifest's encoded size.
+pub const MAX_FRAME_LEN: usize = 32 * 1024 * 1024;
+
+/// Length of the frame header (big-endian `u32` payload length).
+pub const FRAME_HEADER_LEN: usize = 4;
+
+bitflags::bitflags! {
+    /// Optional protocol features. Each side announces what it supports; the session
+    /// uses the intersection.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+    pub struct Capabilities: u32 {
+        /// Chunks may be zstd-compressed (`ChunkFlags::COMPRESSED`).
+        const COMPRESSION = 1 << 0;
+        /// The receiver may report chunks it already holds (`Accept::have`).
+        const RESUME = 1 << 1;
+        /// Offers may hold directories and several files.
+        const FOLDER = 1 << 2;
+        /// Reserved for authenticated encryption (not implemented yet).
+        const ENCRYPTION = 1 << 3;
+        /// More than one chunk may be in flight (window size above 1).
+        const WINDOWED = 1 << 4;
+        /// Unix permission bits and modification times are applied by the receiver.
+        const METADATA = 1 << 5;
+    }
+}
+
+impl Capabilities {
+    /// Everything this build implements.
+    pub fn supported() -> Self {
+        Self::COMPRESSION | Self::RESUME | Self::FOLDER | Self::WINDOWED | Self::METADATA
+    }
+}
+
+bitflags::bitflags! {
+    /// Per-chunk flags.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+    pub struct ChunkFlags: u8 {
+        /// `data` is one zstd frame that decompresses to the chunk's raw bytes.
+        const COMPRESSED = 1 << 0;
+    }
+}
+
+/// First message each way: who we are and what we speak.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// Always [`MAGIC`].
+    pub magic: [u8; 4],
+    /// The sender's [`PROTOCOL_VERSION`].
+    pub version: u32,
+    /// Stable random id of the device (not an authenticated identity).
+    pub device_id: Uuid,
+    /// Human-readable device name, at most [`MAX_NAME_LEN`] bytes.
+    pub device_name: String,
+    /// Features the sender supports.
+    pub capabilities: Capabilities,
+}
+
+/// Longest accepted device name, in bytes.
+pub const MAX_NAME_LEN: usize = 256;
+
+/// Transfer parameters proposed by the initiator (`Config`) and settled by the responder
+/// (`ConfigAck`). Used for every transfer of the session, in both directions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionConfig {
+    /// Raw bytes per chunk (the last chunk of a file may be shorter).
+    pub chunk_size: u32,
+    /// Most chunks in flight (sent, not yet acknowledged) at once.
+    pub window_size: u32,
+    /// Whether chunks may be compressed.
+    pub compress: bool,
+    /// zstd level used by the sender (1..=22, or negative "fast" levels down to -7).
+    pub compress_level: i8,
+    /// Whether the sender samples data and stops compressing incompressible files.
+    pub adaptive: bool,
+}
+
+/// Seconds and nanoseconds since the Unix epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Timestamp {
+    pub secs: i64,
+    pub nanos: u32,
+}
+
+/// What a manifest entry is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EntryKind {
+    /// A directory; created even when empty.
+    Dir,
+    /// A regular file of `size` bytes.
+    File { size: u64 },
+}
+
+/// One file or directory of an offer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// Relative path, components separated by `/`; validated by the receiver.
+    pub path: String,
+    pub kind: EntryKind,
+    /// Unix permission bits (only `0o777` is honoured).
+    pub mode: u32,
+    /// Modification time.
+    pub mtime: Timestamp,
+}
+
+/// A sender's proposal: what it wants to send.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Offer {
+    pub transfer_id: Uuid,
+    /// Files and directories. Chunk messages name a file by its index in this list.
+    pub entries: Vec<Entry>,
+}
+
+/// A file's chunk, by index into the offer's entries and chunk number within the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ChunkRef {
+    pub file: u32,
+    pub index: u64,
+}
+
+/// A run of chunks `[start, end)` of one file that the receiver already holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkRange {
+    pub file: u32,
+    pub start: u64,
+    pub end: u64,
+}
+
+/// Receiver's answer to an offer it will take.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Accept {
+    pub transfer_id: Uuid,
+    /// Chunks already durably held (resume); empty for a fresh transfer.
+    pub have: Vec<ChunkRange>,
+}
+
+/// One chunk of file data.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Chunk {
+    pub at: ChunkRef,
+    pub flags: ChunkFlags,
+    /// CRC-32 (IEEE) of `data` exactly as transmitted.
+    pub crc32: u32,
+    #[serde(with = "serde_bytes_compat")]
+    pub data: Vec<u8>,
+}
+
+/// Why a message refuses, aborts or fails something. Carried in [`Message::Error`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorCode {
+    /// The peer speaks another protocol version (`Hello` layouts differ in nothing else).
+    VersionMismatch,
+    /// A message arrived that the protocol does not allow at this point.
+    Protocol,
+    /// The offer names a path the receiver will not write (traversal, reserved name…).
+    UnsafePath,
+    /// A file that exists at the destination would be overwritten.
+    AlreadyExists,
+    /// Not enough free space for the declared sizes.
+    InsufficientSpace,
+    /// The receiver's disk failed (write error, permission denied).
+    Storage,
+    /// A file's SHA-256 did not match after all chunks arrived.
+    VerificationFailed,
+    /// The user declined or cancelled.
+    Cancelled,
+    /// Anything else.
+    Other,
+}
+
+/// Everything that crosses the wire. See `docs/protocol.md`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Message {
+    /// 0 — initiator introduces itself.
+    Hello(Hello),
+    /// 1 — responder introduces itself.
+    HelloAck(Hello),
+    /// 2 — a refusal or abort, with the reason; either side, any time. Also carries the
+    /// sender's protocol version in `version` so that mismatches can be reported.
+    Error {
+        code: ErrorCode,
+        message: String,
+        version: u32,
+    },
+    /// 3 — initiator proposes transfer parameters.
+    Config(SessionConfig),
+    /// 4 — responder settles them.
+    ConfigAck(SessionConfig),
+    /// 5 — the side that wants to send proposes a transfer.
+    Offer(Offer),
+    /// 6 — the other side takes it.
+    Accept(Accept),
+    /// 7 — file data.
+    Chunk(Chunk),
+    /// 8 — the chunk was verified and written.
+    Ack(ChunkRef),
+    /// 9 — the chunk failed its CRC; send it again.
+    Nack(ChunkRef),
+    /// 10 — all chunks of `file` were sent; its SHA-256 for verification.
+    FileEnd { file: u32, sha256: [u8; 32] },
+    /// 11 — the receiver verified and finalised `file`.
+    FileDone { file: u32 },
+    /// 12 — the receiver finalised every entry of the transfer.
+    Done { transfer_id: Uuid },
+    /// 13 — liveness probe; answered by `Pong` with the same value.
+    Ping(u64),
+    /// 14 — answer to `Ping`.
+    Pong(u64),
+}
+
+impl Message {
+    /// Short name for logs and errors.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Message::Hello(_) => "Hello",
+            Message::HelloAck(_) => "HelloAck",
+            Message::Error { .. } => "Error",
+            Message::Config(_) => "Config",
+            Message::ConfigAck(_) => "ConfigAck",
+            Message::Offer(_) => "Offer",
+            Message::Accept(_) => "Accept",
+            Message::Chunk(_) => "Chunk",
+            Message::Ack(_) => "Ack",
+            Message::Nack(_) => "Nack",
+            Message::FileEnd { .. } => "FileEnd",
+            Message::FileDone { .. } => "FileDone",
+            Message::Done { .. } => "Done",
+            Message::Ping(_) => "Ping",
+            Message::Pong(_) => "Pong",
+        }
+    }
+}
+
+/// Encodes `Vec<u8>` with `serialize_bytes` (postcard: varint length + raw bytes) rather
+/// than as a sequence of individually encoded `u8`s — the same bytes on the wire for
+/// postcard, but one `memcpy` instead of a loop.
+mod serde_bytes_compat {
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(data: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(data)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Vec<u8>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a byte string")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+                Ok(v.to_vec())
+            }
+            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+                Ok(v)
+            }
+        }
+        d.deserialize_bytes(V)
+    }
+}
+
+/// Encodes a message into a complete frame (header + payload).
+pub fn encode_frame(msg: &Message, dst: &mut BytesMut) -> Result<(), WireError> {
+    let len = postcard::experimental::serialized_size(msg).map_err(WireError::Encode)?;
+    if len > MAX_FRAME_LEN {
+        return Err(WireError::Oversized {
+            len: len as u64,
+            max: MAX_FRAME_LEN,
+        });
+    }
+    dst.reserve(FRAME_HEADER_LEN + len);
+    dst.put_u32(len as u32);
+    let start = dst.len();
+    dst.resize(start + len, 0);
+    postcard::to_slice(msg, &mut dst[start..]).map_err(WireError::Encode)?;
+    Ok(())
+}
+
+/// Decodes one message from a frame payload (without the header).
+pub fn decode_payload(payload: &[u8]) -> Result<Message, WireError> {
+    let (msg, rest) = postcard::take_from_bytes::<Message>(payload).map_err(WireError::Decode)?;
+    if !rest.is_empty() {
+        return Err(WireError::TrailingBytes(rest.len()));
+    }
+    Ok(msg)
+}
+
+/// [`tokio_util::codec`] codec for [`Message`] frames.
+///
+/// Decoding distinguishes *incomplete* (wait for more bytes: `Ok(None)`) from *invalid*
+/// (an error). Lengths above [`MAX_FRAME_LEN`] are rejected from the 4-byte header
+/// alone, before the buffer grows.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct FrameCodec;
+
+impl Decoder for FrameCodec {
+    type Item = Message;
+    type Error = WireError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Message>, WireError> {
+        if src.len() < FRAME_HEADER_LEN {
+            return Ok(None);
+        }
+        let len = u32::from_be_bytes([src[0], src[1], src[2], src[3]]) as usize;
+        if len > MAX_FRAME_LEN {
+            return Err(WireError::Oversized {
+                len: len as u64,
+                max: MAX_FRAME_LEN,
+            });
+        }
+        if src.len() < FRAME_HEADER_LEN + len {
+            src.reserve(FRAME_HEADER_LEN + len - src.len());
+            return Ok(None);
+        }
+        src.advance(FRAME_HEADER_LEN);
+        let payload = src.split_to(len);
+        decode_payload(&payload).map(Some)
+    }
+
+    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Message>, WireError> {
+        match self.decode(src)? {
+            Some(msg) => Ok(Some(msg)),
+            None if src.is_empty() => Ok(None),
+            None => Err(WireError::Truncated {
+                buffered: src.len(),
+            }),
+        }
+    }
+}
+
+impl Encoder<Message> for FrameCodec {
+    type Error = WireError;
+
+    fn encode(&mut self, msg: Message, dst: &mut BytesMut) -> Result<(), WireError> {
+        encode_frame(&msg, dst)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn samples() -> Vec<Message> {
+        let id = Uuid::from_u128(0x0123_4567_89ab_cdef_0123_4567_89ab_cdef);
+        vec![
+            Message::Hello(Hello {
+                magic: MAGIC,
+                version: PROTOCOL_VERSION,
+                device_id: id,
+                device_name: "laptop ☃".into(),
+                capabilities: Capabilities::supported(),
+            }),
+            Message::Error {
+                code: ErrorCode::UnsafePath,
+                message: "no".into(),
+                version: 1,
+            },
+            Message::Config(SessionConfig {
+                chunk_size: 1 << 20,
+                window_size: 16,
+                compress: true,
+                compress_level: -3,
+                adaptive: true,
+            }),
+            Message::Offer(Offer {
+                transfer_id: id,
+                entries: vec![
+                    Entry {
+                        path: "a/b".into(),
+                        kind: EntryKind::File { size: 5 },
+                        mode: 0o644,
+                        mtime: Timestamp {
+                            secs: -5,
+                            nanos: 7,
+                        },
+                    },
+                    Entry {
+                        path: "a".into(),
+                        kind: EntryKind::Dir,
+                        mode: 0o755,
+                        mtime: Timestamp::default(),
+                    },
+                ],
+            }),
+            Message::Accept(Accept {
+                transfer_id: id,
+                have: vec![ChunkRange {
+                    file: 0,
+                    start: 1,
+                    end: 9,
+                }],
+            }),
+            Message::Chunk(Chunk {
+                at: ChunkRef { file: 3, index: 9 },
+                flags: ChunkFlags::COMPRESSED,
+                crc32: 0xdead_beef,
+                data: vec![1, 2, 3, 255],
+            }),
+            Message::Ack(ChunkRef { file: 1, index: 2 }),
+            Message::Nack(ChunkRef { file: 1, index: 2 }),
+            Message::FileEnd {
+                file: 2,
+                sha256: [7; 32],
+            },
+            Message::FileDone { file: 2 },
+            Message::Done { transfer_id: id },
+            Message::Ping(u64::MAX),
+            Message::Pong(0),
+        ]
+    }
+
+    #[test]
+    fn every_message_round_trips_through_the_codec() {
+        let mut codec = FrameCodec;
+        let mut buf = BytesMut::new();
+        for msg in samples() {
+            codec.encode(msg, &mut buf).unwrap();
+        }
+        for expected in samples() {
+            let got = codec.decode(&mut buf).unwrap().expect("a whole frame");
+            assert_eq!(got, expected);
+        }
+        assert!(buf.is_empty());
+        assert_eq!(codec.decode_eof(&mut buf).unwrap(), None);
+    }
+
+    #[test]
+    fn every_prefix_of_a_frame_is_incomplete_not_invalid() {
+        let mut whole = BytesMut::new();
+        for msg in samples() {
+            whole.clear();
+            encode_frame(&msg, &mut whole).unwrap();
+            for cut in 0..whole.len() {
+                let mut part = BytesMut::from(&whole[..cut]);
+                assert_eq!(FrameCodec.decode(&mut part).unwrap(), None, "cut at {cut}");
+                if cut > 0 {
+                    let err = FrameCodec.decode_eof(&mut part).unwrap_err();
+                    assert!(matches!(err, WireError::Truncated { .. }), "{err}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn oversized_length_is_rejected_from_the_header_alone() {
+        let mut buf = BytesMut::new();
+        buf.put_u32(MAX_FRAME_LEN as u32 + 1);
+        let err = FrameCodec.decode(&mut buf).unwrap_err();
+        assert!(matches!(err, WireError::Oversized { .. }));
+        assert!(buf.capacity() < 1024, "must not reserve the claimed length");
+        assert!(err.to_string().contains("too large"), "{err}");
+    }
+
+    #[test]
+    fn garbage_payload_is_an_error_not_a_panic() {
+        for payload in [&[0xffu8, 0xff, 0xff][..], &[200], &[7, 1], &[]] {
+            let mut buf = BytesMut::new();
+            buf.put_u32(payload.len() as u32);
+            buf.put_slice(payload);
+            assert!(FrameCodec.decode(&mut buf).is_err(), "{payload:?}");
+        }
+    }
+
+    #[test]
+    fn trailing_bytes_after_a_message_are_rejected() {
+        let mut buf = BytesMut::new();
+        encode_frame(&Message::Ping(1), &mut buf).unwrap();
+        buf.put_u8(0);
+        // Patch the length to cover the extra byte.
+        let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) + 1;
+        buf[..4].copy_from_slice(&len.to_be_bytes());
+        let err = FrameCodec.decode(&mut buf).unwrap_err();
+        assert!(matches!(err, WireError::TrailingBytes(1)), "{err}");
+    }
+
+    /// Pins the byte layout documented in docs/protocol.md.
+    #[test]
+    fn golden_bytes_match_the_spec() {
+        let mut buf = BytesMut::new();
+        encode_frame(&Message::Ack(ChunkRef { file: 1, index: 300 }), &mut buf).unwrap();
+        assert_eq!(&buf[..], &[0, 0, 0, 4, 8, 1, 0xac, 0x02]);
+
+        let id = Uuid::from_u128(1);
+        buf.clear();
+        encode_frame(
+            &Message::Hello(Hello {
+                magic: MAGIC,
+                version: 1,
+                device_id: id,
+                device_name: "A".into(),
+                capabilities: Capabilities::COMPRESSION | Capabilities::WINDOWED,
+            }),
+            &mut buf,
+        )
+        .unwrap();
+        let mut expected = vec![0u8, b'P', b'2', b'P', b'T', 1, 16];
+        expected.extend_from_slice(&id.into_bytes());
+        expected.extend_from_slice(&[1, b'A', 17]);
+        assert_eq!(&buf[4..], &expected[..]);
+
+        buf.clear();
+        encode_frame(
+            &Message::Chunk(Chunk {
+                at: ChunkRef { file: 0, index: 1 },
+                flags: ChunkFlags::empty(),
+                crc32: 1,
+                data: vec![9, 9],
+            }),
+            &mut buf,
+        )
+        .unwrap();
+        assert_eq!(&buf[4..], &[7, 0, 1, 0, 1, 2, 9, 9]);
+    }
+}
