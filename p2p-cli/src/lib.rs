@@ -1,1 +1,152 @@
-pub fn main() -> std::process::ExitCode { std::process::ExitCode::SUCCESS }
+//! The `p2p-transfer` command line: parses flags, establishes a session through
+//! `p2p-core`, and renders its [`TransferEvent`](p2p_core::TransferEvent)s. No protocol or
+//! file logic lives here.
+//!
+//! Exit codes (also in `p2p-transfer --help` and README.md):
+//!
+//! | code | meaning |
+//! |---|---|
+//! | 0 | success |
+//! | 1 | any other error |
+//! | 2 | bad command line |
+//! | 3 | could not connect, or the connection was lost |
+//! | 4 | the peer is incompatible or broke the protocol |
+//! | 5 | the transfer was refused (unsafe path, file exists, no space, peer declined) |
+//! | 6 | data failed verification |
+//! | 7 | local file system error (read, write, permission, disk full) |
+//! | 130 | interrupted (Ctrl+C) |
+
+mod commands;
+mod exit;
+mod render;
+mod size;
+
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+pub use exit::exit_code;
+
+/// Peer-to-peer file and folder transfer.
+#[derive(Debug, Parser)]
+#[command(name = "p2p-transfer", version, about, after_help = exit::EXIT_CODES_HELP)]
+pub struct Cli {
+    /// More log output (-v info, -vv debug, -vvv trace). RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Send files or folders to a peer.
+    Send(commands::send::SendArgs),
+    /// Receive files or folders from a peer.
+    Receive(commands::receive::ReceiveArgs),
+}
+
+/// Which side opens the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RoleArg {
+    /// Connect to `--peer`.
+    Client,
+    /// Listen on `--port` and wait for the peer.
+    Server,
+}
+
+/// How to reach the peer.
+#[derive(Debug, Clone, Args)]
+pub struct SessionArgs {
+    /// Peer address (`host:port`) to connect to.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub peer: Option<String>,
+    /// Port to listen on in server role (0 picks a free port).
+    #[arg(long, default_value_t = 14567)]
+    pub port: u16,
+    /// Address to listen on in server role.
+    #[arg(long, default_value = "0.0.0.0")]
+    pub bind: String,
+    /// Name shown to the peer (default: host name).
+    #[arg(long)]
+    pub name: Option<String>,
+}
+
+/// How to move the bytes.
+#[derive(Debug, Clone, Args)]
+pub struct TransferArgs {
+    /// Raw bytes per chunk, e.g. 64K, 1M, 4M.
+    #[arg(long, default_value = "1M", value_parser = size::parse_size)]
+    pub chunk_size: u64,
+    /// Chunks in flight at once (1 = wait for each acknowledgement).
+    #[arg(long, default_value_t = p2p_core::config::DEFAULT_WINDOW_SIZE)]
+    pub window_size: u32,
+    /// Compress chunks with zstd (default).
+    #[arg(long, overrides_with = "no_compress")]
+    pub compress: bool,
+    /// Never compress.
+    #[arg(long)]
+    pub no_compress: bool,
+    /// zstd level, -7 (fastest) to 22 (smallest).
+    #[arg(long, default_value_t = p2p_core::config::DEFAULT_COMPRESS_LEVEL,
+          allow_negative_numbers = true,
+          value_parser = clap::value_parser!(i8).range(-7..=22))]
+    pub compress_level: i8,
+    /// Stop compressing data that does not shrink (default).
+    #[arg(long, overrides_with = "no_adaptive")]
+    pub adaptive: bool,
+    /// Compress every chunk, even when it does not pay.
+    #[arg(long)]
+    pub no_adaptive: bool,
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    init_logging(cli.verbose);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(async {
+        tokio::select! {
+            result = commands::run(cli.command) => result,
+            _ = tokio::signal::ctrl_c() => Err(anyhow::Error::new(exit::Interrupted)),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", exit::describe(&e));
+            ExitCode::from(exit_code(&e))
+        }
+    }
+}
+
+fn init_logging(verbose: u8) {
+    use tracing_subscriber::EnvFilter;
+    let level = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}

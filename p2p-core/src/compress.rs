@@ -75,7 +75,10 @@ impl AdaptiveCompressor {
         }
         // Output may not exceed the input: anything larger is sent raw anyway.
         let mut out = Vec::with_capacity(raw.len());
-        let compressed = compressor.compress_to_buffer(raw, &mut out).ok().map(|_| out);
+        let compressed = compressor
+            .compress_to_buffer(raw, &mut out)
+            .ok()
+            .map(|_| out);
         let compressed_len = compressed.as_ref().map_or(raw.len(), Vec::len);
         if self.adaptive {
             self.observe(raw.len(), compressed_len);

@@ -46,11 +46,6 @@ pub fn validate(config: &SessionConfig) -> Result<(), HandshakeError> {
             config.window_size
         )));
     }
-    if u64::from(config.window_size) * u64::from(config.chunk_size) > MAX_IN_FLIGHT_BYTES {
-        return Err(HandshakeError::BadConfig(format!(
-            "window × chunk size exceeds {MAX_IN_FLIGHT_BYTES} bytes"
-        )));
-    }
     if !COMPRESS_LEVELS.contains(&config.compress_level) {
         return Err(HandshakeError::BadConfig(format!(
             "compression level {} is outside -7..=22",
@@ -60,9 +55,13 @@ pub fn validate(config: &SessionConfig) -> Result<(), HandshakeError> {
     Ok(())
 }
 
-/// The responder's answer to a proposal: the initiator's values, bounded by the
-/// responder's own (`local` acts as a ceiling for chunk and window size and can veto
-/// compression), and by the agreed capabilities.
+/// The responder's answer to a proposal: for chunk and window size the smaller of both
+/// sides' values, compression only if both allow it, the proposer's level and adaptive
+/// mode, then whatever the agreed capabilities rule out. `window × chunk` is kept within
+/// [`MAX_IN_FLIGHT_BYTES`] by shrinking the window.
+///
+/// Taking the minimum makes the rule symmetric: a receiver that states no preference
+/// offers the protocol maxima, so the sender's settings win whichever side connects.
 pub fn negotiate(
     proposed: &SessionConfig,
     local: &SessionConfig,
@@ -77,7 +76,21 @@ pub fn negotiate(
         adaptive: proposed.adaptive,
     };
     apply_capabilities(&mut config, agreed);
+    while u64::from(config.window_size) * u64::from(config.chunk_size) > MAX_IN_FLIGHT_BYTES {
+        config.window_size = (config.window_size / 2).max(1);
+    }
     Ok(config)
+}
+
+/// Protocol maxima: what a side that states no preference offers.
+pub fn ceilings(compress: bool) -> SessionConfig {
+    SessionConfig {
+        chunk_size: MAX_CHUNK_SIZE,
+        window_size: MAX_WINDOW_SIZE,
+        compress,
+        compress_level: DEFAULT_COMPRESS_LEVEL,
+        adaptive: true,
+    }
 }
 
 /// Turns off what the agreed capabilities do not allow.
@@ -112,6 +125,11 @@ mod tests {
         let agreed = negotiate(&proposed, &local, Capabilities::FOLDER).unwrap();
         assert_eq!(agreed.window_size, 1);
         assert!(!agreed.compress);
+        let agreed = negotiate(&ceilings(true), &ceilings(true), Capabilities::all()).unwrap();
+        assert!(
+            u64::from(agreed.window_size) * u64::from(agreed.chunk_size) <= MAX_IN_FLIGHT_BYTES
+        );
+        assert_eq!(agreed.chunk_size, MAX_CHUNK_SIZE);
     }
 
     #[test]
@@ -123,11 +141,6 @@ mod tests {
             },
             SessionConfig {
                 window_size: 0,
-                ..default_config()
-            },
-            SessionConfig {
-                chunk_size: MAX_CHUNK_SIZE,
-                window_size: MAX_WINDOW_SIZE,
                 ..default_config()
             },
             SessionConfig {

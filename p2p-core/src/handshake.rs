@@ -96,7 +96,11 @@ where
         Err(_) => Err(HandshakeError::Timeout(HANDSHAKE_TIMEOUT.as_secs()).into()),
         Ok(None) => Err(HandshakeError::Closed.into()),
         Ok(Some(Err(e))) => Err(e.into()),
-        Ok(Some(Ok(Message::Error { code, message, version }))) => {
+        Ok(Some(Ok(Message::Error {
+            code,
+            message,
+            version,
+        }))) => {
             if code == ErrorCode::VersionMismatch {
                 Err(HandshakeError::VersionMismatch {
                     local: PROTOCOL_VERSION,
@@ -131,7 +135,10 @@ where
 }
 
 /// Runs the initiator's side of the handshake.
-pub async fn initiate<S>(framed: &mut Framed<S, FrameCodec>, local: &LocalPeer) -> Result<Established>
+pub async fn initiate<S>(
+    framed: &mut Framed<S, FrameCodec>,
+    local: &LocalPeer,
+) -> Result<Established>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -160,7 +167,9 @@ where
         other => return Err(unexpected("ConfigAck", &other)),
     };
     validate(&agreed)?;
-    if agreed.chunk_size > proposal.chunk_size
+    if u64::from(agreed.window_size) * u64::from(agreed.chunk_size)
+        > crate::config::MAX_IN_FLIGHT_BYTES
+        || agreed.chunk_size > proposal.chunk_size
         || agreed.window_size > proposal.window_size
         || (agreed.compress && !proposal.compress)
     {
@@ -177,7 +186,10 @@ where
 }
 
 /// Runs the responder's side of the handshake.
-pub async fn respond<S>(framed: &mut Framed<S, FrameCodec>, local: &LocalPeer) -> Result<Established>
+pub async fn respond<S>(
+    framed: &mut Framed<S, FrameCodec>,
+    local: &LocalPeer,
+) -> Result<Established>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {

@@ -33,11 +33,13 @@ pub async fn connect(addr: &str) -> Result<TcpStream> {
 
 /// Binds a listener on `addr` (`0.0.0.0:14567`, `127.0.0.1:0`, …).
 pub async fn listen(addr: &str) -> Result<TcpListener> {
-    TcpListener::bind(addr).await.map_err(|source| Error::Connect {
-        action: "listen on",
-        addr: addr.to_owned(),
-        source,
-    })
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| Error::Connect {
+            action: "listen on",
+            addr: addr.to_owned(),
+            source,
+        })
 }
 
 /// Accepts one connection, with `TCP_NODELAY`.

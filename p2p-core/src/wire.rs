@@ -395,10 +395,7 @@ mod tests {
                         path: "a/b".into(),
                         kind: EntryKind::File { size: 5 },
                         mode: 0o644,
-                        mtime: Timestamp {
-                            secs: -5,
-                            nanos: 7,
-                        },
+                        mtime: Timestamp { secs: -5, nanos: 7 },
                     },
                     Entry {
                         path: "a".into(),
@@ -503,7 +500,14 @@ mod tests {
     #[test]
     fn golden_bytes_match_the_spec() {
         let mut buf = BytesMut::new();
-        encode_frame(&Message::Ack(ChunkRef { file: 1, index: 300 }), &mut buf).unwrap();
+        encode_frame(
+            &Message::Ack(ChunkRef {
+                file: 1,
+                index: 300,
+            }),
+            &mut buf,
+        )
+        .unwrap();
         assert_eq!(&buf[..], &[0, 0, 0, 4, 8, 1, 0xac, 0x02]);
 
         let id = Uuid::from_u128(1);

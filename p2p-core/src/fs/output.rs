@@ -192,7 +192,10 @@ impl OutputDir {
             Some(h) => h,
             None if entry_size(&entry) == 0 => self
                 .dir
-                .open_with(&part, OpenOptions::new().write(true).create(true).truncate(true))
+                .open_with(
+                    &part,
+                    OpenOptions::new().write(true).create(true).truncate(true),
+                )
                 .map_err(|e| self.storage("cannot create", &part, e))?
                 .into_std(),
             None => self
@@ -201,7 +204,8 @@ impl OutputDir {
                 .map_err(|e| self.storage("cannot open", &part, e))?
                 .into_std(),
         };
-        apply_metadata(&handle, &entry).map_err(|e| self.storage("cannot set metadata of", &part, e))?;
+        apply_metadata(&handle, &entry)
+            .map_err(|e| self.storage("cannot set metadata of", &part, e))?;
         drop(handle);
         self.place(&part, &entry.path)?;
         self.finalized[file as usize] = true;
@@ -256,11 +260,13 @@ impl OutputDir {
             .collect();
         dirs.sort_by_key(|e| std::cmp::Reverse(e.path.matches('/').count()));
         for entry in dirs {
+            // A read-only descriptor of the directory itself (not O_PATH) so that
+            // fchmod and futimens work on it.
             let handle = self
                 .dir
-                .open_dir(&entry.path)
+                .open_with(&entry.path, OpenOptions::new().read(true))
                 .map_err(|e| self.storage("cannot open", &entry.path, e))?
-                .into_std_file();
+                .into_std();
             apply_metadata(&handle, entry)
                 .map_err(|e| self.storage("cannot set metadata of", &entry.path, e))?;
         }

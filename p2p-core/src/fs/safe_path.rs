@@ -54,7 +54,12 @@ fn validate_component(path: &str, part: &str) -> Result<(), TransferError> {
     match part {
         "" => return Err(unsafe_path(path, "empty component (`//` or trailing `/`)")),
         "." => return Err(unsafe_path(path, "`.` component")),
-        ".." => return Err(unsafe_path(path, "`..` component escapes the output folder")),
+        ".." => {
+            return Err(unsafe_path(
+                path,
+                "`..` component escapes the output folder",
+            ))
+        }
         _ => {}
     }
     if part.len() > MAX_COMPONENT_LEN {
@@ -67,7 +72,10 @@ fn validate_component(path: &str, part: &str) -> Result<(), TransferError> {
         return Err(unsafe_path(path, "control character"));
     }
     if part.contains('\\') {
-        return Err(unsafe_path(path, "backslash (Windows separator or UNC prefix)"));
+        return Err(unsafe_path(
+            path,
+            "backslash (Windows separator or UNC prefix)",
+        ));
     }
     if part.contains(':') {
         return Err(unsafe_path(path, "colon (drive letter or stream name)"));

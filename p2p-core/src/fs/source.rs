@@ -39,8 +39,7 @@ impl SourceManifest {
         }
         for path in paths {
             let path = path.as_ref();
-            let meta = fs::metadata(path)
-                .map_err(|e| StorageError::new("cannot read", path, e))?;
+            let meta = fs::metadata(path).map_err(|e| StorageError::new("cannot read", path, e))?;
             let name = top_level_name(path)?;
             if manifest.entries.iter().any(|e| e.path == name) {
                 return Err(Error::InvalidInput(format!(
@@ -136,8 +135,8 @@ fn top_level_name(path: &Path) -> Result<String> {
         Some(n) => n,
         None => {
             // `.` or `..` or `/`: use the real name of the folder.
-            canonical = fs::canonicalize(path)
-                .map_err(|e| StorageError::new("cannot resolve", path, e))?;
+            canonical =
+                fs::canonicalize(path).map_err(|e| StorageError::new("cannot resolve", path, e))?;
             canonical.file_name().ok_or_else(|| {
                 Error::InvalidInput(format!("cannot send {} as a whole", path.display()))
             })?
@@ -217,7 +216,13 @@ mod tests {
         let paths: Vec<_> = m.entries.iter().map(|e| e.path.as_str()).collect();
         assert_eq!(
             paths,
-            ["root", "root/a.txt", "root/b", "root/b/empty", "root/b/x.txt"]
+            [
+                "root",
+                "root/a.txt",
+                "root/b",
+                "root/b/empty",
+                "root/b/x.txt"
+            ]
         );
         assert_eq!(m.total_bytes(), 5);
         assert_eq!(m.skipped.len(), 1);
@@ -233,8 +238,8 @@ mod tests {
             fs::create_dir(tmp.path().join(d)).unwrap();
             fs::write(tmp.path().join(d).join("f"), b"1").unwrap();
         }
-        let err = SourceManifest::scan(&[tmp.path().join("a/f"), tmp.path().join("b/f")])
-            .unwrap_err();
+        let err =
+            SourceManifest::scan(&[tmp.path().join("a/f"), tmp.path().join("b/f")]).unwrap_err();
         assert!(err.to_string().contains("both named"), "{err}");
     }
 }

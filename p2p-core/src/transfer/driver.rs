@@ -157,7 +157,16 @@ where
         Ok(true)
     })
     .await;
-    finish(transfer_id, Direction::Send, &manifest.entries, files, total, start, result, events)
+    finish(
+        transfer_id,
+        Direction::Send,
+        &manifest.entries,
+        files,
+        total,
+        start,
+        result,
+        events,
+    )
 }
 
 /// Receives the transfer `offer` (already read from the stream) into `options.output_dir`.
@@ -220,7 +229,16 @@ where
     if result.is_err() {
         output.discard_partials();
     }
-    finish(transfer_id, Direction::Receive, &entries, files, total, start, result, events)
+    finish(
+        transfer_id,
+        Direction::Receive,
+        &entries,
+        files,
+        total,
+        start,
+        result,
+        events,
+    )
 }
 
 #[allow(clippy::too_many_arguments)]

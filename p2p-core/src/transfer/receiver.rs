@@ -213,12 +213,10 @@ impl Receiver {
             return Ok(());
         }
         let data = if compressed {
-            decompress_exact(&chunk.data, expected_len).map_err(|e| {
-                TransferError::Decompress {
-                    path: self.entries[at.file as usize].path.clone(),
-                    index: at.index,
-                    reason: e.to_string(),
-                }
+            decompress_exact(&chunk.data, expected_len).map_err(|e| TransferError::Decompress {
+                path: self.entries[at.file as usize].path.clone(),
+                index: at.index,
+                reason: e.to_string(),
             })?
         } else if chunk.data.len() != expected_len {
             return Err(Error::protocol(format!(

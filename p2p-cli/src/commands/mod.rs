@@ -1,0 +1,71 @@
+//! One module per subcommand; [`run`] dispatches.
+
+pub mod receive;
+pub mod send;
+
+use p2p_core::{SessionConfig, SessionOptions};
+
+use crate::{Command, SessionArgs, TransferArgs};
+
+/// Runs a parsed command.
+pub async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Send(args) => send::run(args).await,
+        Command::Receive(args) => receive::run(args).await,
+    }
+}
+
+/// Session options from the common flags.
+pub fn session_options(
+    session: &SessionArgs,
+    transfer: &TransferArgs,
+) -> anyhow::Result<SessionOptions> {
+    let chunk_size = u32::try_from(transfer.chunk_size)
+        .map_err(|_| anyhow::anyhow!("--chunk-size {} is too large", transfer.chunk_size))?;
+    let config = SessionConfig {
+        chunk_size,
+        window_size: transfer.window_size,
+        compress: !transfer.no_compress,
+        compress_level: transfer.compress_level,
+        adaptive: !transfer.no_adaptive,
+    };
+    p2p_core::config::validate(&config).map_err(p2p_core::Error::from)?;
+    let mut options = SessionOptions {
+        config,
+        ..SessionOptions::default()
+    };
+    if let Some(name) = &session.name {
+        options.device_name = name.clone();
+    }
+    Ok(options)
+}
+
+/// Connects (client role) or listens and accepts one peer (server role).
+pub async fn establish(
+    role: crate::RoleArg,
+    session: &SessionArgs,
+    options: &SessionOptions,
+) -> anyhow::Result<p2p_core::P2PSession<tokio::net::TcpStream>> {
+    use anyhow::Context;
+    match role {
+        crate::RoleArg::Client => {
+            let peer = session
+                .peer
+                .as_deref()
+                .context("--peer HOST:PORT is required to connect")?;
+            tracing::info!("connecting to {peer}");
+            Ok(p2p_core::P2PSession::connect(peer, options).await?)
+        }
+        crate::RoleArg::Server => {
+            let bind = format!("{}:{}", session.bind, session.port);
+            let listener = p2p_core::transport::listen(&bind).await?;
+            let local = listener.local_addr()?;
+            eprintln!("listening on {local}");
+            let session = p2p_core::P2PSession::accept(&listener, options).await?;
+            if let Some(addr) = session.peer_addr() {
+                tracing::info!("peer {addr} connected");
+            }
+            Ok(session)
+        }
+    }
+}

@@ -1,0 +1,33 @@
+//! `p2p-transfer send PATH...`
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+use crate::render::Renderer;
+use crate::{RoleArg, SessionArgs, TransferArgs};
+
+#[derive(Debug, Args)]
+pub struct SendArgs {
+    /// Files and folders to send.
+    #[arg(required = true, value_name = "PATH")]
+    pub paths: Vec<PathBuf>,
+    /// Connect to the peer (client, default) or wait for it to connect (server).
+    #[arg(long, value_enum, default_value = "client")]
+    pub role: RoleArg,
+    #[command(flatten)]
+    pub session: SessionArgs,
+    #[command(flatten)]
+    pub transfer: TransferArgs,
+}
+
+pub async fn run(args: SendArgs) -> anyhow::Result<()> {
+    let options = super::session_options(&args.session, &args.transfer)?;
+    // Scan first: a missing file is reported before any connection is made.
+    let manifest = p2p_core::fs::source::SourceManifest::scan(&args.paths)?;
+    let mut session = super::establish(args.role, &args.session, &options).await?;
+    let renderer = Renderer::new();
+    session.send_manifest(&manifest, &renderer).await?;
+    session.close().await?;
+    Ok(())
+}

@@ -1,0 +1,82 @@
+//! Errors at the edge: one readable line, and a documented exit code.
+
+use p2p_core::error::{HandshakeError, TransferError, WireError};
+use p2p_core::Error;
+
+pub const EXIT_CODES_HELP: &str = "\
+Exit codes:
+  0    success
+  1    any other error
+  2    bad command line
+  3    could not connect, or the connection was lost
+  4    the peer is incompatible or broke the protocol
+  5    the transfer was refused (unsafe path, file exists, no space, peer declined)
+  6    data failed verification
+  7    local file system error (read, write, permission, disk full)
+  130  interrupted (Ctrl+C)";
+
+/// The user pressed Ctrl+C.
+#[derive(Debug)]
+pub struct Interrupted;
+
+impl std::error::Error for Interrupted {}
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("interrupted")
+    }
+}
+
+/// The error and its causes as one line, without repeating a cause that the message
+/// above it already quotes.
+pub fn describe(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
+/// Maps an error to the exit-code table above.
+pub fn exit_code(error: &anyhow::Error) -> u8 {
+    if error.downcast_ref::<Interrupted>().is_some() {
+        return 130;
+    }
+    let Some(core) = error.chain().find_map(|c| c.downcast_ref::<Error>()) else {
+        return 1;
+    };
+    match core {
+        Error::Connect { .. } => 3,
+        Error::Wire(WireError::Io(_) | WireError::Truncated { .. }) => 3,
+        Error::Wire(_) => 4,
+        Error::Handshake(HandshakeError::Closed | HandshakeError::Timeout(_)) => 3,
+        Error::Handshake(_) => 4,
+        Error::Transfer(t) => match t {
+            TransferError::ConnectionClosed | TransferError::PeerSilent(_) => 3,
+            TransferError::AckTimeout { .. } => 3,
+            TransferError::Protocol(_) | TransferError::Decompress { .. } => 4,
+            TransferError::UnsafePath { .. }
+            | TransferError::AlreadyExists { .. }
+            | TransferError::InsufficientSpace { .. }
+            | TransferError::PeerAborted { .. } => match core.code() {
+                p2p_core::wire::ErrorCode::VerificationFailed => 6,
+                p2p_core::wire::ErrorCode::Storage => 7,
+                p2p_core::wire::ErrorCode::Protocol
+                | p2p_core::wire::ErrorCode::VersionMismatch => 4,
+                _ => 5,
+            },
+            TransferError::ChunkRetriesExhausted { .. }
+            | TransferError::VerificationFailed { .. } => 6,
+            TransferError::Cancelled => 130,
+        },
+        Error::Storage(_) => 7,
+        Error::InvalidInput(_) => 1,
+    }
+}
