@@ -190,7 +190,11 @@ impl<S: Stream> P2PSession<S> {
                 None => return Ok(None),
                 Some(Err(e)) => return Err(e.into()),
                 Some(Ok(Message::Ping(v))) => self.framed.send(Message::Pong(v)).await?,
-                Some(Ok(Message::Pong(_))) => {}
+                // Late duplicates from the previous transfer (a retransmission that
+                // crossed its acknowledgement) carry nothing new.
+                Some(Ok(
+                    Message::Pong(_) | Message::Chunk(_) | Message::Ack(_) | Message::Nack(_),
+                )) => {}
                 Some(Ok(Message::Offer(offer))) => {
                     let peer = self.established.peer.device_name.clone();
                     let config = self.established.config;

@@ -9,7 +9,7 @@
 //! its chunks and its `FileEnd`, the digests are compared; only a match asks the driver
 //! to finalise the file ([`IoRequest::Finalize`]).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Instant;
 
 use uuid::Uuid;
@@ -45,6 +45,9 @@ struct FileState {
     hasher: FileHasher,
     /// Chunks that arrived ahead of `hashed`, kept until the gap fills.
     ahead: BTreeMap<u64, Vec<u8>>,
+    /// Written chunks at or beyond `hashed`: acknowledged only once hashed, so that the
+    /// sender's window also bounds `ahead`.
+    unacked: BTreeSet<u64>,
     expected: Option<[u8; 32]>,
     finalizing: bool,
     done: bool,
@@ -166,7 +169,7 @@ impl Receiver {
             Message::Error { code, message, .. } => {
                 Err(TransferError::PeerAborted { code, message }.into())
             }
-            Message::Chunk(chunk) if self.phase == Phase::Receiving => self.on_chunk(chunk),
+            Message::Chunk(chunk) if self.phase != Phase::Failed => self.on_chunk(chunk),
             Message::FileEnd { file, sha256 } if self.phase == Phase::Receiving => {
                 self.on_file_end(file, sha256)
             }
@@ -204,8 +207,11 @@ impl Receiver {
         }
         let state = self.file_state(at.file)?;
         if state.done || state.arrived[at.index as usize] {
-            // A retransmission crossed our ack: acknowledge again, write nothing.
-            self.outbox.push_back(Message::Ack(at));
+            // A retransmission crossed our ack: acknowledge again (if it was acknowledged
+            // before; otherwise the ack comes once it is hashed), write nothing.
+            if state.done || at.index < state.hashed && !state.unacked.contains(&at.index) {
+                self.outbox.push_back(Message::Ack(at));
+            }
             return Ok(());
         }
         if crc32(&chunk.data) != chunk.crc32 {
@@ -226,7 +232,10 @@ impl Receiver {
         } else {
             chunk.data
         };
-        let state = self.file_state(at.file)?;
+        // Split borrow: the file's state and the outbox are updated together below.
+        let Some(Some(state)) = self.files.get_mut(at.file as usize) else {
+            return Err(Error::protocol(format!("entry {} is not a file", at.file)));
+        };
         state.arrived[at.index as usize] = true;
         let data = if at.index == state.hashed {
             state.hasher.update(&data);
@@ -234,6 +243,12 @@ impl Receiver {
             let mut freed = 0u64;
             while let Some(next) = state.ahead.remove(&state.hashed) {
                 state.hasher.update(&next);
+                if state.unacked.remove(&state.hashed) {
+                    self.outbox.push_back(Message::Ack(ChunkRef {
+                        file: at.file,
+                        index: state.hashed,
+                    }));
+                }
                 state.hashed += 1;
                 freed += next.len() as u64;
             }
@@ -266,14 +281,18 @@ impl Receiver {
         self.check_file(file)
     }
 
-    /// The write of `at` reached the file: acknowledge it.
+    /// The write of `at` reached the file: acknowledge it (once it is also hashed).
     pub fn handle_written(&mut self, at: ChunkRef) -> Result<()> {
         let len = self.layout.chunk_len(at).unwrap_or(0) as u64;
         let state = self.file_state(at.file)?;
         state.written += 1;
+        if at.index < state.hashed {
+            self.outbox.push_back(Message::Ack(at));
+        } else {
+            state.unacked.insert(at.index);
+        }
         self.done_bytes += len;
         self.current_file = Some(at.file);
-        self.outbox.push_back(Message::Ack(at));
         self.check_file(at.file)
     }
 

@@ -251,6 +251,10 @@ impl Sender {
         if self.confirmed[file as usize] {
             return Err(Error::protocol(format!("FileDone for entry {file} twice")));
         }
+        // A confirmed file implies all its chunks arrived, even if an Ack was lost.
+        for index in 0..self.layout.chunks(file).unwrap_or(0) {
+            self.on_ack(ChunkRef { file, index })?;
+        }
         if self.acked_bytes[file as usize] != size {
             return Err(Error::protocol(format!(
                 "FileDone for entry {file} before all its chunks were acknowledged"

@@ -1,0 +1,1486 @@
+#!/usr/bin/env python3
+"""Reproducible loopback throughput benchmark for p2p-transfer.
+
+Runs the release binary on 127.0.0.1 only, over two data sets that it generates itself
+(one big random file, and a folder of many small random files), with several window
+sizes, and measures in the same run what this machine can do at best on the same data:
+
+* a plain TCP copy over loopback into /dev/null (Python, socket.sendfile / recv_into);
+* a plain local copy (`cp -r`) onto the same output disk.
+
+With --compare it also runs scp and rsync over a local sshd, and magic-wormhole with its
+own local mailbox server and transit relay; it installs and starts these itself and stops
+every server it started at the end, even on error.
+
+Every figure is reported in MiB/s and as a ratio to the limits measured in the same run.
+The results are printed and written to docs/benchmarks.md (see --output).
+
+Typical use:
+
+    python3 benchmark.py                                   # full data sets, no comparison
+    python3 benchmark.py --compare                         # with scp, rsync, magic-wormhole
+    python3 benchmark.py --big-size 64M --small-count 300 --windows 1,16 --output /tmp/b.md
+
+Python 3.11, standard library only. Linux only (pidfd_open, wait4, /proc).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import getpass
+import hashlib
+import json
+import os
+import platform
+import random
+import re
+import select
+import shlex
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+MiB = 1 << 20
+REPO = Path(__file__).resolve().parent
+DEFAULT_BINARY = REPO / "target" / "release" / "p2p-transfer"
+DEFAULT_OUTPUT = REPO / "docs" / "benchmarks.md"
+DEFAULT_CHUNK = 1 * MiB  # p2p-transfer's default chunk size (p2p-core config.rs)
+LOOPBACK = "127.0.0.1"
+LISTEN_RE = re.compile(r"listening on (\S+)")
+SMALL_SEED = 20240601
+CONGESTION_SYSCTL = Path("/proc/sys/net/ipv4/tcp_congestion_control")
+WORMHOLE_PACKAGES = ["magic-wormhole", "magic-wormhole-mailbox-server",
+                     "magic-wormhole-transit-relay"]
+
+
+class BenchError(Exception):
+    """A measurement could not be made."""
+
+
+class TotalTimeout(BaseException):
+    """The whole script ran past --total-timeout."""
+
+
+# --------------------------------------------------------------------------------------
+# Small helpers
+# --------------------------------------------------------------------------------------
+
+def parse_size(text: str) -> int:
+    """'1G', '64M', '512KiB', '1000' -> bytes (binary units)."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?\s*", text, re.IGNORECASE)
+    if not m:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (try 64M or 1G)")
+    factor = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}[m.group(2).lower()]
+    value = int(float(m.group(1)) * factor)
+    if value <= 0:
+        raise argparse.ArgumentTypeError("size must be positive")
+    return value
+
+
+def parse_windows(text: str) -> list[int]:
+    try:
+        windows = [int(w) for w in text.split(",") if w.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of integers: {text!r}")
+    if not windows or any(w < 1 for w in windows):
+        raise argparse.ArgumentTypeError("window sizes must be >= 1")
+    return windows
+
+
+def human_size(n: int) -> str:
+    for unit, factor in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= factor:
+            value = n / factor
+            return f"{value:.0f} {unit}" if value == int(value) else f"{value:.1f} {unit}"
+    return f"{n} B"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((LOOPBACK, 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float, proc: "Child | None" = None,
+                  expect: bytes | None = None) -> None:
+    """Waits until 127.0.0.1:port accepts a connection (and, if given, sends `expect`)."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        if proc is not None and proc.exited():
+            raise BenchError(f"{proc.name} exited before listening")
+        try:
+            with socket.create_connection((LOOPBACK, port), timeout=2) as s:
+                if expect is None or s.recv(64).startswith(expect):
+                    return
+        except OSError as e:
+            last = e
+        time.sleep(0.05)
+    raise BenchError(f"nothing listening on {LOOPBACK}:{port} after {timeout:.0f}s ({last})")
+
+
+def tail(path: Path, lines: int = 20) -> str:
+    try:
+        data = path.read_bytes()[-8192:].decode("utf-8", "replace")
+    except OSError:
+        return "(no log)"
+    return "\n".join(data.splitlines()[-lines:]) or "(empty)"
+
+
+def run_quiet(argv: list[str], timeout: float, **kw) -> subprocess.CompletedProcess:
+    """Runs a short helper command to completion, capturing its output."""
+    return subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                          timeout=timeout, **kw)
+
+
+def sha256_file(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def drop_tree(path: Path) -> None:
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.exists():
+        shutil.rmtree(path)
+
+
+# --------------------------------------------------------------------------------------
+# Processes
+#
+# Peak RSS comes from wait4() on each measured process. A process started directly by this
+# (Python, tens of MiB) script would report at least the script's own RSS: Linux carries the
+# high-water mark of the memory image that exec() replaces into ru_maxrss. So each child is
+# started by a tiny `sh` that forks it in the background and exits at once; this script is
+# a child subreaper (prctl PR_SET_CHILD_SUBREAPER), so the orphan becomes its child and is
+# reaped here with its own, clean, rusage. Each child runs in its own process group (that of
+# the sh), so it and everything it starts can be killed at the end, whatever happens.
+# --------------------------------------------------------------------------------------
+
+PR_SET_CHILD_SUBREAPER = 36
+# Runs "$@" in the background with stdin from /dev/null, writes its PID to fd 0 (a pipe).
+LAUNCHER = '"$@" </dev/null & echo $! >&0'
+
+
+def become_subreaper() -> None:
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER) failed")
+
+
+@dataclass
+class Child:
+    name: str
+    pid: int
+    pgid: int
+    out: Path
+    err: Path
+    returncode: int | None = None  # set once reaped
+
+    def exited(self) -> bool:
+        """True once the process has exited (without reaping it: its rusage stays)."""
+        if self.returncode is not None:
+            return True
+        try:
+            info = os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return True
+        return info is not None and info.si_pid != 0
+
+    def exit_text(self) -> str:
+        return "exited" if self.returncode is None else f"exit status {self.returncode}"
+
+
+@dataclass
+class Exit:
+    name: str
+    returncode: int | None  # None: killed by us after the timeout
+    maxrss_kib: int
+    end: float  # time.perf_counter() when the process was seen to exit
+    timed_out: bool
+    out: Path
+    err: Path
+
+
+class Processes:
+    def __init__(self, log_dir: Path):
+        self.log_dir = log_dir
+        self.started: list[Child] = []
+
+    def start(self, name: str, argv: list, *, cwd: Path | None = None,
+              env: dict | None = None) -> Child:
+        """Starts argv with stdout/stderr redirected to <log_dir>/<name>.out/.err."""
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        out_path = self.log_dir / f"{name}.out"
+        err_path = self.log_dir / f"{name}.err"
+        r, w = os.pipe()
+        try:
+            with open(out_path, "wb") as out, open(err_path, "wb") as err:
+                sh = subprocess.Popen(["/bin/sh", "-c", LAUNCHER, "sh", *map(str, argv)],
+                                      stdin=w, stdout=out, stderr=err, cwd=cwd, env=env,
+                                      start_new_session=True)
+            os.close(w)
+            w = -1
+            with os.fdopen(r, "rb") as pipe:
+                r = -1
+                text = pipe.read().decode().strip()
+            sh.wait(timeout=30)
+        finally:
+            for fd in (r, w):
+                if fd >= 0:
+                    os.close(fd)
+        if not text.isdigit():
+            raise BenchError(f"could not start {argv[0]}: {tail(err_path)}")
+        child = Child(name, int(text), sh.pid, out_path, err_path)
+        self.started.append(child)
+        return child
+
+    @staticmethod
+    def kill_group(child: Child, sig: int = signal.SIGKILL) -> None:
+        try:
+            os.killpg(child.pgid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def wait(self, children: list[Child], timeout: float) -> dict[str, Exit]:
+        """Waits for all children to exit, reaping each with os.wait4 for its own peak RSS.
+
+        A child still running after `timeout` seconds is killed (with its group) and
+        reported with timed_out=True.
+        """
+        deadline = time.monotonic() + timeout
+        fds: dict[int, Child] = {}
+        results: dict[str, Exit] = {}
+        timed_out = False
+        try:
+            for c in children:
+                if c.returncode is not None:
+                    raise BenchError(f"{c.name} was already reaped")
+                fds[os.pidfd_open(c.pid)] = c
+            while fds:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 and not timed_out:
+                    timed_out = True
+                    for c in fds.values():
+                        self.kill_group(c)
+                    deadline = time.monotonic() + 30  # reaping after SIGKILL
+                    continue
+                if remaining <= 0:
+                    raise BenchError("processes did not die after SIGKILL")
+                ready, _, _ = select.select(list(fds), [], [], min(remaining, 1.0))
+                for fd in ready:
+                    c = fds.pop(fd)
+                    os.close(fd)
+                    _, status, usage = os.wait4(c.pid, 0)
+                    end = time.perf_counter()
+                    c.returncode = os.waitstatus_to_exitcode(status)
+                    results[c.name] = Exit(c.name, None if timed_out else c.returncode,
+                                           usage.ru_maxrss, end, timed_out, c.out, c.err)
+                    self.kill_group(c)  # helpers it left behind (ssh under scp, ...)
+        finally:
+            for fd in fds:
+                os.close(fd)
+            reap_strays(self.started)
+        return results
+
+    def stop(self, child: Child, grace: float = 3.0) -> None:
+        """Stops a child's process group: SIGTERM, then SIGKILL after `grace` seconds."""
+        if child.returncode is None:
+            self.kill_group(child, signal.SIGTERM)
+            deadline = time.monotonic() + grace
+            while not child.exited() and time.monotonic() < deadline:
+                time.sleep(0.05)
+        self.kill_group(child, signal.SIGKILL)
+        if child.returncode is None:
+            try:
+                _, status = os.waitpid(child.pid, 0)
+                child.returncode = os.waitstatus_to_exitcode(status)
+            except ChildProcessError:
+                child.returncode = -1
+        reap_strays(self.started)
+
+    def stop_all(self) -> None:
+        for child in reversed(self.started):
+            self.stop(child, grace=2.0)
+
+
+def reap_strays(tracked: list[Child]) -> None:
+    """Reaps zombie orphans handed to this subreaper that nobody waits for."""
+    keep = {c.pid for c in tracked if c.returncode is None}
+    me = os.getpid()
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) in keep:
+            continue
+        try:
+            stat = Path(entry.path, "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        if fields[0] == "Z" and int(fields[1]) == me:
+            try:
+                os.waitpid(int(entry.name), os.WNOHANG)
+            except ChildProcessError:
+                pass
+
+
+# --------------------------------------------------------------------------------------
+# Data sets
+# --------------------------------------------------------------------------------------
+
+@dataclass
+class Dataset:
+    key: str            # "big" / "small"
+    label: str          # for tables
+    path: Path          # what is sent: a file or a folder
+    hashes: dict[str, str]  # path relative to path.parent -> sha256
+    total_bytes: int
+    files: int
+
+
+def _write_random(path: Path, size: int, block: int = 4 * MiB) -> None:
+    with open(path, "wb") as f:
+        left = size
+        while left:
+            n = min(block, left)
+            f.write(os.urandom(n))
+            left -= n
+
+
+def _load_meta(meta_path: Path, params: dict, root: Path) -> dict | None:
+    """Returns the cached metadata if it was made with `params` and the files still match."""
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, ValueError):
+        return None
+    if meta.get("params") != params:
+        return None
+    for rel, (size, mtime_ns) in meta["stat"].items():
+        try:
+            st = (root / rel).stat()
+        except OSError:
+            return None
+        if st.st_size != size or st.st_mtime_ns != mtime_ns:
+            return None
+    return meta
+
+
+def _save_meta(meta_path: Path, params: dict, root: Path, rels: list[str]) -> dict:
+    stat = {}
+    hashes = {}
+    for rel in rels:
+        st = (root / rel).stat()
+        stat[rel] = (st.st_size, st.st_mtime_ns)
+        hashes[rel] = sha256_file(root / rel)
+    meta = {"params": params, "stat": stat, "hashes": hashes}
+    meta_path.write_text(json.dumps(meta))
+    return meta
+
+
+def make_big_dataset(data_dir: Path, size: int) -> Dataset:
+    """One file of `size` random bytes, reused if an identical one is already there."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path = data_dir / "big.bin"
+    params = {"kind": "big", "size": size}
+    meta = _load_meta(data_dir / "big.meta.json", params, data_dir)
+    if meta is None:
+        print(f"generating {path} ({human_size(size)} random bytes)…", flush=True)
+        _write_random(path, size)
+        meta = _save_meta(data_dir / "big.meta.json", params, data_dir, ["big.bin"])
+    else:
+        print(f"reusing {path}", flush=True)
+    return Dataset("big", f"1 file, {human_size(size)}", path, meta["hashes"], size, 1)
+
+
+def make_small_dataset(data_dir: Path, count: int) -> Dataset:
+    """`count` files of 1–64 KiB random bytes in a few nested folders under small/."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    root = data_dir / "small"
+    params = {"kind": "small", "count": count, "seed": SMALL_SEED}
+    meta = _load_meta(data_dir / "small.meta.json", params, data_dir)
+    if meta is None:
+        print(f"generating {root} ({count} files of 1–64 KiB)…", flush=True)
+        drop_tree(root)
+        rng = random.Random(SMALL_SEED)
+        rels = []
+        for i in range(count):
+            top = f"d{i % 5}"
+            if i % 10 == 0:
+                rel = f"small/{top}/f{i:05d}.bin"
+            else:
+                rel = f"small/{top}/e{(i // 5) % 4}/g{(i // 20) % 2}/f{i:05d}.bin"
+            (data_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+            size = rng.randint(1024, 64 * 1024)
+            (data_dir / rel).write_bytes(os.urandom(size))
+            rels.append(rel)
+        meta = _save_meta(data_dir / "small.meta.json", params, data_dir, rels)
+    else:
+        print(f"reusing {root}", flush=True)
+    total = sum(size for size, _ in meta["stat"].values())
+    return Dataset("small", f"{count} files, 1–64 KiB ({human_size(total)})", root,
+                   meta["hashes"], total, count)
+
+
+def verify_output(ds: Dataset, out_dir: Path) -> tuple[list[str], list[str]]:
+    """Compares every received file's SHA-256 with the source.
+
+    Returns (errors, extras): missing or differing files, and files that should not be there.
+    """
+    errors = []
+    for rel, digest in ds.hashes.items():
+        target = out_dir / rel
+        if not target.is_file():
+            errors.append(f"missing: {rel}")
+        elif (got := sha256_file(target)) != digest:
+            errors.append(f"SHA-256 differs: {rel} (got {got[:16]}…, want {digest[:16]}…)")
+    extras = []
+    for dirpath, _, filenames in os.walk(out_dir):
+        for name in filenames:
+            rel = os.path.relpath(os.path.join(dirpath, name), out_dir)
+            if rel not in ds.hashes:
+                extras.append(rel)
+    return errors, sorted(extras)
+
+
+# --------------------------------------------------------------------------------------
+# Results
+# --------------------------------------------------------------------------------------
+
+@dataclass
+class Result:
+    tool: str                 # row label, e.g. "p2p-transfer w=16"
+    kind: str                 # "p2p", "limit-disk", "limit-tcp", "compare"
+    dataset: str              # "big" / "small"
+    seconds: list[float] = field(default_factory=list)
+    sender_rss_kib: list[int] = field(default_factory=list)
+    receiver_rss_kib: list[int] = field(default_factory=list)
+    window: int | None = None
+    status: str = "ok"        # "ok", "FAILED: …", "unavailable: …"
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok" and bool(self.seconds)
+
+    @property
+    def median_seconds(self) -> float:
+        return statistics.median(self.seconds)
+
+    def mibps(self, total_bytes: int) -> float | None:
+        return total_bytes / MiB / self.median_seconds if self.ok else None
+
+    def peak(self, side: str) -> float | None:
+        values = self.sender_rss_kib if side == "sender" else self.receiver_rss_kib
+        return max(values) / 1024 if values else None
+
+
+class Context:
+    """Everything one benchmark run shares."""
+
+    def __init__(self, args: argparse.Namespace, workdir: Path):
+        self.args = args
+        self.workdir = workdir
+        self.data_dir = workdir / "data"
+        self.out_dir = workdir / "out"
+        self.log_dir = workdir / "logs"
+        drop_tree(self.log_dir)  # logs of an earlier run in the same workdir
+        self.procs = Processes(self.log_dir)
+        self.run_counter = 0
+        self.wormhole_runs = 0
+        self.failures: list[str] = []
+        self.warnings: list[str] = []
+
+    def log_name(self, label: str) -> str:
+        self.run_counter += 1
+        return f"{self.run_counter:03d}-" + re.sub(r"[^A-Za-z0-9_.-]+", "_", label)
+
+    def fresh_output(self) -> Path:
+        """An empty output dir on the same disk as the data, with earlier writes flushed."""
+        drop_tree(self.out_dir)
+        self.out_dir.mkdir(parents=True)
+        os.sync()  # so that writeback from an earlier run does not land in this one
+        return self.out_dir
+
+    def clear_output(self) -> None:
+        drop_tree(self.out_dir)
+
+
+def measure(ctx: Context, result: Result, ds: Dataset, once) -> Result:
+    """Runs `once(ctx, ds, result, repeat_index)` --repeat times, each with a fresh output.
+
+    `once` returns (seconds, sender_rss_kib, receiver_rss_kib) or raises BenchError.
+    """
+    for i in range(ctx.args.repeat):
+        try:
+            out = ctx.fresh_output()
+            seconds, s_rss, r_rss = once(ctx, ds, out, result, i)
+        except BenchError as e:
+            result.status = f"FAILED: {str(e).splitlines()[0]}"
+            print(f"\n!!! {result.tool} / {ds.key}: FAILED\n{e}\n", file=sys.stderr, flush=True)
+            ctx.failures.append(f"{result.tool} / {ds.key}: {e}")
+            break
+        finally:
+            ctx.clear_output()
+        result.seconds.append(seconds)
+        if s_rss is not None:
+            result.sender_rss_kib.append(s_rss)
+        if r_rss is not None:
+            result.receiver_rss_kib.append(r_rss)
+        rate = ds.total_bytes / MiB / seconds
+        rss = ""
+        if s_rss is not None or r_rss is not None:
+            fmt = lambda v: "n/a" if v is None else f"{v / 1024:.1f}"  # noqa: E731
+            rss = f", peak RSS sender {fmt(s_rss)} MiB, receiver {fmt(r_rss)} MiB"
+        print(f"  {result.tool:<28} {ds.key:<6} run {i + 1}: {seconds:8.3f} s "
+              f"{rate:9.1f} MiB/s{rss}", flush=True)
+    return result
+
+
+def check_exits(exits: dict[str, Exit], what: str) -> None:
+    bad = [e for e in exits.values() if e.timed_out or e.returncode != 0]
+    if not bad:
+        return
+    lines = []
+    for e in exits.values():
+        state = "timed out (killed)" if e.timed_out else f"exit status {e.returncode}"
+        lines.append(f"--- {e.name}: {state}\n    stdout ({e.out}):\n"
+                     + tail(e.out).replace("\n", "\n      ")
+                     + f"\n    stderr ({e.err}):\n" + tail(e.err).replace("\n", "\n      "))
+    raise BenchError(f"{what} failed\n" + "\n".join(lines))
+
+
+def check_output(ctx: Context, ds: Dataset, out: Path, result: Result, what: str) -> None:
+    errors, extras = verify_output(ds, out)
+    if errors:
+        shown = "\n  ".join(errors[:20])
+        more = f"\n  … and {len(errors) - 20} more" if len(errors) > 20 else ""
+        raise BenchError(f"{what}: received data does NOT match the source "
+                         f"({len(errors)} problems):\n  {shown}{more}")
+    if extras:
+        note = f"{what}: {len(extras)} unexpected file(s) left in the output, e.g. {extras[:3]}"
+        if note not in ctx.warnings:
+            print(f"warning: {note}", file=sys.stderr)
+            ctx.warnings.append(note)
+
+
+def wait_listening(proc: Child, timeout: float) -> str:
+    """Reads `listening on <ip>:<port>` from a freshly started receiver's stderr (or stdout)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        for log in (proc.err, proc.out):
+            try:
+                m = LISTEN_RE.search(log.read_text(errors="replace"))
+            except OSError:
+                m = None
+            if m:
+                addr = m.group(1).rstrip(".,;")
+                host = addr.rsplit(":", 1)[0].strip("[]")
+                if host != LOOPBACK:
+                    raise BenchError(f"receiver listens on {addr}, not on {LOOPBACK}; refusing")
+                return addr
+        if proc.exited():
+            raise BenchError(f"{proc.name} exited before listening\n"
+                             f"stderr:\n{tail(proc.err)}")
+        if time.monotonic() > deadline:
+            raise BenchError(f"receiver printed no 'listening on' line within {timeout:.0f}s\n"
+                             f"stderr:\n{tail(proc.err)}")
+        time.sleep(0.01)
+
+
+# --------------------------------------------------------------------------------------
+# Measurements
+# --------------------------------------------------------------------------------------
+
+def measure_p2p(ctx: Context, ds: Dataset, window: int) -> Result:
+    """p2p-transfer receive on 127.0.0.1:0, then send with --window-size `window`."""
+    result = Result(f"p2p-transfer w={window}", "p2p", ds.key, window=window)
+
+    def once(ctx: Context, ds: Dataset, out: Path, result: Result, i: int):
+        name = ctx.log_name(f"p2p-{ds.key}-w{window}-r{i}")
+        binary = str(ctx.args.binary)
+        recv = ctx.procs.start(f"{name}-receive", [
+            binary, "receive", "--output", out, "--port", "0", "--bind", LOOPBACK])
+        try:
+            addr = wait_listening(recv, timeout=30)
+        except BenchError:
+            ctx.procs.stop(recv)
+            raise
+        send_argv = [binary, "send", ds.path, "--peer", addr, "--window-size", str(window)]
+        if ctx.args.chunk_size:
+            send_argv += ["--chunk-size", str(ctx.args.chunk_size)]
+        send_argv += ctx.args.send_arg
+        t0 = time.perf_counter()
+        send = ctx.procs.start(f"{name}-send", send_argv)
+        exits = ctx.procs.wait([send, recv], ctx.args.timeout)
+        seconds = max(e.end for e in exits.values()) - t0
+        check_exits(exits, f"p2p-transfer (window {window})")
+        check_output(ctx, ds, out, result, "p2p-transfer")
+        return (seconds, exits[f"{name}-send"].maxrss_kib, exits[f"{name}-receive"].maxrss_kib)
+
+    return measure(ctx, result, ds, once)
+
+
+def measure_local_copy(ctx: Context, ds: Dataset) -> Result:
+    """`cp -r` of the data into the output dir (same disk); no fsync, like p2p-transfer."""
+    result = Result("local copy (cp -r)", "limit-disk", ds.key)
+
+    def once(ctx: Context, ds: Dataset, out: Path, result: Result, i: int):
+        name = ctx.log_name(f"cp-{ds.key}-r{i}")
+        t0 = time.perf_counter()
+        cp = ctx.procs.start(name, ["cp", "-r", ds.path, str(out) + "/"])
+        exits = ctx.procs.wait([cp], ctx.args.timeout)
+        seconds = exits[name].end - t0
+        check_exits(exits, "cp -r")
+        check_output(ctx, ds, out, result, "cp -r")
+        return seconds, None, None
+
+    return measure(ctx, result, ds, once)
+
+
+# The two ends of the TCP limit measurement run as separate, bare Python processes
+# (-I -S: no site imports), so that neither shares a GIL or an interpreter with this script.
+TCP_SINK = r"""
+import socket, sys
+srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+srv.bind(("127.0.0.1", 0))
+srv.listen(1)
+srv.settimeout(600)
+print("listening on 127.0.0.1:%d" % srv.getsockname()[1], file=sys.stderr, flush=True)
+conn, _ = srv.accept()
+conn.settimeout(600)
+view = memoryview(bytearray(1 << 20))
+total = 0
+while True:
+    n = conn.recv_into(view)
+    if not n:
+        break
+    total += n
+conn.close()
+print(total, flush=True)
+"""
+
+# argv: ADDR FILE_LIST. Connects, then waits for SIGUSR1 before sending, so that the
+# measured time is the data copy alone, not Python's start-up or the connection set-up.
+TCP_SOURCE = r"""
+import signal, socket, sys
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+host, port = sys.argv[1].rsplit(":", 1)
+if host != "127.0.0.1":
+    sys.exit("refusing to connect to " + host)
+paths = [p for p in open(sys.argv[2]).read().splitlines() if p]
+conn = socket.create_connection((host, int(port)), timeout=600)
+print("ready", file=sys.stderr, flush=True)
+signal.sigwait({signal.SIGUSR1})
+for p in paths:
+    with open(p, "rb") as f:
+        conn.sendfile(f)
+conn.shutdown(socket.SHUT_WR)
+conn.recv(1)  # returns when the sink has read everything and closed
+conn.close()
+"""
+
+
+def wait_for_line(child: Child, needle: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while needle not in child.err.read_text(errors="replace"):
+        if child.exited():
+            raise BenchError(f"{child.name} exited early:\n{tail(child.err)}")
+        if time.monotonic() > deadline:
+            raise BenchError(f"{child.name} did not print {needle!r} within {timeout:.0f}s")
+        time.sleep(0.005)
+
+
+def measure_tcp_limit(ctx: Context, ds: Dataset) -> Result:
+    """Plain TCP over loopback into /dev/null: sendfile() → recv_into() a reused buffer."""
+    result = Result("TCP loopback → /dev/null", "limit-tcp", ds.key)
+    file_list = ctx.workdir / f"{ds.key}.files"
+    file_list.write_text("\n".join(str(ds.path.parent / rel) for rel in sorted(ds.hashes)) + "\n")
+    python = [sys.executable, "-I", "-S", "-c"]
+
+    def once(ctx: Context, ds: Dataset, out: Path, result: Result, i: int):
+        name = ctx.log_name(f"tcp-{ds.key}-r{i}")
+        sink = ctx.procs.start(f"{name}-sink", python + [TCP_SINK])
+        source = None
+        try:
+            addr = wait_listening(sink, timeout=30)
+            source = ctx.procs.start(f"{name}-source", python + [TCP_SOURCE, addr, file_list])
+            wait_for_line(source, "ready", timeout=30)
+        except BenchError:
+            for c in (sink, source):
+                if c is not None:
+                    ctx.procs.stop(c)
+            raise
+        t0 = time.perf_counter()
+        os.kill(source.pid, signal.SIGUSR1)
+        exits = ctx.procs.wait([source, sink], ctx.args.timeout)
+        seconds = max(e.end for e in exits.values()) - t0
+        check_exits(exits, "TCP copy")
+        got = exits[f"{name}-sink"].out.read_text().strip()
+        if got != str(ds.total_bytes):
+            raise BenchError(f"TCP sink received {got!r} bytes, expected {ds.total_bytes}")
+        return (seconds, exits[f"{name}-source"].maxrss_kib, exits[f"{name}-sink"].maxrss_kib)
+
+    return measure(ctx, result, ds, once)
+
+
+# ---- scp / rsync over a local sshd ---------------------------------------------------
+
+@dataclass
+class Sshd:
+    port: int
+    key: Path
+    user: str
+
+    def ssh_options(self) -> list[str]:
+        return ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+                "-o", "BatchMode=yes", "-o", "LogLevel=ERROR", "-i", str(self.key)]
+
+
+def ensure_apt_packages(packages: dict[str, str]) -> None:
+    """Installs the Debian packages whose marker file is missing (nothing if all present)."""
+    missing = [pkg for pkg, marker in packages.items() if not Path(marker).exists()]
+    if not missing:
+        return
+    if os.geteuid() != 0:
+        raise BenchError(f"{', '.join(missing)} not installed and not running as root")
+    if not shutil.which("apt-get"):
+        raise BenchError(f"{', '.join(missing)} not installed and there is no apt-get")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    argv = ["apt-get", "install", "-y", "-q", *missing]
+    print(f"installing {' '.join(missing)} with apt-get…", flush=True)
+    try:
+        r = run_quiet(argv, timeout=600, env=env)
+        if r.returncode != 0:  # maybe the package lists are missing or stale
+            run_quiet(["apt-get", "update", "-q"], timeout=600, env=env)
+            r = run_quiet(argv, timeout=600, env=env)
+    except subprocess.TimeoutExpired:
+        raise BenchError("apt-get timed out")
+    if r.returncode != 0:
+        raise BenchError(f"apt-get install {' '.join(missing)} failed:\n"
+                         + "\n".join((r.stdout + r.stderr).splitlines()[-10:]))
+
+
+def start_sshd(ctx: Context) -> Sshd:
+    """A private sshd on 127.0.0.1:<free port> with generated host and client keys."""
+    ensure_apt_packages({"openssh-server": "/usr/sbin/sshd", "rsync": "/usr/bin/rsync"})
+    for tool in ("ssh-keygen", "scp", "ssh", "rsync"):
+        if not shutil.which(tool):
+            raise BenchError(f"{tool} not found")
+    ssh_dir = ctx.workdir / "ssh"
+    ssh_dir.mkdir(exist_ok=True)
+    host_key = ssh_dir / "host_ed25519"
+    client_key = ssh_dir / "client_ed25519"
+    for key in (host_key, client_key):
+        if not key.exists():
+            r = run_quiet(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "p2p-bench",
+                           "-f", str(key)], timeout=60)
+            if r.returncode != 0:
+                raise BenchError(f"ssh-keygen failed: {r.stderr.strip()}")
+    os.chmod(client_key, 0o600)
+    authorized = ssh_dir / "authorized_keys"
+    authorized.write_text((client_key.with_suffix(".pub")).read_text())
+    port = free_port()
+    config = ssh_dir / "sshd_config"
+    config.write_text(f"""\
+# generated by benchmark.py; used only for this run
+ListenAddress {LOOPBACK}
+Port {port}
+HostKey {host_key}
+PidFile {ssh_dir / 'sshd.pid'}
+AuthorizedKeysFile {authorized}
+StrictModes no
+PermitRootLogin yes
+PubkeyAuthentication yes
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+X11Forwarding no
+PrintMotd no
+Subsystem sftp internal-sftp
+""")
+    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege-separation dir
+    sshd = ctx.procs.start("sshd", ["/usr/sbin/sshd", "-D", "-e", "-p", str(port),
+                                    "-f", str(config)])
+    try:
+        wait_for_port(port, 20, sshd, expect=b"SSH-")
+    except BenchError as e:
+        raise BenchError(f"sshd did not start: {e}\n{tail(sshd.err)}")
+    server = Sshd(port, client_key, getpass.getuser())
+    r = run_quiet(["ssh", *server.ssh_options(), "-p", str(port),
+                   f"{server.user}@{LOOPBACK}", "true"], timeout=30)
+    if r.returncode != 0:
+        raise BenchError(f"cannot log in to the local sshd: {r.stderr.strip()}\n"
+                         f"{tail(sshd.err)}")
+    print(f"sshd listening on {LOOPBACK}:{port}", flush=True)
+    return server
+
+
+def measure_scp(ctx: Context, ds: Dataset, sshd: Sshd | None, why: str) -> Result:
+    result = Result("scp", "compare", ds.key)
+    if sshd is None:
+        result.status = f"unavailable: {why}"
+        return result
+
+    def once(ctx: Context, ds: Dataset, out: Path, result: Result, i: int):
+        name = ctx.log_name(f"scp-{ds.key}-r{i}")
+        argv = ["scp", "-q", "-r", *sshd.ssh_options(), "-P", str(sshd.port), ds.path,
+                f"{sshd.user}@{LOOPBACK}:{out}/"]
+        t0 = time.perf_counter()
+        p = ctx.procs.start(name, argv)
+        exits = ctx.procs.wait([p], ctx.args.timeout)
+        seconds = exits[name].end - t0
+        check_exits(exits, "scp")
+        check_output(ctx, ds, out, result, "scp")
+        return seconds, None, None
+
+    return measure(ctx, result, ds, once)
+
+
+def measure_rsync(ctx: Context, ds: Dataset, sshd: Sshd | None, why: str) -> Result:
+    result = Result("rsync -a over ssh", "compare", ds.key)
+    if sshd is None:
+        result.status = f"unavailable: {why}"
+        return result
+
+    def once(ctx: Context, ds: Dataset, out: Path, result: Result, i: int):
+        name = ctx.log_name(f"rsync-{ds.key}-r{i}")
+        rsh = " ".join(shlex.quote(a) for a in ["ssh", *sshd.ssh_options(), "-p", str(sshd.port)])
+        argv = ["rsync", "-a", "-e", rsh, ds.path, f"{sshd.user}@{LOOPBACK}:{out}/"]
+        t0 = time.perf_counter()
+        p = ctx.procs.start(name, argv)
+        exits = ctx.procs.wait([p], ctx.args.timeout)
+        seconds = exits[name].end - t0
+        check_exits(exits, "rsync")
+        check_output(ctx, ds, out, result, "rsync")
+        return seconds, None, None
+
+    return measure(ctx, result, ds, once)
+
+
+# ---- magic-wormhole with a local mailbox server and transit relay --------------------
+
+@dataclass
+class Wormhole:
+    bin_dir: Path
+    relay_url: str
+    transit: str
+    version: str
+
+
+def _wormhole_bin_dir_ok(bin_dir: Path) -> bool:
+    python = bin_dir / "python"
+    if not python.exists():
+        python = bin_dir / "python3"
+    if not ((bin_dir / "wormhole").exists() and (bin_dir / "twist").exists() and python.exists()):
+        return False
+    r = run_quiet([str(python), "-c", "import wormhole, wormhole_mailbox_server, "
+                   "wormhole_transit_relay"], timeout=60)
+    return r.returncode == 0
+
+
+def ensure_wormhole(ctx: Context) -> Path:
+    """Returns a bin dir with `wormhole` and `twist` whose Python has all three packages."""
+    venv = ctx.workdir / "venv-wormhole"
+    for bin_dir in (Path(sys.executable).parent, venv / "bin"):
+        if _wormhole_bin_dir_ok(bin_dir):
+            return bin_dir
+    print(f"installing {' '.join(WORMHOLE_PACKAGES)} into {venv}…", flush=True)
+    try:
+        if not (venv / "bin" / "python").exists():
+            r = run_quiet([sys.executable, "-m", "venv", str(venv)], timeout=300)
+            if r.returncode != 0:
+                raise BenchError(f"python -m venv failed: {r.stderr.strip()}")
+        r = run_quiet([str(venv / "bin" / "python"), "-m", "pip", "install", "-q",
+                       *WORMHOLE_PACKAGES], timeout=900)
+    except subprocess.TimeoutExpired:
+        raise BenchError("pip install timed out")
+    if r.returncode != 0:
+        raise BenchError("pip install failed:\n"
+                         + "\n".join((r.stdout + r.stderr).splitlines()[-10:]))
+    if not _wormhole_bin_dir_ok(venv / "bin"):
+        raise BenchError("magic-wormhole installed, but wormhole/twist are not usable")
+    return venv / "bin"
+
+
+def start_wormhole_servers(ctx: Context) -> Wormhole:
+    """`twist wormhole-mailbox` and `twist transitrelay`, both on 127.0.0.1 only."""
+    bin_dir = ensure_wormhole(ctx)
+    state = ctx.workdir / "wormhole"
+    state.mkdir(exist_ok=True)
+    mailbox_port, transit_port = free_port(), free_port()
+    while transit_port == mailbox_port:
+        transit_port = free_port()
+    mailbox = ctx.procs.start("wormhole-mailbox", [
+        bin_dir / "twist", "wormhole-mailbox",
+        f"--port=tcp:{mailbox_port}:interface={LOOPBACK}",
+        f"--channel-db={state / 'relay.sqlite'}"], cwd=state)
+    relay = ctx.procs.start("wormhole-transit", [
+        bin_dir / "twist", "transitrelay",
+        f"--port=tcp:{transit_port}:interface={LOOPBACK}"], cwd=state)
+    for proc, port in ((mailbox, mailbox_port), (relay, transit_port)):
+        try:
+            wait_for_port(port, 30, proc)
+        except BenchError as e:
+            raise BenchError(f"{proc.name}: {e}\n{tail(proc.out)}\n{tail(proc.err)}")
+    r = run_quiet([str(bin_dir / "wormhole"), "--version"], timeout=60)
+    version = (r.stdout or r.stderr).strip().splitlines()[-1] if r.returncode == 0 else "?"
+    print(f"wormhole mailbox on {LOOPBACK}:{mailbox_port}, transit relay on "
+          f"{LOOPBACK}:{transit_port} ({version})", flush=True)
+    return Wormhole(bin_dir, f"ws://{LOOPBACK}:{mailbox_port}/v1",
+                    f"tcp:{LOOPBACK}:{transit_port}", version)
+
+
+def measure_wormhole(ctx: Context, ds: Dataset, wh: Wormhole | None, why: str) -> Result:
+    result = Result("magic-wormhole (via relay)", "compare", ds.key)
+    if wh is None:
+        result.status = f"unavailable: {why}"
+        return result
+
+    def once(ctx: Context, ds: Dataset, out: Path, result: Result, i: int):
+        ctx.wormhole_runs += 1
+        code = f"{6 + ctx.wormhole_runs}-test-code"
+        name = ctx.log_name(f"wormhole-{ds.key}-r{i}")
+        # --no-listen on both sides: no direct connection hints (which would name this
+        # machine's other addresses); all data goes through the local transit relay.
+        common = [wh.bin_dir / "wormhole", "--relay-url", wh.relay_url,
+                  "--transit-helper", wh.transit]
+        tmp = ctx.workdir / "wormhole-tmp"  # the sender zips folders into TMPDIR
+        tmp.mkdir(exist_ok=True)
+        env = dict(os.environ, TMPDIR=str(tmp))
+        recv = ctx.procs.start(f"{name}-receive", [
+            *common, "receive", "--accept-file", "--hide-progress", "--no-listen", code],
+            cwd=out, env=env)
+        time.sleep(0.3)  # let it claim the nameplate; it waits for the sender anyway
+        t0 = time.perf_counter()
+        send = ctx.procs.start(f"{name}-send", [
+            *common, "send", "--code", code, "--hide-progress", "--no-listen", "--no-qr",
+            ds.path], env=env)
+        exits = ctx.procs.wait([send, recv], ctx.args.timeout)
+        seconds = max(e.end for e in exits.values()) - t0
+        check_exits(exits, "magic-wormhole")
+        check_output(ctx, ds, out, result, "magic-wormhole")
+        drop_tree(tmp)
+        return (seconds, exits[f"{name}-send"].maxrss_kib, exits[f"{name}-receive"].maxrss_kib)
+
+    return measure(ctx, result, ds, once)
+
+
+# --------------------------------------------------------------------------------------
+# Machine, congestion control, binary
+# --------------------------------------------------------------------------------------
+
+def read_congestion() -> str:
+    try:
+        return CONGESTION_SYSCTL.read_text().strip()
+    except OSError:
+        return "unknown"
+
+
+def set_congestion(wanted: str) -> tuple[str, str | None]:
+    """Sets net.ipv4.tcp_congestion_control; returns (value in force, old value to restore)."""
+    old = read_congestion()
+    if wanted == "default" or wanted == old:
+        return old, None
+    try:
+        CONGESTION_SYSCTL.write_text(wanted + "\n")
+    except OSError as e:
+        r = None
+        if shutil.which("sysctl"):
+            r = run_quiet(["sysctl", "-w", f"net.ipv4.tcp_congestion_control={wanted}"],
+                          timeout=30)
+        if r is None or r.returncode != 0:
+            print(f"warning: cannot set tcp_congestion_control={wanted} ({e}); "
+                  f"keeping {old}", file=sys.stderr)
+            return read_congestion(), None
+    now = read_congestion()
+    if now != wanted:
+        print(f"warning: asked for congestion control {wanted}, got {now}", file=sys.stderr)
+    return now, old
+
+
+def restore_congestion(old: str | None) -> None:
+    if old is None:
+        return
+    try:
+        CONGESTION_SYSCTL.write_text(old + "\n")
+    except OSError:
+        if shutil.which("sysctl"):
+            run_quiet(["sysctl", "-w", f"net.ipv4.tcp_congestion_control={old}"], timeout=30)
+    if read_congestion() != old:
+        print(f"warning: could not restore tcp_congestion_control to {old}", file=sys.stderr)
+
+
+def machine_info(workdir: Path) -> dict[str, str]:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = "unknown"
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                mem = f"{int(line.split()[1]) / (1 << 20):.1f} GiB"
+    except (OSError, ValueError):
+        pass
+    fs = "unknown"
+    try:
+        best = ""
+        for line in Path("/proc/mounts").read_text().splitlines():
+            dev, mnt, fstype = line.split()[:3]
+            if str(workdir).startswith(mnt) and len(mnt) >= len(best):
+                best, fs = mnt, f"{fstype} on {mnt} ({dev})"
+    except (OSError, ValueError):
+        pass
+    return {
+        "nproc": str(len(os.sched_getaffinity(0))),
+        "cpu": cpu,
+        "memory": mem,
+        "kernel": platform.release(),
+        "filesystem": fs,
+        "python": platform.python_version(),
+    }
+
+
+def binary_info(binary: Path) -> str:
+    parts = []
+    try:
+        r = run_quiet([str(binary), "--version"], timeout=30)
+        if r.returncode == 0 and r.stdout.strip():
+            parts.append(r.stdout.strip().splitlines()[0])
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    try:
+        r = run_quiet(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], timeout=30)
+        if r.returncode == 0:
+            commit = r.stdout.strip()
+            d = run_quiet(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
+                          timeout=30)
+            if d.returncode == 0 and d.stdout.strip():
+                commit += " + uncommitted changes"
+            parts.append(f"commit {commit}")
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    return ", ".join(parts) or "unknown"
+
+
+def ensure_binary(args: argparse.Namespace) -> None:
+    if args.binary.exists():
+        return
+    if args.binary != DEFAULT_BINARY:
+        raise SystemExit(f"error: {args.binary} does not exist")
+    print(f"{args.binary} missing: running cargo build --release…", flush=True)
+    try:
+        r = subprocess.run(["cargo", "build", "--release"], cwd=REPO, stdin=subprocess.DEVNULL,
+                           timeout=3600)
+    except subprocess.TimeoutExpired:
+        raise SystemExit("error: cargo build --release timed out")
+    if r.returncode != 0 or not args.binary.exists():
+        raise SystemExit("error: cargo build --release failed")
+
+
+# --------------------------------------------------------------------------------------
+# Report
+# --------------------------------------------------------------------------------------
+
+def fmt_num(value: float | None, spec: str = ".1f") -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def table_rows(results: list[Result], datasets: dict[str, Dataset]) -> list[list[str]]:
+    rows = []
+    for key, ds in datasets.items():
+        local = next((r for r in results if r.kind == "limit-disk" and r.dataset == key), None)
+        tcp = next((r for r in results if r.kind == "limit-tcp" and r.dataset == key), None)
+        local_rate = local.mibps(ds.total_bytes) if local else None
+        tcp_rate = tcp.mibps(ds.total_bytes) if tcp else None
+        for r in (x for x in results if x.dataset == key):
+            rate = r.mibps(ds.total_bytes)
+            if rate is None:
+                rows.append([r.tool, key, r.status, "", "", "", "", ""])
+                continue
+            rows.append([
+                r.tool, key,
+                f"{rate:.1f}",
+                fmt_num(rate / local_rate if local_rate else None, ".2f"),
+                fmt_num(rate / tcp_rate if tcp_rate else None, ".2f"),
+                f"{r.median_seconds:.3f}",
+                fmt_num(r.peak("sender")),
+                fmt_num(r.peak("receiver")),
+            ])
+    return rows
+
+
+HEADERS = ["tool / window", "dataset", "MiB/s", "× local copy", "× TCP limit", "seconds",
+           "sender peak RSS MiB", "receiver peak RSS MiB"]
+
+
+def is_status_row(row: list[str]) -> bool:
+    return row[3] == "" and not row[2][:1].isdigit()
+
+
+def text_table(rows: list[list[str]]) -> str:
+    figures = [r for r in rows if not is_status_row(r)]
+    widths = [max([len(h)] + [len(r[i]) for r in figures]) for i, h in enumerate(HEADERS)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(HEADERS, widths)),
+             "  ".join("-" * w for w in widths)]
+    for r in rows:
+        if is_status_row(r):  # a status instead of figures
+            lines.append("  ".join([r[0].ljust(widths[0]), r[1].ljust(widths[1]), r[2]]))
+        else:
+            lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths)))
+    return "\n".join(lines)
+
+
+def markdown_table(rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(HEADERS) + " |",
+             "|" + "|".join(["---", "---"] + ["---:"] * (len(HEADERS) - 2)) + "|"]
+    for r in rows:
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in r) + " |")
+    return "\n".join(lines)
+
+
+@dataclass
+class Target:
+    name: str
+    verdict: str  # PASS / FAIL / n.a.
+    detail: str
+
+
+def best_p2p(results: list[Result], ds: Dataset | None) -> tuple[Result | None, float | None]:
+    if ds is None:
+        return None, None
+    ok = [r for r in results if r.kind == "p2p" and r.dataset == ds.key and r.ok]
+    if not ok:
+        return None, None
+    best = max(ok, key=lambda r: r.mibps(ds.total_bytes))
+    return best, best.mibps(ds.total_bytes)
+
+
+def rate_of(results: list[Result], ds: Dataset | None, tool: str) -> float | None:
+    if ds is None:
+        return None
+    r = next((r for r in results if r.tool == tool and r.dataset == ds.key), None)
+    return r.mibps(ds.total_bytes) if r else None
+
+
+def evaluate_targets(results: list[Result], datasets: dict[str, Dataset],
+                     chunk_size: int, compare: bool) -> list[Target]:
+    big, small = datasets.get("big"), datasets.get("small")
+    big_best, big_rate = best_p2p(results, big)
+    small_best, small_rate = best_p2p(results, small)
+    targets = []
+
+    def ratio_target(name, ours, ours_result, theirs, factor, theirs_name, why_na):
+        if ours is None or theirs is None:
+            return Target(name, "n.a.", why_na)
+        ok = ours >= factor * theirs
+        return Target(name, "PASS" if ok else "FAIL",
+                      f"{ours:.1f} MiB/s (w={ours_result.window}) vs {theirs_name} "
+                      f"{theirs:.1f} MiB/s = {ours / theirs:.2f}× (need ≥ {factor:g}×)")
+
+    local_big = rate_of(results, big, "local copy (cp -r)")
+    targets.append(ratio_target(
+        "1 GiB file ≥ 85% of local copy", big_rate, big_best, local_big, 0.85, "local copy",
+        "big-file run or local copy missing"))
+    targets.append(ratio_target(
+        "1 GiB file ≥ 2× scp", big_rate, big_best, rate_of(results, big, "scp"), 2, "scp",
+        "scp not measured (run with --compare)" if not compare else "scp or big run missing"))
+    targets.append(ratio_target(
+        "small files ≥ 2× rsync", small_rate, small_best,
+        rate_of(results, small, "rsync -a over ssh"), 2, "rsync",
+        "rsync not measured (run with --compare)" if not compare else "rsync or small run missing"))
+    targets.append(ratio_target(
+        "small files ≥ 50% of our big-file rate", small_rate, small_best, big_rate, 0.5,
+        f"our big-file rate (w={big_best.window if big_best else '?'})",
+        "needs a successful p2p run on both data sets"))
+
+    p2p_runs = [r for r in results if r.kind == "p2p"]
+    failed = [f"{r.dataset} w={r.window}" for r in p2p_runs if not r.ok]
+    if p2p_runs:
+        targets.append(Target(
+            "every p2p-transfer run completed and verified", "FAIL" if failed else "PASS",
+            f"failed: {', '.join(failed)}" if failed else f"{len(p2p_runs)} of {len(p2p_runs)}"))
+
+    rss_rows = [r for r in results if r.kind == "p2p" and r.ok]
+    if not rss_rows:
+        targets.append(Target("peak RSS ≤ 64 MiB + window × chunk", "n.a.", "no p2p run"))
+    else:
+        failures, worst = [], 0.0
+        for r in rss_rows:
+            limit = 64 + r.window * chunk_size / MiB
+            for side in ("sender", "receiver"):
+                peak = r.peak(side)
+                if peak is None:
+                    continue
+                worst = max(worst, peak / limit)
+                if peak > limit:
+                    failures.append(f"{r.dataset} w={r.window} {side} {peak:.1f} MiB > "
+                                    f"{limit:.0f} MiB")
+        detail = ("; ".join(failures) if failures else
+                  f"all {len(rss_rows)} runs within the limit; worst is {worst:.0%} of its limit")
+        targets.append(Target(f"peak RSS of each side ≤ 64 MiB + window × "
+                              f"{human_size(chunk_size)}", "FAIL" if failures else "PASS",
+                              detail))
+    return targets
+
+
+def write_report(path: Path, *, command: str, started: datetime.datetime, machine: dict,
+                 congestion: str, binary: str, datasets: dict[str, Dataset],
+                 results: list[Result], targets: list[Target], ctx: Context,
+                 chunk_size: int, extras: dict[str, str]) -> None:
+    rows = table_rows(results, datasets)
+    lines = [
+        "# Benchmarks",
+        "",
+        "Produced by `benchmark.py`; rerun it to refresh this page (it overwrites it).",
+        "",
+        f"- **Date:** {started.strftime('%Y-%m-%d %H:%M %Z').strip()}",
+        f"- **Command:** `{command}`",
+        f"- **Machine:** {machine['nproc']} CPUs ({machine['cpu']}), {machine['memory']} RAM, "
+        f"Linux {machine['kernel']}, data and output on {machine['filesystem']}",
+        f"- **net.ipv4.tcp_congestion_control:** {congestion}",
+        f"- **p2p-transfer:** {binary}; chunk size "
+        f"{human_size(chunk_size)}{'' if ctx.args.chunk_size else ' (default)'}"
+        + (f"; extra send flags: `{' '.join(ctx.args.send_arg)}`" if ctx.args.send_arg else ""),
+    ]
+    for k, v in extras.items():
+        lines.append(f"- **{k}:** {v}")
+    lines += [
+        f"- **Repeats:** {ctx.args.repeat} per measurement; the median time is reported, "
+        "and the highest peak RSS",
+        "",
+        "## Data sets",
+        "",
+    ]
+    for ds in datasets.values():
+        lines.append(f"- **{ds.key}**: {ds.label}, {ds.total_bytes:,} bytes of random "
+                     "(incompressible) data")
+    lines += [
+        "",
+        "## Results",
+        "",
+        "MiB/s = bytes of the data set / wall time. For p2p-transfer, TCP and magic-wormhole "
+        "the time runs from the start of the sender to the exit of both processes (the "
+        "receiver is started and listening before); for `cp`, `scp` and `rsync` it is the "
+        "command's run time. `× local copy` is the ratio to `cp -r` of the same data in the "
+        "same run (the limit for a transfer that writes to disk); `× TCP limit` is the "
+        "ratio to a plain TCP copy over loopback into /dev/null.",
+        "",
+        markdown_table(rows),
+        "",
+        "## Targets",
+        "",
+        "Evaluated on the fastest window measured for each data set.",
+        "",
+        "| target | verdict | evidence |",
+        "|---|---|---|",
+    ]
+    for t in targets:
+        lines.append(f"| {t.name} | **{t.verdict}** | {t.detail} |")
+    lines += [
+        "",
+        "## How it is measured",
+        "",
+        "- Everything runs on 127.0.0.1. `p2p-transfer receive --output OUT --port 0 --bind "
+        "127.0.0.1` is started first; its `listening on` line gives the address for "
+        "`p2p-transfer send DATA --peer ADDR --window-size N`.",
+        "- Every received file's SHA-256 is compared with the source after every run; a "
+        "mismatch fails the run. The output is deleted, and `sync` run, between runs.",
+        "- Peak RSS is each process's own `ru_maxrss` from `wait4()` on that process (not "
+        "the sum over children). For scp and rsync only the local client would be measurable "
+        "(the receiving side is a child of sshd), so they are reported as n/a.",
+        "- Nothing is fsynced: neither `cp` nor p2p-transfer calls fsync on the file data, so "
+        "with this much RAM both measure writes into the page cache; the source data is in "
+        "the page cache (warm) for every run. Results on a cold cache or with fsync would be "
+        "lower for every tool alike.",
+        "- TCP limit: a Python sender calling `socket.sendfile()` for each file in turn on "
+        "one connection, and a receiver calling `recv_into()` on one reused 1 MiB buffer "
+        "and discarding the data. Its time starts once both processes run and are "
+        "connected, so it leaves out process start-up and connection set-up.",
+        "- scp and rsync go through an sshd started for the run on 127.0.0.1 with generated "
+        "keys (OpenSSH default cipher; scp uses the SFTP protocol since OpenSSH 9). "
+        "magic-wormhole uses its own mailbox server and transit relay on 127.0.0.1, with "
+        "`--no-listen` on both sides so that all data goes through the local relay; it zips "
+        "a folder before sending it.",
+        "- The data is random, so compression cannot help; p2p-transfer runs with its default "
+        "(adaptive zstd) settings unless extra send flags are listed above.",
+    ]
+    if ctx.warnings or ctx.failures:
+        lines += ["", "## Problems seen in this run", ""]
+        for w in ctx.warnings:
+            lines.append(f"- warning: {w}")
+        for f in ctx.failures:
+            lines.append(f"- FAILED: {f.splitlines()[0]}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+
+
+# --------------------------------------------------------------------------------------
+# main
+# --------------------------------------------------------------------------------------
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description="Loopback throughput benchmark for p2p-transfer (127.0.0.1 only).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--binary", type=Path, default=DEFAULT_BINARY,
+                   help="p2p-transfer binary (the default is built with cargo build "
+                        "--release if missing)")
+    p.add_argument("--workdir", type=Path, default=None,
+                   help="where data, output and logs go; generated data is reused when it "
+                        "matches (default: a fresh dir under /tmp, removed at the end)")
+    p.add_argument("--big-size", type=parse_size, default=1 << 30,
+                   help="size of the big random file, e.g. 64M or 1G")
+    p.add_argument("--small-count", type=int, default=5000,
+                   help="number of small files (1–64 KiB each)")
+    p.add_argument("--windows", type=parse_windows, default=[1, 4, 16, 64],
+                   help="comma-separated window sizes for p2p-transfer send")
+    p.add_argument("--chunk-size", default=None,
+                   help="passed to p2p-transfer send --chunk-size (e.g. 1M); the RSS target "
+                        "uses it (default: the tool's default, 1 MiB)")
+    p.add_argument("--send-arg", action="append", default=[], metavar="ARG",
+                   help="extra argument for p2p-transfer send (repeatable), "
+                        "e.g. --send-arg=--no-compress")
+    p.add_argument("--compare", action="store_true",
+                   help="also run scp, rsync (local sshd) and magic-wormhole (local servers)")
+    p.add_argument("--congestion", choices=["cubic", "bbr", "default"], default="default",
+                   help="net.ipv4.tcp_congestion_control for the run (restored afterwards)")
+    p.add_argument("--repeat", type=int, default=1, help="runs per measurement; median reported")
+    p.add_argument("--output", type=Path, default=DEFAULT_OUTPUT,
+                   help="the Markdown report to write")
+    p.add_argument("--skip-big", action="store_true", help="skip the big-file data set")
+    p.add_argument("--skip-small", action="store_true", help="skip the small-files data set")
+    p.add_argument("--timeout", type=float, default=600,
+                   help="seconds one run may take before it is killed and marked FAILED")
+    p.add_argument("--total-timeout", type=float, default=3 * 3600,
+                   help="seconds the whole script may take before it stops itself")
+    args = p.parse_args(argv)
+    if args.repeat < 1:
+        p.error("--repeat must be >= 1")
+    if args.small_count < 1:
+        p.error("--small-count must be >= 1")
+    if args.skip_big and args.skip_small:
+        p.error("nothing to do with both --skip-big and --skip-small")
+    args.binary = args.binary.resolve() if args.binary != DEFAULT_BINARY else args.binary
+    return args
+
+
+def on_signal(signum, frame):
+    raise SystemExit(128 + signum)
+
+
+def on_alarm(signum, frame):
+    raise TotalTimeout()
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+
+    args = parse_args(argv)
+    command = " ".join(shlex.quote(a) for a in ["python3", "benchmark.py", *argv])
+    started = datetime.datetime.now().astimezone()
+    ensure_binary(args)
+    chunk_size = parse_size(args.chunk_size) if args.chunk_size else DEFAULT_CHUNK
+
+    own_workdir = args.workdir is None
+    workdir = (Path(tempfile.mkdtemp(prefix="p2p-bench-", dir="/tmp")) if own_workdir
+               else args.workdir.resolve())
+    workdir.mkdir(parents=True, exist_ok=True)
+    ctx = Context(args, workdir)
+    results: list[Result] = []
+    datasets: dict[str, Dataset] = {}
+    extras: dict[str, str] = {}
+    old_congestion = None
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGHUP, on_signal)
+    signal.signal(signal.SIGALRM, on_alarm)
+    signal.alarm(int(args.total_timeout))
+    try:
+        become_subreaper()
+        congestion, old_congestion = set_congestion(args.congestion)
+        machine = machine_info(workdir)
+        binary = f"`{args.binary}` ({binary_info(args.binary)})"
+        print(f"workdir {workdir}; congestion control {congestion}; "
+              f"{machine['nproc']} CPUs ({machine['cpu']})", flush=True)
+        if not args.skip_big:
+            datasets["big"] = make_big_dataset(ctx.data_dir, args.big_size)
+        if not args.skip_small:
+            datasets["small"] = make_small_dataset(ctx.data_dir, args.small_count)
+
+        sshd, sshd_why, wh, wh_why = None, "", None, ""
+        if args.compare:
+            try:
+                sshd = start_sshd(ctx)
+                r = run_quiet(["ssh", "-V"], timeout=30)
+                extras["OpenSSH"] = (r.stderr or r.stdout).strip()
+                r = run_quiet(["rsync", "--version"], timeout=30)
+                extras["rsync"] = r.stdout.splitlines()[0] if r.stdout else "?"
+            except (BenchError, OSError, subprocess.TimeoutExpired) as e:
+                sshd_why = str(e).splitlines()[0]
+                print(f"scp/rsync unavailable: {e}", file=sys.stderr, flush=True)
+            try:
+                wh = start_wormhole_servers(ctx)
+                extras["magic-wormhole"] = wh.version
+            except (BenchError, OSError, subprocess.TimeoutExpired) as e:
+                wh_why = str(e).splitlines()[0]
+                print(f"magic-wormhole unavailable: {e}", file=sys.stderr, flush=True)
+
+        for ds in datasets.values():
+            print(f"\n== {ds.key}: {ds.label}", flush=True)
+            results.append(measure_local_copy(ctx, ds))
+            results.append(measure_tcp_limit(ctx, ds))
+            for window in args.windows:
+                results.append(measure_p2p(ctx, ds, window))
+            if args.compare:
+                results.append(measure_scp(ctx, ds, sshd, sshd_why))
+                results.append(measure_rsync(ctx, ds, sshd, sshd_why))
+                results.append(measure_wormhole(ctx, ds, wh, wh_why))
+
+        targets = evaluate_targets(results, datasets, chunk_size, args.compare)
+        print("\n" + text_table(table_rows(results, datasets)))
+        print("\nTargets (fastest window per data set):")
+        for t in targets:
+            print(f"  {t.verdict:<5} {t.name}: {t.detail}")
+        output = args.output if args.output.is_absolute() else Path.cwd() / args.output
+        write_report(output, command=command, started=started, machine=machine,
+                     congestion=congestion, binary=binary, datasets=datasets, results=results,
+                     targets=targets, ctx=ctx, chunk_size=chunk_size, extras=extras)
+        print(f"\nwrote {output}")
+        if ctx.failures:
+            print(f"\n!!! {len(ctx.failures)} run(s) FAILED; see above and the logs in "
+                  f"{ctx.log_dir}", file=sys.stderr)
+            return 1
+        return 0
+    except TotalTimeout:
+        print(f"error: the benchmark ran past --total-timeout={args.total_timeout:.0f}s; "
+              "stopped", file=sys.stderr)
+        return 2
+    finally:
+        signal.alarm(0)
+        ctx.procs.stop_all()
+        restore_congestion(old_congestion)
+        ctx.clear_output()
+        if own_workdir:
+            if ctx.failures:  # keep the logs for a look; drop the bulky rest
+                for child in workdir.iterdir():
+                    if child != ctx.log_dir:
+                        drop_tree(child)
+                print(f"logs kept in {ctx.log_dir}", file=sys.stderr)
+            else:
+                shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,660 @@
+//! Real sessions over real TCP sockets on 127.0.0.1 (port 0), each test in its own temp
+//! dirs. Every received file is compared with the sent one by SHA-256.
+
+mod common;
+
+use std::fs;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use common::*;
+use futures::{SinkExt, StreamExt};
+use p2p_core::error::{Error, HandshakeError, TransferError, WireError};
+use p2p_core::handshake::{self, LocalPeer};
+use p2p_core::wire::{
+    Chunk, ChunkFlags, ChunkRef, Entry, EntryKind, ErrorCode, FrameCodec, Hello, Message, Offer,
+    Timestamp, MAGIC,
+};
+use p2p_core::{
+    Capabilities, NoEvents, P2PSession, ReceiveOptions, SessionConfig, SessionOptions,
+    TransferEvent,
+};
+use tokio::net::TcpStream;
+use tokio_util::codec::Framed;
+use uuid::Uuid;
+
+type Session = P2PSession<TcpStream>;
+
+fn options(chunk_size: u32, window_size: u32) -> SessionOptions {
+    SessionOptions {
+        config: SessionConfig {
+            chunk_size,
+            window_size,
+            ..p2p_core::config::default_config()
+        },
+        ..SessionOptions::default()
+    }
+}
+
+/// A connected pair: (initiator, responder).
+async fn pair(opts: &SessionOptions) -> (Session, Session) {
+    let listener = p2p_core::transport::listen("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let responder_opts = SessionOptions {
+        config: p2p_core::config::ceilings(true),
+        ..SessionOptions::default()
+    };
+    let accept = tokio::spawn(async move { Session::accept(&listener, &responder_opts).await });
+    let initiator = Session::connect(&addr, opts).await.unwrap();
+    let responder = accept.await.unwrap().unwrap();
+    (initiator, responder)
+}
+
+fn recv_opts(dir: &Path) -> ReceiveOptions {
+    ReceiveOptions {
+        output_dir: dir.to_path_buf(),
+        overwrite: false,
+    }
+}
+
+/// Sends `paths` from `a` to `b` and returns both results.
+async fn transfer(
+    a: &mut Session,
+    b: &mut Session,
+    paths: &[&Path],
+    out: &Path,
+) -> (
+    p2p_core::Result<p2p_core::TransferSummary>,
+    p2p_core::Result<Option<p2p_core::TransferSummary>>,
+) {
+    let opts = recv_opts(out);
+    tokio::join!(a.send(paths, &NoEvents), b.receive(&opts, &NoEvents))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_files_of_edge_sizes_arrive_identical() {
+    let tmp = tempfile::tempdir().unwrap();
+    let chunk = 64 * 1024;
+    let cases = [
+        ("empty", 0usize),
+        ("one-byte", 1),
+        ("exact-multiple", chunk * 10),
+        ("one-under", chunk * 3 - 1),
+        ("one-over", chunk * 3 + 1),
+    ];
+    let (mut a, mut b) = pair(&options(chunk as u32, 4)).await;
+    for (i, (name, len)) in cases.iter().enumerate() {
+        let src = tmp.path().join("src").join(name);
+        random_file(&src, *len, i as u64);
+        let out = tmp.path().join("out");
+        let (sent, received) = transfer(&mut a, &mut b, &[&src], &out).await;
+        let sent = sent.unwrap();
+        let received = received.unwrap().unwrap();
+        assert_eq!((sent.files, sent.bytes), (1, *len as u64));
+        assert_eq!(received.bytes, *len as u64);
+        assert_eq!(sha256_file(&out.join(name)), sha256_file(&src), "{name}");
+    }
+    assert!(partial_files(&tmp.path().join("out")).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_256_mib_random_file_arrives_identical_with_monotonic_progress() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("big.bin");
+    let len = 256 << 20;
+    random_file(&src, len, 256);
+    let out = tmp.path().join("out");
+    let (mut a, mut b) = pair(&options(1 << 20, 16)).await;
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let sink = {
+        let events = events.clone();
+        move |e: TransferEvent| events.lock().unwrap().push(e)
+    };
+    let opts = recv_opts(&out);
+    let paths = [&src];
+    let (sent, received) = tokio::join!(a.send(&paths, &sink), b.receive(&opts, &NoEvents));
+    assert_eq!(sent.unwrap().bytes, len as u64);
+    assert_eq!(received.unwrap().unwrap().bytes, len as u64);
+    assert_eq!(sha256_file(&out.join("big.bin")), sha256_file(&src));
+
+    let events = events.lock().unwrap();
+    let progress: Vec<u64> = events
+        .iter()
+        .filter_map(|e| match e {
+            TransferEvent::Progress { done_bytes, .. } => Some(*done_bytes),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        progress.windows(2).all(|w| w[0] <= w[1]),
+        "progress never goes back"
+    );
+    assert_eq!(progress.last(), Some(&(len as u64)));
+    assert!(matches!(
+        events.first(),
+        Some(TransferEvent::Started { .. })
+    ));
+    assert!(
+        matches!(events.last(), Some(TransferEvent::Finished { bytes, .. }) if *bytes == len as u64)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_folder_of_1000_small_files_arrives_identical() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("many");
+    for i in 0..1000u64 {
+        let len = (i * 7919 % 9000) as usize; // 0..9000 bytes, some empty
+        random_file(&root.join(format!("d{}/f{i:04}.bin", i % 10)), len, i);
+    }
+    let out = tmp.path().join("out");
+    let (mut a, mut b) = pair(&options(4096, 16)).await;
+    let (sent, received) = transfer(&mut a, &mut b, &[&root], &out).await;
+    assert_eq!(sent.unwrap().files, 1000);
+    assert_eq!(received.unwrap().unwrap().files, 1000);
+    assert_eq!(tree_digest(&out.join("many")), tree_digest(&root));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nested_tree_keeps_structure_names_modes_and_times_and_skips_symlinks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("tree");
+    random_file(&root.join("ünïcødé/日本語/файл.txt"), 3000, 1);
+    random_file(&root.join("a/b/c/d/e/deep.bin"), 70_000, 2);
+    random_file(&root.join("script.sh"), 10, 3);
+    random_file(&root.join("secret"), 10, 4);
+    fs::create_dir_all(root.join("empty/nested-empty")).unwrap();
+    std::os::unix::fs::symlink("/etc/hostname", root.join("link-out")).unwrap();
+    set_mode(&root.join("script.sh"), 0o755);
+    set_mode(&root.join("secret"), 0o600);
+    set_mode(&root.join("a/b"), 0o700);
+    let old =
+        std::time::SystemTime::UNIX_EPOCH + std::time::Duration::new(1_000_000_000, 123_456_789);
+    fs::File::options()
+        .write(true)
+        .open(root.join("a/b/c/d/e/deep.bin"))
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+
+    let out = tmp.path().join("out");
+    let (mut a, mut b) = pair(&options(16 * 1024, 8)).await;
+    let (sent, received) = transfer(&mut a, &mut b, &[&root], &out).await;
+    sent.unwrap();
+    received.unwrap().unwrap();
+
+    let mut expected = tree_digest(&root);
+    expected.remove("link-out");
+    assert_eq!(
+        tree_digest(&out.join("tree")),
+        expected,
+        "symlink skipped, rest identical"
+    );
+    for rel in [
+        "script.sh",
+        "secret",
+        "a/b",
+        "a/b/c/d/e/deep.bin",
+        "empty/nested-empty",
+    ] {
+        assert_eq!(
+            mode_and_mtime(&out.join("tree").join(rel)),
+            mode_and_mtime(&root.join(rel)),
+            "{rel}: mode and mtime"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_directions_work_on_one_session_and_close_ends_the_event_loop() {
+    let tmp = tempfile::tempdir().unwrap();
+    let one = tmp.path().join("from-a.bin");
+    let two = tmp.path().join("from-b.bin");
+    random_file(&one, 300_000, 1);
+    random_file(&two, 500_000, 2);
+    let (mut a, mut b) = pair(&options(64 * 1024, 4)).await;
+    let out_b = tmp.path().join("at-b");
+    let out_a = tmp.path().join("at-a");
+    let (s, r) = transfer(&mut a, &mut b, &[&one], &out_b).await;
+    s.unwrap();
+    r.unwrap().unwrap();
+    let (s, r) = transfer(&mut b, &mut a, &[&two], &out_a).await;
+    s.unwrap();
+    r.unwrap().unwrap();
+    assert_eq!(sha256_file(&out_b.join("from-a.bin")), sha256_file(&one));
+    assert_eq!(sha256_file(&out_a.join("from-b.bin")), sha256_file(&two));
+
+    let opts = recv_opts(&out_b);
+    let (closed, rest) = tokio::join!(a.close(), b.run_event_loop(&opts, &NoEvents));
+    closed.unwrap();
+    assert!(
+        rest.unwrap().is_empty(),
+        "clean close ends the loop with nothing received"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_concurrent_senders_to_one_receiver() {
+    let tmp = tempfile::tempdir().unwrap();
+    let listener = p2p_core::transport::listen("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let out = tmp.path().join("out");
+    let server_out = out.clone();
+    let server = tokio::spawn(async move {
+        let mut tasks = Vec::new();
+        for _ in 0..3 {
+            let mut session = Session::accept(&listener, &SessionOptions::default()).await?;
+            let opts = recv_opts(&server_out);
+            tasks.push(tokio::spawn(async move {
+                session.run_event_loop(&opts, &NoEvents).await
+            }));
+        }
+        let mut files = 0;
+        for t in tasks {
+            files += t.await.expect("join")?.iter().map(|s| s.files).sum::<u64>();
+        }
+        Ok::<u64, Error>(files)
+    });
+    let mut senders = Vec::new();
+    for i in 0..3u64 {
+        let src = tmp.path().join(format!("sender{i}"));
+        random_file(&src.join("data.bin"), 3_000_000 + i as usize, i);
+        random_file(&src.join("small.txt"), 100, 10 + i);
+        let addr = addr.clone();
+        senders.push(tokio::spawn(async move {
+            let mut s = Session::connect(&addr, &options(256 * 1024, 8)).await?;
+            s.send(&[&src], &NoEvents).await?;
+            s.close().await
+        }));
+    }
+    for s in senders {
+        s.await.unwrap().unwrap();
+    }
+    assert_eq!(server.await.unwrap().unwrap(), 6);
+    for i in 0..3 {
+        let name = format!("sender{i}");
+        assert_eq!(
+            tree_digest(&out.join(&name)),
+            tree_digest(&tmp.path().join(&name)),
+            "{name}"
+        );
+    }
+}
+
+// ---- a scripted peer, for what a real peer would never send ------------------------
+
+fn local_peer() -> LocalPeer {
+    LocalPeer {
+        device_id: Uuid::new_v4(),
+        device_name: "scripted".into(),
+        capabilities: Capabilities::supported(),
+        config: p2p_core::config::default_config(),
+    }
+}
+
+/// Starts a receiving session on a listener; returns its address and the join handle of
+/// `receive` into `out`.
+async fn receiver(
+    out: &Path,
+    overwrite: bool,
+) -> (
+    String,
+    tokio::task::JoinHandle<p2p_core::Result<Option<p2p_core::TransferSummary>>>,
+) {
+    let listener = p2p_core::transport::listen("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let opts = ReceiveOptions {
+        output_dir: out.to_path_buf(),
+        overwrite,
+    };
+    let task = tokio::spawn(async move {
+        let mut s = Session::accept(&listener, &SessionOptions::default()).await?;
+        s.receive(&opts, &NoEvents).await
+    });
+    (addr, task)
+}
+
+async fn scripted_sender(addr: &str) -> Framed<TcpStream, FrameCodec> {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let mut framed = Framed::new(stream, FrameCodec);
+    handshake::initiate(&mut framed, &local_peer())
+        .await
+        .unwrap();
+    framed
+}
+
+fn file_entry(path: &str, size: u64) -> Entry {
+    Entry {
+        path: path.into(),
+        kind: EntryKind::File { size },
+        mode: 0o644,
+        mtime: Timestamp::default(),
+    }
+}
+
+async fn offer(framed: &mut Framed<TcpStream, FrameCodec>, entries: Vec<Entry>) -> Message {
+    framed
+        .send(Message::Offer(Offer {
+            transfer_id: Uuid::new_v4(),
+            entries,
+        }))
+        .await
+        .unwrap();
+    framed.next().await.unwrap().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_paths_are_refused_and_nothing_is_written() {
+    let cases = [
+        "../escape.txt",
+        "a/../../escape.txt",
+        "/etc/passwd-copy",
+        "C:/Windows/evil.dll",
+        "\\\\server\\share\\x",
+        "nul\0byte",
+        "bell\u{7}",
+        "CON",
+        "dir/aux.txt",
+    ];
+    for path in cases {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("out");
+        fs::create_dir(&out).unwrap();
+        let (addr, task) = receiver(&out, false).await;
+        let mut framed = scripted_sender(&addr).await;
+        let reply = offer(&mut framed, vec![file_entry(path, 5)]).await;
+        assert!(
+            matches!(
+                &reply,
+                Message::Error {
+                    code: ErrorCode::UnsafePath,
+                    ..
+                }
+            ),
+            "{path:?}: {reply:?}"
+        );
+        let err = task.await.unwrap().unwrap_err();
+        assert!(
+            matches!(err, Error::Transfer(TransferError::UnsafePath { .. })),
+            "{path:?}: {err}"
+        );
+        assert!(err.to_string().contains("unsafe path"), "{err}");
+        assert!(tree_digest(tmp.path()) == [("out".to_string(), "dir".to_string())].into());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicate_entries_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let (addr, task) = receiver(&out, false).await;
+    let mut framed = scripted_sender(&addr).await;
+    let reply = offer(&mut framed, vec![file_entry("x", 1), file_entry("x", 2)]).await;
+    assert!(
+        matches!(
+            reply,
+            Message::Error {
+                code: ErrorCode::UnsafePath,
+                ..
+            }
+        ),
+        "{reply:?}"
+    );
+    assert!(task
+        .await
+        .unwrap()
+        .unwrap_err()
+        .to_string()
+        .contains("duplicate"));
+    assert!(!out.join("x").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_symlink_in_the_output_folder_cannot_lead_outside() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let elsewhere = tmp.path().join("elsewhere");
+    fs::create_dir_all(&out).unwrap();
+    fs::create_dir_all(&elsewhere).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, out.join("link")).unwrap();
+    let (addr, task) = receiver(&out, true).await;
+    let mut framed = scripted_sender(&addr).await;
+    let reply = offer(&mut framed, vec![file_entry("link/planted.txt", 5)]).await;
+    assert!(matches!(reply, Message::Error { .. }), "{reply:?}");
+    assert!(task.await.unwrap().is_err());
+    assert!(
+        fs::read_dir(&elsewhere).unwrap().next().is_none(),
+        "nothing planted outside"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn declared_sizes_beyond_free_space_are_refused_up_front() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let (addr, task) = receiver(&out, false).await;
+    let mut framed = scripted_sender(&addr).await;
+    let reply = offer(&mut framed, vec![file_entry("huge.iso", 1 << 60)]).await;
+    assert!(
+        matches!(
+            reply,
+            Message::Error {
+                code: ErrorCode::InsufficientSpace,
+                ..
+            }
+        ),
+        "{reply:?}"
+    );
+    let err = task.await.unwrap().unwrap_err();
+    assert!(err.to_string().contains("not enough free space"), "{err}");
+    assert!(partial_files(tmp.path()).is_empty());
+    assert!(!out.join("huge.iso").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn existing_files_are_not_overwritten_unless_asked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src/report.txt");
+    random_file(&src, 1000, 1);
+    let out = tmp.path().join("out");
+    fs::create_dir_all(&out).unwrap();
+    fs::write(out.join("report.txt"), b"precious").unwrap();
+
+    let (mut a, mut b) = pair(&options(4096, 4)).await;
+    let (sent, received) = transfer(&mut a, &mut b, &[&src], &out).await;
+    let err = received.unwrap_err();
+    assert!(err.to_string().contains("--overwrite"), "{err}");
+    let err = sent.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Transfer(TransferError::PeerAborted {
+                code: ErrorCode::AlreadyExists,
+                ..
+            })
+        ),
+        "{err}"
+    );
+    assert_eq!(fs::read(out.join("report.txt")).unwrap(), b"precious");
+
+    let (mut a, mut b) = pair(&options(4096, 4)).await;
+    let opts = ReceiveOptions {
+        output_dir: out.clone(),
+        overwrite: true,
+    };
+    let paths = [&src];
+    let (sent, received) = tokio::join!(a.send(&paths, &NoEvents), b.receive(&opts, &NoEvents));
+    sent.unwrap();
+    received.unwrap().unwrap();
+    assert_eq!(sha256_file(&out.join("report.txt")), sha256_file(&src));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupted_chunks_are_resent_and_a_bad_digest_leaves_nothing_behind() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let (addr, task) = receiver(&out, false).await;
+    let mut framed = scripted_sender(&addr).await;
+    let reply = offer(&mut framed, vec![file_entry("data.bin", 4)]).await;
+    assert!(matches!(reply, Message::Accept(_)), "{reply:?}");
+    let at = ChunkRef { file: 0, index: 0 };
+    let data = vec![1, 2, 3, 4];
+    let crc = p2p_core::verify::crc32(&data);
+    // Corrupted in flight: CRC mismatch, the receiver asks again.
+    let mut bad = data.clone();
+    bad[0] ^= 0xff;
+    let chunk = |data: Vec<u8>| {
+        Message::Chunk(Chunk {
+            at,
+            flags: ChunkFlags::empty(),
+            crc32: crc,
+            data,
+        })
+    };
+    framed.send(chunk(bad)).await.unwrap();
+    assert_eq!(framed.next().await.unwrap().unwrap(), Message::Nack(at));
+    framed.send(chunk(data)).await.unwrap();
+    assert_eq!(framed.next().await.unwrap().unwrap(), Message::Ack(at));
+    // A digest that does not match what arrived.
+    framed
+        .send(Message::FileEnd {
+            file: 0,
+            sha256: [0; 32],
+        })
+        .await
+        .unwrap();
+    let reply = framed.next().await.unwrap().unwrap();
+    assert!(
+        matches!(
+            reply,
+            Message::Error {
+                code: ErrorCode::VerificationFailed,
+                ..
+            }
+        ),
+        "{reply:?}"
+    );
+    let err = task.await.unwrap().unwrap_err();
+    assert!(err.to_string().contains("failed verification"), "{err}");
+    assert!(!out.join("data.bin").exists(), "nothing at the final path");
+    assert!(partial_files(&out).is_empty(), "no .part left behind");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_frame_is_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (addr, task) = receiver(tmp.path(), false).await;
+    let framed = scripted_sender(&addr).await;
+    let mut stream = framed.into_inner();
+    tokio::io::AsyncWriteExt::write_all(&mut stream, &u32::MAX.to_be_bytes())
+        .await
+        .unwrap();
+    let err = task.await.unwrap().unwrap_err();
+    assert!(
+        matches!(err, Error::Wire(WireError::Oversized { .. })),
+        "{err}"
+    );
+    assert!(err.to_string().contains("too large"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_cut_short_is_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (addr, task) = receiver(tmp.path(), false).await;
+    let framed = scripted_sender(&addr).await;
+    let mut stream = framed.into_inner();
+    tokio::io::AsyncWriteExt::write_all(&mut stream, &[0, 0, 1, 0, 5, 1, 2])
+        .await
+        .unwrap();
+    drop(stream);
+    let err = task.await.unwrap().unwrap_err();
+    assert!(
+        matches!(err, Error::Wire(WireError::Truncated { .. })),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_mismatch_names_both_versions_on_both_sides() {
+    // A newer peer connects to us.
+    let listener = p2p_core::transport::listen("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let server =
+        tokio::spawn(async move { Session::accept(&listener, &SessionOptions::default()).await });
+    let mut framed = Framed::new(TcpStream::connect(&addr).await.unwrap(), FrameCodec);
+    framed
+        .send(Message::Hello(Hello {
+            magic: MAGIC,
+            version: 99,
+            device_id: Uuid::new_v4(),
+            device_name: "future".into(),
+            capabilities: Capabilities::all(),
+        }))
+        .await
+        .unwrap();
+    let reply = framed.next().await.unwrap().unwrap();
+    assert!(
+        matches!(
+            reply,
+            Message::Error {
+                code: ErrorCode::VersionMismatch,
+                version: 1,
+                ..
+            }
+        ),
+        "{reply:?}"
+    );
+    let err = server.await.unwrap().err().expect("refused");
+    let text = err.to_string();
+    assert!(text.contains("v1") && text.contains("v99"), "{text}");
+
+    // We connect to a newer peer that refuses us the same way.
+    let listener = p2p_core::transport::listen("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let fake = tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.unwrap();
+        let mut framed = Framed::new(stream, FrameCodec);
+        let _hello = framed.next().await;
+        framed
+            .send(Message::Error {
+                code: ErrorCode::VersionMismatch,
+                message: "speak v7".into(),
+                version: 7,
+            })
+            .await
+            .unwrap();
+    });
+    let err = Session::connect(&addr, &SessionOptions::default())
+        .await
+        .err()
+        .expect("refused");
+    assert!(
+        matches!(
+            err,
+            Error::Handshake(HandshakeError::VersionMismatch {
+                local: 1,
+                remote: 7
+            })
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("v1") && err.to_string().contains("v7"));
+    fake.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn something_that_is_not_a_peer_is_refused() {
+    let listener = p2p_core::transport::listen("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let server =
+        tokio::spawn(async move { Session::accept(&listener, &SessionOptions::default()).await });
+    let mut stream = TcpStream::connect(&addr).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut stream, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let err = server.await.unwrap().err().expect("refused");
+    assert!(
+        matches!(err, Error::Handshake(HandshakeError::NotAPeer)),
+        "{err}"
+    );
+}
