@@ -196,15 +196,13 @@ class Child:
             return True
         return info is not None and info.si_pid != 0
 
-    def exit_text(self) -> str:
-        return "exited" if self.returncode is None else f"exit status {self.returncode}"
-
 
 @dataclass
 class Exit:
     name: str
     returncode: int | None  # None: killed by us after the timeout
     maxrss_kib: int
+    cpu_seconds: float  # user + system
     end: float  # time.perf_counter() when the process was seen to exit
     timed_out: bool
     out: Path
@@ -246,10 +244,23 @@ class Processes:
 
     @staticmethod
     def kill_group(child: Child, sig: int = signal.SIGKILL) -> None:
+        """Signals the child's process group: the child and whatever it started.
+
+        While the child is not reaped, its group id cannot have been reused, so killpg is
+        safe. Once it is reaped, only the group's members that descend from this script
+        are signalled, one by one, so that a reused group id never hits someone else.
+        """
         try:
-            os.killpg(child.pgid, sig)
+            if child.returncode is None:
+                os.killpg(child.pgid, sig)
+                return
         except (ProcessLookupError, PermissionError):
-            pass
+            return
+        for pid in our_group_members(child.pgid):
+            try:
+                os.kill(pid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
 
     def wait(self, children: list[Child], timeout: float) -> dict[str, Exit]:
         """Waits for all children to exit, reaping each with os.wait4 for its own peak RSS.
@@ -284,8 +295,9 @@ class Processes:
                     end = time.perf_counter()
                     c.returncode = os.waitstatus_to_exitcode(status)
                     results[c.name] = Exit(c.name, None if timed_out else c.returncode,
-                                           usage.ru_maxrss, end, timed_out, c.out, c.err)
-                    self.kill_group(c)  # helpers it left behind (ssh under scp, ...)
+                                           usage.ru_maxrss, usage.ru_utime + usage.ru_stime,
+                                           end, timed_out, c.out, c.err)
+                    self.kill_group(c)  # helpers it may have left behind
         finally:
             for fd in fds:
                 os.close(fd)
@@ -313,21 +325,45 @@ class Processes:
             self.stop(child, grace=2.0)
 
 
-def reap_strays(tracked: list[Child]) -> None:
-    """Reaps zombie orphans handed to this subreaper that nobody waits for."""
-    keep = {c.pid for c in tracked if c.returncode is None}
-    me = os.getpid()
+def _proc_table() -> dict[int, tuple[str, int, int]]:
+    """pid -> (state, ppid, pgrp) for every process, from /proc/PID/stat."""
+    table = {}
     for entry in os.scandir("/proc"):
-        if not entry.name.isdigit() or int(entry.name) in keep:
+        if not entry.name.isdigit():
             continue
         try:
             stat = Path(entry.path, "stat").read_text()
         except OSError:
             continue
         fields = stat[stat.rindex(")") + 2:].split()
-        if fields[0] == "Z" and int(fields[1]) == me:
+        table[int(entry.name)] = (fields[0], int(fields[1]), int(fields[2]))
+    return table
+
+
+def our_group_members(pgid: int) -> list[int]:
+    """Live members of process group `pgid` that descend from this script."""
+    table = _proc_table()
+    me = os.getpid()
+    members = []
+    for pid, (state, _, pgrp) in table.items():
+        if pgrp != pgid or state == "Z":
+            continue
+        p, hops = pid, 0
+        while p in table and p != me and p > 1 and hops < 64:
+            p, hops = table[p][1], hops + 1
+        if p == me:
+            members.append(pid)
+    return members
+
+
+def reap_strays(tracked: list[Child]) -> None:
+    """Reaps zombie orphans handed to this subreaper that nobody waits for."""
+    keep = {c.pid for c in tracked if c.returncode is None}
+    me = os.getpid()
+    for pid, (state, ppid, _) in _proc_table().items():
+        if state == "Z" and ppid == me and pid not in keep:
             try:
-                os.waitpid(int(entry.name), os.WNOHANG)
+                os.waitpid(pid, os.WNOHANG)
             except ChildProcessError:
                 pass
 
@@ -462,9 +498,10 @@ class Result:
     seconds: list[float] = field(default_factory=list)
     sender_rss_kib: list[int] = field(default_factory=list)
     receiver_rss_kib: list[int] = field(default_factory=list)
+    sender_cpu: list[float] = field(default_factory=list)
+    receiver_cpu: list[float] = field(default_factory=list)
     window: int | None = None
     status: str = "ok"        # "ok", "FAILED: …", "unavailable: …"
-    notes: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -480,6 +517,10 @@ class Result:
     def peak(self, side: str) -> float | None:
         values = self.sender_rss_kib if side == "sender" else self.receiver_rss_kib
         return max(values) / 1024 if values else None
+
+    def cpu(self, side: str) -> float | None:
+        values = self.sender_cpu if side == "sender" else self.receiver_cpu
+        return statistics.median(values) if values else None
 
 
 class Context:
@@ -514,14 +555,16 @@ class Context:
 
 
 def measure(ctx: Context, result: Result, ds: Dataset, once) -> Result:
-    """Runs `once(ctx, ds, result, repeat_index)` --repeat times, each with a fresh output.
+    """Runs `once(ctx, ds, out_dir, result, repeat_index)` --repeat times, each with a
+    fresh, empty output dir that is deleted afterwards.
 
-    `once` returns (seconds, sender_rss_kib, receiver_rss_kib) or raises BenchError.
+    `once` returns (seconds, sender Exit or None, receiver Exit or None) or raises
+    BenchError; the Exits give peak RSS and CPU time of the two ends.
     """
     for i in range(ctx.args.repeat):
         try:
             out = ctx.fresh_output()
-            seconds, s_rss, r_rss = once(ctx, ds, out, result, i)
+            seconds, sender, receiver = once(ctx, ds, out, result, i)
         except BenchError as e:
             result.status = f"FAILED: {str(e).splitlines()[0]}"
             print(f"\n!!! {result.tool} / {ds.key}: FAILED\n{e}\n", file=sys.stderr, flush=True)
@@ -530,17 +573,18 @@ def measure(ctx: Context, result: Result, ds: Dataset, once) -> Result:
         finally:
             ctx.clear_output()
         result.seconds.append(seconds)
-        if s_rss is not None:
-            result.sender_rss_kib.append(s_rss)
-        if r_rss is not None:
-            result.receiver_rss_kib.append(r_rss)
         rate = ds.total_bytes / MiB / seconds
-        rss = ""
-        if s_rss is not None or r_rss is not None:
-            fmt = lambda v: "n/a" if v is None else f"{v / 1024:.1f}"  # noqa: E731
-            rss = f", peak RSS sender {fmt(s_rss)} MiB, receiver {fmt(r_rss)} MiB"
+        extra = ""
+        if sender is not None and receiver is not None:
+            result.sender_rss_kib.append(sender.maxrss_kib)
+            result.receiver_rss_kib.append(receiver.maxrss_kib)
+            result.sender_cpu.append(sender.cpu_seconds)
+            result.receiver_cpu.append(receiver.cpu_seconds)
+            extra = (f", peak RSS {sender.maxrss_kib / 1024:.1f} / {receiver.maxrss_kib / 1024:.1f}"
+                     f" MiB, CPU {sender.cpu_seconds:.2f} / {receiver.cpu_seconds:.2f} s"
+                     " (sender / receiver)")
         print(f"  {result.tool:<28} {ds.key:<6} run {i + 1}: {seconds:8.3f} s "
-              f"{rate:9.1f} MiB/s{rss}", flush=True)
+              f"{rate:9.1f} MiB/s{extra}", flush=True)
     return result
 
 
@@ -623,7 +667,7 @@ def measure_p2p(ctx: Context, ds: Dataset, window: int) -> Result:
         seconds = max(e.end for e in exits.values()) - t0
         check_exits(exits, f"p2p-transfer (window {window})")
         check_output(ctx, ds, out, result, "p2p-transfer")
-        return (seconds, exits[f"{name}-send"].maxrss_kib, exits[f"{name}-receive"].maxrss_kib)
+        return seconds, exits[f"{name}-send"], exits[f"{name}-receive"]
 
     return measure(ctx, result, ds, once)
 
@@ -726,7 +770,7 @@ def measure_tcp_limit(ctx: Context, ds: Dataset) -> Result:
         got = exits[f"{name}-sink"].out.read_text().strip()
         if got != str(ds.total_bytes):
             raise BenchError(f"TCP sink received {got!r} bytes, expected {ds.total_bytes}")
-        return (seconds, exits[f"{name}-source"].maxrss_kib, exits[f"{name}-sink"].maxrss_kib)
+        return seconds, exits[f"{name}-source"], exits[f"{name}-sink"]
 
     return measure(ctx, result, ds, once)
 
@@ -764,8 +808,9 @@ def ensure_apt_packages(packages: dict[str, str]) -> None:
     except subprocess.TimeoutExpired:
         raise BenchError("apt-get timed out")
     if r.returncode != 0:
-        raise BenchError(f"apt-get install {' '.join(missing)} failed:\n"
-                         + "\n".join((r.stdout + r.stderr).splitlines()[-10:]))
+        lines = (r.stdout + r.stderr).strip().splitlines() or ["no output"]
+        raise BenchError(f"apt-get install {' '.join(missing)} failed ({lines[-1]})\n"
+                         + "\n".join(lines[-10:]))
 
 
 def start_sshd(ctx: Context) -> Sshd:
@@ -903,8 +948,8 @@ def ensure_wormhole(ctx: Context) -> Path:
     except subprocess.TimeoutExpired:
         raise BenchError("pip install timed out")
     if r.returncode != 0:
-        raise BenchError("pip install failed:\n"
-                         + "\n".join((r.stdout + r.stderr).splitlines()[-10:]))
+        lines = (r.stdout + r.stderr).strip().splitlines() or ["no output"]
+        raise BenchError(f"pip install failed ({lines[-1]})\n" + "\n".join(lines[-10:]))
     if not _wormhole_bin_dir_ok(venv / "bin"):
         raise BenchError("magic-wormhole installed, but wormhole/twist are not usable")
     return venv / "bin"
@@ -968,7 +1013,7 @@ def measure_wormhole(ctx: Context, ds: Dataset, wh: Wormhole | None, why: str) -
         check_exits(exits, "magic-wormhole")
         check_output(ctx, ds, out, result, "magic-wormhole")
         drop_tree(tmp)
-        return (seconds, exits[f"{name}-send"].maxrss_kib, exits[f"{name}-receive"].maxrss_kib)
+        return seconds, exits[f"{name}-send"], exits[f"{name}-receive"]
 
     return measure(ctx, result, ds, once)
 
@@ -1043,7 +1088,12 @@ def machine_info(workdir: Path) -> dict[str, str]:
                 best, fs = mnt, f"{fstype} on {mnt} ({dev})"
     except (OSError, ValueError):
         pass
+    try:
+        load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        load = "unknown"
     return {
+        "load": load,
         "nproc": str(len(os.sched_getaffinity(0))),
         "cpu": cpu,
         "memory": mem,
@@ -1055,6 +1105,11 @@ def machine_info(workdir: Path) -> dict[str, str]:
 
 def binary_info(binary: Path) -> str:
     parts = []
+    try:
+        built = datetime.datetime.fromtimestamp(binary.stat().st_mtime).astimezone()
+        parts.append(f"built {built.strftime('%Y-%m-%d %H:%M %Z')}")
+    except OSError:
+        pass
     try:
         r = run_quiet([str(binary), "--version"], timeout=30)
         if r.returncode == 0 and r.stdout.strip():
@@ -1069,7 +1124,7 @@ def binary_info(binary: Path) -> str:
                           timeout=30)
             if d.returncode == 0 and d.stdout.strip():
                 commit += " + uncommitted changes"
-            parts.append(f"commit {commit}")
+            parts.append(f"work tree at commit {commit}")
     except (OSError, subprocess.TimeoutExpired):
         pass
     return ", ".join(parts) or "unknown"
@@ -1108,7 +1163,7 @@ def table_rows(results: list[Result], datasets: dict[str, Dataset]) -> list[list
         for r in (x for x in results if x.dataset == key):
             rate = r.mibps(ds.total_bytes)
             if rate is None:
-                rows.append([r.tool, key, r.status, "", "", "", "", ""])
+                rows.append([r.tool, key, r.status, "", "", "", "", "", ""])
                 continue
             rows.append([
                 r.tool, key,
@@ -1118,12 +1173,14 @@ def table_rows(results: list[Result], datasets: dict[str, Dataset]) -> list[list
                 f"{r.median_seconds:.3f}",
                 fmt_num(r.peak("sender")),
                 fmt_num(r.peak("receiver")),
+                (f"{r.cpu('sender'):.2f} / {r.cpu('receiver'):.2f}"
+                 if r.cpu("sender") is not None else "n/a"),
             ])
     return rows
 
 
 HEADERS = ["tool / window", "dataset", "MiB/s", "× local copy", "× TCP limit", "seconds",
-           "sender peak RSS MiB", "receiver peak RSS MiB"]
+           "sender peak RSS MiB", "receiver peak RSS MiB", "CPU s sender / receiver"]
 
 
 def is_status_row(row: list[str]) -> bool:
@@ -1132,7 +1189,8 @@ def is_status_row(row: list[str]) -> bool:
 
 def text_table(rows: list[list[str]]) -> str:
     figures = [r for r in rows if not is_status_row(r)]
-    widths = [max([len(h)] + [len(r[i]) for r in figures]) for i, h in enumerate(HEADERS)]
+    widths = [max([len(h)] + [len(r[i]) for r in (rows if i < 2 else figures)])
+              for i, h in enumerate(HEADERS)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(HEADERS, widths)),
              "  ".join("-" * w for w in widths)]
     for r in rows:
@@ -1191,11 +1249,12 @@ def evaluate_targets(results: list[Result], datasets: dict[str, Dataset],
                       f"{theirs:.1f} MiB/s = {ours / theirs:.2f}× (need ≥ {factor:g}×)")
 
     local_big = rate_of(results, big, "local copy (cp -r)")
+    big_name = f"{human_size(big.total_bytes)} file" if big else "big file"
     targets.append(ratio_target(
-        "1 GiB file ≥ 85% of local copy", big_rate, big_best, local_big, 0.85, "local copy",
+        f"{big_name} ≥ 85% of local copy", big_rate, big_best, local_big, 0.85, "local copy",
         "big-file run or local copy missing"))
     targets.append(ratio_target(
-        "1 GiB file ≥ 2× scp", big_rate, big_best, rate_of(results, big, "scp"), 2, "scp",
+        f"{big_name} ≥ 2× scp", big_rate, big_best, rate_of(results, big, "scp"), 2, "scp",
         "scp not measured (run with --compare)" if not compare else "scp or big run missing"))
     targets.append(ratio_target(
         "small files ≥ 2× rsync", small_rate, small_best,
@@ -1249,7 +1308,9 @@ def write_report(path: Path, *, command: str, started: datetime.datetime, machin
         f"- **Date:** {started.strftime('%Y-%m-%d %H:%M %Z').strip()}",
         f"- **Command:** `{command}`",
         f"- **Machine:** {machine['nproc']} CPUs ({machine['cpu']}), {machine['memory']} RAM, "
-        f"Linux {machine['kernel']}, data and output on {machine['filesystem']}",
+        f"Linux {machine['kernel']}, data and output on {machine['filesystem']}; "
+        f"load average at the start {machine['load']} (other work on the machine skews "
+        "every figure)",
         f"- **net.ipv4.tcp_congestion_control:** {congestion}",
         f"- **p2p-transfer:** {binary}; chunk size "
         f"{human_size(chunk_size)}{'' if ctx.args.chunk_size else ' (default)'}"
@@ -1276,7 +1337,9 @@ def write_report(path: Path, *, command: str, started: datetime.datetime, machin
         "receiver is started and listening before); for `cp`, `scp` and `rsync` it is the "
         "command's run time. `× local copy` is the ratio to `cp -r` of the same data in the "
         "same run (the limit for a transfer that writes to disk); `× TCP limit` is the "
-        "ratio to a plain TCP copy over loopback into /dev/null.",
+        "ratio to a plain TCP copy over loopback into /dev/null. `CPU s` is the user + "
+        "system CPU time of each end (from the same `wait4()` as the peak RSS): an end whose "
+        "CPU time is close to the wall time is bound by one core.",
         "",
         markdown_table(rows),
         "",
@@ -1299,8 +1362,12 @@ def write_report(path: Path, *, command: str, started: datetime.datetime, machin
         "- Every received file's SHA-256 is compared with the source after every run; a "
         "mismatch fails the run. The output is deleted, and `sync` run, between runs.",
         "- Peak RSS is each process's own `ru_maxrss` from `wait4()` on that process (not "
-        "the sum over children). For scp and rsync only the local client would be measurable "
-        "(the receiving side is a child of sshd), so they are reported as n/a.",
+        "the sum over children). Each measured process is forked by a tiny `sh` that exits "
+        "at once, and the script, a child subreaper, reaps the orphan: started straight from "
+        "the Python script, a process would report at least the script's own RSS, because "
+        "Linux carries the peak RSS of the image that `exec()` replaces into `ru_maxrss`. "
+        "For scp and rsync only the local client would be measurable (the receiving side is "
+        "a child of sshd), so they are reported as n/a.",
         "- Nothing is fsynced: neither `cp` nor p2p-transfer calls fsync on the file data, so "
         "with this much RAM both measure writes into the page cache; the source data is in "
         "the page cache (warm) for every run. Results on a cold cache or with fsync would be "
@@ -1341,11 +1408,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--workdir", type=Path, default=None,
                    help="where data, output and logs go; generated data is reused when it "
                         "matches (default: a fresh dir under /tmp, removed at the end)")
-    p.add_argument("--big-size", type=parse_size, default=1 << 30,
+    p.add_argument("--big-size", type=parse_size, default="1G",
                    help="size of the big random file, e.g. 64M or 1G")
     p.add_argument("--small-count", type=int, default=5000,
                    help="number of small files (1–64 KiB each)")
-    p.add_argument("--windows", type=parse_windows, default=[1, 4, 16, 64],
+    p.add_argument("--windows", type=parse_windows, default="1,4,16,64",
                    help="comma-separated window sizes for p2p-transfer send")
     p.add_argument("--chunk-size", default=None,
                    help="passed to p2p-transfer send --chunk-size (e.g. 1M); the RSS target "
@@ -1371,6 +1438,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         p.error("--repeat must be >= 1")
     if args.small_count < 1:
         p.error("--small-count must be >= 1")
+    if args.chunk_size:
+        try:
+            parse_size(args.chunk_size)
+        except argparse.ArgumentTypeError as e:
+            p.error(f"--chunk-size: {e}")
     if args.skip_big and args.skip_small:
         p.error("nothing to do with both --skip-big and --skip-small")
     args.binary = args.binary.resolve() if args.binary != DEFAULT_BINARY else args.binary

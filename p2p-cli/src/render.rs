@@ -241,7 +241,10 @@ impl EventSink for Renderer {
                 },
             ) => {
                 let now = Instant::now();
-                if last.is_some_and(|t| now - t < PLAIN_INTERVAL) || done_bytes == total_bytes {
+                if last.is_some_and(|t| now - t < PLAIN_INTERVAL)
+                    || done_bytes == 0
+                    || done_bytes == total_bytes
+                {
                     return;
                 }
                 *last = Some(now);

@@ -75,11 +75,7 @@ pub enum TransferError {
     #[error("refused unsafe path {path:?}: {reason}")]
     UnsafePath { path: String, reason: &'static str },
     /// A destination file exists and overwriting was not allowed.
-    #[error(
-        "{} already exist(s) in the output folder (first: {first}); \
-         pass --overwrite to replace them",
-        count
-    )]
+    #[error("{}", already_exists(first, *count))]
     AlreadyExists { first: String, count: usize },
     /// The declared sizes do not fit on the receiver's disk.
     #[error("not enough free space: the transfer needs {needed} bytes, {available} are free")]
@@ -121,6 +117,17 @@ pub enum TransferError {
     /// The local user cancelled.
     #[error("the transfer was cancelled")]
     Cancelled,
+}
+
+fn already_exists(first: &str, count: usize) -> String {
+    if count <= 1 {
+        format!("{first:?} already exists in the output folder; pass --overwrite to replace it")
+    } else {
+        format!(
+            "{count} files already exist in the output folder (first: {first:?}); \
+             pass --overwrite to replace them"
+        )
+    }
 }
 
 /// Local file-system failures, with the path involved.

@@ -1,0 +1,199 @@
+//! The real `p2p-transfer` binary, run as two processes on 127.0.0.1.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::thread::JoinHandle;
+
+use common::*;
+
+/// A process that is listening: its address, the child, and its stderr collector.
+struct Listening {
+    addr: String,
+    child: Child,
+    stderr: JoinHandle<String>,
+}
+
+impl Listening {
+    /// Waits for the process and returns (exit code, stdout, stderr).
+    fn finish(mut self) -> (i32, String, String) {
+        let mut stdout = String::new();
+        if let Some(mut out) = self.child.stdout.take() {
+            out.read_to_string(&mut stdout).unwrap();
+        }
+        let status = self.child.wait().unwrap();
+        let stderr = self.stderr.join().unwrap();
+        (status.code().unwrap_or(-1), stdout, stderr)
+    }
+}
+
+/// Starts `p2p-transfer ARGS --port 0 --bind 127.0.0.1` and reads the address it
+/// announces on stderr (no sleeping: the line is printed before it accepts).
+fn start_listening(args: &[&str]) -> Listening {
+    let mut child = Command::new(binary())
+        .args(args)
+        .args(["--port", "0", "--bind", "127.0.0.1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    let addr = loop {
+        let mut line = String::new();
+        if stderr.read_line(&mut line).unwrap() == 0 {
+            panic!("exited before listening: {seen}");
+        }
+        seen.push_str(&line);
+        if let Some(addr) = line.trim().strip_prefix("listening on ") {
+            break addr.to_owned();
+        }
+    };
+    let stderr = std::thread::spawn(move || {
+        let mut rest = String::new();
+        let _ = stderr.read_to_string(&mut rest);
+        seen + &rest
+    });
+    Listening {
+        addr,
+        child,
+        stderr,
+    }
+}
+
+fn run(args: &[&str]) -> Output {
+    Command::new(binary()).args(args).output().unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// An error line is one readable sentence: no panic, no Debug dump.
+fn assert_readable_error(stderr: &str) {
+    assert!(stderr.contains("error: "), "{stderr}");
+    for bad in ["panicked", "Os {", "kind:", "RUST_BACKTRACE"] {
+        assert!(!stderr.contains(bad), "{bad:?} in {stderr}");
+    }
+}
+
+#[test]
+fn send_a_folder_between_two_processes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("photos");
+    random_file(&src.join("a.jpg"), 2_500_000, 1);
+    random_file(&src.join("sub/b.txt"), 10, 2);
+    random_file(&src.join("sub/empty.bin"), 0, 3);
+    std::fs::create_dir_all(src.join("empty-dir")).unwrap();
+    let out = tmp.path().join("out");
+
+    let receiver = start_listening(&["receive", "--output", path(&out)]);
+    let send = run(&[
+        "send",
+        path(&src),
+        "--peer",
+        &receiver.addr,
+        "--chunk-size",
+        "256K",
+    ]);
+    let (code, stdout, stderr) = receiver.finish();
+    assert!(send.status.success(), "{}", text(&send.stderr));
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(tree_digest(&out.join("photos")), tree_digest(&src));
+    // Not a terminal: plain progress lines, and a summary on both sides.
+    assert!(
+        text(&send.stdout).contains("done: 3 file(s)"),
+        "{}",
+        text(&send.stdout)
+    );
+    assert!(stdout.contains("done: 3 file(s)"), "{stdout}");
+}
+
+#[test]
+fn roles_can_be_swapped_sender_listens_receiver_connects() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("report.pdf");
+    random_file(&src, 1_000_003, 7);
+    let out = tmp.path().join("out");
+
+    let sender = start_listening(&["send", path(&src), "--role", "server", "--window-size", "4"]);
+    let receive = run(&[
+        "receive",
+        "--output",
+        path(&out),
+        "--role",
+        "client",
+        "--peer",
+        &sender.addr,
+    ]);
+    let (code, _, stderr) = sender.finish();
+    assert_eq!(code, 0, "{stderr}");
+    assert!(receive.status.success(), "{}", text(&receive.stderr));
+    assert_eq!(sha256_file(&out.join("report.pdf")), sha256_file(&src));
+}
+
+#[test]
+fn an_existing_file_is_refused_on_both_sides_with_exit_code_5() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("notes.txt");
+    random_file(&src, 5000, 1);
+    let out = tmp.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join("notes.txt"), b"mine").unwrap();
+
+    let receiver = start_listening(&["receive", "--output", path(&out)]);
+    let send = run(&["send", path(&src), "--peer", &receiver.addr]);
+    let (code, _, stderr) = receiver.finish();
+    assert_eq!(code, 5, "{stderr}");
+    assert_eq!(send.status.code(), Some(5), "{}", text(&send.stderr));
+    assert_readable_error(&stderr);
+    assert_readable_error(&text(&send.stderr));
+    assert!(stderr.contains("--overwrite"), "{stderr}");
+    assert_eq!(std::fs::read(out.join("notes.txt")).unwrap(), b"mine");
+}
+
+#[test]
+fn connection_refused_is_exit_code_3_with_one_readable_line() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("x");
+    random_file(&src, 10, 1);
+    let out = run(&["send", path(&src), "--peer", &format!("127.0.0.1:{port}")]);
+    assert_eq!(out.status.code(), Some(3));
+    let stderr = text(&out.stderr);
+    assert_readable_error(&stderr);
+    assert!(stderr.contains("cannot connect to 127.0.0.1"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+}
+
+#[test]
+fn a_missing_path_is_reported_before_connecting() {
+    let tmp = tempfile::tempdir().unwrap();
+    let missing = tmp.path().join("does-not-exist");
+    let out = run(&["send", path(&missing), "--peer", "127.0.0.1:9"]);
+    assert_eq!(out.status.code(), Some(7));
+    let stderr = text(&out.stderr);
+    assert_readable_error(&stderr);
+    assert!(stderr.contains("does-not-exist"), "{stderr}");
+}
+
+#[test]
+fn bad_flags_are_usage_errors() {
+    let out = run(&["send", "x", "--window-size", "lots"]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = run(&["send", "x", "--peer", "127.0.0.1:1", "--chunk-size", "64G"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert_readable_error(&text(&out.stderr));
+    let help = run(&["--help"]);
+    assert!(help.status.success());
+    assert!(text(&help.stdout).contains("Exit codes"));
+}
