@@ -46,6 +46,8 @@ struct Pair {
     max_outstanding: usize,
     outstanding: std::collections::HashSet<ChunkRef>,
     chunks_sent: u64,
+    /// Chunks dropped or corrupted by the link: each one needed another send.
+    chunks_impaired: u64,
     /// Applied to every FileEnd the sender emits (to simulate a lying sender).
     tamper_file_end: bool,
 }
@@ -107,6 +109,7 @@ impl Pair {
             max_outstanding: 0,
             outstanding: Default::default(),
             chunks_sent: 0,
+            chunks_impaired: 0,
             tamper_file_end: false,
         }
     }
@@ -134,6 +137,7 @@ impl Pair {
             self.max_outstanding = self.max_outstanding.max(self.outstanding.len());
         }
         if self.impaired(&msg) && self.rng.random_bool(self.link.loss) {
+            self.chunks_impaired += u64::from(matches!(msg, Message::Chunk(_)));
             return;
         }
         if let Message::Chunk(c) = &mut msg {
@@ -143,6 +147,7 @@ impl Pair {
             if !c.data.is_empty() && self.rng.random_bool(self.link.corrupt) {
                 let i = self.rng.random_range(0..c.data.len());
                 c.data[i] ^= 0x40;
+                self.chunks_impaired += 1;
             }
         }
         if let (true, Message::FileEnd { sha256, .. }) = (self.tamper_file_end, &mut msg) {
@@ -357,6 +362,7 @@ fn window_overlaps_round_trips() {
 
 #[test]
 fn loss_reorder_and_corruption_are_recovered() {
+    let mut impaired = 0;
     for seed in 0..20 {
         let link = Link {
             latency: Duration::from_millis(5),
@@ -375,11 +381,18 @@ fn loss_reorder_and_corruption_are_recovered() {
         let layout = pair.sender.layout();
         let chunks: u64 = layout.files().map(|f| layout.chunks(f).unwrap_or(0)).sum();
         assert!(
-            pair.chunks_sent > chunks,
-            "seed {seed}: impairments must have forced retransmissions ({} sends of {chunks} chunks)",
-            pair.chunks_sent
+            pair.chunks_sent >= chunks + pair.chunks_impaired,
+            "seed {seed}: every dropped or corrupted chunk was sent again \
+             ({} sends, {chunks} chunks, {} impaired)",
+            pair.chunks_sent,
+            pair.chunks_impaired
         );
+        impaired += pair.chunks_impaired;
     }
+    assert!(
+        impaired > 20,
+        "the link really was impaired ({impaired} chunks)"
+    );
 }
 
 #[test]
