@@ -508,7 +508,7 @@ async fn corrupted_chunks_are_resent_and_a_bad_digest_leaves_nothing_behind() {
             at,
             flags: ChunkFlags::empty(),
             crc32: crc,
-            data,
+            data: data.into(),
         })
     };
     framed.send(chunk(bad)).await.unwrap();

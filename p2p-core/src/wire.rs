@@ -11,7 +11,7 @@
 //! layout in every protocol version so that a version mismatch can always be reported.
 //! `docs/protocol.md` is the byte-level specification.
 
-use bytes::{Buf, BufMut, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 use tokio_util::codec::{Decoder, Encoder};
 use uuid::Uuid;
@@ -168,7 +168,7 @@ pub struct Chunk {
     /// CRC-32 (IEEE) of `data` exactly as transmitted.
     pub crc32: u32,
     #[serde(with = "serde_bytes_compat")]
-    pub data: Vec<u8>,
+    pub data: Bytes,
 }
 
 /// Why a message refuses, aborts or fails something. Carried in [`Message::Error`].
@@ -257,31 +257,60 @@ impl Message {
     }
 }
 
-/// Encodes `Vec<u8>` with `serialize_bytes` (postcard: varint length + raw bytes) rather
+/// Encodes chunk data with `serialize_bytes` (postcard: varint length + raw bytes) rather
 /// than as a sequence of individually encoded `u8`s — the same bytes on the wire for
-/// postcard, but one `memcpy` instead of a loop.
+/// postcard, but one `memcpy` instead of a loop. (Decoding a `Chunk` from a frame does not
+/// go through serde at all: see [`decode_chunk`].)
 mod serde_bytes_compat {
+    use bytes::Bytes;
     use serde::{Deserializer, Serializer};
 
-    pub fn serialize<S: Serializer>(data: &[u8], s: S) -> Result<S::Ok, S::Error> {
+    pub fn serialize<S: Serializer>(data: &Bytes, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_bytes(data)
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Bytes, D::Error> {
         struct V;
         impl<'de> serde::de::Visitor<'de> for V {
-            type Value = Vec<u8>;
+            type Value = Bytes;
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
                 f.write_str("a byte string")
             }
-            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
-                Ok(v.to_vec())
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Bytes, E> {
+                Ok(Bytes::copy_from_slice(v))
             }
-            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
-                Ok(v)
+            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Bytes, E> {
+                Ok(Bytes::from(v))
             }
         }
         d.deserialize_bytes(V)
+    }
+}
+
+/// Variant index of [`Message::Chunk`] (a one-byte varint).
+const CHUNK_VARIANT: u8 = 7;
+
+/// Decodes a `Chunk` payload without copying its data: the returned `data` is a slice of
+/// the frame buffer. Produces exactly what serde would, or the same errors.
+fn decode_chunk(payload: BytesMut) -> Result<Message, WireError> {
+    let (header, rest) =
+        postcard::take_from_bytes::<(ChunkRef, ChunkFlags, u32, u64)>(&payload[1..])
+            .map_err(WireError::Decode)?;
+    let (at, flags, crc32, len) = header;
+    let start = payload.len() - rest.len();
+    let len = usize::try_from(len)
+        .map_err(|_| WireError::Decode(postcard::Error::DeserializeBadVarint))?;
+    match rest.len().cmp(&len) {
+        std::cmp::Ordering::Less => {
+            Err(WireError::Decode(postcard::Error::DeserializeUnexpectedEnd))
+        }
+        std::cmp::Ordering::Greater => Err(WireError::TrailingBytes(rest.len() - len)),
+        std::cmp::Ordering::Equal => Ok(Message::Chunk(Chunk {
+            at,
+            flags,
+            crc32,
+            data: payload.freeze().slice(start..),
+        })),
     }
 }
 
@@ -340,6 +369,9 @@ impl Decoder for FrameCodec {
         }
         src.advance(FRAME_HEADER_LEN);
         let payload = src.split_to(len);
+        if payload.first() == Some(&CHUNK_VARIANT) {
+            return decode_chunk(payload).map(Some);
+        }
         decode_payload(&payload).map(Some)
     }
 
@@ -417,7 +449,7 @@ mod tests {
                 at: ChunkRef { file: 3, index: 9 },
                 flags: ChunkFlags::COMPRESSED,
                 crc32: 0xdead_beef,
-                data: vec![1, 2, 3, 255],
+                data: Bytes::from_static(&[1, 2, 3, 255]),
             }),
             Message::Ack(ChunkRef { file: 1, index: 2 }),
             Message::Nack(ChunkRef { file: 1, index: 2 }),
@@ -485,6 +517,35 @@ mod tests {
     }
 
     #[test]
+    fn the_zero_copy_chunk_decoder_agrees_with_serde() {
+        let chunk = Message::Chunk(Chunk {
+            at: ChunkRef {
+                file: 300,
+                index: 1 << 40,
+            },
+            flags: ChunkFlags::COMPRESSED,
+            crc32: u32::MAX,
+            data: Bytes::from(vec![5u8; 1000]),
+        });
+        let mut buf = BytesMut::new();
+        encode_frame(&chunk, &mut buf).unwrap();
+        let payload = buf.split_off(FRAME_HEADER_LEN);
+        assert_eq!(decode_payload(&payload).unwrap(), chunk);
+        assert_eq!(decode_chunk(payload.clone()).unwrap(), chunk);
+        // One byte short, one byte long: the same errors as serde would give.
+        let short = BytesMut::from(&payload[..payload.len() - 1]);
+        assert!(decode_chunk(short).is_err());
+        let mut long = payload.clone();
+        long.put_u8(0);
+        assert!(matches!(
+            decode_chunk(long),
+            Err(WireError::TrailingBytes(1))
+        ));
+        // A header cut inside its varints.
+        assert!(decode_chunk(BytesMut::from(&payload[..3])).is_err());
+    }
+
+    #[test]
     fn trailing_bytes_after_a_message_are_rejected() {
         let mut buf = BytesMut::new();
         encode_frame(&Message::Ping(1), &mut buf).unwrap();
@@ -534,7 +595,7 @@ mod tests {
                 at: ChunkRef { file: 0, index: 1 },
                 flags: ChunkFlags::empty(),
                 crc32: 1,
-                data: vec![9, 9],
+                data: Bytes::from_static(&[9, 9]),
             }),
             &mut buf,
         )

@@ -9,7 +9,7 @@
 //! into place only after the caller has verified its SHA-256. Without `overwrite`, the
 //! rename cannot replace a file that appeared in the meantime.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs::{File, FileTimes, Permissions};
 use std::io;
 use std::os::unix::fs::{FileExt, PermissionsExt};
@@ -18,6 +18,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cap_std::ambient_authority;
 use cap_std::fs::{Dir, OpenOptions};
+use rustix::fs::{renameat_with, RenameFlags};
 
 use crate::error::{Error, Result, StorageError, TransferError};
 use crate::fs::safe_path::validate_entries;
@@ -26,6 +27,18 @@ use crate::wire::{Entry, EntryKind, Offer, Timestamp};
 /// Files kept open at once while receiving (a window spans only a few files).
 const MAX_OPEN_FILES: usize = 64;
 
+/// Where one file goes.
+struct Placement {
+    parent: String,
+    name: String,
+    part: String,
+}
+
+/// Splits `a/b/c` into (`a/b`, `c`) and `c` into (``, `c`).
+fn split_parent(path: &str) -> (&str, &str) {
+    path.rsplit_once('/').unwrap_or(("", path))
+}
+
 /// The receiver's view of one transfer's destination.
 pub struct OutputDir {
     root: PathBuf,
@@ -33,8 +46,12 @@ pub struct OutputDir {
     tag: String,
     overwrite: bool,
     entries: Vec<Entry>,
-    /// `.part` path (relative to root) of each file entry.
-    parts: HashMap<u32, String>,
+    /// Where each file entry goes: parent folder (relative, "" for the root), final
+    /// name and `.part` name within it.
+    parts: HashMap<u32, Placement>,
+    /// Open handles of parent folders, so per-file operations are single-component
+    /// lookups instead of walks from the root.
+    dirs: HashMap<String, Dir>,
     open: HashMap<u32, File>,
     finalized: Vec<bool>,
 }
@@ -56,6 +73,7 @@ impl OutputDir {
             overwrite,
             entries: offer.entries.clone(),
             parts: HashMap::new(),
+            dirs: HashMap::new(),
             open: HashMap::new(),
             finalized: vec![false; offer.entries.len()],
         };
@@ -70,25 +88,43 @@ impl OutputDir {
         StorageError::new(action, self.root.join(rel), e).into()
     }
 
-    fn check_conflicts(&self) -> Result<()> {
+    fn check_conflicts(&mut self) -> Result<()> {
         let mut conflicts = Vec::new();
-        for entry in &self.entries {
-            let existing = match self.dir.symlink_metadata(&entry.path) {
+        // Parent folders that do not exist yet hold no conflicts.
+        let mut missing: HashSet<String> = HashSet::new();
+        for index in 0..self.entries.len() {
+            let (parent, name) = split_parent(&self.entries[index].path);
+            let (parent, name) = (parent.to_owned(), name.to_owned());
+            if missing.contains(&parent) {
+                continue;
+            }
+            let path = self.entries[index].path.clone();
+            let kind = self.entries[index].kind;
+            let existing = match self.dir_for(&parent) {
+                Ok(dir) => dir.symlink_metadata(&name),
+                Err(e) => Err(e),
+            };
+            let existing = match existing {
                 Ok(m) => m,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                // A parent that is a file, or a symlink leading outside: not writable here.
-                Err(e) if e.kind() == io::ErrorKind::NotADirectory => {
-                    conflicts.push(entry.path.clone());
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    if !parent.is_empty() && !self.dirs.contains_key(&parent) {
+                        missing.insert(parent);
+                    }
                     continue;
                 }
-                Err(e) => return Err(self.storage("cannot inspect", &entry.path, e)),
+                // A parent that is a file: this entry cannot be written.
+                Err(e) if e.kind() == io::ErrorKind::NotADirectory => {
+                    conflicts.push(path);
+                    continue;
+                }
+                Err(e) => return Err(self.storage("cannot inspect", &path, e)),
             };
-            let clash = match entry.kind {
+            let clash = match kind {
                 EntryKind::Dir => !existing.is_dir(),
                 EntryKind::File { .. } => existing.is_dir() || !self.overwrite,
             };
             if clash {
-                conflicts.push(entry.path.clone());
+                conflicts.push(path);
             }
         }
         match conflicts.first() {
@@ -99,6 +135,19 @@ impl OutputDir {
             }
             .into()),
         }
+    }
+
+    /// The handle of folder `parent` (relative to the root), opened once.
+    fn dir_for(&mut self, parent: &str) -> io::Result<&Dir> {
+        if !self.dirs.contains_key(parent) {
+            let dir = if parent.is_empty() {
+                self.dir.try_clone()?
+            } else {
+                self.dir.open_dir(parent)?
+            };
+            self.dirs.insert(parent.to_owned(), dir);
+        }
+        Ok(&self.dirs[parent])
     }
 
     fn check_space(&self) -> Result<()> {
@@ -122,35 +171,70 @@ impl OutputDir {
     }
 
     fn create_dirs(&mut self) -> Result<()> {
+        let mut folders = BTreeSet::new();
         for (index, entry) in self.entries.iter().enumerate() {
-            let parent = match entry.kind {
-                EntryKind::Dir => entry.path.as_str(),
-                EntryKind::File { .. } => {
-                    let parent = entry.path.rsplit_once('/').map_or("", |(p, _)| p);
-                    let name = format!(".{}-{}.p2p.part", self.tag, index);
-                    let part = if parent.is_empty() {
-                        name
-                    } else {
-                        format!("{parent}/{name}")
-                    };
-                    self.parts.insert(index as u32, part);
-                    parent
+            match entry.kind {
+                EntryKind::Dir => {
+                    folders.insert(entry.path.as_str());
                 }
-            };
-            if !parent.is_empty() {
-                self.dir
-                    .create_dir_all(parent)
-                    .map_err(|e| StorageError::new("cannot create", self.root.join(parent), e))?;
+                EntryKind::File { .. } => {
+                    let (parent, name) = split_parent(&entry.path);
+                    if !parent.is_empty() {
+                        folders.insert(parent);
+                    }
+                    self.parts.insert(
+                        index as u32,
+                        Placement {
+                            parent: parent.to_owned(),
+                            name: name.to_owned(),
+                            part: format!(".{}-{}.p2p.part", self.tag, index),
+                        },
+                    );
+                }
+            }
+        }
+        // Sorted, so each folder's parents exist before it: one mkdir per folder.
+        for folder in folders {
+            match self.dir.create_dir(folder) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    if !self.dir.metadata(folder).is_ok_and(|m| m.is_dir()) {
+                        return Err(
+                            StorageError::new("not a folder:", self.root.join(folder), e).into(),
+                        );
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => self
+                    .dir
+                    .create_dir_all(folder)
+                    .map_err(|e| StorageError::new("cannot create", self.root.join(folder), e))?,
+                Err(e) => {
+                    return Err(
+                        StorageError::new("cannot create", self.root.join(folder), e).into(),
+                    )
+                }
             }
         }
         Ok(())
     }
 
-    fn part_of(&self, file: u32) -> Result<&str> {
+    fn placement(&self, file: u32) -> Result<&Placement> {
         self.parts
             .get(&file)
-            .map(String::as_str)
             .ok_or_else(|| Error::protocol(format!("entry {file} is not a file")))
+    }
+
+    /// Opens a file's `.part` through its folder's handle.
+    fn open_part(&mut self, file: u32, options: &OpenOptions) -> Result<File> {
+        let placement = self.placement(file)?;
+        let (parent, part) = (placement.parent.clone(), placement.part.clone());
+        let opened = self
+            .dir_for(&parent)
+            .and_then(|dir| dir.open_with(&part, options));
+        match opened {
+            Ok(f) => Ok(f.into_std()),
+            Err(e) => Err(self.storage("cannot create", &join(&parent, &part), e)),
+        }
     }
 
     fn handle(&mut self, file: u32) -> Result<&File> {
@@ -158,12 +242,7 @@ impl OutputDir {
             if self.open.len() >= MAX_OPEN_FILES {
                 self.open.clear();
             }
-            let part = self.part_of(file)?.to_owned();
-            let handle = self
-                .dir
-                .open_with(&part, OpenOptions::new().write(true).create(true))
-                .map_err(|e| self.storage("cannot create", &part, e))?
-                .into_std();
+            let handle = self.open_part(file, OpenOptions::new().write(true).create(true))?;
             self.open.insert(file, handle);
         }
         Ok(&self.open[&file])
@@ -173,8 +252,8 @@ impl OutputDir {
     pub fn write(&mut self, file: u32, offset: u64, data: &[u8]) -> Result<()> {
         let handle = self.handle(file)?;
         if let Err(e) = handle.write_all_at(data, offset) {
-            let part = self.part_of(file)?.to_owned();
-            return Err(self.storage("cannot write", &part, e));
+            let p = self.placement(file)?;
+            return Err(self.storage("cannot write", &join(&p.parent, &p.part), e));
         }
         Ok(())
     }
@@ -186,67 +265,53 @@ impl OutputDir {
             .get(file as usize)
             .cloned()
             .ok_or_else(|| Error::protocol(format!("no entry {file}")))?;
-        let part = self.part_of(file)?.to_owned();
         // Empty files never had a write; make sure the .part exists (and is truncated).
         let handle = match self.open.remove(&file) {
             Some(h) => h,
-            None if entry_size(&entry) == 0 => self
-                .dir
-                .open_with(
-                    &part,
-                    OpenOptions::new().write(true).create(true).truncate(true),
-                )
-                .map_err(|e| self.storage("cannot create", &part, e))?
-                .into_std(),
-            None => self
-                .dir
-                .open_with(&part, OpenOptions::new().write(true))
-                .map_err(|e| self.storage("cannot open", &part, e))?
-                .into_std(),
+            None => self.open_part(file, OpenOptions::new().write(true).create(true))?,
         };
-        apply_metadata(&handle, &entry)
-            .map_err(|e| self.storage("cannot set metadata of", &part, e))?;
+        if let Err(e) = apply_metadata(&handle, &entry) {
+            return Err(self.storage("cannot set metadata of", &entry.path, e));
+        }
         drop(handle);
-        self.place(&part, &entry.path)?;
+        self.place(file, &entry.path)?;
         self.finalized[file as usize] = true;
         Ok(())
     }
 
-    fn place(&self, part: &str, target: &str) -> Result<()> {
-        if self.overwrite {
-            return self
-                .dir
-                .rename(part, &self.dir, target)
-                .map_err(|e| self.storage("cannot move into place", target, e));
-        }
-        // No-replace rename: a hard link fails if the target exists.
-        match self.dir.hard_link(part, &self.dir, target) {
-            Ok(()) => {
-                let _ = self.dir.remove_file(part);
-                Ok(())
+    fn place(&mut self, file: u32, target: &str) -> Result<()> {
+        let p = self.placement(file)?;
+        let (parent, part, name) = (p.parent.clone(), p.part.clone(), p.name.clone());
+        let overwrite = self.overwrite;
+        let parent_path = self.root.join(&parent);
+        let dir = self
+            .dir_for(&parent)
+            .map_err(|e| StorageError::new("cannot open", parent_path, e))?;
+        let flags = if overwrite {
+            RenameFlags::empty()
+        } else {
+            RenameFlags::NOREPLACE
+        };
+        let result = match renameat_with(dir, part.as_str(), dir, name.as_str(), flags) {
+            // File systems without RENAME_NOREPLACE: a hard link cannot replace either.
+            Err(rustix::io::Errno::INVAL | rustix::io::Errno::NOSYS) if !overwrite => {
+                dir.hard_link(&part, dir, &name).map(|()| {
+                    let _ = dir.remove_file(&part);
+                })
             }
+            other => other.map_err(io::Error::from),
+        };
+        match result {
+            Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                let _ = self.dir.remove_file(part);
+                let _ = dir.remove_file(&part);
                 Err(TransferError::AlreadyExists {
                     first: target.to_owned(),
                     count: 1,
                 }
                 .into())
             }
-            // File systems without hard links: check, then rename.
-            Err(_) => {
-                if self.dir.symlink_metadata(target).is_ok() {
-                    let _ = self.dir.remove_file(part);
-                    return Err(TransferError::AlreadyExists {
-                        first: target.to_owned(),
-                        count: 1,
-                    }
-                    .into());
-                }
-                self.dir
-                    .rename(part, &self.dir, target)
-                    .map_err(|e| self.storage("cannot move into place", target, e))
-            }
+            Err(e) => Err(self.storage("cannot move into place", target, e)),
         }
     }
 
@@ -276,9 +341,15 @@ impl OutputDir {
     /// Removes every `.part` file that was not finalised. Called when a transfer fails.
     pub fn discard_partials(&mut self) {
         self.open.clear();
-        for (file, part) in &self.parts {
-            if !self.finalized[*file as usize] {
-                let _ = self.dir.remove_file(part);
+        let pending: Vec<(String, String)> = self
+            .parts
+            .iter()
+            .filter(|(file, _)| !self.finalized[**file as usize])
+            .map(|(_, p)| (p.parent.clone(), p.part.clone()))
+            .collect();
+        for (parent, part) in pending {
+            if let Ok(dir) = self.dir_for(&parent) {
+                let _ = dir.remove_file(&part);
             }
         }
     }
@@ -286,6 +357,14 @@ impl OutputDir {
     /// The folder everything goes into.
     pub fn root(&self) -> &Path {
         &self.root
+    }
+}
+
+fn join(parent: &str, name: &str) -> String {
+    if parent.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{parent}/{name}")
     }
 }
 

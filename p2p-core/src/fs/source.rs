@@ -7,9 +7,11 @@
 //! devices are skipped the same way.
 
 use std::fs::{self, File};
-use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::UNIX_EPOCH;
+
+use rustix::buffer::spare_capacity;
 
 use crate::error::{Error, Result, StorageError};
 use crate::wire::{Entry, EntryKind, Timestamp};
@@ -184,18 +186,26 @@ impl SourceReader {
         let Some((_, handle)) = &self.open else {
             unreachable!("opened above")
         };
-        let mut buf = vec![0u8; len];
-        handle.read_exact_at(&mut buf, offset).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::UnexpectedEof {
-                Error::InvalidInput(format!(
-                    "{} changed while it was being sent (it was {} bytes)",
-                    path.display(),
-                    self.sizes[file as usize]
-                ))
-            } else {
-                StorageError::new("cannot read", path, e).into()
+        // Read straight into spare capacity: no zero-filling of a buffer that is about
+        // to be overwritten.
+        let mut buf = Vec::with_capacity(len);
+        while buf.len() < len {
+            let at = offset + buf.len() as u64;
+            match rustix::io::pread(handle, spare_capacity(&mut buf), at) {
+                Ok(0) => {
+                    return Err(Error::InvalidInput(format!(
+                        "{} changed while it was being sent (it was {} bytes)",
+                        path.display(),
+                        self.sizes[file as usize]
+                    )));
+                }
+                Ok(_) => {}
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(StorageError::new("cannot read", path, e.into()).into()),
             }
-        })?;
+        }
+        // The allocator may have given more capacity than asked; keep only the chunk.
+        buf.truncate(len);
         Ok(buf)
     }
 }

@@ -12,6 +12,7 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Instant;
 
+use bytes::Bytes;
 use uuid::Uuid;
 
 use crate::compress::decompress_exact;
@@ -28,7 +29,7 @@ pub enum IoRequest {
     Write {
         at: ChunkRef,
         offset: u64,
-        data: Vec<u8>,
+        data: Bytes,
     },
     /// The file is verified: move it into place, then call `handle_finalized`.
     Finalize { file: u32 },
@@ -44,7 +45,7 @@ struct FileState {
     hashed: u64,
     hasher: FileHasher,
     /// Chunks that arrived ahead of `hashed`, kept until the gap fills.
-    ahead: BTreeMap<u64, Vec<u8>>,
+    ahead: BTreeMap<u64, Bytes>,
     /// Written chunks at or beyond `hashed`: acknowledged only once hashed, so that the
     /// sender's window also bounds `ahead`.
     unacked: BTreeSet<u64>,
@@ -219,11 +220,13 @@ impl Receiver {
             return Ok(());
         }
         let data = if compressed {
-            decompress_exact(&chunk.data, expected_len).map_err(|e| TransferError::Decompress {
-                path: self.entries[at.file as usize].path.clone(),
-                index: at.index,
-                reason: e.to_string(),
-            })?
+            decompress_exact(&chunk.data, expected_len)
+                .map_err(|e| TransferError::Decompress {
+                    path: self.entries[at.file as usize].path.clone(),
+                    index: at.index,
+                    reason: e.to_string(),
+                })?
+                .into()
         } else if chunk.data.len() != expected_len {
             return Err(Error::protocol(format!(
                 "chunk {at:?} has {} bytes, expected {expected_len}",

@@ -288,7 +288,7 @@ impl Sender {
             at: req.at,
             flags,
             crc32: crc32(&payload),
-            data: payload,
+            data: payload.into(),
         }));
         if first_send && Some(req.at.index + 1) == self.layout.chunks(req.at.file) {
             self.end_file(req.at.file);

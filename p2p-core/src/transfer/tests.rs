@@ -146,7 +146,9 @@ impl Pair {
             }
             if !c.data.is_empty() && self.rng.random_bool(self.link.corrupt) {
                 let i = self.rng.random_range(0..c.data.len());
-                c.data[i] ^= 0x40;
+                let mut data = c.data.to_vec();
+                data[i] ^= 0x40;
+                c.data = data.into();
                 self.chunks_impaired += 1;
             }
         }
@@ -481,7 +483,7 @@ fn chunk(file: u32, index: u64, data: Vec<u8>, flags: ChunkFlags) -> Message {
         at: ChunkRef { file, index },
         flags,
         crc32: crc32(&data),
-        data,
+        data: data.into(),
     })
 }
 
