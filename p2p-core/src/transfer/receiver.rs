@@ -9,7 +9,7 @@
 //! its chunks and its `FileEnd`, the digests are compared; only a match asks the driver
 //! to finalise the file ([`IoRequest::Finalize`]).
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -37,10 +37,11 @@ pub enum IoRequest {
     Finish,
 }
 
+/// A file with data in progress. Created when its first chunk or `FileEnd` arrives and
+/// dropped when it is finalised, so memory follows the files in flight, not the size of
+/// the offer. A chunk has arrived iff it is below `hashed` or held in `ahead`.
 #[derive(Debug, Default)]
 struct FileState {
-    /// Which chunks have arrived (written or being written).
-    arrived: Vec<bool>,
     written: u64,
     hashed: u64,
     hasher: FileHasher,
@@ -51,7 +52,12 @@ struct FileState {
     unacked: BTreeSet<u64>,
     expected: Option<[u8; 32]>,
     finalizing: bool,
-    done: bool,
+}
+
+impl FileState {
+    fn arrived(&self, index: u64) -> bool {
+        index < self.hashed || self.ahead.contains_key(&index)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,7 +73,10 @@ pub struct Receiver {
     transfer_id: Uuid,
     entries: Vec<Entry>,
     layout: Layout,
-    files: Vec<Option<FileState>>,
+    /// Files with data in progress.
+    files: HashMap<u32, FileState>,
+    /// Per entry: finalised.
+    done: Vec<bool>,
     compressed_allowed: bool,
     /// Most bytes held in `ahead` buffers at once.
     ahead_limit: u64,
@@ -86,15 +95,8 @@ impl Receiver {
     /// `Accept`.
     pub fn new(offer: Offer, config: &SessionConfig) -> Self {
         let layout = Layout::new(&offer.entries, config.chunk_size);
-        let files: Vec<Option<FileState>> = (0..offer.entries.len() as u32)
-            .map(|i| {
-                layout.chunks(i).map(|n| FileState {
-                    arrived: vec![false; n as usize],
-                    ..FileState::default()
-                })
-            })
-            .collect();
-        let remaining = files.iter().flatten().count();
+        let offer_len = offer.entries.len();
+        let remaining = layout.files().count();
         let mut outbox = VecDeque::new();
         outbox.push_back(Message::Accept(Accept {
             transfer_id: offer.transfer_id,
@@ -105,7 +107,8 @@ impl Receiver {
             entries: offer.entries,
             ahead_limit: u64::from(config.window_size.max(1)) * layout.chunk_size(),
             layout,
-            files,
+            files: HashMap::new(),
+            done: vec![false; offer_len],
             compressed_allowed: config.compress,
             ahead_bytes: 0,
             remaining,
@@ -142,13 +145,12 @@ impl Receiver {
     /// The file most recently written to: (path, bytes written, size).
     pub fn current_file(&self) -> Option<(String, u64, u64)> {
         let f = self.current_file?;
-        let state = self.files[f as usize].as_ref()?;
         let size = self.layout.size(f).unwrap_or(0);
-        Some((
-            self.entries[f as usize].path.clone(),
-            (state.written * self.layout.chunk_size()).min(size),
-            size,
-        ))
+        let done = match self.files.get(&f) {
+            Some(state) => (state.written * self.layout.chunk_size()).min(size),
+            None => size,
+        };
+        Some((self.entries[f as usize].path.clone(), done, size))
     }
 
     /// True once every file is in place and `Done` is queued.
@@ -186,11 +188,18 @@ impl Receiver {
         result
     }
 
+    /// The in-progress state of file `file`, created on first use. Errors for entries
+    /// that are not files and for files already finalised.
     fn file_state(&mut self, file: u32) -> Result<&mut FileState> {
-        self.files
-            .get_mut(file as usize)
-            .and_then(Option::as_mut)
-            .ok_or_else(|| Error::protocol(format!("entry {file} is not a file of the offer")))
+        if self.layout.size(file).is_none() {
+            return Err(Error::protocol(format!(
+                "entry {file} is not a file of the offer"
+            )));
+        }
+        if self.done[file as usize] {
+            return Err(Error::protocol(format!("entry {file} is already complete")));
+        }
+        Ok(self.files.entry(file).or_default())
     }
 
     fn on_chunk(&mut self, chunk: Chunk) -> Result<()> {
@@ -206,11 +215,16 @@ impl Receiver {
         if compressed && !self.compressed_allowed {
             return Err(Error::protocol("compressed chunk, but compression is off"));
         }
+        if self.done[at.file as usize] {
+            // A retransmission crossed our ack of a finished file: acknowledge again.
+            self.outbox.push_back(Message::Ack(at));
+            return Ok(());
+        }
         let state = self.file_state(at.file)?;
-        if state.done || state.arrived[at.index as usize] {
+        if state.arrived(at.index) {
             // A retransmission crossed our ack: acknowledge again (if it was acknowledged
             // before; otherwise the ack comes once it is hashed), write nothing.
-            if state.done || at.index < state.hashed && !state.unacked.contains(&at.index) {
+            if at.index < state.hashed && !state.unacked.contains(&at.index) {
                 self.outbox.push_back(Message::Ack(at));
             }
             return Ok(());
@@ -236,10 +250,9 @@ impl Receiver {
             chunk.data
         };
         // Split borrow: the file's state and the outbox are updated together below.
-        let Some(Some(state)) = self.files.get_mut(at.file as usize) else {
+        let Some(state) = self.files.get_mut(&at.file) else {
             return Err(Error::protocol(format!("entry {} is not a file", at.file)));
         };
-        state.arrived[at.index as usize] = true;
         let data = if at.index == state.hashed {
             state.hasher.update(&data);
             state.hashed += 1;
@@ -323,8 +336,12 @@ impl Receiver {
 
     /// The file is in place: confirm it to the sender.
     pub fn handle_finalized(&mut self, file: u32) -> Result<()> {
-        let state = self.file_state(file)?;
-        state.done = true;
+        if self.files.remove(&file).is_none() {
+            return Err(Error::protocol(format!(
+                "entry {file} was not being finalised"
+            )));
+        }
+        self.done[file as usize] = true;
         self.remaining -= 1;
         self.outbox.push_back(Message::FileDone { file });
         self.events.push_back(TransferEvent::FileDone {
