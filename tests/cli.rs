@@ -197,3 +197,15 @@ fn bad_flags_are_usage_errors() {
     assert!(help.status.success());
     assert!(text(&help.stdout).contains("Exit codes"));
 }
+
+#[test]
+fn ctrl_c_exits_with_130() {
+    let tmp = tempfile::tempdir().unwrap();
+    let receiver = start_listening(&["receive", "--output", path(tmp.path())]);
+    let pid = receiver.child.id().to_string();
+    let kill = Command::new("kill").args(["-INT", &pid]).status().unwrap();
+    assert!(kill.success());
+    let (code, _, stderr) = receiver.finish();
+    assert_eq!(code, 130, "{stderr}");
+    assert!(stderr.contains("error: interrupted"), "{stderr}");
+}

@@ -658,3 +658,31 @@ async fn something_that_is_not_a_peer_is_refused() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_receive_leaves_no_partial_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let (addr, task) = receiver(&out, false).await;
+    let mut framed = scripted_sender(&addr).await;
+    let reply = offer(&mut framed, vec![file_entry("movie.mkv", 8)]).await;
+    assert!(matches!(reply, Message::Accept(_)), "{reply:?}");
+    let at = ChunkRef { file: 0, index: 0 };
+    let data = vec![7u8; 8];
+    framed
+        .send(Message::Chunk(Chunk {
+            at,
+            flags: ChunkFlags::empty(),
+            crc32: p2p_core::verify::crc32(&data),
+            data: data.into(),
+        }))
+        .await
+        .unwrap();
+    assert_eq!(framed.next().await.unwrap().unwrap(), Message::Ack(at));
+    assert_eq!(partial_files(&out).len(), 1, "data is in a .part file");
+    // The receiving future is dropped mid-transfer (what Ctrl+C does).
+    task.abort();
+    assert!(task.await.unwrap_err().is_cancelled());
+    assert!(partial_files(&out).is_empty(), "{:?}", partial_files(&out));
+    assert!(!out.join("movie.mkv").exists());
+}

@@ -54,6 +54,17 @@ pub struct OutputDir {
     dirs: HashMap<String, Dir>,
     open: HashMap<u32, File>,
     finalized: Vec<bool>,
+    completed: bool,
+}
+
+impl Drop for OutputDir {
+    /// A transfer that ends any other way than [`OutputDir::complete`] — an error, a
+    /// cancelled future, Ctrl+C — leaves no `.part` files behind.
+    fn drop(&mut self) {
+        if !self.completed {
+            self.discard_partials();
+        }
+    }
 }
 
 impl OutputDir {
@@ -76,6 +87,7 @@ impl OutputDir {
             dirs: HashMap::new(),
             open: HashMap::new(),
             finalized: vec![false; offer.entries.len()],
+            completed: false,
         };
         out.check_conflicts()?;
         out.check_space()?;
@@ -352,6 +364,11 @@ impl OutputDir {
                 let _ = dir.remove_file(&part);
             }
         }
+    }
+
+    /// Marks the transfer complete: nothing is discarded on drop.
+    pub fn complete(&mut self) {
+        self.completed = true;
     }
 
     /// The folder everything goes into.

@@ -226,8 +226,8 @@ where
         Ok(true)
     })
     .await;
-    if result.is_err() {
-        output.discard_partials();
+    if result.is_ok() {
+        output.complete();
     }
     finish(
         transfer_id,
