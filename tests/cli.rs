@@ -209,3 +209,31 @@ fn ctrl_c_exits_with_130() {
     assert_eq!(code, 130, "{stderr}");
     assert!(stderr.contains("error: interrupted"), "{stderr}");
 }
+
+#[test]
+fn max_speed_limits_the_sender() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("one-mib.bin");
+    random_file(&src, 1 << 20, 3);
+    let out = tmp.path().join("out");
+    let receiver = start_listening(&["receive", "--output", path(&out)]);
+    let start = std::time::Instant::now();
+    let send = run(&[
+        "send",
+        path(&src),
+        "--peer",
+        &receiver.addr,
+        "--chunk-size",
+        "64K",
+        "--max-speed",
+        "2M",
+    ]);
+    let elapsed = start.elapsed();
+    let (code, _, stderr) = receiver.finish();
+    assert!(send.status.success(), "{}", text(&send.stderr));
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(sha256_file(&out.join("one-mib.bin")), sha256_file(&src));
+    // 1 MiB at 2 MiB/s from an empty bucket cannot take less than ~0.5 s (a lower
+    // bound only: a slow machine cannot make this fail).
+    assert!(elapsed.as_secs_f64() >= 0.45, "{elapsed:?}");
+}

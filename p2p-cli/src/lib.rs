@@ -99,6 +99,9 @@ pub struct TransferArgs {
     /// Compress every chunk, even when it does not pay.
     #[arg(long)]
     pub no_adaptive: bool,
+    /// Limit what this side sends: 10M, 512K, 1G (bytes per second), or unlimited.
+    #[arg(long, value_name = "RATE", default_value = "unlimited", value_parser = size::parse_rate)]
+    pub max_speed: size::Rate,
 }
 
 /// Entry point of the binary.

@@ -23,6 +23,23 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{text:?} is too large"))
 }
 
+/// A bandwidth limit in bytes per second; `None` is unlimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate(pub Option<u64>);
+
+/// Parses a bandwidth limit: a size per second (`10M`, `512K`, `1G`, `10MB`), or
+/// `unlimited` / `0` for no limit.
+pub fn parse_rate(text: &str) -> Result<Rate, String> {
+    if text.trim().eq_ignore_ascii_case("unlimited") {
+        return Ok(Rate(None));
+    }
+    let stripped = text.trim().trim_end_matches("/s");
+    match parse_size(stripped)? {
+        0 => Ok(Rate(None)),
+        n => Ok(Rate(Some(n))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -36,5 +53,10 @@ mod tests {
         assert_eq!(parse_size("65536"), Ok(65536));
         assert!(parse_size("fast").is_err());
         assert!(parse_size("99999999999G").is_err());
+        assert_eq!(parse_rate("10M"), Ok(Rate(Some(10 << 20))));
+        assert_eq!(parse_rate("512k"), Ok(Rate(Some(512 << 10))));
+        assert_eq!(parse_rate("Unlimited"), Ok(Rate(None)));
+        assert_eq!(parse_rate("0"), Ok(Rate(None)));
+        assert!(parse_rate("fast").is_err());
     }
 }

@@ -17,7 +17,7 @@
 //! | [`wire`] | the [`Message`] enum and the length-prefixed frame codec |
 //! | [`transport`] | byte streams (TCP today) |
 //! | [`fs`] | manifests, safe paths, `.part` files, atomic finalisation |
-//! | [`compress`], [`verify`] | adaptive zstd, CRC-32 and SHA-256 |
+//! | [`compress`], [`verify`], [`throttle`] | adaptive zstd, CRC-32 and SHA-256, token bucket |
 //! | [`event`] | [`TransferEvent`] and [`EventSink`] |
 //! | [`config`], [`error`] | defaults and limits; typed errors |
 //!
@@ -44,6 +44,7 @@ pub mod event;
 pub mod fs;
 pub mod handshake;
 pub mod session;
+pub mod throttle;
 pub mod transfer;
 pub mod transport;
 pub mod verify;

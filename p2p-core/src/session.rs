@@ -39,6 +39,8 @@ pub struct SessionOptions {
     pub capabilities: Capabilities,
     /// As initiator: the proposal. As responder: ceilings (see [`crate::config::negotiate`]).
     pub config: SessionConfig,
+    /// Local limit on what this side sends, bytes per second (`None`: unlimited).
+    pub max_speed: Option<u64>,
 }
 
 impl Default for SessionOptions {
@@ -48,6 +50,7 @@ impl Default for SessionOptions {
             device_name: default_device_name(),
             capabilities: Capabilities::supported(),
             config: default_config(),
+            max_speed: None,
         }
     }
 }
@@ -77,6 +80,7 @@ pub struct P2PSession<S> {
     role: Role,
     established: Established,
     peer_addr: Option<SocketAddr>,
+    max_speed: Option<u64>,
 }
 
 impl P2PSession<TcpStream> {
@@ -103,23 +107,34 @@ impl<S: Stream> P2PSession<S> {
     pub async fn initiate(stream: S, options: &SessionOptions) -> Result<Self> {
         let mut framed = Framed::new(stream, FrameCodec);
         let established = handshake::initiate(&mut framed, &local(options)).await?;
-        Ok(Self::new(framed, Role::Initiator, established))
+        Ok(Self::new(framed, Role::Initiator, established, options))
     }
 
     /// Runs the handshake as responder over any stream.
     pub async fn respond(stream: S, options: &SessionOptions) -> Result<Self> {
         let mut framed = Framed::new(stream, FrameCodec);
         let established = handshake::respond(&mut framed, &local(options)).await?;
-        Ok(Self::new(framed, Role::Responder, established))
+        Ok(Self::new(framed, Role::Responder, established, options))
     }
 
-    fn new(framed: Framed<S, FrameCodec>, role: Role, established: Established) -> Self {
+    fn new(
+        framed: Framed<S, FrameCodec>,
+        role: Role,
+        established: Established,
+        options: &SessionOptions,
+    ) -> Self {
         Self {
             framed,
             role,
             established,
             peer_addr: None,
+            max_speed: options.max_speed,
         }
+    }
+
+    /// Changes the local send-rate limit for the following transfers.
+    pub fn set_max_speed(&mut self, max_speed: Option<u64>) {
+        self.max_speed = max_speed;
     }
 
     /// Which side opened the connection.
@@ -175,7 +190,15 @@ impl<S: Stream> P2PSession<S> {
         }
         let peer = self.established.peer.device_name.clone();
         let config = self.established.config;
-        transfer::send_manifest(&mut self.framed, manifest, &config, &peer, events).await
+        transfer::send_manifest(
+            &mut self.framed,
+            manifest,
+            &config,
+            &peer,
+            events,
+            self.max_speed,
+        )
+        .await
     }
 
     /// Waits for the peer's next transfer and receives it. Returns `Ok(None)` when the

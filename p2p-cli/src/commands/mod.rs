@@ -32,6 +32,7 @@ pub fn session_options(
     p2p_core::config::validate(&config).map_err(p2p_core::Error::from)?;
     let mut options = SessionOptions {
         config,
+        max_speed: transfer.max_speed.0,
         ..SessionOptions::default()
     };
     if let Some(name) = &session.name {

@@ -21,6 +21,7 @@ use crate::error::{Error, Result, TransferError, WireError};
 use crate::event::{Direction, EventSink, TransferEvent, PROGRESS_INTERVAL};
 use crate::fs::output::OutputDir;
 use crate::fs::source::{SourceManifest, SourceReader};
+use crate::throttle::TokenBucket;
 use crate::transfer::receiver::{IoRequest, Receiver};
 use crate::transfer::sender::Sender;
 use crate::transfer::window::{DEFAULT_MAX_ATTEMPTS, DEFAULT_RTO};
@@ -113,12 +114,15 @@ impl Machine for Receiver {
 }
 
 /// Sends `manifest` over an established session stream.
+///
+/// `max_speed` (bytes per second) limits every chunk sent, retransmissions included.
 pub async fn send_manifest<S>(
     framed: &mut Framed<S, FrameCodec>,
     manifest: &SourceManifest,
     config: &SessionConfig,
     peer: &str,
     events: &dyn EventSink,
+    max_speed: Option<u64>,
 ) -> Result<TransferSummary>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -148,14 +152,23 @@ where
         total_bytes: total,
         peer: peer.to_owned(),
     });
-    let result = drive(framed, &mut sender, transfer_id, total, events, |s| {
-        let Some(req) = s.poll_read() else {
-            return Ok(false);
-        };
-        let data = reader.read(req.at.file, req.offset, req.len)?;
-        s.handle_read(req, data, Instant::now());
-        Ok(true)
-    })
+    let mut throttle = max_speed.map(|rate| TokenBucket::new(rate, Instant::now()));
+    let result = drive(
+        framed,
+        &mut sender,
+        transfer_id,
+        total,
+        events,
+        throttle.as_mut(),
+        |s| {
+            let Some(req) = s.poll_read() else {
+                return Ok(false);
+            };
+            let data = reader.read(req.at.file, req.offset, req.len)?;
+            s.handle_read(req, data, Instant::now());
+            Ok(true)
+        },
+    )
     .await;
     finish(
         transfer_id,
@@ -205,26 +218,34 @@ where
         total_bytes: total,
         peer: peer.to_owned(),
     });
-    let result = drive(framed, &mut receiver, transfer_id, total, events, |r| {
-        let Some(io) = r.poll_io() else {
-            return Ok(false);
-        };
-        match io {
-            IoRequest::Write { at, offset, data } => {
-                output.write(at.file, offset, &data)?;
-                r.handle_written(at)?;
+    let result = drive(
+        framed,
+        &mut receiver,
+        transfer_id,
+        total,
+        events,
+        None,
+        |r| {
+            let Some(io) = r.poll_io() else {
+                return Ok(false);
+            };
+            match io {
+                IoRequest::Write { at, offset, data } => {
+                    output.write(at.file, offset, &data)?;
+                    r.handle_written(at)?;
+                }
+                IoRequest::Finalize { file } => {
+                    output.finalize(file)?;
+                    r.handle_finalized(file)?;
+                }
+                IoRequest::Finish => {
+                    output.finish()?;
+                    r.handle_finished();
+                }
             }
-            IoRequest::Finalize { file } => {
-                output.finalize(file)?;
-                r.handle_finalized(file)?;
-            }
-            IoRequest::Finish => {
-                output.finish()?;
-                r.handle_finished();
-            }
-        }
-        Ok(true)
-    })
+            Ok(true)
+        },
+    )
     .await;
     if result.is_ok() {
         output.complete();
@@ -307,13 +328,23 @@ async fn drive<S, M>(
     transfer_id: Uuid,
     total: u64,
     events: &dyn EventSink,
+    throttle: Option<&mut TokenBucket>,
     mut serve_io: impl FnMut(&mut M) -> Result<bool>,
 ) -> Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin,
     M: Machine,
 {
-    let result = drive_inner(framed, machine, transfer_id, total, events, &mut serve_io).await;
+    let result = drive_inner(
+        framed,
+        machine,
+        transfer_id,
+        total,
+        events,
+        throttle,
+        &mut serve_io,
+    )
+    .await;
     if let Err(e) = &result {
         tell_peer(framed, e).await;
     }
@@ -326,6 +357,7 @@ async fn drive_inner<S, M>(
     transfer_id: Uuid,
     total: u64,
     events: &dyn EventSink,
+    mut throttle: Option<&mut TokenBucket>,
     serve_io: &mut impl FnMut(&mut M) -> Result<bool>,
 ) -> Result<()>
 where
@@ -343,6 +375,13 @@ where
         loop {
             let served = serve_io(machine)?;
             while let Some(msg) = machine.poll_transmit() {
+                if let (Some(bucket), Message::Chunk(chunk)) = (throttle.as_deref_mut(), &msg) {
+                    let wait = bucket.reserve(chunk.data.len(), Instant::now());
+                    if !wait.is_zero() {
+                        framed.flush().await?;
+                        tokio::time::sleep(wait).await;
+                    }
+                }
                 framed.feed(msg).await?;
                 wrote = true;
             }
