@@ -31,8 +31,8 @@ impl Listening {
 
 /// Starts `p2p-transfer ARGS --port 0 --bind 127.0.0.1` and reads the address it
 /// announces on stderr (no sleeping: the line is printed before it accepts).
-fn start_listening(args: &[&str]) -> Listening {
-    let mut child = Command::new(binary())
+fn start_listening(data: &Path, args: &[&str]) -> Listening {
+    let mut child = p2p(data)
         .args(args)
         .args(["--port", "0", "--bind", "127.0.0.1"])
         .stdout(Stdio::piped())
@@ -63,8 +63,15 @@ fn start_listening(args: &[&str]) -> Listening {
     }
 }
 
-fn run(args: &[&str]) -> Output {
-    Command::new(binary()).args(args).output().unwrap()
+/// The binary, with its history kept in `data` (never the user's own data folder).
+fn p2p(data: &Path) -> Command {
+    let mut cmd = Command::new(binary());
+    cmd.env("P2P_TRANSFER_DATA_DIR", data);
+    cmd
+}
+
+fn run(data: &Path, args: &[&str]) -> Output {
+    p2p(data).args(args).output().unwrap()
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -93,15 +100,21 @@ fn send_a_folder_between_two_processes() {
     std::fs::create_dir_all(src.join("empty-dir")).unwrap();
     let out = tmp.path().join("out");
 
-    let receiver = start_listening(&["receive", "--output", path(&out)]);
-    let send = run(&[
-        "send",
-        path(&src),
-        "--peer",
-        &receiver.addr,
-        "--chunk-size",
-        "256K",
-    ]);
+    let receiver = start_listening(
+        &tmp.path().join("data"),
+        &["receive", "--output", path(&out)],
+    );
+    let send = run(
+        &tmp.path().join("data"),
+        &[
+            "send",
+            path(&src),
+            "--peer",
+            &receiver.addr,
+            "--chunk-size",
+            "256K",
+        ],
+    );
     let (code, stdout, stderr) = receiver.finish();
     assert!(send.status.success(), "{}", text(&send.stderr));
     assert_eq!(code, 0, "{stderr}");
@@ -122,16 +135,22 @@ fn roles_can_be_swapped_sender_listens_receiver_connects() {
     random_file(&src, 1_000_003, 7);
     let out = tmp.path().join("out");
 
-    let sender = start_listening(&["send", path(&src), "--role", "server", "--window-size", "4"]);
-    let receive = run(&[
-        "receive",
-        "--output",
-        path(&out),
-        "--role",
-        "client",
-        "--peer",
-        &sender.addr,
-    ]);
+    let sender = start_listening(
+        &tmp.path().join("data"),
+        &["send", path(&src), "--role", "server", "--window-size", "4"],
+    );
+    let receive = run(
+        &tmp.path().join("data"),
+        &[
+            "receive",
+            "--output",
+            path(&out),
+            "--role",
+            "client",
+            "--peer",
+            &sender.addr,
+        ],
+    );
     let (code, _, stderr) = sender.finish();
     assert_eq!(code, 0, "{stderr}");
     assert!(receive.status.success(), "{}", text(&receive.stderr));
@@ -147,8 +166,14 @@ fn an_existing_file_is_refused_on_both_sides_with_exit_code_5() {
     std::fs::create_dir_all(&out).unwrap();
     std::fs::write(out.join("notes.txt"), b"mine").unwrap();
 
-    let receiver = start_listening(&["receive", "--output", path(&out)]);
-    let send = run(&["send", path(&src), "--peer", &receiver.addr]);
+    let receiver = start_listening(
+        &tmp.path().join("data"),
+        &["receive", "--output", path(&out)],
+    );
+    let send = run(
+        &tmp.path().join("data"),
+        &["send", path(&src), "--peer", &receiver.addr],
+    );
     let (code, _, stderr) = receiver.finish();
     assert_eq!(code, 5, "{stderr}");
     assert_eq!(send.status.code(), Some(5), "{}", text(&send.stderr));
@@ -167,7 +192,10 @@ fn connection_refused_is_exit_code_3_with_one_readable_line() {
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("x");
     random_file(&src, 10, 1);
-    let out = run(&["send", path(&src), "--peer", &format!("127.0.0.1:{port}")]);
+    let out = run(
+        &tmp.path().join("data"),
+        &["send", path(&src), "--peer", &format!("127.0.0.1:{port}")],
+    );
     assert_eq!(out.status.code(), Some(3));
     let stderr = text(&out.stderr);
     assert_readable_error(&stderr);
@@ -179,7 +207,10 @@ fn connection_refused_is_exit_code_3_with_one_readable_line() {
 fn a_missing_path_is_reported_before_connecting() {
     let tmp = tempfile::tempdir().unwrap();
     let missing = tmp.path().join("does-not-exist");
-    let out = run(&["send", path(&missing), "--peer", "127.0.0.1:9"]);
+    let out = run(
+        &tmp.path().join("data"),
+        &["send", path(&missing), "--peer", "127.0.0.1:9"],
+    );
     assert_eq!(out.status.code(), Some(7));
     let stderr = text(&out.stderr);
     assert_readable_error(&stderr);
@@ -188,12 +219,19 @@ fn a_missing_path_is_reported_before_connecting() {
 
 #[test]
 fn bad_flags_are_usage_errors() {
-    let out = run(&["send", "x", "--window-size", "lots"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let out = run(
+        &tmp.path().join("data"),
+        &["send", "x", "--window-size", "lots"],
+    );
     assert_eq!(out.status.code(), Some(2));
-    let out = run(&["send", "x", "--peer", "127.0.0.1:1", "--chunk-size", "64G"]);
+    let out = run(
+        &tmp.path().join("data"),
+        &["send", "x", "--peer", "127.0.0.1:1", "--chunk-size", "64G"],
+    );
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
     assert_readable_error(&text(&out.stderr));
-    let help = run(&["--help"]);
+    let help = run(&tmp.path().join("data"), &["--help"]);
     assert!(help.status.success());
     assert!(text(&help.stdout).contains("Exit codes"));
 }
@@ -201,7 +239,10 @@ fn bad_flags_are_usage_errors() {
 #[test]
 fn ctrl_c_exits_with_130() {
     let tmp = tempfile::tempdir().unwrap();
-    let receiver = start_listening(&["receive", "--output", path(tmp.path())]);
+    let receiver = start_listening(
+        &tmp.path().join("data"),
+        &["receive", "--output", path(tmp.path())],
+    );
     let pid = receiver.child.id().to_string();
     let kill = Command::new("kill").args(["-INT", &pid]).status().unwrap();
     assert!(kill.success());
@@ -216,18 +257,24 @@ fn max_speed_limits_the_sender() {
     let src = tmp.path().join("one-mib.bin");
     random_file(&src, 1 << 20, 3);
     let out = tmp.path().join("out");
-    let receiver = start_listening(&["receive", "--output", path(&out)]);
+    let receiver = start_listening(
+        &tmp.path().join("data"),
+        &["receive", "--output", path(&out)],
+    );
     let start = std::time::Instant::now();
-    let send = run(&[
-        "send",
-        path(&src),
-        "--peer",
-        &receiver.addr,
-        "--chunk-size",
-        "64K",
-        "--max-speed",
-        "2M",
-    ]);
+    let send = run(
+        &tmp.path().join("data"),
+        &[
+            "send",
+            path(&src),
+            "--peer",
+            &receiver.addr,
+            "--chunk-size",
+            "64K",
+            "--max-speed",
+            "2M",
+        ],
+    );
     let elapsed = start.elapsed();
     let (code, _, stderr) = receiver.finish();
     assert!(send.status.success(), "{}", text(&send.stderr));
@@ -236,4 +283,48 @@ fn max_speed_limits_the_sender() {
     // 1 MiB at 2 MiB/s from an empty bucket cannot take less than ~0.5 s (a lower
     // bound only: a slow machine cannot make this fail).
     assert!(elapsed.as_secs_f64() >= 0.45, "{elapsed:?}");
+}
+
+#[test]
+fn history_records_completed_and_failed_transfers_and_filters_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let src = tmp.path().join("song.flac");
+    random_file(&src, 50_000, 9);
+    let out = tmp.path().join("out");
+    // One that completes, then one refused because the file now exists.
+    for expected in [0, 5] {
+        let receiver = start_listening(&data, &["receive", "--output", path(&out)]);
+        let send = run(&data, &["send", path(&src), "--peer", &receiver.addr]);
+        let (code, _, stderr) = receiver.finish();
+        assert_eq!(code, expected, "{stderr}");
+        assert_eq!(send.status.code(), Some(expected));
+    }
+    // A corrupt line must not stop history from working.
+    let file = data.join("history.jsonl");
+    let mut text_now = std::fs::read_to_string(&file).unwrap();
+    text_now.push_str("{not json\n");
+    std::fs::write(&file, text_now).unwrap();
+
+    let all = run(&data, &["history"]);
+    assert!(all.status.success());
+    let table = text(&all.stdout);
+    // Two sides × (one completed + one failed).
+    assert_eq!(table.matches("completed").count(), 2, "{table}");
+    assert!(table.contains("song.flac"), "{table}");
+    assert!(
+        text(&all.stderr).contains("skipped unreadable line"),
+        "{}",
+        text(&all.stderr)
+    );
+
+    let failed = text(&run(&data, &["history", "--failed", "--direction", "send"]).stdout);
+    assert_eq!(failed.lines().count(), 2, "header + one row: {failed}");
+    assert!(
+        failed.contains("failed") && failed.contains("send"),
+        "{failed}"
+    );
+    assert!(failed.contains("already exists"), "{failed}");
+    let last = text(&run(&data, &["history", "-n", "1"]).stdout);
+    assert_eq!(last.lines().count(), 2, "{last}");
 }

@@ -18,6 +18,7 @@
 
 mod commands;
 mod exit;
+mod record;
 mod render;
 mod size;
 
@@ -45,6 +46,8 @@ pub enum Command {
     Send(commands::send::SendArgs),
     /// Receive files or folders from a peer.
     Receive(commands::receive::ReceiveArgs),
+    /// Show past transfers (kept in $P2P_TRANSFER_DATA_DIR or the user's data folder).
+    History(commands::history::HistoryArgs),
 }
 
 /// Which side opens the connection.
@@ -124,10 +127,14 @@ pub fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let recorder = record::Recorder::new(p2p_core::history::History::default_location());
     let result = runtime.block_on(async {
         tokio::select! {
-            result = commands::run(cli.command) => result,
-            _ = tokio::signal::ctrl_c() => Err(anyhow::Error::new(exit::Interrupted)),
+            result = commands::run(cli.command, &recorder) => result,
+            _ = tokio::signal::ctrl_c() => {
+                recorder.interrupted();
+                Err(anyhow::Error::new(exit::Interrupted))
+            }
         }
     });
     match result {

@@ -29,6 +29,8 @@ pub enum TransferEvent {
         total_bytes: u64,
         /// Device name of the peer.
         peer: String,
+        /// Top-level names of what is being moved.
+        roots: Vec<String>,
     },
     /// Bytes confirmed so far (acknowledged by the receiver, or written by us).
     Progress {

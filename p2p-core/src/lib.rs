@@ -19,6 +19,7 @@
 //! | [`fs`] | manifests, safe paths, `.part` files, atomic finalisation |
 //! | [`compress`], [`verify`], [`throttle`] | adaptive zstd, CRC-32 and SHA-256, token bucket |
 //! | [`event`] | [`TransferEvent`] and [`EventSink`] |
+//! | [`history`] | the record of past transfers (JSON lines in the data directory) |
 //! | [`config`], [`error`] | defaults and limits; typed errors |
 //!
 //! ## Example
@@ -43,6 +44,7 @@ pub mod error;
 pub mod event;
 pub mod fs;
 pub mod handshake;
+pub mod history;
 pub mod session;
 pub mod throttle;
 pub mod transfer;

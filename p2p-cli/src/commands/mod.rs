@@ -1,17 +1,20 @@
 //! One module per subcommand; [`run`] dispatches.
 
+pub mod history;
 pub mod receive;
 pub mod send;
 
 use p2p_core::{SessionConfig, SessionOptions};
 
+use crate::record::Recorder;
 use crate::{Command, SessionArgs, TransferArgs};
 
-/// Runs a parsed command.
-pub async fn run(command: Command) -> anyhow::Result<()> {
+/// Runs a parsed command; transfers report to `recorder`.
+pub async fn run(command: Command, recorder: &Recorder) -> anyhow::Result<()> {
     match command {
-        Command::Send(args) => send::run(args).await,
-        Command::Receive(args) => receive::run(args).await,
+        Command::Send(args) => send::run(args, recorder).await,
+        Command::Receive(args) => receive::run(args, recorder).await,
+        Command::History(args) => history::run(args),
     }
 }
 

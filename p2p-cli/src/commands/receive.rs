@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::Args;
 use p2p_core::ReceiveOptions;
 
-use crate::render::Renderer;
+use crate::record::Recorder;
 use crate::{RoleArg, SessionArgs, TransferArgs};
 
 #[derive(Debug, Args)]
@@ -25,7 +25,7 @@ pub struct ReceiveArgs {
     pub transfer: TransferArgs,
 }
 
-pub async fn run(args: ReceiveArgs) -> anyhow::Result<()> {
+pub async fn run(args: ReceiveArgs, recorder: &Recorder) -> anyhow::Result<()> {
     let mut options = super::session_options(&args.session, &args.transfer)?;
     // Negotiation takes the smaller value of both sides: a receiver offers the protocol
     // maxima, so the sender's settings apply, unless the user asked for less here.
@@ -38,12 +38,12 @@ pub async fn run(args: ReceiveArgs) -> anyhow::Result<()> {
         options.config.window_size = ceilings.window_size;
     }
     let mut session = super::establish(args.role, &args.session, &options).await?;
-    let renderer = Renderer::new();
+    let renderer = recorder.renderer();
     let receive = ReceiveOptions {
         output_dir: args.output.clone(),
         overwrite: args.overwrite,
     };
-    let done = session.run_event_loop(&receive, &renderer).await?;
+    let done = session.run_event_loop(&receive, recorder).await?;
     if done.is_empty() {
         renderer.line("the peer closed the session without sending anything");
     }

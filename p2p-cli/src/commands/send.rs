@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use crate::render::Renderer;
+use crate::record::Recorder;
 use crate::{RoleArg, SessionArgs, TransferArgs};
 
 #[derive(Debug, Args)]
@@ -21,13 +21,12 @@ pub struct SendArgs {
     pub transfer: TransferArgs,
 }
 
-pub async fn run(args: SendArgs) -> anyhow::Result<()> {
+pub async fn run(args: SendArgs, recorder: &Recorder) -> anyhow::Result<()> {
     let options = super::session_options(&args.session, &args.transfer)?;
     // Scan first: a missing file is reported before any connection is made.
     let manifest = p2p_core::fs::source::SourceManifest::scan(&args.paths)?;
     let mut session = super::establish(args.role, &args.session, &options).await?;
-    let renderer = Renderer::new();
-    session.send_manifest(&manifest, &renderer).await?;
+    session.send_manifest(&manifest, recorder).await?;
     session.close().await?;
     Ok(())
 }

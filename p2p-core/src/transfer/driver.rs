@@ -151,6 +151,7 @@ where
         files,
         total_bytes: total,
         peer: peer.to_owned(),
+        roots: roots(&manifest.entries),
     });
     let mut throttle = max_speed.map(|rate| TokenBucket::new(rate, Instant::now()));
     let result = drive(
@@ -217,6 +218,7 @@ where
         files,
         total_bytes: total,
         peer: peer.to_owned(),
+        roots: roots(&entries),
     });
     let result = drive(
         framed,
@@ -262,6 +264,15 @@ where
     )
 }
 
+/// Top-level names of an offer's entries.
+fn roots(entries: &[crate::wire::Entry]) -> Vec<String> {
+    entries
+        .iter()
+        .filter(|e| !e.path.contains('/'))
+        .map(|e| e.path.clone())
+        .collect()
+}
+
 #[allow(clippy::too_many_arguments)]
 fn finish(
     transfer_id: Uuid,
@@ -288,11 +299,7 @@ fn finish(
                 files,
                 bytes,
                 elapsed,
-                roots: entries
-                    .iter()
-                    .filter(|e| !e.path.contains('/'))
-                    .map(|e| e.path.clone())
-                    .collect(),
+                roots: roots(entries),
             })
         }
         Err(e) => {
