@@ -79,12 +79,14 @@ pub struct SessionArgs {
 /// How to move the bytes.
 #[derive(Debug, Clone, Args)]
 pub struct TransferArgs {
-    /// Raw bytes per chunk, e.g. 64K, 1M, 4M.
-    #[arg(long, default_value = "1M", value_parser = size::parse_size)]
-    pub chunk_size: u64,
-    /// Chunks in flight at once (1 = wait for each acknowledgement).
-    #[arg(long, default_value_t = p2p_core::config::DEFAULT_WINDOW_SIZE)]
-    pub window_size: u32,
+    /// Raw bytes per chunk, e.g. 64K, 1M, 4M [default: 1M when sending; when receiving,
+    /// whatever the sender asks, up to this].
+    #[arg(long, value_parser = size::parse_size)]
+    pub chunk_size: Option<u64>,
+    /// Chunks in flight at once, 1 = wait for each acknowledgement [default: 16 when
+    /// sending; when receiving, whatever the sender asks, up to this].
+    #[arg(long)]
+    pub window_size: Option<u32>,
     /// Compress chunks with zstd (default).
     #[arg(long, overrides_with = "no_compress")]
     pub compress: bool,
@@ -158,5 +160,6 @@ fn init_logging(verbose: u8) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
 }

@@ -18,16 +18,24 @@ pub async fn run(command: Command, recorder: &Recorder) -> anyhow::Result<()> {
     }
 }
 
-/// Session options from the common flags.
+/// Session options from the common flags. Sizes the user did not give come from
+/// `defaults`: the core defaults for a sender, the protocol maxima for a receiver
+/// (negotiation takes the smaller value of both sides, so the sender's settings apply
+/// unless the receiver asked for less).
 pub fn session_options(
     session: &SessionArgs,
     transfer: &TransferArgs,
+    defaults: &SessionConfig,
 ) -> anyhow::Result<SessionOptions> {
-    let chunk_size = u32::try_from(transfer.chunk_size)
-        .map_err(|_| anyhow::anyhow!("--chunk-size {} is too large", transfer.chunk_size))?;
+    let chunk_size = match transfer.chunk_size {
+        Some(size) => {
+            u32::try_from(size).map_err(|_| anyhow::anyhow!("--chunk-size {size} is too large"))?
+        }
+        None => defaults.chunk_size,
+    };
     let config = SessionConfig {
         chunk_size,
-        window_size: transfer.window_size,
+        window_size: transfer.window_size.unwrap_or(defaults.window_size),
         compress: !transfer.no_compress,
         compress_level: transfer.compress_level,
         adaptive: !transfer.no_adaptive,

@@ -26,17 +26,8 @@ pub struct ReceiveArgs {
 }
 
 pub async fn run(args: ReceiveArgs, recorder: &Recorder) -> anyhow::Result<()> {
-    let mut options = super::session_options(&args.session, &args.transfer)?;
-    // Negotiation takes the smaller value of both sides: a receiver offers the protocol
-    // maxima, so the sender's settings apply, unless the user asked for less here.
-    let defaults = p2p_core::config::default_config();
-    let ceilings = p2p_core::config::ceilings(options.config.compress);
-    if options.config.chunk_size == defaults.chunk_size {
-        options.config.chunk_size = ceilings.chunk_size;
-    }
-    if options.config.window_size == defaults.window_size {
-        options.config.window_size = ceilings.window_size;
-    }
+    let ceilings = p2p_core::config::ceilings(true);
+    let options = super::session_options(&args.session, &args.transfer, &ceilings)?;
     let mut session = super::establish(args.role, &args.session, &options).await?;
     let renderer = recorder.renderer();
     let receive = ReceiveOptions {

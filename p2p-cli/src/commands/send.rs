@@ -22,7 +22,8 @@ pub struct SendArgs {
 }
 
 pub async fn run(args: SendArgs, recorder: &Recorder) -> anyhow::Result<()> {
-    let options = super::session_options(&args.session, &args.transfer)?;
+    let defaults = p2p_core::config::default_config();
+    let options = super::session_options(&args.session, &args.transfer, &defaults)?;
     // Scan first: a missing file is reported before any connection is made.
     let manifest = p2p_core::fs::source::SourceManifest::scan(&args.paths)?;
     let mut session = super::establish(args.role, &args.session, &options).await?;
