@@ -40,11 +40,13 @@
 
 pub mod compress;
 pub mod config;
+pub mod discovery;
 pub mod error;
 pub mod event;
 pub mod fs;
 pub mod handshake;
 pub mod history;
+pub mod nat;
 pub mod session;
 pub mod throttle;
 pub mod transfer;
