@@ -794,20 +794,6 @@ pub async fn find_with(
     }
 }
 
-/// A name for this device: the host name, or `p2p-transfer` when there is none.
-pub fn default_device_name() -> String {
-    let from_file = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
-        .ok();
-    let name = from_file
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .or_else(|| std::env::var("COMPUTERNAME").ok())
-        .map(|n| n.trim().to_owned())
-        .filter(|n| !n.is_empty())
-        .unwrap_or_else(|| "p2p-transfer".to_owned());
-    Beacon::new(Uuid::nil(), &name, 1).name
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -19,7 +19,7 @@ use std::time::Duration;
 use tokio::net::UdpSocket;
 use tokio::time::Instant;
 
-use super::stun::{self, BindingResponse, BindingResponseError, TransactionId};
+use super::stun::{self, BindingResponse, TransactionId};
 use super::{NatBehaviour, NatError, NatReport, ServerAttempt, StunError};
 
 /// RFC 8489 §6.2.1 default initial retransmission timeout.
@@ -550,7 +550,7 @@ pub async fn probe_nat(config: &NatProbeConfig) -> Result<NatReport, NatError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nat::stun::{attr, Class, MessageBuilder, METHOD_BINDING};
+    use crate::nat::stun::{attr, BindingResponseError, Class, MessageBuilder, METHOD_BINDING};
     use std::time::Instant as StdInstant;
 
     fn ms(n: u64) -> Duration {

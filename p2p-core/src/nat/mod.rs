@@ -125,7 +125,7 @@ pub enum StunError {
         reason: String,
     },
     /// No valid answer before the per-server timeout.
-    #[error("no answer within {after:.1?} ({sends} requests sent)")]
+    #[error("no answer within {after:.1?} ({} sent)", requests(*sends))]
     Timeout {
         /// Time spent on this server.
         after: Duration,
@@ -170,6 +170,14 @@ pub enum NatError {
         /// The OS error.
         source: io::Error,
     },
+}
+
+fn requests(n: u32) -> String {
+    if n == 1 {
+        "1 request".to_owned()
+    } else {
+        format!("{n} requests")
+    }
 }
 
 fn summarise(attempts: &[ServerAttempt]) -> String {

@@ -1,0 +1,99 @@
+//! `p2p-transfer peers`, and the two discovery hooks of the transfer commands: the
+//! beacon a waiting `receive` sends, and the receiver lookup behind `send --discover`.
+//!
+//! Beacons, probes and the choice among receivers are `p2p_core::discovery`; this file
+//! reads flags and the environment (`P2P_DISCOVERY_PORT`, `P2P_DISCOVERY_TARGETS`) and
+//! prints.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use p2p_core::discovery::{self, Announcer, Beacon, DiscoveryConfig};
+use p2p_core::SessionOptions;
+
+/// How long `send --discover` listens before it gives up: two beacon intervals and a
+/// margin, although a receiver normally answers the opening probe within milliseconds.
+pub const DISCOVER_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Args)]
+pub struct PeersArgs {
+    /// Seconds to listen for receivers.
+    #[arg(long, default_value_t = 2.5, value_name = "SECONDS",
+          value_parser = parse_seconds)]
+    pub timeout: f64,
+}
+
+fn parse_seconds(s: &str) -> Result<f64, String> {
+    let seconds: f64 = s.parse().map_err(|e| format!("{e}"))?;
+    if seconds.is_finite() && (0.0..=3600.0).contains(&seconds) {
+        Ok(seconds)
+    } else {
+        Err("must be between 0 and 3600 seconds".to_owned())
+    }
+}
+
+pub async fn run(args: PeersArgs) -> anyhow::Result<()> {
+    let config = DiscoveryConfig::from_env()?;
+    let peers = discovery::browse_with(&config, Duration::from_secs_f64(args.timeout)).await?;
+    if peers.is_empty() {
+        eprintln!(
+            "no receivers found within {} s (UDP port {})",
+            args.timeout, config.port
+        );
+        return Ok(());
+    }
+    println!("{:<24} {:<10} {:<22} PROTOCOL", "NAME", "ID", "ADDRESS");
+    for peer in peers {
+        let compatible = if peer.is_compatible() {
+            ""
+        } else {
+            " (incompatible)"
+        };
+        println!(
+            "{:<24} {:<10} {:<22} v{}{compatible}",
+            peer.name,
+            peer.short_id(),
+            peer.addr.to_string(),
+            peer.protocol_version
+        );
+    }
+    Ok(())
+}
+
+/// Starts announcing a receiver that waits on TCP `port`. Discovery is a convenience:
+/// when it cannot start, the receiver says so and waits anyway.
+pub fn announce(options: &SessionOptions, port: u16) -> Option<Announcer> {
+    let beacon = Beacon::new(options.device_id, &options.device_name, port);
+    let started = DiscoveryConfig::from_env()
+        .and_then(|config| Announcer::start(beacon.clone(), &config).map(|a| (a, config.port)));
+    match started {
+        Ok((announcer, discovery_port)) => {
+            eprintln!(
+                "announcing \"{}\" on the local network (UDP port {discovery_port})",
+                beacon.name
+            );
+            Some(announcer)
+        }
+        Err(e) => {
+            eprintln!("warning: not announcing on the local network: {e}");
+            None
+        }
+    }
+}
+
+/// Finds the receiver `query` names (`None` or empty: the only one there) and returns
+/// its `host:port`.
+pub async fn discover(query: Option<&str>) -> anyhow::Result<String> {
+    let query = query.map(str::trim).filter(|q| !q.is_empty());
+    eprintln!(
+        "looking for {} on the local network …",
+        query.map_or("a receiver".to_owned(), |q| format!("receiver {q:?}"))
+    );
+    let config = DiscoveryConfig::from_env()?;
+    let peer = discovery::find_with(&config, query, DISCOVER_TIMEOUT)
+        .await
+        .context("discovery failed")?;
+    eprintln!("found {peer}");
+    Ok(peer.addr.to_string())
+}
