@@ -361,8 +361,8 @@ impl BeaconTargets {
                 match if_addrs::get_if_addrs() {
                     Ok(interfaces) => {
                         for interface in interfaces {
-                            if let if_addrs::IfAddr::V4(v4) = interface.addr {
-                                if let Some(broadcast) = v4.broadcast {
+                            if let if_addrs::IfAddr::V4(v4) = &interface.addr {
+                                if let Some(broadcast) = directed_broadcast(&interface, v4) {
                                     ips.push(IpAddr::V4(broadcast));
                                 }
                             }
@@ -385,6 +385,24 @@ impl BeaconTargets {
             .map(|ip| SocketAddr::new(ip, port))
             .collect()
     }
+}
+
+/// The broadcast address of an IPv4 interface: the configured one, or — when the
+/// address was added without one, as `ip addr add` does unless told `brd +` — the one
+/// its netmask implies. None for loopback (handled apart), point-to-point links and /31
+/// or /32 networks, which have no broadcast address.
+fn directed_broadcast(
+    interface: &if_addrs::Interface,
+    v4: &if_addrs::Ifv4Addr,
+) -> Option<Ipv4Addr> {
+    if interface.is_loopback() || interface.is_p2p() || v4.prefixlen >= 31 {
+        return None;
+    }
+    // Without a configured broadcast address, getifaddrs reports the interface's own
+    // address (or 0.0.0.0) in its place.
+    v4.broadcast
+        .filter(|b| !b.is_unspecified() && *b != v4.ip)
+        .or_else(|| Some(Ipv4Addr::from(u32::from(v4.ip) | !u32::from(v4.netmask))))
 }
 
 /// Ports, timings and targets of discovery.
@@ -550,8 +568,9 @@ fn discovery_socket(port: u16) -> Result<UdpSocket, DiscoveryError> {
 /// a network without a default route, an interface going down) only get logged.
 async fn send_to_targets(socket: &UdpSocket, datagram: &[u8], targets: &BeaconTargets, port: u16) {
     for target in targets.addresses(port) {
-        if let Err(e) = socket.send_to(datagram, target).await {
-            tracing::debug!(%target, "discovery send failed: {e}");
+        match socket.send_to(datagram, target).await {
+            Ok(_) => tracing::trace!(%target, "discovery datagram sent"),
+            Err(e) => tracing::debug!(%target, "discovery send failed: {e}"),
         }
     }
 }
@@ -924,6 +943,46 @@ mod tests {
         assert!(peer.matches(&peer.short_id()));
         assert!(!peer.matches(&peer.short_id()[..4]));
         assert!(!peer.matches("office"));
+    }
+
+    #[test]
+    fn the_broadcast_address_comes_from_the_interface_or_its_netmask() {
+        let interface = |ip: [u8; 4], prefixlen: u8, broadcast: Option<[u8; 4]>| {
+            let netmask =
+                Ipv4Addr::from(u32::MAX.checked_shl(32 - u32::from(prefixlen)).unwrap_or(0));
+            let v4 = if_addrs::Ifv4Addr {
+                ip: ip.into(),
+                netmask,
+                prefixlen,
+                broadcast: broadcast.map(Into::into),
+            };
+            let interface = if_addrs::Interface {
+                name: "eth0".into(),
+                addr: if_addrs::IfAddr::V4(v4.clone()),
+                index: Some(2),
+                oper_status: if_addrs::IfOperStatus::Up,
+                is_p2p: false,
+            };
+            directed_broadcast(&interface, &v4)
+        };
+        assert_eq!(
+            interface([192, 168, 1, 7], 24, Some([192, 168, 1, 255])),
+            Some(Ipv4Addr::new(192, 168, 1, 255))
+        );
+        assert_eq!(
+            interface([10, 200, 100, 2], 24, None),
+            Some(Ipv4Addr::new(10, 200, 100, 255))
+        );
+        assert_eq!(
+            interface([10, 200, 100, 2], 24, Some([10, 200, 100, 2])),
+            Some(Ipv4Addr::new(10, 200, 100, 255))
+        );
+        assert_eq!(
+            interface([10, 1, 2, 3], 20, Some([0, 0, 0, 0])),
+            Some(Ipv4Addr::new(10, 1, 15, 255))
+        );
+        assert_eq!(interface([10, 1, 2, 3], 32, None), None);
+        assert_eq!(interface([127, 0, 0, 1], 8, None), None);
     }
 
     #[test]

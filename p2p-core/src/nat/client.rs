@@ -488,7 +488,8 @@ pub async fn probe_nat(config: &NatProbeConfig) -> Result<NatReport, NatError> {
     if let Some(other) = response.other_address {
         if other.ip() != primary_addr.ip() && other.is_ipv4() == primary_addr.is_ipv4() {
             let test_two = SocketAddr::new(other.ip(), primary_addr.port());
-            candidates.push((config.servers[primary_index].clone(), test_two));
+            let label = format!("{} (its OTHER-ADDRESS IP)", config.servers[primary_index]);
+            candidates.push((label, test_two));
         }
     }
     let mut second = None;
