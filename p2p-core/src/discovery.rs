@@ -575,6 +575,22 @@ async fn send_to_targets(socket: &UdpSocket, datagram: &[u8], targets: &BeaconTa
     }
 }
 
+/// Whether a receive result is a probe. A failed receive (which on some platforms
+/// reports an ICMP error from an earlier send) is logged and paced, never fatal.
+async fn is_probe(received: io::Result<(usize, SocketAddr)>, buf: &[u8]) -> bool {
+    match received {
+        Ok((len, _)) => matches!(
+            buf.get(..len).map(decode_datagram),
+            Some(Ok(DiscoveryMessage::Probe))
+        ),
+        Err(e) => {
+            tracing::debug!("discovery receive failed: {e}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            false
+        }
+    }
+}
+
 /// A receiver's beacon sender. Runs on the tokio runtime until dropped.
 #[derive(Debug)]
 pub struct Announcer {
@@ -590,33 +606,24 @@ impl Announcer {
             .map_err(|e| DiscoveryError::Config(e.to_string()))?;
         let config = config.clone();
         let task = tokio::spawn(async move {
-            let mut ticker = tokio::time::interval(config.interval.max(Duration::from_millis(10)));
+            let period = config.interval.max(Duration::from_millis(10));
+            let mut ticker = tokio::time::interval(period);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut last_sent: Option<Instant> = None;
             let mut buf = [0u8; MAX_DATAGRAM_LEN + 1];
             loop {
-                tokio::select! {
-                    _ = ticker.tick() => {}
+                let due = tokio::select! {
+                    _ = ticker.tick() => true,
                     received = socket.recv_from(&mut buf) => {
-                        match received {
-                            Ok((len, _)) if matches!(decode_datagram(&buf[..len]), Ok(DiscoveryMessage::Probe)) => {
-                                let recently = last_sent
-                                    .is_some_and(|t| t.elapsed() < PROBE_ANSWER_GAP);
-                                if recently {
-                                    continue;
-                                }
-                            }
-                            Ok(_) => continue,
-                            Err(e) => {
-                                tracing::debug!("discovery receive failed: {e}");
-                                tokio::time::sleep(Duration::from_millis(100)).await;
-                                continue;
-                            }
-                        }
+                        let answered_recently =
+                            last_sent.is_some_and(|t| t.elapsed() < PROBE_ANSWER_GAP);
+                        is_probe(received, &buf).await && !answered_recently
                     }
+                };
+                if due {
+                    send_to_targets(&socket, &datagram, &config.targets, config.port).await;
+                    last_sent = Some(Instant::now());
                 }
-                send_to_targets(&socket, &datagram, &config.targets, config.port).await;
-                last_sent = Some(Instant::now());
             }
         });
         tracing::debug!(port = config.port, name = %beacon.name, "announcing");
