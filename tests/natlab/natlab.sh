@@ -17,7 +17,7 @@
 # rt1/rt2 (routers, WAN 10.200.0.11/.12), h1/h2 (hosts 10.200.1.2 and 10.200.2.2 behind
 # them); in the lan topology sw (the switch) and h1/h2 at 10.200.100.2 and .3.
 # docs/natlab.md explains what each topology models.
-set -euo pipefail
+set -Eeuo pipefail
 
 STATE_ROOT=${NATLAB_STATE:-/tmp/natlab}
 
@@ -168,7 +168,8 @@ up() {
         die "a lab with prefix '$PREFIX' is already up (natlab.sh down $PREFIX)"
     fi
     mkdir -p "$STATE"
-    trap 'echo "natlab: setup failed, cleaning up" >&2; down' ERR
+    # Any failure from here on (a command, or die) removes the half-built lab.
+    trap 'status=$?; if ((status != 0)); then echo "natlab: setup failed, cleaning up" >&2; down; fi' EXIT
     case $topology in
         nat)
             [[ $# -eq 1 ]] || usage
@@ -189,7 +190,7 @@ up() {
             ;;
         *) usage ;;
     esac
-    trap - ERR
+    trap - EXIT
     echo "natlab: '$PREFIX' is up ($topology $*); nodes: $(ip netns list | awk '{print $1}' | grep -E "^$PREFIX-" | sed "s/^$PREFIX-//" | sort | tr '\n' ' ')"
 }
 

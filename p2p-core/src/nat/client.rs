@@ -488,7 +488,7 @@ pub async fn probe_nat(config: &NatProbeConfig) -> Result<NatReport, NatError> {
     if let Some(other) = response.other_address {
         if other.ip() != primary_addr.ip() && other.is_ipv4() == primary_addr.is_ipv4() {
             let test_two = SocketAddr::new(other.ip(), primary_addr.port());
-            let label = format!("{} (its OTHER-ADDRESS IP)", config.servers[primary_index]);
+            let label = format!("OTHER-ADDRESS of {}", config.servers[primary_index]);
             candidates.push((label, test_two));
         }
     }
