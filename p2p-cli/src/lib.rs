@@ -48,6 +48,10 @@ pub enum Command {
     Receive(commands::receive::ReceiveArgs),
     /// Show past transfers (kept in $P2P_TRANSFER_DATA_DIR or the user's data folder).
     History(commands::history::HistoryArgs),
+    /// List receivers announcing themselves on the local network.
+    Peers(commands::peers::PeersArgs),
+    /// Ask STUN servers for the public address and the NAT's mapping behaviour.
+    NatTest(commands::nat_test::NatTestArgs),
 }
 
 /// Which side opens the connection.

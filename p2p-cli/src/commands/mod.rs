@@ -1,6 +1,8 @@
 //! One module per subcommand; [`run`] dispatches.
 
 pub mod history;
+pub mod nat_test;
+pub mod peers;
 pub mod receive;
 pub mod send;
 
@@ -15,6 +17,8 @@ pub async fn run(command: Command, recorder: &Recorder) -> anyhow::Result<()> {
         Command::Send(args) => send::run(args, recorder).await,
         Command::Receive(args) => receive::run(args, recorder).await,
         Command::History(args) => history::run(args),
+        Command::Peers(args) => peers::run(args).await,
+        Command::NatTest(args) => nat_test::run(args).await,
     }
 }
 
@@ -52,11 +56,13 @@ pub fn session_options(
     Ok(options)
 }
 
-/// Connects (client role) or listens and accepts one peer (server role).
+/// Connects (client role) or listens and accepts one peer (server role), announcing
+/// itself on the LAN while it waits when `announce` is set.
 pub async fn establish(
     role: crate::RoleArg,
     session: &SessionArgs,
     options: &SessionOptions,
+    announce: bool,
 ) -> anyhow::Result<p2p_core::P2PSession<tokio::net::TcpStream>> {
     use anyhow::Context;
     match role {
@@ -73,6 +79,7 @@ pub async fn establish(
             let listener = p2p_core::transport::listen(&bind).await?;
             let local = listener.local_addr()?;
             eprintln!("listening on {local}");
+            let _announcer = announce.then(|| peers::announce(options, local.port()));
             let session = p2p_core::P2PSession::accept(&listener, options).await?;
             if let Some(addr) = session.peer_addr() {
                 tracing::info!("peer {addr} connected");

@@ -28,7 +28,7 @@ pub struct ReceiveArgs {
 pub async fn run(args: ReceiveArgs, recorder: &Recorder) -> anyhow::Result<()> {
     let ceilings = p2p_core::config::ceilings(true);
     let options = super::session_options(&args.session, &args.transfer, &ceilings)?;
-    let mut session = super::establish(args.role, &args.session, &options).await?;
+    let mut session = super::establish(args.role, &args.session, &options, true).await?;
     let renderer = recorder.renderer();
     let receive = ReceiveOptions {
         output_dir: args.output.clone(),
