@@ -557,6 +557,9 @@ fn discovery_socket(port: u16) -> Result<UdpSocket, DiscoveryError> {
     }
     let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).map_err(bind_err)?;
     socket.set_reuse_address(true).map_err(bind_err)?;
+    // The BSDs (macOS included) share a UDP port between sockets only with SO_REUSEPORT.
+    #[cfg(all(unix, not(any(target_os = "linux", target_os = "android"))))]
+    socket.set_reuse_port(true).map_err(bind_err)?;
     socket.set_broadcast(true).map_err(bind_err)?;
     socket.set_nonblocking(true).map_err(bind_err)?;
     let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port);

@@ -9,7 +9,7 @@
 //! [`poll_timeout`](BindingTransaction::poll_timeout); its outcome is taken with
 //! [`poll_outcome`](BindingTransaction::poll_outcome). Call them in that order after
 //! every input. [`binding`] is the driver; [`probe_nat`] is what `nat-test` runs. The
-//! byte format is [`stun`](super::stun)'s business, the meaning of the results
+//! byte format is [`stun`]'s business, the meaning of the results
 //! [`nat`](super)'s.
 
 use std::io;
