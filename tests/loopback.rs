@@ -660,7 +660,7 @@ async fn something_that_is_not_a_peer_is_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_interrupted_receive_leaves_no_partial_files() {
+async fn an_interrupted_receive_saves_resume_state_and_leaves_nothing_at_the_final_path() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("out");
     let (addr, task) = receiver(&out, false).await;
@@ -683,6 +683,127 @@ async fn an_interrupted_receive_leaves_no_partial_files() {
     // The receiving future is dropped mid-transfer (what Ctrl+C does).
     task.abort();
     assert!(task.await.unwrap_err().is_cancelled());
+    assert!(!out.join("movie.mkv").exists(), "nothing at the final path");
+    assert_eq!(partial_files(&out).len(), 1, "the data is kept for a resume");
+    let states: Vec<_> = tree_digest(&out)
+        .into_keys()
+        .filter(|k| k.ends_with(".resume"))
+        .collect();
+    assert_eq!(states.len(), 1, "a resume state is saved: {states:?}");
+}
+
+/// Interrupts a transfer at about a quarter (the sender's task is dropped, as on Ctrl+C
+/// or a crash), then sends again under the same transfer id: only the rest moves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_transfer_resumes_where_it_stopped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("video.mkv");
+    let len = 24 << 20;
+    random_file(&src, len, 42);
+    let out = tmp.path().join("out");
+    let manifest = p2p_core::fs::source::SourceManifest::scan(&[&src]).unwrap();
+    let transfer_id = Uuid::new_v4();
+    let throttled = SessionOptions {
+        max_speed: Some(16 << 20), // 1.5 s for the whole file: time to interrupt it
+        ..options(256 * 1024, 8)
+    };
+
+    // First attempt, stopped once the receiver reports a quarter written.
+    let (mut a, mut b) = pair(&throttled).await;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let opts = recv_opts(&out);
+    let receiving = tokio::spawn(async move { b.receive(&opts, &tx).await });
+    let m = manifest.clone();
+    let sending = tokio::spawn(async move { a.send_manifest_as(&m, transfer_id, &NoEvents).await });
+    while let Some(event) = rx.recv().await {
+        if let TransferEvent::Progress { done_bytes, .. } = event {
+            if done_bytes >= len as u64 / 4 {
+                break;
+            }
+        }
+    }
+    sending.abort();
+    let _ = sending.await;
+    let err = receiving.await.unwrap().unwrap_err();
+    assert!(err.is_transient(), "a lost connection is transient: {err}");
+    assert!(
+        !out.join("video.mkv").exists(),
+        "nothing at the final path yet"
+    );
+    assert!(!partial_files(&out).is_empty(), "the partial data is kept");
+
+    // Second attempt with the same transfer id.
+    let (mut a, mut b) = pair(&options(256 * 1024, 8)).await;
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let sink = {
+        let events = events.clone();
+        move |e: TransferEvent| events.lock().unwrap().push(e)
+    };
+    let opts = recv_opts(&out);
+    let (sent, received) = tokio::join!(
+        a.send_manifest_as(&manifest, transfer_id, &sink),
+        b.receive(&opts, &NoEvents)
+    );
+    sent.unwrap();
+    received.unwrap().unwrap();
+    assert_eq!(sha256_file(&out.join("video.mkv")), sha256_file(&src));
     assert!(partial_files(&out).is_empty(), "{:?}", partial_files(&out));
-    assert!(!out.join("movie.mkv").exists());
+    let skipped = events
+        .lock()
+        .unwrap()
+        .iter()
+        .find_map(|e| match e {
+            TransferEvent::Resumed { skipped_bytes, .. } => Some(*skipped_bytes),
+            _ => None,
+        })
+        .expect("the sender was told what to skip");
+    assert!(
+        skipped >= len as u64 / 4 - 8 * 256 * 1024,
+        "at least what was reported written, less one window, is not sent again: {skipped}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_resume_state_is_reported_and_the_transfer_starts_afresh() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("doc.pdf");
+    random_file(&src, 300_000, 5);
+    let out = tmp.path().join("out");
+    fs::create_dir_all(&out).unwrap();
+    let transfer_id = Uuid::new_v4();
+    fs::write(
+        out.join(format!(".p2p-{}.resume", transfer_id.simple())),
+        b"P2PR\x01garbage",
+    )
+    .unwrap();
+    let manifest = p2p_core::fs::source::SourceManifest::scan(&[&src]).unwrap();
+    let (mut a, mut b) = pair(&options(64 * 1024, 4)).await;
+    let warnings = Arc::new(Mutex::new(Vec::new()));
+    let sink = {
+        let warnings = warnings.clone();
+        move |e: TransferEvent| {
+            if let TransferEvent::Warning { message } = e {
+                warnings.lock().unwrap().push(message);
+            }
+        }
+    };
+    let opts = recv_opts(&out);
+    let (sent, received) = tokio::join!(
+        a.send_manifest_as(&manifest, transfer_id, &NoEvents),
+        b.receive(&opts, &sink)
+    );
+    sent.unwrap();
+    received.unwrap().unwrap();
+    assert_eq!(sha256_file(&out.join("doc.pdf")), sha256_file(&src));
+    let warnings = warnings.lock().unwrap();
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("ignored") && w.contains("checksum")),
+        "{warnings:?}"
+    );
+    assert!(
+        tree_digest(&out).keys().all(|k| k == "doc.pdf"),
+        "state removed after success"
+    );
 }

@@ -155,6 +155,21 @@ impl EventSink for Renderer {
                     f.set_position(done);
                 }
             }
+            (Inner::Bars { multi, .. }, TransferEvent::Resumed { skipped_bytes, .. }) => {
+                let _ = multi.println(format!(
+                    "resuming: {} already there",
+                    HumanBytes(skipped_bytes)
+                ));
+            }
+            (Inner::Bars { multi, .. }, TransferEvent::Warning { message }) => {
+                let _ = multi.println(format!("warning: {message}"));
+            }
+            (Inner::Plain { .. }, TransferEvent::Resumed { skipped_bytes, .. }) => {
+                println!("resuming: {skipped_bytes} bytes already there");
+            }
+            (Inner::Plain { .. }, TransferEvent::Warning { message }) => {
+                println!("warning: {message}");
+            }
             (Inner::Bars { multi, .. }, TransferEvent::Skipped { path, reason }) => {
                 let _ = multi.println(format!("skipped {path}: {reason}"));
             }

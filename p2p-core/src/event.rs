@@ -32,6 +32,12 @@ pub enum TransferEvent {
         /// Top-level names of what is being moved.
         roots: Vec<String>,
     },
+    /// The receiver already held `skipped_bytes` from an earlier attempt; they are not
+    /// sent again.
+    Resumed {
+        transfer_id: Uuid,
+        skipped_bytes: u64,
+    },
     /// Bytes confirmed so far (acknowledged by the receiver, or written by us).
     Progress {
         transfer_id: Uuid,
@@ -53,6 +59,9 @@ pub enum TransferEvent {
         chunk: u64,
         attempt: u32,
     },
+    /// Something the user should know that does not stop the transfer (a resume state
+    /// that could not be used, …).
+    Warning { message: String },
     /// Something the sender will not send (a symlink inside a folder, a FIFO…).
     Skipped { path: String, reason: String },
     /// Every file is verified and in place.

@@ -172,10 +172,22 @@ impl<S: Stream> P2PSession<S> {
         self.send_manifest(&manifest, events).await
     }
 
-    /// Sends an already scanned manifest.
+    /// Sends an already scanned manifest as a new transfer.
     pub async fn send_manifest(
         &mut self,
         manifest: &SourceManifest,
+        events: &dyn EventSink,
+    ) -> Result<TransferSummary> {
+        self.send_manifest_as(manifest, Uuid::new_v4(), events)
+            .await
+    }
+
+    /// Sends a manifest under a given transfer id. With the id of an interrupted
+    /// transfer, the receiver sends back what it already holds and only the rest moves.
+    pub async fn send_manifest_as(
+        &mut self,
+        manifest: &SourceManifest,
+        transfer_id: Uuid,
         events: &dyn EventSink,
     ) -> Result<TransferSummary> {
         let folder = manifest.entries.len() > 1
@@ -197,6 +209,7 @@ impl<S: Stream> P2PSession<S> {
             &peer,
             events,
             self.max_speed,
+            transfer_id,
         )
         .await
     }

@@ -158,6 +158,8 @@ pub struct Accept {
     pub transfer_id: Uuid,
     /// Chunks already durably held (resume); empty for a fresh transfer.
     pub have: Vec<ChunkRange>,
+    /// Files already verified and in place (resume): the sender skips them entirely.
+    pub complete: Vec<u32>,
 }
 
 /// One chunk of file data.
@@ -444,6 +446,7 @@ mod tests {
                     start: 1,
                     end: 9,
                 }],
+                complete: vec![3],
             }),
             Message::Chunk(Chunk {
                 at: ChunkRef { file: 3, index: 9 },

@@ -5,8 +5,10 @@
 //!   the sender).
 //! - [`source`] — walking the sender's paths into a manifest, and reading chunks.
 //! - [`output`] — the receiver's output folder: pre-flight checks, `.part` files, atomic
-//!   finalisation, all confined to the chosen folder by `cap-std`.
+//!   finalisation, resume state, all confined to the chosen folder by `cap-std`.
+//! - [`resume_state`] — the format of the resume state file.
 
 pub mod output;
+pub mod resume_state;
 pub mod safe_path;
 pub mod source;

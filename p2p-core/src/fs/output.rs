@@ -19,9 +19,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use cap_std::ambient_authority;
 use cap_std::fs::{Dir, OpenOptions};
 use rustix::fs::{renameat_with, RenameFlags};
+use uuid::Uuid;
 
 use crate::error::{Error, Result, StorageError, TransferError};
+use crate::fs::resume_state::{manifest_digest, StateBody};
 use crate::fs::safe_path::validate_entries;
+use crate::transfer::{ChunkSet, ResumeInfo};
 use crate::wire::{Entry, EntryKind, Offer, Timestamp};
 
 /// Files kept open at once while receiving (a window spans only a few files).
@@ -55,14 +58,34 @@ pub struct OutputDir {
     open: HashMap<u32, File>,
     finalized: Vec<bool>,
     completed: bool,
+    transfer_id: Uuid,
+    digest: [u8; 32],
+    chunk_size: u32,
+    /// Chunks written per unfinished file (this attempt and resumed ones): what the next
+    /// state file may claim once synced.
+    written: HashMap<u32, ChunkSet>,
+    /// Files moved into place since the last save, still to be synced.
+    unsynced_final: Vec<u32>,
+    /// What the loaded state vouches for.
+    resume: ResumeInfo,
+    /// Why a state file was ignored, for the user.
+    notes: Vec<String>,
+    /// A state file of this attempt exists: interruption keeps `.part` files.
+    saved_once: bool,
 }
 
 impl Drop for OutputDir {
-    /// A transfer that ends any other way than [`OutputDir::complete`] — an error, a
-    /// cancelled future, Ctrl+C — leaves no `.part` files behind.
+    /// A transfer that ends any other way than [`OutputDir::complete`] or
+    /// [`OutputDir::abandon`] — an error that may pass, a cancelled future, Ctrl+C —
+    /// saves its resume state, so a new attempt continues where this one stopped.
     fn drop(&mut self) {
-        if !self.completed {
-            self.discard_partials();
+        if self.completed {
+            return;
+        }
+        // Interrupted (an error that may pass, a cancelled future, Ctrl+C): keep what
+        // arrived, durably, for a resume.
+        if let Err(e) = self.save_job().and_then(SaveJob::run) {
+            tracing::warn!("could not save resume state: {e}");
         }
     }
 }
@@ -70,7 +93,12 @@ impl Drop for OutputDir {
 impl OutputDir {
     /// Opens (creating if needed) the output folder for `offer` and runs every pre-flight
     /// check. Nothing is written unless all checks pass.
-    pub fn prepare(root: &Path, offer: &Offer, overwrite: bool) -> Result<Self> {
+    ///
+    /// If an earlier attempt of the same transfer left a resume state that still matches
+    /// (same manifest and chunk size, `.part` files present and long enough, finished
+    /// files still in place), [`OutputDir::resume_info`] says what can be skipped;
+    /// otherwise the state is ignored and [`OutputDir::notes`] says why.
+    pub fn prepare(root: &Path, offer: &Offer, overwrite: bool, chunk_size: u32) -> Result<Self> {
         validate_entries(&offer.entries)?;
         std::fs::create_dir_all(root)
             .map_err(|e| StorageError::new("cannot create output folder", root, e))?;
@@ -88,7 +116,16 @@ impl OutputDir {
             open: HashMap::new(),
             finalized: vec![false; offer.entries.len()],
             completed: false,
+            digest: manifest_digest(&offer.entries),
+            transfer_id: offer.transfer_id,
+            chunk_size,
+            written: HashMap::new(),
+            unsynced_final: Vec::new(),
+            resume: ResumeInfo::default(),
+            notes: Vec::new(),
+            saved_once: false,
         };
+        out.load_resume();
         out.check_conflicts()?;
         out.check_space()?;
         out.check_writable()?;
@@ -105,6 +142,9 @@ impl OutputDir {
         // Parent folders that do not exist yet hold no conflicts.
         let mut missing: HashSet<String> = HashSet::new();
         for index in 0..self.entries.len() {
+            if self.resume.complete.contains(&(index as u32)) {
+                continue; // ours, from an earlier attempt
+            }
             let (parent, name) = split_parent(&self.entries[index].path);
             let (parent, name) = (parent.to_owned(), name.to_owned());
             if missing.contains(&parent) {
@@ -252,9 +292,19 @@ impl OutputDir {
     fn handle(&mut self, file: u32) -> Result<&File> {
         if !self.open.contains_key(&file) {
             if self.open.len() >= MAX_OPEN_FILES {
+                // Flush before closing, so that a later state save can claim their data.
+                for handle in self.open.values() {
+                    let _ = handle.sync_data();
+                }
                 self.open.clear();
             }
-            let handle = self.open_part(file, OpenOptions::new().write(true).create(true))?;
+            // A file with nothing written yet starts from an empty `.part`, even if a
+            // crashed attempt left one behind.
+            let fresh = !self.written.contains_key(&file);
+            let handle = self.open_part(
+                file,
+                OpenOptions::new().write(true).create(true).truncate(fresh),
+            )?;
             self.open.insert(file, handle);
         }
         Ok(&self.open[&file])
@@ -267,7 +317,25 @@ impl OutputDir {
             let p = self.placement(file)?;
             return Err(self.storage("cannot write", &join(&p.parent, &p.part), e));
         }
+        let index = offset / u64::from(self.chunk_size.max(1));
+        self.written.entry(file).or_default().insert(index);
         Ok(())
+    }
+
+    /// Reads `len` bytes at `offset` of file `file`'s `.part` file (a chunk an earlier
+    /// attempt left, for hashing).
+    pub fn read_part(&mut self, file: u32, offset: u64, len: usize) -> Result<Vec<u8>> {
+        let placement = self.placement(file)?;
+        let (parent, part) = (placement.parent.clone(), placement.part.clone());
+        let mut buf = vec![0u8; len];
+        let read = self
+            .dir_for(&parent)
+            .and_then(|dir| dir.open_with(&part, OpenOptions::new().read(true)))
+            .and_then(|f| f.into_std().read_exact_at(&mut buf, offset));
+        match read {
+            Ok(()) => Ok(buf),
+            Err(e) => Err(self.storage("cannot read back", &join(&parent, &part), e)),
+        }
     }
 
     /// Applies metadata to a verified file and moves it to its final path.
@@ -288,6 +356,8 @@ impl OutputDir {
         drop(handle);
         self.place(file, &entry.path)?;
         self.finalized[file as usize] = true;
+        self.written.remove(&file);
+        self.unsynced_final.push(file);
         Ok(())
     }
 
@@ -366,14 +436,193 @@ impl OutputDir {
         }
     }
 
-    /// Marks the transfer complete: nothing is discarded on drop.
+    /// Marks the transfer complete and removes its resume state.
     pub fn complete(&mut self) {
         self.completed = true;
+        let _ = self.dir.remove_file(self.state_name());
+    }
+
+    /// Gives the transfer up for good (the data can never verify, or the peer was
+    /// refused): removes `.part` files and the resume state.
+    pub fn abandon(&mut self) {
+        self.discard_partials();
+        self.completed = true;
+        let _ = self.dir.remove_file(self.state_name());
+    }
+
+    /// What an earlier attempt left that this one can skip.
+    pub fn resume_info(&self) -> &ResumeInfo {
+        &self.resume
+    }
+
+    /// Why an earlier state was not used (for the user), if it was not.
+    pub fn notes(&self) -> &[String] {
+        &self.notes
+    }
+
+    fn state_name(&self) -> String {
+        format!(".p2p-{}.resume", self.transfer_id.simple())
+    }
+
+    /// Loads, checks and adopts a resume state left by an earlier attempt.
+    fn load_resume(&mut self) {
+        let name = self.state_name();
+        let bytes = match self.dir.read(&name) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return,
+            Err(e) => {
+                self.notes
+                    .push(format!("cannot read resume state {name}: {e}"));
+                return;
+            }
+        };
+        let body = match StateBody::decode(&bytes) {
+            Ok(b) => b,
+            Err(why) => {
+                self.notes
+                    .push(format!("resume state {name} ignored: {why}"));
+                return;
+            }
+        };
+        if body.transfer_id != self.transfer_id
+            || body.manifest_digest != self.digest
+            || body.chunk_size != self.chunk_size
+        {
+            self.notes.push(format!(
+                "resume state {name} ignored: it belongs to another version of this transfer \
+                 (files changed, or another chunk size); starting afresh"
+            ));
+            return;
+        }
+        let mut info = body.info();
+        let layout = crate::transfer::Layout::new(&self.entries, self.chunk_size);
+        // Finished files must still be in place with their size.
+        info.complete.retain(|&file| {
+            let Some(size) = layout.size(file) else {
+                return false;
+            };
+            let path = &self.entries[file as usize].path;
+            self.dir
+                .symlink_metadata(path)
+                .is_ok_and(|m| m.is_file() && m.len() == size)
+        });
+        // `.part` files must still be there and cover what the state claims.
+        let tag = &self.tag;
+        let mut dropped = 0;
+        info.have.retain(|&file, set| {
+            let Some(entry) = self.entries.get(file as usize) else {
+                return false;
+            };
+            let (parent, _) = split_parent(&entry.path);
+            let part = join(parent, &format!(".{tag}-{file}.p2p.part"));
+            let needed = set.ranges().last().map_or(0, |(_, end)| {
+                (end * u64::from(self.chunk_size)).min(layout.size(file).unwrap_or(0))
+            });
+            let ok = self
+                .dir
+                .metadata(&part)
+                .is_ok_and(|m| m.is_file() && m.len() >= needed);
+            dropped += usize::from(!ok);
+            ok
+        });
+        if dropped > 0 {
+            self.notes.push(format!(
+                "{dropped} partial file(s) no longer match the resume state; they are received again"
+            ));
+        }
+        self.written = info.have.iter().map(|(f, set)| (*f, set.clone())).collect();
+        self.resume = info;
+        self.saved_once = true;
+    }
+
+    /// Collects what a state save needs (handles to sync, the encoded state), so that the
+    /// slow part can run on another thread while the transfer goes on.
+    pub fn save_job(&mut self) -> Result<SaveJob> {
+        let mut to_sync = Vec::new();
+        for (file, handle) in &self.open {
+            if self.written.contains_key(file) {
+                to_sync.push(
+                    handle
+                        .try_clone()
+                        .map_err(|e| self.storage("cannot sync", "", e))?,
+                );
+            }
+        }
+        let unsynced: Vec<u32> = std::mem::take(&mut self.unsynced_final);
+        let open_files: Vec<u32> = self.open.keys().copied().collect();
+        for file in self
+            .written
+            .keys()
+            .copied()
+            .filter(|f| !open_files.contains(f))
+            .chain(unsynced)
+        {
+            let path = if self.finalized[file as usize] {
+                self.entries[file as usize].path.clone()
+            } else {
+                let p = self.placement(file)?;
+                join(&p.parent, &p.part)
+            };
+            if let Ok(f) = self.dir.open_with(&path, OpenOptions::new().read(true)) {
+                to_sync.push(f.into_std());
+            }
+        }
+        let info = ResumeInfo {
+            have: self.written.iter().map(|(f, s)| (*f, s.clone())).collect(),
+            complete: (0..self.finalized.len() as u32)
+                .filter(|f| self.finalized[*f as usize])
+                .collect(),
+        };
+        let state = StateBody::new(self.transfer_id, self.digest, self.chunk_size, &info).encode();
+        let dir = self
+            .dir
+            .try_clone()
+            .map_err(|e| self.storage("cannot save resume state in", "", e))?;
+        self.saved_once = true;
+        Ok(SaveJob {
+            to_sync,
+            dir,
+            name: self.state_name(),
+            state,
+        })
     }
 
     /// The folder everything goes into.
     pub fn root(&self) -> &Path {
         &self.root
+    }
+}
+
+/// A resume-state save: sync the data, then write the state atomically. Built by
+/// [`OutputDir::save_job`]; [`SaveJob::run`] may run on any thread.
+pub struct SaveJob {
+    to_sync: Vec<File>,
+    dir: Dir,
+    name: String,
+    state: Vec<u8>,
+}
+
+impl SaveJob {
+    /// Flushes the data the state claims, then writes the state: temp file, fsync,
+    /// rename, fsync of the folder.
+    pub fn run(self) -> Result<()> {
+        let err = |e| StorageError::new("cannot save resume state", &self.name, e);
+        for f in &self.to_sync {
+            f.sync_data().map_err(err)?;
+        }
+        let tmp = format!("{}.tmp", self.name);
+        let mut file = self
+            .dir
+            .open_with(
+                &tmp,
+                OpenOptions::new().write(true).create(true).truncate(true),
+            )
+            .map_err(err)?;
+        std::io::Write::write_all(&mut file, &self.state).map_err(err)?;
+        file.sync_all().map_err(err)?;
+        self.dir.rename(&tmp, &self.dir, &self.name).map_err(err)?;
+        self.dir.open(".").and_then(|d| d.sync_all()).map_err(err)?;
+        Ok(())
     }
 }
 

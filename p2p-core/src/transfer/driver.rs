@@ -116,6 +116,7 @@ impl Machine for Receiver {
 /// Sends `manifest` over an established session stream.
 ///
 /// `max_speed` (bytes per second) limits every chunk sent, retransmissions included.
+/// Reusing the `transfer_id` of an interrupted attempt lets the receiver resume it.
 pub async fn send_manifest<S>(
     framed: &mut Framed<S, FrameCodec>,
     manifest: &SourceManifest,
@@ -123,11 +124,11 @@ pub async fn send_manifest<S>(
     peer: &str,
     events: &dyn EventSink,
     max_speed: Option<u64>,
+    transfer_id: Uuid,
 ) -> Result<TransferSummary>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let transfer_id = Uuid::new_v4();
     for (path, reason) in &manifest.skipped {
         events.emit(TransferEvent::Skipped {
             path: path.display().to_string(),
@@ -197,7 +198,13 @@ where
 {
     let transfer_id = offer.transfer_id;
     let start = Instant::now();
-    let mut output = match OutputDir::prepare(&options.output_dir, &offer, options.overwrite) {
+    let prepared = OutputDir::prepare(
+        &options.output_dir,
+        &offer,
+        options.overwrite,
+        config.chunk_size,
+    );
+    let mut output = match prepared {
         Ok(out) => out,
         Err(e) => {
             tell_peer(framed, &e).await;
@@ -208,8 +215,13 @@ where
             return Err(e);
         }
     };
+    for note in output.notes() {
+        events.emit(TransferEvent::Warning {
+            message: note.clone(),
+        });
+    }
     let entries = offer.entries.clone();
-    let mut receiver = Receiver::new(offer, config);
+    let mut receiver = Receiver::resume(offer, config, output.resume_info().clone());
     let total = receiver.layout().total_bytes();
     let files = receiver.layout().files().count() as u64;
     events.emit(TransferEvent::Started {
@@ -220,6 +232,38 @@ where
         peer: peer.to_owned(),
         roots: roots(&entries),
     });
+    if receiver.resumed_bytes() > 0 {
+        events.emit(TransferEvent::Resumed {
+            transfer_id,
+            skipped_bytes: receiver.resumed_bytes(),
+        });
+    }
+    let mut saver = StateSaver::default();
+    let serve = |r: &mut Receiver| {
+        let Some(io) = r.poll_io() else {
+            return Ok(false);
+        };
+        match io {
+            IoRequest::Write { at, offset, data } => {
+                output.write(at.file, offset, &data)?;
+                r.handle_written(at)?;
+                saver.written(data.len(), &mut output)?;
+            }
+            IoRequest::ReadBack { at, offset, len } => {
+                let data = output.read_part(at.file, offset, len)?;
+                r.handle_read_back(at, &data)?;
+            }
+            IoRequest::Finalize { file } => {
+                output.finalize(file)?;
+                r.handle_finalized(file)?;
+            }
+            IoRequest::Finish => {
+                output.finish()?;
+                r.handle_finished();
+            }
+        }
+        Ok(true)
+    };
     let result = drive(
         framed,
         &mut receiver,
@@ -227,30 +271,16 @@ where
         total,
         events,
         None,
-        |r| {
-            let Some(io) = r.poll_io() else {
-                return Ok(false);
-            };
-            match io {
-                IoRequest::Write { at, offset, data } => {
-                    output.write(at.file, offset, &data)?;
-                    r.handle_written(at)?;
-                }
-                IoRequest::Finalize { file } => {
-                    output.finalize(file)?;
-                    r.handle_finalized(file)?;
-                }
-                IoRequest::Finish => {
-                    output.finish()?;
-                    r.handle_finished();
-                }
-            }
-            Ok(true)
-        },
+        serve,
     )
     .await;
-    if result.is_ok() {
-        output.complete();
+    saver.wait();
+    match &result {
+        Ok(()) => output.complete(),
+        // Nothing to resume from: data that cannot verify, a refused peer.
+        Err(e) if !e.is_transient() => output.abandon(),
+        // Dropping `output` saves the state for a resume.
+        Err(_) => {}
     }
     finish(
         transfer_id,
@@ -262,6 +292,49 @@ where
         result,
         events,
     )
+}
+
+/// Save resume state at least this often while data arrives…
+const SAVE_INTERVAL: Duration = Duration::from_secs(1);
+/// …or after this many bytes, whichever comes first.
+const SAVE_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Saves the receiver's resume state in the background: data is synced and the state
+/// written on another thread while chunks keep arriving; at most one save runs at a time.
+#[derive(Default)]
+struct StateSaver {
+    since_bytes: u64,
+    last: Option<Instant>,
+    pending: Option<std::thread::JoinHandle<Result<()>>>,
+}
+
+impl StateSaver {
+    fn written(&mut self, bytes: usize, output: &mut OutputDir) -> Result<()> {
+        self.since_bytes += bytes as u64;
+        let last = *self.last.get_or_insert_with(Instant::now);
+        if self.since_bytes < SAVE_BYTES && last.elapsed() < SAVE_INTERVAL {
+            return Ok(());
+        }
+        if self.pending.as_ref().is_some_and(|p| !p.is_finished()) {
+            return Ok(());
+        }
+        if let Some(done) = self.pending.take() {
+            done.join().unwrap_or(Ok(()))?;
+        }
+        let job = output.save_job()?;
+        self.pending = Some(std::thread::spawn(move || job.run()));
+        self.since_bytes = 0;
+        self.last = Some(Instant::now());
+        Ok(())
+    }
+
+    fn wait(&mut self) {
+        if let Some(p) = self.pending.take() {
+            if let Ok(Err(e)) = p.join() {
+                tracing::warn!("{e}");
+            }
+        }
+    }
 }
 
 /// Top-level names of an offer's entries.

@@ -17,6 +17,7 @@
 //! machines never block, the tests in `tests.rs` run a sender and a receiver against each
 //! other on a virtual clock with loss, reordering and corruption, without a socket.
 
+mod chunk_set;
 mod driver;
 mod layout;
 mod receiver;
@@ -25,8 +26,9 @@ mod sender;
 mod tests;
 mod window;
 
+pub use chunk_set::ChunkSet;
 pub use driver::{receive_offer, send_manifest, ReceiveOptions, TransferSummary};
 pub use layout::Layout;
-pub use receiver::{IoRequest, Receiver};
-pub use sender::{ReadRequest, Sender};
+pub use receiver::{IoRequest, Receiver, ResumeInfo};
+pub use sender::{ReadPurpose, ReadRequest, Sender};
 pub use window::{Window, DEFAULT_MAX_ATTEMPTS, DEFAULT_RTO};

@@ -18,9 +18,12 @@ use uuid::Uuid;
 use crate::compress::decompress_exact;
 use crate::error::{Error, Result, TransferError};
 use crate::event::TransferEvent;
+use crate::transfer::chunk_set::ChunkSet;
 use crate::transfer::layout::Layout;
 use crate::verify::{crc32, FileHasher};
-use crate::wire::{Accept, Chunk, ChunkFlags, ChunkRef, Entry, Message, Offer, SessionConfig};
+use crate::wire::{
+    Accept, Chunk, ChunkFlags, ChunkRange, ChunkRef, Entry, Message, Offer, SessionConfig,
+};
 
 /// Disk work the receiver needs done.
 #[derive(Debug, PartialEq, Eq)]
@@ -30,6 +33,13 @@ pub enum IoRequest {
         at: ChunkRef,
         offset: u64,
         data: Bytes,
+    },
+    /// Read chunk `at` back from the `.part` file (left there by an earlier attempt), then
+    /// call `handle_read_back` with its bytes.
+    ReadBack {
+        at: ChunkRef,
+        offset: u64,
+        len: usize,
     },
     /// The file is verified: move it into place, then call `handle_finalized`.
     Finalize { file: u32 },
@@ -42,7 +52,13 @@ pub enum IoRequest {
 /// the offer. A chunk has arrived iff it is below `hashed` or held in `ahead`.
 #[derive(Debug, Default)]
 struct FileState {
-    written: u64,
+    /// Chunks whose write completed (this attempt or an earlier one).
+    written: ChunkSet,
+    /// Chunks that an earlier attempt left durably in the `.part` file; hashed by
+    /// reading them back.
+    had: ChunkSet,
+    /// A read-back of chunk `hashed` is in progress.
+    reading_back: bool,
     hashed: u64,
     hasher: FileHasher,
     /// Chunks that arrived ahead of `hashed`, kept until the gap fills.
@@ -56,8 +72,18 @@ struct FileState {
 
 impl FileState {
     fn arrived(&self, index: u64) -> bool {
-        index < self.hashed || self.ahead.contains_key(&index)
+        index < self.hashed || self.ahead.contains_key(&index) || self.had.contains(index)
     }
+}
+
+/// What an earlier attempt of the same transfer left behind, as the receiver's resume
+/// state vouches for it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ResumeInfo {
+    /// Per file: chunks durably in its `.part` file.
+    pub have: BTreeMap<u32, ChunkSet>,
+    /// Files already verified and in place.
+    pub complete: Vec<u32>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,6 +113,7 @@ pub struct Receiver {
     io: VecDeque<IoRequest>,
     events: VecDeque<TransferEvent>,
     done_bytes: u64,
+    resumed_bytes: u64,
     current_file: Option<u32>,
 }
 
@@ -94,13 +121,71 @@ impl Receiver {
     /// A receiver for an offer whose paths the caller has already validated; queues the
     /// `Accept`.
     pub fn new(offer: Offer, config: &SessionConfig) -> Self {
+        Self::resume(offer, config, ResumeInfo::default())
+    }
+
+    /// Like [`Receiver::new`], continuing from what an earlier attempt left: the `Accept`
+    /// tells the sender which chunks and files not to send again.
+    pub fn resume(offer: Offer, config: &SessionConfig, resume: ResumeInfo) -> Self {
         let layout = Layout::new(&offer.entries, config.chunk_size);
-        let offer_len = offer.entries.len();
-        let remaining = layout.files().count();
+        let mut done = vec![false; offer.entries.len()];
+        let mut complete = Vec::new();
+        for file in resume.complete {
+            if layout.size(file).is_some() && !done[file as usize] {
+                done[file as usize] = true;
+                complete.push(file);
+            }
+        }
+        let mut files = HashMap::new();
+        let mut have = Vec::new();
+        for (file, chunks) in resume.have {
+            let Some(n) = layout.chunks(file) else {
+                continue;
+            };
+            if done[file as usize] {
+                continue;
+            }
+            let mut kept = ChunkSet::new();
+            for (start, end) in chunks.ranges() {
+                let end = end.min(n);
+                if start < end {
+                    kept.insert_range(start, end);
+                    have.push(ChunkRange { file, start, end });
+                }
+            }
+            if !kept.is_empty() {
+                files.insert(
+                    file,
+                    FileState {
+                        written: kept.clone(),
+                        had: kept,
+                        ..FileState::default()
+                    },
+                );
+            }
+        }
+        let remaining = layout.files().count() - complete.len();
+        let resumed_bytes = complete
+            .iter()
+            .map(|f| layout.size(*f).unwrap_or(0))
+            .chain(have.iter().map(|r| {
+                (r.start..r.end)
+                    .map(|index| {
+                        layout
+                            .chunk_len(ChunkRef {
+                                file: r.file,
+                                index,
+                            })
+                            .unwrap_or(0) as u64
+                    })
+                    .sum::<u64>()
+            }))
+            .sum();
         let mut outbox = VecDeque::new();
         outbox.push_back(Message::Accept(Accept {
             transfer_id: offer.transfer_id,
-            have: Vec::new(),
+            have,
+            complete,
         }));
         let mut receiver = Self {
             transfer_id: offer.transfer_id,
@@ -108,7 +193,7 @@ impl Receiver {
             ahead_limit: u64::from(config.window_size.max(1)) * layout.chunk_size(),
             layout,
             files: HashMap::new(),
-            done: vec![false; offer_len],
+            done,
             compressed_allowed: config.compress,
             ahead_bytes: 0,
             remaining,
@@ -116,11 +201,38 @@ impl Receiver {
             outbox,
             io: VecDeque::new(),
             events: VecDeque::new(),
-            done_bytes: 0,
+            done_bytes: resumed_bytes,
+            resumed_bytes,
             current_file: None,
         };
+        let starts: Vec<u32> = files.keys().copied().collect();
+        receiver.files = files;
+        for file in starts {
+            receiver.advance(file);
+        }
         receiver.check_all_done();
         receiver
+    }
+
+    /// Bytes that an earlier attempt had already delivered.
+    pub fn resumed_bytes(&self) -> u64 {
+        self.resumed_bytes
+    }
+
+    /// What a later attempt could resume from, counting every chunk written so far. The
+    /// caller persists it only after making those writes durable.
+    pub fn resume_snapshot(&self) -> ResumeInfo {
+        ResumeInfo {
+            have: self
+                .files
+                .iter()
+                .filter(|(_, s)| !s.written.is_empty())
+                .map(|(f, s)| (*f, s.written.clone()))
+                .collect(),
+            complete: (0..self.done.len() as u32)
+                .filter(|f| self.done[*f as usize])
+                .collect(),
+        }
     }
 
     // ---- getters -------------------------------------------------------------------
@@ -147,7 +259,7 @@ impl Receiver {
         let f = self.current_file?;
         let size = self.layout.size(f).unwrap_or(0);
         let done = match self.files.get(&f) {
-            Some(state) => (state.written * self.layout.chunk_size()).min(size),
+            Some(state) => (state.written.len() * self.layout.chunk_size()).min(size),
             None => size,
         };
         Some((self.entries[f as usize].path.clone(), done, size))
@@ -249,43 +361,67 @@ impl Receiver {
         } else {
             chunk.data
         };
-        // Split borrow: the file's state and the outbox are updated together below.
-        let Some(state) = self.files.get_mut(&at.file) else {
-            return Err(Error::protocol(format!("entry {} is not a file", at.file)));
-        };
-        let data = if at.index == state.hashed {
-            state.hasher.update(&data);
-            state.hashed += 1;
-            let mut freed = 0u64;
-            while let Some(next) = state.ahead.remove(&state.hashed) {
-                state.hasher.update(&next);
-                if state.unacked.remove(&state.hashed) {
-                    self.outbox.push_back(Message::Ack(ChunkRef {
-                        file: at.file,
-                        index: state.hashed,
-                    }));
-                }
-                state.hashed += 1;
-                freed += next.len() as u64;
-            }
-            self.ahead_bytes -= freed;
-            data
-        } else {
-            state.ahead.insert(at.index, data.clone());
-            self.ahead_bytes += data.len() as u64;
-            if self.ahead_bytes > self.ahead_limit {
-                return Err(Error::protocol(
-                    "the sender has more chunks in flight than the agreed window",
-                ));
-            }
-            data
-        };
+        let state = self.file_state(at.file)?;
+        state.ahead.insert(at.index, data.clone());
+        self.ahead_bytes += data.len() as u64;
+        self.advance(at.file);
+        if self.ahead_bytes > self.ahead_limit {
+            return Err(Error::protocol(
+                "the sender has more chunks in flight than the agreed window",
+            ));
+        }
         self.io.push_back(IoRequest::Write {
             at,
             offset: self.layout.offset(at),
             data,
         });
         Ok(())
+    }
+
+    /// Moves file `file`'s hash cursor as far as the data at hand allows: chunks held
+    /// ahead are hashed (and acknowledged if already written); a chunk an earlier
+    /// attempt left on disk is requested back from the driver.
+    fn advance(&mut self, file: u32) {
+        let Some(state) = self.files.get_mut(&file) else {
+            return;
+        };
+        while !state.reading_back {
+            let index = state.hashed;
+            if let Some(next) = state.ahead.remove(&index) {
+                state.hasher.update(&next);
+                self.ahead_bytes -= next.len() as u64;
+                if state.unacked.remove(&index) {
+                    self.outbox
+                        .push_back(Message::Ack(ChunkRef { file, index }));
+                }
+                state.hashed += 1;
+            } else if state.had.contains(index) {
+                let at = ChunkRef { file, index };
+                state.reading_back = true;
+                self.io.push_back(IoRequest::ReadBack {
+                    at,
+                    offset: self.layout.offset(at),
+                    len: self.layout.chunk_len(at).unwrap_or(0),
+                });
+            } else {
+                break;
+            }
+        }
+    }
+
+    /// The bytes of a chunk read back for hashing (see [`IoRequest::ReadBack`]).
+    pub fn handle_read_back(&mut self, at: ChunkRef, data: &[u8]) -> Result<()> {
+        let state = self.file_state(at.file)?;
+        if !state.reading_back || state.hashed != at.index {
+            return Err(Error::protocol(
+                "read-back of a chunk that was not requested",
+            ));
+        }
+        state.hasher.update(data);
+        state.hashed += 1;
+        state.reading_back = false;
+        self.advance(at.file);
+        self.check_file(at.file)
     }
 
     fn on_file_end(&mut self, file: u32, sha256: [u8; 32]) -> Result<()> {
@@ -301,7 +437,7 @@ impl Receiver {
     pub fn handle_written(&mut self, at: ChunkRef) -> Result<()> {
         let len = self.layout.chunk_len(at).unwrap_or(0) as u64;
         let state = self.file_state(at.file)?;
-        state.written += 1;
+        state.written.insert(at.index);
         if at.index < state.hashed {
             self.outbox.push_back(Message::Ack(at));
         } else {
@@ -315,7 +451,7 @@ impl Receiver {
     fn check_file(&mut self, file: u32) -> Result<()> {
         let chunks = self.layout.chunks(file).unwrap_or(0);
         let state = self.file_state(file)?;
-        if state.finalizing || state.written < chunks || state.hashed < chunks {
+        if state.finalizing || state.written.len() < chunks || state.hashed < chunks {
             return Ok(());
         }
         let Some(expected) = state.expected else {

@@ -8,7 +8,7 @@
 //! file's SHA-256. It finishes when the receiver reports `Done` after confirming every
 //! file with `FileDone`.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use uuid::Uuid;
@@ -16,10 +16,11 @@ use uuid::Uuid;
 use crate::compress::AdaptiveCompressor;
 use crate::error::{Error, Result, TransferError};
 use crate::event::TransferEvent;
+use crate::transfer::chunk_set::ChunkSet;
 use crate::transfer::layout::Layout;
 use crate::transfer::window::Window;
 use crate::verify::{crc32, FileHasher};
-use crate::wire::{Chunk, ChunkFlags, ChunkRef, Entry, Message, Offer, SessionConfig};
+use crate::wire::{Chunk, ChunkFlags, ChunkRange, ChunkRef, Entry, Message, Offer, SessionConfig};
 
 /// File data the sender needs from disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,8 +28,18 @@ pub struct ReadRequest {
     pub at: ChunkRef,
     pub offset: u64,
     pub len: usize,
-    /// A second (or later) send of this chunk.
-    pub retransmit: bool,
+    pub purpose: ReadPurpose,
+}
+
+/// Why the sender needs a chunk's bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadPurpose {
+    /// First send (the bytes are hashed too).
+    Send,
+    /// A retransmission.
+    Resend,
+    /// The receiver already has this chunk (resume): only the file's hash needs it.
+    HashOnly,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,6 +67,8 @@ pub struct Sender {
     hasher: FileHasher,
     /// Chunks to read again for a retransmission.
     resend: VecDeque<ChunkRef>,
+    /// Chunks the receiver already holds (resume), per file.
+    skip: HashMap<u32, ChunkSet>,
     /// Chunks handed out by `poll_read` and not yet given back.
     reading: usize,
     compressor: AdaptiveCompressor,
@@ -97,6 +110,7 @@ impl Sender {
             next_chunk: 0,
             hasher: FileHasher::new(),
             resend: VecDeque::new(),
+            skip: HashMap::new(),
             reading: 0,
             compressor: AdaptiveCompressor::new(
                 config.compress,
@@ -172,11 +186,7 @@ impl Sender {
                 if accept.transfer_id != self.transfer_id {
                     return Err(Error::protocol("Accept names another transfer"));
                 }
-                if !accept.have.is_empty() {
-                    return Err(Error::protocol(
-                        "the receiver offered resume data this sender does not use",
-                    ));
-                }
+                self.on_resume(&accept.have, &accept.complete)?;
                 self.phase = Phase::Streaming;
             }
             (Phase::Streaming, Message::Ack(at)) => self.on_ack(at)?,
@@ -196,6 +206,53 @@ impl Sender {
                     msg.kind()
                 )))
             }
+        }
+        Ok(())
+    }
+
+    /// Takes note of what the receiver already holds from an earlier attempt.
+    fn on_resume(&mut self, have: &[ChunkRange], complete: &[u32]) -> Result<()> {
+        for &file in complete {
+            let size = self.layout.size(file).ok_or_else(|| {
+                Error::protocol(format!("Accept lists non-file entry {file} as complete"))
+            })?;
+            if std::mem::replace(&mut self.confirmed[file as usize], true) {
+                return Err(Error::protocol(format!("Accept lists entry {file} twice")));
+            }
+            self.unconfirmed -= 1;
+            self.acked_bytes[file as usize] = size;
+            self.done_bytes += size;
+        }
+        for range in have {
+            let chunks = self.layout.chunks(range.file).ok_or_else(|| {
+                Error::protocol(format!(
+                    "Accept lists chunks of non-file entry {}",
+                    range.file
+                ))
+            })?;
+            if range.start >= range.end || range.end > chunks {
+                return Err(Error::protocol(format!("Accept lists bad range {range:?}")));
+            }
+            self.skip
+                .entry(range.file)
+                .or_default()
+                .insert_range(range.start, range.end);
+        }
+        if self.done_bytes > 0 || !self.skip.is_empty() {
+            let skipped: u64 = self
+                .skip
+                .iter()
+                .flat_map(|(file, set)| {
+                    set.ranges().flat_map(move |(s, e)| {
+                        (s..e).map(move |index| ChunkRef { file: *file, index })
+                    })
+                })
+                .map(|at| self.layout.chunk_len(at).unwrap_or(0) as u64)
+                .sum();
+            self.events.push_back(TransferEvent::Resumed {
+                transfer_id: self.transfer_id,
+                skipped_bytes: self.done_bytes + skipped,
+            });
         }
         Ok(())
     }
@@ -273,11 +330,20 @@ impl Sender {
     /// Handles the data of a [`ReadRequest`].
     pub fn handle_read(&mut self, req: ReadRequest, data: Vec<u8>, now: Instant) {
         self.reading = self.reading.saturating_sub(1);
-        let first_send = !req.retransmit;
+        let first_send = req.purpose != ReadPurpose::Resend;
         if first_send {
             self.hasher.update(&data);
         } else if !self.window.contains(req.at) {
             return; // acknowledged while it was being read again
+        }
+        let last = Some(req.at.index + 1) == self.layout.chunks(req.at.file);
+        if req.purpose == ReadPurpose::HashOnly {
+            self.done_bytes += data.len() as u64;
+            self.acked_bytes[req.at.file as usize] += data.len() as u64;
+            if last {
+                self.end_file(req.at.file);
+            }
+            return;
         }
         let (flags, payload) = match self.compressor.compress(&data) {
             Some(packed) => (ChunkFlags::COMPRESSED, packed),
@@ -290,7 +356,7 @@ impl Sender {
             crc32: crc32(&payload),
             data: payload.into(),
         }));
-        if first_send && Some(req.at.index + 1) == self.layout.chunks(req.at.file) {
+        if first_send && last {
             self.end_file(req.at.file);
         }
     }
@@ -329,13 +395,13 @@ impl Sender {
         }
         if let Some(at) = self.resend.pop_front() {
             self.reading += 1;
-            return Some(self.request(at, true));
+            return Some(self.request(at, ReadPurpose::Resend));
         }
-        while self.window.len() + self.reading < self.window.capacity() {
+        loop {
             let file = *self.files.get(self.next_file)?;
             let chunks = self.layout.chunks(file).unwrap_or(0);
-            if self.next_chunk >= chunks {
-                if chunks == 0 {
+            if self.confirmed[file as usize] || self.next_chunk >= chunks {
+                if chunks == 0 && !self.confirmed[file as usize] {
                     self.end_file(file); // empty file: nothing to read
                 }
                 self.next_file += 1;
@@ -346,17 +412,23 @@ impl Sender {
                 file,
                 index: self.next_chunk,
             };
+            let purpose = if self.skip.get(&file).is_some_and(|s| s.contains(at.index)) {
+                ReadPurpose::HashOnly
+            } else if self.window.len() + self.reading < self.window.capacity() {
+                ReadPurpose::Send
+            } else {
+                return None;
+            };
             self.next_chunk += 1;
             self.reading += 1;
-            return Some(self.request(at, false));
+            return Some(self.request(at, purpose));
         }
-        None
     }
 
-    fn request(&self, at: ChunkRef, retransmit: bool) -> ReadRequest {
+    fn request(&self, at: ChunkRef, purpose: ReadPurpose) -> ReadRequest {
         ReadRequest {
             at,
-            retransmit,
+            purpose,
             offset: self.layout.offset(at),
             len: self.layout.chunk_len(at).unwrap_or(0),
         }
