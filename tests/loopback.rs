@@ -684,7 +684,11 @@ async fn an_interrupted_receive_saves_resume_state_and_leaves_nothing_at_the_fin
     task.abort();
     assert!(task.await.unwrap_err().is_cancelled());
     assert!(!out.join("movie.mkv").exists(), "nothing at the final path");
-    assert_eq!(partial_files(&out).len(), 1, "the data is kept for a resume");
+    assert_eq!(
+        partial_files(&out).len(),
+        1,
+        "the data is kept for a resume"
+    );
     let states: Vec<_> = tree_digest(&out)
         .into_keys()
         .filter(|k| k.ends_with(".resume"))

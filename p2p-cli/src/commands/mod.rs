@@ -79,7 +79,7 @@ pub async fn establish(
             let listener = p2p_core::transport::listen(&bind).await?;
             let local = listener.local_addr()?;
             eprintln!("listening on {local}");
-            let _announcer = announce.then(|| peers::announce(options, local.port()));
+            let _announcer = announce.then(|| peers::announce(options, local));
             let session = p2p_core::P2PSession::accept(&listener, options).await?;
             if let Some(addr) = session.peer_addr() {
                 tracing::info!("peer {addr} connected");
