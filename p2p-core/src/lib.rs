@@ -16,8 +16,10 @@
 //! | [`transfer`] | sans-IO [`Sender`]/[`Receiver`] machines and their async driver |
 //! | [`wire`] | the [`Message`] enum and the length-prefixed frame codec |
 //! | [`transport`] | byte streams (TCP today) |
-//! | [`fs`] | manifests, safe paths, `.part` files, atomic finalisation |
+//! | [`fs`] | manifests, safe paths, `.part` files, atomic finalisation, resume state |
 //! | [`compress`], [`verify`], [`throttle`] | adaptive zstd, CRC-32 and SHA-256, token bucket |
+//! | [`discovery`] | LAN beacons: announcing a receiver, finding one by name or id |
+//! | [`nat`] | STUN client (RFC 8489): public address and NAT mapping behaviour |
 //! | [`event`] | [`TransferEvent`] and [`EventSink`] |
 //! | [`history`] | the record of past transfers (JSON lines in the data directory) |
 //! | [`config`], [`error`] | defaults and limits; typed errors |
