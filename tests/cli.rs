@@ -328,3 +328,92 @@ fn history_records_completed_and_failed_transfers_and_filters_them() {
     let last = text(&run(&data, &["history", "-n", "1"]).stdout);
     assert_eq!(last.lines().count(), 2, "{last}");
 }
+
+#[test]
+fn ctrl_c_on_the_sender_prints_a_resume_command_that_finishes_the_transfer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let src = tmp.path().join("backup.tar");
+    let len = 12 << 20;
+    random_file(&src, len, 77);
+    let out = tmp.path().join("out");
+
+    // First attempt: throttled so that it is still running when interrupted.
+    let mut receiver = start_listening(&data, &["receive", "--output", path(&out)]);
+    let mut sender = p2p(&data)
+        .args([
+            "send",
+            path(&src),
+            "--peer",
+            &receiver.addr,
+            "--max-speed",
+            "4M",
+        ])
+        .args(["--chunk-size", "256K"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait (by reading, not sleeping) until the receiver reports data arriving.
+    let mut lines = BufReader::new(receiver.child.stdout.take().unwrap()).lines();
+    loop {
+        let line = lines.next().expect("receiver output").unwrap();
+        if line.starts_with("progress") {
+            break;
+        }
+    }
+    let kill = Command::new("kill")
+        .args(["-INT", &sender.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let status = sender.wait().unwrap();
+    let mut stderr = String::new();
+    sender
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert_eq!(status.code(), Some(130), "{stderr}");
+    let (code, _, receiver_err) = receiver.finish();
+    assert_eq!(code, 3, "the receiver lost its peer: {receiver_err}");
+    assert!(!out.join("backup.tar").exists());
+
+    // The printed command, against a new receiver on the same folder.
+    let command = stderr
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("p2p-transfer resume "))
+        .unwrap_or_else(|| panic!("no resume command in: {stderr}"));
+    let id = command.split_whitespace().next().unwrap().to_owned();
+    assert!(command.contains("--chunk-size 262144"), "{command}");
+    let receiver = start_listening(&data, &["receive", "--output", path(&out)]);
+    let resume = run(
+        &data,
+        &[
+            "resume",
+            &id,
+            "--peer",
+            &receiver.addr,
+            "--path",
+            path(&src),
+            "--chunk-size",
+            "256K",
+        ],
+    );
+    let (code, receiver_out, receiver_err) = receiver.finish();
+    assert!(resume.status.success(), "{}", text(&resume.stderr));
+    assert_eq!(code, 0, "{receiver_err}");
+    assert_eq!(sha256_file(&out.join("backup.tar")), sha256_file(&src));
+    assert!(
+        text(&resume.stdout).contains("resuming:") && receiver_out.contains("resuming:"),
+        "both sides say what was skipped: {} / {receiver_out}",
+        text(&resume.stdout)
+    );
+    assert!(partial_files(&out).is_empty());
+    let history = text(&run(&data, &["history", "--interrupted"]).stdout);
+    assert!(
+        history.contains(&id[..8]) || history.contains("backup.tar"),
+        "{history}"
+    );
+}

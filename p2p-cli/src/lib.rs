@@ -46,6 +46,8 @@ pub enum Command {
     Send(commands::send::SendArgs),
     /// Receive files or folders from a peer.
     Receive(commands::receive::ReceiveArgs),
+    /// Resume an interrupted send: only what the receiver does not have yet is sent.
+    Resume(commands::send::ResumeArgs),
     /// Show past transfers (kept in $P2P_TRANSFER_DATA_DIR or the user's data folder).
     History(commands::history::HistoryArgs),
     /// List receivers announcing themselves on the local network.

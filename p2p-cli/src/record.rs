@@ -25,6 +25,7 @@ pub struct Recorder {
     renderer: Renderer,
     history: Option<History>,
     current: Mutex<Option<InFlight>>,
+    resume_hint: Mutex<Option<String>>,
 }
 
 impl Recorder {
@@ -33,6 +34,7 @@ impl Recorder {
             renderer: Renderer::new(),
             history,
             current: Mutex::new(None),
+            resume_hint: Mutex::new(None),
         }
     }
 
@@ -40,16 +42,40 @@ impl Recorder {
         &self.renderer
     }
 
-    /// Records the transfer in progress, if any, as interrupted.
+    /// The command that resumes the current send, printed if it is interrupted.
+    pub fn set_resume_hint(&self, command: String) {
+        *self.resume_hint.lock().unwrap_or_else(|p| p.into_inner()) = Some(command);
+    }
+
+    /// Records the transfer in progress, if any, as interrupted, and tells the user how
+    /// to resume it.
     pub fn interrupted(&self) {
         let current = self.lock().take();
-        if let Some(t) = current {
-            self.write(
-                t,
-                Status::Interrupted,
-                Some("interrupted by the user".into()),
-            );
+        let Some(t) = current else {
+            return;
+        };
+        let hint = self
+            .resume_hint
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        match (t.direction, hint) {
+            (Direction::Send, Some(command)) => {
+                eprintln!(
+                    "interrupted; the receiver keeps what arrived. Resume with:\n  {command}"
+                );
+            }
+            _ => eprintln!(
+                "interrupted; what arrived is kept. The sender resumes with \
+                 `p2p-transfer resume {} --peer ... --path ...`",
+                t.transfer_id
+            ),
         }
+        self.write(
+            t,
+            Status::Interrupted,
+            Some("interrupted by the user".into()),
+        );
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Option<InFlight>> {

@@ -15,6 +15,7 @@ use crate::{Command, SessionArgs, TransferArgs};
 pub async fn run(command: Command, recorder: &Recorder) -> anyhow::Result<()> {
     match command {
         Command::Send(args) => send::run(args, recorder).await,
+        Command::Resume(args) => send::resume(args, recorder).await,
         Command::Receive(args) => receive::run(args, recorder).await,
         Command::History(args) => history::run(args),
         Command::Peers(args) => peers::run(args).await,

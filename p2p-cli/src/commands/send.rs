@@ -1,8 +1,9 @@
-//! `p2p-transfer send PATH...`
+//! `p2p-transfer send PATH...` and `p2p-transfer resume ID --path PATH...`
 
 use std::path::PathBuf;
 
 use clap::Args;
+use uuid::Uuid;
 
 use crate::record::Recorder;
 use crate::{RoleArg, SessionArgs, TransferArgs};
@@ -26,7 +27,43 @@ pub struct SendArgs {
     pub transfer: TransferArgs,
 }
 
-pub async fn run(mut args: SendArgs, recorder: &Recorder) -> anyhow::Result<()> {
+/// Resumes an interrupted send: the same paths, under the interrupted transfer's id.
+#[derive(Debug, Args)]
+pub struct ResumeArgs {
+    /// The id printed when the transfer was interrupted (also in `p2p-transfer history`).
+    pub transfer_id: Uuid,
+    /// The files and folders of the interrupted transfer.
+    #[arg(long = "path", required = true, num_args = 1.., value_name = "PATH")]
+    pub paths: Vec<PathBuf>,
+    /// Connect to the peer (client, default) or wait for it to connect (server).
+    #[arg(long, value_enum, default_value = "client")]
+    pub role: RoleArg,
+    #[command(flatten)]
+    pub session: SessionArgs,
+    #[command(flatten)]
+    pub transfer: TransferArgs,
+}
+
+pub async fn resume(args: ResumeArgs, recorder: &Recorder) -> anyhow::Result<()> {
+    let send = SendArgs {
+        paths: args.paths,
+        role: args.role,
+        discover: None,
+        session: args.session,
+        transfer: args.transfer,
+    };
+    send_as(send, Some(args.transfer_id), recorder).await
+}
+
+pub async fn run(args: SendArgs, recorder: &Recorder) -> anyhow::Result<()> {
+    send_as(args, None, recorder).await
+}
+
+async fn send_as(
+    mut args: SendArgs,
+    transfer_id: Option<Uuid>,
+    recorder: &Recorder,
+) -> anyhow::Result<()> {
     let defaults = p2p_core::config::default_config();
     let options = super::session_options(&args.session, &args.transfer, &defaults)?;
     // Scan first: a missing file is reported before any connection is made.
@@ -39,7 +76,42 @@ pub async fn run(mut args: SendArgs, recorder: &Recorder) -> anyhow::Result<()> 
         args.session.peer = Some(super::peers::discover(Some(query)).await?);
     }
     let mut session = super::establish(args.role, &args.session, &options, false).await?;
-    session.send_manifest(&manifest, recorder).await?;
+    let transfer_id = transfer_id.unwrap_or_else(Uuid::new_v4);
+    let peer = match (&args.session.peer, session.peer_addr()) {
+        (Some(peer), _) => format!("--peer {peer}"),
+        (None, Some(addr)) => format!("--role server --port {}", addr.port()),
+        (None, None) => String::new(),
+    };
+    let paths: Vec<String> = args
+        .paths
+        .iter()
+        .map(|p| format!("--path {}", shell_quote(&p.display().to_string())))
+        .collect();
+    // Resuming needs the same chunk size: say so when it is not the default.
+    let chunk = match session.config().chunk_size {
+        c if c == defaults.chunk_size => String::new(),
+        c => format!(" --chunk-size {c}"),
+    };
+    recorder.set_resume_hint(format!(
+        "p2p-transfer resume {transfer_id} {peer} {}{chunk}",
+        paths.join(" ")
+    ));
+    session
+        .send_manifest_as(&manifest, transfer_id, recorder)
+        .await?;
     session.close().await?;
     Ok(())
+}
+
+/// Quotes a path for a shell command line when it needs it.
+fn shell_quote(text: &str) -> String {
+    if !text.is_empty()
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./=:@+,".contains(c))
+    {
+        text.to_owned()
+    } else {
+        format!("'{}'", text.replace('\'', "'\\''"))
+    }
 }
