@@ -417,3 +417,101 @@ fn ctrl_c_on_the_sender_prints_a_resume_command_that_finishes_the_transfer() {
         "{history}"
     );
 }
+
+/// A TCP proxy on 127.0.0.1 that cuts each of its first `cuts` connections once
+/// `cut_after` bytes have gone from client to server, then forwards normally.
+fn flaky_proxy(target: String, cuts: usize, cut_after: usize) -> (String, JoinHandle<usize>) {
+    use std::net::{Shutdown, TcpListener, TcpStream};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let handle = std::thread::spawn(move || {
+        let mut connections = 0;
+        for round in 0..=cuts {
+            let (client, _) = listener.accept().unwrap();
+            connections += 1;
+            let server = TcpStream::connect(&target).unwrap();
+            let (mut c_read, mut s_write) =
+                (client.try_clone().unwrap(), server.try_clone().unwrap());
+            let (mut s_read, mut c_write) =
+                (server.try_clone().unwrap(), client.try_clone().unwrap());
+            let back = std::thread::spawn(move || {
+                let _ = std::io::copy(&mut s_read, &mut c_write);
+                let _ = c_write.shutdown(Shutdown::Write);
+            });
+            let limit = if round < cuts { cut_after } else { usize::MAX };
+            let mut forwarded = 0usize;
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                let n = match c_read.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                let n = n.min(limit - forwarded);
+                if std::io::Write::write_all(&mut s_write, &buf[..n]).is_err() {
+                    break;
+                }
+                forwarded += n;
+                if forwarded >= limit {
+                    break; // cut, in the middle of a chunk
+                }
+            }
+            let _ = client.shutdown(Shutdown::Both);
+            let _ = server.shutdown(Shutdown::Both);
+            let _ = back.join();
+        }
+        connections
+    });
+    (addr, handle)
+}
+
+#[test]
+fn a_connection_cut_mid_chunk_several_times_completes_with_no_user_action() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let src = tmp.path().join("dataset.bin");
+    let len = 6 << 20;
+    random_file(&src, len, 31);
+    let out = tmp.path().join("out");
+    let receiver = start_listening(
+        &data,
+        &["receive", "--output", path(&out), "--auto-reconnect"],
+    );
+    // Cut every 1.3 MiB of sender traffic (256 KiB chunks: always mid-chunk), 3 times.
+    let (proxy, proxy_thread) = flaky_proxy(receiver.addr.clone(), 3, 1_300_000 + 1234);
+    let send = run(
+        &data,
+        &[
+            "send",
+            path(&src),
+            "--peer",
+            &proxy,
+            "--auto-reconnect",
+            "--chunk-size",
+            "256K",
+        ],
+    );
+    let (code, receiver_out, receiver_err) = receiver.finish();
+    let sender_out = text(&send.stdout);
+    assert!(
+        send.status.success(),
+        "{sender_out}\n{}",
+        text(&send.stderr)
+    );
+    assert_eq!(code, 0, "{receiver_err}");
+    assert_eq!(
+        proxy_thread.join().unwrap(),
+        4,
+        "three cut connections and a good one"
+    );
+    assert_eq!(sha256_file(&out.join("dataset.bin")), sha256_file(&src));
+    assert_eq!(
+        sender_out.matches("reconnecting in").count(),
+        3,
+        "{sender_out}"
+    );
+    assert!(
+        receiver_out.matches("resuming:").count() >= 2,
+        "later attempts continue from what arrived: {receiver_out}"
+    );
+    assert!(partial_files(&out).is_empty());
+}

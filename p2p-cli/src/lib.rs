@@ -80,6 +80,13 @@ pub struct SessionArgs {
     /// Name shown to the peer (default: host name).
     #[arg(long)]
     pub name: Option<String>,
+    /// After a connection problem (reset, timeout, peer restarted), reconnect and resume
+    /// instead of failing. Permanent errors (disk full, refused, corrupted) still stop.
+    #[arg(long)]
+    pub auto_reconnect: bool,
+    /// Reconnection attempts in a row before giving up (0 = no limit).
+    #[arg(long, default_value_t = 10)]
+    pub max_retries: u32,
 }
 
 /// How to move the bytes.

@@ -22,7 +22,7 @@
 //! | [`nat`] | STUN client (RFC 8489): public address and NAT mapping behaviour |
 //! | [`event`] | [`TransferEvent`] and [`EventSink`] |
 //! | [`history`] | the record of past transfers (JSON lines in the data directory) |
-//! | [`config`], [`error`] | defaults and limits; typed errors |
+//! | [`config`], [`error`], [`reconnect`] | defaults and limits; typed errors; retry policy |
 //!
 //! ## Example
 //!
@@ -49,6 +49,7 @@ pub mod fs;
 pub mod handshake;
 pub mod history;
 pub mod nat;
+pub mod reconnect;
 pub mod session;
 pub mod throttle;
 pub mod transfer;

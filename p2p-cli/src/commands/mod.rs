@@ -57,35 +57,109 @@ pub fn session_options(
     Ok(options)
 }
 
-/// Connects (client role) or listens and accepts one peer (server role), announcing
-/// itself on the LAN while it waits when `announce` is set.
-pub async fn establish(
-    role: crate::RoleArg,
-    session: &SessionArgs,
-    options: &SessionOptions,
-    announce: bool,
-) -> anyhow::Result<p2p_core::P2PSession<tokio::net::TcpStream>> {
-    use anyhow::Context;
-    match role {
-        crate::RoleArg::Client => {
-            let peer = session
-                .peer
-                .as_deref()
-                .context("--peer HOST:PORT is required to connect")?;
-            tracing::info!("connecting to {peer}");
-            Ok(p2p_core::P2PSession::connect(peer, options).await?)
-        }
-        crate::RoleArg::Server => {
-            let bind = format!("{}:{}", session.bind, session.port);
-            let listener = p2p_core::transport::listen(&bind).await?;
-            let local = listener.local_addr()?;
-            eprintln!("listening on {local}");
-            let _announcer = announce.then(|| peers::announce(options, local));
-            let session = p2p_core::P2PSession::accept(&listener, options).await?;
-            if let Some(addr) = session.peer_addr() {
-                tracing::info!("peer {addr} connected");
+/// Where sessions come from: a peer to connect to (client role), or a listening socket
+/// (server role) that stays open across reconnections and announces itself on the LAN
+/// while it lives when asked to.
+pub enum Endpoint {
+    Client(String),
+    Server {
+        listener: tokio::net::TcpListener,
+        _announcer: Option<p2p_core::discovery::Announcer>,
+    },
+}
+
+impl Endpoint {
+    /// Binds (server role, printing `listening on ADDR`) or checks `--peer` (client).
+    pub async fn new(
+        role: crate::RoleArg,
+        session: &SessionArgs,
+        options: &SessionOptions,
+        announce: bool,
+    ) -> anyhow::Result<Self> {
+        use anyhow::Context;
+        match role {
+            crate::RoleArg::Client => Ok(Endpoint::Client(
+                session
+                    .peer
+                    .clone()
+                    .context("--peer HOST:PORT is required to connect")?,
+            )),
+            crate::RoleArg::Server => {
+                let bind = format!("{}:{}", session.bind, session.port);
+                let listener = p2p_core::transport::listen(&bind).await?;
+                let local = listener.local_addr()?;
+                eprintln!("listening on {local}");
+                let _announcer = if announce {
+                    peers::announce(options, local)
+                } else {
+                    None
+                };
+                Ok(Endpoint::Server {
+                    listener,
+                    _announcer,
+                })
             }
-            Ok(session)
         }
+    }
+
+    /// Connects or accepts one peer and runs the handshake.
+    pub async fn session(
+        &self,
+        options: &SessionOptions,
+    ) -> p2p_core::Result<p2p_core::P2PSession<tokio::net::TcpStream>> {
+        match self {
+            Endpoint::Client(peer) => {
+                tracing::info!("connecting to {peer}");
+                p2p_core::P2PSession::connect(peer, options).await
+            }
+            Endpoint::Server { listener, .. } => {
+                let session = p2p_core::P2PSession::accept(listener, options).await?;
+                if let Some(addr) = session.peer_addr() {
+                    tracing::info!("peer {addr} connected");
+                }
+                Ok(session)
+            }
+        }
+    }
+}
+
+/// Runs `attempt` until it succeeds, retrying transient failures with backoff when
+/// `--auto-reconnect` is on. The budget counts consecutive failures: an attempt that
+/// got as far as a session resets it.
+pub async fn with_reconnect<F, Fut>(
+    session: &SessionArgs,
+    recorder: &Recorder,
+    mut attempt: F,
+) -> anyhow::Result<()>
+where
+    F: FnMut(std::sync::Arc<std::sync::atomic::AtomicBool>) -> Fut,
+    Fut: std::future::Future<Output = p2p_core::Result<()>>,
+{
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let mut backoff = p2p_core::reconnect::Backoff::new(session.max_retries);
+    loop {
+        let connected = std::sync::Arc::new(AtomicBool::new(false));
+        let error = match attempt(connected.clone()).await {
+            Ok(()) => return Ok(()),
+            Err(e) => e,
+        };
+        if !session.auto_reconnect || !error.is_transient() {
+            return Err(error.into());
+        }
+        if connected.load(Ordering::Relaxed) {
+            backoff.reset();
+        }
+        let Some(delay) = backoff.next_delay() else {
+            return Err(anyhow::Error::new(error).context(format!(
+                "giving up after {} reconnection attempts",
+                backoff.retries()
+            )));
+        };
+        recorder.renderer().line(&format!(
+            "connection problem: {error}; reconnecting in {} s (attempt {})",
+            delay.as_secs(),
+            backoff.retries()
+        ));
+        tokio::time::sleep(delay).await;
     }
 }

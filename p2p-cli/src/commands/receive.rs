@@ -28,13 +28,26 @@ pub struct ReceiveArgs {
 pub async fn run(args: ReceiveArgs, recorder: &Recorder) -> anyhow::Result<()> {
     let ceilings = p2p_core::config::ceilings(true);
     let options = super::session_options(&args.session, &args.transfer, &ceilings)?;
-    let mut session = super::establish(args.role, &args.session, &options, true).await?;
+    let endpoint = super::Endpoint::new(args.role, &args.session, &options, true).await?;
     let renderer = recorder.renderer();
     let receive = ReceiveOptions {
         output_dir: args.output.clone(),
         overwrite: args.overwrite,
     };
-    let done = session.run_event_loop(&receive, recorder).await?;
+    let done = std::sync::Mutex::new(Vec::new());
+    super::with_reconnect(&args.session, recorder, |connected| {
+        let (endpoint, options, receive, done) = (&endpoint, &options, &receive, &done);
+        async move {
+            let mut session = endpoint.session(options).await?;
+            connected.store(true, std::sync::atomic::Ordering::Relaxed);
+            while let Some(summary) = session.receive(receive, recorder).await? {
+                done.lock().unwrap_or_else(|p| p.into_inner()).push(summary);
+            }
+            Ok(())
+        }
+    })
+    .await?;
+    let done = done.into_inner().unwrap_or_else(|p| p.into_inner());
     if done.is_empty() {
         renderer.line("the peer closed the session without sending anything");
     }

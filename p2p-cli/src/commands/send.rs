@@ -75,12 +75,15 @@ async fn send_as(
         );
         args.session.peer = Some(super::peers::discover(Some(query)).await?);
     }
-    let mut session = super::establish(args.role, &args.session, &options, false).await?;
+    let endpoint = super::Endpoint::new(args.role, &args.session, &options, false).await?;
     let transfer_id = transfer_id.unwrap_or_else(Uuid::new_v4);
-    let peer = match (&args.session.peer, session.peer_addr()) {
+    let peer = match (&args.session.peer, &endpoint) {
         (Some(peer), _) => format!("--peer {peer}"),
-        (None, Some(addr)) => format!("--role server --port {}", addr.port()),
-        (None, None) => String::new(),
+        (None, super::Endpoint::Server { listener, .. }) => listener
+            .local_addr()
+            .map(|a| format!("--role server --port {}", a.port()))
+            .unwrap_or_default(),
+        (None, _) => String::new(),
     };
     let paths: Vec<String> = args
         .paths
@@ -88,7 +91,7 @@ async fn send_as(
         .map(|p| format!("--path {}", shell_quote(&p.display().to_string())))
         .collect();
     // Resuming needs the same chunk size: say so when it is not the default.
-    let chunk = match session.config().chunk_size {
+    let chunk = match options.config.chunk_size {
         c if c == defaults.chunk_size => String::new(),
         c => format!(" --chunk-size {c}"),
     };
@@ -96,11 +99,20 @@ async fn send_as(
         "p2p-transfer resume {transfer_id} {peer} {}{chunk}",
         paths.join(" ")
     ));
-    session
-        .send_manifest_as(&manifest, transfer_id, recorder)
-        .await?;
-    session.close().await?;
-    Ok(())
+    // Every attempt offers the same transfer id: after a reconnection the receiver
+    // resumes it, and only what is missing is sent.
+    super::with_reconnect(&args.session, recorder, |connected| {
+        let (endpoint, options, manifest) = (&endpoint, &options, &manifest);
+        async move {
+            let mut session = endpoint.session(options).await?;
+            connected.store(true, std::sync::atomic::Ordering::Relaxed);
+            session
+                .send_manifest_as(manifest, transfer_id, recorder)
+                .await?;
+            session.close().await
+        }
+    })
+    .await
 }
 
 /// Quotes a path for a shell command line when it needs it.
