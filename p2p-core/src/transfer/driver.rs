@@ -295,9 +295,9 @@ where
 }
 
 /// Save resume state at least this often while data arrives…
-const SAVE_INTERVAL: Duration = Duration::from_secs(1);
+const SAVE_INTERVAL: Duration = Duration::from_millis(250);
 /// …or after this many bytes, whichever comes first.
-const SAVE_BYTES: u64 = 64 * 1024 * 1024;
+const SAVE_BYTES: u64 = 16 * 1024 * 1024;
 
 /// Saves the receiver's resume state in the background: data is synced and the state
 /// written on another thread while chunks keep arriving; at most one save runs at a time.
