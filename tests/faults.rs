@@ -68,10 +68,10 @@ fn receiver(data: &Path, out: &Path, port: u16) -> (Child, String, Lines) {
     let mut stderr = BufReader::new(child.stderr.take().unwrap());
     loop {
         let mut line = String::new();
-        assert!(
-            stderr.read_line(&mut line).unwrap() > 0,
-            "receiver exited early"
-        );
+        if stderr.read_line(&mut line).unwrap_or(0) == 0 {
+            let status = child.wait();
+            panic!("receiver exited before listening: {status:?}");
+        }
         if let Some(addr) = line.trim().strip_prefix("listening on ") {
             let addr = addr.to_owned();
             std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
