@@ -43,7 +43,8 @@ fn p2p(data: &Path) -> Command {
 type Lines = std::io::Lines<BufReader<std::process::ChildStdout>>;
 
 /// Starts a receiver on `port` (0: any) and returns it with its address once it listens,
-/// and its output lines.
+/// and its output lines. (The caller waits for or kills the child.)
+#[allow(clippy::zombie_processes)]
 fn receiver(data: &Path, out: &Path, port: u16) -> (Child, String, Lines) {
     let mut child = p2p(data)
         .args([
