@@ -40,7 +40,45 @@ fn p2p(data: &Path) -> Command {
     cmd
 }
 
-type Lines = std::io::Lines<BufReader<std::process::ChildStdout>>;
+/// A process's output lines, read on a thread so that waits can time out.
+type Lines = std::sync::mpsc::Receiver<String>;
+
+fn lines_of(stdout: std::process::ChildStdout) -> Lines {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            if tx.send(line.unwrap_or_default()).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// Longest wait for a process to say something; a hang fails the test instead of CI.
+const PATIENCE: Duration = Duration::from_secs(90);
+
+/// Kills every process it was given when the test ends, passed or failed, so that no
+/// listening receiver outlives a failed test.
+#[derive(Default)]
+struct Reaper(std::sync::Mutex<Vec<u32>>);
+
+impl Reaper {
+    fn watch(&self, child: &Child) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(child.id());
+    }
+}
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        for pid in self.0.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        }
+    }
+}
 
 /// Starts a receiver on `port` (0: any) and returns it with its address once it listens,
 /// and its output lines. (The caller waits for or kills the child.)
@@ -65,7 +103,7 @@ fn receiver(data: &Path, out: &Path, port: u16) -> (Child, String, Lines) {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let lines = lines_of(child.stdout.take().unwrap());
     let mut stderr = BufReader::new(child.stderr.take().unwrap());
     loop {
         let mut line = String::new();
@@ -75,7 +113,12 @@ fn receiver(data: &Path, out: &Path, port: u16) -> (Child, String, Lines) {
         }
         if let Some(addr) = line.trim().strip_prefix("listening on ") {
             let addr = addr.to_owned();
-            std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+            // Shown with the test's output when it fails.
+            std::thread::spawn(move || {
+                for line in stderr.lines() {
+                    eprintln!("receiver: {}", line.unwrap_or_default());
+                }
+            });
             return (child, addr, lines);
         }
     }
@@ -125,12 +168,18 @@ fn kill9(child: &mut Child) {
 
 /// Waits until the receiver reports that a transfer (re)started: data is about to flow.
 fn wait_started(lines: &mut Lines) {
-    for line in lines.by_ref() {
-        if line.unwrap_or_default().starts_with("Receiving") {
-            return;
+    wait_for_line(lines, "Receiving");
+}
+
+/// Waits for an output line starting with `prefix`.
+fn wait_for_line(lines: &mut Lines, prefix: &str) {
+    loop {
+        match lines.recv_timeout(PATIENCE) {
+            Ok(line) if line.starts_with(prefix) => return,
+            Ok(_) => {}
+            Err(e) => panic!("no line starting with {prefix:?}: {e}"),
         }
     }
-    panic!("the receiver ended before a transfer started");
 }
 
 #[test]
@@ -139,11 +188,14 @@ fn kill_9_of_the_receiver_ten_times_loses_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     let src = tmp.path().join("disk.img");
-    let len = 64 << 20;
+    // Big and slow enough that ten attempts of at most 400 ms cannot finish it.
+    let len = 128 << 20;
     random_file(&src, len, 64);
     let out = tmp.path().join("out");
 
+    let reaper = Reaper::default();
     let (mut rx, addr, mut lines) = receiver(&data, &out, 0);
+    reaper.watch(&rx);
     let port: u16 = addr.rsplit(':').next().unwrap().parse().unwrap();
     let (proxy, wire_bytes) = counting_proxy(addr);
     let mut sender = p2p(&data)
@@ -158,7 +210,7 @@ fn kill_9_of_the_receiver_ten_times_loses_nothing() {
             "--max-retries",
             "0",
             "--max-speed",
-            "48M",
+            "24M",
             "--chunk-size",
             "1M",
         ])
@@ -166,6 +218,7 @@ fn kill_9_of_the_receiver_ten_times_loses_nothing() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    reaper.watch(&sender);
     for kill in 0..KILLS {
         wait_started(&mut lines);
         let pause = rng.random_range(20..400);
@@ -173,6 +226,7 @@ fn kill_9_of_the_receiver_ten_times_loses_nothing() {
         println!("kill {kill}: receiver killed {pause} ms into an attempt");
         kill9(&mut rx);
         (rx, _, lines) = receiver(&data, &out, port);
+        reaper.watch(&rx);
     }
     let status = sender.wait().unwrap();
     let mut sender_out = String::new();
@@ -206,7 +260,9 @@ fn kill_9_of_the_sender_ten_times_loses_nothing() {
     let len = 64 << 20;
     random_file(&src, len, 65);
     let out = tmp.path().join("out");
+    let reaper = Reaper::default();
     let (mut rx, addr, mut lines) = receiver(&data, &out, 0);
+    reaper.watch(&rx);
     let (proxy, wire_bytes) = counting_proxy(addr);
     // `resume` with a fresh id is a first send under a known id: every restart resumes it.
     let id = uuid::Uuid::new_v4().to_string();
@@ -220,7 +276,7 @@ fn kill_9_of_the_sender_ten_times_loses_nothing() {
                 "--peer",
                 &proxy,
             ])
-            .args(["--max-speed", "48M", "--chunk-size", "1M"])
+            .args(["--max-speed", "12M", "--chunk-size", "1M"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -228,6 +284,7 @@ fn kill_9_of_the_sender_ten_times_loses_nothing() {
     };
     for kill in 0..KILLS {
         let mut sender = start_sender();
+        reaper.watch(&sender);
         wait_started(&mut lines);
         let pause = rng.random_range(20..400);
         std::thread::sleep(Duration::from_millis(pause)); // the fault's timing
@@ -241,7 +298,6 @@ fn kill_9_of_the_sender_ten_times_loses_nothing() {
         String::from_utf8_lossy(&last.stderr)
     );
     // The last session ended cleanly: the receiver is done too.
-    for _ in lines.by_ref() {}
     assert!(rx.wait().unwrap().success());
     assert_eq!(sha256_file(&out.join("archive.zip")), sha256_file(&src));
     assert!(partial_files(&out).is_empty());
@@ -252,4 +308,171 @@ fn kill_9_of_the_sender_ten_times_loses_nothing() {
          {resent} bytes ({:.1} MiB) re-sent",
         resent as f64 / (1 << 20) as f64
     );
+}
+
+/// A tmpfs mounted for one test, unmounted on drop. `None` (with the reason printed)
+/// where mounting is impossible — except under CI, where the test must run.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, options: &str) -> Option<Tmpfs> {
+        std::fs::create_dir_all(dir).unwrap();
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", options, "tmpfs", dir.to_str().unwrap()])
+            .status();
+        match status {
+            Ok(s) if s.success() => Some(Tmpfs(dir.to_path_buf())),
+            other => {
+                let why = format!("cannot mount a tmpfs (needs root): {other:?}");
+                assert!(std::env::var_os("CI").is_none(), "{why}");
+                println!("SKIPPED: {why}");
+                None
+            }
+        }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn an_unwritable_output_folder_is_a_clear_error_before_any_data_moves() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let out = tmp.path().join("readonly");
+    let Some(_mount) = Tmpfs::mount(&out, "size=4m,ro") else {
+        return;
+    };
+    let src = tmp.path().join("photo.jpg");
+    random_file(&src, 100_000, 3);
+    let (mut rx, addr, _lines, rx_err) = p2p_receiver_once(&data, &out);
+    let send = p2p(&data)
+        .args(["send", src.to_str().unwrap(), "--peer", &addr])
+        .output()
+        .unwrap();
+    let status = rx.wait().unwrap();
+    let stderr = rx_err.join().unwrap();
+    assert!(stderr.contains("not writable"), "{stderr}");
+    let sender_err = String::from_utf8_lossy(&send.stderr);
+    assert_eq!(send.status.code(), Some(7), "{sender_err}");
+    assert!(sender_err.contains("not writable"), "{sender_err}");
+    assert_eq!(status.code(), Some(7));
+    assert!(
+        std::fs::read_dir(&out).unwrap().next().is_none(),
+        "nothing written"
+    );
+}
+
+#[test]
+fn a_full_disk_stops_with_a_clear_error_keeps_state_and_resumes_after_space_is_freed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let out = tmp.path().join("small-disk");
+    let Some(_mount) = Tmpfs::mount(&out, "size=20m") else {
+        return;
+    };
+    let src = tmp.path().join("movie.mp4");
+    let len = 16 << 20;
+    random_file(&src, len, 8);
+    let id = uuid::Uuid::new_v4().to_string();
+    let send = |addr: &str| {
+        p2p(&data)
+            .args([
+                "resume",
+                &id,
+                "--path",
+                src.to_str().unwrap(),
+                "--peer",
+                addr,
+            ])
+            .args([
+                "--max-speed",
+                "8M",
+                "--chunk-size",
+                "1M",
+                "--auto-reconnect",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+
+    let (mut rx, addr, mut lines, rx_err) = p2p_receiver_once(&data, &out);
+    let sender = send(&addr);
+    // Once about a second of data has arrived (and been saved), something else fills
+    // the disk.
+    wait_for_line(&mut lines, "progress");
+    wait_for_line(&mut lines, "progress");
+    let filler = out.join("someone-elses-file");
+    let mut f = std::fs::File::create(&filler).unwrap();
+    let block = vec![0u8; 1 << 20];
+    while f.write_all(&block).is_ok() {}
+    drop(f);
+    let sent = sender.wait_with_output().unwrap();
+    let status = rx.wait().unwrap();
+    let receiver_err = rx_err.join().unwrap();
+    assert_eq!(status.code(), Some(7), "{receiver_err}");
+    assert!(receiver_err.contains("No space left"), "{receiver_err}");
+    let sender_err = String::from_utf8_lossy(&sent.stderr);
+    assert_eq!(
+        sent.status.code(),
+        Some(7),
+        "a full disk is not retried: {sender_err}"
+    );
+    assert!(!sender_err.contains("reconnecting"), "{sender_err}");
+    let kept: Vec<_> = tree_digest(&out)
+        .into_keys()
+        .filter(|k| k.ends_with(".resume"))
+        .collect();
+    assert_eq!(kept.len(), 1, "the resume state is kept");
+
+    // Space is freed; the same command resumes and completes.
+    std::fs::remove_file(&filler).unwrap();
+    let (mut rx, addr, _lines, _) = p2p_receiver_once(&data, &out);
+    let sent = send(&addr).wait_with_output().unwrap();
+    assert!(
+        sent.status.success(),
+        "{}",
+        String::from_utf8_lossy(&sent.stderr)
+    );
+    assert!(rx.wait().unwrap().success());
+    assert!(String::from_utf8_lossy(&sent.stdout).contains("resuming:"));
+    assert_eq!(sha256_file(&out.join("movie.mp4")), sha256_file(&src));
+}
+
+/// A receiver without auto-reconnect (it exits after one session); the last element
+/// collects the rest of its stderr.
+#[allow(clippy::zombie_processes)]
+fn p2p_receiver_once(
+    data: &Path,
+    out: &Path,
+) -> (Child, String, Lines, std::thread::JoinHandle<String>) {
+    let mut child = p2p(data)
+        .args(["receive", "--output", out.to_str().unwrap()])
+        .args(["--bind", "127.0.0.1", "--port", "0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = lines_of(child.stdout.take().unwrap());
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    while stderr.read_line(&mut line).unwrap_or(0) > 0 {
+        if let Some(addr) = line.trim().strip_prefix("listening on ") {
+            let addr = addr.to_owned();
+            let rest = std::thread::spawn(move || {
+                let mut rest = String::new();
+                let _ = stderr.read_to_string(&mut rest);
+                rest
+            });
+            return (child, addr, lines, rest);
+        }
+        line.clear();
+    }
+    let status = child.wait();
+    panic!("receiver exited before listening: {status:?}");
 }

@@ -198,6 +198,27 @@ impl Error {
         }
     }
 
+    /// Whether data received before this error is untrustworthy and must not be resumed
+    /// from: a verification failure, or a peer that broke the protocol. Other errors —
+    /// transient ones, and permanent ones like a full disk — keep it for a resume.
+    pub fn discards_partial_data(&self) -> bool {
+        match self {
+            Error::Transfer(
+                TransferError::VerificationFailed { .. }
+                | TransferError::Protocol(_)
+                | TransferError::Decompress { .. }
+                | TransferError::ChunkRetriesExhausted { .. },
+            ) => true,
+            Error::Transfer(TransferError::PeerAborted { code, .. }) => {
+                matches!(code, ErrorCode::VerificationFailed | ErrorCode::Protocol)
+            }
+            Error::Wire(
+                WireError::Decode(_) | WireError::TrailingBytes(_) | WireError::Oversized { .. },
+            ) => true,
+            _ => false,
+        }
+    }
+
     /// The code to send the peer when this error aborts a transfer.
     pub fn code(&self) -> ErrorCode {
         match self {

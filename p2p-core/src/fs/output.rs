@@ -25,7 +25,7 @@ use crate::error::{Error, Result, StorageError, TransferError};
 use crate::fs::resume_state::{manifest_digest, StateBody};
 use crate::fs::safe_path::validate_entries;
 use crate::transfer::{ChunkSet, ResumeInfo};
-use crate::wire::{Entry, EntryKind, Offer, Timestamp};
+use crate::wire::{ChunkRef, Entry, EntryKind, Offer, Timestamp};
 
 /// Files kept open at once while receiving (a window spans only a few files).
 const MAX_OPEN_FILES: usize = 64;
@@ -202,8 +202,29 @@ impl OutputDir {
         Ok(&self.dirs[parent])
     }
 
+    /// Free space must hold what is still missing: files not already complete, less
+    /// the chunks a resumed attempt already has in its `.part` files.
     fn check_space(&self) -> Result<()> {
-        let needed: u64 = self.entries.iter().map(entry_size).sum();
+        let layout = crate::transfer::Layout::new(&self.entries, self.chunk_size);
+        let held: u64 = self
+            .resume
+            .have
+            .iter()
+            .flat_map(|(file, set)| {
+                set.ranges().flat_map(move |(s, e)| {
+                    (s..e).map(move |index| ChunkRef { file: *file, index })
+                })
+            })
+            .map(|at| layout.chunk_len(at).unwrap_or(0) as u64)
+            .sum();
+        let needed: u64 = self
+            .entries
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !self.resume.complete.contains(&(*i as u32)))
+            .map(|(_, e)| entry_size(e))
+            .sum::<u64>()
+            .saturating_sub(held);
         let stat = rustix::fs::statvfs(&self.root)
             .map_err(|e| StorageError::new("cannot query free space of", &self.root, e.into()))?;
         let available = stat.f_bavail.saturating_mul(stat.f_frsize);

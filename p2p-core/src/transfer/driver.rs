@@ -277,9 +277,11 @@ where
     saver.wait();
     match &result {
         Ok(()) => output.complete(),
-        // Nothing to resume from: data that cannot verify, a refused peer.
-        Err(e) if !e.is_transient() => output.abandon(),
-        // Dropping `output` saves the state for a resume.
+        // Nothing worth resuming from: data that failed verification, a peer that broke
+        // the protocol.
+        Err(e) if e.discards_partial_data() => output.abandon(),
+        // Anything else — a lost connection, Ctrl+C, a full disk — keeps what arrived:
+        // dropping `output` saves the state for a resume.
         Err(_) => {}
     }
     finish(
@@ -399,7 +401,36 @@ where
     if pointless {
         return;
     }
-    let _ = tokio::time::timeout(Duration::from_secs(2), framed.send(error.to_message())).await;
+    // Send the reason, close our side, then keep reading until the peer closes too:
+    // closing at once with its data unread would reset the connection, and the peer
+    // could lose the reason and take a permanent error (a full disk) for a network blip.
+    let _ = tokio::time::timeout(LINGER, async {
+        framed.send(error.to_message()).await?;
+        SinkExt::<Message>::close(framed).await?;
+        while let Some(Ok(_)) = framed.next().await {}
+        Ok::<(), WireError>(())
+    })
+    .await;
+}
+
+/// How long a side that stops with an error waits for the peer to read why.
+const LINGER: Duration = Duration::from_secs(2);
+
+/// After a connection failure, looks for an `Error` the peer sent just before it
+/// closed: that, not the broken connection, is why the transfer stopped.
+async fn peer_reason<S>(framed: &mut Framed<S, FrameCodec>) -> Option<Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let read = tokio::time::timeout(Duration::from_millis(500), async {
+        while let Some(Ok(msg)) = framed.next().await {
+            if let Message::Error { code, message, .. } = msg {
+                return Some(Error::from(TransferError::PeerAborted { code, message }));
+            }
+        }
+        None
+    });
+    read.await.ok().flatten()
 }
 
 async fn drive<S, M>(
@@ -425,10 +456,14 @@ where
         &mut serve_io,
     )
     .await;
-    if let Err(e) = &result {
-        tell_peer(framed, e).await;
+    match result {
+        Err(e) if e.is_transient() => Err(peer_reason(framed).await.unwrap_or(e)),
+        Err(e) => {
+            tell_peer(framed, &e).await;
+            Err(e)
+        }
+        Ok(()) => Ok(()),
     }
-    result
 }
 
 async fn drive_inner<S, M>(
