@@ -811,3 +811,49 @@ async fn a_corrupt_resume_state_is_reported_and_the_transfer_starts_afresh() {
         "state removed after success"
     );
 }
+
+/// A receiver that accepts and then goes silent without closing (a dead host, a
+/// half-open connection): the sender notices within its idle timeout, and says the
+/// failure is worth a reconnection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_peer_is_detected_within_the_idle_timeout() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("f.bin");
+    random_file(&src, 4 << 20, 1);
+    let listener = p2p_core::transport::listen("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let silent = tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.unwrap();
+        let mut framed = Framed::new(stream, FrameCodec);
+        handshake::respond(&mut framed, &local_peer())
+            .await
+            .unwrap();
+        let Some(Ok(Message::Offer(offer))) = framed.next().await else {
+            panic!("expected an offer");
+        };
+        framed
+            .send(Message::Accept(p2p_core::wire::Accept {
+                transfer_id: offer.transfer_id,
+                have: vec![],
+                complete: vec![],
+            }))
+            .await
+            .unwrap();
+        // Read everything, answer nothing, never close.
+        while let Some(Ok(_)) = framed.next().await {}
+    });
+    let opts = SessionOptions {
+        idle_timeout: std::time::Duration::from_millis(1500),
+        ..options(64 * 1024, 4)
+    };
+    let mut session = Session::connect(&addr, &opts).await.unwrap();
+    let started = std::time::Instant::now();
+    let err = session.send(&[&src], &NoEvents).await.unwrap_err();
+    assert!(
+        matches!(err, Error::Transfer(TransferError::PeerSilent(_))),
+        "{err}"
+    );
+    assert!(err.is_transient());
+    assert!(started.elapsed() < std::time::Duration::from_secs(20));
+    silent.abort();
+}

@@ -41,6 +41,9 @@ pub struct SessionOptions {
     pub config: SessionConfig,
     /// Local limit on what this side sends, bytes per second (`None`: unlimited).
     pub max_speed: Option<u64>,
+    /// During a transfer, give up on a peer silent for this long (dead, or a half-open
+    /// connection). Pings keep a live peer talking.
+    pub idle_timeout: std::time::Duration,
 }
 
 impl Default for SessionOptions {
@@ -51,6 +54,7 @@ impl Default for SessionOptions {
             capabilities: Capabilities::supported(),
             config: default_config(),
             max_speed: None,
+            idle_timeout: crate::transfer::IDLE_LIMIT,
         }
     }
 }
@@ -81,6 +85,7 @@ pub struct P2PSession<S> {
     established: Established,
     peer_addr: Option<SocketAddr>,
     max_speed: Option<u64>,
+    idle_timeout: std::time::Duration,
 }
 
 impl P2PSession<TcpStream> {
@@ -129,6 +134,7 @@ impl<S: Stream> P2PSession<S> {
             established,
             peer_addr: None,
             max_speed: options.max_speed,
+            idle_timeout: options.idle_timeout,
         }
     }
 
@@ -210,6 +216,7 @@ impl<S: Stream> P2PSession<S> {
             events,
             self.max_speed,
             transfer_id,
+            self.idle_timeout,
         )
         .await
     }
@@ -241,6 +248,7 @@ impl<S: Stream> P2PSession<S> {
                         options,
                         &peer,
                         events,
+                        self.idle_timeout,
                     )
                     .await?;
                     return Ok(Some(summary));

@@ -27,9 +27,9 @@ use crate::transfer::sender::Sender;
 use crate::transfer::window::{DEFAULT_MAX_ATTEMPTS, DEFAULT_RTO};
 use crate::wire::{FrameCodec, Message, Offer, SessionConfig};
 
-/// Send a `Ping` when we have sent nothing for this long during a transfer.
-pub const PING_INTERVAL: Duration = Duration::from_secs(5);
-/// Give up when the peer has sent nothing for this long during a transfer.
+/// Default for giving up when the peer has sent nothing for this long during a transfer
+/// (a dead peer, a half-open connection). A `Ping` goes out after a sixth of it without
+/// sending anything, so a live but idle peer always has something to answer.
 pub const IDLE_LIMIT: Duration = Duration::from_secs(30);
 
 /// Where and how to receive.
@@ -125,6 +125,7 @@ pub async fn send_manifest<S>(
     events: &dyn EventSink,
     max_speed: Option<u64>,
     transfer_id: Uuid,
+    idle_limit: Duration,
 ) -> Result<TransferSummary>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -162,6 +163,7 @@ where
         total,
         events,
         throttle.as_mut(),
+        idle_limit,
         |s| {
             let Some(req) = s.poll_read() else {
                 return Ok(false);
@@ -192,6 +194,7 @@ pub async fn receive_offer<S>(
     options: &ReceiveOptions,
     peer: &str,
     events: &dyn EventSink,
+    idle_limit: Duration,
 ) -> Result<TransferSummary>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -271,6 +274,7 @@ where
         total,
         events,
         None,
+        idle_limit,
         serve,
     )
     .await;
@@ -440,6 +444,7 @@ async fn drive<S, M>(
     total: u64,
     events: &dyn EventSink,
     throttle: Option<&mut TokenBucket>,
+    idle_limit: Duration,
     mut serve_io: impl FnMut(&mut M) -> Result<bool>,
 ) -> Result<()>
 where
@@ -453,6 +458,7 @@ where
         total,
         events,
         throttle,
+        idle_limit,
         &mut serve_io,
     )
     .await;
@@ -473,6 +479,7 @@ async fn drive_inner<S, M>(
     total: u64,
     events: &dyn EventSink,
     mut throttle: Option<&mut TokenBucket>,
+    idle_limit: Duration,
     serve_io: &mut impl FnMut(&mut M) -> Result<bool>,
 ) -> Result<()>
 where
@@ -527,8 +534,8 @@ where
             return Ok(());
         }
 
-        let ping_at = last_tx + PING_INTERVAL;
-        let idle_at = last_rx + IDLE_LIMIT;
+        let ping_at = last_tx + idle_limit / 6;
+        let idle_at = last_rx + idle_limit;
         let wake = machine
             .poll_timeout()
             .map_or(ping_at.min(idle_at), |t| t.min(ping_at).min(idle_at));
@@ -545,7 +552,7 @@ where
             _ = tokio::time::sleep_until(wake.into()) => {
                 let now = Instant::now();
                 if now >= idle_at {
-                    return Err(TransferError::PeerSilent(IDLE_LIMIT.as_secs()).into());
+                    return Err(TransferError::PeerSilent(idle_limit.as_secs()).into());
                 }
                 if now >= ping_at {
                     ping_seq += 1;
