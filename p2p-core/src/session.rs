@@ -214,9 +214,11 @@ impl<S: Stream> P2PSession<S> {
             &config,
             &peer,
             events,
-            self.max_speed,
-            transfer_id,
-            self.idle_timeout,
+            transfer::SendOptions {
+                transfer_id,
+                max_speed: self.max_speed,
+                idle_limit: self.idle_timeout,
+            },
         )
         .await
     }

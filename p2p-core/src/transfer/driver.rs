@@ -113,23 +113,34 @@ impl Machine for Receiver {
     }
 }
 
+/// How one send runs, beyond the session's agreed configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct SendOptions {
+    /// Reusing the id of an interrupted attempt lets the receiver resume it.
+    pub transfer_id: Uuid,
+    /// Bytes per second for every chunk sent, retransmissions included.
+    pub max_speed: Option<u64>,
+    /// Give up on a peer silent for this long.
+    pub idle_limit: Duration,
+}
+
 /// Sends `manifest` over an established session stream.
-///
-/// `max_speed` (bytes per second) limits every chunk sent, retransmissions included.
-/// Reusing the `transfer_id` of an interrupted attempt lets the receiver resume it.
 pub async fn send_manifest<S>(
     framed: &mut Framed<S, FrameCodec>,
     manifest: &SourceManifest,
     config: &SessionConfig,
     peer: &str,
     events: &dyn EventSink,
-    max_speed: Option<u64>,
-    transfer_id: Uuid,
-    idle_limit: Duration,
+    send: SendOptions,
 ) -> Result<TransferSummary>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let SendOptions {
+        transfer_id,
+        max_speed,
+        idle_limit,
+    } = send;
     for (path, reason) in &manifest.skipped {
         events.emit(TransferEvent::Skipped {
             path: path.display().to_string(),

@@ -27,7 +27,9 @@ mod tests;
 mod window;
 
 pub use chunk_set::ChunkSet;
-pub use driver::{receive_offer, send_manifest, ReceiveOptions, TransferSummary, IDLE_LIMIT};
+pub use driver::{
+    receive_offer, send_manifest, ReceiveOptions, SendOptions, TransferSummary, IDLE_LIMIT,
+};
 pub use layout::Layout;
 pub use receiver::{IoRequest, Receiver, ResumeInfo};
 pub use sender::{ReadPurpose, ReadRequest, Sender};
