@@ -188,8 +188,8 @@ fn kill_9_of_the_receiver_ten_times_loses_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     let src = tmp.path().join("disk.img");
-    // Big and slow enough that ten attempts of at most 400 ms cannot finish it.
-    let len = 128 << 20;
+    // Big and slow enough that ten attempts of at most 800 ms cannot finish it.
+    let len = 160 << 20;
     random_file(&src, len, 64);
     let out = tmp.path().join("out");
 
@@ -210,7 +210,7 @@ fn kill_9_of_the_receiver_ten_times_loses_nothing() {
             "--max-retries",
             "0",
             "--max-speed",
-            "24M",
+            "16M",
             "--chunk-size",
             "1M",
         ])
@@ -221,7 +221,8 @@ fn kill_9_of_the_receiver_ten_times_loses_nothing() {
     reaper.watch(&sender);
     for kill in 0..KILLS {
         wait_started(&mut lines);
-        let pause = rng.random_range(20..400);
+        // Long enough, mostly, for a state save (every 250 ms) to land first.
+        let pause = rng.random_range(300..800);
         std::thread::sleep(Duration::from_millis(pause)); // the fault's timing
         println!("kill {kill}: receiver killed {pause} ms into an attempt");
         kill9(&mut rx);

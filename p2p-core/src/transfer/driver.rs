@@ -63,6 +63,7 @@ trait Machine {
     fn poll_event(&mut self) -> Option<TransferEvent>;
     fn is_finished(&self) -> bool;
     fn progress(&self) -> (u64, Option<(String, u64, u64)>);
+    fn total(&self) -> u64;
 }
 
 impl Machine for Sender {
@@ -87,6 +88,9 @@ impl Machine for Sender {
     fn progress(&self) -> (u64, Option<(String, u64, u64)>) {
         (self.done_bytes(), self.current_file())
     }
+    fn total(&self) -> u64 {
+        self.layout().total_bytes()
+    }
 }
 
 impl Machine for Receiver {
@@ -110,6 +114,9 @@ impl Machine for Receiver {
     }
     fn progress(&self) -> (u64, Option<(String, u64, u64)>) {
         (self.done_bytes(), self.current_file())
+    }
+    fn total(&self) -> u64 {
+        self.layout().total_bytes()
     }
 }
 
@@ -171,7 +178,6 @@ where
         framed,
         &mut sender,
         transfer_id,
-        total,
         events,
         throttle.as_mut(),
         idle_limit,
@@ -282,7 +288,6 @@ where
         framed,
         &mut receiver,
         transfer_id,
-        total,
         events,
         None,
         idle_limit,
@@ -452,7 +457,6 @@ async fn drive<S, M>(
     framed: &mut Framed<S, FrameCodec>,
     machine: &mut M,
     transfer_id: Uuid,
-    total: u64,
     events: &dyn EventSink,
     throttle: Option<&mut TokenBucket>,
     idle_limit: Duration,
@@ -466,7 +470,6 @@ where
         framed,
         machine,
         transfer_id,
-        total,
         events,
         throttle,
         idle_limit,
@@ -487,7 +490,6 @@ async fn drive_inner<S, M>(
     framed: &mut Framed<S, FrameCodec>,
     machine: &mut M,
     transfer_id: Uuid,
-    total: u64,
     events: &dyn EventSink,
     mut throttle: Option<&mut TokenBucket>,
     idle_limit: Duration,
@@ -536,7 +538,7 @@ where
             events.emit(TransferEvent::Progress {
                 transfer_id,
                 done_bytes,
-                total_bytes: total,
+                total_bytes: machine.total(),
                 current_file,
             });
             last_progress = Some(now);
