@@ -23,6 +23,7 @@
 //! | [`event`] | [`TransferEvent`] and [`EventSink`] |
 //! | [`history`] | the record of past transfers (JSON lines in the data directory) |
 //! | [`config`], [`error`], [`reconnect`] | defaults and limits; typed errors; retry policy |
+//! | [`settings`] | the user's saved settings (JSON in the config folder), shared by the front ends |
 //!
 //! ## Example
 //!
@@ -51,6 +52,7 @@ pub mod history;
 pub mod nat;
 pub mod reconnect;
 pub mod session;
+pub mod settings;
 pub mod throttle;
 pub mod transfer;
 pub mod transport;

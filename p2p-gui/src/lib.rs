@@ -1,9 +1,41 @@
-//! Desktop front end of p2p-transfer.
+//! Desktop front end of p2p-transfer, built with [iced](https://iced.rs).
 //!
-//! This crate is a placeholder until the GUI issue lands: it will render the same
-//! [`p2p_core::event::TransferEvent`]s the CLI renders, in an Iced window with the
-//! Connection, Send, Receive, Settings and History tabs. It holds no protocol or file
-//! logic; everything it needs comes from `p2p-core`.
+//! The window has five tabs — Connection, Send, Receive, Settings, History — and under
+//! them, whatever the tab, the progress of the running transfer and the connection
+//! status. It renders the same [`p2p_core::TransferEvent`]s the CLI renders and holds no
+//! protocol or file logic: sessions, manifests, settings files and errors all come from
+//! `p2p-core`.
+//!
+//! ## Layout
+//!
+//! | module | owns |
+//! |---|---|
+//! | [`app`] | the state, the [`Message`]s and `update` |
+//! | `view` | drawing the state (tabs, transfer panel, status bar) |
+//! | [`worker`] | the task that runs a p2p-core session and reports [`worker::WorkerEvent`]s |
+//! | [`progress`] | a transfer's bytes, speed and time left, folded from core events |
+//! | [`settings_form`] | the Settings tab's typed fields, checked before they are saved |
+//! | [`history`] | the History tab's records and filters |
+//!
+//! The window never waits on the network or the disk: the worker runs in an iced task on
+//! the tokio executor and only sends messages back. Progress arrives at most ten times
+//! a second (the core coalesces it), so rendering cannot slow a transfer down.
 
-/// The tabs the GUI will show, in order.
-pub const TABS: [&str; 5] = ["Connection", "Send", "Receive", "Settings", "History"];
+pub mod app;
+mod format;
+pub mod history;
+pub mod progress;
+pub mod settings_form;
+mod view;
+pub mod worker;
+
+pub use app::{App, Launch, Message, Tab};
+
+/// The font every label uses; it is built in, so the window looks the same everywhere
+/// (and under Xvfb, where no system fonts may be installed).
+pub const FONT: iced::Font = iced::Font::with_name("Fira Sans");
+
+/// The theme of the window.
+pub fn theme(_app: &App) -> iced::Theme {
+    iced::Theme::Light
+}

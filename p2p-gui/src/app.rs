@@ -1,0 +1,723 @@
+//! The application state and its `update`: what each message does.
+//!
+//! The state is plain data; everything slow (connecting, sending, receiving, measuring
+//! a folder, file dialogs) runs in an iced [`Task`] and comes back as a [`Message`].
+//! `view.rs` draws the state.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use iced::task;
+use iced::Task;
+use p2p_core::fs::source::SourceManifest;
+use p2p_core::settings::{Settings, DEFAULT_LISTEN_PORT};
+use p2p_core::{ReceiveOptions, SessionOptions, TransferEvent};
+
+use crate::history::{DirectionFilter, History, HistoryRecord, Outcome, OutcomeFilter};
+use crate::progress::{TransferProgress, TransferState};
+use crate::settings_form::{SettingsForm, SettingsMessage};
+use crate::worker::{self, Plan, SessionHandle, WorkerEvent};
+
+/// What the command line preselects when the window opens.
+#[derive(Debug, Clone, Default)]
+pub struct Launch {
+    /// Folder holding `settings.toml`; `None` keeps settings in memory only.
+    pub config_dir: Option<PathBuf>,
+    /// Start listening on this address (`host:port`).
+    pub listen: Option<String>,
+    /// Connect to this address (`host:port`).
+    pub connect: Option<String>,
+    /// Receive into this folder (for this run; the saved setting is left alone).
+    pub output: Option<PathBuf>,
+    /// Select these paths for sending, and send them as soon as a peer is connected.
+    pub send: Vec<PathBuf>,
+    /// Open on this tab (default: Connection, or Send when `send` is given).
+    pub tab: Option<Tab>,
+}
+
+/// The tabs, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tab {
+    Connection,
+    Send,
+    Receive,
+    Settings,
+    History,
+}
+
+impl Tab {
+    pub const ALL: [Tab; 5] = [
+        Tab::Connection,
+        Tab::Send,
+        Tab::Receive,
+        Tab::Settings,
+        Tab::History,
+    ];
+
+    /// The tab whose title is `name` (any case).
+    pub fn from_name(name: &str) -> Option<Tab> {
+        Tab::ALL
+            .into_iter()
+            .find(|tab| tab.title().eq_ignore_ascii_case(name))
+    }
+
+    pub fn title(self) -> &'static str {
+        match self {
+            Tab::Connection => "Connection",
+            Tab::Send => "Send",
+            Tab::Receive => "Receive",
+            Tab::Settings => "Settings",
+            Tab::History => "History",
+        }
+    }
+}
+
+/// Everything the window reacts to.
+#[derive(Debug, Clone)]
+pub enum Message {
+    TabSelected(Tab),
+    // Connection
+    ListenPortChanged(String),
+    PeerAddressChanged(String),
+    Listen,
+    Connect,
+    /// Stop listening, or disconnect.
+    Stop,
+    /// A report from the session worker with this id.
+    Worker(u64, WorkerEvent),
+    // Send
+    PickFiles,
+    PickFolder,
+    /// Paths chosen for sending (from a dialog, or the command line).
+    Picked(Vec<PathBuf>),
+    Measured(PathBuf, Result<Measure, String>),
+    Remove(usize),
+    ClearSelection,
+    StartSend,
+    /// Cancel the running transfer.
+    Cancel,
+    // Receive
+    PickOutputDir,
+    OutputDirPicked(Option<PathBuf>),
+    OverwriteToggled(bool),
+    // Settings
+    Settings(SettingsMessage),
+    // History
+    HistoryDirection(DirectionFilter),
+    HistoryOutcome(OutcomeFilter),
+}
+
+/// Size of one selected path, as the core's manifest scan sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Measure {
+    pub is_dir: bool,
+    pub files: u64,
+    pub bytes: u64,
+    /// Links and special files inside a folder that will not be sent.
+    pub skipped: usize,
+}
+
+/// One path chosen for sending.
+#[derive(Debug, Clone)]
+pub struct Selected {
+    pub path: PathBuf,
+    /// `None` while it is being measured.
+    pub measure: Option<Result<Measure, String>>,
+}
+
+impl Selected {
+    pub fn name(&self) -> String {
+        self.path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| self.path.display().to_string())
+    }
+}
+
+/// A running session worker.
+#[derive(Debug)]
+pub struct Worker {
+    pub id: u64,
+    pub plan: Plan,
+    pub listening_on: Option<SocketAddr>,
+    pub peer: Option<Peer>,
+    /// Aborts the worker's task when dropped.
+    _abort: task::Handle,
+}
+
+/// The connected peer.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub name: String,
+    pub addr: Option<SocketAddr>,
+    pub handle: SessionHandle,
+}
+
+/// A line for the status bar.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notice {
+    Info(String),
+    Error(String),
+}
+
+/// The whole application state.
+pub struct App {
+    pub tab: Tab,
+    pub config_dir: Option<PathBuf>,
+    pub settings: Settings,
+    pub form: SettingsForm,
+    /// Result of the last settings save, or why loading failed.
+    pub settings_status: Option<Notice>,
+    pub listen_port: String,
+    pub peer_address: String,
+    pub worker: Option<Worker>,
+    next_worker: u64,
+    pub selection: Vec<Selected>,
+    /// Send the selection as soon as a peer is connected (`--send`).
+    send_on_connect: bool,
+    /// A send was asked for and has not started or failed yet.
+    pub send_pending: bool,
+    pub output_dir: PathBuf,
+    /// The running transfer, or the last one.
+    pub transfer: Option<TransferProgress>,
+    /// What the sender skipped in the last send (path, reason).
+    pub skipped: Vec<(String, String)>,
+    pub notice: Option<Notice>,
+    pub history: History,
+}
+
+impl App {
+    /// Builds the state from the saved settings and the command line, and starts
+    /// whatever the command line asked for.
+    pub fn new(launch: Launch) -> (Self, Task<Message>) {
+        let (settings, settings_status) = match &launch.config_dir {
+            Some(dir) => match Settings::load(dir) {
+                Ok(settings) => (settings, None),
+                Err(e) => (
+                    Settings::default(),
+                    Some(Notice::Error(format!("{e}. Using the defaults."))),
+                ),
+            },
+            None => (Settings::default(), None),
+        };
+        let output_dir = launch
+            .output
+            .clone()
+            .unwrap_or_else(|| settings.output_dir_or_default());
+        let mut app = Self {
+            tab: Tab::Connection,
+            config_dir: launch.config_dir,
+            form: SettingsForm::new(&settings),
+            listen_port: settings.listen_port.to_string(),
+            settings,
+            settings_status,
+            peer_address: String::new(),
+            worker: None,
+            next_worker: 0,
+            selection: Vec::new(),
+            send_on_connect: !launch.send.is_empty(),
+            send_pending: false,
+            output_dir,
+            transfer: None,
+            skipped: Vec::new(),
+            notice: None,
+            history: History::default(),
+        };
+        let mut tasks = Vec::new();
+        if let Some(bind) = launch.listen {
+            tasks.push(app.start_worker(Plan::Listen { bind }));
+        } else if let Some(addr) = launch.connect {
+            app.peer_address = addr.clone();
+            tasks.push(app.start_worker(Plan::Connect { addr }));
+        }
+        if !launch.send.is_empty() {
+            app.tab = Tab::Send;
+            tasks.push(app.select(launch.send));
+        }
+        if let Some(tab) = launch.tab {
+            app.tab = tab;
+        }
+        (app, Task::batch(tasks))
+    }
+
+    /// The window title: progress first while a transfer runs.
+    pub fn title(&self) -> String {
+        match &self.transfer {
+            Some(t) if t.is_running() => {
+                format!("{:.0}% · p2p-transfer", t.fraction() * 100.0)
+            }
+            _ => "p2p-transfer".to_owned(),
+        }
+    }
+
+    pub fn update(&mut self, message: Message) -> Task<Message> {
+        match message {
+            Message::TabSelected(tab) => self.tab = tab,
+            Message::ListenPortChanged(port) => self.listen_port = port,
+            Message::PeerAddressChanged(addr) => self.peer_address = addr,
+            Message::Listen => return self.listen(),
+            Message::Connect => return self.connect(),
+            Message::Stop => self.stop(),
+            Message::Worker(id, event) => {
+                if self.worker.as_ref().is_some_and(|w| w.id == id) {
+                    return self.on_worker(event);
+                }
+            }
+            Message::PickFiles => {
+                return Task::perform(
+                    async {
+                        rfd::AsyncFileDialog::new()
+                            .set_title("Choose files to send")
+                            .pick_files()
+                            .await
+                            .map(|files| files.iter().map(|f| f.path().to_path_buf()).collect())
+                            .unwrap_or_default()
+                    },
+                    Message::Picked,
+                )
+            }
+            Message::PickFolder => {
+                return Task::perform(
+                    async {
+                        rfd::AsyncFileDialog::new()
+                            .set_title("Choose a folder to send")
+                            .pick_folder()
+                            .await
+                            .map(|f| vec![f.path().to_path_buf()])
+                            .unwrap_or_default()
+                    },
+                    Message::Picked,
+                )
+            }
+            Message::Picked(paths) => return self.select(paths),
+            Message::Measured(path, result) => {
+                if let Some(item) = self.selection.iter_mut().find(|s| s.path == path) {
+                    item.measure = Some(result);
+                }
+                return self.send_if_ready();
+            }
+            Message::Remove(index) => {
+                if index < self.selection.len() {
+                    self.selection.remove(index);
+                }
+            }
+            Message::ClearSelection => self.selection.clear(),
+            Message::StartSend => self.start_send(),
+            Message::Cancel => {
+                if let Some(peer) = self.peer() {
+                    peer.handle.cancel();
+                }
+            }
+            Message::PickOutputDir => {
+                return Task::perform(
+                    async {
+                        rfd::AsyncFileDialog::new()
+                            .set_title("Choose where received files go")
+                            .pick_folder()
+                            .await
+                            .map(|f| f.path().to_path_buf())
+                    },
+                    Message::OutputDirPicked,
+                )
+            }
+            Message::OutputDirPicked(Some(dir)) => {
+                self.output_dir = dir.clone();
+                self.settings.output_dir = Some(dir);
+                self.save_settings();
+                self.push_receive_options();
+            }
+            Message::OutputDirPicked(None) => {}
+            Message::OverwriteToggled(on) => {
+                self.settings.overwrite = on;
+                self.save_settings();
+                self.push_receive_options();
+            }
+            Message::Settings(message) => {
+                if self.form.apply(message, &mut self.settings) {
+                    self.save_settings();
+                }
+            }
+            Message::HistoryDirection(filter) => self.history.direction = filter,
+            Message::HistoryOutcome(filter) => self.history.outcome = filter,
+        }
+        Task::none()
+    }
+
+    /// The connected peer, if any.
+    pub fn peer(&self) -> Option<&Peer> {
+        self.worker.as_ref().and_then(|w| w.peer.as_ref())
+    }
+
+    /// A transfer is running or about to start.
+    pub fn is_busy(&self) -> bool {
+        self.send_pending
+            || self
+                .transfer
+                .as_ref()
+                .is_some_and(TransferProgress::is_running)
+    }
+
+    /// Total files and bytes of the measured selection.
+    pub fn selection_total(&self) -> (u64, u64) {
+        self.selection
+            .iter()
+            .filter_map(|s| s.measure.as_ref()?.as_ref().ok())
+            .fold((0, 0), |(f, b), m| (f + m.files, b + m.bytes))
+    }
+
+    /// Why Send is not possible right now, if it is not.
+    pub fn send_blocker(&self) -> Option<&'static str> {
+        if self.peer().is_none() {
+            Some("Connect to a peer on the Connection tab first.")
+        } else if self.selection.is_empty() {
+            Some("Add files or a folder to send.")
+        } else if self.is_busy() {
+            Some("A transfer is running.")
+        } else if self.selection.iter().any(|s| s.measure.is_none()) {
+            Some("Still measuring the selection…")
+        } else if self
+            .selection
+            .iter()
+            .any(|s| matches!(s.measure, Some(Err(_))))
+        {
+            Some("Remove the items that cannot be read.")
+        } else {
+            None
+        }
+    }
+
+    fn listen(&mut self) -> Task<Message> {
+        let port = match self.listen_port.trim().parse::<u16>() {
+            Ok(port) => port,
+            Err(_) => {
+                self.notice = Some(Notice::Error(format!(
+                    "{:?} is not a port number (1–65535, or 0 for any free port).",
+                    self.listen_port.trim()
+                )));
+                return Task::none();
+            }
+        };
+        if port != self.settings.listen_port {
+            self.settings.listen_port = port;
+            self.save_settings();
+        }
+        self.start_worker(Plan::Listen {
+            bind: format!("0.0.0.0:{port}"),
+        })
+    }
+
+    fn connect(&mut self) -> Task<Message> {
+        let addr = self.peer_address.trim();
+        if addr.is_empty() {
+            self.notice = Some(Notice::Error(
+                "Type the peer's address, for example 192.168.1.20:14567.".to_owned(),
+            ));
+            return Task::none();
+        }
+        // A bare host or IPv4 address gets the default port.
+        let addr = if addr.contains(':') {
+            addr.to_owned()
+        } else {
+            format!("{addr}:{DEFAULT_LISTEN_PORT}")
+        };
+        self.start_worker(Plan::Connect { addr })
+    }
+
+    fn start_worker(&mut self, plan: Plan) -> Task<Message> {
+        self.stop();
+        let id = self.next_worker;
+        self.next_worker += 1;
+        let config = match plan {
+            Plan::Listen { .. } => self.settings.responder_config(),
+            Plan::Connect { .. } => self.settings.session_config(),
+        };
+        let options = SessionOptions {
+            config,
+            ..SessionOptions::default()
+        };
+        let (task, handle) = Task::run(
+            worker::run(plan.clone(), options, self.receive_options()),
+            move |event| Message::Worker(id, event),
+        )
+        .abortable();
+        self.worker = Some(Worker {
+            id,
+            plan,
+            listening_on: None,
+            peer: None,
+            _abort: handle.abort_on_drop(),
+        });
+        self.notice = None;
+        task
+    }
+
+    /// Drops the worker (aborting its task closes the listener and the connection).
+    fn stop(&mut self) {
+        if self.worker.take().is_some() {
+            self.send_pending = false;
+            if self
+                .transfer
+                .as_ref()
+                .is_some_and(TransferProgress::is_running)
+            {
+                self.end_transfer(Outcome::Cancelled, Vec::new());
+            }
+        }
+    }
+
+    fn receive_options(&self) -> ReceiveOptions {
+        ReceiveOptions {
+            output_dir: self.output_dir.clone(),
+            overwrite: self.settings.overwrite,
+        }
+    }
+
+    fn push_receive_options(&self) {
+        if let Some(peer) = self.peer() {
+            peer.handle.set_receive_options(self.receive_options());
+        }
+    }
+
+    fn save_settings(&mut self) {
+        let Some(dir) = &self.config_dir else {
+            return;
+        };
+        self.settings_status = Some(match self.settings.save(dir) {
+            Ok(()) => Notice::Info(format!(
+                "Saved to {}",
+                dir.join(p2p_core::settings::SETTINGS_FILE).display()
+            )),
+            Err(e) => Notice::Error(format!("Could not save the settings: {e}")),
+        });
+    }
+
+    /// Adds paths to the selection and measures each in the background.
+    fn select(&mut self, paths: Vec<PathBuf>) -> Task<Message> {
+        let mut tasks = Vec::new();
+        for path in paths {
+            if self.selection.iter().any(|s| s.path == path) {
+                continue;
+            }
+            self.selection.push(Selected {
+                path: path.clone(),
+                measure: None,
+            });
+            tasks.push(Task::perform(measure(path.clone()), move |result| {
+                Message::Measured(path.clone(), result)
+            }));
+        }
+        Task::batch(tasks)
+    }
+
+    fn start_send(&mut self) {
+        if self.send_blocker().is_some() {
+            return;
+        }
+        let Some(peer) = self.peer() else {
+            return;
+        };
+        let paths = self.selection.iter().map(|s| s.path.clone()).collect();
+        if peer.handle.send(paths) {
+            self.send_pending = true;
+            self.skipped.clear();
+            self.notice = None;
+        } else {
+            self.notice = Some(Notice::Error("The connection is gone.".to_owned()));
+        }
+    }
+
+    /// `--send`: start once connected and measured.
+    fn send_if_ready(&mut self) -> Task<Message> {
+        if self.send_on_connect && self.send_blocker().is_none() {
+            self.send_on_connect = false;
+            self.start_send();
+        }
+        Task::none()
+    }
+
+    fn on_worker(&mut self, event: WorkerEvent) -> Task<Message> {
+        let Some(worker) = self.worker.as_mut() else {
+            return Task::none();
+        };
+        match event {
+            WorkerEvent::Listening(addr) => worker.listening_on = Some(addr),
+            WorkerEvent::Connected { peer, addr, handle } => {
+                worker.peer = Some(Peer {
+                    name: peer,
+                    addr,
+                    handle,
+                });
+                self.notice = None;
+                return self.send_if_ready();
+            }
+            WorkerEvent::Transfer(event) => self.on_transfer(event),
+            WorkerEvent::Completed(summary) => {
+                if let Some(record) = self.history_record(Outcome::Completed, summary.roots) {
+                    self.history.push(record);
+                }
+            }
+            WorkerEvent::SendFailed(error) => {
+                self.send_pending = false;
+                // After a started transfer the `Failed` event has said it already.
+                if !matches!(&self.transfer, Some(t) if matches!(&t.state, TransferState::Failed { error: e } if *e == error))
+                {
+                    self.notice = Some(Notice::Error(format!("Could not send: {error}")));
+                }
+            }
+            WorkerEvent::Cancelled => {
+                self.end_transfer(Outcome::Cancelled, Vec::new());
+                self.notice = Some(Notice::Info(
+                    "Transfer cancelled; the connection was closed.".to_owned(),
+                ));
+            }
+            WorkerEvent::Disconnected { reason } => {
+                worker.peer = None;
+                self.send_pending = false;
+                match reason {
+                    Some(reason) => {
+                        let was_running = self
+                            .transfer
+                            .as_ref()
+                            .is_some_and(TransferProgress::is_running);
+                        if was_running {
+                            self.end_transfer(Outcome::Failed(reason.clone()), Vec::new());
+                        }
+                        // A failed transfer has already said why; keep its words.
+                        if was_running || !matches!(self.notice, Some(Notice::Error(_))) {
+                            self.notice =
+                                Some(Notice::Error(format!("Connection closed: {reason}")));
+                        }
+                    }
+                    None => {
+                        if self.notice.is_none() {
+                            self.notice =
+                                Some(Notice::Info("The peer closed the connection.".to_owned()));
+                        }
+                    }
+                }
+            }
+            WorkerEvent::Stopped { error } => {
+                self.worker = None;
+                self.send_pending = false;
+                if let Some(error) = error {
+                    self.notice = Some(Notice::Error(error));
+                }
+            }
+        }
+        Task::none()
+    }
+
+    fn on_transfer(&mut self, event: TransferEvent) {
+        let now = Instant::now();
+        match event {
+            TransferEvent::Started {
+                transfer_id,
+                direction,
+                files,
+                total_bytes,
+                peer,
+            } => {
+                self.send_pending = false;
+                self.notice = None;
+                self.transfer = Some(TransferProgress::started(
+                    transfer_id,
+                    direction,
+                    files,
+                    total_bytes,
+                    peer,
+                    now,
+                ));
+            }
+            TransferEvent::Skipped { path, reason } => self.skipped.push((path, reason)),
+            TransferEvent::Failed {
+                transfer_id,
+                ref error,
+            } => {
+                let error = error.clone();
+                match &mut self.transfer {
+                    Some(t) if t.transfer_id == transfer_id => {
+                        t.apply(&event, now);
+                        self.record_end(Outcome::Failed(error.clone()), Vec::new());
+                    }
+                    // Refused before it started (the file exists, no space…): there
+                    // is no progress to show, only the record and the reason.
+                    _ => self.history.push(HistoryRecord {
+                        direction: p2p_core::Direction::Receive,
+                        peer: self.peer().map(|p| p.name.clone()).unwrap_or_default(),
+                        names: Vec::new(),
+                        files: 0,
+                        bytes: 0,
+                        duration: std::time::Duration::ZERO,
+                        outcome: Outcome::Failed(error.clone()),
+                    }),
+                }
+                self.notice = Some(Notice::Error(format!("Transfer failed: {error}")));
+            }
+            other => {
+                if let Some(t) = &mut self.transfer {
+                    t.apply(&other, now);
+                }
+            }
+        }
+    }
+
+    /// Marks the running transfer as ended and records it.
+    fn end_transfer(&mut self, outcome: Outcome, names: Vec<String>) {
+        if let Some(t) = &mut self.transfer {
+            if !t.is_running() {
+                return;
+            }
+            match &outcome {
+                Outcome::Cancelled => t.cancel(),
+                Outcome::Failed(error) => t.fail(error.clone()),
+                Outcome::Completed => {}
+            }
+        }
+        self.record_end(outcome, names);
+    }
+
+    fn record_end(&mut self, outcome: Outcome, names: Vec<String>) {
+        if let Some(record) = self.history_record(outcome, names) {
+            self.history.push(record);
+        }
+    }
+
+    fn history_record(&self, outcome: Outcome, names: Vec<String>) -> Option<HistoryRecord> {
+        let t = self.transfer.as_ref()?;
+        Some(HistoryRecord {
+            direction: t.direction,
+            peer: t.peer.clone(),
+            names,
+            files: t.files_done,
+            bytes: t.done_bytes,
+            duration: t.elapsed(Instant::now()),
+            outcome,
+        })
+    }
+}
+
+/// Measures one path with the core's manifest scan, off the UI thread.
+async fn measure(path: PathBuf) -> Result<Measure, String> {
+    let scan = tokio::task::spawn_blocking(move || scan(&path)).await;
+    scan.unwrap_or_else(|e| Err(format!("measuring failed: {e}")))
+}
+
+fn scan(path: &Path) -> Result<Measure, String> {
+    let manifest = SourceManifest::scan(&[path]).map_err(|e| e.to_string())?;
+    let is_dir = manifest
+        .entries
+        .first()
+        .is_some_and(|e| matches!(e.kind, p2p_core::wire::EntryKind::Dir));
+    let files = manifest
+        .entries
+        .iter()
+        .filter(|e| matches!(e.kind, p2p_core::wire::EntryKind::File { .. }))
+        .count() as u64;
+    Ok(Measure {
+        is_dir,
+        files,
+        bytes: manifest.total_bytes(),
+        skipped: manifest.skipped.len(),
+    })
+}

@@ -1,0 +1,148 @@
+//! The `p2p-gui` binary: parses a few flags, then opens the window.
+//!
+//! The flags preselect what a person would click, so the window can be started
+//! ready to receive (`--listen 0.0.0.0:14567 --output ~/Downloads`) or ready to send
+//! (`--connect host:port --send FILE`). Notable events are also written to stderr, one
+//! line each (`listening on ADDR`, `connected to …`, `finished: …`, `failed: …`), so
+//! scripts and tests can follow the window without scraping pixels.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use clap::Parser;
+use p2p_core::settings::Settings;
+use p2p_core::TransferEvent;
+use p2p_gui::worker::WorkerEvent;
+use p2p_gui::{App, Launch, Message, Tab};
+
+/// Desktop window for peer-to-peer file and folder transfer.
+#[derive(Debug, Parser)]
+#[command(name = "p2p-gui", version, about)]
+struct Args {
+    /// Start listening on this address (e.g. 0.0.0.0:14567; port 0 picks a free port).
+    #[arg(long, value_name = "HOST:PORT", conflicts_with = "connect")]
+    listen: Option<String>,
+    /// Connect to a peer at this address.
+    #[arg(long, value_name = "HOST:PORT")]
+    connect: Option<String>,
+    /// Save received files in this folder (this run only; the saved setting is kept).
+    #[arg(long, short, value_name = "DIR")]
+    output: Option<PathBuf>,
+    /// Accept incoming transfers without asking. This is the only mode for now; the flag
+    /// is accepted so scripts keep working once asking becomes possible.
+    #[arg(long)]
+    auto_accept: bool,
+    /// Select these files or folders, and send them once connected.
+    #[arg(long, value_name = "PATH", num_args = 1..)]
+    send: Vec<PathBuf>,
+    /// Close the window after the first transfer ends (exit code 1 if it failed).
+    #[arg(long)]
+    exit_after_transfer: bool,
+    /// Open on this tab: connection, send, receive, settings or history.
+    #[arg(long, value_parser = parse_tab)]
+    tab: Option<Tab>,
+}
+
+fn parse_tab(name: &str) -> Result<Tab, String> {
+    Tab::from_name(name).ok_or_else(|| {
+        format!("{name:?} is not a tab (connection, send, receive, settings, history)")
+    })
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+
+    let launch = Launch {
+        config_dir: Settings::dir(),
+        listen: args.listen,
+        connect: args.connect,
+        output: args.output,
+        send: args.send,
+        tab: args.tab,
+    };
+    let exit_after_transfer = args.exit_after_transfer;
+    let failed = Arc::new(AtomicBool::new(false));
+    let failed_in_update = failed.clone();
+
+    let result = iced::application(
+        move || App::new(launch.clone()),
+        move |app: &mut App, message: Message| {
+            let ended = report(&message);
+            if let Some(ok) = ended {
+                failed_in_update.store(!ok, Ordering::Relaxed);
+            }
+            let task = app.update(message);
+            match ended {
+                Some(_) if exit_after_transfer => iced::Task::batch([task, iced::exit()]),
+                _ => task,
+            }
+        },
+        App::view,
+    )
+    .title(App::title)
+    .theme(p2p_gui::theme)
+    .default_font(p2p_gui::FONT)
+    .window_size((760.0, 640.0))
+    .run();
+
+    match result {
+        Err(e) => {
+            eprintln!("error: cannot open the window: {e}");
+            ExitCode::from(1)
+        }
+        Ok(()) if failed.load(Ordering::Relaxed) => ExitCode::from(1),
+        Ok(()) => ExitCode::SUCCESS,
+    }
+}
+
+/// Writes one stderr line for the notable worker events. Returns `Some(succeeded)` when
+/// a transfer ended.
+fn report(message: &Message) -> Option<bool> {
+    let Message::Worker(_, event) = message else {
+        return None;
+    };
+    match event {
+        WorkerEvent::Listening(addr) => eprintln!("listening on {addr}"),
+        WorkerEvent::Connected { peer, addr, .. } => match addr {
+            Some(addr) => eprintln!("connected to {peer} ({addr})"),
+            None => eprintln!("connected to {peer}"),
+        },
+        WorkerEvent::Transfer(TransferEvent::Finished {
+            files,
+            bytes,
+            elapsed,
+            ..
+        }) => {
+            let secs = elapsed.as_secs_f64();
+            eprintln!(
+                "finished: {files} file(s), {bytes} bytes in {secs:.3} s ({:.1} MiB/s)",
+                *bytes as f64 / secs.max(1e-6) / 1048576.0
+            );
+            return Some(true);
+        }
+        WorkerEvent::Transfer(TransferEvent::Failed { error, .. })
+        | WorkerEvent::SendFailed(error) => {
+            eprintln!("failed: {error}");
+            return Some(false);
+        }
+        WorkerEvent::Cancelled => {
+            eprintln!("cancelled");
+            return Some(false);
+        }
+        WorkerEvent::Stopped { error: Some(error) } => {
+            eprintln!("error: {error}");
+            return Some(false);
+        }
+        _ => {}
+    }
+    None
+}

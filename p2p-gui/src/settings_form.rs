@@ -1,0 +1,199 @@
+//! The Settings tab's editing state: the text the user is typing, checked before it
+//! reaches [`Settings`]. A value that does not parse or is out of range stays in the
+//! field with a note under it and is not saved.
+
+use p2p_core::config::{COMPRESS_LEVELS, MAX_WINDOW_SIZE};
+use p2p_core::settings::Settings;
+
+use crate::format;
+
+/// Chunk sizes offered in the list.
+pub const CHUNK_SIZES: [u32; 5] = [64 << 10, 256 << 10, 1 << 20, 4 << 20, 16 << 20];
+
+/// A chunk size as the list shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkSize(pub u32);
+
+impl std::fmt::Display for ChunkSize {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&format::bytes(u64::from(self.0)))
+    }
+}
+
+/// An edit on the Settings tab.
+#[derive(Debug, Clone)]
+pub enum SettingsMessage {
+    ChunkSize(ChunkSize),
+    Window(String),
+    Compress(bool),
+    /// The level slider moved (saved when it is released).
+    Level(i16),
+    LevelReleased,
+    Adaptive(bool),
+    /// MiB/s; empty or 0 means unlimited.
+    BandwidthLimit(String),
+    AutoReconnect(bool),
+    Retries(String),
+}
+
+/// Text of the typed fields and what is wrong with them.
+#[derive(Debug, Clone, Default)]
+pub struct SettingsForm {
+    pub window: String,
+    pub window_error: Option<String>,
+    pub bandwidth: String,
+    pub bandwidth_error: Option<String>,
+    pub retries: String,
+    pub retries_error: Option<String>,
+}
+
+impl SettingsForm {
+    pub fn new(settings: &Settings) -> Self {
+        Self {
+            window: settings.window_size.to_string(),
+            bandwidth: mib_per_s(settings.bandwidth_limit),
+            retries: settings.max_retries.to_string(),
+            ..Self::default()
+        }
+    }
+
+    /// The chunk sizes to offer: the standard ones plus the saved one if it is unusual.
+    pub fn chunk_sizes(settings: &Settings) -> Vec<ChunkSize> {
+        let mut sizes: Vec<ChunkSize> = CHUNK_SIZES.iter().copied().map(ChunkSize).collect();
+        if !CHUNK_SIZES.contains(&settings.chunk_size) {
+            sizes.push(ChunkSize(settings.chunk_size));
+            sizes.sort_by_key(|c| c.0);
+        }
+        sizes
+    }
+
+    /// Applies an edit. Returns whether `settings` changed and should be saved.
+    pub fn apply(&mut self, message: SettingsMessage, settings: &mut Settings) -> bool {
+        match message {
+            SettingsMessage::ChunkSize(size) => settings.chunk_size = size.0,
+            SettingsMessage::Window(text) => {
+                let parsed = text
+                    .trim()
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|w| (1..=MAX_WINDOW_SIZE).contains(w));
+                self.window = text;
+                self.window_error = match parsed {
+                    Some(window) => {
+                        settings.window_size = window;
+                        None
+                    }
+                    None => Some(format!("A whole number from 1 to {MAX_WINDOW_SIZE}.")),
+                };
+                if self.window_error.is_some() {
+                    return false;
+                }
+            }
+            SettingsMessage::Compress(on) => settings.compress = on,
+            SettingsMessage::Level(level) => {
+                settings.compress_level = level
+                    .clamp(
+                        i16::from(*COMPRESS_LEVELS.start()),
+                        i16::from(*COMPRESS_LEVELS.end()),
+                    )
+                    .try_into()
+                    .unwrap_or(settings.compress_level);
+                return false;
+            }
+            SettingsMessage::LevelReleased => {}
+            SettingsMessage::Adaptive(on) => settings.adaptive = on,
+            SettingsMessage::BandwidthLimit(text) => {
+                let trimmed = text.trim();
+                let parsed = if trimmed.is_empty() {
+                    Some(0.0)
+                } else {
+                    trimmed
+                        .parse::<f64>()
+                        .ok()
+                        .filter(|v| v.is_finite() && *v >= 0.0 && *v < 1e9)
+                };
+                self.bandwidth = text;
+                self.bandwidth_error = match parsed {
+                    Some(mib) => {
+                        settings.bandwidth_limit = (mib * 1024.0 * 1024.0).round() as u64;
+                        None
+                    }
+                    None => Some("MiB per second, for example 2.5; 0 for unlimited.".to_owned()),
+                };
+                if self.bandwidth_error.is_some() {
+                    return false;
+                }
+            }
+            SettingsMessage::AutoReconnect(on) => settings.auto_reconnect = on,
+            SettingsMessage::Retries(text) => {
+                let parsed = text.trim().parse::<u32>().ok();
+                self.retries = text;
+                self.retries_error = match parsed {
+                    Some(retries) => {
+                        settings.max_retries = retries;
+                        None
+                    }
+                    None => Some("A whole number; 0 for no limit.".to_owned()),
+                };
+                if self.retries_error.is_some() {
+                    return false;
+                }
+            }
+        }
+        true
+    }
+}
+
+/// Bytes per second as MiB/s text, `0` for unlimited.
+fn mib_per_s(bytes: u64) -> String {
+    if bytes == 0 {
+        return "0".to_owned();
+    }
+    let text = format!("{:.2}", bytes as f64 / (1024.0 * 1024.0));
+    text.trim_end_matches('0').trim_end_matches('.').to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn typed_values_are_checked_before_they_reach_the_settings() {
+        let mut settings = Settings::default();
+        let mut form = SettingsForm::new(&settings);
+        assert!(!form.apply(SettingsMessage::Window("0".into()), &mut settings));
+        assert!(form.window_error.is_some());
+        assert_eq!(settings.window_size, Settings::default().window_size);
+        assert!(form.apply(SettingsMessage::Window("32".into()), &mut settings));
+        assert_eq!(
+            (settings.window_size, form.window_error.clone()),
+            (32, None)
+        );
+
+        assert!(form.apply(SettingsMessage::BandwidthLimit("2.5".into()), &mut settings));
+        assert_eq!(settings.bandwidth_limit, 2_621_440);
+        assert_eq!(SettingsForm::new(&settings).bandwidth, "2.5");
+        assert!(!form.apply(SettingsMessage::BandwidthLimit("-1".into()), &mut settings));
+        assert!(form.apply(
+            SettingsMessage::BandwidthLimit(String::new()),
+            &mut settings
+        ));
+        assert_eq!(settings.bandwidth_limit, 0);
+
+        assert!(!form.apply(SettingsMessage::Retries("many".into()), &mut settings));
+        assert!(!form.apply(SettingsMessage::Level(40), &mut settings));
+        assert_eq!(settings.compress_level, 22);
+        assert!(form.apply(SettingsMessage::LevelReleased, &mut settings));
+    }
+
+    #[test]
+    fn an_unusual_saved_chunk_size_is_offered_too() {
+        let settings = Settings {
+            chunk_size: 3 << 20,
+            ..Settings::default()
+        };
+        let sizes = SettingsForm::chunk_sizes(&settings);
+        assert_eq!(sizes.len(), 6);
+        assert!(sizes.contains(&ChunkSize(3 << 20)));
+    }
+}

@@ -1,0 +1,513 @@
+//! Drawing the state: the tab bar, one function per tab, the transfer panel and the
+//! status bar (always visible, whatever the tab).
+
+use std::time::Instant;
+
+use iced::widget::{
+    button, checkbox, column, container, pick_list, progress_bar, row, rule, scrollable, slider,
+    text, text_input, Column,
+};
+use iced::{Element, Fill, Theme};
+use p2p_core::config::COMPRESS_LEVELS;
+use p2p_core::Direction;
+
+use crate::app::{App, Message, Notice, Tab};
+use crate::format;
+use crate::history::{DirectionFilter, Outcome, OutcomeFilter};
+use crate::progress::TransferState;
+use crate::settings_form::{SettingsForm, SettingsMessage};
+use crate::worker::Plan;
+
+const SPACING: f32 = 12.0;
+const NOTE_SIZE: f32 = 13.0;
+
+impl App {
+    pub fn view(&self) -> Element<'_, Message> {
+        let tabs = row(Tab::ALL.iter().map(|&tab| {
+            button(text(tab.title()))
+                .on_press(Message::TabSelected(tab))
+                .style(if tab == self.tab {
+                    button::primary
+                } else {
+                    button::secondary
+                })
+                .into()
+        }))
+        .spacing(4);
+        let body = match self.tab {
+            Tab::Connection => self.connection_tab(),
+            Tab::Send => self.send_tab(),
+            Tab::Receive => self.receive_tab(),
+            Tab::Settings => self.settings_tab(),
+            Tab::History => self.history_tab(),
+        };
+        let mut page = column![tabs, rule::horizontal(1)].spacing(SPACING);
+        page = page.push(scrollable(container(body).padding([0, 4])).height(Fill));
+        if let Some(panel) = self.transfer_panel() {
+            page = page.push(rule::horizontal(1)).push(panel);
+        }
+        page = page.push(rule::horizontal(1)).push(self.status_bar());
+        container(page).padding(16).into()
+    }
+
+    fn connection_tab(&self) -> Element<'_, Message> {
+        let running = self.worker.is_some();
+        let listening = matches!(
+            self.worker.as_ref().map(|w| &w.plan),
+            Some(Plan::Listen { .. })
+        );
+        let listen = column![
+            heading("Wait for a peer"),
+            note("Your peer connects to this computer's address and the port below."),
+            row![
+                text("Port"),
+                text_input("14567", &self.listen_port)
+                    .id("listen-port")
+                    .on_input_maybe((!running).then_some(Message::ListenPortChanged))
+                    .on_submit_maybe((!running).then_some(Message::Listen))
+                    .width(120),
+                if listening {
+                    button("Stop listening").on_press(Message::Stop)
+                } else {
+                    button("Listen").on_press_maybe((!running).then_some(Message::Listen))
+                },
+            ]
+            .spacing(SPACING)
+            .align_y(iced::Center),
+        ]
+        .spacing(6);
+        let connect = column![
+            heading("Connect to a peer"),
+            note("The address your peer's window shows, like 192.168.1.20:14567."),
+            row![
+                text_input("host:port", &self.peer_address)
+                    .id("peer-address")
+                    .on_input_maybe((!running).then_some(Message::PeerAddressChanged))
+                    .on_submit_maybe((!running).then_some(Message::Connect))
+                    .width(280),
+                if running && !listening {
+                    button("Disconnect").on_press(Message::Stop)
+                } else {
+                    button("Connect").on_press_maybe((!running).then_some(Message::Connect))
+                },
+            ]
+            .spacing(SPACING)
+            .align_y(iced::Center),
+        ]
+        .spacing(6);
+        let peers = column![
+            heading("Peers on this network"),
+            note(
+                "None found: finding peers on the local network is not available yet. \
+                 Connect by address for now.",
+            ),
+        ]
+        .spacing(6);
+        column![listen, connect, peers].spacing(24).into()
+    }
+
+    fn send_tab(&self) -> Element<'_, Message> {
+        let busy = self.is_busy();
+        let pickers = row![
+            button("Add files…").on_press_maybe((!busy).then_some(Message::PickFiles)),
+            button("Add folder…").on_press_maybe((!busy).then_some(Message::PickFolder)),
+            button("Clear").style(button::secondary).on_press_maybe(
+                (!busy && !self.selection.is_empty()).then_some(Message::ClearSelection)
+            ),
+        ]
+        .spacing(SPACING);
+        let mut list = Column::new().spacing(6);
+        if self.selection.is_empty() {
+            list = list.push(note("Nothing selected yet."));
+        }
+        for (index, item) in self.selection.iter().enumerate() {
+            let detail = match &item.measure {
+                None => "measuring…".to_owned(),
+                Some(Err(e)) => format!("cannot be sent: {e}"),
+                Some(Ok(m)) if m.is_dir => {
+                    let mut d = format!(
+                        "folder · {} · {}",
+                        format::files(m.files),
+                        format::bytes(m.bytes)
+                    );
+                    if m.skipped > 0 {
+                        d.push_str(&format!(
+                            " · {} link(s) or special file(s) will be skipped",
+                            m.skipped
+                        ));
+                    }
+                    d
+                }
+                Some(Ok(m)) => format::bytes(m.bytes),
+            };
+            let detail = if matches!(item.measure, Some(Err(_))) {
+                text(detail).size(NOTE_SIZE).style(text::danger)
+            } else {
+                text(detail).size(NOTE_SIZE)
+            };
+            list = list.push(
+                row![
+                    column![text(item.name()), detail].width(Fill),
+                    button("Remove")
+                        .style(button::text)
+                        .on_press_maybe((!busy).then_some(Message::Remove(index))),
+                ]
+                .spacing(SPACING)
+                .align_y(iced::Center),
+            );
+        }
+        let (files, bytes) = self.selection_total();
+        let total = text(format!(
+            "Total: {} · {}",
+            format::files(files),
+            format::bytes(bytes)
+        ));
+        let blocker = self.send_blocker();
+        let actions = row![
+            button("Start sending").on_press_maybe(blocker.is_none().then_some(Message::StartSend)),
+            button("Cancel")
+                .style(button::danger)
+                .on_press_maybe(self.can_cancel().then_some(Message::Cancel)),
+        ]
+        .spacing(SPACING);
+        let mut tab =
+            column![heading("What to send"), pickers, list, total, actions].spacing(SPACING);
+        if let Some(blocker) = blocker {
+            tab = tab.push(note(blocker));
+        }
+        if !self.skipped.is_empty() {
+            tab = tab.push(note(format!(
+                "Skipped {} item(s), e.g. {}: {}",
+                self.skipped.len(),
+                self.skipped[0].0,
+                self.skipped[0].1
+            )));
+        }
+        tab.into()
+    }
+
+    fn receive_tab(&self) -> Element<'_, Message> {
+        let folder = column![
+            heading("Save received files in"),
+            row![
+                text(self.output_dir.display().to_string()).width(Fill),
+                button("Choose folder…").on_press(Message::PickOutputDir),
+            ]
+            .spacing(SPACING)
+            .align_y(iced::Center),
+        ]
+        .spacing(6);
+        let accept = column![
+            checkbox(true).label("Accept incoming transfers automatically"),
+            note(
+                "Always on for now: asking before each transfer, with its file list and \
+                 size, needs support in p2p-core that is not there yet.",
+            ),
+        ]
+        .spacing(4);
+        let overwrite = checkbox(self.settings.overwrite)
+            .label("Replace files that already exist (otherwise such a transfer is refused)")
+            .on_toggle(Message::OverwriteToggled);
+        let state = match (self.worker.as_ref(), self.peer()) {
+            (_, Some(peer)) => format!("Ready to receive from {}.", peer.name),
+            (Some(w), None) if w.listening_on.is_some() => {
+                "Waiting for a peer to connect (see the Connection tab).".to_owned()
+            }
+            _ => "Listen or connect on the Connection tab to receive.".to_owned(),
+        };
+        column![folder, accept, overwrite, note(state)]
+            .spacing(SPACING)
+            .into()
+    }
+
+    fn settings_tab(&self) -> Element<'_, Message> {
+        let s = &self.settings;
+        let form = &self.form;
+        let on = |m: fn(String) -> SettingsMessage| move |v: String| Message::Settings(m(v));
+        let chunk = field(
+            "Chunk size",
+            pick_list(
+                SettingsForm::chunk_sizes(s),
+                Some(crate::settings_form::ChunkSize(s.chunk_size)),
+                |c| Message::Settings(SettingsMessage::ChunkSize(c)),
+            )
+            .into(),
+            None,
+        );
+        let window = field(
+            "Chunks in flight (window)",
+            text_input("16", &form.window)
+                .id("window")
+                .on_input(on(SettingsMessage::Window))
+                .width(120)
+                .into(),
+            form.window_error.as_deref(),
+        );
+        let compress = checkbox(s.compress)
+            .label("Compress with zstd")
+            .on_toggle(|v| Message::Settings(SettingsMessage::Compress(v)));
+        let level = field(
+            "Compression level",
+            row![
+                slider(
+                    i16::from(*COMPRESS_LEVELS.start())..=i16::from(*COMPRESS_LEVELS.end()),
+                    i16::from(s.compress_level),
+                    |v| Message::Settings(SettingsMessage::Level(v)),
+                )
+                .on_release(Message::Settings(SettingsMessage::LevelReleased))
+                .width(240),
+                text(s.compress_level.to_string()),
+            ]
+            .spacing(SPACING)
+            .into(),
+            None,
+        );
+        let adaptive = checkbox(s.adaptive)
+            .label("Adaptive: stop compressing data that does not shrink")
+            .on_toggle(|v| Message::Settings(SettingsMessage::Adaptive(v)));
+        let bandwidth = field(
+            "Bandwidth limit (MiB/s, 0 = unlimited) — not yet applied",
+            text_input("0", &form.bandwidth)
+                .id("bandwidth")
+                .on_input(on(SettingsMessage::BandwidthLimit))
+                .width(120)
+                .into(),
+            form.bandwidth_error.as_deref(),
+        );
+        let reconnect = checkbox(s.auto_reconnect)
+            .label("Reconnect automatically after a dropped connection — not yet applied")
+            .on_toggle(|v| Message::Settings(SettingsMessage::AutoReconnect(v)));
+        let retries = field(
+            "Reconnect attempts (0 = no limit) — not yet applied",
+            text_input("5", &form.retries)
+                .id("retries")
+                .on_input(on(SettingsMessage::Retries))
+                .width(120)
+                .into(),
+            form.retries_error.as_deref(),
+        );
+        let mut tab = column![
+            heading("Transfer"),
+            chunk,
+            window,
+            compress,
+            level,
+            adaptive,
+            heading("Network"),
+            bandwidth,
+            reconnect,
+            retries,
+            note(
+                "Settings marked \"not yet applied\" are saved now and take effect once \
+                 p2p-core supports throttling and reconnecting. Changes apply to the next \
+                 connection.",
+            ),
+        ]
+        .spacing(SPACING);
+        match (&self.settings_status, &self.config_dir) {
+            (Some(status), _) => tab = tab.push(notice_text(status)),
+            (None, None) => {
+                tab = tab.push(note("Settings are not saved: no configuration folder."))
+            }
+            (None, Some(_)) => {}
+        }
+        tab.into()
+    }
+
+    fn history_tab(&self) -> Element<'_, Message> {
+        let filters = row![
+            pick_list(
+                DirectionFilter::ALL,
+                Some(self.history.direction),
+                Message::HistoryDirection,
+            ),
+            pick_list(
+                OutcomeFilter::ALL,
+                Some(self.history.outcome),
+                Message::HistoryOutcome,
+            ),
+        ]
+        .spacing(SPACING);
+        let explain = note(
+            "Transfer history is not kept yet: p2p-core does not record it. This list shows \
+             the transfers of this window only, and is lost when it closes.",
+        );
+        if self.history.is_empty() {
+            return column![heading("No transfers yet"), explain]
+                .spacing(SPACING)
+                .into();
+        }
+        let mut list = Column::new().spacing(8);
+        let mut shown = 0;
+        for record in self.history.visible() {
+            shown += 1;
+            let (verb, preposition) = match record.direction {
+                Direction::Send => ("Sent", "to"),
+                Direction::Receive => ("Received", "from"),
+            };
+            let what = if record.names.is_empty() {
+                format::files(record.files)
+            } else {
+                record.names.join(", ")
+            };
+            let outcome = match &record.outcome {
+                Outcome::Completed => text("completed").style(text::success),
+                Outcome::Cancelled => text("cancelled"),
+                Outcome::Failed(e) => text(format!("failed: {e}")).style(text::danger),
+            };
+            list = list.push(column![
+                text(format!("{verb} {what} {preposition} {}", record.peer)),
+                row![
+                    text(format!(
+                        "{} · {} · {}",
+                        format::files(record.files),
+                        format::bytes(record.bytes),
+                        format::duration(record.duration)
+                    ))
+                    .size(NOTE_SIZE),
+                    outcome.size(NOTE_SIZE),
+                ]
+                .spacing(SPACING),
+            ]);
+        }
+        if shown == 0 {
+            list = list.push(note("No transfer matches these filters."));
+        }
+        column![filters, list, explain].spacing(SPACING).into()
+    }
+
+    /// The running (or last) transfer: bar, bytes of total, speed, time left, file.
+    fn transfer_panel(&self) -> Option<Element<'_, Message>> {
+        let t = self.transfer.as_ref()?;
+        let now = Instant::now();
+        let (verb, preposition) = match t.direction {
+            Direction::Send => ("Sending", "to"),
+            Direction::Receive => ("Receiving", "from"),
+        };
+        let headline = match &t.state {
+            TransferState::Running => {
+                format!("{verb} {} {preposition} {}", format::files(t.files), t.peer)
+            }
+            TransferState::Finished { elapsed } => format!(
+                "Done: {} {preposition} {} in {}",
+                format::files(t.files),
+                t.peer,
+                format::duration(*elapsed)
+            ),
+            TransferState::Failed { .. } => format!("Transfer {preposition} {} failed", t.peer),
+            TransferState::Cancelled => format!("Transfer {preposition} {} cancelled", t.peer),
+        };
+        let mut figures = format!(
+            "{} of {}",
+            format::bytes(t.done_bytes),
+            format::bytes(t.total_bytes)
+        );
+        if let Some(speed) = t.speed(now) {
+            figures.push_str(&format!(" · {}", format::speed(speed)));
+        }
+        if let Some(eta) = t.eta(now) {
+            figures.push_str(&format!(" · {} left", format::duration(eta)));
+        }
+        if t.retries > 0 {
+            figures.push_str(&format!(" · {} chunk(s) resent", t.retries));
+        }
+        let bar = progress_bar(0.0..=1.0, t.fraction())
+            .girth(14)
+            .style(match t.state {
+                TransferState::Failed { .. } => progress_bar::danger,
+                TransferState::Finished { .. } => progress_bar::success,
+                _ => progress_bar::primary,
+            });
+        let mut panel = column![
+            row![
+                text(headline).width(Fill),
+                text(format!("{:.0}%", t.fraction() * 100.0)),
+            ]
+            .spacing(SPACING),
+            bar,
+            row![
+                text(figures).size(NOTE_SIZE).width(Fill),
+                button("Cancel")
+                    .style(button::danger)
+                    .on_press_maybe(self.can_cancel().then_some(Message::Cancel)),
+            ]
+            .spacing(SPACING)
+            .align_y(iced::Center),
+        ]
+        .spacing(6);
+        if let Some(file) = &t.current_file {
+            if t.is_running() {
+                panel = panel.push(note(format!("Current file: {file}")));
+            }
+        }
+        if let TransferState::Failed { error } = &t.state {
+            panel = panel.push(text(error.clone()).style(text::danger));
+        }
+        Some(panel.into())
+    }
+
+    fn can_cancel(&self) -> bool {
+        self.transfer.as_ref().is_some_and(|t| t.is_running())
+    }
+
+    fn status_bar(&self) -> Element<'_, Message> {
+        let status = match &self.worker {
+            None => "Not connected".to_owned(),
+            Some(w) => match (&w.peer, &w.plan, w.listening_on) {
+                (Some(peer), _, _) => match peer.addr {
+                    Some(addr) => format!("Connected to {} ({addr})", peer.name),
+                    None => format!("Connected to {}", peer.name),
+                },
+                (None, Plan::Listen { .. }, Some(addr)) => {
+                    format!("Listening on {addr}, waiting for a peer")
+                }
+                (None, Plan::Listen { bind }, None) => format!("Starting to listen on {bind}…"),
+                (None, Plan::Connect { addr }, _) => format!("Connecting to {addr}…"),
+            },
+        };
+        let connected = self.peer().is_some();
+        let dot = text("●").style(move |theme: &Theme| {
+            let palette = theme.extended_palette();
+            text::Style {
+                color: Some(if connected {
+                    palette.success.base.color
+                } else {
+                    palette.background.strong.color
+                }),
+            }
+        });
+        let mut bar = column![row![dot, text(status)].spacing(8)].spacing(4);
+        if let Some(notice) = &self.notice {
+            bar = bar.push(notice_text(notice));
+        }
+        bar.into()
+    }
+}
+
+fn heading(label: &str) -> Element<'_, Message> {
+    text(label).size(18).into()
+}
+
+fn note<'a>(label: impl text::IntoFragment<'a>) -> Element<'a, Message> {
+    text(label).size(NOTE_SIZE).style(text::secondary).into()
+}
+
+fn notice_text(notice: &Notice) -> Element<'_, Message> {
+    match notice {
+        Notice::Info(message) => text(message.as_str()).into(),
+        Notice::Error(message) => text(message.as_str()).style(text::danger).into(),
+    }
+}
+
+/// A labelled control with an optional error under it.
+fn field<'a>(
+    label: &'a str,
+    control: Element<'a, Message>,
+    error: Option<&'a str>,
+) -> Element<'a, Message> {
+    let mut col = column![text(label), control].spacing(4);
+    if let Some(error) = error {
+        col = col.push(text(error).size(NOTE_SIZE).style(text::danger));
+    }
+    col.into()
+}

@@ -1,0 +1,470 @@
+//! The window's view and update, driven through `iced_test`'s headless simulator:
+//! clicks and typing go through the real widgets, the resulting messages through
+//! `App::update`, and the tasks `update` returns (the session worker, measuring files)
+//! run here on a tokio runtime against real p2p-core peers on 127.0.0.1.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use iced::futures::stream::{SelectAll, StreamExt};
+use iced::Task;
+use iced_test::futures::BoxStream;
+use iced_test::runtime::{task, Action};
+use iced_test::{selector, Simulator};
+use p2p_core::{Direction, NoEvents, P2PSession, ReceiveOptions, SessionOptions, TransferEvent};
+use p2p_gui::history::Outcome;
+use p2p_gui::progress::TransferState;
+use p2p_gui::worker::WorkerEvent;
+use p2p_gui::{App, Launch, Message, Tab};
+
+mod common;
+use common::{data, sha256};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// The app plus the tasks its `update` started, run by polling them here.
+struct Harness {
+    app: App,
+    tasks: SelectAll<BoxStream<Action<Message>>>,
+}
+
+impl Harness {
+    fn new(launch: Launch) -> Self {
+        let (app, boot) = App::new(launch);
+        let mut harness = Self {
+            app,
+            tasks: SelectAll::new(),
+        };
+        harness.spawn(boot);
+        harness
+    }
+
+    fn spawn(&mut self, task: Task<Message>) {
+        if let Some(stream) = task::into_stream(task) {
+            self.tasks.push(stream);
+        }
+    }
+
+    fn update(&mut self, message: Message) {
+        let task = self.app.update(message);
+        self.spawn(task);
+    }
+
+    fn ui(&self) -> Simulator<'_, Message> {
+        Simulator::with_settings(
+            iced::Settings {
+                default_font: p2p_gui::FONT,
+                ..iced::Settings::default()
+            },
+            self.app.view(),
+        )
+    }
+
+    /// Clicks the widget showing `label` and feeds the resulting messages to `update`.
+    fn click(&mut self, label: &str) {
+        let messages: Vec<Message> = {
+            let mut ui = self.ui();
+            if let Err(e) = ui.click(label) {
+                panic!("cannot click {label:?}: {e}");
+            }
+            ui.into_messages().collect()
+        };
+        assert!(!messages.is_empty(), "clicking {label:?} did nothing");
+        for message in messages {
+            self.update(message);
+        }
+    }
+
+    /// Clicks the text input with `id` and types `text` into it.
+    fn type_into(&mut self, id: &'static str, text: &str) {
+        let messages: Vec<Message> = {
+            let mut ui = self.ui();
+            if let Err(e) = ui.click(selector::id(id)) {
+                panic!("cannot click input {id:?}: {e}");
+            }
+            let _ = ui.typewrite(text);
+            ui.into_messages().collect()
+        };
+        for message in messages {
+            self.update(message);
+        }
+    }
+
+    /// Whether the window shows exactly this text (a label or an input's value).
+    fn shows(&self, text: &str) -> bool {
+        self.ui().find(text).is_ok()
+    }
+
+    /// Whether the window shows a text that contains `part`.
+    fn shows_part(&self, part: &str) -> bool {
+        let selector = |candidate: selector::Candidate<'_>| match candidate {
+            selector::Candidate::Text { content, .. } if content.contains(part) => Some(()),
+            _ => None,
+        };
+        self.ui().find(selector).is_ok()
+    }
+
+    /// Runs the started tasks, feeding their messages to `update`, until `done` holds.
+    async fn run_until(&mut self, what: &str, done: impl Fn(&App) -> bool) {
+        let run = async {
+            while !done(&self.app) {
+                match self.tasks.next().await {
+                    Some(Action::Output(message)) => self.update(message),
+                    Some(_) => {}
+                    None => panic!("no task is left to run while waiting for {what}"),
+                }
+            }
+        };
+        if tokio::time::timeout(WAIT, run).await.is_err() {
+            panic!("timed out waiting for {what}");
+        }
+    }
+
+    /// Runs the started tasks until every one has ended (an aborted worker ends at its
+    /// next poll, as it would on the iced executor).
+    async fn settle(&mut self) {
+        let run = async {
+            while let Some(action) = self.tasks.next().await {
+                if let Action::Output(message) = action {
+                    self.update(message);
+                }
+            }
+        };
+        if tokio::time::timeout(WAIT, run).await.is_err() {
+            panic!("tasks still running after {WAIT:?}");
+        }
+    }
+
+    fn worker_id(&self) -> u64 {
+        self.app.worker.as_ref().expect("a worker is running").id
+    }
+
+    fn inject(&mut self, event: TransferEvent) {
+        let id = self.worker_id();
+        self.update(Message::Worker(id, WorkerEvent::Transfer(event)));
+    }
+}
+
+fn launch(config: &Path) -> Launch {
+    Launch {
+        config_dir: Some(config.to_path_buf()),
+        ..Launch::default()
+    }
+}
+
+/// A p2p-core receiver on 127.0.0.1:0 that receives until the peer closes.
+async fn loopback_receiver(
+    output: PathBuf,
+) -> (
+    String,
+    tokio::task::JoinHandle<p2p_core::Result<Vec<p2p_core::TransferSummary>>>,
+) {
+    let listener = p2p_core::transport::listen("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let receiver = tokio::spawn(async move {
+        let mut session = P2PSession::accept(&listener, &SessionOptions::default()).await?;
+        let options = ReceiveOptions {
+            output_dir: output,
+            overwrite: false,
+        };
+        session.run_event_loop(&options, &NoEvents).await
+    });
+    (addr, receiver)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_selected_file_and_send_clicked_transfers_it_to_a_real_peer() {
+    let dir = tempfile::tempdir().unwrap();
+    let (inbox, config) = (dir.path().join("inbox"), dir.path().join("config"));
+    let file = dir.path().join("report.bin");
+    std::fs::write(&file, data(3 << 20, 7)).unwrap();
+    let (addr, receiver) = loopback_receiver(inbox.clone()).await;
+
+    let mut h = Harness::new(launch(&config));
+    assert!(h.shows("Not connected"));
+    h.type_into("peer-address", &addr);
+    assert_eq!(h.app.peer_address, addr);
+    h.click("Connect");
+    h.run_until("the connection", |app| app.peer().is_some())
+        .await;
+    assert!(h.app.peer().unwrap().addr.is_some());
+
+    h.click("Send");
+    assert_eq!(h.app.tab, Tab::Send);
+    assert!(h.shows("Nothing selected yet."));
+    // What the file dialog hands back when the user picks the file.
+    h.update(Message::Picked(vec![file.clone()]));
+    h.run_until("the file to be measured", |app| {
+        app.send_blocker().is_none()
+    })
+    .await;
+    assert!(h.shows("report.bin"));
+    assert!(h.shows("Total: 1 file · 3.0 MiB"));
+
+    h.click("Start sending");
+    assert!(h.app.is_busy());
+    h.run_until("the transfer to start", |app| app.transfer.is_some())
+        .await;
+    let transfer = h.app.transfer.as_ref().unwrap();
+    assert_eq!(transfer.direction, Direction::Send);
+    assert_eq!(transfer.total_bytes, 3 << 20);
+    h.run_until("the transfer to finish", |app| {
+        app.history.visible().next().is_some()
+    })
+    .await;
+    let transfer = h.app.transfer.as_ref().unwrap();
+    assert!(matches!(transfer.state, TransferState::Finished { .. }));
+    assert_eq!(transfer.done_bytes, 3 << 20);
+    assert!(h.shows("100%"));
+    assert!(
+        h.shows_part("3.0 MiB of 3.0 MiB · "),
+        "bytes of total, then the speed"
+    );
+    let record = h.app.history.visible().next().unwrap();
+    assert_eq!(record.outcome, Outcome::Completed);
+    assert_eq!(record.names, ["report.bin"]);
+    assert_eq!(sha256(&inbox.join("report.bin")), sha256(&file));
+
+    // Disconnecting closes the session cleanly: the peer's event loop ends without error.
+    h.click("Connection");
+    h.click("Disconnect");
+    assert!(h.app.worker.is_none());
+    assert!(h.shows("Not connected"));
+    h.settle().await;
+    let received = receiver.await.unwrap().expect("the receiver ends cleanly");
+    assert_eq!(received.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listening_receives_what_a_peer_sends_into_the_output_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let (inbox, config) = (dir.path().join("inbox"), dir.path().join("config"));
+    let folder = dir.path().join("photos");
+    std::fs::create_dir_all(folder.join("2024")).unwrap();
+    std::fs::write(folder.join("a.jpg"), data(100_000, 1)).unwrap();
+    std::fs::write(folder.join("2024/b.jpg"), data(1 << 20, 2)).unwrap();
+
+    let mut h = Harness::new(Launch {
+        output: Some(inbox.clone()),
+        ..launch(&config)
+    });
+    h.update(Message::ListenPortChanged("0".into()));
+    h.click("Listen");
+    h.run_until("the listener", |app| {
+        app.worker
+            .as_ref()
+            .is_some_and(|w| w.listening_on.is_some())
+    })
+    .await;
+    let port = h.app.worker.as_ref().unwrap().listening_on.unwrap().port();
+    assert!(h.shows("Stop listening"));
+
+    let sender = tokio::spawn(async move {
+        let options = SessionOptions {
+            device_name: "laptop".into(),
+            ..SessionOptions::default()
+        };
+        let mut session = P2PSession::connect(&format!("127.0.0.1:{port}"), &options).await?;
+        session.send(&[folder], &NoEvents).await?;
+        session.close().await
+    });
+    h.run_until("the received folder", |app| {
+        app.history.visible().next().is_some()
+    })
+    .await;
+    sender.await.unwrap().unwrap();
+    let record = h.app.history.visible().next().unwrap();
+    assert_eq!(record.direction, Direction::Receive);
+    assert_eq!(record.peer, "laptop");
+    assert_eq!(record.outcome, Outcome::Completed);
+    assert_eq!(record.files, 2);
+    assert!(inbox.join("photos/2024/b.jpg").is_file());
+    assert_eq!(
+        sha256(&inbox.join("photos/a.jpg")),
+        sha256(&dir.path().join("photos/a.jpg"))
+    );
+    h.click("History");
+    assert!(h.shows("Received photos from laptop"));
+
+    // The peer closed its session; the window keeps listening for the next one.
+    h.run_until("the peer to leave", |app| app.peer().is_none())
+        .await;
+    assert!(h.app.worker.as_ref().unwrap().listening_on.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_progress_event_moves_the_bar() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = Harness::new(launch(dir.path()));
+    h.update(Message::ListenPortChanged("0".into()));
+    h.click("Listen");
+    let id = uuid::Uuid::new_v4();
+    h.inject(TransferEvent::Started {
+        transfer_id: id,
+        direction: Direction::Receive,
+        files: 1,
+        total_bytes: 256 << 20,
+        peer: "desk".into(),
+    });
+    assert!(h.shows("Receiving 1 file from desk"));
+    assert!(h.shows("0%"));
+    let before = dir.path().join("bar.png");
+    let snapshot = |h: &Harness| h.ui().snapshot(&iced::Theme::Light).unwrap();
+    assert!(snapshot(&h).matches_image(&before).unwrap());
+
+    h.inject(TransferEvent::Progress {
+        transfer_id: id,
+        done_bytes: 64 << 20,
+        total_bytes: 256 << 20,
+        current_file: Some(("movie.mkv".into(), 64 << 20, 256 << 20)),
+    });
+    assert_eq!(h.app.transfer.as_ref().unwrap().fraction(), 0.25);
+    assert!(h.shows("25%"));
+    assert!(h.shows("Current file: movie.mkv"));
+    assert!(!h.shows("0%"));
+    // The drawn window changed (the saved image is the 0% frame).
+    assert!(!snapshot(&h).matches_image(&before).unwrap());
+    assert!(h.app.title().starts_with("25%"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_error_event_shows_its_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = Harness::new(launch(dir.path()));
+    h.update(Message::ListenPortChanged("0".into()));
+    h.click("Listen");
+    let id = uuid::Uuid::new_v4();
+    h.inject(TransferEvent::Started {
+        transfer_id: id,
+        direction: Direction::Send,
+        files: 3,
+        total_bytes: 1000,
+        peer: "desk".into(),
+    });
+    let error = "not enough free space: the transfer needs 1000 bytes, 10 are free";
+    h.inject(TransferEvent::Failed {
+        transfer_id: id,
+        error: error.into(),
+    });
+    assert!(h.shows(&format!("Transfer failed: {error}")));
+    assert!(h.shows(error));
+    assert!(h.shows("Transfer to desk failed"));
+    assert!(!h.app.is_busy());
+    h.click("History");
+    assert!(h.shows(&format!("failed: {error}")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_stops_a_running_send_and_leaves_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let (inbox, config) = (dir.path().join("inbox"), dir.path().join("config"));
+    let file = dir.path().join("big.bin");
+    std::fs::write(&file, data(64 << 20, 3)).unwrap();
+    let (addr, receiver) = loopback_receiver(inbox.clone()).await;
+    // Small chunks and a small window: many steps, so the click lands mid-transfer.
+    p2p_core::settings::Settings {
+        chunk_size: 64 << 10,
+        window_size: 4,
+        ..Default::default()
+    }
+    .save(&config)
+    .unwrap();
+
+    let mut h = Harness::new(Launch {
+        connect: Some(addr),
+        send: vec![file],
+        ..launch(&config)
+    });
+    h.run_until("the transfer to start", |app| {
+        app.transfer.as_ref().is_some_and(|t| t.is_running())
+    })
+    .await;
+    h.click("Cancel");
+    h.run_until("the worker to stop", |app| app.worker.is_none())
+        .await;
+    let transfer = h.app.transfer.as_ref().unwrap();
+    assert_eq!(transfer.state, TransferState::Cancelled);
+    assert!(transfer.done_bytes < 64 << 20);
+    assert_eq!(
+        h.app.history.visible().next().map(|r| &r.outcome),
+        Some(&Outcome::Cancelled)
+    );
+    assert!(h.shows("Transfer cancelled; the connection was closed."));
+    // The peer saw the connection go and kept nothing.
+    assert!(receiver.await.unwrap().is_err());
+    let left: Vec<_> = std::fs::read_dir(&inbox)
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settings_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config");
+    {
+        let mut h = Harness::new(launch(&config));
+        h.click("Settings");
+        assert!(h.shows("5"), "retries field shows the default");
+        h.click("Adaptive: stop compressing data that does not shrink");
+        h.type_into("retries", "0");
+        assert_eq!(h.app.settings.max_retries, 50);
+        h.update(Message::Settings(
+            p2p_gui::settings_form::SettingsMessage::Window("0".into()),
+        ));
+        assert!(h.shows("A whole number from 1 to 1024."));
+    }
+    assert!(config.join("settings.toml").is_file());
+
+    let mut h = Harness::new(launch(&config));
+    assert!(!h.app.settings.adaptive);
+    assert_eq!(h.app.settings.max_retries, 50);
+    assert_eq!(
+        h.app.settings.window_size,
+        p2p_core::config::DEFAULT_WINDOW_SIZE,
+        "an invalid value is not saved"
+    );
+    h.click("Settings");
+    assert!(h.shows("50"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_settings_file_is_reported_and_defaults_are_used() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("settings.toml"), "window_size = [").unwrap();
+    let mut h = Harness::new(launch(dir.path()));
+    assert_eq!(h.app.settings, p2p_core::settings::Settings::default());
+    h.click("Settings");
+    let status = format!("{:?}", h.app.settings_status);
+    assert!(status.contains("is not a valid settings file"), "{status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connecting_to_nobody_says_so_in_plain_words() {
+    let dir = tempfile::tempdir().unwrap();
+    // A port that was free a moment ago: nothing listens there.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut h = Harness::new(launch(dir.path()));
+    h.update(Message::PeerAddressChanged(format!("127.0.0.1:{port}")));
+    h.click("Connect");
+    assert!(h.shows(&format!("Connecting to 127.0.0.1:{port}…")));
+    h.run_until("the connect error", |app| app.worker.is_none())
+        .await;
+    let text = format!("cannot connect to 127.0.0.1:{port}: Connection refused (os error 111)");
+    assert!(h.shows(&text), "{:?}", h.app.notice);
+    assert!(h.shows("Not connected"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_history_tab_says_history_is_not_kept_yet() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = Harness::new(launch(dir.path()));
+    h.click("History");
+    assert!(h.shows("No transfers yet"));
+    h.click("Connection");
+    assert!(h.shows("Peers on this network"));
+}
