@@ -38,7 +38,7 @@ GUI_DONE = re.compile(r"finished: .*? (\d+) bytes in ([\d.]+) s")
 
 def start_xvfb():
     xvfb = subprocess.Popen(
-        ["Xvfb", "-displayfd", "1", "-screen", "0", "1024x768x24", "-nolisten", "tcp"],
+        ["Xvfb", "-displayfd", "1", "-screen", "0", "1024x768x24", "-nolisten", "tcp", "-noreset"],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,

@@ -541,7 +541,11 @@ impl App {
             return Task::none();
         };
         match event {
-            WorkerEvent::Listening(addr) => worker.listening_on = Some(addr),
+            WorkerEvent::Listening(addr) => {
+                worker.listening_on = Some(addr);
+                // Show the port actually bound (port 0 or `--listen` pick their own).
+                self.listen_port = addr.port().to_string();
+            }
             WorkerEvent::Connected { peer, addr, handle } => {
                 worker.peer = Some(Peer {
                     name: peer,

@@ -22,7 +22,7 @@ pub fn speed(bytes_per_second: f64) -> String {
     format!("{}/s", bytes(bytes_per_second.max(0.0) as u64))
 }
 
-/// `75 s` → `1 min 15 s`; under ten seconds with one decimal.
+/// `75 s` → `1 min 15 s`; under ten seconds with one decimal, under one in ms.
 pub fn duration(d: Duration) -> String {
     let secs = d.as_secs();
     if secs >= 3600 {
@@ -31,8 +31,10 @@ pub fn duration(d: Duration) -> String {
         format!("{} min {:02} s", secs / 60, secs % 60)
     } else if secs >= 10 {
         format!("{secs} s")
-    } else {
+    } else if secs >= 1 {
         format!("{:.1} s", d.as_secs_f64())
+    } else {
+        format!("{} ms", d.as_millis())
     }
 }
 
@@ -58,6 +60,7 @@ mod tests {
         assert_eq!(bytes(3 << 30), "3.0 GiB");
         assert_eq!(speed(100.0 * 1048576.0), "100.0 MiB/s");
         assert_eq!(duration(Duration::from_millis(2500)), "2.5 s");
+        assert_eq!(duration(Duration::from_millis(41)), "41 ms");
         assert_eq!(duration(Duration::from_secs(75)), "1 min 15 s");
         assert_eq!(duration(Duration::from_secs(7322)), "2 h 02 min");
         assert_eq!(files(1), "1 file");

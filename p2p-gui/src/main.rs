@@ -56,7 +56,8 @@ fn main() -> ExitCode {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                // winit warns about harmless display quirks (Xvfb has no XSETTINGS).
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,winit=error")),
         )
         .with_writer(std::io::stderr)
         .try_init();
@@ -91,7 +92,7 @@ fn main() -> ExitCode {
     .title(App::title)
     .theme(p2p_gui::theme)
     .default_font(p2p_gui::FONT)
-    .window_size((760.0, 640.0))
+    .window_size((760.0, 720.0))
     .run();
 
     match result {

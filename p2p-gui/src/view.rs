@@ -341,14 +341,16 @@ impl App {
         let mut shown = 0;
         for record in self.history.visible() {
             shown += 1;
-            let (verb, preposition) = match record.direction {
-                Direction::Send => ("Sent", "to"),
-                Direction::Receive => ("Received", "from"),
+            let peer = match record.direction {
+                Direction::Send => format!("To {}", record.peer),
+                Direction::Receive => format!("From {}", record.peer),
             };
-            let what = if record.names.is_empty() {
+            let what = if !record.names.is_empty() {
+                record.names.join(", ")
+            } else if record.files > 0 {
                 format::files(record.files)
             } else {
-                record.names.join(", ")
+                "nothing moved".to_owned()
             };
             let outcome = match &record.outcome {
                 Outcome::Completed => text("completed").style(text::success),
@@ -356,7 +358,7 @@ impl App {
                 Outcome::Failed(e) => text(format!("failed: {e}")).style(text::danger),
             };
             list = list.push(column![
-                text(format!("{verb} {what} {preposition} {}", record.peer)),
+                text(format!("{peer}: {what}")),
                 row![
                     text(format!(
                         "{} · {} · {}",

@@ -284,7 +284,7 @@ async fn listening_receives_what_a_peer_sends_into_the_output_folder() {
         sha256(&dir.path().join("photos/a.jpg"))
     );
     h.click("History");
-    assert!(h.shows("Received photos from laptop"));
+    assert!(h.shows("From laptop: photos"));
 
     // The peer closed its session; the window keeps listening for the next one.
     h.run_until("the peer to leave", |app| app.peer().is_none())

@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# Takes one screenshot per tab of the real p2p-gui window under Xvfb, into docs/gui/.
+#
+#   cargo build -p p2p-transfer -p p2p-gui && p2p-gui/scripts/screenshots.sh
+#
+# Needs: xvfb, xdotool, imagemagick (apt-get install xvfb xdotool imagemagick).
+# Everything runs on 127.0.0.1 with temporary folders; the user's settings are not read.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+BIN=${BIN:-target/debug}
+OUT=docs/gui
+mkdir -p "$OUT"
+work=$(mktemp -d)
+pids=()
+cleanup() {
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+Xvfb -displayfd 1 -screen 0 1024x768x24 -nolisten tcp -noreset >"$work/display" 2>"${XVFB_LOG:-/dev/null}" &
+pids+=($!)
+until [ -s "$work/display" ]; do sleep 0.1; done
+export DISPLAY=":$(cat "$work/display")"
+unset WAYLAND_DISPLAY
+export P2P_TRANSFER_CONFIG_DIR="$work/config"
+
+# Waits until FILE has a line matching PATTERN (at most 60 s).
+wait_for() {
+    local file=$1 pattern=$2
+    for _ in $(seq 600); do
+        grep -q -- "$pattern" "$file" 2>/dev/null && return 0
+        sleep 0.1
+    done
+    echo "timed out waiting for '$pattern' in $file:" >&2
+    cat "$file" >&2
+    return 1
+}
+
+# Starts the window with the given flags; its stderr goes to $work/NAME.err.
+gui() {
+    local name=$1
+    shift
+    "$BIN/p2p-gui" "$@" 2>"$work/$name.err" &
+    pids+=($!)
+    gui_pid=$!
+}
+
+# Saves the window (after a moment to draw) as docs/gui/NAME.png, then closes it.
+shot() {
+    local name=$1
+    local id
+    id=$(xdotool search --sync --onlyvisible --name 'p2p-transfer' | head -1)
+    sleep "${2:-1}"
+    import -window "$id" -strip -define png:compression-level=9 "$OUT/$name.png"
+    kill "$gui_pid"
+    echo "$OUT/$name.png"
+}
+
+# A CLI receiver on a free port; prints its address.
+cli_receiver() {
+    "$BIN/p2p-transfer" receive --bind 127.0.0.1 --port 0 --output "$1" \
+        >/dev/null 2>"$work/receiver.err" &
+    pids+=($!)
+    wait_for "$work/receiver.err" "listening on" >/dev/null
+    sed -n 's/^listening on //p' "$work/receiver.err"
+}
+
+mkdir -p "$work/photos/2024" "$work/in-cli" "$work/in-gui"
+for n in 1 2 3; do head -c $((3 << 20)) /dev/urandom >"$work/photos/2024/IMG_000$n.jpg"; done
+head -c $((1 << 20)) /dev/urandom >"$work/photos/cover.jpg"
+head -c $((1 << 30)) /dev/urandom >"$work/film.mkv"
+printf 'minutes of the meeting\n' >"$work/notes.txt"
+
+# Connection: listening, waiting for a peer.
+gui connection --listen 0.0.0.0:0
+wait_for "$work/connection.err" "listening on"
+shot connection
+
+# Send: connected to a CLI receiver, sending a folder and a large file (caught mid-way).
+addr=$(cli_receiver "$work/in-cli")
+gui send --connect "$addr" --send "$work/photos" "$work/film.mkv"
+wait_for "$work/send.err" "connected to"
+shot send 0.7
+
+# Receive: listening; the CLI sends a folder.
+gui receive --listen 127.0.0.1:0 --tab receive --output "$work/in-gui"
+wait_for "$work/receive.err" "listening on"
+addr=$(sed -n 's/^listening on //p' "$work/receive.err")
+"$BIN/p2p-transfer" send "$work/photos" --peer "$addr" --name laptop >/dev/null
+wait_for "$work/receive.err" "finished:"
+shot receive
+
+# Settings.
+gui settings --tab settings
+shot settings
+
+# History: two transfers and one refused (the file is already there).
+rm -rf "$work/in-gui"
+gui history --listen 127.0.0.1:0 --tab history --output "$work/in-gui"
+wait_for "$work/history.err" "listening on"
+addr=$(sed -n 's/^listening on //p' "$work/history.err")
+"$BIN/p2p-transfer" send "$work/photos" --peer "$addr" --name laptop >/dev/null
+"$BIN/p2p-transfer" send "$work/notes.txt" --peer "$addr" --name phone >/dev/null
+"$BIN/p2p-transfer" send "$work/notes.txt" --peer "$addr" --name phone >/dev/null 2>&1 || true
+wait_for "$work/history.err" "failed:"
+shot history
