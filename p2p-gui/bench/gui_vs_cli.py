@@ -86,13 +86,20 @@ def gui(env, *args):
     )
 
 
+def cpu_seconds(proc):
+    """Waits for `proc` and returns its user + system CPU time."""
+    _, _, usage = os.wait4(proc.pid, 0)
+    proc.returncode = 0
+    return usage.ru_utime + usage.ru_stime
+
+
 def round_cli_cli(source, out):
     receiver, addr = cli_receiver(out)
     send = subprocess.run(
         [CLI, "send", source, "--peer", addr], capture_output=True, text=True, check=True
     )
-    receiver.wait(timeout=120)
-    return rate(CLI_DONE.search(send.stdout))
+    receiver.stderr.read()
+    return rate(CLI_DONE.search(send.stdout)), cpu_seconds(receiver)
 
 
 def round_cli_gui(source, out, env):
@@ -102,9 +109,8 @@ def round_cli_gui(source, out, env):
         [CLI, "send", source, "--peer", addr], capture_output=True, text=True, check=True
     )
     rest = window.stderr.read()
-    window.wait(timeout=120)
-    gui_rate = rate(GUI_DONE.search(rest))
-    return rate(CLI_DONE.search(send.stdout)), gui_rate
+    cpu = cpu_seconds(window)
+    return rate(CLI_DONE.search(send.stdout)), cpu
 
 
 def round_gui_cli(source, out, env):
@@ -127,14 +133,17 @@ def throughput(args, env, work):
             out = os.path.join(work, "out")
             shutil.rmtree(out, ignore_errors=True)
             os.makedirs(out)
+            os.sync()  # the last round's writeback must not land on this one
+            extra = ""
             if name.startswith("CLI -> CLI"):
-                r = round_cli_cli(source, out)
+                r, cpu = round_cli_cli(source, out)
+                extra = f" (receiver CPU {cpu:.2f} s)"
             elif name.startswith("CLI -> GUI"):
-                r, window_rate = round_cli_gui(source, out, env)
+                r, cpu = round_cli_gui(source, out, env)
+                extra = f" (receiving window CPU {cpu:.2f} s, start-up included)"
             else:
                 r = round_gui_cli(source, out, env)
             results[name].append(r)
-            extra = f" (window's own timing {window_rate:.0f} MiB/s)" if name.startswith("CLI -> GUI") else ""
             print(f"round {n + 1} {name}: {r:.0f} MiB/s{extra}", flush=True)
     base = statistics.median(results["CLI -> CLI"])
     print(f"\n{args.size_mib} MiB over 127.0.0.1, {args.rounds} rounds, median rate as the sender timed it:")
