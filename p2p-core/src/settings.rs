@@ -1,4 +1,4 @@
-//! The user's saved settings: transfer parameters and receive defaults, kept as TOML in
+//! The user's saved settings: transfer parameters and receive defaults, kept as JSON in
 //! the user's configuration folder so that every front end starts from the same values.
 //!
 //! This module owns where the file lives ([`Settings::dir`]), its format, tolerant
@@ -7,9 +7,9 @@
 //! fsync, rename). When to load and save, and how to show the values, is the front
 //! end's business.
 //!
-//! Some settings are stored before p2p-core can act on them: [`Settings::bandwidth_limit`],
-//! [`Settings::auto_reconnect`] and [`Settings::max_retries`] wait for the throttling and
-//! reconnect work; [`Settings::NOT_YET_APPLIED`] names them so front ends can say so.
+//! [`Settings::auto_reconnect`] and [`Settings::max_retries`] describe a reconnect loop
+//! that p2p-core does not run itself (the CLI has its own, see `p2p-cli`); a front end
+//! without one stores them and says so ([`Settings::NOT_YET_APPLIED`]).
 //!
 //! ```
 //! # fn demo() -> Result<(), p2p_core::settings::SettingsError> {
@@ -36,7 +36,7 @@ use crate::wire::SessionConfig;
 /// platform's configuration folder (tests point it at a temporary folder).
 pub const CONFIG_DIR_ENV: &str = "P2P_TRANSFER_CONFIG_DIR";
 /// Name of the settings file inside [`Settings::dir`].
-pub const SETTINGS_FILE: &str = "settings.toml";
+pub const SETTINGS_FILE: &str = "settings.json";
 /// Port a listening side uses unless told otherwise.
 pub const DEFAULT_LISTEN_PORT: u16 = 14567;
 
@@ -54,11 +54,11 @@ pub struct Settings {
     pub compress_level: i8,
     /// Stop compressing data that does not shrink.
     pub adaptive: bool,
-    /// Most bytes per second to send; 0 means unlimited. Not applied yet.
+    /// Most bytes per second to send; 0 means unlimited ([`Settings::max_speed`]).
     pub bandwidth_limit: u64,
-    /// Reconnect and resume after a dropped connection. Not applied yet.
+    /// Reconnect and resume after a dropped connection.
     pub auto_reconnect: bool,
-    /// How many times to reconnect before giving up (0 = no limit). Not applied yet.
+    /// How many times to reconnect before giving up (0 = no limit).
     pub max_retries: u32,
     /// Port to listen on when waiting for a peer.
     pub listen_port: u16,
@@ -93,7 +93,7 @@ pub enum SettingsError {
     /// The file or its folder could not be read or written.
     #[error(transparent)]
     Storage(#[from] StorageError),
-    /// The file is not TOML, or a value has the wrong type.
+    /// The file is not JSON, or a value has the wrong type.
     #[error("{path:?} is not a valid settings file: {message}")]
     Format { path: PathBuf, message: String },
     /// A value is outside what the protocol accepts.
@@ -102,9 +102,14 @@ pub enum SettingsError {
 }
 
 impl Settings {
-    /// Names of the settings that are stored but not acted on yet.
-    pub const NOT_YET_APPLIED: [&'static str; 3] =
-        ["bandwidth_limit", "auto_reconnect", "max_retries"];
+    /// Names of the settings that need a reconnect loop, which p2p-core leaves to the
+    /// front end.
+    pub const NOT_YET_APPLIED: [&'static str; 2] = ["auto_reconnect", "max_retries"];
+
+    /// The send-rate limit for [`crate::SessionOptions::max_speed`].
+    pub fn max_speed(&self) -> Option<u64> {
+        (self.bandwidth_limit > 0).then_some(self.bandwidth_limit)
+    }
 
     /// The folder holding the settings file: `$P2P_TRANSFER_CONFIG_DIR` when set, else
     /// `p2p-transfer` inside the platform's configuration folder (`~/.config` on Linux).
@@ -116,7 +121,7 @@ impl Settings {
         }
     }
 
-    /// Reads `dir/settings.toml`. A missing file gives the defaults; keys this build does
+    /// Reads `dir/settings.json`. A missing file gives the defaults; keys this build does
     /// not know are ignored; missing keys take their defaults.
     pub fn load(dir: &Path) -> Result<Self, SettingsError> {
         let path = dir.join(SETTINGS_FILE);
@@ -125,9 +130,9 @@ impl Settings {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Self::default()),
             Err(e) => return Err(StorageError::new("cannot read", &path, e).into()),
         };
-        let settings: Self = toml::from_str(&text).map_err(|e| SettingsError::Format {
+        let settings: Self = serde_json::from_str(&text).map_err(|e| SettingsError::Format {
             path: path.clone(),
-            message: e.message().to_owned(),
+            message: e.to_string(),
         })?;
         settings
             .validate()
@@ -138,10 +143,10 @@ impl Settings {
         Ok(settings)
     }
 
-    /// Writes `dir/settings.toml` atomically (temp file, fsync, rename), creating `dir`.
+    /// Writes `dir/settings.json` atomically (temp file, fsync, rename), creating `dir`.
     pub fn save(&self, dir: &Path) -> Result<(), SettingsError> {
         let path = dir.join(SETTINGS_FILE);
-        let text = toml::to_string_pretty(self).map_err(|e| SettingsError::Format {
+        let text = serde_json::to_string_pretty(self).map_err(|e| SettingsError::Format {
             path: path.clone(),
             message: e.to_string(),
         })?;
@@ -235,7 +240,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         fs::write(
             dir.path().join(SETTINGS_FILE),
-            "window_size = 8\nfuture_knob = \"yes\"\n",
+            r#"{"window_size": 8, "future_knob": "yes"}"#,
         )
         .unwrap();
         let loaded = Settings::load(dir.path()).unwrap();
@@ -247,12 +252,12 @@ mod tests {
     fn broken_and_out_of_range_files_are_reported_not_trusted() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join(SETTINGS_FILE);
-        fs::write(&file, "window_size = \"many\"").unwrap();
+        fs::write(&file, r#"{"window_size": "many"}"#).unwrap();
         assert!(matches!(
             Settings::load(dir.path()),
             Err(SettingsError::Format { .. })
         ));
-        fs::write(&file, "chunk_size = 3").unwrap();
+        fs::write(&file, r#"{"chunk_size": 3}"#).unwrap();
         let err = Settings::load(dir.path()).unwrap_err();
         assert!(matches!(err, SettingsError::Invalid { .. }), "{err}");
         assert!(err.to_string().contains("chunk size 3"), "{err}");

@@ -22,7 +22,7 @@ use crate::worker::{self, Plan, SessionHandle, WorkerEvent};
 /// What the command line preselects when the window opens.
 #[derive(Debug, Clone, Default)]
 pub struct Launch {
-    /// Folder holding `settings.toml`; `None` keeps settings in memory only.
+    /// Folder holding `settings.json`; `None` keeps settings in memory only.
     pub config_dir: Option<PathBuf>,
     /// Start listening on this address (`host:port`).
     pub listen: Option<String>,
@@ -434,6 +434,7 @@ impl App {
         };
         let options = SessionOptions {
             config,
+            max_speed: self.settings.max_speed(),
             ..SessionOptions::default()
         };
         let (task, handle) = Task::run(
@@ -621,6 +622,7 @@ impl App {
                 files,
                 total_bytes,
                 peer,
+                roots: _,
             } => {
                 self.send_pending = false;
                 self.notice = None;
@@ -634,6 +636,7 @@ impl App {
                 ));
             }
             TransferEvent::Skipped { path, reason } => self.skipped.push((path, reason)),
+            TransferEvent::Warning { message } => self.notice = Some(Notice::Info(message)),
             TransferEvent::Failed {
                 transfer_id,
                 ref error,

@@ -37,6 +37,8 @@ pub struct TransferProgress {
     pub current_file: Option<String>,
     /// Chunks sent again so far.
     pub retries: u64,
+    /// Bytes the receiver already held from an interrupted attempt (not sent again).
+    pub resumed_bytes: u64,
     pub state: TransferState,
     started: Instant,
     /// Recent `(time, done_bytes)` samples for the speed.
@@ -63,6 +65,7 @@ impl TransferProgress {
             done_bytes: 0,
             current_file: None,
             retries: 0,
+            resumed_bytes: 0,
             state: TransferState::Running,
             started: now,
             samples: VecDeque::from([(now, 0)]),
@@ -95,6 +98,12 @@ impl TransferProgress {
             }
             TransferEvent::FileDone { transfer_id, .. } if *transfer_id == self.transfer_id => {
                 self.files_done += 1;
+            }
+            TransferEvent::Resumed {
+                transfer_id,
+                skipped_bytes,
+            } if *transfer_id == self.transfer_id => {
+                self.resumed_bytes = *skipped_bytes;
             }
             TransferEvent::Retrying { transfer_id, .. } if *transfer_id == self.transfer_id => {
                 self.retries += 1;

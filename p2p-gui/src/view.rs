@@ -266,7 +266,7 @@ impl App {
             .label("Adaptive: stop compressing data that does not shrink")
             .on_toggle(|v| Message::Settings(SettingsMessage::Adaptive(v)));
         let bandwidth = field(
-            "Bandwidth limit (MiB/s, 0 = unlimited) — not yet applied",
+            "Bandwidth limit for sending (MiB/s, 0 = unlimited)",
             text_input("0", &form.bandwidth)
                 .id("bandwidth")
                 .on_input(on(SettingsMessage::BandwidthLimit))
@@ -298,9 +298,9 @@ impl App {
             reconnect,
             retries,
             note(
-                "Settings marked \"not yet applied\" are saved now and take effect once \
-                 p2p-core supports throttling and reconnecting. Changes apply to the next \
-                 connection.",
+                "Settings marked \"not yet applied\" are saved now; the window does not \
+                 reconnect by itself yet (the command line does). Changes apply to the \
+                 next connection.",
             ),
         ]
         .spacing(SPACING);
@@ -409,6 +409,12 @@ impl App {
         }
         if let Some(eta) = t.eta(now) {
             figures.push_str(&format!(" · {} left", format::duration(eta)));
+        }
+        if t.resumed_bytes > 0 {
+            figures.push_str(&format!(
+                " · resumed, {} were already there",
+                format::bytes(t.resumed_bytes)
+            ));
         }
         if t.retries > 0 {
             figures.push_str(&format!(" · {} chunk(s) resent", t.retries));

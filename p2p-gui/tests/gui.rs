@@ -305,6 +305,7 @@ async fn a_progress_event_moves_the_bar() {
         files: 1,
         total_bytes: 256 << 20,
         peer: "desk".into(),
+        roots: vec!["movie.mkv".into()],
     });
     assert!(h.shows("Receiving 1 file from desk"));
     assert!(h.shows("0%"));
@@ -340,6 +341,7 @@ async fn an_error_event_shows_its_message() {
         files: 3,
         total_bytes: 1000,
         peer: "desk".into(),
+        roots: vec!["movie.mkv".into()],
     });
     let error = "not enough free space: the transfer needs 1000 bytes, 10 are free";
     h.inject(TransferEvent::Failed {
@@ -355,7 +357,7 @@ async fn an_error_event_shows_its_message() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cancel_stops_a_running_send_and_leaves_nothing_behind() {
+async fn cancel_stops_a_running_send_and_no_file_appears() {
     let dir = tempfile::tempdir().unwrap();
     let (inbox, config) = (dir.path().join("inbox"), dir.path().join("config"));
     let file = dir.path().join("big.bin");
@@ -390,12 +392,20 @@ async fn cancel_stops_a_running_send_and_leaves_nothing_behind() {
         Some(&Outcome::Cancelled)
     );
     assert!(h.shows("Transfer cancelled; the connection was closed."));
-    // The peer saw the connection go and kept nothing.
+    // The peer saw the connection go: no file appeared, and no partial data lies
+    // around under the file's name (only the receiver's resume state is kept).
     assert!(receiver.await.unwrap().is_err());
-    let left: Vec<_> = std::fs::read_dir(&inbox)
-        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+    let left: Vec<String> = std::fs::read_dir(&inbox)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
         .unwrap_or_default();
-    assert!(left.is_empty(), "left behind: {left:?}");
+    assert!(
+        left.iter().all(|name| name.ends_with(".resume")),
+        "left behind: {left:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -414,7 +424,7 @@ async fn settings_survive_a_restart() {
         ));
         assert!(h.shows("A whole number from 1 to 1024."));
     }
-    assert!(config.join("settings.toml").is_file());
+    assert!(config.join("settings.json").is_file());
 
     let mut h = Harness::new(launch(&config));
     assert!(!h.app.settings.adaptive);
@@ -431,7 +441,7 @@ async fn settings_survive_a_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broken_settings_file_is_reported_and_defaults_are_used() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("settings.toml"), "window_size = [").unwrap();
+    std::fs::write(dir.path().join("settings.json"), "{\"window_size\": [").unwrap();
     let mut h = Harness::new(launch(dir.path()));
     assert_eq!(h.app.settings, p2p_core::settings::Settings::default());
     h.click("Settings");
