@@ -69,17 +69,38 @@ fn start_xvfb(xvfb: &Path) -> (Running, String) {
     (xvfb, format!(":{number}"))
 }
 
-/// The `p2p-transfer` CLI built beside `p2p-gui`; built on demand when only this
-/// package was built.
+/// The newest modification time of the files under `dir`.
+fn newest(dir: &Path) -> Option<std::time::SystemTime> {
+    let mut latest = None;
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let path = entry.path();
+        let time = if path.is_dir() {
+            newest(&path)
+        } else {
+            entry.metadata().and_then(|m| m.modified()).ok()
+        };
+        latest = latest.max(time);
+    }
+    latest
+}
+
+/// The `p2p-transfer` CLI built beside `p2p-gui`; (re)built when it is missing or older
+/// than the CLI's or the core's sources (only this package was built, or a stale
+/// binary would speak an older protocol).
 fn cli_binary() -> PathBuf {
     let gui = Path::new(env!("CARGO_BIN_EXE_p2p-gui"));
     let cli = gui.with_file_name("p2p-transfer");
-    if !cli.is_file() {
-        let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let built = std::fs::metadata(&cli).and_then(|m| m.modified()).ok();
+    let sources = ["p2p-core/src", "p2p-cli/src", "src"]
+        .iter()
+        .filter_map(|dir| newest(&workspace.join(dir)))
+        .max();
+    if built.is_none() || built < sources {
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let mut build = Command::new(cargo);
         build
-            .current_dir(workspace)
+            .current_dir(&workspace)
             .args(["build", "--bin", "p2p-transfer"]);
         if gui.parent().and_then(Path::file_name) == Some("release".as_ref()) {
             build.arg("--release");
