@@ -195,7 +195,19 @@ def main():
             sys.exit(f"{binary} is missing: cargo build --release -p p2p-transfer -p p2p-gui")
     xvfb, display = start_xvfb()
     work = tempfile.mkdtemp(prefix="p2p-gui-bench-")
-    env = dict(os.environ, DISPLAY=display, P2P_TRANSFER_CONFIG_DIR=os.path.join(work, "config"))
+    # Children (CLI and window alike) keep their settings, history and beacons here.
+    os.environ.update(
+        P2P_TRANSFER_CONFIG_DIR=os.path.join(work, "config"),
+        P2P_TRANSFER_DATA_DIR=os.path.join(work, "data"),
+        P2P_DISCOVERY_TARGETS="127.255.255.255",
+    )
+    env = dict(
+        os.environ,
+        DISPLAY=display,
+        P2P_TRANSFER_CONFIG_DIR=os.path.join(work, "config"),
+        P2P_TRANSFER_DATA_DIR=os.path.join(work, "data"),
+        P2P_DISCOVERY_TARGETS="127.255.255.255",  # beacons stay on this machine
+    )
     env.pop("WAYLAND_DISPLAY", None)
     try:
         if not args.skip_throughput:

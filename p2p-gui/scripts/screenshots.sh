@@ -24,7 +24,9 @@ pids+=($!)
 until [ -s "$work/display" ]; do sleep 0.1; done
 export DISPLAY=":$(cat "$work/display")"
 unset WAYLAND_DISPLAY
-export P2P_TRANSFER_CONFIG_DIR="$work/config"
+export P2P_TRANSFER_CONFIG_DIR="$work/config" P2P_TRANSFER_DATA_DIR="$work/data"
+# Discovery beacons stay on this machine.
+export P2P_DISCOVERY_TARGETS=127.255.255.255
 
 # Waits until FILE has a line matching PATTERN (at most 60 s).
 wait_for() {

@@ -14,7 +14,8 @@ use p2p_core::fs::source::SourceManifest;
 use p2p_core::settings::{Settings, DEFAULT_LISTEN_PORT};
 use p2p_core::{ReceiveOptions, SessionOptions, TransferEvent};
 
-use crate::history::{DirectionFilter, History, HistoryRecord, Outcome, OutcomeFilter};
+use crate::history::{DirectionFilter, History, OutcomeFilter};
+use p2p_core::history::{History as HistoryFile, Record, Status};
 use crate::progress::{TransferProgress, TransferState};
 use crate::settings_form::{SettingsForm, SettingsMessage};
 use crate::worker::{self, Plan, SessionHandle, WorkerEvent};
@@ -34,6 +35,9 @@ pub struct Launch {
     pub send: Vec<PathBuf>,
     /// Open on this tab (default: Connection, or Send when `send` is given).
     pub tab: Option<Tab>,
+    /// Folder holding the transfer history (`history.jsonl`, shared with the CLI);
+    /// `None` keeps the history of this window in memory only.
+    pub data_dir: Option<PathBuf>,
 }
 
 /// The tabs, in order.
@@ -106,6 +110,10 @@ pub enum Message {
     // History
     HistoryDirection(DirectionFilter),
     HistoryOutcome(OutcomeFilter),
+    /// The history file was read: its records, and how many lines were unreadable.
+    HistoryLoaded(Result<(Vec<Record>, usize), String>),
+    /// A record was appended to the history file (or could not be).
+    HistoryWritten(Result<(), String>),
 }
 
 /// Size of one selected path, as the core's manifest scan sees it.
@@ -185,6 +193,11 @@ pub struct App {
     pub skipped: Vec<(String, String)>,
     pub notice: Option<Notice>,
     pub history: History,
+    history_file: Option<HistoryFile>,
+    /// Records being appended to the history file right now.
+    pub history_writes: usize,
+    /// Trouble reading or writing the history file.
+    pub history_status: Option<Notice>,
 }
 
 impl App {
@@ -223,8 +236,14 @@ impl App {
             skipped: Vec::new(),
             notice: None,
             history: History::default(),
+            history_file: launch.data_dir.as_deref().map(HistoryFile::in_dir),
+            history_writes: 0,
+            history_status: None,
         };
         let mut tasks = Vec::new();
+        if let Some(file) = app.history_file.clone() {
+            tasks.push(Task::perform(load_history(file), Message::HistoryLoaded));
+        }
         if let Some(bind) = launch.listen {
             tasks.push(app.start_worker(Plan::Listen { bind }));
         } else if let Some(addr) = launch.connect {
@@ -258,7 +277,7 @@ impl App {
             Message::PeerAddressChanged(addr) => self.peer_address = addr,
             Message::Listen => return self.listen(),
             Message::Connect => return self.connect(),
-            Message::Stop => self.stop(),
+            Message::Stop => return self.stop(),
             Message::Worker(id, event) => {
                 if self.worker.as_ref().is_some_and(|w| w.id == id) {
                     return self.on_worker(event);
@@ -340,6 +359,25 @@ impl App {
             }
             Message::HistoryDirection(filter) => self.history.direction = filter,
             Message::HistoryOutcome(filter) => self.history.outcome = filter,
+            Message::HistoryLoaded(Ok((records, unreadable))) => {
+                self.history.prepend(records);
+                if unreadable > 0 {
+                    self.history_status = Some(Notice::Error(format!(
+                        "{unreadable} line(s) of the history file could not be read and are \
+                         not shown."
+                    )));
+                }
+            }
+            Message::HistoryLoaded(Err(e)) => {
+                self.history_status = Some(Notice::Error(format!("Cannot read the history: {e}")));
+            }
+            Message::HistoryWritten(result) => {
+                self.history_writes = self.history_writes.saturating_sub(1);
+                if let Err(e) = result {
+                    self.history_status =
+                        Some(Notice::Error(format!("Cannot record the transfer: {e}")));
+                }
+            }
         }
         Task::none()
     }
@@ -425,7 +463,7 @@ impl App {
     }
 
     fn start_worker(&mut self, plan: Plan) -> Task<Message> {
-        self.stop();
+        let stopped = self.stop();
         let id = self.next_worker;
         self.next_worker += 1;
         let config = match plan {
@@ -450,21 +488,16 @@ impl App {
             _abort: handle.abort_on_drop(),
         });
         self.notice = None;
-        task
+        Task::batch([stopped, task])
     }
 
     /// Drops the worker (aborting its task closes the listener and the connection).
-    fn stop(&mut self) {
-        if self.worker.take().is_some() {
-            self.send_pending = false;
-            if self
-                .transfer
-                .as_ref()
-                .is_some_and(TransferProgress::is_running)
-            {
-                self.end_transfer(Outcome::Cancelled, Vec::new());
-            }
+    fn stop(&mut self) -> Task<Message> {
+        if self.worker.take().is_none() {
+            return Task::none();
         }
+        self.send_pending = false;
+        self.end_transfer(Ending::Stopped)
     }
 
     fn receive_options(&self) -> ReceiveOptions {
@@ -556,12 +589,7 @@ impl App {
                 self.notice = None;
                 return self.send_if_ready();
             }
-            WorkerEvent::Transfer(event) => self.on_transfer(event),
-            WorkerEvent::Completed(summary) => {
-                if let Some(record) = self.history_record(Outcome::Completed, summary.roots) {
-                    self.history.push(record);
-                }
-            }
+            WorkerEvent::Transfer(event) => return self.on_transfer(event),
             WorkerEvent::SendFailed(error) => {
                 self.send_pending = false;
                 // After a started transfer the `Failed` event has said it already.
@@ -571,10 +599,10 @@ impl App {
                 }
             }
             WorkerEvent::Cancelled => {
-                self.end_transfer(Outcome::Cancelled, Vec::new());
                 self.notice = Some(Notice::Info(
                     "Transfer cancelled; the connection was closed.".to_owned(),
                 ));
+                return self.end_transfer(Ending::Cancelled);
             }
             WorkerEvent::Disconnected { reason } => {
                 worker.peer = None;
@@ -585,14 +613,12 @@ impl App {
                             .transfer
                             .as_ref()
                             .is_some_and(TransferProgress::is_running);
-                        if was_running {
-                            self.end_transfer(Outcome::Failed(reason.clone()), Vec::new());
-                        }
                         // A failed transfer has already said why; keep its words.
                         if was_running || !matches!(self.notice, Some(Notice::Error(_))) {
                             self.notice =
                                 Some(Notice::Error(format!("Connection closed: {reason}")));
                         }
+                        return self.end_transfer(Ending::Failed(reason));
                     }
                     None => {
                         if self.notice.is_none() {
@@ -613,7 +639,7 @@ impl App {
         Task::none()
     }
 
-    fn on_transfer(&mut self, event: TransferEvent) {
+    fn on_transfer(&mut self, event: TransferEvent) -> Task<Message> {
         let now = Instant::now();
         match event {
             TransferEvent::Started {
@@ -622,7 +648,7 @@ impl App {
                 files,
                 total_bytes,
                 peer,
-                roots: _,
+                roots,
             } => {
                 self.send_pending = false;
                 self.notice = None;
@@ -632,34 +658,46 @@ impl App {
                     files,
                     total_bytes,
                     peer,
+                    roots,
                     now,
                 ));
             }
             TransferEvent::Skipped { path, reason } => self.skipped.push((path, reason)),
             TransferEvent::Warning { message } => self.notice = Some(Notice::Info(message)),
+            TransferEvent::Finished { .. } => {
+                if let Some(t) = &mut self.transfer {
+                    t.apply(&event, now);
+                }
+                return self.record(Status::Completed, None);
+            }
             TransferEvent::Failed {
                 transfer_id,
                 ref error,
             } => {
                 let error = error.clone();
+                self.notice = Some(Notice::Error(format!("Transfer failed: {error}")));
                 match &mut self.transfer {
                     Some(t) if t.transfer_id == transfer_id => {
                         t.apply(&event, now);
-                        self.record_end(Outcome::Failed(error.clone()), Vec::new());
+                        return self.record(Status::Failed, Some(error));
                     }
                     // Refused before it started (the file exists, no space…): there
                     // is no progress to show, only the record and the reason.
-                    _ => self.history.push(HistoryRecord {
-                        direction: p2p_core::Direction::Receive,
-                        peer: self.peer().map(|p| p.name.clone()).unwrap_or_default(),
-                        names: Vec::new(),
-                        files: 0,
-                        bytes: 0,
-                        duration: std::time::Duration::ZERO,
-                        outcome: Outcome::Failed(error.clone()),
-                    }),
+                    _ => {
+                        let record = Record::now(
+                            transfer_id,
+                            p2p_core::Direction::Receive,
+                            self.peer().map(|p| p.name.clone()).unwrap_or_default(),
+                            Vec::new(),
+                            0,
+                            0,
+                            std::time::Duration::ZERO,
+                            Status::Failed,
+                            Some(error),
+                        );
+                        return self.keep(record);
+                    }
                 }
-                self.notice = Some(Notice::Error(format!("Transfer failed: {error}")));
             }
             other => {
                 if let Some(t) = &mut self.transfer {
@@ -667,41 +705,91 @@ impl App {
                 }
             }
         }
+        Task::none()
     }
 
-    /// Marks the running transfer as ended and records it.
-    fn end_transfer(&mut self, outcome: Outcome, names: Vec<String>) {
-        if let Some(t) = &mut self.transfer {
-            if !t.is_running() {
-                return;
+    /// Marks the running transfer as ended, if it still runs, and records it.
+    fn end_transfer(&mut self, ending: Ending) -> Task<Message> {
+        let Some(t) = &mut self.transfer else {
+            return Task::none();
+        };
+        if !t.is_running() {
+            return Task::none();
+        }
+        match ending {
+            Ending::Cancelled => {
+                t.cancel();
+                self.record(Status::Interrupted, Some("cancelled by the user".to_owned()))
             }
-            match &outcome {
-                Outcome::Cancelled => t.cancel(),
-                Outcome::Failed(error) => t.fail(error.clone()),
-                Outcome::Completed => {}
+            Ending::Stopped => {
+                t.cancel();
+                self.record(
+                    Status::Interrupted,
+                    Some("the connection was stopped by the user".to_owned()),
+                )
+            }
+            Ending::Failed(error) => {
+                t.fail(error.clone());
+                self.record(Status::Failed, Some(error))
             }
         }
-        self.record_end(outcome, names);
     }
 
-    fn record_end(&mut self, outcome: Outcome, names: Vec<String>) {
-        if let Some(record) = self.history_record(outcome, names) {
-            self.history.push(record);
-        }
+    /// Records the current transfer with `status`.
+    fn record(&mut self, status: Status, error: Option<String>) -> Task<Message> {
+        let Some(t) = &self.transfer else {
+            return Task::none();
+        };
+        let record = Record::now(
+            t.transfer_id,
+            t.direction,
+            t.peer.clone(),
+            t.roots.clone(),
+            if status == Status::Completed {
+                t.files
+            } else {
+                t.files_done
+            },
+            t.done_bytes,
+            t.elapsed(Instant::now()),
+            status,
+            error,
+        );
+        self.keep(record)
     }
 
-    fn history_record(&self, outcome: Outcome, names: Vec<String>) -> Option<HistoryRecord> {
-        let t = self.transfer.as_ref()?;
-        Some(HistoryRecord {
-            direction: t.direction,
-            peer: t.peer.clone(),
-            names,
-            files: t.files_done,
-            bytes: t.done_bytes,
-            duration: t.elapsed(Instant::now()),
-            outcome,
-        })
+    /// Shows a record and appends it to the history file in the background.
+    fn keep(&mut self, record: Record) -> Task<Message> {
+        self.history.push(record.clone());
+        let Some(file) = self.history_file.clone() else {
+            return Task::none();
+        };
+        self.history_writes += 1;
+        Task::perform(
+            async move {
+                tokio::task::spawn_blocking(move || file.append(&record).map_err(|e| e.to_string()))
+                    .await
+                    .unwrap_or_else(|e| Err(e.to_string()))
+            },
+            Message::HistoryWritten,
+        )
     }
+}
+
+/// How a running transfer ended, when the core did not say it.
+enum Ending {
+    Cancelled,
+    Stopped,
+    Failed(String),
+}
+
+/// Reads the history file off the UI thread.
+async fn load_history(file: HistoryFile) -> Result<(Vec<Record>, usize), String> {
+    let loaded = tokio::task::spawn_blocking(move || file.load())
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    Ok((loaded.records, loaded.skipped.len()))
 }
 
 /// Measures one path with the core's manifest scan, off the UI thread.

@@ -1,35 +1,8 @@
-//! The History tab's model: one record per finished, failed or cancelled transfer.
-//!
-//! p2p-core does not keep a transfer history yet, so records live only as long as the
-//! window. The record carries what the CLI's `history` command is meant to show
-//! (direction, peer, names, files, bytes, duration, outcome), so that loading records
-//! from the core's history, once it exists, only has to fill the same list.
+//! The History tab's model: the records of `p2p_core::history` (the same file the CLI's
+//! `p2p-transfer history` reads), newest first, and the tab's filters.
 
-use std::time::Duration;
-
+use p2p_core::history::{Record, Status};
 use p2p_core::Direction;
-
-/// How a transfer ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    Completed,
-    Failed(String),
-    Cancelled,
-}
-
-/// One past transfer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HistoryRecord {
-    pub direction: Direction,
-    /// Device name of the peer.
-    pub peer: String,
-    /// Top-level names of what was moved, when known.
-    pub names: Vec<String>,
-    pub files: u64,
-    pub bytes: u64,
-    pub duration: Duration,
-    pub outcome: Outcome,
-}
 
 /// Which directions the list shows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -46,7 +19,7 @@ pub enum OutcomeFilter {
     #[default]
     All,
     Completed,
-    /// Failed or cancelled.
+    /// Failed or interrupted.
     Unfinished,
 }
 
@@ -65,11 +38,11 @@ impl DirectionFilter {
 impl OutcomeFilter {
     pub const ALL: [Self; 3] = [Self::All, Self::Completed, Self::Unfinished];
 
-    fn admits(self, outcome: &Outcome) -> bool {
+    fn admits(self, status: Status) -> bool {
         match self {
             Self::All => true,
-            Self::Completed => *outcome == Outcome::Completed,
-            Self::Unfinished => *outcome != Outcome::Completed,
+            Self::Completed => status == Status::Completed,
+            Self::Unfinished => status != Status::Completed,
         }
     }
 }
@@ -89,22 +62,28 @@ impl std::fmt::Display for OutcomeFilter {
         f.write_str(match self {
             Self::All => "Any outcome",
             Self::Completed => "Completed",
-            Self::Unfinished => "Failed or cancelled",
+            Self::Unfinished => "Failed or interrupted",
         })
     }
 }
 
-/// Records, newest first, and the active filters.
+/// Records (oldest first, as the file holds them) and the active filters.
 #[derive(Debug, Clone, Default)]
 pub struct History {
-    records: Vec<HistoryRecord>,
+    records: Vec<Record>,
     pub direction: DirectionFilter,
     pub outcome: OutcomeFilter,
 }
 
 impl History {
-    pub fn push(&mut self, record: HistoryRecord) {
-        self.records.insert(0, record);
+    /// Adds records loaded from the file before the ones of this run.
+    pub fn prepend(&mut self, mut older: Vec<Record>) {
+        older.append(&mut self.records);
+        self.records = older;
+    }
+
+    pub fn push(&mut self, record: Record) {
+        self.records.push(record);
     }
 
     pub fn is_empty(&self) -> bool {
@@ -112,39 +91,45 @@ impl History {
     }
 
     /// The records the filters let through, newest first.
-    pub fn visible(&self) -> impl Iterator<Item = &HistoryRecord> {
+    pub fn visible(&self) -> impl Iterator<Item = &Record> {
         self.records
             .iter()
-            .filter(|r| self.direction.admits(r.direction) && self.outcome.admits(&r.outcome))
+            .rev()
+            .filter(|r| self.direction.admits(r.direction) && self.outcome.admits(r.status))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
-    fn record(direction: Direction, outcome: Outcome) -> HistoryRecord {
-        HistoryRecord {
+    fn record(direction: Direction, status: Status) -> Record {
+        Record::now(
+            uuid::Uuid::new_v4(),
             direction,
-            peer: "peer".into(),
-            names: vec!["a".into()],
-            files: 1,
-            bytes: 10,
-            duration: Duration::from_secs(1),
-            outcome,
-        }
+            "peer".into(),
+            vec!["a".into()],
+            1,
+            10,
+            Duration::from_secs(1),
+            status,
+            None,
+        )
     }
 
     #[test]
     fn filters_combine_and_newest_comes_first() {
         let mut history = History::default();
-        history.push(record(Direction::Send, Outcome::Completed));
-        history.push(record(Direction::Receive, Outcome::Cancelled));
-        history.push(record(Direction::Send, Outcome::Failed("x".into())));
-        assert_eq!(history.visible().count(), 3);
+        history.push(record(Direction::Send, Status::Completed));
+        history.push(record(Direction::Receive, Status::Interrupted));
+        history.push(record(Direction::Send, Status::Failed));
+        history.prepend(vec![record(Direction::Receive, Status::Completed)]);
+        assert_eq!(history.visible().count(), 4);
+        assert_eq!(history.visible().next().map(|r| r.status), Some(Status::Failed));
         assert_eq!(
-            history.visible().next().map(|r| &r.outcome),
-            Some(&Outcome::Failed("x".into()))
+            history.visible().last().map(|r| r.direction),
+            Some(Direction::Receive)
         );
         history.direction = DirectionFilter::Sent;
         assert_eq!(history.visible().count(), 2);
@@ -152,6 +137,6 @@ mod tests {
         assert_eq!(history.visible().count(), 1);
         history.direction = DirectionFilter::Received;
         history.outcome = OutcomeFilter::Completed;
-        assert_eq!(history.visible().count(), 0);
+        assert_eq!(history.visible().count(), 1);
     }
 }

@@ -69,6 +69,7 @@ fn main() -> ExitCode {
         output: args.output,
         send: args.send,
         tab: args.tab,
+        data_dir: p2p_core::history::data_dir(),
     };
     let exit_after_transfer = args.exit_after_transfer;
     let failed = Arc::new(AtomicBool::new(false));

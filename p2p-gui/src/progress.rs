@@ -29,6 +29,8 @@ pub struct TransferProgress {
     pub transfer_id: Uuid,
     pub direction: Direction,
     pub peer: String,
+    /// Top-level names of what is being moved.
+    pub roots: Vec<String>,
     pub files: u64,
     pub files_done: u64,
     pub total_bytes: u64,
@@ -47,18 +49,21 @@ pub struct TransferProgress {
 
 impl TransferProgress {
     /// A transfer that has just started (the core's `Started` event).
+    #[allow(clippy::too_many_arguments)]
     pub fn started(
         transfer_id: Uuid,
         direction: Direction,
         files: u64,
         total_bytes: u64,
         peer: String,
+        roots: Vec<String>,
         now: Instant,
     ) -> Self {
         Self {
             transfer_id,
             direction,
             peer,
+            roots,
             files,
             files_done: 0,
             total_bytes,
@@ -211,7 +216,7 @@ mod tests {
     fn speed_and_eta_follow_recent_progress() {
         let id = Uuid::new_v4();
         let t0 = Instant::now();
-        let mut p = TransferProgress::started(id, Direction::Send, 1, 1000, "peer".into(), t0);
+        let mut p = TransferProgress::started(id, Direction::Send, 1, 1000, "peer".into(), vec![], t0);
         assert_eq!(p.speed(t0), None);
         assert_eq!(p.fraction(), 0.0);
         for i in 1..=10u64 {
@@ -234,7 +239,7 @@ mod tests {
     fn old_samples_age_out_so_a_stall_shows_a_lower_speed() {
         let id = Uuid::new_v4();
         let t0 = Instant::now();
-        let mut p = TransferProgress::started(id, Direction::Receive, 1, 1000, "peer".into(), t0);
+        let mut p = TransferProgress::started(id, Direction::Receive, 1, 1000, "peer".into(), vec![], t0);
         p.apply(&progress(id, 600), t0 + Duration::from_secs(1));
         p.apply(&progress(id, 610), t0 + Duration::from_secs(5));
         p.apply(&progress(id, 620), t0 + Duration::from_secs(6));
@@ -246,7 +251,7 @@ mod tests {
     fn end_states() {
         let id = Uuid::new_v4();
         let t0 = Instant::now();
-        let mut p = TransferProgress::started(id, Direction::Send, 2, 1000, "peer".into(), t0);
+        let mut p = TransferProgress::started(id, Direction::Send, 2, 1000, "peer".into(), vec![], t0);
         p.apply(
             &TransferEvent::Failed {
                 transfer_id: id,
@@ -263,7 +268,7 @@ mod tests {
         p.cancel();
         assert!(matches!(p.state, TransferState::Failed { .. }));
 
-        let mut p = TransferProgress::started(id, Direction::Send, 2, 1000, "peer".into(), t0);
+        let mut p = TransferProgress::started(id, Direction::Send, 2, 1000, "peer".into(), vec![], t0);
         p.apply(
             &TransferEvent::Finished {
                 transfer_id: id,

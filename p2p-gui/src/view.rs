@@ -13,7 +13,8 @@ use p2p_core::Direction;
 
 use crate::app::{App, Message, Notice, Tab};
 use crate::format;
-use crate::history::{DirectionFilter, Outcome, OutcomeFilter};
+use crate::history::{DirectionFilter, OutcomeFilter};
+use p2p_core::history::Status;
 use crate::progress::TransferState;
 use crate::settings_form::{SettingsForm, SettingsMessage};
 use crate::worker::Plan;
@@ -328,10 +329,14 @@ impl App {
             ),
         ]
         .spacing(SPACING);
-        let explain = note(
-            "Transfer history is not kept yet: p2p-core does not record it. This list shows \
-             the transfers of this window only, and is lost when it closes.",
-        );
+        let mut explain = Column::new().spacing(4);
+        explain = explain.push(note(
+            "The same history as `p2p-transfer history`: every transfer of the window and \
+             of the command line.",
+        ));
+        if let Some(status) = &self.history_status {
+            explain = explain.push(notice_text(status));
+        }
         if self.history.is_empty() {
             return column![heading("No transfers yet"), explain]
                 .spacing(SPACING)
@@ -345,26 +350,31 @@ impl App {
                 Direction::Send => format!("To {}", record.peer),
                 Direction::Receive => format!("From {}", record.peer),
             };
-            let what = if !record.names.is_empty() {
-                record.names.join(", ")
-            } else if record.files > 0 {
-                format::files(record.files)
+            let what = if !record.files.is_empty() {
+                record.files.join(", ")
+            } else if record.file_count > 0 {
+                format::files(record.file_count)
             } else {
                 "nothing moved".to_owned()
             };
-            let outcome = match &record.outcome {
-                Outcome::Completed => text("completed").style(text::success),
-                Outcome::Cancelled => text("cancelled"),
-                Outcome::Failed(e) => text(format!("failed: {e}")).style(text::danger),
+            let error = record.error.as_deref().unwrap_or("no reason given");
+            let outcome = match record.status {
+                Status::Completed => text("completed").style(text::success),
+                Status::Interrupted => text(format!("interrupted: {error}")),
+                Status::Failed => text(format!("failed: {error}")).style(text::danger),
             };
             list = list.push(column![
                 text(format!("{peer}: {what}")),
                 row![
                     text(format!(
                         "{} · {} · {}",
-                        format::files(record.files),
+                        format::files(record.file_count),
                         format::bytes(record.bytes),
-                        format::duration(record.duration)
+                        // The file is the user's: a bad number shows as zero.
+                        format::duration(
+                            std::time::Duration::try_from_secs_f64(record.duration_secs)
+                                .unwrap_or_default()
+                        )
                     ))
                     .size(NOTE_SIZE),
                     outcome.size(NOTE_SIZE),

@@ -23,7 +23,7 @@ use std::time::Duration;
 use iced::futures::stream::{self, Stream, StreamExt};
 use p2p_core::transport::Stream as ByteStream;
 use p2p_core::{
-    EventSink, P2PSession, ReceiveOptions, SessionOptions, TransferEvent, TransferSummary,
+    EventSink, P2PSession, ReceiveOptions, SessionOptions, TransferEvent,
 };
 use tokio::sync::{mpsc, Notify};
 
@@ -49,8 +49,6 @@ pub enum WorkerEvent {
     },
     /// Progress and outcome of the running transfer, straight from the core.
     Transfer(TransferEvent),
-    /// A transfer completed (the `Finished` event came first); carries the names moved.
-    Completed(TransferSummary),
     /// A send command failed. When the transfer had started, a `Failed` event with the
     /// same error came first; otherwise (nothing to send, unreadable file) this is the
     /// only report.
@@ -185,7 +183,8 @@ async fn serve<S: ByteStream>(
                 }
             }
             result = session.receive(&receive, &sink) => match result {
-                Ok(Some(summary)) => out.send(WorkerEvent::Completed(summary)),
+                // The `Finished` event has told the window.
+                Ok(Some(_)) => {}
                 Ok(None) => break None,
                 Err(e) => break Some(e.to_string()),
             },
@@ -202,7 +201,7 @@ async fn serve<S: ByteStream>(
                         }
                     };
                     match result {
-                        Ok(summary) => out.send(WorkerEvent::Completed(summary)),
+                        Ok(_) => {}
                         Err(e) => {
                             out.send(WorkerEvent::SendFailed(e.to_string()));
                             // A failure before the transfer started (nothing to send, an

@@ -12,7 +12,7 @@ use iced_test::futures::BoxStream;
 use iced_test::runtime::{task, Action};
 use iced_test::{selector, Simulator};
 use p2p_core::{Direction, NoEvents, P2PSession, ReceiveOptions, SessionOptions, TransferEvent};
-use p2p_gui::history::Outcome;
+use p2p_core::history::Status;
 use p2p_gui::progress::TransferState;
 use p2p_gui::worker::WorkerEvent;
 use p2p_gui::{App, Launch, Message, Tab};
@@ -148,6 +148,7 @@ impl Harness {
 fn launch(config: &Path) -> Launch {
     Launch {
         config_dir: Some(config.to_path_buf()),
+        data_dir: Some(config.join("data")),
         ..Launch::default()
     }
 }
@@ -221,8 +222,8 @@ async fn a_selected_file_and_send_clicked_transfers_it_to_a_real_peer() {
         "bytes of total, then the speed"
     );
     let record = h.app.history.visible().next().unwrap();
-    assert_eq!(record.outcome, Outcome::Completed);
-    assert_eq!(record.names, ["report.bin"]);
+    assert_eq!(record.status, Status::Completed);
+    assert_eq!(record.files, ["report.bin"]);
     assert_eq!(sha256(&inbox.join("report.bin")), sha256(&file));
 
     // Disconnecting closes the session cleanly: the peer's event loop ends without error.
@@ -276,8 +277,8 @@ async fn listening_receives_what_a_peer_sends_into_the_output_folder() {
     let record = h.app.history.visible().next().unwrap();
     assert_eq!(record.direction, Direction::Receive);
     assert_eq!(record.peer, "laptop");
-    assert_eq!(record.outcome, Outcome::Completed);
-    assert_eq!(record.files, 2);
+    assert_eq!(record.status, Status::Completed);
+    assert_eq!(record.file_count, 2);
     assert!(inbox.join("photos/2024/b.jpg").is_file());
     assert_eq!(
         sha256(&inbox.join("photos/a.jpg")),
@@ -290,6 +291,20 @@ async fn listening_receives_what_a_peer_sends_into_the_output_folder() {
     h.run_until("the peer to leave", |app| app.peer().is_none())
         .await;
     assert!(h.app.worker.as_ref().unwrap().listening_on.is_some());
+    h.run_until("the record to be written", |app| app.history_writes == 0)
+        .await;
+    drop(h);
+
+    // The record is in the history file the CLI reads, and the next window shows it.
+    let file = p2p_core::history::History::in_dir(&config.join("data"));
+    let saved = file.load().unwrap().records;
+    assert_eq!(saved.len(), 1);
+    assert_eq!(saved[0].files, ["photos"]);
+    let mut h = Harness::new(launch(&config));
+    h.run_until("the history to load", |app| !app.history.is_empty())
+        .await;
+    h.click("History");
+    assert!(h.shows("From laptop: photos"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -388,8 +403,8 @@ async fn cancel_stops_a_running_send_and_no_file_appears() {
     assert_eq!(transfer.state, TransferState::Cancelled);
     assert!(transfer.done_bytes < 64 << 20);
     assert_eq!(
-        h.app.history.visible().next().map(|r| &r.outcome),
-        Some(&Outcome::Cancelled)
+        h.app.history.visible().next().map(|r| r.status),
+        Some(Status::Interrupted)
     );
     assert!(h.shows("Transfer cancelled; the connection was closed."));
     // The peer saw the connection go, and the file did not appear (what arrived is kept

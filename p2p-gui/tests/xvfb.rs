@@ -155,6 +155,7 @@ fn the_gui_receives_a_file_sent_by_the_cli_under_xvfb() {
         .env("DISPLAY", &display)
         .env_remove("WAYLAND_DISPLAY")
         .env("P2P_TRANSFER_CONFIG_DIR", &config)
+        .env("P2P_TRANSFER_DATA_DIR", dir.path().join("data"))
         .stderr(Stdio::piped())
         .spawn()
         .expect("start p2p-gui");
@@ -187,6 +188,7 @@ fn the_gui_receives_a_file_sent_by_the_cli_under_xvfb() {
         .arg("send")
         .arg(&file)
         .args(["--peer", &addr])
+        .env("P2P_TRANSFER_DATA_DIR", dir.path().join("data"))
         .stdout(Stdio::null())
         .spawn()
         .expect("start p2p-transfer send");
