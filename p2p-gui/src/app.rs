@@ -10,15 +10,18 @@ use std::time::Instant;
 
 use iced::task;
 use iced::Task;
+use p2p_core::discovery::{DiscoveryConfig, PeerInfo};
 use p2p_core::fs::source::SourceManifest;
 use p2p_core::settings::{Settings, DEFAULT_LISTEN_PORT};
 use p2p_core::{ReceiveOptions, SessionOptions, TransferEvent};
+use uuid::Uuid;
 
 use crate::history::{DirectionFilter, History, OutcomeFilter};
-use p2p_core::history::{History as HistoryFile, Record, Status};
+use crate::peers;
 use crate::progress::{TransferProgress, TransferState};
 use crate::settings_form::{SettingsForm, SettingsMessage};
 use crate::worker::{self, Plan, SessionHandle, WorkerEvent};
+use p2p_core::history::{History as HistoryFile, Record, Status};
 
 /// What the command line preselects when the window opens.
 #[derive(Debug, Clone, Default)]
@@ -38,6 +41,9 @@ pub struct Launch {
     /// Folder holding the transfer history (`history.jsonl`, shared with the CLI);
     /// `None` keeps the history of this window in memory only.
     pub data_dir: Option<PathBuf>,
+    /// How to find peers and announce this window on the local network; `None` turns
+    /// discovery off.
+    pub discovery: Option<DiscoveryConfig>,
 }
 
 /// The tabs, in order.
@@ -88,6 +94,13 @@ pub enum Message {
     Connect,
     /// Stop listening, or disconnect.
     Stop,
+    /// Start or stop looking for peers on the local network.
+    FindPeers,
+    StopFindingPeers,
+    /// The receivers found on the local network (or why discovery cannot run).
+    PeersFound(Result<Vec<PeerInfo>, String>),
+    /// Connect to a peer found on the local network.
+    ConnectTo(SocketAddr),
     /// A report from the session worker with this id.
     Worker(u64, WorkerEvent),
     // Send
@@ -198,6 +211,13 @@ pub struct App {
     pub history_writes: usize,
     /// Trouble reading or writing the history file.
     pub history_status: Option<Notice>,
+    /// This window's id on the network (beacons, sessions).
+    device_id: Uuid,
+    pub discovery: Option<DiscoveryConfig>,
+    /// Aborts the browsing task when dropped; `Some` while looking for peers.
+    browsing: Option<task::Handle>,
+    pub found_peers: Vec<PeerInfo>,
+    pub discovery_error: Option<String>,
 }
 
 impl App {
@@ -239,6 +259,11 @@ impl App {
             history_file: launch.data_dir.as_deref().map(HistoryFile::in_dir),
             history_writes: 0,
             history_status: None,
+            device_id: Uuid::new_v4(),
+            discovery: launch.discovery,
+            browsing: None,
+            found_peers: Vec::new(),
+            discovery_error: None,
         };
         let mut tasks = Vec::new();
         if let Some(file) = app.history_file.clone() {
@@ -278,6 +303,35 @@ impl App {
             Message::Listen => return self.listen(),
             Message::Connect => return self.connect(),
             Message::Stop => return self.stop(),
+            Message::FindPeers => {
+                let Some(config) = self.discovery.clone() else {
+                    return Task::none();
+                };
+                let (task, handle) =
+                    Task::run(peers::browse(config, self.device_id), Message::PeersFound)
+                        .abortable();
+                self.browsing = Some(handle.abort_on_drop());
+                self.found_peers.clear();
+                self.discovery_error = None;
+                return task;
+            }
+            Message::StopFindingPeers => self.browsing = None,
+            Message::PeersFound(Ok(peers)) => {
+                if self.browsing.is_some() {
+                    self.found_peers = peers;
+                }
+            }
+            Message::PeersFound(Err(e)) => {
+                self.browsing = None;
+                self.discovery_error = Some(e);
+            }
+            Message::ConnectTo(addr) => {
+                self.peer_address = addr.to_string();
+                self.browsing = None;
+                return self.start_worker(Plan::Connect {
+                    addr: addr.to_string(),
+                });
+            }
             Message::Worker(id, event) => {
                 if self.worker.as_ref().is_some_and(|w| w.id == id) {
                     return self.on_worker(event);
@@ -382,6 +436,11 @@ impl App {
         Task::none()
     }
 
+    /// Looking for peers on the local network.
+    pub fn is_browsing(&self) -> bool {
+        self.browsing.is_some()
+    }
+
     /// The connected peer, if any.
     pub fn peer(&self) -> Option<&Peer> {
         self.worker.as_ref().and_then(|w| w.peer.as_ref())
@@ -471,12 +530,18 @@ impl App {
             Plan::Connect { .. } => self.settings.session_config(),
         };
         let options = SessionOptions {
+            device_id: self.device_id,
             config,
             max_speed: self.settings.max_speed(),
             ..SessionOptions::default()
         };
         let (task, handle) = Task::run(
-            worker::run(plan.clone(), options, self.receive_options()),
+            worker::run(
+                plan.clone(),
+                options,
+                self.receive_options(),
+                self.discovery.clone(),
+            ),
             move |event| Message::Worker(id, event),
         )
         .abortable();
@@ -590,6 +655,7 @@ impl App {
                 return self.send_if_ready();
             }
             WorkerEvent::Transfer(event) => return self.on_transfer(event),
+            WorkerEvent::Note(note) => self.notice = Some(Notice::Info(note)),
             WorkerEvent::SendFailed(error) => {
                 self.send_pending = false;
                 // After a started transfer the `Failed` event has said it already.
@@ -719,7 +785,10 @@ impl App {
         match ending {
             Ending::Cancelled => {
                 t.cancel();
-                self.record(Status::Interrupted, Some("cancelled by the user".to_owned()))
+                self.record(
+                    Status::Interrupted,
+                    Some("cancelled by the user".to_owned()),
+                )
             }
             Ending::Stopped => {
                 t.cancel();

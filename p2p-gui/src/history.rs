@@ -126,7 +126,10 @@ mod tests {
         history.push(record(Direction::Send, Status::Failed));
         history.prepend(vec![record(Direction::Receive, Status::Completed)]);
         assert_eq!(history.visible().count(), 4);
-        assert_eq!(history.visible().next().map(|r| r.status), Some(Status::Failed));
+        assert_eq!(
+            history.visible().next().map(|r| r.status),
+            Some(Status::Failed)
+        );
         assert_eq!(
             history.visible().last().map(|r| r.direction),
             Some(Direction::Receive)

@@ -15,7 +15,8 @@
 //! | [`worker`] | the task that runs a p2p-core session and reports [`worker::WorkerEvent`]s |
 //! | [`progress`] | a transfer's bytes, speed and time left, folded from core events |
 //! | [`settings_form`] | the Settings tab's typed fields, checked before they are saved |
-//! | [`history`] | the History tab's records and filters |
+//! | [`history`] | the History tab's records (p2p-core's history file) and filters |
+//! | [`peers`] | finding receivers on the local network (p2p-core discovery) |
 //!
 //! The window never waits on the network or the disk: the worker runs in an iced task on
 //! the tokio executor and only sends messages back. Progress arrives at most ten times
@@ -24,6 +25,7 @@
 pub mod app;
 mod format;
 pub mod history;
+pub mod peers;
 pub mod progress;
 pub mod settings_form;
 mod view;

@@ -70,6 +70,13 @@ fn main() -> ExitCode {
         send: args.send,
         tab: args.tab,
         data_dir: p2p_core::history::data_dir(),
+        discovery: match p2p_core::discovery::DiscoveryConfig::from_env() {
+            Ok(config) => Some(config),
+            Err(e) => {
+                eprintln!("warning: finding peers is off: {e}");
+                None
+            }
+        },
     };
     let exit_after_transfer = args.exit_after_transfer;
     let failed = Arc::new(AtomicBool::new(false));

@@ -216,7 +216,8 @@ mod tests {
     fn speed_and_eta_follow_recent_progress() {
         let id = Uuid::new_v4();
         let t0 = Instant::now();
-        let mut p = TransferProgress::started(id, Direction::Send, 1, 1000, "peer".into(), vec![], t0);
+        let mut p =
+            TransferProgress::started(id, Direction::Send, 1, 1000, "peer".into(), vec![], t0);
         assert_eq!(p.speed(t0), None);
         assert_eq!(p.fraction(), 0.0);
         for i in 1..=10u64 {
@@ -239,7 +240,8 @@ mod tests {
     fn old_samples_age_out_so_a_stall_shows_a_lower_speed() {
         let id = Uuid::new_v4();
         let t0 = Instant::now();
-        let mut p = TransferProgress::started(id, Direction::Receive, 1, 1000, "peer".into(), vec![], t0);
+        let mut p =
+            TransferProgress::started(id, Direction::Receive, 1, 1000, "peer".into(), vec![], t0);
         p.apply(&progress(id, 600), t0 + Duration::from_secs(1));
         p.apply(&progress(id, 610), t0 + Duration::from_secs(5));
         p.apply(&progress(id, 620), t0 + Duration::from_secs(6));
@@ -251,7 +253,8 @@ mod tests {
     fn end_states() {
         let id = Uuid::new_v4();
         let t0 = Instant::now();
-        let mut p = TransferProgress::started(id, Direction::Send, 2, 1000, "peer".into(), vec![], t0);
+        let mut p =
+            TransferProgress::started(id, Direction::Send, 2, 1000, "peer".into(), vec![], t0);
         p.apply(
             &TransferEvent::Failed {
                 transfer_id: id,
@@ -268,7 +271,8 @@ mod tests {
         p.cancel();
         assert!(matches!(p.state, TransferState::Failed { .. }));
 
-        let mut p = TransferProgress::started(id, Direction::Send, 2, 1000, "peer".into(), vec![], t0);
+        let mut p =
+            TransferProgress::started(id, Direction::Send, 2, 1000, "peer".into(), vec![], t0);
         p.apply(
             &TransferEvent::Finished {
                 transfer_id: id,

@@ -14,10 +14,10 @@ use p2p_core::Direction;
 use crate::app::{App, Message, Notice, Tab};
 use crate::format;
 use crate::history::{DirectionFilter, OutcomeFilter};
-use p2p_core::history::Status;
 use crate::progress::TransferState;
 use crate::settings_form::{SettingsForm, SettingsMessage};
 use crate::worker::Plan;
+use p2p_core::history::Status;
 
 const SPACING: f32 = 12.0;
 const NOTE_SIZE: f32 = 13.0;
@@ -78,7 +78,7 @@ impl App {
         ]
         .spacing(6);
         let connect = column![
-            heading("Connect to a peer"),
+            heading("Connect by address"),
             note("The address your peer's window shows, like 192.168.1.20:14567."),
             row![
                 text_input("host:port", &self.peer_address)
@@ -96,15 +96,63 @@ impl App {
             .align_y(iced::Center),
         ]
         .spacing(6);
-        let peers = column![
-            heading("Peers on this network"),
-            note(
-                "None found: finding peers on the local network is not available yet. \
-                 Connect by address for now.",
-            ),
-        ]
-        .spacing(6);
-        column![listen, connect, peers].spacing(24).into()
+        column![listen, connect, self.peers_section()]
+            .spacing(24)
+            .into()
+    }
+
+    fn peers_section(&self) -> Element<'_, Message> {
+        let mut section = column![heading("Peers on this network")].spacing(6);
+        if self.discovery.is_none() {
+            return section
+                .push(note(
+                    "Finding peers is switched off (see the warning printed at start-up).",
+                ))
+                .into();
+        }
+        if !self.is_browsing() {
+            section = section.push(
+                row![
+                    button("Find peers").on_press(Message::FindPeers),
+                    note("Lists the windows and `p2p-transfer receive` waiting on this network."),
+                ]
+                .spacing(SPACING)
+                .align_y(iced::Center),
+            );
+            if let Some(error) = &self.discovery_error {
+                section = section.push(text(error.as_str()).style(text::danger));
+            }
+            return section.into();
+        }
+        section = section.push(
+            row![
+                button("Stop looking")
+                    .style(button::secondary)
+                    .on_press(Message::StopFindingPeers),
+                note("Looking… a waiting peer shows up within a few seconds."),
+            ]
+            .spacing(SPACING)
+            .align_y(iced::Center),
+        );
+        let running = self.worker.is_some();
+        for peer in &self.found_peers {
+            let label = if peer.is_compatible() {
+                format!("{} at {}", peer.name, peer.addr)
+            } else {
+                format!("{} at {} (another protocol version)", peer.name, peer.addr)
+            };
+            let connect =
+                (!running && peer.is_compatible()).then_some(Message::ConnectTo(peer.addr));
+            section = section.push(
+                row![
+                    text(label).width(Fill),
+                    button("Connect to this peer").on_press_maybe(connect),
+                ]
+                .spacing(SPACING)
+                .align_y(iced::Center),
+            );
+        }
+        section.into()
     }
 
     fn send_tab(&self) -> Element<'_, Message> {

@@ -13,7 +13,7 @@
 //! protocol has no message that abandons one transfer and keeps the connection.
 
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -21,10 +21,9 @@ use std::task::Poll;
 use std::time::Duration;
 
 use iced::futures::stream::{self, Stream, StreamExt};
+use p2p_core::discovery::{Announcer, Beacon, BeaconTargets, DiscoveryConfig};
 use p2p_core::transport::Stream as ByteStream;
-use p2p_core::{
-    EventSink, P2PSession, ReceiveOptions, SessionOptions, TransferEvent,
-};
+use p2p_core::{EventSink, P2PSession, ReceiveOptions, SessionOptions, TransferEvent};
 use tokio::sync::{mpsc, Notify};
 
 /// How to reach the peer.
@@ -41,6 +40,9 @@ pub enum Plan {
 pub enum WorkerEvent {
     /// The listener is bound.
     Listening(SocketAddr),
+    /// Something worth a line in the status bar that changes nothing (announcing on
+    /// the local network failed, …).
+    Note(String),
     /// A session is established.
     Connected {
         peer: String,
@@ -95,16 +97,20 @@ impl SessionHandle {
 }
 
 /// Starts a worker. The stream ends after [`WorkerEvent::Stopped`].
+///
+/// While listening, the worker announces itself on the local network with
+/// `discovery` (as `p2p-transfer receive` does), unless it is `None`.
 pub fn run(
     plan: Plan,
     options: SessionOptions,
     receive: ReceiveOptions,
+    discovery: Option<DiscoveryConfig>,
 ) -> impl Stream<Item = WorkerEvent> {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let out = Output(tx);
     let work = async move {
         let error = match plan {
-            Plan::Listen { bind } => listen(&bind, &options, receive, &out).await,
+            Plan::Listen { bind } => listen(&bind, &options, receive, discovery, &out).await,
             Plan::Connect { addr } => match P2PSession::connect(&addr, &options).await {
                 Ok(session) => {
                     serve(session, receive, &out).await;
@@ -127,16 +133,20 @@ async fn listen(
     bind: &str,
     options: &SessionOptions,
     mut receive: ReceiveOptions,
+    discovery: Option<DiscoveryConfig>,
     out: &Output,
 ) -> Option<String> {
     let listener = match p2p_core::transport::listen(bind).await {
         Ok(listener) => listener,
         Err(e) => return Some(e.to_string()),
     };
-    match listener.local_addr() {
-        Ok(addr) => out.send(WorkerEvent::Listening(addr)),
+    let addr = match listener.local_addr() {
+        Ok(addr) => addr,
         Err(e) => return Some(format!("cannot read the listening address: {e}")),
-    }
+    };
+    out.send(WorkerEvent::Listening(addr));
+    // Stops announcing when dropped, with the listener.
+    let _announcer = discovery.and_then(|config| announce(config, options, addr, out));
     loop {
         match P2PSession::accept(&listener, options).await {
             Ok(session) => receive = serve(session, receive, out).await,
@@ -147,6 +157,30 @@ async fn listen(
                 // Keep a persistent accept failure (out of file handles) from spinning.
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
+        }
+    }
+}
+
+/// Announces a listener on the local network. A listener on a loopback address is
+/// reachable from this host only, so it is announced on the loopback network only
+/// (unless the configuration names its own targets): nothing leaves the machine.
+fn announce(
+    mut config: DiscoveryConfig,
+    options: &SessionOptions,
+    addr: SocketAddr,
+    out: &Output,
+) -> Option<Announcer> {
+    if addr.ip().is_loopback() && config.targets == BeaconTargets::AllInterfaces {
+        config.targets = BeaconTargets::Only(vec![Ipv4Addr::new(127, 255, 255, 255).into()]);
+    }
+    let beacon = Beacon::new(options.device_id, &options.device_name, addr.port());
+    match Announcer::start(beacon, &config) {
+        Ok(announcer) => Some(announcer),
+        Err(e) => {
+            out.send(WorkerEvent::Note(format!(
+                "Not announcing on the local network: {e}"
+            )));
+            None
         }
     }
 }

@@ -11,8 +11,8 @@ use iced::Task;
 use iced_test::futures::BoxStream;
 use iced_test::runtime::{task, Action};
 use iced_test::{selector, Simulator};
-use p2p_core::{Direction, NoEvents, P2PSession, ReceiveOptions, SessionOptions, TransferEvent};
 use p2p_core::history::Status;
+use p2p_core::{Direction, NoEvents, P2PSession, ReceiveOptions, SessionOptions, TransferEvent};
 use p2p_gui::progress::TransferState;
 use p2p_gui::worker::WorkerEvent;
 use p2p_gui::{App, Launch, Message, Tab};
@@ -475,11 +475,78 @@ async fn connecting_to_nobody_says_so_in_plain_words() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_history_tab_says_history_is_not_kept_yet() {
+async fn an_empty_history_says_so() {
     let dir = tempfile::tempdir().unwrap();
     let mut h = Harness::new(launch(dir.path()));
     h.click("History");
     assert!(h.shows("No transfers yet"));
     h.click("Connection");
     assert!(h.shows("Peers on this network"));
+}
+
+/// Discovery on the loopback network only, on a port of its own.
+fn loopback_discovery() -> p2p_core::discovery::DiscoveryConfig {
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    p2p_core::discovery::DiscoveryConfig {
+        port,
+        interval: Duration::from_millis(200),
+        peer_ttl: Duration::from_secs(5),
+        targets: p2p_core::discovery::BeaconTargets::Only(vec!["127.255.255.255".parse().unwrap()]),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_found_on_the_network_is_one_click_away() {
+    let dir = tempfile::tempdir().unwrap();
+    let discovery = loopback_discovery();
+    let (addr, receiver) = loopback_receiver(dir.path().join("inbox")).await;
+    let port: u16 = addr.rsplit(':').next().unwrap().parse().unwrap();
+    let beacon = p2p_core::discovery::Beacon::new(uuid::Uuid::new_v4(), "living-room", port);
+    let _announcer = p2p_core::discovery::Announcer::start(beacon, &discovery).unwrap();
+
+    let mut h = Harness::new(Launch {
+        discovery: Some(discovery),
+        ..launch(&dir.path().join("config"))
+    });
+    h.click("Find peers");
+    assert!(h.app.is_browsing());
+    h.run_until("the receiver's beacon", |app| !app.found_peers.is_empty())
+        .await;
+    assert!(h.shows(&format!("living-room at {addr}")));
+    h.click("Connect to this peer");
+    assert!(!h.app.is_browsing(), "connecting stops looking");
+    h.run_until("the connection", |app| app.peer().is_some())
+        .await;
+    assert_eq!(h.app.peer_address, addr);
+    h.click("Disconnect");
+    h.settle().await;
+    receiver.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listening_window_announces_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let discovery = loopback_discovery();
+    let mut h = Harness::new(Launch {
+        discovery: Some(discovery.clone()),
+        ..launch(&dir.path().join("config"))
+    });
+    h.update(Message::ListenPortChanged("0".into()));
+    h.click("Listen");
+    h.run_until("the listener", |app| {
+        app.worker
+            .as_ref()
+            .is_some_and(|w| w.listening_on.is_some())
+    })
+    .await;
+    let port = h.app.worker.as_ref().unwrap().listening_on.unwrap().port();
+    let peer = p2p_core::discovery::find_with(&discovery, None, Duration::from_secs(5))
+        .await
+        .expect("the window's beacon");
+    assert_eq!(peer.addr.port(), port);
+    assert_eq!(peer.name, p2p_core::session::default_device_name());
 }
