@@ -144,12 +144,15 @@ pub fn main() -> ExitCode {
     };
     let recorder = record::Recorder::new(p2p_core::history::History::default_location());
     let result = runtime.block_on(async {
+        // Biased, Ctrl+C first: its handler is installed on the first poll, before the
+        // command can print anything (a test sends SIGINT right after "listening on").
         tokio::select! {
-            result = commands::run(cli.command, &recorder) => result,
+            biased;
             _ = tokio::signal::ctrl_c() => {
                 recorder.interrupted();
                 Err(anyhow::Error::new(exit::Interrupted))
             }
+            result = commands::run(cli.command, &recorder) => result,
         }
     });
     match result {
