@@ -25,8 +25,8 @@ until [ -s "$work/display" ]; do sleep 0.1; done
 export DISPLAY=":$(cat "$work/display")"
 unset WAYLAND_DISPLAY
 export P2P_TRANSFER_CONFIG_DIR="$work/config" P2P_TRANSFER_DATA_DIR="$work/data"
-# Discovery beacons stay on this machine.
-export P2P_DISCOVERY_TARGETS=127.255.255.255
+# Discovery beacons stay on this machine, on a port of their own.
+export P2P_DISCOVERY_TARGETS=127.255.255.255 P2P_DISCOVERY_PORT=$((20000 + RANDOM % 20000))
 
 # Waits until FILE has a line matching PATTERN (at most 60 s).
 wait_for() {
@@ -75,9 +75,15 @@ head -c $((1 << 20)) /dev/urandom >"$work/photos/cover.jpg"
 head -c $((1 << 30)) /dev/urandom >"$work/film.mkv"
 printf 'minutes of the meeting\n' >"$work/notes.txt"
 
-# Connection: listening, waiting for a peer.
-gui connection --listen 0.0.0.0:0
-wait_for "$work/connection.err" "listening on"
+# Connection: a receiver waits on this network (a CLI announcing itself); the window
+# has found it.
+mkdir -p "$work/in-announced"
+"$BIN/p2p-transfer" receive --bind 127.0.0.1 --port 0 --name living-room \
+    --output "$work/in-announced" >/dev/null 2>"$work/announced.err" &
+pids+=($!)
+wait_for "$work/announced.err" "listening on"
+gui connection --find-peers
+sleep 1.5
 shot connection
 
 # Send: connected to a CLI receiver, sending a folder and a large file (caught mid-way).

@@ -44,6 +44,8 @@ pub struct Launch {
     /// How to find peers and announce this window on the local network; `None` turns
     /// discovery off.
     pub discovery: Option<DiscoveryConfig>,
+    /// Start looking for peers on the local network at once.
+    pub find_peers: bool,
 }
 
 /// The tabs, in order.
@@ -281,6 +283,9 @@ impl App {
         }
         if let Some(tab) = launch.tab {
             app.tab = tab;
+        }
+        if launch.find_peers {
+            tasks.push(app.update(Message::FindPeers));
         }
         (app, Task::batch(tasks))
     }

@@ -40,6 +40,9 @@ struct Args {
     /// Close the window after the first transfer ends (exit code 1 if it failed).
     #[arg(long)]
     exit_after_transfer: bool,
+    /// Start looking for peers on the local network at once.
+    #[arg(long)]
+    find_peers: bool,
     /// Open on this tab: connection, send, receive, settings or history.
     #[arg(long, value_parser = parse_tab)]
     tab: Option<Tab>,
@@ -70,6 +73,7 @@ fn main() -> ExitCode {
         send: args.send,
         tab: args.tab,
         data_dir: p2p_core::history::data_dir(),
+        find_peers: args.find_peers,
         discovery: match p2p_core::discovery::DiscoveryConfig::from_env() {
             Ok(config) => Some(config),
             Err(e) => {
