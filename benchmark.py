@@ -17,6 +17,11 @@ With --compare it also runs scp and rsync over a local sshd, and magic-wormhole 
 own local mailbox server and transit relay; it installs and starts these itself and stops
 every server it started at the end, even on error.
 
+Unless --skip-resilience is given, it also measures two things that are not throughput:
+how close `send --max-speed` 5M, 20M and 50M come to the asked rate over a 10-second
+transfer, and how many bytes a `resume` sends again after the sender of a 256 MiB transfer
+got SIGINT at 50% (through a counting TCP proxy on 127.0.0.1, in this script's threads).
+
 Every figure is reported in MiB/s and as a ratio to the limits measured in the same run:
 on-disk rates to the on-disk local copy, page-cache rates to the page-cache local copy.
 The results are printed and written to docs/benchmarks.md (see --output).
@@ -26,6 +31,7 @@ Typical use:
     python3 benchmark.py                                   # full data sets, no comparison
     python3 benchmark.py --compare                         # with scp, rsync, magic-wormhole
     python3 benchmark.py --big-size 64M --small-count 300 --windows 1,16 --output /tmp/b.md
+    python3 benchmark.py --skip-big --skip-small --output /tmp/r.md  # throttle + resume only
 
 Python 3.11, standard library only. Linux only (pidfd_open, wait4, /proc).
 """
@@ -50,7 +56,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -427,19 +435,25 @@ def _save_meta(meta_path: Path, params: dict, root: Path, rels: list[str]) -> di
     return meta
 
 
-def make_big_dataset(data_dir: Path, size: int) -> Dataset:
-    """One file of `size` random bytes, reused if an identical one is already there."""
+def make_random_file(data_dir: Path, key: str, size: int, kind: str = "random-file") -> Dataset:
+    """One file `<key>.bin` of `size` random bytes, reused if an identical one is there."""
     data_dir.mkdir(parents=True, exist_ok=True)
-    path = data_dir / "big.bin"
-    params = {"kind": "big", "size": size}
-    meta = _load_meta(data_dir / "big.meta.json", params, data_dir)
+    name = f"{key}.bin"
+    path = data_dir / name
+    params = {"kind": kind, "size": size}
+    meta = _load_meta(data_dir / f"{key}.meta.json", params, data_dir)
     if meta is None:
         print(f"generating {path} ({human_size(size)} random bytes)…", flush=True)
         _write_random(path, size)
-        meta = _save_meta(data_dir / "big.meta.json", params, data_dir, ["big.bin"])
+        meta = _save_meta(data_dir / f"{key}.meta.json", params, data_dir, [name])
     else:
         print(f"reusing {path}", flush=True)
-    return Dataset("big", f"1 file, {human_size(size)}", path, meta["hashes"], size, 1)
+    return Dataset(key, f"1 file, {human_size(size)}", path, meta["hashes"], size, 1)
+
+
+def make_big_dataset(data_dir: Path, size: int) -> Dataset:
+    """One file of `size` random bytes, reused if an identical one is already there."""
+    return make_random_file(data_dir, "big", size, kind="big")
 
 
 def make_small_dataset(data_dir: Path, count: int) -> Dataset:
@@ -694,19 +708,13 @@ def measure_p2p(ctx: Context, ds: Dataset, window: int) -> Result:
     def once(ctx: Context, ds: Dataset, out: Path, result: Result, i: int):
         name = ctx.log_name(f"p2p-{ds.key}-w{window}-r{i}")
         binary = str(ctx.args.binary)
-        recv = ctx.procs.start(f"{name}-receive", [
-            binary, "receive", "--output", out, "--port", "0", "--bind", LOOPBACK])
-        try:
-            addr = wait_listening(recv, timeout=30)
-        except BenchError:
-            ctx.procs.stop(recv)
-            raise
+        recv, addr = start_receiver(ctx, f"{name}-receive", out)
         send_argv = [binary, "send", ds.path, "--peer", addr, "--window-size", str(window)]
         if ctx.args.chunk_size:
             send_argv += ["--chunk-size", str(ctx.args.chunk_size)]
         send_argv += ctx.args.send_arg
         t0 = start_clock()
-        send = ctx.procs.start(f"{name}-send", send_argv)
+        send = ctx.procs.start(f"{name}-send", send_argv, env=p2p_env(ctx))
         exits = ctx.procs.wait([send, recv], ctx.args.timeout)
         end = max(e.end for e in exits.values())
         check_exits(exits, f"p2p-transfer (window {window})")
@@ -1085,6 +1093,489 @@ def measure_wormhole(ctx: Context, ds: Dataset, wh: Wormhole | None, why: str) -
     return measure(ctx, result, ds, once)
 
 
+# ---- resilience: throttle accuracy, bytes re-sent after an interruption --------------
+
+THROTTLE_RATES = [5, 20, 50]       # MiB/s, each sent for THROTTLE_SECONDS
+THROTTLE_SECONDS = 10
+THROTTLE_TOLERANCE = 5.0           # ± % (the issue's target)
+RESUME_SIZE = 256 * MiB
+RESUME_SPEED = 64                  # MiB/s, --max-speed of the interrupted attempt
+RESUME_AT = 50.0                   # % the receiver reports when the sender gets SIGINT
+DEFAULT_WINDOW = 16                # p2p-transfer's default window (chunks in flight)
+SAVE_INTERVAL = 0.25               # s: the receiver saves its resume state every 250 ms…
+SAVE_BYTES = 16 * MiB              # …or 16 MiB (p2p-core transfer/driver.rs)
+DONE_RE = re.compile(r"done: (\d+) file\(s\), (\d+) bytes in ([\d.]+) s \(([^)]*)\)")
+PROGRESS_RE = re.compile(r"progress\s+([\d.]+)%\s+(\d+)/(\d+) bytes")
+RESUMING_RE = re.compile(r"resuming: (\d+) bytes already there")
+
+
+def resume_bound(chunk_size: int) -> tuple[int, str]:
+    """Bytes a resume may re-send after a kill, and how that figure is made up."""
+    in_flight = DEFAULT_WINDOW * chunk_size
+    unsaved = min(SAVE_BYTES, int(RESUME_SPEED * MiB * SAVE_INTERVAL))
+    how = (f"window {DEFAULT_WINDOW} × chunk {human_size(chunk_size)} = "
+           f"{human_size(in_flight)} in flight, + at most {human_size(unsaved)} written but "
+           f"not yet saved as durable (state saved every {SAVE_INTERVAL * 1000:.0f} ms or "
+           f"{human_size(SAVE_BYTES)}; {RESUME_SPEED} MiB/s × {SAVE_INTERVAL:g} s = "
+           f"{human_size(int(RESUME_SPEED * MiB * SAVE_INTERVAL))})")
+    return in_flight + unsaved, how
+
+
+def p2p_env(ctx: "Context") -> dict:
+    """p2p-transfer keeps its history here instead of in the user's data folder."""
+    return dict(os.environ, P2P_TRANSFER_DATA_DIR=str(ctx.workdir / "p2p-data"))
+
+
+def start_receiver(ctx: "Context", name: str, out: Path) -> tuple[Child, str]:
+    recv = ctx.procs.start(name, [str(ctx.args.binary), "receive", "--output", out,
+                                  "--port", "0", "--bind", LOOPBACK], env=p2p_env(ctx))
+    try:
+        return recv, wait_listening(recv, timeout=30)
+    except BenchError:
+        ctx.procs.stop(recv)
+        raise
+
+
+@dataclass
+class ThrottleRun:
+    wall_seconds: float             # start of the sender process → its exit
+    reported_seconds: float | None  # the sender's own `done: … in S s`
+    reported_line: str | None
+
+
+@dataclass
+class ThrottleResult:
+    rate_mib: int
+    file_bytes: int
+    runs: list[ThrottleRun] = field(default_factory=list)
+    status: str = "ok"
+
+    def errors(self, reported: bool = False) -> list[float]:
+        """Per run: (achieved rate / asked rate − 1) in %."""
+        out = []
+        for r in self.runs:
+            seconds = r.reported_seconds if reported else r.wall_seconds
+            if seconds:
+                out.append((self.file_bytes / MiB / seconds / self.rate_mib - 1) * 100)
+        return out
+
+    def rate(self, reported: bool = False) -> float | None:
+        values = [r.reported_seconds if reported else r.wall_seconds for r in self.runs]
+        values = [v for v in values if v]
+        return self.file_bytes / MiB / statistics.median(values) if values else None
+
+    def passed(self) -> bool | None:
+        errors = self.errors()
+        if self.status != "ok" or not errors:
+            return None
+        return all(abs(e) <= THROTTLE_TOLERANCE for e in errors)
+
+
+def measure_throttle(ctx: "Context", ds: Dataset, rate_mib: int) -> ThrottleResult:
+    """send FILE --max-speed <rate>M: achieved rate = bytes / wall time of the sender."""
+    result = ThrottleResult(rate_mib, ds.total_bytes)
+    binary = str(ctx.args.binary)
+    for i in range(ctx.args.repeat):
+        name = ctx.log_name(f"throttle-{rate_mib}M-r{i}")
+        try:
+            out = ctx.fresh_output()
+            recv, addr = start_receiver(ctx, f"{name}-receive", out)
+            t0 = start_clock()
+            send = ctx.procs.start(f"{name}-send", [
+                binary, "send", ds.path, "--peer", addr, "--max-speed", f"{rate_mib}M"],
+                env=p2p_env(ctx))
+            exits = ctx.procs.wait([send, recv], ctx.args.timeout)
+            check_exits(exits, f"p2p-transfer --max-speed {rate_mib}M")
+            wall = exits[send.name].end - t0
+            check_output(ctx, ds, out, Result("throttle", "resilience", ds.key), "throttle")
+            m = DONE_RE.search(send.out.read_text(errors="replace"))
+            run = ThrottleRun(wall, float(m.group(3)) if m and float(m.group(3)) > 0 else None,
+                              m.group(0) if m else None)
+            if m is None:
+                note = f"throttle {rate_mib}M: no `done:` summary line on the sender's stdout"
+                if note not in ctx.warnings:
+                    ctx.warnings.append(note)
+        except BenchError as e:
+            result.status = f"FAILED: {str(e).splitlines()[0]}"
+            print(f"\n!!! throttle {rate_mib} MiB/s: FAILED\n{e}\n", file=sys.stderr, flush=True)
+            ctx.failures.append(f"throttle {rate_mib} MiB/s: {e}")
+            break
+        finally:
+            ctx.clear_output()
+        result.runs.append(run)
+        err = result.errors()[-1]
+        print(f"  throttle {rate_mib:>3} MiB/s run {i + 1}: "
+              f"{ds.total_bytes / MiB / wall:7.2f} MiB/s in {wall:.3f} s ({err:+.2f}%); "
+              f"sender says: {run.reported_line or 'n/a'}", flush=True)
+    return result
+
+
+class CountingProxy:
+    """A TCP proxy on 127.0.0.1:<free port> that forwards every connection it accepts to
+    `self.target` (a 127.0.0.1 host:port that may change between connections) and counts
+    the bytes that pass in each direction, per connection. Threads only."""
+
+    def __init__(self) -> None:
+        self.srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.srv.bind((LOOPBACK, 0))
+        self.srv.listen(8)
+        self.addr = f"{LOOPBACK}:{self.srv.getsockname()[1]}"
+        self.target: str | None = None
+        self.lock = threading.Lock()
+        self.connections: list[dict] = []  # {"up": client→server, "down": …, "open": …}
+        self.errors: list[str] = []
+        self.closed = False
+        self.acceptor = threading.Thread(target=self._accept_loop, daemon=True,
+                                         name="proxy-accept")
+        self.acceptor.start()
+
+    def set_target(self, addr: str) -> None:
+        if addr.rsplit(":", 1)[0] != LOOPBACK:
+            raise BenchError(f"proxy target {addr} is not on {LOOPBACK}; refusing")
+        self.target = addr
+
+    def _accept_loop(self) -> None:
+        while True:
+            try:
+                client, _ = self.srv.accept()
+            except OSError:
+                return
+            if self.closed:
+                client.close()
+                return
+            target = self.target
+            try:
+                if target is None:
+                    raise OSError("no target set")
+                host, port = target.rsplit(":", 1)
+                server = socket.create_connection((host, int(port)), timeout=10)
+                server.settimeout(None)
+            except OSError as e:
+                with self.lock:
+                    self.errors.append(f"cannot connect to {target}: {e}")
+                client.close()
+                continue
+            conn = {"up": 0, "down": 0, "open": 2, "socks": (client, server)}
+            with self.lock:
+                self.connections.append(conn)
+            for src, dst, key in ((client, server, "up"), (server, client, "down")):
+                threading.Thread(target=self._pump, args=(src, dst, conn, key),
+                                 daemon=True, name=f"proxy-{key}").start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, conn: dict, key: str) -> None:
+        buf = bytearray(256 * 1024)
+        view = memoryview(buf)
+        clean = False
+        try:
+            while True:
+                n = src.recv_into(buf)
+                if not n:
+                    clean = True
+                    break
+                with self.lock:
+                    conn[key] += n  # counted when read: what the sending end put on the wire
+                dst.sendall(view[:n])
+        except OSError:
+            pass
+        try:
+            if clean:
+                dst.shutdown(socket.SHUT_WR)  # pass the half-close on
+            else:  # a reset or a dead peer: tear the whole connection down
+                for s in conn["socks"]:
+                    s.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        with self.lock:
+            conn["open"] -= 1
+            last = conn["open"] == 0
+        if last:
+            for s in conn["socks"]:
+                s.close()
+
+    def totals(self) -> tuple[int, int, int]:
+        """(connections, client→server bytes, server→client bytes) so far."""
+        with self.lock:
+            return (len(self.connections), sum(c["up"] for c in self.connections),
+                    sum(c["down"] for c in self.connections))
+
+    def wait_idle(self, timeout: float = 10) -> None:
+        """Waits until every proxied connection has closed both ways."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.lock:
+                if all(c["open"] == 0 for c in self.connections):
+                    return
+            time.sleep(0.02)
+
+    def close(self) -> None:
+        """Stops accepting and tears down every connection. The listening socket is shut
+        down before it is closed, which wakes the thread blocked in accept(): a bare close()
+        would not, and that thread, woken later, could accept on a new socket that reused
+        the descriptor number (another proxy's)."""
+        self.closed = True
+        try:
+            self.srv.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.acceptor.join(timeout=10)
+        try:
+            self.srv.close()
+        except OSError:
+            pass
+        with self.lock:
+            conns = list(self.connections)
+        for c in conns:
+            for s in c["socks"]:
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+
+@dataclass
+class ResumeRun:
+    file_bytes: int
+    killed_at_pct: float            # what the receiver reported when SIGINT was sent
+    killed_at_bytes: int
+    wire_first: int                 # client→server bytes through the proxy, 1st attempt
+    wire_second: int                # … 2nd attempt
+    skipped: int | None             # `resuming: N bytes already there` of the 2nd attempt
+    first_exits: str                # "sender 130 / receiver 3"
+    resume_hint: bool               # the interrupted sender printed a resume command
+    second_seconds: float
+    connections: int
+
+    @property
+    def wire_total(self) -> int:
+        return self.wire_first + self.wire_second
+
+    @property
+    def resent(self) -> int:
+        return self.wire_total - self.file_bytes
+
+
+@dataclass
+class ResumeResult:
+    runs: list[ResumeRun] = field(default_factory=list)
+    status: str = "ok"
+    bound: int = 0
+    bound_how: str = ""
+
+    def passed(self) -> bool | None:
+        if self.status != "ok" or not self.runs:
+            return None
+        return all(r.resent <= self.bound for r in self.runs)
+
+
+def wait_progress(ctx: "Context", recv: Child, send: Child, pct: float,
+                  timeout: float) -> tuple[float, int]:
+    """Polls the receiver's plain progress lines until one reports ≥ pct %."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            text = recv.out.read_text(errors="replace")
+        except OSError:
+            text = ""
+        found = PROGRESS_RE.findall(text)
+        if found and float(found[-1][0]) >= pct:
+            return float(found[-1][0]), int(found[-1][1])
+        if send.exited() or recv.exited():
+            raise BenchError(f"the transfer ended before the receiver reported {pct:g}% "
+                             f"(last: {found[-1][0] + '%' if found else 'no progress line'})"
+                             f"\nsender stderr:\n{tail(send.err)}\n"
+                             f"receiver stderr:\n{tail(recv.err)}")
+        if time.monotonic() > deadline:
+            raise BenchError(f"the receiver did not report {pct:g}% within {timeout:.0f}s")
+        time.sleep(0.01)
+
+
+def measure_resume(ctx: "Context", ds: Dataset, chunk_size: int) -> ResumeResult:
+    """resume <new id> through a counting proxy at --max-speed 64M, SIGINT to the sender
+    once the receiver reports ≥ 50%, then a new receiver on the same output folder and the
+    same resume command unthrottled; counts what crossed the proxy towards the receiver."""
+    bound, how = resume_bound(chunk_size)
+    result = ResumeResult(bound=bound, bound_how=how)
+    binary = str(ctx.args.binary)
+    for i in range(ctx.args.repeat):
+        name = ctx.log_name(f"resume-r{i}")
+        transfer_id = str(uuid.uuid4())
+        proxy = CountingProxy()
+        send_base = [binary, "resume", transfer_id, "--path", ds.path, "--peer", proxy.addr]
+        try:
+            out = ctx.fresh_output()
+            # 1st attempt: throttled, interrupted at ≥ 50%.
+            recv, addr = start_receiver(ctx, f"{name}-1-receive", out)
+            proxy.set_target(addr)
+            send = ctx.procs.start(f"{name}-1-send",
+                                   send_base + ["--max-speed", f"{RESUME_SPEED}M"],
+                                   env=p2p_env(ctx))
+            try:
+                pct, at_bytes = wait_progress(ctx, recv, send, RESUME_AT, ctx.args.timeout)
+                os.kill(send.pid, signal.SIGINT)
+            except BaseException:
+                for c in (send, recv):
+                    ctx.procs.stop(c)
+                raise
+            exits = ctx.procs.wait([send, recv], 60)
+            proxy.wait_idle()
+            _, wire_first, _ = proxy.totals()
+            e_send, e_recv = exits[send.name], exits[recv.name]
+            if any(e.timed_out for e in (e_send, e_recv)):
+                raise BenchError("after SIGINT, the sender or the receiver did not exit "
+                                 f"within 60 s (sender {e_send.returncode}, "
+                                 f"receiver {e_recv.returncode})")
+            if e_send.returncode == 0:
+                raise BenchError("the sender finished before it could be interrupted")
+            first_exits = f"sender {e_send.returncode} / receiver {e_recv.returncode}"
+            err_text = send.err.read_text(errors="replace")
+            hint = f"p2p-transfer resume {transfer_id}" in err_text
+            if (e_send.returncode, e_recv.returncode) != (130, 3) or not hint:
+                note = (f"resume run {i + 1}: after SIGINT, {first_exits} (expected 130 / 3)"
+                        + ("" if hint else "; the sender printed no resume command"))
+                print(f"warning: {note}", file=sys.stderr)
+                ctx.warnings.append(note)
+            # 2nd attempt: a new receiver on the same folder, the same command, no throttle.
+            recv2, addr2 = start_receiver(ctx, f"{name}-2-receive", out)
+            proxy.set_target(addr2)
+            t0 = time.perf_counter()
+            send2 = ctx.procs.start(f"{name}-2-send", send_base, env=p2p_env(ctx))
+            # Once one end has exited, the other gets 30 s (not the whole --timeout): a
+            # receiver whose sender failed would wait for it for ever.
+            deadline = time.monotonic() + ctx.args.timeout
+            while (not send2.exited() and not recv2.exited()
+                   and time.monotonic() < deadline):
+                time.sleep(0.02)
+            exits = ctx.procs.wait([send2, recv2],
+                                   max(0.0, min(30.0, deadline - time.monotonic())))
+            seconds = max(e.end for e in exits.values()) - t0
+            try:
+                check_exits(exits, "p2p-transfer resume (2nd attempt)")
+            except BenchError as e:
+                raise BenchError(f"{e}\nproxy: {proxy.totals()[0]} connection(s)"
+                                 + (f"; errors: {proxy.errors}" if proxy.errors else ""))
+            proxy.wait_idle()
+            conns, wire_total, _ = proxy.totals()
+            check_output(ctx, ds, out, Result("resume", "resilience", ds.key), "resume")
+            m = RESUMING_RE.search(send2.out.read_text(errors="replace"))
+            run = ResumeRun(ds.total_bytes, pct, at_bytes, wire_first, wire_total - wire_first,
+                            int(m.group(1)) if m else None, first_exits, hint, seconds, conns)
+        except BenchError as e:
+            result.status = f"FAILED: {str(e).splitlines()[0]}"
+            print(f"\n!!! resume after an interruption: FAILED\n{e}\n", file=sys.stderr,
+                  flush=True)
+            ctx.failures.append(f"resume after an interruption: {e}")
+            break
+        finally:
+            proxy.close()
+            ctx.clear_output()
+        result.runs.append(run)
+        print(f"  resume run {i + 1}: SIGINT at {pct:.1f}% ({first_exits}); on the wire "
+              f"{run.wire_first / MiB:.1f} + {run.wire_second / MiB:.1f} MiB = "
+              f"{run.wire_total / MiB:.1f} MiB for a {ds.total_bytes / MiB:.0f} MiB file: "
+              f"re-sent {run.resent / MiB:.2f} MiB ({run.resent / ds.total_bytes:.1%}); "
+              f"2nd attempt skipped "
+              f"{'n/a' if run.skipped is None else f'{run.skipped / MiB:.1f} MiB'}, "
+              f"took {seconds:.2f} s", flush=True)
+    return result
+
+
+def fmt_mib(n: int | None, spec: str = ".1f") -> str:
+    return "n/a" if n is None else f"{n / MiB:{spec}} MiB"
+
+
+def throttle_rows(results: list[ThrottleResult]) -> list[list[str]]:
+    rows = []
+    for t in results:
+        if t.status != "ok" or not t.runs:
+            rows.append([f"{t.rate_mib} MiB/s", human_size(t.file_bytes), t.status,
+                         "", "", "", "", ""])
+            continue
+        errs, rep = t.errors(), t.errors(reported=True)
+        worst = max(errs, key=abs)
+        rows.append([
+            f"{t.rate_mib} MiB/s", human_size(t.file_bytes),
+            f"{t.rate():.2f}", f"{statistics.median(errs):+.2f}%",
+            f"{worst:+.2f}%",
+            f"{t.rate(reported=True):.2f}" if rep else "n/a",
+            f"{statistics.median(rep):+.2f}% / {max(rep, key=abs):+.2f}%" if rep else "n/a",
+            "**PASS**" if t.passed() else "**FAIL**",
+        ])
+    return rows
+
+
+THROTTLE_HEADERS = ["--max-speed", "file", "achieved MiB/s (sender wall time)",
+                    "error (median)", "error (worst run)", "sender's own figure MiB/s",
+                    "its error median / worst", f"±{THROTTLE_TOLERANCE:g}%"]
+
+RESUME_HEADERS = ["run", "SIGINT when the receiver reported", "sender / receiver exit",
+                  "on the wire: 1st + 2nd attempt", "total on the wire", "re-sent",
+                  "re-sent % of file", "2nd attempt skipped",
+                  "sent in the 1st attempt but not kept", "2nd attempt s", "re-sent ≤ bound"]
+
+
+def resume_rows(res: ResumeResult) -> list[list[str]]:
+    rows = []
+    for i, r in enumerate(res.runs, 1):
+        rows.append([
+            str(i), f"{r.killed_at_pct:.1f}% ({fmt_mib(r.killed_at_bytes)})", r.first_exits,
+            f"{fmt_mib(r.wire_first)} + {fmt_mib(r.wire_second)}",
+            f"{r.wire_total:,} B ({fmt_mib(r.wire_total)})",
+            f"{r.resent:,} B ({fmt_mib(r.resent, '.2f')})",
+            f"{r.resent / r.file_bytes:.2%}",
+            "n/a" if r.skipped is None else f"{r.skipped:,} B ({fmt_mib(r.skipped)})",
+            "n/a" if r.skipped is None else f"{r.wire_first - r.skipped:,} B",
+            f"{r.second_seconds:.2f}",
+            "**PASS**" if r.resent <= res.bound else "**FAIL**",
+        ])
+    if res.status != "ok":
+        rows.append(["—", res.status] + [""] * (len(RESUME_HEADERS) - 2))
+    return rows
+
+
+def simple_markdown(headers: list[str], rows: list[list[str]], left: int = 1) -> list[str]:
+    lines = ["| " + " | ".join(headers) + " |",
+             "|" + "|".join(["---"] * left + ["---:"] * (len(headers) - left)) + "|"]
+    for r in rows:
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in r) + " |")
+    return lines
+
+
+def resilience_targets(throttle: list[ThrottleResult], resume: ResumeResult | None,
+                       resume_ds: Dataset | None) -> list[Target]:
+    targets = []
+    if throttle:
+        measured = [t for t in throttle if t.passed() is not None]
+        failed = [t for t in throttle if t.status != "ok"]
+        parts = []
+        for t in measured:
+            worst = max(t.errors(), key=abs)
+            rep = t.errors(reported=True)
+            parts.append(f"{t.rate_mib} MiB/s: worst {worst:+.2f}%"
+                         + (f" (sender's figure {max(rep, key=abs):+.2f}%)" if rep else ""))
+        parts += [f"{t.rate_mib} MiB/s: {t.status}" for t in failed]
+        verdict = ("FAIL" if failed or any(not t.passed() for t in measured)
+                   else "PASS" if measured else "n.a.")
+        targets.append(Target(
+            f"--max-speed within ±{THROTTLE_TOLERANCE:g}% over a {THROTTLE_SECONDS} s "
+            "transfer (bytes / sender wall time)", verdict, "; ".join(parts)))
+    if resume is not None:
+        name = (f"resume after SIGINT to the sender at ≥ {RESUME_AT:g}% re-sends ≤ window × "
+                f"chunk + unsaved data = {human_size(resume.bound)}")
+        if resume.passed() is None:
+            targets.append(Target(name, "n.a." if resume.status == "ok" else "FAIL",
+                                  resume.status))
+        else:
+            worst = max(resume.runs, key=lambda r: r.resent)
+            targets.append(Target(
+                name, "PASS" if resume.passed() else "FAIL",
+                f"worst of {len(resume.runs)}: {worst.resent:,} B "
+                f"({worst.resent / MiB:.2f} MiB) re-sent "
+                f"({worst.resent / worst.file_bytes:.2%} of the "
+                f"{human_size(worst.file_bytes)} file; SIGINT at {worst.killed_at_pct:.1f}%)"))
+    return targets
+
+
 # --------------------------------------------------------------------------------------
 # Machine, congestion control, binary
 # --------------------------------------------------------------------------------------
@@ -1409,11 +1900,95 @@ def evaluate_targets(results: list[Result], datasets: dict[str, Dataset],
     return targets
 
 
+def resilience_report(ctx: Context, throttle: list[ThrottleResult],
+                      resume: ResumeResult | None, resume_ds: Dataset | None) -> list[str]:
+    """The 'Throttle accuracy' and 'Resume after an interruption' sections."""
+    lines: list[str] = []
+    if throttle:
+        lines += [
+            "## Throttle accuracy (`--max-speed`)",
+            "",
+            f"For each rate R, a file of R × {THROTTLE_SECONDS} s of random bytes is sent "
+            "with the default window and chunk size, each time to a fresh receiver:",
+            "",
+            "```",
+            "p2p-transfer receive --output OUT --port 0 --bind 127.0.0.1",
+            "p2p-transfer send DATA/throttle-<R>M.bin --peer ADDR --max-speed <R>M",
+            "```",
+            "",
+            "Achieved rate = bytes of the file / wall time of the sender process (from its "
+            "start to its exit: it includes process start-up, connection set-up and the "
+            "handshake). The sender's own figure comes from its summary line on stdout, "
+            "`done: 1 file(s), N bytes in S s (R MiB/s)` (N / S here, S being printed to "
+            "0.01 s), which leaves out start-up and connection set-up. Error = achieved / "
+            f"asked − 1. Target: within ±{THROTTLE_TOLERANCE:g}% over a "
+            f"{THROTTLE_SECONDS}-second transfer, in every run (by the wall-time figure); "
+            f"{ctx.args.repeat} run(s) per rate, the median time gives the rate.",
+            "",
+            *simple_markdown(THROTTLE_HEADERS, throttle_rows(throttle), left=2),
+            "",
+        ]
+    if resume is not None:
+        size = human_size(resume_ds.total_bytes) if resume_ds else "?"
+        lines += [
+            "## Resume after an interruption at 50%",
+            "",
+            f"A {size} random file is sent under a new transfer id (a random UUID; "
+            "`resume` with an id the receiver does not know is a first send under that id) "
+            "through a counting TCP proxy on 127.0.0.1 (Python threads in the benchmark "
+            "script; it counts the bytes going from the sender to the receiver):",
+            "",
+            "```",
+            "p2p-transfer receive --output OUT --port 0 --bind 127.0.0.1        # → ADDR; proxy → ADDR",
+            f"p2p-transfer resume UUID --path DATA/{resume_ds.path.name if resume_ds else 'FILE'}"
+            f" --peer PROXY --max-speed {RESUME_SPEED}M",
+            f"# the receiver's progress line reports ≥ {RESUME_AT:g}%: SIGINT to the sender "
+            "(expected: exit 130, receiver exit 3)",
+            "p2p-transfer receive --output OUT --port 0 --bind 127.0.0.1        # same OUT → ADDR2; proxy → ADDR2",
+            f"p2p-transfer resume UUID --path DATA/{resume_ds.path.name if resume_ds else 'FILE'}"
+            " --peer PROXY                    # no throttle; must exit 0",
+            "```",
+            "",
+            "The receiver prints a plain progress line about once a second, so the SIGINT "
+            f"lands at {RESUME_AT:g}% or up to about one second "
+            f"({RESUME_SPEED} MiB) later. Then the received file's SHA-256 is checked. "
+            "Re-sent = all bytes on the wire towards the receiver (both attempts, including "
+            "protocol framing and the handshakes) − the file size. `2nd attempt skipped` is "
+            "the sender's `resuming: N bytes already there`; `sent in the 1st attempt but "
+            "not kept` = bytes on the wire in the 1st attempt − that.",
+            "",
+            f"**Bound: {human_size(resume.bound)}.** The target says that after a kill at "
+            "any point, a resume re-sends at most window × chunk size more than the data "
+            "that had not yet been made durable. With the defaults: "
+            f"{resume.bound_how}. Total {human_size(resume.bound)} "
+            f"({resume.bound:,} bytes). The 2nd attempt is not interrupted; the bound is "
+            f"about what the interrupted 1st attempt, at {RESUME_SPEED} MiB/s, loses.",
+            "",
+            "Note that SIGINT stops the sender gracefully: the receiver sees the connection "
+            "close and, as it stops for a reason that may pass, saves its resume state once "
+            "more, synchronously, covering everything it wrote. So what this measures is the "
+            "bookkeeping (nothing that arrived should be sent again), not the durability "
+            "margin: the bound above is for a hard kill of the receiver (SIGKILL, a crash, "
+            "power loss), which this benchmark does not do.",
+            "",
+            *simple_markdown(RESUME_HEADERS, resume_rows(resume), left=3),
+            "",
+        ]
+    return lines
+
+
 def write_report(path: Path, *, command: str, started: datetime.datetime, machine: dict,
                  congestion: str, binary: str, datasets: dict[str, Dataset],
                  results: list[Result], targets: list[Target], ctx: Context,
-                 chunk_size: int, extras: dict[str, str]) -> None:
+                 chunk_size: int, extras: dict[str, str],
+                 throttle: list[ThrottleResult] | None = None,
+                 resume: ResumeResult | None = None,
+                 resume_ds: Dataset | None = None) -> None:
     rows = table_rows(results, datasets)
+    try:
+        load_end = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        load_end = "unknown"
     lines = [
         "# Benchmarks",
         "",
@@ -1423,8 +1998,8 @@ def write_report(path: Path, *, command: str, started: datetime.datetime, machin
         f"- **Command:** `{command}`",
         f"- **Machine:** {machine['nproc']} CPUs ({machine['cpu']}), {machine['memory']} RAM, "
         f"Linux {machine['kernel']}, data and output on {machine['filesystem']}; "
-        f"load average at the start {machine['load']} (other work on the machine skews "
-        "every figure)",
+        f"load average (1, 5, 15 min) at the start {machine['load']}, at the end "
+        f"{load_end} (other work on the machine skews every figure)",
         f"- **net.ipv4.tcp_congestion_control:** {congestion}",
         f"- **p2p-transfer:** {binary}; chunk size "
         f"{human_size(chunk_size)}{'' if ctx.args.chunk_size else ' (default)'}"
@@ -1462,13 +2037,17 @@ def write_report(path: Path, *, command: str, started: datetime.datetime, machin
         "",
         markdown_table(rows),
         "",
+    ]
+    lines += resilience_report(ctx, throttle or [], resume, resume_ds)
+    lines += [
         "## Targets",
         "",
-        "Evaluated on the fastest window measured for each data set (by the measure the "
-        "target uses). The local-copy target compares on-disk rates; the targets against "
-        "scp and rsync, and small files against big, compare page-cache rates (each tool's "
-        "own speed, which the disk would otherwise hide), and the verdict refers to those; "
-        "the on-disk comparison is given alongside.",
+        "The throughput targets are evaluated on the fastest window measured for each data "
+        "set (by the measure the target uses). The local-copy target compares on-disk "
+        "rates; the targets against scp and rsync, and small files against big, compare "
+        "page-cache rates (each tool's own speed, which the disk would otherwise hide), and "
+        "the verdict refers to those; the on-disk comparison is given alongside. The last "
+        "two rows are the throttle and resume measurements above.",
         "",
         "| target | verdict | evidence |",
         "|---|---|---|",
@@ -1511,7 +2090,11 @@ def write_report(path: Path, *, command: str, started: datetime.datetime, machin
         "`--no-listen` on both sides so that all data goes through the local relay; it zips "
         "a folder before sending it.",
         "- The data is random, so compression cannot help; p2p-transfer runs with its default "
-        "(adaptive zstd) settings unless extra send flags are listed above.",
+        "(adaptive zstd) settings unless extra send flags are listed above (they, and "
+        "`--chunk-size`, apply to the throughput runs only, not to the throttle and resume "
+        "runs, which use the defaults).",
+        "- p2p-transfer keeps its history in `WORKDIR/p2p-data` (`P2P_TRANSFER_DATA_DIR`), "
+        "not in the user's data folder.",
     ]
     if ctx.warnings or ctx.failures:
         lines += ["", "## Problems seen in this run", ""]
@@ -1558,6 +2141,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="the Markdown report to write")
     p.add_argument("--skip-big", action="store_true", help="skip the big-file data set")
     p.add_argument("--skip-small", action="store_true", help="skip the small-files data set")
+    p.add_argument("--skip-resilience", action="store_true",
+                   help="skip the throttle-accuracy (--max-speed 5M/20M/50M, 10 s each) and "
+                        "resume-after-interruption (256 MiB, SIGINT at 50%%) measurements")
     p.add_argument("--timeout", type=float, default=600,
                    help="seconds one run may take before it is killed and marked FAILED")
     p.add_argument("--total-timeout", type=float, default=3 * 3600,
@@ -1572,8 +2158,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
             parse_size(args.chunk_size)
         except argparse.ArgumentTypeError as e:
             p.error(f"--chunk-size: {e}")
-    if args.skip_big and args.skip_small:
-        p.error("nothing to do with both --skip-big and --skip-small")
+    if args.skip_big and args.skip_small and args.skip_resilience:
+        p.error("nothing to do with --skip-big, --skip-small and --skip-resilience")
     args.binary = args.binary.resolve() if args.binary != DEFAULT_BINARY else args.binary
     return args
 
@@ -1619,6 +2205,14 @@ def main(argv: list[str] | None = None) -> int:
             datasets["big"] = make_big_dataset(ctx.data_dir, args.big_size)
         if not args.skip_small:
             datasets["small"] = make_small_dataset(ctx.data_dir, args.small_count)
+        throttle_files: dict[int, Dataset] = {}
+        resume_ds = None
+        if not args.skip_resilience:
+            for rate in THROTTLE_RATES:
+                throttle_files[rate] = make_random_file(
+                    ctx.data_dir, f"throttle-{rate}M", rate * MiB * THROTTLE_SECONDS)
+            resume_ds = make_random_file(ctx.data_dir, f"resume-{RESUME_SIZE // MiB}M",
+                                         RESUME_SIZE)
 
         sshd, sshd_why, wh, wh_why = None, "", None, ""
         if args.compare:
@@ -1650,15 +2244,35 @@ def main(argv: list[str] | None = None) -> int:
                 results.append(measure_rsync(ctx, ds, sshd, sshd_why))
                 results.append(measure_wormhole(ctx, ds, wh, wh_why))
 
+        throttle: list[ThrottleResult] = []
+        resume: ResumeResult | None = None
+        if not args.skip_resilience:
+            print(f"\n== resilience: --max-speed accuracy, resume after SIGINT", flush=True)
+            for rate, ds in throttle_files.items():
+                throttle.append(measure_throttle(ctx, ds, rate))
+            resume = measure_resume(ctx, resume_ds, DEFAULT_CHUNK)
+
         targets = evaluate_targets(results, datasets, chunk_size, args.compare)
-        print("\n" + text_table(table_rows(results, datasets)))
+        targets += resilience_targets(throttle, resume, resume_ds)
+        if results:
+            print("\n" + text_table(table_rows(results, datasets)))
+        if throttle:
+            print("\nThrottle accuracy:")
+            for row in throttle_rows(throttle):
+                print("  " + "  ".join(c.replace("**", "") for c in row if c))
+        if resume is not None:
+            print(f"\nResume after SIGINT (bound {human_size(resume.bound)}: "
+                  f"{resume.bound_how}):")
+            for row in resume_rows(resume):
+                print("  " + "  ".join(c.replace("**", "") for c in row if c))
         print("\nTargets (fastest window per data set):")
         for t in targets:
             print(f"  {t.verdict:<5} {t.name}: {t.detail}")
         output = args.output if args.output.is_absolute() else Path.cwd() / args.output
         write_report(output, command=command, started=started, machine=machine,
                      congestion=congestion, binary=binary, datasets=datasets, results=results,
-                     targets=targets, ctx=ctx, chunk_size=chunk_size, extras=extras)
+                     targets=targets, ctx=ctx, chunk_size=chunk_size, extras=extras,
+                     throttle=throttle, resume=resume, resume_ds=resume_ds)
         print(f"\nwrote {output}")
         if ctx.failures:
             print(f"\n!!! {len(ctx.failures)} run(s) FAILED; see above and the logs in "
