@@ -857,3 +857,73 @@ async fn a_silent_peer_is_detected_within_the_idle_timeout() {
     assert!(started.elapsed() < std::time::Duration::from_secs(20));
     silent.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_can_see_an_offer_and_decline_or_accept_it_at_its_own_pace() {
+    let tmp = tempfile::tempdir().unwrap();
+    let folder = tmp.path().join("album");
+    fs::create_dir_all(folder.join("empty")).unwrap();
+    random_file(&folder.join("a.jpg"), 70_000, 1);
+    random_file(&folder.join("b.jpg"), 30_000, 2);
+    let out = tmp.path().join("out");
+    // A sender that gives up on a peer silent for 600 ms.
+    let opts = SessionOptions {
+        idle_timeout: std::time::Duration::from_millis(600),
+        device_name: "laptop".into(),
+        ..options(64 * 1024, 4)
+    };
+    let (mut a, mut b) = pair(&opts).await;
+    let recv = recv_opts(&out);
+    let paths = [folder.as_path()];
+    let seen = Arc::new(Mutex::new(Vec::new()));
+
+    // Declined: the sender is told why, nothing is written, the session lives on.
+    let decline = |offer: p2p_core::IncomingOffer| {
+        seen.lock().unwrap().push(offer);
+        std::future::ready(p2p_core::Decision::Decline("not now".into()))
+    };
+    let (sent, received) = tokio::join!(
+        a.send(&paths, &NoEvents),
+        b.receive_with(&recv, &NoEvents, decline)
+    );
+    let err = sent.unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            Error::Transfer(TransferError::PeerAborted { code: ErrorCode::Cancelled, message })
+                if message == "not now"
+        ),
+        "{err}"
+    );
+    assert!(!err.is_transient(), "a refusal is not retried");
+    let Some(p2p_core::Received::Declined { transfer_id }) = received.unwrap() else {
+        panic!("expected a declined offer");
+    };
+    let offer = seen.lock().unwrap().pop().expect("the offer was shown");
+    assert_eq!(offer.transfer_id, transfer_id);
+    assert_eq!(offer.peer, "laptop");
+    assert_eq!((offer.files(), offer.total_bytes()), (2, 100_000));
+    assert_eq!(offer.roots(), ["album"]);
+    assert!(offer
+        .entries
+        .iter()
+        .any(|e| e.path == "album/empty" && e.size.is_none()));
+    assert!(!out.exists() || fs::read_dir(&out).unwrap().next().is_none());
+
+    // Accepted after 3 × the sender's idle limit (a person reading the list): the
+    // receiver answered the sender's pings meanwhile, so it is still there.
+    let slow_accept = |_| async {
+        tokio::time::sleep(std::time::Duration::from_millis(1800)).await;
+        p2p_core::Decision::Accept
+    };
+    let (sent, received) = tokio::join!(
+        a.send(&paths, &NoEvents),
+        b.receive_with(&recv, &NoEvents, slow_accept)
+    );
+    sent.unwrap();
+    assert!(matches!(
+        received.unwrap(),
+        Some(p2p_core::Received::Completed(_))
+    ));
+    assert_eq!(tree_digest(&out.join("album")), tree_digest(&folder));
+}

@@ -1,30 +1,19 @@
 //! Records every transfer in the history, whatever its ending: completed, failed, or
-//! interrupted by Ctrl+C. Wraps the renderer so that the commands pass one sink.
+//! interrupted by Ctrl+C. Wraps the renderer so that the commands pass one sink; which
+//! record a transfer gets is p2p-core's [`Tracker`], shared with the GUI.
 
 use std::sync::Mutex;
-use std::time::Instant;
 
-use p2p_core::history::{History, Record, Status};
+use p2p_core::history::{History, Record, Status, Tracker};
 use p2p_core::{Direction, EventSink, TransferEvent};
-use uuid::Uuid;
 
 use crate::render::Renderer;
-
-struct InFlight {
-    transfer_id: Uuid,
-    direction: Direction,
-    peer: String,
-    roots: Vec<String>,
-    files: u64,
-    bytes: u64,
-    started: Instant,
-}
 
 /// Renders events and writes history records.
 pub struct Recorder {
     renderer: Renderer,
     history: Option<History>,
-    current: Mutex<Option<InFlight>>,
+    tracker: Mutex<Tracker>,
     resume_hint: Mutex<Option<String>>,
 }
 
@@ -33,7 +22,7 @@ impl Recorder {
         Self {
             renderer: Renderer::new(),
             history,
-            current: Mutex::new(None),
+            tracker: Mutex::new(Tracker::default()),
             resume_hint: Mutex::new(None),
         }
     }
@@ -47,11 +36,19 @@ impl Recorder {
         *self.resume_hint.lock().unwrap_or_else(|p| p.into_inner()) = Some(command);
     }
 
+    /// The peer of the current session, named in the record of an incoming transfer
+    /// that is refused before it starts.
+    pub fn set_peer(&self, peer: &str) {
+        self.tracker().set_peer(peer);
+    }
+
     /// Records the transfer in progress, if any, as interrupted, and tells the user how
     /// to resume it.
     pub fn interrupted(&self) {
-        let current = self.lock().take();
-        let Some(t) = current else {
+        let record = self
+            .tracker()
+            .end(Status::Interrupted, "interrupted by the user");
+        let Some(record) = record else {
             return;
         };
         let hint = self
@@ -59,46 +56,31 @@ impl Recorder {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take();
-        match (t.direction, hint) {
+        match (record.direction, hint) {
             (Direction::Send, Some(command)) => {
                 eprintln!(
                     "interrupted; the receiver keeps what arrived. Resume with:\n  {command}"
                 );
             }
             _ => eprintln!(
-                "interrupted; what arrived is kept. The sender resumes with \
-                 `p2p-transfer resume {} --peer ... --path ...`",
-                t.transfer_id
+                "interrupted; what arrived is kept. On the sending side, resume with:\n  \
+                 p2p-transfer resume {} --peer <this receiver's address> --path <what was sent>",
+                record.transfer_id
             ),
         }
-        self.write(
-            t,
-            Status::Interrupted,
-            Some("interrupted by the user".into()),
-        );
+        self.write(&record);
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<InFlight>> {
-        self.current.lock().unwrap_or_else(|p| p.into_inner())
+    fn tracker(&self) -> std::sync::MutexGuard<'_, Tracker> {
+        self.tracker.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn write(&self, t: InFlight, status: Status, error: Option<String>) {
+    fn write(&self, record: &Record) {
         let Some(history) = &self.history else {
             return;
         };
-        let record = Record::now(
-            t.transfer_id,
-            t.direction,
-            t.peer,
-            t.roots,
-            t.files,
-            t.bytes,
-            t.started.elapsed(),
-            status,
-            error,
-        );
         // History is best effort: a failure to record never fails a transfer.
-        if let Err(e) = history.append(&record) {
+        if let Err(e) = history.append(record) {
             tracing::warn!("{e}");
         }
     }
@@ -106,38 +88,9 @@ impl Recorder {
 
 impl EventSink for Recorder {
     fn emit(&self, event: TransferEvent) {
-        match &event {
-            TransferEvent::Started {
-                transfer_id,
-                direction,
-                files,
-                total_bytes,
-                peer,
-                roots,
-            } => {
-                *self.lock() = Some(InFlight {
-                    transfer_id: *transfer_id,
-                    direction: *direction,
-                    peer: peer.clone(),
-                    roots: roots.clone(),
-                    files: *files,
-                    bytes: *total_bytes,
-                    started: Instant::now(),
-                });
-            }
-            TransferEvent::Finished { .. } => {
-                let current = self.lock().take();
-                if let Some(t) = current {
-                    self.write(t, Status::Completed, None);
-                }
-            }
-            TransferEvent::Failed { error, .. } => {
-                let current = self.lock().take();
-                if let Some(t) = current {
-                    self.write(t, Status::Failed, Some(error.clone()));
-                }
-            }
-            _ => {}
+        let record = self.tracker().observe(&event);
+        if let Some(record) = record {
+            self.write(&record);
         }
         self.renderer.emit(event);
     }

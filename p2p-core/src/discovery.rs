@@ -430,6 +430,16 @@ impl Default for DiscoveryConfig {
 }
 
 impl DiscoveryConfig {
+    /// This configuration as it applies to a receiver listening on `listening` (see
+    /// [`Announcer::for_listener`]).
+    pub fn for_listener(&self, listening: SocketAddr) -> DiscoveryConfig {
+        let mut config = self.clone();
+        if listening.ip().is_loopback() && config.targets == BeaconTargets::AllInterfaces {
+            config.targets = BeaconTargets::Only(vec![IpAddr::V4(LOOPBACK_BROADCAST)]);
+        }
+        config
+    }
+
     /// The defaults, with [`PORT_ENV`] and [`TARGETS_ENV`] applied when set.
     pub fn from_env() -> Result<Self, DiscoveryError> {
         let mut config = DiscoveryConfig::default();
@@ -631,6 +641,18 @@ impl Announcer {
         });
         tracing::debug!(port = config.port, name = %beacon.name, "announcing");
         Ok(Announcer { task })
+    }
+
+    /// Announces a receiver whose TCP listener is bound to `listening`. A listener on a
+    /// loopback address is reachable from this host only, so unless `config` names its
+    /// own targets it is announced on the loopback network only: nothing leaves the
+    /// machine.
+    pub fn for_listener(
+        beacon: Beacon,
+        listening: SocketAddr,
+        config: &DiscoveryConfig,
+    ) -> Result<Announcer, DiscoveryError> {
+        Announcer::start(beacon, &config.for_listener(listening))
     }
 }
 
@@ -836,6 +858,23 @@ mod tests {
     }
 
     const FROM: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 200, 2, 3)), 14566);
+
+    #[test]
+    fn a_loopback_listener_is_announced_on_loopback_only_unless_targets_are_given() {
+        let everywhere = DiscoveryConfig::default();
+        let loopback: SocketAddr = "127.0.0.1:14567".parse().unwrap();
+        assert_eq!(
+            everywhere.for_listener(loopback).targets,
+            BeaconTargets::Only(vec![IpAddr::V4(LOOPBACK_BROADCAST)])
+        );
+        let any: SocketAddr = "0.0.0.0:14567".parse().unwrap();
+        assert_eq!(everywhere.for_listener(any), everywhere);
+        let chosen = DiscoveryConfig {
+            targets: BeaconTargets::Only(vec![FROM.ip()]),
+            ..DiscoveryConfig::default()
+        };
+        assert_eq!(chosen.for_listener(loopback), chosen);
+    }
 
     #[test]
     fn beacons_round_trip_and_the_address_is_the_source_ip() {

@@ -9,13 +9,13 @@
 use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::error::{Result, StorageError};
-use crate::event::Direction;
+use crate::event::{Direction, TransferEvent};
 
 /// Environment variable that overrides where history (and later resume state) lives.
 pub const DATA_DIR_ENV: &str = "P2P_TRANSFER_DATA_DIR";
@@ -76,6 +76,158 @@ impl Record {
             status,
             error,
         }
+    }
+}
+
+impl Record {
+    /// When the transfer ended, as `YYYY-MM-DD HH:MM:SS` in UTC.
+    pub fn finished_utc(&self) -> String {
+        utc(self.finished_at)
+    }
+}
+
+/// `YYYY-MM-DD HH:MM:SS` in UTC from Unix seconds (civil-from-days, no time zone crate).
+pub fn utc(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Follows the events of one transfer at a time and makes its history [`Record`] when
+/// it ends, so that every front end records transfers alike. Front ends write the
+/// records where they like (usually [`History::append`]).
+#[derive(Debug, Default)]
+pub struct Tracker {
+    current: Option<InFlight>,
+    peer: String,
+}
+
+#[derive(Debug)]
+struct InFlight {
+    transfer_id: Uuid,
+    direction: Direction,
+    peer: String,
+    roots: Vec<String>,
+    files_done: u64,
+    done_bytes: u64,
+    started: Instant,
+}
+
+impl Tracker {
+    /// The peer to name in a record of an incoming transfer refused before it started
+    /// (no `Started` event says who sent it).
+    pub fn set_peer(&mut self, peer: impl Into<String>) {
+        self.peer = peer.into();
+    }
+
+    /// The transfer under way, if any.
+    pub fn current(&self) -> Option<(Uuid, Direction)> {
+        self.current.as_ref().map(|t| (t.transfer_id, t.direction))
+    }
+
+    /// Takes one event; returns the record when the event ends a transfer (`Finished`,
+    /// or `Failed`, also for an incoming offer refused before it started).
+    pub fn observe(&mut self, event: &TransferEvent) -> Option<Record> {
+        match event {
+            TransferEvent::Started {
+                transfer_id,
+                direction,
+                peer,
+                roots,
+                ..
+            } => {
+                self.current = Some(InFlight {
+                    transfer_id: *transfer_id,
+                    direction: *direction,
+                    peer: peer.clone(),
+                    roots: roots.clone(),
+                    files_done: 0,
+                    done_bytes: 0,
+                    started: Instant::now(),
+                });
+                None
+            }
+            TransferEvent::Progress { done_bytes, .. } => {
+                if let Some(t) = &mut self.current {
+                    t.done_bytes = *done_bytes;
+                }
+                None
+            }
+            TransferEvent::FileDone { .. } => {
+                if let Some(t) = &mut self.current {
+                    t.files_done += 1;
+                }
+                None
+            }
+            TransferEvent::Finished { files, bytes, .. } => {
+                let t = self.current.take()?;
+                Some(Record::now(
+                    t.transfer_id,
+                    t.direction,
+                    t.peer,
+                    t.roots,
+                    *files,
+                    *bytes,
+                    t.started.elapsed(),
+                    Status::Completed,
+                    None,
+                ))
+            }
+            TransferEvent::Failed { transfer_id, error } => {
+                match self.current.take_if(|t| t.transfer_id == *transfer_id) {
+                    Some(t) => Some(t.record(Status::Failed, Some(error.clone()))),
+                    None => Some(Record::now(
+                        *transfer_id,
+                        Direction::Receive,
+                        self.peer.clone(),
+                        Vec::new(),
+                        0,
+                        0,
+                        Duration::ZERO,
+                        Status::Failed,
+                        Some(error.clone()),
+                    )),
+                }
+            }
+            _ => None,
+        }
+    }
+
+    /// Ends the transfer under way, if any, without an event of its own (Ctrl+C, a
+    /// cancel, a dropped connection): its record, with what had been done by then.
+    pub fn end(&mut self, status: Status, error: impl Into<String>) -> Option<Record> {
+        let t = self.current.take()?;
+        Some(t.record(status, Some(error.into())))
+    }
+}
+
+impl InFlight {
+    fn record(self, status: Status, error: Option<String>) -> Record {
+        Record::now(
+            self.transfer_id,
+            self.direction,
+            self.peer,
+            self.roots,
+            self.files_done,
+            self.done_bytes,
+            self.started.elapsed(),
+            status,
+            error,
+        )
     }
 }
 
@@ -199,5 +351,79 @@ mod tests {
         assert_eq!(loaded.records, vec![a, b]);
         assert_eq!(loaded.skipped.len(), 2);
         assert_eq!(loaded.skipped[0].0, 2);
+    }
+
+    #[test]
+    fn utc_dates() {
+        assert_eq!(utc(0), "1970-01-01 00:00:00");
+        assert_eq!(utc(951_782_400), "2000-02-29 00:00:00");
+        assert_eq!(utc(1_795_000_000), "2026-11-18 11:06:40");
+    }
+
+    fn started(id: Uuid) -> TransferEvent {
+        TransferEvent::Started {
+            transfer_id: id,
+            direction: Direction::Send,
+            files: 3,
+            total_bytes: 300,
+            peer: "box".into(),
+            roots: vec!["photos".into()],
+        }
+    }
+
+    #[test]
+    fn the_tracker_records_completed_failed_interrupted_and_refused_transfers() {
+        let mut tracker = Tracker::default();
+        tracker.set_peer("desk");
+        let id = Uuid::new_v4();
+        assert_eq!(tracker.observe(&started(id)), None);
+        assert_eq!(tracker.current(), Some((id, Direction::Send)));
+        let done = tracker
+            .observe(&TransferEvent::Finished {
+                transfer_id: id,
+                files: 3,
+                bytes: 300,
+                elapsed: Duration::from_secs(1),
+            })
+            .expect("finished makes a record");
+        assert_eq!(
+            (done.status, done.file_count, done.bytes, done.files.clone()),
+            (Status::Completed, 3, 300, vec!["photos".to_owned()])
+        );
+        assert_eq!(tracker.current(), None);
+
+        // Interrupted half-way: what was done by then.
+        tracker.observe(&started(id));
+        tracker.observe(&TransferEvent::FileDone {
+            transfer_id: id,
+            path: "photos/a".into(),
+            size: 100,
+        });
+        tracker.observe(&TransferEvent::Progress {
+            transfer_id: id,
+            done_bytes: 150,
+            total_bytes: 300,
+            current_file: None,
+        });
+        let cut = tracker
+            .end(Status::Interrupted, "Ctrl+C")
+            .expect("under way");
+        assert_eq!(
+            (cut.status, cut.file_count, cut.bytes, cut.error.as_deref()),
+            (Status::Interrupted, 1, 150, Some("Ctrl+C"))
+        );
+        assert_eq!(tracker.end(Status::Interrupted, "again"), None);
+
+        // Refused before it started: a receive record naming the known peer.
+        let refused = tracker
+            .observe(&TransferEvent::Failed {
+                transfer_id: id,
+                error: "exists".into(),
+            })
+            .expect("a failure is recorded");
+        assert_eq!(
+            (refused.direction, refused.peer.as_str(), refused.status),
+            (Direction::Receive, "desk", Status::Failed)
+        );
     }
 }

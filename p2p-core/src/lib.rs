@@ -62,5 +62,7 @@ pub mod wire;
 pub use error::{Error, Result};
 pub use event::{Direction, EventSink, NoEvents, TransferEvent};
 pub use session::{P2PSession, Role, SessionOptions};
-pub use transfer::{ReceiveOptions, Receiver, Sender, TransferSummary};
+pub use transfer::{
+    Decision, IncomingOffer, ReceiveOptions, Received, Receiver, Sender, TransferSummary,
+};
 pub use wire::{Capabilities, Message, SessionConfig, PROTOCOL_VERSION};

@@ -6,6 +6,7 @@
 //! the side that sends calls [`P2PSession::send`], the other [`P2PSession::receive`]
 //! (or [`P2PSession::run_event_loop`], which receives until the peer closes).
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
 
@@ -15,13 +16,14 @@ use tokio_util::codec::Framed;
 use uuid::Uuid;
 
 use crate::config::default_config;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, TransferError};
 use crate::event::EventSink;
+use crate::fs::safe_path::validate_entries;
 use crate::fs::source::SourceManifest;
 use crate::handshake::{self, Established, LocalPeer, RemotePeer};
-use crate::transfer::{self, ReceiveOptions, TransferSummary};
+use crate::transfer::{self, Decision, IncomingOffer, ReceiveOptions, Received, TransferSummary};
 use crate::transport::{self, Stream};
-use crate::wire::{Capabilities, FrameCodec, Message, SessionConfig};
+use crate::wire::{Capabilities, ErrorCode, FrameCodec, Message, SessionConfig};
 
 /// Which side opened the connection. Informational only: it does not restrict what the
 /// session can do.
@@ -231,6 +233,31 @@ impl<S: Stream> P2PSession<S> {
         events: &dyn EventSink,
     ) -> Result<Option<TransferSummary>> {
         loop {
+            let accept = |_: IncomingOffer| std::future::ready(Decision::Accept);
+            match self.receive_with(options, events, accept).await? {
+                None => return Ok(None),
+                Some(Received::Completed(summary)) => return Ok(Some(summary)),
+                Some(Received::Declined { .. }) => {}
+            }
+        }
+    }
+
+    /// Waits for the peer's next transfer and asks `decide` whether to take it. An offer
+    /// whose paths are unsafe is refused before `decide` is asked. While `decide` runs,
+    /// the session answers the sender's pings, so it may wait for a person. A declined
+    /// offer leaves the session usable. Returns `Ok(None)` when the peer closed the
+    /// session cleanly instead of offering anything.
+    pub async fn receive_with<D, F>(
+        &mut self,
+        options: &ReceiveOptions,
+        events: &dyn EventSink,
+        decide: D,
+    ) -> Result<Option<Received>>
+    where
+        D: FnOnce(IncomingOffer) -> F,
+        F: Future<Output = Decision>,
+    {
+        let offer = loop {
             match self.framed.next().await {
                 None => return Ok(None),
                 Some(Err(e)) => return Err(e.into()),
@@ -240,21 +267,7 @@ impl<S: Stream> P2PSession<S> {
                 Some(Ok(
                     Message::Pong(_) | Message::Chunk(_) | Message::Ack(_) | Message::Nack(_),
                 )) => {}
-                Some(Ok(Message::Offer(offer))) => {
-                    let peer = self.established.peer.device_name.clone();
-                    let config = self.established.config;
-                    let summary = transfer::receive_offer(
-                        &mut self.framed,
-                        offer,
-                        &config,
-                        options,
-                        &peer,
-                        events,
-                        self.idle_timeout,
-                    )
-                    .await?;
-                    return Ok(Some(summary));
-                }
+                Some(Ok(Message::Offer(offer))) => break offer,
                 Some(Ok(other)) => {
                     let error = Error::protocol(format!(
                         "expected an Offer between transfers, got {}",
@@ -263,6 +276,66 @@ impl<S: Stream> P2PSession<S> {
                     let _ = self.framed.send(error.to_message()).await;
                     return Err(error);
                 }
+            }
+        };
+        let peer = self.established.peer.device_name.clone();
+        // Unsafe paths are refused by `receive_offer` without asking anybody.
+        if validate_entries(&offer.entries).is_ok() {
+            let incoming = IncomingOffer::new(&offer, &peer);
+            if let Decision::Decline(reason) = self.await_decision(decide(incoming)).await? {
+                let transfer_id = offer.transfer_id;
+                self.framed
+                    .send(Message::Error {
+                        code: ErrorCode::Cancelled,
+                        message: reason,
+                        version: crate::wire::PROTOCOL_VERSION,
+                    })
+                    .await?;
+                return Ok(Some(Received::Declined { transfer_id }));
+            }
+        }
+        let config = self.established.config;
+        let summary = transfer::receive_offer(
+            &mut self.framed,
+            offer,
+            &config,
+            options,
+            &peer,
+            events,
+            self.idle_timeout,
+        )
+        .await?;
+        Ok(Some(Received::Completed(summary)))
+    }
+
+    /// Waits for `decision`, answering pings meanwhile. The sender may give up first
+    /// (an `Error` message, or closing the connection).
+    async fn await_decision<F: Future<Output = Decision>>(
+        &mut self,
+        decision: F,
+    ) -> Result<Decision> {
+        let mut decision = std::pin::pin!(decision);
+        loop {
+            tokio::select! {
+                decided = &mut decision => return Ok(decided),
+                message = self.framed.next() => match message {
+                    None => return Err(TransferError::ConnectionClosed.into()),
+                    Some(Err(e)) => return Err(e.into()),
+                    Some(Ok(Message::Ping(v))) => self.framed.send(Message::Pong(v)).await?,
+                    Some(Ok(Message::Pong(_))) => {}
+                    Some(Ok(Message::Error { code, message, .. })) => {
+                        return Err(TransferError::PeerAborted { code, message }.into())
+                    }
+                    Some(Ok(other)) => {
+                        let error = Error::protocol(format!(
+                            "expected nothing but pings while the offer awaits an answer, \
+                             got {}",
+                            other.kind()
+                        ));
+                        let _ = self.framed.send(error.to_message()).await;
+                        return Err(error);
+                    }
+                },
             }
         }
     }

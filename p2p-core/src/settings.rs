@@ -7,9 +7,9 @@
 //! fsync, rename). When to load and save, and how to show the values, is the front
 //! end's business.
 //!
-//! [`Settings::auto_reconnect`] and [`Settings::max_retries`] describe a reconnect loop
-//! that p2p-core does not run itself (the CLI has its own, see `p2p-cli`); a front end
-//! without one stores them and says so ([`Settings::NOT_YET_APPLIED`]).
+//! [`Settings::auto_reconnect`] and [`Settings::max_retries`] configure
+//! [`crate::reconnect::Reconnect`]; [`Settings::auto_accept`] whether a front end asks
+//! before taking an incoming transfer ([`crate::P2PSession::receive_with`]).
 //!
 //! ```
 //! # fn demo() -> Result<(), p2p_core::settings::SettingsError> {
@@ -66,6 +66,9 @@ pub struct Settings {
     pub output_dir: Option<PathBuf>,
     /// Replace existing files instead of refusing the transfer.
     pub overwrite: bool,
+    /// Take incoming transfers without asking (off: show each offer's files and size,
+    /// and wait for Accept or Decline).
+    pub auto_accept: bool,
 }
 
 impl Default for Settings {
@@ -83,6 +86,7 @@ impl Default for Settings {
             listen_port: DEFAULT_LISTEN_PORT,
             output_dir: None,
             overwrite: false,
+            auto_accept: false,
         }
     }
 }
@@ -102,10 +106,6 @@ pub enum SettingsError {
 }
 
 impl Settings {
-    /// Names of the settings that need a reconnect loop, which p2p-core leaves to the
-    /// front end.
-    pub const NOT_YET_APPLIED: [&'static str; 2] = ["auto_reconnect", "max_retries"];
-
     /// The send-rate limit for [`crate::SessionOptions::max_speed`].
     pub fn max_speed(&self) -> Option<u64> {
         (self.bandwidth_limit > 0).then_some(self.bandwidth_limit)
@@ -229,6 +229,7 @@ mod tests {
             listen_port: 4000,
             output_dir: Some("/tmp/in".into()),
             overwrite: true,
+            auto_accept: true,
         };
         settings.save(&nested).unwrap();
         assert_eq!(Settings::load(&nested).unwrap(), settings);

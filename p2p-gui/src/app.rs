@@ -13,15 +13,15 @@ use iced::Task;
 use p2p_core::discovery::{DiscoveryConfig, PeerInfo};
 use p2p_core::fs::source::SourceManifest;
 use p2p_core::settings::{Settings, DEFAULT_LISTEN_PORT};
-use p2p_core::{ReceiveOptions, SessionOptions, TransferEvent};
+use p2p_core::{Direction, IncomingOffer, ReceiveOptions, SessionOptions, TransferEvent};
 use uuid::Uuid;
 
 use crate::history::{DirectionFilter, History, OutcomeFilter};
 use crate::peers;
 use crate::progress::{TransferProgress, TransferState};
 use crate::settings_form::{SettingsForm, SettingsMessage};
-use crate::worker::{self, Plan, SessionHandle, WorkerEvent};
-use p2p_core::history::{History as HistoryFile, Record, Status};
+use crate::worker::{self, Plan, Policy, SessionHandle, WorkerEvent};
+use p2p_core::history::{History as HistoryFile, Record, Status, Tracker};
 
 /// What the command line preselects when the window opens.
 #[derive(Debug, Clone, Default)]
@@ -46,6 +46,9 @@ pub struct Launch {
     pub discovery: Option<DiscoveryConfig>,
     /// Start looking for peers on the local network at once.
     pub find_peers: bool,
+    /// Accept incoming transfers without asking (this run only; the saved setting is
+    /// kept).
+    pub auto_accept: bool,
 }
 
 /// The tabs, in order.
@@ -120,6 +123,12 @@ pub enum Message {
     PickOutputDir,
     OutputDirPicked(Option<PathBuf>),
     OverwriteToggled(bool),
+    AutoAcceptToggled(bool),
+    /// Answer the incoming offer that waits.
+    AcceptOffer,
+    DeclineOffer,
+    /// Send the interrupted selection again; only what the receiver lacks moves.
+    ResumeSend,
     // Settings
     Settings(SettingsMessage),
     // History
@@ -206,6 +215,16 @@ pub struct App {
     pub transfer: Option<TransferProgress>,
     /// What the sender skipped in the last send (path, reason).
     pub skipped: Vec<(String, String)>,
+    /// Accept incoming transfers without asking.
+    pub auto_accept: bool,
+    /// An incoming transfer waiting for Accept or Decline.
+    pub offer: Option<IncomingOffer>,
+    /// The paths of the send that was asked for last.
+    sending: Vec<PathBuf>,
+    /// A send that stopped before it finished, with its transfer id: offered for resume.
+    pub resumable: Option<(Vec<PathBuf>, Uuid)>,
+    /// Makes the history record of each transfer from its events.
+    tracker: Tracker,
     pub notice: Option<Notice>,
     pub history: History,
     history_file: Option<HistoryFile>,
@@ -236,6 +255,7 @@ impl App {
             },
             None => (Settings::default(), None),
         };
+        let settings_auto_accept = settings.auto_accept;
         let output_dir = launch
             .output
             .clone()
@@ -256,6 +276,11 @@ impl App {
             output_dir,
             transfer: None,
             skipped: Vec::new(),
+            auto_accept: launch.auto_accept || settings_auto_accept,
+            offer: None,
+            sending: Vec::new(),
+            resumable: None,
+            tracker: Tracker::default(),
             notice: None,
             history: History::default(),
             history_file: launch.data_dir.as_deref().map(HistoryFile::in_dir),
@@ -411,6 +436,26 @@ impl App {
                 self.save_settings();
                 self.push_receive_options();
             }
+            Message::AutoAcceptToggled(on) => {
+                self.auto_accept = on;
+                self.settings.auto_accept = on;
+                self.save_settings();
+                self.push_receive_options();
+            }
+            Message::AcceptOffer | Message::DeclineOffer => {
+                let accept = matches!(message, Message::AcceptOffer);
+                if let (Some(offer), Some(peer)) = (self.offer.take(), self.peer()) {
+                    peer.handle.decide(offer.transfer_id, accept);
+                    if !accept {
+                        self.notice = Some(Notice::Info(format!(
+                            "Declined {} from {}.",
+                            offer.roots().join(", "),
+                            offer.peer
+                        )));
+                    }
+                }
+            }
+            Message::ResumeSend => self.resume_send(),
             Message::Settings(message) => {
                 if self.form.apply(message, &mut self.settings) {
                     self.save_settings();
@@ -540,13 +585,14 @@ impl App {
             max_speed: self.settings.max_speed(),
             ..SessionOptions::default()
         };
+        let policy = Policy {
+            receive: self.receive_options(),
+            auto_accept: self.auto_accept,
+            auto_reconnect: self.settings.auto_reconnect,
+            max_retries: self.settings.max_retries,
+        };
         let (task, handle) = Task::run(
-            worker::run(
-                plan.clone(),
-                options,
-                self.receive_options(),
-                self.discovery.clone(),
-            ),
+            worker::run(plan.clone(), options, policy, self.discovery.clone()),
             move |event| Message::Worker(id, event),
         )
         .abortable();
@@ -567,6 +613,7 @@ impl App {
             return Task::none();
         }
         self.send_pending = false;
+        self.offer = None;
         self.end_transfer(Ending::Stopped)
     }
 
@@ -579,7 +626,8 @@ impl App {
 
     fn push_receive_options(&self) {
         if let Some(peer) = self.peer() {
-            peer.handle.set_receive_options(self.receive_options());
+            peer.handle
+                .set_receive(self.receive_options(), self.auto_accept);
         }
     }
 
@@ -621,8 +669,28 @@ impl App {
         let Some(peer) = self.peer() else {
             return;
         };
-        let paths = self.selection.iter().map(|s| s.path.clone()).collect();
-        if peer.handle.send(paths) {
+        let paths: Vec<PathBuf> = self.selection.iter().map(|s| s.path.clone()).collect();
+        if peer.handle.send(paths.clone()) {
+            self.sending = paths;
+            self.send_pending = true;
+            self.resumable = None;
+            self.skipped.clear();
+            self.notice = None;
+        } else {
+            self.notice = Some(Notice::Error("The connection is gone.".to_owned()));
+        }
+    }
+
+    /// Sends the interrupted selection again under its transfer id.
+    fn resume_send(&mut self) {
+        if self.is_busy() {
+            return;
+        }
+        let (Some((paths, id)), Some(peer)) = (self.resumable.clone(), self.peer()) else {
+            return;
+        };
+        if peer.handle.resume(paths.clone(), id) {
+            self.sending = paths;
             self.send_pending = true;
             self.skipped.clear();
             self.notice = None;
@@ -651,6 +719,7 @@ impl App {
                 self.listen_port = addr.port().to_string();
             }
             WorkerEvent::Connected { peer, addr, handle } => {
+                self.tracker.set_peer(peer.clone());
                 worker.peer = Some(Peer {
                     name: peer,
                     addr,
@@ -658,6 +727,25 @@ impl App {
                 });
                 self.notice = None;
                 return self.send_if_ready();
+            }
+            WorkerEvent::Offer(offer) => {
+                self.notice = Some(Notice::Info(format!(
+                    "{} wants to send you {} — accept or decline on the Receive tab.",
+                    offer.peer,
+                    crate::format::files(offer.files())
+                )));
+                self.offer = Some(offer);
+                self.tab = Tab::Receive;
+            }
+            WorkerEvent::Reconnecting {
+                error,
+                delay,
+                attempt,
+            } => {
+                self.notice = Some(Notice::Info(format!(
+                    "Connection lost ({error}). Reconnecting in {} (attempt {attempt})…",
+                    crate::format::duration(delay)
+                )));
             }
             WorkerEvent::Transfer(event) => return self.on_transfer(event),
             WorkerEvent::Note(note) => self.notice = Some(Notice::Info(note)),
@@ -678,6 +766,7 @@ impl App {
             WorkerEvent::Disconnected { reason } => {
                 worker.peer = None;
                 self.send_pending = false;
+                self.offer = None;
                 match reason {
                     Some(reason) => {
                         let was_running = self
@@ -712,7 +801,8 @@ impl App {
 
     fn on_transfer(&mut self, event: TransferEvent) -> Task<Message> {
         let now = Instant::now();
-        match event {
+        let record = self.tracker.observe(&event);
+        match &event {
             TransferEvent::Started {
                 transfer_id,
                 direction,
@@ -723,60 +813,46 @@ impl App {
             } => {
                 self.send_pending = false;
                 self.notice = None;
+                if *direction == Direction::Send {
+                    // Offered for resume should it stop before the end.
+                    self.resumable = Some((self.sending.clone(), *transfer_id));
+                }
                 self.transfer = Some(TransferProgress::started(
-                    transfer_id,
-                    direction,
-                    files,
-                    total_bytes,
-                    peer,
-                    roots,
+                    *transfer_id,
+                    *direction,
+                    *files,
+                    *total_bytes,
+                    peer.clone(),
+                    roots.clone(),
                     now,
                 ));
             }
-            TransferEvent::Skipped { path, reason } => self.skipped.push((path, reason)),
-            TransferEvent::Warning { message } => self.notice = Some(Notice::Info(message)),
-            TransferEvent::Finished { .. } => {
-                if let Some(t) = &mut self.transfer {
-                    t.apply(&event, now);
-                }
-                return self.record(Status::Completed, None);
+            TransferEvent::Skipped { path, reason } => {
+                self.skipped.push((path.clone(), reason.clone()))
             }
-            TransferEvent::Failed {
-                transfer_id,
-                ref error,
-            } => {
-                let error = error.clone();
+            TransferEvent::Warning { message } => self.notice = Some(Notice::Info(message.clone())),
+            TransferEvent::Failed { transfer_id, error } => {
                 self.notice = Some(Notice::Error(format!("Transfer failed: {error}")));
-                match &mut self.transfer {
-                    Some(t) if t.transfer_id == transfer_id => {
+                // Refused before it started (the file exists, no space…): there is no
+                // progress to show, only the record and the reason.
+                if let Some(t) = &mut self.transfer {
+                    if t.transfer_id == *transfer_id {
                         t.apply(&event, now);
-                        return self.record(Status::Failed, Some(error));
-                    }
-                    // Refused before it started (the file exists, no space…): there
-                    // is no progress to show, only the record and the reason.
-                    _ => {
-                        let record = Record::now(
-                            transfer_id,
-                            p2p_core::Direction::Receive,
-                            self.peer().map(|p| p.name.clone()).unwrap_or_default(),
-                            Vec::new(),
-                            0,
-                            0,
-                            std::time::Duration::ZERO,
-                            Status::Failed,
-                            Some(error),
-                        );
-                        return self.keep(record);
                     }
                 }
             }
             other => {
+                if matches!(other, TransferEvent::Finished { .. })
+                    && self.transfer.as_ref().map(|t| t.direction) == Some(Direction::Send)
+                {
+                    self.resumable = None;
+                }
                 if let Some(t) = &mut self.transfer {
-                    t.apply(&other, now);
+                    t.apply(other, now);
                 }
             }
         }
-        Task::none()
+        record.map_or_else(Task::none, |record| self.keep(record))
     }
 
     /// Marks the running transfer as ended, if it still runs, and records it.
@@ -787,49 +863,27 @@ impl App {
         if !t.is_running() {
             return Task::none();
         }
-        match ending {
+        let (status, error) = match ending {
             Ending::Cancelled => {
                 t.cancel();
-                self.record(
-                    Status::Interrupted,
-                    Some("cancelled by the user".to_owned()),
-                )
+                (Status::Interrupted, "cancelled by the user".to_owned())
             }
             Ending::Stopped => {
                 t.cancel();
-                self.record(
+                (
                     Status::Interrupted,
-                    Some("the connection was stopped by the user".to_owned()),
+                    "the connection was stopped by the user".to_owned(),
                 )
             }
             Ending::Failed(error) => {
                 t.fail(error.clone());
-                self.record(Status::Failed, Some(error))
+                (Status::Failed, error)
             }
-        }
-    }
-
-    /// Records the current transfer with `status`.
-    fn record(&mut self, status: Status, error: Option<String>) -> Task<Message> {
-        let Some(t) = &self.transfer else {
-            return Task::none();
         };
-        let record = Record::now(
-            t.transfer_id,
-            t.direction,
-            t.peer.clone(),
-            t.roots.clone(),
-            if status == Status::Completed {
-                t.files
-            } else {
-                t.files_done
-            },
-            t.done_bytes,
-            t.elapsed(Instant::now()),
-            status,
-            error,
-        );
-        self.keep(record)
+        match self.tracker.end(status, error) {
+            Some(record) => self.keep(record),
+            None => Task::none(),
+        }
     }
 
     /// Shows a record and appends it to the history file in the background.

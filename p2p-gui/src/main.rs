@@ -30,8 +30,8 @@ struct Args {
     /// Save received files in this folder (this run only; the saved setting is kept).
     #[arg(long, short, value_name = "DIR")]
     output: Option<PathBuf>,
-    /// Accept incoming transfers without asking. This is the only mode for now; the flag
-    /// is accepted so scripts keep working once asking becomes possible.
+    /// Accept incoming transfers without asking (this run only; the saved setting is
+    /// kept). Without it, the saved setting decides (by default: ask).
     #[arg(long)]
     auto_accept: bool,
     /// Select these files or folders, and send them once connected.
@@ -74,6 +74,7 @@ fn main() -> ExitCode {
         tab: args.tab,
         data_dir: p2p_core::history::data_dir(),
         find_peers: args.find_peers,
+        auto_accept: args.auto_accept,
         discovery: match p2p_core::discovery::DiscoveryConfig::from_env() {
             Ok(config) => Some(config),
             Err(e) => {

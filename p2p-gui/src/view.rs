@@ -9,7 +9,7 @@ use iced::widget::{
 };
 use iced::{Element, Fill, Theme};
 use p2p_core::config::COMPRESS_LEVELS;
-use p2p_core::Direction;
+use p2p_core::{Direction, IncomingOffer};
 
 use crate::app::{App, Message, Notice, Tab};
 use crate::format;
@@ -224,6 +224,30 @@ impl App {
         if let Some(blocker) = blocker {
             tab = tab.push(note(blocker));
         }
+        if let Some((paths, _)) = self.resumable.as_ref().filter(|_| !busy) {
+            let names: Vec<String> = paths
+                .iter()
+                .map(|p| {
+                    p.file_name()
+                        .map_or_else(|| p.display().to_string(), |n| n.to_string_lossy().into())
+                })
+                .collect();
+            tab = tab.push(
+                row![
+                    text(format!(
+                        "The send of {} stopped before the end. The receiver keeps what \
+                         arrived; resuming sends only the rest.",
+                        names.join(", ")
+                    ))
+                    .size(NOTE_SIZE)
+                    .width(Fill),
+                    button("Resume")
+                        .on_press_maybe(self.peer().is_some().then_some(Message::ResumeSend)),
+                ]
+                .spacing(SPACING)
+                .align_y(iced::Center),
+            );
+        }
         if !self.skipped.is_empty() {
             tab = tab.push(note(format!(
                 "Skipped {} item(s), e.g. {}: {}",
@@ -247,11 +271,15 @@ impl App {
         ]
         .spacing(6);
         let accept = column![
-            checkbox(true).label("Accept incoming transfers automatically"),
-            note(
-                "Always on for now: asking before each transfer, with its file list and \
-                 size, needs support in p2p-core that is not there yet.",
-            ),
+            checkbox(self.auto_accept)
+                .label("Accept incoming transfers without asking")
+                .on_toggle(Message::AutoAcceptToggled),
+            note(if self.auto_accept {
+                "Every transfer a connected peer sends is saved at once."
+            } else {
+                "Each incoming transfer waits here, with its files and size, until you \
+                 accept or decline it."
+            }),
         ]
         .spacing(4);
         let overwrite = checkbox(self.settings.overwrite)
@@ -264,9 +292,49 @@ impl App {
             }
             _ => "Listen or connect on the Connection tab to receive.".to_owned(),
         };
-        column![folder, accept, overwrite, note(state)]
-            .spacing(SPACING)
-            .into()
+        let mut tab = column![folder, accept, overwrite, note(state)].spacing(SPACING);
+        if let Some(offer) = &self.offer {
+            tab = tab.push(self.offer_panel(offer));
+        }
+        tab.into()
+    }
+
+    /// An incoming transfer waiting for an answer: who, what, how big.
+    fn offer_panel<'a>(&'a self, offer: &'a IncomingOffer) -> Element<'a, Message> {
+        /// Entries listed before "and N more".
+        const LISTED: usize = 12;
+        let mut list = Column::new().spacing(2);
+        for entry in offer.entries.iter().take(LISTED) {
+            let size = match entry.size {
+                Some(size) => format::bytes(size),
+                None => "folder".to_owned(),
+            };
+            list = list.push(
+                row![text(&entry.path).width(Fill), text(size).size(NOTE_SIZE)].spacing(SPACING),
+            );
+        }
+        if offer.entries.len() > LISTED {
+            list = list.push(note(format!("… and {} more", offer.entries.len() - LISTED)));
+        }
+        column![
+            heading("Incoming transfer"),
+            text(format!(
+                "{} wants to send {} · {}",
+                offer.peer,
+                format::files(offer.files()),
+                format::bytes(offer.total_bytes())
+            )),
+            list,
+            row![
+                button("Accept").on_press(Message::AcceptOffer),
+                button("Decline")
+                    .style(button::danger)
+                    .on_press(Message::DeclineOffer),
+            ]
+            .spacing(SPACING),
+        ]
+        .spacing(6)
+        .into()
     }
 
     fn settings_tab(&self) -> Element<'_, Message> {
@@ -324,10 +392,10 @@ impl App {
             form.bandwidth_error.as_deref(),
         );
         let reconnect = checkbox(s.auto_reconnect)
-            .label("Reconnect automatically after a dropped connection — not yet applied")
+            .label("Reconnect and resume automatically after a dropped connection")
             .on_toggle(|v| Message::Settings(SettingsMessage::AutoReconnect(v)));
         let retries = field(
-            "Reconnect attempts (0 = no limit) — not yet applied",
+            "Reconnect attempts in a row (0 = no limit)",
             text_input("5", &form.retries)
                 .id("retries")
                 .on_input(on(SettingsMessage::Retries))
@@ -346,11 +414,7 @@ impl App {
             bandwidth,
             reconnect,
             retries,
-            note(
-                "Settings marked \"not yet applied\" are saved now; the window does not \
-                 reconnect by itself yet (the command line does). Changes apply to the \
-                 next connection.",
-            ),
+            note("Changes apply to the next connection."),
         ]
         .spacing(SPACING);
         match (&self.settings_status, &self.config_dir) {
@@ -415,7 +479,8 @@ impl App {
                 text(format!("{peer}: {what}")),
                 row![
                     text(format!(
-                        "{} · {} · {}",
+                        "{} UTC · {} · {} · {}",
+                        record.finished_utc(),
                         format::files(record.file_count),
                         format::bytes(record.bytes),
                         // The file is the user's: a bad number shows as zero.

@@ -247,6 +247,7 @@ async fn listening_receives_what_a_peer_sends_into_the_output_folder() {
 
     let mut h = Harness::new(Launch {
         output: Some(inbox.clone()),
+        auto_accept: true,
         ..launch(&config)
     });
     h.update(Message::ListenPortChanged("0".into()));
@@ -549,4 +550,280 @@ async fn a_listening_window_announces_itself() {
         .expect("the window's beacon");
     assert_eq!(peer.addr.port(), port);
     assert_eq!(peer.name, p2p_core::session::default_device_name());
+}
+
+/// Listens on 127.0.0.1:0 with the window and returns the port.
+async fn listen(h: &mut Harness) -> u16 {
+    h.update(Message::ListenPortChanged("0".into()));
+    h.click("Listen");
+    h.run_until("the listener", |app| {
+        app.worker
+            .as_ref()
+            .is_some_and(|w| w.listening_on.is_some())
+    })
+    .await;
+    h.app.worker.as_ref().unwrap().listening_on.unwrap().port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_incoming_transfer_waits_for_accept_or_decline() {
+    let dir = tempfile::tempdir().unwrap();
+    let (inbox, config) = (dir.path().join("inbox"), dir.path().join("config"));
+    let folder = dir.path().join("album");
+    std::fs::create_dir_all(&folder).unwrap();
+    std::fs::write(folder.join("a.jpg"), data(300_000, 1)).unwrap();
+    std::fs::write(folder.join("b.jpg"), data(2 << 20, 2)).unwrap();
+
+    let mut h = Harness::new(Launch {
+        output: Some(inbox.clone()),
+        ..launch(&config)
+    });
+    assert!(!h.app.auto_accept, "asking is the default");
+    let port = listen(&mut h).await;
+    // One session, the same folder offered twice: declined, then accepted.
+    let sender = tokio::spawn({
+        let folder = folder.clone();
+        async move {
+            let options = SessionOptions {
+                device_name: "laptop".into(),
+                ..SessionOptions::default()
+            };
+            let mut session: P2PSession<tokio::net::TcpStream> =
+                P2PSession::connect(&format!("127.0.0.1:{port}"), &options).await?;
+            let declined = session.send(&[&folder], &NoEvents).await;
+            let accepted = session.send(&[&folder], &NoEvents).await;
+            session.close().await?;
+            Ok::<_, p2p_core::Error>((declined, accepted))
+        }
+    });
+
+    h.run_until("the first offer", |app| app.offer.is_some())
+        .await;
+    assert_eq!(
+        h.app.tab,
+        Tab::Receive,
+        "the offer is shown where it is answered"
+    );
+    assert!(h.shows("Incoming transfer"));
+    assert!(h.shows("laptop wants to send 2 files · 2.3 MiB"));
+    assert!(h.shows("album/b.jpg"));
+    assert!(h.shows("2.0 MiB"));
+    h.click("Decline");
+    assert!(h.app.offer.is_none());
+    assert!(h.shows("Declined album from laptop."));
+
+    h.run_until("the second offer", |app| app.offer.is_some())
+        .await;
+    assert!(
+        !inbox.join("album").exists(),
+        "nothing was written for the declined offer"
+    );
+    h.click("Accept");
+    h.run_until("the received folder", |app| {
+        app.history.visible().next().is_some()
+    })
+    .await;
+    let (declined, accepted) = sender.await.unwrap().unwrap();
+    let declined = declined.unwrap_err().to_string();
+    assert!(
+        declined.contains("the receiver declined the transfer"),
+        "{declined}"
+    );
+    assert_eq!(accepted.unwrap().files, 2);
+    for name in ["a.jpg", "b.jpg"] {
+        assert_eq!(
+            sha256(&inbox.join("album").join(name)),
+            sha256(&folder.join(name))
+        );
+    }
+    // Turning auto-accept on is saved with the settings.
+    h.click("Accept incoming transfers without asking");
+    assert!(h.app.auto_accept);
+    assert!(
+        p2p_core::settings::Settings::load(&config)
+            .unwrap()
+            .auto_accept
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_send_is_offered_for_resume_and_resumes_where_it_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let (inbox, config) = (dir.path().join("inbox"), dir.path().join("config"));
+    let file = dir.path().join("big.bin");
+    std::fs::write(&file, data(48 << 20, 5)).unwrap();
+    let (addr, receiver) = loopback_receiver(inbox.clone()).await;
+    p2p_core::settings::Settings {
+        chunk_size: 64 << 10,
+        window_size: 4,
+        ..Default::default()
+    }
+    .save(&config)
+    .unwrap();
+    let mut h = Harness::new(Launch {
+        connect: Some(addr),
+        send: vec![file.clone()],
+        ..launch(&config)
+    });
+    // Cancel once a good part has been acknowledged.
+    h.run_until("8 MiB acknowledged", |app| {
+        app.transfer
+            .as_ref()
+            .is_some_and(|t| t.done_bytes >= 8 << 20)
+    })
+    .await;
+    h.click("Cancel");
+    h.run_until("the worker to stop", |app| app.worker.is_none())
+        .await;
+    assert!(receiver.await.unwrap().is_err());
+    let (paths, id) = h.app.resumable.clone().expect("offered for resume");
+    assert_eq!(paths, std::slice::from_ref(&file));
+    assert_eq!(h.app.transfer.as_ref().unwrap().transfer_id, id);
+    assert!(h.shows_part("stopped before the end"));
+
+    // A new session with a receiver on the same folder: Resume sends only the rest.
+    let (addr, receiver) = loopback_receiver(inbox.clone()).await;
+    h.click("Connection");
+    h.update(Message::PeerAddressChanged(addr));
+    h.click("Connect");
+    h.run_until("the connection", |app| app.peer().is_some())
+        .await;
+    h.click("Send");
+    h.click("Resume");
+    h.run_until("the resumed send to finish", |app| {
+        app.transfer
+            .as_ref()
+            .is_some_and(|t| matches!(t.state, TransferState::Finished { .. }))
+    })
+    .await;
+    let t = h.app.transfer.as_ref().unwrap();
+    assert_eq!(t.transfer_id, id, "the same transfer, resumed");
+    assert!(
+        t.resumed_bytes >= 4 << 20,
+        "resumed {} bytes",
+        t.resumed_bytes
+    );
+    assert!(h.app.resumable.is_none());
+    assert_eq!(sha256(&inbox.join("big.bin")), sha256(&file));
+    h.click("Connection");
+    h.click("Disconnect");
+    h.settle().await;
+    receiver.await.unwrap().unwrap();
+}
+
+/// A TCP relay on 127.0.0.1 to `target` that cuts its first connection once `cut_after`
+/// bytes have gone from the client to the server; later connections pass untouched.
+async fn cutting_proxy(target: String, cut_after: usize) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        let mut first = true;
+        while let Ok((mut client, _)) = listener.accept().await {
+            let Ok(mut server) = tokio::net::TcpStream::connect(&target).await else {
+                continue;
+            };
+            if !first {
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                });
+                continue;
+            }
+            first = false;
+            tokio::spawn(async move {
+                let (mut client_rx, mut client_tx) = client.split();
+                let (mut server_rx, mut server_tx) = server.split();
+                let up = async {
+                    let mut buf = vec![0u8; 64 << 10];
+                    let mut passed = 0;
+                    while passed < cut_after {
+                        let n = client_rx.read(&mut buf).await?;
+                        if n == 0 {
+                            break;
+                        }
+                        let n = n.min(cut_after - passed);
+                        server_tx.write_all(&buf[..n]).await?;
+                        passed += n;
+                    }
+                    std::io::Result::Ok(())
+                };
+                let down = tokio::io::copy(&mut server_rx, &mut client_tx);
+                // Whichever ends first, both sockets are dropped: the cut.
+                tokio::select! {
+                    _ = up => {}
+                    _ = down => {}
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_connection_reconnects_and_resumes_by_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let (inbox, config) = (dir.path().join("inbox"), dir.path().join("config"));
+    let file = dir.path().join("video.bin");
+    std::fs::write(&file, data(24 << 20, 9)).unwrap();
+    // A receiver that takes sessions one after another (the sender comes back).
+    let listener = p2p_core::transport::listen("127.0.0.1:0").await.unwrap();
+    let target = listener.local_addr().unwrap().to_string();
+    let receiver = tokio::spawn({
+        let inbox = inbox.clone();
+        async move {
+            let options = ReceiveOptions {
+                output_dir: inbox,
+                overwrite: false,
+            };
+            let mut outcomes = Vec::new();
+            for _ in 0..2 {
+                let mut session = P2PSession::accept(&listener, &SessionOptions::default())
+                    .await
+                    .unwrap();
+                outcomes.push(session.run_event_loop(&options, &NoEvents).await.is_ok());
+            }
+            outcomes
+        }
+    });
+    let proxy = cutting_proxy(target, 6 << 20).await;
+    p2p_core::settings::Settings {
+        chunk_size: 64 << 10,
+        window_size: 4,
+        auto_reconnect: true,
+        max_retries: 3,
+        ..Default::default()
+    }
+    .save(&config)
+    .unwrap();
+    let mut h = Harness::new(Launch {
+        connect: Some(proxy),
+        send: vec![file.clone()],
+        ..launch(&config)
+    });
+    h.run_until("the reconnection", |app| {
+        matches!(&app.notice, Some(p2p_gui::app::Notice::Info(n)) if n.starts_with("Connection lost"))
+    })
+    .await;
+    h.run_until("the resumed send to finish", |app| {
+        app.transfer
+            .as_ref()
+            .is_some_and(|t| matches!(t.state, TransferState::Finished { .. }))
+    })
+    .await;
+    let t = h.app.transfer.as_ref().unwrap();
+    assert!(
+        t.resumed_bytes > 0,
+        "the second session resumed the transfer"
+    );
+    assert_eq!(sha256(&inbox.join("video.bin")), sha256(&file));
+    let statuses: Vec<Status> = h.app.history.visible().map(|r| r.status).collect();
+    assert_eq!(
+        statuses,
+        [Status::Completed, Status::Failed],
+        "newest first"
+    );
+    h.click("Connection");
+    h.click("Disconnect");
+    h.settle().await;
+    assert_eq!(receiver.await.unwrap(), [false, true]);
 }

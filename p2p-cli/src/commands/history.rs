@@ -88,7 +88,7 @@ pub fn run(args: HistoryArgs) -> anyhow::Result<()> {
         }
         println!(
             "{:<19}  {:<7}  {:<11}  {:>6}  {:>10}  {:>8.1}  {:<20}  {}",
-            utc(r.finished_at),
+            r.finished_utc(),
             dir,
             status,
             r.file_count,
@@ -99,35 +99,4 @@ pub fn run(args: HistoryArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-/// `YYYY-MM-DD HH:MM:SS` in UTC from Unix seconds (civil-from-days, no time zone crate).
-fn utc(secs: u64) -> String {
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn utc_dates() {
-        assert_eq!(super::utc(0), "1970-01-01 00:00:00");
-        assert_eq!(super::utc(951_782_400), "2000-02-29 00:00:00");
-        assert_eq!(super::utc(1_795_000_000), "2026-11-18 11:06:40");
-    }
 }

@@ -124,42 +124,35 @@ impl Endpoint {
 }
 
 /// Runs `attempt` until it succeeds, retrying transient failures with backoff when
-/// `--auto-reconnect` is on. The budget counts consecutive failures: an attempt that
-/// got as far as a session resets it.
+/// `--auto-reconnect` is on (the loop is p2p-core's, shared with the GUI). The budget
+/// counts consecutive failures: an attempt that got as far as a session resets it.
 pub async fn with_reconnect<F, Fut>(
     session: &SessionArgs,
     recorder: &Recorder,
-    mut attempt: F,
+    attempt: F,
 ) -> anyhow::Result<()>
 where
-    F: FnMut(std::sync::Arc<std::sync::atomic::AtomicBool>) -> Fut,
+    F: FnMut(p2p_core::reconnect::Progress) -> Fut,
     Fut: std::future::Future<Output = p2p_core::Result<()>>,
 {
-    use std::sync::atomic::{AtomicBool, Ordering};
-    let mut backoff = p2p_core::reconnect::Backoff::new(session.max_retries);
-    loop {
-        let connected = std::sync::Arc::new(AtomicBool::new(false));
-        let error = match attempt(connected.clone()).await {
-            Ok(()) => return Ok(()),
-            Err(e) => e,
-        };
-        if !session.auto_reconnect || !error.is_transient() {
-            return Err(error.into());
-        }
-        if connected.load(Ordering::Relaxed) {
-            backoff.reset();
-        }
-        let Some(delay) = backoff.next_delay() else {
-            return Err(anyhow::Error::new(error).context(format!(
-                "giving up after {} reconnection attempts",
-                backoff.retries()
-            )));
-        };
-        recorder.renderer().line(&format!(
-            "connection problem: {error}; reconnecting in {} s (attempt {})",
-            delay.as_secs(),
-            backoff.retries()
-        ));
-        tokio::time::sleep(delay).await;
+    let mut reconnect =
+        p2p_core::reconnect::Reconnect::new(session.auto_reconnect, session.max_retries);
+    let result = reconnect
+        .run(attempt, |retry| {
+            recorder.renderer().line(&format!(
+                "connection problem: {}; reconnecting in {} s (attempt {})",
+                retry.error,
+                retry.delay.as_secs(),
+                retry.attempt
+            ));
+        })
+        .await;
+    match result {
+        Ok(()) => Ok(()),
+        Err(e) if reconnect.gave_up() => Err(anyhow::Error::new(e).context(format!(
+            "giving up after {} reconnection attempts",
+            reconnect.retries()
+        ))),
+        Err(e) => Err(e.into()),
     }
 }

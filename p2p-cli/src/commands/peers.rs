@@ -61,25 +61,13 @@ pub async fn run(args: PeersArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Starts announcing a receiver that waits on TCP `port`. Discovery is a convenience:
-/// when it cannot start, the receiver says so and waits anyway.
-///
-/// A receiver listening on a loopback address is reachable from this host only, so it
-/// announces on the loopback network only (unless `P2P_DISCOVERY_TARGETS` says
-/// otherwise): nothing leaves the machine.
+/// Starts announcing a receiver that waits on TCP `listening`. Discovery is a
+/// convenience: when it cannot start, the receiver says so and waits anyway. A loopback
+/// listener announces on the loopback network only (see `Announcer::for_listener`).
 pub fn announce(options: &SessionOptions, listening: std::net::SocketAddr) -> Option<Announcer> {
     let beacon = Beacon::new(options.device_id, &options.device_name, listening.port());
-    let started = DiscoveryConfig::from_env().and_then(|mut config| {
-        if listening.ip().is_loopback()
-            && std::env::var_os(p2p_core::discovery::TARGETS_ENV).is_none()
-        {
-            config.targets =
-                p2p_core::discovery::BeaconTargets::Only(vec![std::net::Ipv4Addr::new(
-                    127, 255, 255, 255,
-                )
-                .into()]);
-        }
-        Announcer::start(beacon.clone(), &config).map(|a| (a, config.port))
+    let started = DiscoveryConfig::from_env().and_then(|config| {
+        Announcer::for_listener(beacon.clone(), listening, &config).map(|a| (a, config.port))
     });
     match started {
         Ok((announcer, discovery_port)) => {

@@ -35,11 +35,12 @@ pub async fn run(args: ReceiveArgs, recorder: &Recorder) -> anyhow::Result<()> {
         overwrite: args.overwrite,
     };
     let done = std::sync::Mutex::new(Vec::new());
-    super::with_reconnect(&args.session, recorder, |connected| {
+    super::with_reconnect(&args.session, recorder, |progress| {
         let (endpoint, options, receive, done) = (&endpoint, &options, &receive, &done);
         async move {
             let mut session = endpoint.session(options).await?;
-            connected.store(true, std::sync::atomic::Ordering::Relaxed);
+            progress.connected();
+            recorder.set_peer(&session.peer().device_name);
             while let Some(summary) = session.receive(receive, recorder).await? {
                 done.lock().unwrap_or_else(|p| p.into_inner()).push(summary);
             }

@@ -101,11 +101,11 @@ async fn send_as(
     ));
     // Every attempt offers the same transfer id: after a reconnection the receiver
     // resumes it, and only what is missing is sent.
-    super::with_reconnect(&args.session, recorder, |connected| {
+    super::with_reconnect(&args.session, recorder, |progress| {
         let (endpoint, options, manifest) = (&endpoint, &options, &manifest);
         async move {
             let mut session = endpoint.session(options).await?;
-            connected.store(true, std::sync::atomic::Ordering::Relaxed);
+            progress.connected();
             session
                 .send_manifest_as(manifest, transfer_id, recorder)
                 .await?;

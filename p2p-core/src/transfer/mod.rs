@@ -19,6 +19,7 @@
 
 mod chunk_set;
 mod driver;
+mod incoming;
 mod layout;
 mod receiver;
 mod sender;
@@ -30,6 +31,7 @@ pub use chunk_set::ChunkSet;
 pub use driver::{
     receive_offer, send_manifest, ReceiveOptions, SendOptions, TransferSummary, IDLE_LIMIT,
 };
+pub use incoming::{Decision, IncomingOffer, OfferedEntry, Received};
 pub use layout::Layout;
 pub use receiver::{IoRequest, Receiver, ResumeInfo};
 pub use sender::{ReadPurpose, ReadRequest, Sender};
