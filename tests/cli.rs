@@ -35,6 +35,7 @@ fn start_listening(data: &Path, args: &[&str]) -> Listening {
     let mut child = p2p(data)
         .args(args)
         .args(["--port", "0", "--bind", "127.0.0.1"])
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -514,4 +515,40 @@ fn a_connection_cut_mid_chunk_several_times_completes_with_no_user_action() {
         "later attempts continue from what arrived: {receiver_out}"
     );
     assert!(partial_files(&out).is_empty());
+}
+
+#[test]
+fn receive_ask_shows_the_offer_and_a_no_declines_with_nothing_written() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let src = tmp.path().join("report.pdf");
+    random_file(&src, 300_000, 4);
+    let out = tmp.path().join("out");
+    for (answer, accepted) in [("n\n", false), ("yes\n", true)] {
+        let mut receiver = start_listening(&data, &["receive", "--ask", "--output", path(&out)]);
+        // Read when the offer arrives; until then it waits in the pipe.
+        use std::io::Write;
+        let mut stdin = receiver.child.stdin.take().unwrap();
+        stdin.write_all(answer.as_bytes()).unwrap();
+        drop(stdin);
+        let send = run(&data, &["send", path(&src), "--peer", &receiver.addr]);
+        let (code, stdout, stderr) = receiver.finish();
+        assert_eq!(code, 0, "{stderr}");
+        assert!(
+            stdout.contains("wants to send 1 file(s), 292.97 KiB:")
+                && stdout.contains("report.pdf"),
+            "{stdout}"
+        );
+        assert!(stderr.contains("accept? [y/N]"), "{stderr}");
+        if accepted {
+            assert!(send.status.success(), "{}", text(&send.stderr));
+            assert_eq!(sha256_file(&out.join("report.pdf")), sha256_file(&src));
+        } else {
+            assert_eq!(send.status.code(), Some(5), "{}", text(&send.stderr));
+            assert!(text(&send.stderr).contains("the receiver declined the transfer"));
+            assert!(stdout.contains("declined; nothing was written"), "{stdout}");
+            assert!(!out.join("report.pdf").exists());
+            assert!(!out.exists() || partial_files(&out).is_empty());
+        }
+    }
 }

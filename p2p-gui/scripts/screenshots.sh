@@ -92,12 +92,13 @@ gui send --connect "$addr" --send "$work/photos" "$work/film.mkv"
 wait_for "$work/send.err" "connected to"
 shot send 0.7
 
-# Receive: listening; the CLI sends a folder.
+# Receive: listening, asking first; the CLI offers a folder, which waits for an answer.
 gui receive --listen 127.0.0.1:0 --tab receive --output "$work/in-gui"
 wait_for "$work/receive.err" "listening on"
 addr=$(sed -n 's/^listening on //p' "$work/receive.err")
-"$BIN/p2p-transfer" send "$work/photos" --peer "$addr" --name laptop >/dev/null
-wait_for "$work/receive.err" "finished:"
+"$BIN/p2p-transfer" send "$work/photos" --peer "$addr" --name laptop >/dev/null 2>&1 &
+pids+=($!)
+wait_for "$work/receive.err" "offer from"
 shot receive
 
 # Settings.
@@ -106,7 +107,7 @@ shot settings
 
 # History: two transfers and one refused (the file is already there).
 rm -rf "$work/in-gui"
-gui history --listen 127.0.0.1:0 --tab history --output "$work/in-gui"
+gui history --listen 127.0.0.1:0 --auto-accept --tab history --output "$work/in-gui"
 wait_for "$work/history.err" "listening on"
 addr=$(sed -n 's/^listening on //p' "$work/history.err")
 "$BIN/p2p-transfer" send "$work/photos" --peer "$addr" --name laptop >/dev/null

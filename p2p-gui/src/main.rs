@@ -3,8 +3,8 @@
 //! The flags preselect what a person would click, so the window can be started
 //! ready to receive (`--listen 0.0.0.0:14567 --output ~/Downloads`) or ready to send
 //! (`--connect host:port --send FILE`). Notable events are also written to stderr, one
-//! line each (`listening on ADDR`, `connected to …`, `finished: …`, `failed: …`), so
-//! scripts and tests can follow the window without scraping pixels.
+//! line each (`listening on ADDR`, `connected to …`, `offer from …`, `finished: …`,
+//! `failed: …`), so scripts and tests can follow the window without scraping pixels.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -130,6 +130,15 @@ fn report(message: &Message) -> Option<bool> {
             Some(addr) => eprintln!("connected to {peer} ({addr})"),
             None => eprintln!("connected to {peer}"),
         },
+        WorkerEvent::Offer(offer) => eprintln!(
+            "offer from {}: {} file(s), {} bytes; waiting for Accept or Decline",
+            offer.peer,
+            offer.files(),
+            offer.total_bytes()
+        ),
+        WorkerEvent::Reconnecting { error, attempt, .. } => {
+            eprintln!("connection lost ({error}); reconnecting (attempt {attempt})")
+        }
         WorkerEvent::Transfer(TransferEvent::Finished {
             files,
             bytes,

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use p2p_core::ReceiveOptions;
+use p2p_core::{Decision, IncomingOffer, ReceiveOptions, Received};
 
 use crate::record::Recorder;
 use crate::{RoleArg, SessionArgs, TransferArgs};
@@ -16,6 +16,10 @@ pub struct ReceiveArgs {
     /// Replace files that already exist instead of refusing the transfer.
     #[arg(long)]
     pub overwrite: bool,
+    /// Show each incoming transfer (sender, files, total size) and ask on the terminal
+    /// before receiving it; anything but "y" or "yes" declines.
+    #[arg(long)]
+    pub ask: bool,
     /// Wait for the peer (server, default) or connect to it (client).
     #[arg(long, value_enum, default_value = "server")]
     pub role: RoleArg,
@@ -35,16 +39,25 @@ pub async fn run(args: ReceiveArgs, recorder: &Recorder) -> anyhow::Result<()> {
         overwrite: args.overwrite,
     };
     let done = std::sync::Mutex::new(Vec::new());
+    let ask = args.ask;
     super::with_reconnect(&args.session, recorder, |progress| {
         let (endpoint, options, receive, done) = (&endpoint, &options, &receive, &done);
         async move {
             let mut session = endpoint.session(options).await?;
             progress.connected();
             recorder.set_peer(&session.peer().device_name);
-            while let Some(summary) = session.receive(receive, recorder).await? {
-                done.lock().unwrap_or_else(|p| p.into_inner()).push(summary);
+            loop {
+                let answer = |offer| decide(offer, ask, recorder);
+                match session.receive_with(receive, recorder, answer).await? {
+                    None => return Ok(()),
+                    Some(Received::Completed(summary)) => {
+                        done.lock().unwrap_or_else(|p| p.into_inner()).push(summary)
+                    }
+                    Some(Received::Declined { .. }) => {
+                        recorder.renderer().line("declined; nothing was written")
+                    }
+                }
             }
-            Ok(())
         }
     })
     .await?;
@@ -60,4 +73,47 @@ pub async fn run(args: ReceiveArgs, recorder: &Recorder) -> anyhow::Result<()> {
         ));
     }
     Ok(())
+}
+
+/// Entries listed before "… and N more" when asking.
+const LISTED: usize = 10;
+
+/// Accepts at once, or (`--ask`) shows the offer on stderr and reads the answer from
+/// stdin. No answer (end of input, an unreadable terminal) declines.
+async fn decide(offer: IncomingOffer, ask: bool, recorder: &Recorder) -> Decision {
+    if !ask {
+        return Decision::Accept;
+    }
+    let mut text = format!(
+        "{} wants to send {} file(s), {}:",
+        offer.peer,
+        offer.files(),
+        indicatif::HumanBytes(offer.total_bytes())
+    );
+    for entry in offer.entries.iter().take(LISTED) {
+        match entry.size {
+            Some(size) => text.push_str(&format!(
+                "\n  {} ({})",
+                entry.path,
+                indicatif::HumanBytes(size)
+            )),
+            None => text.push_str(&format!("\n  {}/", entry.path)),
+        }
+    }
+    if offer.entries.len() > LISTED {
+        text.push_str(&format!("\n  … and {} more", offer.entries.len() - LISTED));
+    }
+    recorder.renderer().line(&text);
+    eprint!("accept? [y/N] ");
+    let answer = tokio::task::spawn_blocking(|| {
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line).map(|_| line)
+    })
+    .await;
+    match answer {
+        Ok(Ok(line)) if matches!(line.trim().to_lowercase().as_str(), "y" | "yes") => {
+            Decision::Accept
+        }
+        _ => Decision::Decline("the receiver declined the transfer".to_owned()),
+    }
 }
