@@ -121,11 +121,14 @@ pub enum TransferError {
 
 fn already_exists(first: &str, count: usize) -> String {
     if count <= 1 {
-        format!("{first:?} already exists in the output folder; pass --overwrite to replace it")
+        format!(
+            "{first:?} already exists in the output folder; allow overwriting \
+             (--overwrite) to replace it"
+        )
     } else {
         format!(
             "{count} files already exist in the output folder (first: {first:?}); \
-             pass --overwrite to replace them"
+             allow overwriting (--overwrite) to replace them"
         )
     }
 }
