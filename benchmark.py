@@ -2018,7 +2018,10 @@ def write_report(path: Path, *, command: str, started: datetime.datetime, machin
         f"Linux {machine['kernel']}, data and output on {machine['filesystem']}; "
         f"load average (1, 5, 15 min) at the start {machine['load']}, at the end "
         f"{load_end} (other work on the machine skews every figure)",
-        f"- **net.ipv4.tcp_congestion_control:** {congestion}",
+        f"- **net.ipv4.tcp_congestion_control:** {congestion} (this machine defaults to BBR, "
+        "most users run Cubic: the same benchmark with `--congestion cubic --output "
+        "docs/benchmarks-cubic.md` is in [benchmarks-cubic.md](benchmarks-cubic.md), with "
+        "BBR in [benchmarks.md](benchmarks.md))",
         f"- **p2p-transfer:** {binary}; chunk size "
         f"{human_size(chunk_size)}{'' if ctx.args.chunk_size else ' (default)'}"
         + (f"; extra send flags: `{' '.join(ctx.args.send_arg)}`" if ctx.args.send_arg else ""),

@@ -350,6 +350,21 @@ pub fn decode_payload(payload: &[u8]) -> Result<Message, WireError> {
 #[derive(Debug, Default, Clone, Copy)]
 pub struct FrameCodec;
 
+impl FrameCodec {
+    /// Whether `buf` (a read buffer) starts with a whole frame, so that decoding the next
+    /// message needs no read from the stream. An oversized header counts as whole: the
+    /// decoder reports it at once.
+    pub fn holds_frame(buf: &[u8]) -> bool {
+        match buf.first_chunk::<FRAME_HEADER_LEN>() {
+            Some(header) => {
+                let len = u32::from_be_bytes(*header) as usize;
+                len > MAX_FRAME_LEN || buf.len() - FRAME_HEADER_LEN >= len
+            }
+            None => false,
+        }
+    }
+}
+
 impl Decoder for FrameCodec {
     type Item = Message;
     type Error = WireError;
@@ -399,6 +414,21 @@ impl Encoder<Message> for FrameCodec {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn holds_frame_means_the_next_decode_reads_nothing_more() {
+        let mut buf = BytesMut::new();
+        FrameCodec.encode(Message::Ping(7), &mut buf).unwrap();
+        let whole = buf.len();
+        FrameCodec.encode(Message::Pong(7), &mut buf).unwrap();
+        assert!(FrameCodec::holds_frame(&buf));
+        assert!(FrameCodec::holds_frame(&buf[..whole]));
+        assert!(!FrameCodec::holds_frame(&buf[..whole - 1]));
+        assert!(!FrameCodec::holds_frame(&buf[..3]));
+        assert!(!FrameCodec::holds_frame(&[]));
+        // An oversized header is "whole": the decoder rejects it without waiting.
+        assert!(FrameCodec::holds_frame(&u32::MAX.to_be_bytes()));
+    }
 
     fn samples() -> Vec<Message> {
         let id = Uuid::from_u128(0x0123_4567_89ab_cdef_0123_4567_89ab_cdef);

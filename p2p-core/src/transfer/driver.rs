@@ -564,11 +564,16 @@ where
                     Some(Err(e)) => return Err(e.into()),
                     None => return Err(TransferError::ConnectionClosed.into()),
                 }
-                // Frames that arrived with it are taken too before anything is written
-                // back, so that acknowledgements (and the chunks they release) leave in
-                // one write instead of one per frame: with many small files that is
-                // most of the syscalls.
+                // Frames that arrived with it, already whole in the read buffer, are
+                // taken too before anything is written back, so that acknowledgements
+                // (and the chunks they release) leave in one write instead of one per
+                // frame: with many small files that is most of the syscalls. Nothing
+                // more is read from the socket for this, so the buffer (and memory)
+                // stays as small as it was.
                 for _ in 1..MAX_FRAMES_PER_WAKE {
+                    if !FrameCodec::holds_frame(framed.read_buffer()) {
+                        break;
+                    }
                     match framed.next().now_or_never() {
                         Some(Some(Ok(msg))) => machine.handle_message(msg, now)?,
                         Some(Some(Err(e))) => return Err(e.into()),
