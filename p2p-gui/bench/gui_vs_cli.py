@@ -103,7 +103,7 @@ def round_cli_cli(source, out):
 
 
 def round_cli_gui(source, out, env):
-    window = gui(env, "--listen", "127.0.0.1:0", "--output", out)
+    window = gui(env, "--listen", "127.0.0.1:0", "--output", out, "--auto-accept")
     addr = read_until(window.stderr, "listening on ")
     send = subprocess.run(
         [CLI, "send", source, "--peer", addr], capture_output=True, text=True, check=True
