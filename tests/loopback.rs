@@ -853,6 +853,7 @@ async fn a_silent_peer_is_detected_within_the_idle_timeout() {
         matches!(err, Error::Transfer(TransferError::PeerSilent(_))),
         "{err}"
     );
+    assert_eq!(err.to_string(), "the peer stopped answering for 1.5 s");
     assert!(err.is_transient());
     assert!(started.elapsed() < std::time::Duration::from_secs(20));
     silent.abort();

@@ -112,8 +112,8 @@ pub enum TransferError {
     #[error("the connection closed before the transfer finished")]
     ConnectionClosed,
     /// The peer stopped answering.
-    #[error("the peer stopped answering for {0} s")]
-    PeerSilent(u64),
+    #[error("the peer stopped answering for {:.1} s", .0.as_secs_f64())]
+    PeerSilent(std::time::Duration),
     /// The local user cancelled.
     #[error("the transfer was cancelled")]
     Cancelled,

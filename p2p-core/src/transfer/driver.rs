@@ -585,7 +585,7 @@ where
             _ = tokio::time::sleep_until(wake.into()) => {
                 let now = Instant::now();
                 if now >= idle_at {
-                    return Err(TransferError::PeerSilent(idle_limit.as_secs()).into());
+                    return Err(TransferError::PeerSilent(idle_limit).into());
                 }
                 if now >= ping_at {
                     ping_seq += 1;
