@@ -153,6 +153,16 @@ fn launch(config: &Path) -> Launch {
     }
 }
 
+/// Settings with small chunks and a small window: many steps per transfer, so a click
+/// or a cut lands mid-transfer.
+fn small_steps() -> p2p_core::settings::Settings {
+    p2p_core::settings::Settings {
+        chunk_size: 64 << 10,
+        window_size: 4,
+        ..Default::default()
+    }
+}
+
 /// A p2p-core receiver on 127.0.0.1:0 that receives until the peer closes.
 async fn loopback_receiver(
     output: PathBuf,
@@ -379,14 +389,7 @@ async fn cancel_stops_a_running_send_and_no_file_appears() {
     let file = dir.path().join("big.bin");
     std::fs::write(&file, data(64 << 20, 3)).unwrap();
     let (addr, receiver) = loopback_receiver(inbox.clone()).await;
-    // Small chunks and a small window: many steps, so the click lands mid-transfer.
-    p2p_core::settings::Settings {
-        chunk_size: 64 << 10,
-        window_size: 4,
-        ..Default::default()
-    }
-    .save(&config)
-    .unwrap();
+    small_steps().save(&config).unwrap();
 
     let mut h = Harness::new(Launch {
         connect: Some(addr),
@@ -653,13 +656,7 @@ async fn a_cancelled_send_is_offered_for_resume_and_resumes_where_it_stopped() {
     let file = dir.path().join("big.bin");
     std::fs::write(&file, data(48 << 20, 5)).unwrap();
     let (addr, receiver) = loopback_receiver(inbox.clone()).await;
-    p2p_core::settings::Settings {
-        chunk_size: 64 << 10,
-        window_size: 4,
-        ..Default::default()
-    }
-    .save(&config)
-    .unwrap();
+    small_steps().save(&config).unwrap();
     let mut h = Harness::new(Launch {
         connect: Some(addr),
         send: vec![file.clone()],
@@ -787,11 +784,9 @@ async fn a_dropped_connection_reconnects_and_resumes_by_itself() {
     });
     let proxy = cutting_proxy(target, 6 << 20).await;
     p2p_core::settings::Settings {
-        chunk_size: 64 << 10,
-        window_size: 4,
         auto_reconnect: true,
         max_retries: 3,
-        ..Default::default()
+        ..small_steps()
     }
     .save(&config)
     .unwrap();
