@@ -211,17 +211,23 @@ async fn connect(
         (state.policy.auto_reconnect, state.policy.max_retries)
     };
     let mut reconnect = Reconnect::new(auto_reconnect, max_retries);
+    // Whether the last attempt's error ended a session, which `serve` has reported
+    // (`Disconnected`); a reconnection that failed to connect has not been.
+    let reported = &AtomicBool::new(false);
     let result = reconnect
         .run(
             |progress| {
                 let first = first.take();
                 async move {
+                    reported.store(false, Ordering::Relaxed);
                     let session = match first {
                         Some(session) => session,
                         None => P2PSession::connect(addr, options).await?,
                     };
                     progress.connected();
-                    serve(session, state, out).await
+                    let result = serve(session, state, out).await;
+                    reported.store(result.is_err(), Ordering::Relaxed);
+                    result
                 }
             },
             |retry| {
@@ -239,8 +245,7 @@ async fn connect(
             "gave up after {} reconnection attempts: {e}",
             reconnect.retries()
         )),
-        // The session's end was reported already.
-        Err(e) if !e.is_transient() || !auto_reconnect => None,
+        Err(_) if reported.load(Ordering::Relaxed) => None,
         Err(e) => Some(e.to_string()),
     }
 }

@@ -822,3 +822,56 @@ async fn a_dropped_connection_reconnects_and_resumes_by_itself() {
     h.settle().await;
     assert_eq!(receiver.await.unwrap(), [false, true]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnection_that_fails_for_good_says_why() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (inbox, config) = (dir.path().join("inbox"), dir.path().join("config"));
+    let file = dir.path().join("video.bin");
+    std::fs::write(&file, data(24 << 20, 11)).unwrap();
+    // A real receiver for the first session; what answers the reconnection is not a
+    // p2p-transfer peer at all.
+    let listener = p2p_core::transport::listen("127.0.0.1:0").await.unwrap();
+    let target = listener.local_addr().unwrap().to_string();
+    let receiver = tokio::spawn(async move {
+        let options = ReceiveOptions {
+            output_dir: inbox,
+            overwrite: false,
+        };
+        let mut session = P2PSession::accept(&listener, &SessionOptions::default())
+            .await
+            .unwrap();
+        let _ = session.run_event_loop(&options, &NoEvents).await;
+        let (mut stranger, _) = listener.accept().await.unwrap();
+        let _ = stranger
+            .write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
+            .await;
+        let _ = stranger.shutdown().await;
+    });
+    let proxy = cutting_proxy(target, 6 << 20).await;
+    p2p_core::settings::Settings {
+        auto_reconnect: true,
+        max_retries: 3,
+        ..small_steps()
+    }
+    .save(&config)
+    .unwrap();
+    let mut h = Harness::new(Launch {
+        connect: Some(proxy),
+        send: vec![file],
+        ..launch(&config)
+    });
+    h.run_until("the worker to stop", |app| app.worker.is_none())
+        .await;
+    receiver.await.unwrap();
+    // Not the first session's "connection closed", and not silence: the reason the
+    // reconnection failed.
+    match &h.app.notice {
+        Some(p2p_gui::app::Notice::Error(text)) => {
+            // The HTTP reply, read as a frame header, announces a 1.2 GB frame.
+            assert!(text.contains("is too large"), "{text}")
+        }
+        other => panic!("expected an error notice, got {other:?}"),
+    }
+}
