@@ -767,6 +767,71 @@ async fn an_interrupted_transfer_resumes_where_it_stopped() {
     );
 }
 
+/// The resume state claims some chunks as flushed to disk and more as only written (in
+/// the page cache). Written-only chunks are believed in the same boot of the kernel (a
+/// killed receiver), not after a reboot (they may never have reached the disk).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_reboot_only_what_was_flushed_is_resumed() {
+    use p2p_core::fs::resume_state::{boot_id, manifest_digest, StateBody};
+    use p2p_core::transfer::{ChunkSet, ResumeInfo};
+    const CHUNK: usize = 64 * 1024;
+    for (boot, expected_chunks) in [(Uuid::new_v4(), 2), (boot_id().unwrap(), 6)] {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = tmp.path().join("notes.tar");
+        random_file(&src, 10 * CHUNK + 123, 77);
+        let data = fs::read(&src).unwrap();
+        let out = tmp.path().join("out");
+        fs::create_dir_all(&out).unwrap();
+        let manifest = p2p_core::fs::source::SourceManifest::scan(&[&src]).unwrap();
+        let transfer_id = Uuid::new_v4();
+        // What an earlier attempt left: six chunks in the `.part` file, two of them
+        // flushed before its last state save.
+        let tag = &transfer_id.simple().to_string()[..8];
+        fs::write(out.join(format!(".{tag}-0.p2p.part")), &data[..6 * CHUNK]).unwrap();
+        let claim = |chunks: u64| {
+            let mut set = ChunkSet::new();
+            set.insert_range(0, chunks);
+            ResumeInfo {
+                have: [(0, set)].into(),
+                complete: vec![],
+            }
+        };
+        let digest = manifest_digest(&manifest.entries);
+        let mut state = StateBody::new(transfer_id, digest, CHUNK as u32, &claim(2), &claim(6));
+        state.boot_id = Some(boot);
+        fs::write(
+            out.join(format!(".p2p-{}.resume", transfer_id.simple())),
+            state.encode(),
+        )
+        .unwrap();
+
+        let (mut a, mut b) = pair(&options(CHUNK as u32, 4)).await;
+        let skipped = Arc::new(Mutex::new(None));
+        let sink = {
+            let skipped = skipped.clone();
+            move |e: TransferEvent| {
+                if let TransferEvent::Resumed { skipped_bytes, .. } = e {
+                    *skipped.lock().unwrap() = Some(skipped_bytes);
+                }
+            }
+        };
+        let opts = recv_opts(&out);
+        let (sent, received) = tokio::join!(
+            a.send_manifest_as(&manifest, transfer_id, &sink),
+            b.receive(&opts, &NoEvents)
+        );
+        sent.unwrap();
+        received.unwrap().unwrap();
+        assert_eq!(sha256_file(&out.join("notes.tar")), sha256_file(&src));
+        assert_eq!(
+            *skipped.lock().unwrap(),
+            Some(expected_chunks * CHUNK as u64),
+            "state from boot {boot}"
+        );
+        assert!(partial_files(&out).is_empty(), "{:?}", partial_files(&out));
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupt_resume_state_is_reported_and_the_transfer_starts_afresh() {
     let tmp = tempfile::tempdir().unwrap();

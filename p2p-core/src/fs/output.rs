@@ -22,7 +22,7 @@ use rustix::fs::{renameat_with, RenameFlags};
 use uuid::Uuid;
 
 use crate::error::{Error, Result, StorageError, TransferError};
-use crate::fs::resume_state::{manifest_digest, StateBody};
+use crate::fs::resume_state::{boot_id, manifest_digest, StateBody};
 use crate::fs::safe_path::validate_entries;
 use crate::transfer::{ChunkSet, ResumeInfo};
 use crate::wire::{ChunkRef, Entry, EntryKind, Offer, Timestamp};
@@ -66,6 +66,8 @@ pub struct OutputDir {
     written: HashMap<u32, ChunkSet>,
     /// What the loaded state vouches for.
     resume: ResumeInfo,
+    /// What the last flushing save made durable (see `fs::resume_state`).
+    durable: ResumeInfo,
     /// Why a state file was ignored, for the user.
     notes: Vec<String>,
     /// A state file of this attempt exists: interruption keeps `.part` files.
@@ -82,7 +84,7 @@ impl Drop for OutputDir {
         }
         // Interrupted (an error that may pass, a cancelled future, Ctrl+C): keep what
         // arrived, durably, for a resume.
-        if let Err(e) = self.save_job().and_then(SaveJob::run) {
+        if let Err(e) = self.save_job(true).and_then(SaveJob::run) {
             tracing::warn!("could not save resume state: {e}");
         }
     }
@@ -119,6 +121,7 @@ impl OutputDir {
             chunk_size,
             written: HashMap::new(),
             resume: ResumeInfo::default(),
+            durable: ResumeInfo::default(),
             notes: Vec::new(),
             saved_once: false,
         };
@@ -326,14 +329,20 @@ impl OutputDir {
 
     /// Writes `data` at `offset` of file `file`'s `.part` file.
     pub fn write(&mut self, file: u32, offset: u64, data: &[u8]) -> Result<()> {
+        let chunk_size = u64::from(self.chunk_size.max(1));
         let handle = self.handle(file)?;
         if let Err(e) = handle.write_all_at(data, offset) {
             let p = self.placement(file)?;
             return Err(self.storage("cannot write", &join(&p.parent, &p.part), e));
         }
-        let index = offset / u64::from(self.chunk_size.max(1));
+        let index = offset / chunk_size;
         self.written.entry(file).or_default().insert(index);
         Ok(())
+    }
+
+    /// Another handle of file `file`'s open `.part` file, if it is open.
+    pub fn clone_handle(&self, file: u32) -> Option<File> {
+        self.open.get(&file).and_then(|f| f.try_clone().ok())
     }
 
     /// Reads `len` bytes at `offset` of file `file`'s `.part` file (a chunk an earlier
@@ -507,7 +516,7 @@ impl OutputDir {
             ));
             return;
         }
-        let mut info = body.info();
+        let (mut info, flushed) = body.believable(boot_id());
         let layout = crate::transfer::Layout::new(&self.entries, self.chunk_size);
         // Finished files must still be in place with their size.
         info.complete.retain(|&file| {
@@ -544,20 +553,41 @@ impl OutputDir {
             ));
         }
         self.written = info.have.iter().map(|(f, set)| (*f, set.clone())).collect();
+        if flushed {
+            self.durable = info.clone();
+        }
         self.resume = info;
         self.saved_once = true;
     }
 
     /// Collects what a state save needs (the encoded state and a handle of the folder),
-    /// so that the slow part can run on another thread while the transfer goes on.
-    pub fn save_job(&mut self) -> Result<SaveJob> {
-        let info = ResumeInfo {
+    /// so that the slow part can run on another thread while the transfer goes on. With
+    /// `flush`, the job makes everything written so far durable before it claims it as
+    /// such; otherwise it repeats the last durable claim and adds what was written since
+    /// (believed only in this boot of the kernel).
+    pub fn save_job(&mut self, flush: bool) -> Result<SaveJob> {
+        let written = ResumeInfo {
             have: self.written.iter().map(|(f, s)| (*f, s.clone())).collect(),
             complete: (0..self.finalized.len() as u32)
                 .filter(|f| self.finalized[*f as usize])
                 .collect(),
         };
-        let state = StateBody::new(self.transfer_id, self.digest, self.chunk_size, &info).encode();
+        let durable = if flush {
+            written.clone()
+        } else {
+            // A `.part` that has since become a finished file claims nothing any more.
+            let mut durable = self.durable.clone();
+            durable.have.retain(|f, _| self.written.contains_key(f));
+            durable
+        };
+        let state = StateBody::new(
+            self.transfer_id,
+            self.digest,
+            self.chunk_size,
+            &durable,
+            &written,
+        )
+        .encode();
         let dir = self
             .dir
             .try_clone()
@@ -567,7 +597,14 @@ impl OutputDir {
             dir,
             name: self.state_name(),
             state,
+            flushed: flush.then_some(durable),
         })
+    }
+
+    /// A flushing [`SaveJob`] succeeded: what it flushed is the durable claim of later
+    /// saves.
+    pub fn flushed(&mut self, durable: ResumeInfo) {
+        self.durable = durable;
     }
 
     /// The folder everything goes into.
@@ -576,8 +613,9 @@ impl OutputDir {
     }
 }
 
-/// A resume-state save: sync the data, then write the state atomically. Built by
-/// [`OutputDir::save_job`]; [`SaveJob::run`] may run on any thread.
+/// A resume-state save, built by [`OutputDir::save_job`]; [`SaveJob::run`] may run on
+/// any thread. A flushing save syncs the data, then writes the state: temp file, fsync,
+/// rename, fsync of the folder. A quick save only writes the temp file and renames it.
 ///
 /// The data is flushed with one `syncfs` of the output file system rather than an
 /// `fdatasync` per file: a folder of thousands of small files would otherwise pay one
@@ -586,17 +624,22 @@ pub struct SaveJob {
     dir: Dir,
     name: String,
     state: Vec<u8>,
+    /// For a flushing save: the claim it makes durable.
+    flushed: Option<ResumeInfo>,
 }
 
 impl SaveJob {
-    /// Flushes the data the state claims, then writes the state: temp file, fsync,
-    /// rename, fsync of the folder.
-    pub fn run(self) -> Result<()> {
+    /// Runs the save; returns what it made durable (a flushing save) for
+    /// [`OutputDir::flushed`].
+    pub fn run(self) -> Result<Option<ResumeInfo>> {
         let err = |e| StorageError::new("cannot save resume state", &self.name, e);
-        // Everything written before this job was built is flushed by this.
-        // (Through a plain descriptor: cap-std's directory handles are O_PATH.)
-        let folder = self.dir.open(".").map_err(err)?;
-        rustix::fs::syncfs(&folder).map_err(|e| err(e.into()))?;
+        let flush = self.flushed.is_some();
+        if flush {
+            // Everything written before this job was built is flushed by this.
+            // (Through a plain descriptor: cap-std's directory handles are O_PATH.)
+            let folder = self.dir.open(".").map_err(err)?;
+            rustix::fs::syncfs(&folder).map_err(|e| err(e.into()))?;
+        }
         let tmp = format!("{}.tmp", self.name);
         let mut file = self
             .dir
@@ -606,10 +649,15 @@ impl SaveJob {
             )
             .map_err(err)?;
         std::io::Write::write_all(&mut file, &self.state).map_err(err)?;
-        file.sync_all().map_err(err)?;
+        if flush {
+            file.sync_all().map_err(err)?;
+        }
+        drop(file);
         self.dir.rename(&tmp, &self.dir, &self.name).map_err(err)?;
-        self.dir.open(".").and_then(|d| d.sync_all()).map_err(err)?;
-        Ok(())
+        if flush {
+            self.dir.open(".").and_then(|d| d.sync_all()).map_err(err)?;
+        }
+        Ok(self.flushed)
     }
 }
 

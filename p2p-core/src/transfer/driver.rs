@@ -5,23 +5,27 @@
 //! for the next frame, the machine's timer, or the keepalive timer — whichever comes
 //! first. The driver makes no protocol decisions.
 //!
-//! Disk I/O is done inline with positional reads and writes: chunks are page-cache
-//! sized and short, and keeping them on this task keeps the order of "write, then
-//! acknowledge" obvious.
+//! A sender reads inline with positional reads: reads are short and page-cache sized.
+//! A receiver hands its disk work to a [`DiskThread`](super::disk) — creating, writing
+//! and renaming many small files is the larger half of its work — and applies the
+//! completions as they come back; a chunk is still acknowledged only once written.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::{FutureExt, SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::Notify;
 use tokio_util::codec::Framed;
 use uuid::Uuid;
 
-use crate::error::{Error, Result, TransferError, WireError};
+use crate::error::{Error, Result, StorageError, TransferError, WireError};
 use crate::event::{Direction, EventSink, TransferEvent, PROGRESS_INTERVAL};
 use crate::fs::output::OutputDir;
 use crate::fs::source::{SourceManifest, SourceReader};
 use crate::throttle::TokenBucket;
+use crate::transfer::disk::DiskThread;
 use crate::transfer::receiver::{IoRequest, Receiver};
 use crate::transfer::sender::Sender;
 use crate::transfer::window::{DEFAULT_MAX_ATTEMPTS, DEFAULT_RTO};
@@ -181,14 +185,14 @@ where
         events,
         throttle.as_mut(),
         idle_limit,
-        |s| {
+        DiskIo::inline(|s: &mut Sender| {
             let Some(req) = s.poll_read() else {
                 return Ok(false);
             };
             let data = reader.read(req.at.file, req.offset, req.len)?;
             s.handle_read(req, data, Instant::now());
             Ok(true)
-        },
+        }),
     )
     .await;
     finish(
@@ -224,7 +228,7 @@ where
         options.overwrite,
         config.chunk_size,
     );
-    let mut output = match prepared {
+    let output = match prepared {
         Ok(out) => out,
         Err(e) => {
             tell_peer(framed, &e).await;
@@ -258,31 +262,21 @@ where
             skipped_bytes: receiver.resumed_bytes(),
         });
     }
-    let mut saver = StateSaver::default();
+    // (`&mut` methods, so that this future needs the thread's handle to be `Send` only.)
+    let mut disk = DiskThread::spawn(output)?;
+    let wake = disk.wake();
     let serve = |r: &mut Receiver| {
-        let Some(io) = r.poll_io() else {
-            return Ok(false);
-        };
-        match io {
-            IoRequest::Write { at, offset, data } => {
-                output.write(at.file, offset, &data)?;
-                r.handle_written(at)?;
-                saver.written(data.len(), &mut output)?;
-            }
-            IoRequest::ReadBack { at, offset, len } => {
-                let data = output.read_part(at.file, offset, len)?;
-                r.handle_read_back(at, &data)?;
-            }
-            IoRequest::Finalize { file } => {
-                output.finalize(file)?;
-                r.handle_finalized(file)?;
-            }
-            IoRequest::Finish => {
-                output.finish()?;
-                r.handle_finished();
-            }
+        // Completions first: they release acknowledgements and further requests.
+        let mut progressed = false;
+        while let Some(done) = disk.try_done() {
+            done.apply(r)?;
+            progressed = true;
         }
-        Ok(true)
+        let batch: Vec<IoRequest> = std::iter::from_fn(|| r.poll_io()).collect();
+        if !batch.is_empty() {
+            disk.submit(batch);
+        }
+        Ok(progressed)
     };
     let result = drive(
         framed,
@@ -291,10 +285,29 @@ where
         events,
         None,
         idle_limit,
-        serve,
+        DiskIo {
+            serve,
+            wake: Some(wake),
+        },
     )
     .await;
-    saver.wait();
+    let Some(mut output) = disk.finish(result.is_err()) else {
+        let e = StorageError::new(
+            "lost the disk thread writing into",
+            &options.output_dir,
+            std::io::Error::other("it stopped unexpectedly"),
+        );
+        return finish(
+            transfer_id,
+            Direction::Receive,
+            &entries,
+            files,
+            total,
+            start,
+            Err(e.into()),
+            events,
+        );
+    };
     match &result {
         Ok(()) => output.complete(),
         // Nothing worth resuming from: data that failed verification, a peer that broke
@@ -318,49 +331,6 @@ where
 
 /// Most frames handled per wake-up before the driver serves the disk and writes.
 const MAX_FRAMES_PER_WAKE: usize = 64;
-
-/// Save resume state at least this often while data arrives…
-const SAVE_INTERVAL: Duration = Duration::from_millis(250);
-/// …or after this many bytes, whichever comes first.
-const SAVE_BYTES: u64 = 16 * 1024 * 1024;
-
-/// Saves the receiver's resume state in the background: data is synced and the state
-/// written on another thread while chunks keep arriving; at most one save runs at a time.
-#[derive(Default)]
-struct StateSaver {
-    since_bytes: u64,
-    last: Option<Instant>,
-    pending: Option<std::thread::JoinHandle<Result<()>>>,
-}
-
-impl StateSaver {
-    fn written(&mut self, bytes: usize, output: &mut OutputDir) -> Result<()> {
-        self.since_bytes += bytes as u64;
-        let last = *self.last.get_or_insert_with(Instant::now);
-        if self.since_bytes < SAVE_BYTES && last.elapsed() < SAVE_INTERVAL {
-            return Ok(());
-        }
-        if self.pending.as_ref().is_some_and(|p| !p.is_finished()) {
-            return Ok(());
-        }
-        if let Some(done) = self.pending.take() {
-            done.join().unwrap_or(Ok(()))?;
-        }
-        let job = output.save_job()?;
-        self.pending = Some(std::thread::spawn(move || job.run()));
-        self.since_bytes = 0;
-        self.last = Some(Instant::now());
-        Ok(())
-    }
-
-    fn wait(&mut self) {
-        if let Some(p) = self.pending.take() {
-            if let Ok(Err(e)) = p.join() {
-                tracing::warn!("{e}");
-            }
-        }
-    }
-}
 
 /// Top-level names of an offer's entries.
 fn roots(entries: &[crate::wire::Entry]) -> Vec<String> {
@@ -456,6 +426,30 @@ where
     read.await.ok().flatten()
 }
 
+/// How the loop reaches the disk.
+struct DiskIo<F> {
+    /// Does (or hands over) the machine's disk work and applies what completed; says
+    /// whether anything progressed.
+    serve: F,
+    /// Fires when work handed to another thread completes.
+    wake: Option<Arc<Notify>>,
+}
+
+impl<F> DiskIo<F> {
+    /// Disk work done inline by `serve` itself.
+    fn inline(serve: F) -> Self {
+        Self { serve, wake: None }
+    }
+}
+
+/// Resolves when background disk work reports a completion; never without such work.
+async fn io_done(wake: Option<&Notify>) {
+    match wake {
+        Some(n) => n.notified().await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn drive<S, M>(
     framed: &mut Framed<S, FrameCodec>,
     machine: &mut M,
@@ -463,7 +457,7 @@ async fn drive<S, M>(
     events: &dyn EventSink,
     throttle: Option<&mut TokenBucket>,
     idle_limit: Duration,
-    mut serve_io: impl FnMut(&mut M) -> Result<bool>,
+    mut io: DiskIo<impl FnMut(&mut M) -> Result<bool>>,
 ) -> Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -476,7 +470,7 @@ where
         events,
         throttle,
         idle_limit,
-        &mut serve_io,
+        &mut io,
     )
     .await;
     match result {
@@ -496,7 +490,7 @@ async fn drive_inner<S, M>(
     events: &dyn EventSink,
     mut throttle: Option<&mut TokenBucket>,
     idle_limit: Duration,
-    serve_io: &mut impl FnMut(&mut M) -> Result<bool>,
+    io: &mut DiskIo<impl FnMut(&mut M) -> Result<bool>>,
 ) -> Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -511,7 +505,7 @@ where
         // next one is read.
         let mut wrote = false;
         loop {
-            let served = serve_io(machine)?;
+            let served = (io.serve)(machine)?;
             while let Some(msg) = machine.poll_transmit() {
                 if let (Some(bucket), Message::Chunk(chunk)) = (throttle.as_deref_mut(), &msg) {
                     let wait = bucket.reserve(chunk.data.len(), Instant::now());
@@ -582,6 +576,8 @@ where
                     }
                 }
             }
+            // Background disk work finished: loop round to apply it.
+            () = io_done(io.wake.as_deref()) => {}
             _ = tokio::time::sleep_until(wake.into()) => {
                 let now = Instant::now();
                 if now >= idle_at {

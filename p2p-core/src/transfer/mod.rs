@@ -18,6 +18,7 @@
 //! other on a virtual clock with loss, reordering and corruption, without a socket.
 
 mod chunk_set;
+mod disk;
 mod driver;
 mod incoming;
 mod layout;
