@@ -1121,7 +1121,7 @@ RESUME_SPEED = 64                  # MiB/s, --max-speed of the interrupted attem
 RESUME_AT = 50.0                   # % the receiver reports when the sender gets SIGINT
 DEFAULT_WINDOW = 16                # p2p-transfer's default window (chunks in flight)
 SAVE_INTERVAL = 0.25               # s: the receiver saves its resume state every 250 ms…
-SAVE_BYTES = 16 * MiB              # …or 16 MiB (p2p-core transfer/driver.rs)
+SAVE_BYTES = 16 * MiB              # …or 16 MiB (p2p-core transfer/disk.rs)
 DONE_RE = re.compile(r"done: (\d+) file\(s\), (\d+) bytes in ([\d.]+) s \(([^)]*)\)")
 PROGRESS_RE = re.compile(r"progress\s+([\d.]+)%\s+(\d+)/(\d+) bytes")
 RESUMING_RE = re.compile(r"resuming: (\d+) bytes already there")
@@ -1133,7 +1133,7 @@ def resume_bound(chunk_size: int) -> tuple[int, str]:
     unsaved = min(SAVE_BYTES, int(RESUME_SPEED * MiB * SAVE_INTERVAL))
     how = (f"window {DEFAULT_WINDOW} × chunk {human_size(chunk_size)} = "
            f"{human_size(in_flight)} in flight, + at most {human_size(unsaved)} written but "
-           f"not yet saved as durable (state saved every {SAVE_INTERVAL * 1000:.0f} ms or "
+           f"not yet saved (state saved every {SAVE_INTERVAL * 1000:.0f} ms or "
            f"{human_size(SAVE_BYTES)}; {RESUME_SPEED} MiB/s × {SAVE_INTERVAL:g} s = "
            f"{human_size(int(RESUME_SPEED * MiB * SAVE_INTERVAL))})")
     return in_flight + unsaved, how
@@ -1977,7 +1977,10 @@ def resilience_report(ctx: Context, throttle: list[ThrottleResult],
             "",
             f"**Bound: {human_size(resume.bound)}.** The target says that after a kill at "
             "any point, a resume re-sends at most window × chunk size more than the data "
-            "that had not yet been made durable. With the defaults: "
+            "that had not yet been made durable. A kill of the receiving process keeps the "
+            "page cache, so what the receiver's quick saves (no flush) record counts; after "
+            "a power cut only what its flushing saves (every 5 s) record does. With the "
+            "defaults, for a kill: "
             f"{resume.bound_how}. Total {human_size(resume.bound)} "
             f"({resume.bound:,} bytes). The 2nd attempt is not interrupted; the bound is "
             f"about what the interrupted 1st attempt, at {RESUME_SPEED} MiB/s, loses.",
@@ -1986,8 +1989,8 @@ def resilience_report(ctx: Context, throttle: list[ThrottleResult],
             "close and, as it stops for a reason that may pass, saves its resume state once "
             "more, synchronously, covering everything it wrote. So what this measures is the "
             "bookkeeping (nothing that arrived should be sent again), not the durability "
-            "margin: the bound above is for a hard kill of the receiver (SIGKILL, a crash, "
-            "power loss), which this benchmark does not do.",
+            "margin: the bound above is for a hard kill of the receiver (SIGKILL, a crash), "
+            "which this benchmark does not do; tests/faults.rs kills it ten times.",
             "",
             *simple_markdown(RESUME_HEADERS, resume_rows(resume), left=3),
             "",

@@ -551,4 +551,14 @@ fn receive_ask_shows_the_offer_and_a_no_declines_with_nothing_written() {
             assert!(!out.exists() || partial_files(&out).is_empty());
         }
     }
+    // The receiver remembers what it said no to (and only that).
+    let declined = text(&run(&data, &["history", "--declined"]).stdout);
+    let rows: Vec<&str> = declined.lines().skip(1).collect();
+    assert_eq!(rows.len(), 1, "{declined}");
+    assert!(
+        rows[0].contains("receive")
+            && rows[0].contains("declined")
+            && rows[0].contains("report.pdf (the receiver declined the transfer)"),
+        "{declined}"
+    );
 }

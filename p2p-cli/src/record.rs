@@ -1,11 +1,11 @@
-//! Records every transfer in the history, whatever its ending: completed, failed, or
-//! interrupted by Ctrl+C. Wraps the renderer so that the commands pass one sink; which
+//! Records every transfer in the history, whatever its ending: completed, failed,
+//! interrupted by Ctrl+C, or declined. Wraps the renderer so that the commands pass one sink; which
 //! record a transfer gets is p2p-core's [`Tracker`], shared with the GUI.
 
 use std::sync::Mutex;
 
 use p2p_core::history::{History, Record, Status, Tracker};
-use p2p_core::{Direction, EventSink, TransferEvent};
+use p2p_core::{Direction, EventSink, IncomingOffer, TransferEvent};
 
 use crate::render::Renderer;
 
@@ -69,6 +69,11 @@ impl Recorder {
             ),
         }
         self.write(&record);
+    }
+
+    /// Records an incoming offer that was declined.
+    pub fn declined(&self, offer: &IncomingOffer, reason: &str) {
+        self.write(&Record::declined(offer, reason));
     }
 
     fn tracker(&self) -> std::sync::MutexGuard<'_, Tracker> {

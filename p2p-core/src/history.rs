@@ -16,6 +16,7 @@ use uuid::Uuid;
 
 use crate::error::{Result, StorageError};
 use crate::event::{Direction, TransferEvent};
+use crate::transfer::IncomingOffer;
 
 /// Environment variable that overrides where history (and later resume state) lives.
 pub const DATA_DIR_ENV: &str = "P2P_TRANSFER_DATA_DIR";
@@ -27,6 +28,8 @@ pub enum Status {
     Completed,
     Interrupted,
     Failed,
+    /// An incoming offer the receiver said no to: nothing was written.
+    Declined,
 }
 
 /// One transfer, as remembered.
@@ -80,6 +83,22 @@ impl Record {
 }
 
 impl Record {
+    /// The record of an incoming offer that was declined: who offered what, and why not
+    /// (nothing was moved, so no files or bytes are counted).
+    pub fn declined(offer: &IncomingOffer, reason: &str) -> Self {
+        Self::now(
+            offer.transfer_id,
+            Direction::Receive,
+            offer.peer.clone(),
+            offer.roots(),
+            0,
+            0,
+            Duration::ZERO,
+            Status::Declined,
+            Some(reason.to_owned()),
+        )
+    }
+
     /// When the transfer ended, as `YYYY-MM-DD HH:MM:SS` in UTC.
     pub fn finished_utc(&self) -> String {
         utc(self.finished_at)

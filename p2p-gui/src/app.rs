@@ -452,6 +452,7 @@ impl App {
                             offer.roots().join(", "),
                             offer.peer
                         )));
+                        return self.keep(Record::declined(&offer, "declined in this window"));
                     }
                 }
             }

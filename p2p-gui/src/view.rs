@@ -474,6 +474,7 @@ impl App {
                 Status::Completed => text("completed").style(text::success),
                 Status::Interrupted => text(format!("interrupted: {error}")),
                 Status::Failed => text(format!("failed: {error}")).style(text::danger),
+                Status::Declined => text("declined"),
             };
             list = list.push(column![
                 text(format!("{peer}: {what}")),

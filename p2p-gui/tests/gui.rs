@@ -614,6 +614,20 @@ async fn an_incoming_transfer_waits_for_accept_or_decline() {
     h.click("Decline");
     assert!(h.app.offer.is_none());
     assert!(h.shows("Declined album from laptop."));
+    let declined = h
+        .app
+        .history
+        .visible()
+        .next()
+        .expect("the decline is remembered");
+    assert_eq!(
+        (declined.status, declined.direction, declined.files.clone()),
+        (
+            Status::Declined,
+            Direction::Receive,
+            vec!["album".to_owned()]
+        )
+    );
 
     h.run_until("the second offer", |app| app.offer.is_some())
         .await;
@@ -623,7 +637,7 @@ async fn an_incoming_transfer_waits_for_accept_or_decline() {
     );
     h.click("Accept");
     h.run_until("the received folder", |app| {
-        app.history.visible().next().is_some()
+        app.history.visible().any(|r| r.status == Status::Completed)
     })
     .await;
     let (declined, accepted) = sender.await.unwrap().unwrap();

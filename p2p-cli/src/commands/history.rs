@@ -5,7 +5,7 @@ use p2p_core::history::{History, Record, Status};
 use p2p_core::Direction;
 
 #[derive(Debug, Args)]
-#[command(group(ArgGroup::new("status").args(["completed", "failed", "interrupted"])))]
+#[command(group(ArgGroup::new("status").args(["completed", "failed", "interrupted", "declined"])))]
 pub struct HistoryArgs {
     /// Show the last N transfers.
     #[arg(short = 'n', long, default_value_t = 20)]
@@ -22,6 +22,9 @@ pub struct HistoryArgs {
     /// Only interrupted transfers.
     #[arg(long)]
     pub interrupted: bool,
+    /// Only incoming transfers that were declined.
+    #[arg(long)]
+    pub declined: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -44,12 +47,14 @@ pub fn run(args: HistoryArgs) -> anyhow::Result<()> {
             history.path().display()
         );
     }
-    let wanted_status = match (args.completed, args.failed, args.interrupted) {
-        (true, _, _) => Some(Status::Completed),
-        (_, true, _) => Some(Status::Failed),
-        (_, _, true) => Some(Status::Interrupted),
-        _ => None,
-    };
+    let wanted_status = [
+        (args.completed, Status::Completed),
+        (args.failed, Status::Failed),
+        (args.interrupted, Status::Interrupted),
+        (args.declined, Status::Declined),
+    ]
+    .into_iter()
+    .find_map(|(wanted, status)| wanted.then_some(status));
     let wanted_direction = args.direction.map(|d| match d {
         DirectionArg::Send => Direction::Send,
         DirectionArg::Receive => Direction::Receive,
@@ -81,6 +86,7 @@ pub fn run(args: HistoryArgs) -> anyhow::Result<()> {
             Status::Completed => "completed",
             Status::Failed => "failed",
             Status::Interrupted => "interrupted",
+            Status::Declined => "declined",
         };
         let mut what = r.files.join(", ");
         if let Some(e) = &r.error {

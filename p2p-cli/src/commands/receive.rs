@@ -114,6 +114,10 @@ async fn decide(offer: IncomingOffer, ask: bool, recorder: &Recorder) -> Decisio
         Ok(Ok(line)) if matches!(line.trim().to_lowercase().as_str(), "y" | "yes") => {
             Decision::Accept
         }
-        _ => Decision::Decline("the receiver declined the transfer".to_owned()),
+        _ => {
+            let reason = "the receiver declined the transfer";
+            recorder.declined(&offer, reason);
+            Decision::Decline(reason.to_owned())
+        }
     }
 }
