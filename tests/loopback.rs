@@ -659,41 +659,61 @@ async fn something_that_is_not_a_peer_is_refused() {
     );
 }
 
+/// A file of several chunks is received into a `.part` file, kept for a resume; a file
+/// of one chunk into an unnamed file (where the file system has them), which leaves
+/// nothing behind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_interrupted_receive_saves_resume_state_and_leaves_nothing_at_the_final_path() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("out");
     let (addr, task) = receiver(&out, false).await;
     let mut framed = scripted_sender(&addr).await;
-    let reply = offer(&mut framed, vec![file_entry("movie.mkv", 8)]).await;
+    let chunk = p2p_core::config::DEFAULT_CHUNK_SIZE as usize;
+    let entries = vec![
+        file_entry("movie.mkv", 2 * chunk as u64 + 5),
+        file_entry("note.txt", 8),
+    ];
+    let reply = offer(&mut framed, entries).await;
     assert!(matches!(reply, Message::Accept(_)), "{reply:?}");
-    let at = ChunkRef { file: 0, index: 0 };
-    let data = vec![7u8; 8];
-    framed
-        .send(Message::Chunk(Chunk {
-            at,
-            flags: ChunkFlags::empty(),
-            crc32: p2p_core::verify::crc32(&data),
-            data: data.into(),
-        }))
-        .await
-        .unwrap();
-    assert_eq!(framed.next().await.unwrap().unwrap(), Message::Ack(at));
-    assert_eq!(partial_files(&out).len(), 1, "data is in a .part file");
+    for (at, len) in [
+        (ChunkRef { file: 0, index: 0 }, chunk),
+        (ChunkRef { file: 1, index: 0 }, 8),
+    ] {
+        let data = vec![7u8; len];
+        framed
+            .send(Message::Chunk(Chunk {
+                at,
+                flags: ChunkFlags::empty(),
+                crc32: p2p_core::verify::crc32(&data),
+                data: data.into(),
+            }))
+            .await
+            .unwrap();
+        assert_eq!(framed.next().await.unwrap().unwrap(), Message::Ack(at));
+    }
     // The receiving future is dropped mid-transfer (what Ctrl+C does).
     task.abort();
     assert!(task.await.unwrap_err().is_cancelled());
     assert!(!out.join("movie.mkv").exists(), "nothing at the final path");
-    assert_eq!(
-        partial_files(&out).len(),
-        1,
-        "the data is kept for a resume"
-    );
+    assert!(!out.join("note.txt").exists(), "nothing at the final path");
+    // The movie's data is kept for a resume; the note's is gone with its unnamed file.
+    let unnamed = p2p_core::fs::unnamed::Unnamed::supported_in(&out);
+    let partials = partial_files(&out);
+    assert_eq!(partials.len(), if unnamed { 1 } else { 2 }, "{partials:?}");
     let states: Vec<_> = tree_digest(&out)
         .into_keys()
         .filter(|k| k.ends_with(".resume"))
         .collect();
     assert_eq!(states.len(), 1, "a resume state is saved: {states:?}");
+    let state =
+        p2p_core::fs::resume_state::StateBody::decode(&fs::read(out.join(&states[0])).unwrap())
+            .unwrap();
+    let (claim, _) = state.believable(p2p_core::fs::resume_state::boot_id());
+    assert_eq!(
+        claim.have.keys().copied().collect::<Vec<_>>(),
+        vec![0],
+        "only the movie's chunk is claimed"
+    );
 }
 
 /// Interrupts a transfer at about a quarter (the sender's task is dropped, as on Ctrl+C

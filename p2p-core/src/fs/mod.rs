@@ -12,3 +12,4 @@ pub mod output;
 pub mod resume_state;
 pub mod safe_path;
 pub mod source;
+pub mod unnamed;

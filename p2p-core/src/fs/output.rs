@@ -24,11 +24,15 @@ use uuid::Uuid;
 use crate::error::{Error, Result, StorageError, TransferError};
 use crate::fs::resume_state::{boot_id, manifest_digest, StateBody};
 use crate::fs::safe_path::validate_entries;
+use crate::fs::unnamed::{umask, Unnamed};
 use crate::transfer::{ChunkSet, ResumeInfo};
 use crate::wire::{ChunkRef, Entry, EntryKind, Offer, Timestamp};
 
 /// Files kept open at once while receiving (a window spans only a few files).
 const MAX_OPEN_FILES: usize = 64;
+/// Unnamed files open at once: they cannot be closed before they are linked, so past
+/// this (a window of thousands of tiny files) further files use `.part` files.
+const MAX_UNNAMED: usize = 256;
 
 /// Where one file goes.
 struct Placement {
@@ -56,6 +60,10 @@ pub struct OutputDir {
     /// lookups instead of walks from the root.
     dirs: HashMap<String, Dir>,
     open: HashMap<u32, File>,
+    /// Unnamed files being received (see `fs::unnamed`), if this folder supports them
+    /// and `overwrite` is off: file index → (descriptor, permission bits already set).
+    unnamed: Option<Unnamed>,
+    anon: HashMap<u32, (File, bool)>,
     finalized: Vec<bool>,
     completed: bool,
     transfer_id: Uuid,
@@ -114,6 +122,8 @@ impl OutputDir {
             parts: HashMap::new(),
             dirs: HashMap::new(),
             open: HashMap::new(),
+            unnamed: None,
+            anon: HashMap::new(),
             finalized: vec![false; offer.entries.len()],
             completed: false,
             digest: manifest_digest(&offer.entries),
@@ -129,6 +139,10 @@ impl OutputDir {
         out.check_conflicts()?;
         out.check_space()?;
         out.check_writable()?;
+        if !overwrite {
+            // (`linkat` cannot replace: with `overwrite`, `.part` files and a rename.)
+            out.unnamed = Unnamed::probe(&out.dir, &format!(".p2p-{}.probe", out.tag));
+        }
         out.create_dirs()?;
         Ok(out)
     }
@@ -329,6 +343,13 @@ impl OutputDir {
 
     /// Writes `data` at `offset` of file `file`'s `.part` file.
     pub fn write(&mut self, file: u32, offset: u64, data: &[u8]) -> Result<()> {
+        if let Some((handle, _)) = self.unnamed_file(file)? {
+            // Not recorded in `written`: an unnamed file vanishes if the transfer stops,
+            // so no resume state may claim it.
+            return handle
+                .write_all_at(data, offset)
+                .map_err(|e| self.storage("cannot write", &self.entries[file as usize].path, e));
+        }
         let chunk_size = u64::from(self.chunk_size.max(1));
         let handle = self.handle(file)?;
         if let Err(e) = handle.write_all_at(data, offset) {
@@ -368,12 +389,22 @@ impl OutputDir {
             .get(file as usize)
             .cloned()
             .ok_or_else(|| Error::protocol(format!("no entry {file}")))?;
+        // (An empty file has had no write: its unnamed file is made here.)
+        if self.unnamed_file(file)?.is_some() {
+            if let Some((handle, mode_set)) = self.anon.remove(&file) {
+                apply_metadata(&handle, &entry, !mode_set)
+                    .map_err(|e| self.storage("cannot set metadata of", &entry.path, e))?;
+                self.name_unnamed(file, &handle, &entry.path)?;
+                self.finalized[file as usize] = true;
+                return Ok(());
+            }
+        }
         // Empty files never had a write; make sure the .part exists (and is truncated).
         let handle = match self.open.remove(&file) {
             Some(h) => h,
             None => self.open_part(file, OpenOptions::new().write(true).create(true))?,
         };
-        if let Err(e) = apply_metadata(&handle, &entry) {
+        if let Err(e) = apply_metadata(&handle, &entry, true) {
             return Err(self.storage("cannot set metadata of", &entry.path, e));
         }
         drop(handle);
@@ -381,6 +412,67 @@ impl OutputDir {
         self.finalized[file as usize] = true;
         self.written.remove(&file);
         Ok(())
+    }
+
+    /// The unnamed file receiving file `file`, created on first use, if it is one: a
+    /// file of at most one chunk (received in one write, finalised right after), not
+    /// resumed from a `.part` file, while fewer than [`MAX_UNNAMED`] are open. Anything
+    /// else, or a folder without unnamed files, uses a `.part` file.
+    fn unnamed_file(&mut self, file: u32) -> Result<Option<&(File, bool)>> {
+        if !self.anon.contains_key(&file) {
+            let Some(unnamed) = self.unnamed else {
+                return Ok(None);
+            };
+            let Some(entry) = self.entries.get(file as usize) else {
+                return Ok(None);
+            };
+            let small = matches!(entry.kind, EntryKind::File { size } if size <= u64::from(self.chunk_size));
+            if !small
+                || self.written.contains_key(&file)
+                || self.open.contains_key(&file)
+                || self.anon.len() >= MAX_UNNAMED
+            {
+                return Ok(None);
+            }
+            let mode = entry.mode & 0o777;
+            // Created with its final permission bits; if the umask takes none of them
+            // away, `finalize` need not set them again.
+            let mode_set = umask().is_some_and(|mask| mode & mask == 0);
+            let parent = self.placement(file)?.parent.clone();
+            let created = self
+                .dir_for(&parent)
+                .and_then(|dir| unnamed.create(dir, mode));
+            let handle = match created {
+                Ok(h) => h,
+                Err(e) => return Err(self.storage("cannot create a file in", &parent, e)),
+            };
+            self.anon.insert(file, (handle, mode_set));
+        }
+        Ok(self.anon.get(&file))
+    }
+
+    /// Links a verified unnamed file under its final name (never replacing).
+    fn name_unnamed(&mut self, file: u32, handle: &File, target: &str) -> Result<()> {
+        let (Some(unnamed), Ok(p)) = (self.unnamed, self.placement(file)) else {
+            return Err(Error::protocol(format!(
+                "entry {file} is not an unnamed file"
+            )));
+        };
+        let (parent, name) = (p.parent.clone(), p.name.clone());
+        let linked = self
+            .dir_for(&parent)
+            .and_then(|dir| unnamed.link(handle, dir, &name));
+        match linked {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                Err(TransferError::AlreadyExists {
+                    first: target.to_owned(),
+                    count: 1,
+                }
+                .into())
+            }
+            Err(e) => Err(self.storage("cannot move into place", target, e)),
+        }
     }
 
     fn place(&mut self, file: u32, target: &str) -> Result<()> {
@@ -436,7 +528,7 @@ impl OutputDir {
                 .open_with(&entry.path, OpenOptions::new().read(true))
                 .map_err(|e| self.storage("cannot open", &entry.path, e))?
                 .into_std();
-            apply_metadata(&handle, entry)
+            apply_metadata(&handle, entry, true)
                 .map_err(|e| self.storage("cannot set metadata of", &entry.path, e))?;
         }
         Ok(())
@@ -445,6 +537,7 @@ impl OutputDir {
     /// Removes every `.part` file that was not finalised. Called when a transfer fails.
     pub fn discard_partials(&mut self) {
         self.open.clear();
+        self.anon.clear(); // unnamed files vanish with their descriptors
         let pending: Vec<(String, String)> = self
             .parts
             .iter()
@@ -687,9 +780,12 @@ fn to_system_time(t: Timestamp) -> Option<SystemTime> {
     }
 }
 
-fn apply_metadata(handle: &File, entry: &Entry) -> io::Result<()> {
+/// Sets the entry's modification time and, with `mode`, its permission bits.
+fn apply_metadata(handle: &File, entry: &Entry, mode: bool) -> io::Result<()> {
     // Only permission bits: never setuid, setgid or sticky from a peer.
-    handle.set_permissions(Permissions::from_mode(entry.mode & 0o777))?;
+    if mode {
+        handle.set_permissions(Permissions::from_mode(entry.mode & 0o777))?;
+    }
     if let Some(mtime) = to_system_time(entry.mtime) {
         handle.set_times(FileTimes::new().set_modified(mtime))?;
     }
