@@ -109,17 +109,23 @@ impl P2PSession<TcpStream> {
     }
 }
 
+/// The stream's read buffer, and the bytes of frames gathered before a write to the
+/// socket is forced (the transfer driver writes once per turn of its loop anyway).
+/// tokio-util's default, 8 KiB, made every small file's chunk a write and one or two
+/// reads of its own (and a wake-up of the peer each).
+const IO_BUFFER: usize = 256 * 1024;
+
 impl<S: Stream> P2PSession<S> {
     /// Runs the handshake as initiator over any stream.
     pub async fn initiate(stream: S, options: &SessionOptions) -> Result<Self> {
-        let mut framed = Framed::new(stream, FrameCodec);
+        let mut framed = Framed::with_capacity(stream, FrameCodec, IO_BUFFER);
         let established = handshake::initiate(&mut framed, &local(options)).await?;
         Ok(Self::new(framed, Role::Initiator, established, options))
     }
 
     /// Runs the handshake as responder over any stream.
     pub async fn respond(stream: S, options: &SessionOptions) -> Result<Self> {
-        let mut framed = Framed::new(stream, FrameCodec);
+        let mut framed = Framed::with_capacity(stream, FrameCodec, IO_BUFFER);
         let established = handshake::respond(&mut framed, &local(options)).await?;
         Ok(Self::new(framed, Role::Responder, established, options))
     }

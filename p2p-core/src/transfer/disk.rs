@@ -15,7 +15,7 @@
 //! transfer's lifetime and hands it back in [`DiskThread::finish`]. After a failure the
 //! remaining requests are skipped, never half-done.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -59,6 +59,7 @@ pub(crate) struct DiskThread {
     requests: Option<mpsc::Sender<Vec<IoRequest>>>,
     done: mpsc::Receiver<Done>,
     wake: Arc<Notify>,
+    busy: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<OutputDir>>,
 }
@@ -70,7 +71,9 @@ impl DiskThread {
         let (report, done) = mpsc::channel();
         let wake = Arc::new(Notify::new());
         let stop = Arc::new(AtomicBool::new(false));
+        let busy = Arc::new(AtomicUsize::new(0));
         let worker = Worker {
+            busy: busy.clone(),
             output,
             saver: StateSaver::default(),
             behind: WriteBehind::default(),
@@ -89,6 +92,7 @@ impl DiskThread {
             requests: Some(requests),
             done,
             wake,
+            busy,
             stop,
             thread: Some(thread),
         })
@@ -97,6 +101,7 @@ impl DiskThread {
     /// Queues a batch of requests (served in order).
     pub(crate) fn submit(&mut self, batch: Vec<IoRequest>) {
         if let Some(tx) = &self.requests {
+            self.busy.fetch_add(batch.len(), Ordering::AcqRel);
             // A send fails only if the thread is gone; its `Failed` report (or a
             // panic, seen in `finish`) says why.
             let _ = tx.send(batch);
@@ -111,6 +116,12 @@ impl DiskThread {
     /// Woken whenever a completion has been reported since the last wake-up.
     pub(crate) fn wake(&self) -> Arc<Notify> {
         self.wake.clone()
+    }
+
+    /// How many requests were handed over and not yet reported back (a completion is
+    /// reported before the count drops, and the wake-up follows the drop).
+    pub(crate) fn busy(&self) -> Arc<AtomicUsize> {
+        self.busy.clone()
     }
 
     /// Stops the thread and hands back the output folder. With `abandon_queue`, requests
@@ -141,6 +152,7 @@ impl Drop for DiskThread {
 const WAKE_EVERY: usize = 16;
 
 struct Worker {
+    busy: Arc<AtomicUsize>,
     output: OutputDir,
     saver: StateSaver,
     behind: WriteBehind,
@@ -166,6 +178,7 @@ impl Worker {
                 if self.report.send(done).is_err() {
                     self.failed = true;
                 }
+                self.busy.fetch_sub(1, Ordering::AcqRel);
                 // The driver is woken once per batch (or every few completions of a
                 // long one), not per completion: it then acknowledges a batch of
                 // chunks and files in one write. Waking it per completion cost two

@@ -11,6 +11,7 @@
 //! completions as they come back; a chunk is still acknowledged only once written.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -265,6 +266,7 @@ where
     // (`&mut` methods, so that this future needs the thread's handle to be `Send` only.)
     let mut disk = DiskThread::spawn(output)?;
     let wake = disk.wake();
+    let busy = disk.busy();
     let serve = |r: &mut Receiver| {
         // Completions first: they release acknowledgements and further requests.
         let mut progressed = false;
@@ -287,7 +289,11 @@ where
         idle_limit,
         DiskIo {
             serve,
-            wake: Some(wake),
+            background: Some(Background {
+                wake,
+                busy,
+                hold: (config.window_size as usize / 4).max(1),
+            }),
         },
     )
     .await;
@@ -431,14 +437,37 @@ struct DiskIo<F> {
     /// Does (or hands over) the machine's disk work and applies what completed; says
     /// whether anything progressed.
     serve: F,
-    /// Fires when work handed to another thread completes.
-    wake: Option<Arc<Notify>>,
+    /// Work handed to another thread, if any.
+    background: Option<Background>,
+}
+
+/// Disk work running on another thread.
+struct Background {
+    /// Fires when some of it completes.
+    wake: Arc<Notify>,
+    /// Requests handed over and not yet reported back.
+    busy: Arc<AtomicUsize>,
+    /// Messages (acknowledgements, mostly) that may wait in the write buffer while the
+    /// thread is busy, since its next completions will add to them.
+    hold: usize,
 }
 
 impl<F> DiskIo<F> {
     /// Disk work done inline by `serve` itself.
     fn inline(serve: F) -> Self {
-        Self { serve, wake: None }
+        Self {
+            serve,
+            background: None,
+        }
+    }
+
+    /// Whether `unflushed` messages can wait for the next disk completion: it saves a
+    /// socket write (and a wake-up of the peer) per completion, which with many small
+    /// files is most of both ends' system calls.
+    fn may_hold(&self, unflushed: usize) -> bool {
+        self.background
+            .as_ref()
+            .is_some_and(|b| unflushed < b.hold && b.busy.load(Ordering::Acquire) > 0)
     }
 }
 
@@ -500,10 +529,11 @@ where
     let mut last_tx = Instant::now();
     let mut last_progress: Option<Instant> = None;
     let mut ping_seq = 0u64;
+    // Messages fed to the write buffer but not yet flushed.
+    let mut unflushed = 0usize;
     loop {
         // Disk work and transmissions, interleaved so a chunk is on the wire before the
         // next one is read.
-        let mut wrote = false;
         loop {
             let served = (io.serve)(machine)?;
             while let Some(msg) = machine.poll_transmit() {
@@ -515,14 +545,15 @@ where
                     }
                 }
                 framed.feed(msg).await?;
-                wrote = true;
+                unflushed += 1;
             }
             if !served {
                 break;
             }
         }
-        if wrote {
+        if unflushed > 0 && !io.may_hold(unflushed) {
             framed.flush().await?;
+            unflushed = 0;
             last_tx = Instant::now();
         }
         while let Some(event) = machine.poll_event() {
@@ -577,7 +608,7 @@ where
                 }
             }
             // Background disk work finished: loop round to apply it.
-            () = io_done(io.wake.as_deref()) => {}
+            () = io_done(io.background.as_ref().map(|b| &*b.wake)) => {}
             _ = tokio::time::sleep_until(wake.into()) => {
                 let now = Instant::now();
                 if now >= idle_at {
