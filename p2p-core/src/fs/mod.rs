@@ -6,6 +6,7 @@
 //! - [`source`] — walking the sender's paths into a manifest, and reading chunks.
 //! - [`output`] — the receiver's output folder: pre-flight checks, `.part` files, atomic
 //!   finalisation, resume state, all confined to the chosen folder by `cap-std`.
+//! - [`unnamed`] — files that get their name only once complete (`O_TMPFILE`).
 //! - [`resume_state`] — the format of the resume state file.
 
 pub mod output;
