@@ -110,7 +110,19 @@ impl DiskThread {
 
     /// The next completion, if one is ready.
     pub(crate) fn try_done(&mut self) -> Option<Done> {
-        self.done.try_recv().ok()
+        match self.done.try_recv() {
+            Ok(done) => Some(done),
+            Err(mpsc::TryRecvError::Empty) => None,
+            // Only a panic ends the thread while the driver still holds its requests.
+            Err(mpsc::TryRecvError::Disconnected) => Some(Done::Failed(
+                StorageError::new(
+                    "lost the disk thread writing into",
+                    "the output folder",
+                    std::io::Error::other("it stopped unexpectedly"),
+                )
+                .into(),
+            )),
+        }
     }
 
     /// Woken whenever a completion has been reported since the last wake-up.
