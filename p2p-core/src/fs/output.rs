@@ -141,7 +141,7 @@ impl OutputDir {
         out.check_writable()?;
         if !overwrite {
             // (`linkat` cannot replace: with `overwrite`, `.part` files and a rename.)
-            out.unnamed = Unnamed::probe(&out.dir, &format!(".p2p-{}.probe", out.tag));
+            out.unnamed = Unnamed::probe(&out.dir, &format!(".p2p-{}.unnamed.probe", out.tag));
         }
         out.create_dirs()?;
         Ok(out)

@@ -44,6 +44,8 @@ impl Unnamed {
         if !cfg!(target_os = "linux") {
             return None;
         }
+        // (A probe left by a receiver killed at just this point would block the link.)
+        let _ = dir.remove_file(probe);
         for link in [Link::ProcFd, Link::EmptyPath] {
             let method = Self { link };
             let Ok(file) = method.create(dir, 0o600) else {
