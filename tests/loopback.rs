@@ -163,11 +163,17 @@ async fn a_nested_tree_keeps_structure_names_modes_and_times_and_skips_symlinks(
     random_file(&root.join("a/b/c/d/e/deep.bin"), 70_000, 2);
     random_file(&root.join("script.sh"), 10, 3);
     random_file(&root.join("secret"), 10, 4);
+    // Small files are created with their mode; a umask that would take bits away (the
+    // usual 022 from 0o666) makes the receiver set them afterwards.
+    random_file(&root.join("readonly.txt"), 10, 5);
+    random_file(&root.join("shared.txt"), 10, 6);
     fs::create_dir_all(root.join("empty/nested-empty")).unwrap();
     std::os::unix::fs::symlink("/etc/hostname", root.join("link-out")).unwrap();
     set_mode(&root.join("script.sh"), 0o755);
     set_mode(&root.join("secret"), 0o600);
     set_mode(&root.join("a/b"), 0o700);
+    set_mode(&root.join("readonly.txt"), 0o444);
+    set_mode(&root.join("shared.txt"), 0o666);
     let old =
         std::time::SystemTime::UNIX_EPOCH + std::time::Duration::new(1_000_000_000, 123_456_789);
     fs::File::options()
@@ -193,6 +199,8 @@ async fn a_nested_tree_keeps_structure_names_modes_and_times_and_skips_symlinks(
     for rel in [
         "script.sh",
         "secret",
+        "readonly.txt",
+        "shared.txt",
         "a/b",
         "a/b/c/d/e/deep.bin",
         "empty/nested-empty",
