@@ -331,6 +331,81 @@ fn history_records_completed_and_failed_transfers_and_filters_them() {
 }
 
 #[test]
+fn ctrl_c_on_the_receiver_says_how_both_sides_continue() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let src = tmp.path().join("photos.tar");
+    random_file(&src, 12 << 20, 78);
+    let out = tmp.path().join("out");
+    let mut receiver = start_listening(&data, &["receive", "--output", path(&out)]);
+    let port = receiver.addr.rsplit(':').next().unwrap().to_owned();
+    let mut sender = p2p(&data)
+        .args(["send", path(&src), "--peer", &receiver.addr])
+        .args(["--max-speed", "4M"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait (by reading, not sleeping) until the receiver reports data arriving.
+    let mut lines = BufReader::new(receiver.child.stdout.take().unwrap()).lines();
+    while !lines
+        .next()
+        .expect("receiver output")
+        .unwrap()
+        .starts_with("progress")
+    {}
+    let pid = receiver.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let (code, _, stderr) = receiver.finish();
+    assert_eq!(code, 130, "{stderr}");
+    let _ = sender.wait();
+    assert!(!out.join("photos.tar").exists());
+
+    // This receiver again, on the port it had (not 0), and the sender's command.
+    let again = format!(
+        "p2p-transfer receive --output {} --port {port} --bind 127.0.0.1",
+        path(&out)
+    );
+    assert!(stderr.lines().any(|l| l.trim() == again), "{stderr}");
+    let resume = stderr
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("p2p-transfer resume "))
+        .unwrap_or_else(|| panic!("no resume command in: {stderr}"));
+    let id = resume.split_whitespace().next().unwrap().to_owned();
+    assert_eq!(
+        resume,
+        format!("{id} --peer 127.0.0.1:{port} --path <what was sent>")
+    );
+
+    // Following it (on a fresh port: a fixed one could be taken by a parallel test).
+    let receiver = start_listening(&data, &["receive", "--output", path(&out)]);
+    let resumed = run(
+        &data,
+        &[
+            "resume",
+            &id,
+            "--peer",
+            &receiver.addr,
+            "--path",
+            path(&src),
+        ],
+    );
+    let (code, _, receiver_err) = receiver.finish();
+    assert!(resumed.status.success(), "{}", text(&resumed.stderr));
+    assert_eq!(code, 0, "{receiver_err}");
+    assert!(
+        text(&resumed.stdout).contains("resuming:"),
+        "{}",
+        text(&resumed.stdout)
+    );
+    assert_eq!(sha256_file(&out.join("photos.tar")), sha256_file(&src));
+}
+
+#[test]
 fn ctrl_c_on_the_sender_prints_a_resume_command_that_finishes_the_transfer() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");

@@ -15,6 +15,17 @@ pub struct Recorder {
     history: Option<History>,
     tracker: Mutex<Tracker>,
     resume_hint: Mutex<Option<String>>,
+    receive_hint: Mutex<Option<ReceiveHint>>,
+}
+
+/// How an interrupted receive continues: this receiver started again, and the sender's
+/// `resume` pointed at it.
+#[derive(Debug, Clone)]
+pub struct ReceiveHint {
+    /// The receiver's own command, to run again.
+    pub again: String,
+    /// The sender's arguments that reach this receiver (`--peer …` or `--role server …`).
+    pub sender_reaches_us: String,
 }
 
 impl Recorder {
@@ -24,6 +35,7 @@ impl Recorder {
             history,
             tracker: Mutex::new(Tracker::default()),
             resume_hint: Mutex::new(None),
+            receive_hint: Mutex::new(None),
         }
     }
 
@@ -34,6 +46,11 @@ impl Recorder {
     /// The command that resumes the current send, printed if it is interrupted.
     pub fn set_resume_hint(&self, command: String) {
         *self.resume_hint.lock().unwrap_or_else(|p| p.into_inner()) = Some(command);
+    }
+
+    /// How the current receive continues if it is interrupted.
+    pub fn set_receive_hint(&self, hint: ReceiveHint) {
+        *self.receive_hint.lock().unwrap_or_else(|p| p.into_inner()) = Some(hint);
     }
 
     /// The peer of the current session, named in the record of an incoming transfer
@@ -56,12 +73,30 @@ impl Recorder {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take();
-        match (record.direction, hint) {
-            (Direction::Send, Some(command)) => {
+        let receive_hint = self
+            .receive_hint
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        match (record.direction, hint, receive_hint) {
+            (Direction::Send, Some(command), _) => {
                 eprintln!(
                     "interrupted; the receiver keeps what arrived. Resume with:\n  {command}"
                 );
             }
+            (
+                Direction::Receive,
+                _,
+                Some(ReceiveHint {
+                    again,
+                    sender_reaches_us,
+                }),
+            ) => eprintln!(
+                "interrupted; what arrived is kept. To continue, start this receiver again:\n  \
+                 {again}\nand on the sending side:\n  \
+                 p2p-transfer resume {} {sender_reaches_us} --path <what was sent>",
+                record.transfer_id
+            ),
             _ => eprintln!(
                 "interrupted; what arrived is kept. On the sending side, resume with:\n  \
                  p2p-transfer resume {} --peer <this receiver's address> --path <what was sent>",

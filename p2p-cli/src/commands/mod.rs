@@ -102,6 +102,14 @@ impl Endpoint {
         }
     }
 
+    /// The address a server endpoint listens on.
+    pub fn local_addr(&self) -> Option<std::net::SocketAddr> {
+        match self {
+            Endpoint::Client(_) => None,
+            Endpoint::Server { listener, .. } => listener.local_addr().ok(),
+        }
+    }
+
     /// Connects or accepts one peer and runs the handshake.
     pub async fn session(
         &self,
@@ -154,5 +162,18 @@ where
             reconnect.retries()
         ))),
         Err(e) => Err(e.into()),
+    }
+}
+
+/// Quotes a path for a shell command line when it needs it.
+pub(crate) fn shell_quote(text: &str) -> String {
+    if !text.is_empty()
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./=:@+,".contains(c))
+    {
+        text.to_owned()
+    } else {
+        format!("'{}'", text.replace('\'', "'\\''"))
     }
 }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::Args;
 use p2p_core::{Decision, IncomingOffer, ReceiveOptions, Received};
 
-use crate::record::Recorder;
+use crate::record::{ReceiveHint, Recorder};
 use crate::{RoleArg, SessionArgs, TransferArgs};
 
 #[derive(Debug, Args)]
@@ -33,6 +33,7 @@ pub async fn run(args: ReceiveArgs, recorder: &Recorder) -> anyhow::Result<()> {
     let ceilings = p2p_core::config::ceilings(true);
     let options = super::session_options(&args.session, &args.transfer, &ceilings)?;
     let endpoint = super::Endpoint::new(args.role, &args.session, &options, true).await?;
+    recorder.set_receive_hint(receive_hint(&args, &endpoint));
     let renderer = recorder.renderer();
     let receive = ReceiveOptions {
         output_dir: args.output.clone(),
@@ -73,6 +74,47 @@ pub async fn run(args: ReceiveArgs, recorder: &Recorder) -> anyhow::Result<()> {
         ));
     }
     Ok(())
+}
+
+/// How an interrupted receive continues: the same folder, the same port (the one
+/// actually bound, so `--port 0` becomes a fixed one), and where the sender points.
+fn receive_hint(args: &ReceiveArgs, endpoint: &super::Endpoint) -> ReceiveHint {
+    let output = super::shell_quote(&args.output.display().to_string());
+    match (endpoint.local_addr(), &args.session.peer) {
+        (Some(local), _) => {
+            let host = if local.ip().is_unspecified() {
+                "<this machine's address>".to_owned()
+            } else {
+                local.ip().to_string()
+            };
+            let bind = if local.ip().is_unspecified() {
+                String::new()
+            } else {
+                format!(" --bind {}", local.ip())
+            };
+            ReceiveHint {
+                again: format!(
+                    "p2p-transfer receive --output {output} --port {}{bind}",
+                    local.port()
+                ),
+                sender_reaches_us: format!("--peer {host}:{}", local.port()),
+            }
+        }
+        (None, peer) => {
+            let peer = peer.clone().unwrap_or_default();
+            let port = peer
+                .rsplit_once(':')
+                .map_or("<port>", |(_, p)| p)
+                .to_owned();
+            ReceiveHint {
+                again: format!(
+                    "p2p-transfer receive --output {output} --role client --peer {}",
+                    super::shell_quote(&peer)
+                ),
+                sender_reaches_us: format!("--role server --port {port}"),
+            }
+        }
+    }
 }
 
 /// Entries listed before "… and N more" when asking.

@@ -88,7 +88,7 @@ async fn send_as(
     let paths: Vec<String> = args
         .paths
         .iter()
-        .map(|p| format!("--path {}", shell_quote(&p.display().to_string())))
+        .map(|p| format!("--path {}", super::shell_quote(&p.display().to_string())))
         .collect();
     // Resuming needs the same chunk size: say so when it is not the default.
     let chunk = match options.config.chunk_size {
@@ -113,17 +113,4 @@ async fn send_as(
         }
     })
     .await
-}
-
-/// Quotes a path for a shell command line when it needs it.
-fn shell_quote(text: &str) -> String {
-    if !text.is_empty()
-        && text
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_./=:@+,".contains(c))
-    {
-        text.to_owned()
-    } else {
-        format!("'{}'", text.replace('\'', "'\\''"))
-    }
 }
