@@ -341,7 +341,7 @@ fn ctrl_c_on_the_receiver_says_how_both_sides_continue() {
     let port = receiver.addr.rsplit(':').next().unwrap().to_owned();
     let mut sender = p2p(&data)
         .args(["send", path(&src), "--peer", &receiver.addr])
-        .args(["--max-speed", "4M"])
+        .args(["--max-speed", "4M", "--chunk-size", "256K"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -378,7 +378,7 @@ fn ctrl_c_on_the_receiver_says_how_both_sides_continue() {
     let id = resume.split_whitespace().next().unwrap().to_owned();
     assert_eq!(
         resume,
-        format!("{id} --peer 127.0.0.1:{port} --path <what was sent>")
+        format!("{id} --peer 127.0.0.1:{port} --chunk-size 262144 --path <what was sent>")
     );
 
     // Following it (on a fresh port: a fixed one could be taken by a parallel test).
@@ -392,6 +392,8 @@ fn ctrl_c_on_the_receiver_says_how_both_sides_continue() {
             &receiver.addr,
             "--path",
             path(&src),
+            "--chunk-size",
+            "262144",
         ],
     );
     let (code, _, receiver_err) = receiver.finish();

@@ -26,6 +26,8 @@ pub struct ReceiveHint {
     pub again: String,
     /// The sender's arguments that reach this receiver (`--peer …` or `--role server …`).
     pub sender_reaches_us: String,
+    /// The chunk size of the session (0: not known yet).
+    pub chunk_size: u32,
 }
 
 impl Recorder {
@@ -51,6 +53,19 @@ impl Recorder {
     /// How the current receive continues if it is interrupted.
     pub fn set_receive_hint(&self, hint: ReceiveHint) {
         *self.receive_hint.lock().unwrap_or_else(|p| p.into_inner()) = Some(hint);
+    }
+
+    /// The chunk size the current session agreed on: a resume must use it again, so
+    /// the receive hint names it when it is not the default.
+    pub fn set_receive_chunk_size(&self, chunk_size: u32) {
+        if let Some(hint) = self
+            .receive_hint
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_mut()
+        {
+            hint.chunk_size = chunk_size;
+        }
     }
 
     /// The peer of the current session, named in the record of an incoming transfer
@@ -84,19 +99,20 @@ impl Recorder {
                     "interrupted; the receiver keeps what arrived. Resume with:\n  {command}"
                 );
             }
-            (
-                Direction::Receive,
-                _,
-                Some(ReceiveHint {
-                    again,
-                    sender_reaches_us,
-                }),
-            ) => eprintln!(
-                "interrupted; what arrived is kept. To continue, start this receiver again:\n  \
-                 {again}\nand on the sending side:\n  \
-                 p2p-transfer resume {} {sender_reaches_us} --path <what was sent>",
-                record.transfer_id
-            ),
+            (Direction::Receive, _, Some(hint)) => {
+                let default = p2p_core::config::DEFAULT_CHUNK_SIZE;
+                let chunk = match hint.chunk_size {
+                    0 => String::new(),
+                    c if c == default => String::new(),
+                    c => format!(" --chunk-size {c}"),
+                };
+                eprintln!(
+                    "interrupted; what arrived is kept. To continue, start this receiver \
+                     again:\n  {}\nand on the sending side:\n  \
+                     p2p-transfer resume {} {}{chunk} --path <what was sent>",
+                    hint.again, record.transfer_id, hint.sender_reaches_us
+                )
+            }
             _ => eprintln!(
                 "interrupted; what arrived is kept. On the sending side, resume with:\n  \
                  p2p-transfer resume {} --peer <this receiver's address> --path <what was sent>",

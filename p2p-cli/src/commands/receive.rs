@@ -47,6 +47,7 @@ pub async fn run(args: ReceiveArgs, recorder: &Recorder) -> anyhow::Result<()> {
             let mut session = endpoint.session(options).await?;
             progress.connected();
             recorder.set_peer(&session.peer().device_name);
+            recorder.set_receive_chunk_size(session.config().chunk_size);
             loop {
                 let answer = |offer| decide(offer, ask, recorder);
                 match session.receive_with(receive, recorder, answer).await? {
@@ -98,6 +99,7 @@ fn receive_hint(args: &ReceiveArgs, endpoint: &super::Endpoint) -> ReceiveHint {
                     local.port()
                 ),
                 sender_reaches_us: format!("--peer {host}:{}", local.port()),
+                chunk_size: 0,
             }
         }
         (None, peer) => {
@@ -112,6 +114,7 @@ fn receive_hint(args: &ReceiveArgs, endpoint: &super::Endpoint) -> ReceiveHint {
                     super::shell_quote(&peer)
                 ),
                 sender_reaches_us: format!("--role server --port {port}"),
+                chunk_size: 0,
             }
         }
     }
