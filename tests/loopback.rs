@@ -728,6 +728,19 @@ async fn an_interrupted_receive_saves_resume_state_and_leaves_nothing_at_the_fin
 /// or a crash), then sends again under the same transfer id: only the rest moves.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_interrupted_transfer_resumes_where_it_stopped() {
+    interrupted_at_a_quarter_then_resumed(256 * 1024).await;
+}
+
+/// The second attempt agrees on another chunk size (the sender restarted with other
+/// options): the chunks held are re-expressed in it rather than thrown away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_with_another_chunk_size_keeps_what_arrived() {
+    interrupted_at_a_quarter_then_resumed(1024 * 1024).await;
+}
+
+/// Interrupts a transfer (256 KiB chunks) at about a quarter, then sends again under the
+/// same transfer id with `second_chunk`: only the rest moves.
+async fn interrupted_at_a_quarter_then_resumed(second_chunk: u32) {
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("video.mkv");
     let len = 24 << 20;
@@ -765,7 +778,7 @@ async fn an_interrupted_transfer_resumes_where_it_stopped() {
     assert!(!partial_files(&out).is_empty(), "the partial data is kept");
 
     // Second attempt with the same transfer id.
-    let (mut a, mut b) = pair(&options(256 * 1024, 8)).await;
+    let (mut a, mut b) = pair(&options(second_chunk, 8)).await;
     let events = Arc::new(Mutex::new(Vec::new()));
     let sink = {
         let events = events.clone();
@@ -789,9 +802,12 @@ async fn an_interrupted_transfer_resumes_where_it_stopped() {
             _ => None,
         })
         .expect("the sender was told what to skip");
+    // What was reported written, less one window, and less what only partly covers a
+    // chunk of the second attempt's size, is not sent again.
+    let window = 8 * 256 * 1024;
     assert!(
-        skipped >= len as u64 / 4 - 8 * 256 * 1024,
-        "at least what was reported written, less one window, is not sent again: {skipped}"
+        skipped >= len as u64 / 4 - window - u64::from(second_chunk),
+        "{skipped}"
     );
 }
 

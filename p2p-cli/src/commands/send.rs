@@ -90,7 +90,8 @@ async fn send_as(
         .iter()
         .map(|p| format!("--path {}", super::shell_quote(&p.display().to_string())))
         .collect();
-    // Resuming needs the same chunk size: say so when it is not the default.
+    // The same chunk size resumes every chunk held (another one loses the chunks that
+    // only partly cover one of the new size): say so when it is not the default.
     let chunk = match options.config.chunk_size {
         c if c == defaults.chunk_size => String::new(),
         c => format!(" --chunk-size {c}"),

@@ -22,7 +22,7 @@ use rustix::fs::{renameat_with, RenameFlags};
 use uuid::Uuid;
 
 use crate::error::{Error, Result, StorageError, TransferError};
-use crate::fs::resume_state::{boot_id, manifest_digest, StateBody};
+use crate::fs::resume_state::{boot_id, manifest_digest, rechunk, StateBody};
 use crate::fs::safe_path::validate_entries;
 use crate::fs::unnamed::{umask, Unnamed};
 use crate::transfer::{ChunkSet, ResumeInfo};
@@ -599,18 +599,20 @@ impl OutputDir {
                 return;
             }
         };
-        if body.transfer_id != self.transfer_id
-            || body.manifest_digest != self.digest
-            || body.chunk_size != self.chunk_size
-        {
+        if body.transfer_id != self.transfer_id || body.manifest_digest != self.digest {
             self.notes.push(format!(
                 "resume state {name} ignored: it belongs to another version of this transfer \
-                 (files changed, or another chunk size); starting afresh"
+                 (the files changed); starting afresh"
             ));
             return;
         }
         let (mut info, flushed) = body.believable(boot_id());
         let layout = crate::transfer::Layout::new(&self.entries, self.chunk_size);
+        if body.chunk_size != self.chunk_size {
+            // This attempt agreed on another chunk size: keep whatever whole chunks of
+            // the new size the earlier attempt left.
+            info = rechunk(&info, body.chunk_size, self.chunk_size, |f| layout.size(f));
+        }
         // Finished files must still be in place with their size.
         info.complete.retain(|&file| {
             let Some(size) = layout.size(file) else {

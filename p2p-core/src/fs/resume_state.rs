@@ -82,6 +82,47 @@ impl Claim {
     }
 }
 
+/// Re-expresses the chunks held per file in another chunk size: a chunk of the new size
+/// is held if every byte of it was (the last chunk of a file may be short). What only
+/// partly covers a new chunk is received again, so the conversion never claims a byte
+/// that was not held. `sizes` gives each file's size; files it does not know are dropped.
+pub fn rechunk(
+    info: &ResumeInfo,
+    from: u32,
+    to: u32,
+    sizes: impl Fn(u32) -> Option<u64>,
+) -> ResumeInfo {
+    let (from, to) = (u64::from(from.max(1)), u64::from(to.max(1)));
+    let mut have = std::collections::BTreeMap::new();
+    for (&file, set) in &info.have {
+        let Some(size) = sizes(file) else {
+            continue;
+        };
+        let mut converted = ChunkSet::new();
+        for (start, end) in set.ranges() {
+            let first_byte = start.saturating_mul(from).min(size);
+            let end_byte = end.saturating_mul(from).min(size);
+            let new_start = first_byte.div_ceil(to);
+            // A range reaching the end of the file covers its short last chunk too.
+            let new_end = if end_byte == size {
+                size.div_ceil(to)
+            } else {
+                end_byte / to
+            };
+            if new_start < new_end {
+                converted.insert_range(new_start, new_end);
+            }
+        }
+        if !converted.is_empty() {
+            have.insert(file, converted);
+        }
+    }
+    ResumeInfo {
+        have,
+        complete: info.complete.clone(),
+    }
+}
+
 /// This boot of the kernel (Linux), read once.
 pub fn boot_id() -> Option<Uuid> {
     static BOOT: std::sync::OnceLock<Option<Uuid>> = std::sync::OnceLock::new();
@@ -203,5 +244,34 @@ mod tests {
         assert_eq!(body.believable(None), (durable.clone(), true));
         body.boot_id = None;
         assert_eq!(body.believable(None), (durable, true));
+    }
+
+    #[test]
+    fn held_chunks_are_re_expressed_in_another_chunk_size_without_claiming_more() {
+        let mut info = ResumeInfo::default();
+        let mut set = ChunkSet::new();
+        set.insert_range(0, 5); // bytes 0..5120 of file 0 (1 KiB chunks)
+        set.insert_range(7, 10); // bytes 7168..10000 (the file's end)
+        info.have.insert(0, set);
+        info.complete.push(1);
+        let sizes = |f| (f == 0).then_some(10_000);
+        // To 4 KiB chunks: 0..4096 is held (chunk 0); 4096..8192 is not whole; the
+        // last chunk 8192..10000 lies within 7168..10000, so it is held.
+        let bigger = rechunk(&info, 1024, 4096, sizes);
+        assert_eq!(
+            bigger.have[&0].ranges().collect::<Vec<_>>(),
+            vec![(0, 1), (2, 3)]
+        );
+        assert_eq!(bigger.complete, vec![1]);
+        // To 512 B chunks: every byte range maps exactly.
+        let smaller = rechunk(&info, 1024, 512, sizes);
+        assert_eq!(
+            smaller.have[&0].ranges().collect::<Vec<_>>(),
+            vec![(0, 10), (14, 20)]
+        );
+        // A file the offer does not have is dropped.
+        let mut stray = info.clone();
+        stray.have.insert(9, ChunkSet::new());
+        assert!(!rechunk(&stray, 1024, 512, sizes).have.contains_key(&9));
     }
 }
