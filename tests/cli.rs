@@ -330,6 +330,30 @@ fn history_records_completed_and_failed_transfers_and_filters_them() {
     assert_eq!(last.lines().count(), 2, "{last}");
 }
 
+/// Runs `p2p-transfer resume ID --path SRC --chunk-size CHUNK` against a new receiver
+/// writing into `out`; both must succeed. Returns the sender's output and the
+/// receiver's stdout.
+fn resume_into(data: &Path, out: &Path, id: &str, src: &Path, chunk: &str) -> (Output, String) {
+    let receiver = start_listening(data, &["receive", "--output", path(out)]);
+    let resumed = run(
+        data,
+        &[
+            "resume",
+            id,
+            "--peer",
+            &receiver.addr,
+            "--path",
+            path(src),
+            "--chunk-size",
+            chunk,
+        ],
+    );
+    let (code, receiver_out, receiver_err) = receiver.finish();
+    assert!(resumed.status.success(), "{}", text(&resumed.stderr));
+    assert_eq!(code, 0, "{receiver_err}");
+    (resumed, receiver_out)
+}
+
 #[test]
 fn ctrl_c_on_the_receiver_says_how_both_sides_continue() {
     let tmp = tempfile::tempdir().unwrap();
@@ -382,23 +406,7 @@ fn ctrl_c_on_the_receiver_says_how_both_sides_continue() {
     );
 
     // Following it (on a fresh port: a fixed one could be taken by a parallel test).
-    let receiver = start_listening(&data, &["receive", "--output", path(&out)]);
-    let resumed = run(
-        &data,
-        &[
-            "resume",
-            &id,
-            "--peer",
-            &receiver.addr,
-            "--path",
-            path(&src),
-            "--chunk-size",
-            "262144",
-        ],
-    );
-    let (code, _, receiver_err) = receiver.finish();
-    assert!(resumed.status.success(), "{}", text(&resumed.stderr));
-    assert_eq!(code, 0, "{receiver_err}");
+    let (resumed, _) = resume_into(&data, &out, &id, &src, "262144");
     assert!(
         text(&resumed.stdout).contains("resuming:"),
         "{}",
@@ -465,23 +473,7 @@ fn ctrl_c_on_the_sender_prints_a_resume_command_that_finishes_the_transfer() {
         .unwrap_or_else(|| panic!("no resume command in: {stderr}"));
     let id = command.split_whitespace().next().unwrap().to_owned();
     assert!(command.contains("--chunk-size 262144"), "{command}");
-    let receiver = start_listening(&data, &["receive", "--output", path(&out)]);
-    let resume = run(
-        &data,
-        &[
-            "resume",
-            &id,
-            "--peer",
-            &receiver.addr,
-            "--path",
-            path(&src),
-            "--chunk-size",
-            "256K",
-        ],
-    );
-    let (code, receiver_out, receiver_err) = receiver.finish();
-    assert!(resume.status.success(), "{}", text(&resume.stderr));
-    assert_eq!(code, 0, "{receiver_err}");
+    let (resume, receiver_out) = resume_into(&data, &out, &id, &src, "256K");
     assert_eq!(sha256_file(&out.join("backup.tar")), sha256_file(&src));
     assert!(
         text(&resume.stdout).contains("resuming:") && receiver_out.contains("resuming:"),

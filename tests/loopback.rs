@@ -738,6 +738,36 @@ async fn a_resume_with_another_chunk_size_keeps_what_arrived() {
     interrupted_at_a_quarter_then_resumed(1024 * 1024).await;
 }
 
+/// Sends `manifest` under `transfer_id` over a new session to a receiver writing into
+/// `out`; both ends must succeed. Returns what the sender was told to skip (its
+/// `Resumed` event), if anything.
+async fn send_again(
+    manifest: &p2p_core::fs::source::SourceManifest,
+    transfer_id: Uuid,
+    out: &Path,
+    opts: &SessionOptions,
+) -> Option<u64> {
+    let (mut a, mut b) = pair(opts).await;
+    let skipped = Arc::new(Mutex::new(None));
+    let sink = {
+        let skipped = skipped.clone();
+        move |e: TransferEvent| {
+            if let TransferEvent::Resumed { skipped_bytes, .. } = e {
+                *skipped.lock().unwrap() = Some(skipped_bytes);
+            }
+        }
+    };
+    let receive = recv_opts(out);
+    let (sent, received) = tokio::join!(
+        a.send_manifest_as(manifest, transfer_id, &sink),
+        b.receive(&receive, &NoEvents)
+    );
+    sent.unwrap();
+    received.unwrap().unwrap();
+    let skipped = *skipped.lock().unwrap();
+    skipped
+}
+
 /// Interrupts a transfer (256 KiB chunks) at about a quarter, then sends again under the
 /// same transfer id with `second_chunk`: only the rest moves.
 async fn interrupted_at_a_quarter_then_resumed(second_chunk: u32) {
@@ -778,30 +808,11 @@ async fn interrupted_at_a_quarter_then_resumed(second_chunk: u32) {
     assert!(!partial_files(&out).is_empty(), "the partial data is kept");
 
     // Second attempt with the same transfer id.
-    let (mut a, mut b) = pair(&options(second_chunk, 8)).await;
-    let events = Arc::new(Mutex::new(Vec::new()));
-    let sink = {
-        let events = events.clone();
-        move |e: TransferEvent| events.lock().unwrap().push(e)
-    };
-    let opts = recv_opts(&out);
-    let (sent, received) = tokio::join!(
-        a.send_manifest_as(&manifest, transfer_id, &sink),
-        b.receive(&opts, &NoEvents)
-    );
-    sent.unwrap();
-    received.unwrap().unwrap();
+    let skipped = send_again(&manifest, transfer_id, &out, &options(second_chunk, 8))
+        .await
+        .expect("the sender was told what to skip");
     assert_eq!(sha256_file(&out.join("video.mkv")), sha256_file(&src));
     assert!(partial_files(&out).is_empty(), "{:?}", partial_files(&out));
-    let skipped = events
-        .lock()
-        .unwrap()
-        .iter()
-        .find_map(|e| match e {
-            TransferEvent::Resumed { skipped_bytes, .. } => Some(*skipped_bytes),
-            _ => None,
-        })
-        .expect("the sender was told what to skip");
     // What was reported written, less one window, and less what only partly covers a
     // chunk of the second attempt's size, is not sent again.
     let window = 8 * 256 * 1024;
@@ -849,26 +860,10 @@ async fn after_a_reboot_only_what_was_flushed_is_resumed() {
         )
         .unwrap();
 
-        let (mut a, mut b) = pair(&options(CHUNK as u32, 4)).await;
-        let skipped = Arc::new(Mutex::new(None));
-        let sink = {
-            let skipped = skipped.clone();
-            move |e: TransferEvent| {
-                if let TransferEvent::Resumed { skipped_bytes, .. } = e {
-                    *skipped.lock().unwrap() = Some(skipped_bytes);
-                }
-            }
-        };
-        let opts = recv_opts(&out);
-        let (sent, received) = tokio::join!(
-            a.send_manifest_as(&manifest, transfer_id, &sink),
-            b.receive(&opts, &NoEvents)
-        );
-        sent.unwrap();
-        received.unwrap().unwrap();
+        let skipped = send_again(&manifest, transfer_id, &out, &options(CHUNK as u32, 4)).await;
         assert_eq!(sha256_file(&out.join("notes.tar")), sha256_file(&src));
         assert_eq!(
-            *skipped.lock().unwrap(),
+            skipped,
             Some(expected_chunks * CHUNK as u64),
             "state from boot {boot}"
         );

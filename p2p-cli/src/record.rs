@@ -26,8 +26,8 @@ pub struct ReceiveHint {
     pub again: String,
     /// The sender's arguments that reach this receiver (`--peer …` or `--role server …`).
     pub sender_reaches_us: String,
-    /// The chunk size of the session (0: not known yet).
-    pub chunk_size: u32,
+    /// The chunk size of the session, once one is established.
+    pub chunk_size: Option<u32>,
 }
 
 impl Recorder {
@@ -64,7 +64,7 @@ impl Recorder {
             .unwrap_or_else(|p| p.into_inner())
             .as_mut()
         {
-            hint.chunk_size = chunk_size;
+            hint.chunk_size = Some(chunk_size);
         }
     }
 
@@ -102,9 +102,8 @@ impl Recorder {
             (Direction::Receive, _, Some(hint)) => {
                 let default = p2p_core::config::DEFAULT_CHUNK_SIZE;
                 let chunk = match hint.chunk_size {
-                    0 => String::new(),
-                    c if c == default => String::new(),
-                    c => format!(" --chunk-size {c}"),
+                    Some(c) if c != default => format!(" --chunk-size {c}"),
+                    _ => String::new(),
                 };
                 eprintln!(
                     "interrupted; what arrived is kept. To continue, start this receiver \

@@ -99,7 +99,7 @@ fn receive_hint(args: &ReceiveArgs, endpoint: &super::Endpoint) -> ReceiveHint {
                     local.port()
                 ),
                 sender_reaches_us: format!("--peer {host}:{}", local.port()),
-                chunk_size: 0,
+                chunk_size: None,
             }
         }
         (None, peer) => {
@@ -114,7 +114,7 @@ fn receive_hint(args: &ReceiveArgs, endpoint: &super::Endpoint) -> ReceiveHint {
                     super::shell_quote(&peer)
                 ),
                 sender_reaches_us: format!("--role server --port {port}"),
-                chunk_size: 0,
+                chunk_size: None,
             }
         }
     }

@@ -390,14 +390,16 @@ impl OutputDir {
             .cloned()
             .ok_or_else(|| Error::protocol(format!("no entry {file}")))?;
         // (An empty file has had no write: its unnamed file is made here.)
-        if self.unnamed_file(file)?.is_some() {
-            if let Some((handle, mode_set)) = self.anon.remove(&file) {
-                apply_metadata(&handle, &entry, !mode_set)
-                    .map_err(|e| self.storage("cannot set metadata of", &entry.path, e))?;
-                self.name_unnamed(file, &handle, &entry.path)?;
-                self.finalized[file as usize] = true;
-                return Ok(());
-            }
+        let unnamed = match self.unnamed_file(file)? {
+            Some(_) => self.anon.remove(&file),
+            None => None,
+        };
+        if let Some((handle, mode_set)) = unnamed {
+            apply_metadata(&handle, &entry, !mode_set)
+                .map_err(|e| self.storage("cannot set metadata of", &entry.path, e))?;
+            self.name_unnamed(file, &handle, &entry.path)?;
+            self.finalized[file as usize] = true;
+            return Ok(());
         }
         // Empty files never had a write; make sure the .part exists (and is truncated).
         let handle = match self.open.remove(&file) {

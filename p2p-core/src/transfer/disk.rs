@@ -54,6 +54,16 @@ impl Done {
     }
 }
 
+/// The error for a disk thread that ended while it still had work (it panicked).
+pub(crate) fn thread_lost() -> Error {
+    StorageError::new(
+        "lost the disk thread writing into",
+        "the output folder",
+        std::io::Error::other("it stopped unexpectedly"),
+    )
+    .into()
+}
+
 /// A thread serving one transfer's disk requests. See the module documentation.
 pub(crate) struct DiskThread {
     requests: Option<mpsc::Sender<Vec<IoRequest>>>,
@@ -114,14 +124,7 @@ impl DiskThread {
             Ok(done) => Some(done),
             Err(mpsc::TryRecvError::Empty) => None,
             // Only a panic ends the thread while the driver still holds its requests.
-            Err(mpsc::TryRecvError::Disconnected) => Some(Done::Failed(
-                StorageError::new(
-                    "lost the disk thread writing into",
-                    "the output folder",
-                    std::io::Error::other("it stopped unexpectedly"),
-                )
-                .into(),
-            )),
+            Err(mpsc::TryRecvError::Disconnected) => Some(Done::Failed(thread_lost())),
         }
     }
 

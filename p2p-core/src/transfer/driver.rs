@@ -21,12 +21,12 @@ use tokio::sync::Notify;
 use tokio_util::codec::Framed;
 use uuid::Uuid;
 
-use crate::error::{Error, Result, StorageError, TransferError, WireError};
+use crate::error::{Error, Result, TransferError, WireError};
 use crate::event::{Direction, EventSink, TransferEvent, PROGRESS_INTERVAL};
 use crate::fs::output::OutputDir;
 use crate::fs::source::{SourceManifest, SourceReader};
 use crate::throttle::TokenBucket;
-use crate::transfer::disk::DiskThread;
+use crate::transfer::disk::{self, DiskThread};
 use crate::transfer::receiver::{IoRequest, Receiver};
 use crate::transfer::sender::Sender;
 use crate::transfer::window::{DEFAULT_MAX_ATTEMPTS, DEFAULT_RTO};
@@ -297,32 +297,21 @@ where
         },
     )
     .await;
-    let Some(mut output) = disk.finish(result.is_err()) else {
-        let e = StorageError::new(
-            "lost the disk thread writing into",
-            &options.output_dir,
-            std::io::Error::other("it stopped unexpectedly"),
-        );
-        return finish(
-            transfer_id,
-            Direction::Receive,
-            &entries,
-            files,
-            total,
-            start,
-            Err(e.into()),
-            events,
-        );
+    let result = match disk.finish(result.is_err()) {
+        Some(mut output) => {
+            match &result {
+                Ok(()) => output.complete(),
+                // Nothing worth resuming from: data that failed verification, a peer
+                // that broke the protocol.
+                Err(e) if e.discards_partial_data() => output.abandon(),
+                // Anything else — a lost connection, Ctrl+C, a full disk — keeps what
+                // arrived: dropping `output` saves the state for a resume.
+                Err(_) => {}
+            }
+            result
+        }
+        None => Err(disk::thread_lost()),
     };
-    match &result {
-        Ok(()) => output.complete(),
-        // Nothing worth resuming from: data that failed verification, a peer that broke
-        // the protocol.
-        Err(e) if e.discards_partial_data() => output.abandon(),
-        // Anything else — a lost connection, Ctrl+C, a full disk — keeps what arrived:
-        // dropping `output` saves the state for a resume.
-        Err(_) => {}
-    }
     finish(
         transfer_id,
         Direction::Receive,
