@@ -631,3 +631,35 @@ fn receive_ask_shows_the_offer_and_a_no_declines_with_nothing_written() {
         "{declined}"
     );
 }
+
+/// Issue 10, item 7: strangers knock first — a port scan (connect and close), an HTTP
+/// request, a TLS ClientHello and a peer that sends one byte of a `Hello` and then
+/// nothing — and `receive` still serves the real sender at once, then ends after its
+/// transfer (junk never counts as the transfer).
+#[test]
+fn strangers_do_not_knock_the_receiver_over() {
+    use std::io::Write;
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("real.bin");
+    random_file(&src, 300_000, 7);
+    let out = tmp.path().join("out");
+    let data = tmp.path().join("data");
+    let receiver = start_listening(&data, &["receive", "--output", path(&out)]);
+    drop(std::net::TcpStream::connect(&receiver.addr).unwrap());
+    let mut http = std::net::TcpStream::connect(&receiver.addr).unwrap();
+    http.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut tls = std::net::TcpStream::connect(&receiver.addr).unwrap();
+    tls.write_all(&[
+        0x16, 0x03, 0x01, 0x00, 0xa5, 0x01, 0x00, 0x00, 0xa1, 0x03, 0x03,
+    ])
+    .unwrap();
+    let mut trickle = std::net::TcpStream::connect(&receiver.addr).unwrap();
+    trickle.write_all(&[0]).unwrap();
+    let send = run(&data, &["send", path(&src), "--peer", &receiver.addr]);
+    let (code, _, stderr) = receiver.finish();
+    assert!(send.status.success(), "{}", text(&send.stderr));
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(sha256_file(&out.join("real.bin")), sha256_file(&src));
+    drop((http, tls, trickle));
+}

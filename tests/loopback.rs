@@ -163,11 +163,13 @@ async fn a_nested_tree_keeps_structure_names_modes_and_times_and_skips_symlinks(
     random_file(&root.join("a/b/c/d/e/deep.bin"), 70_000, 2);
     random_file(&root.join("script.sh"), 10, 3);
     random_file(&root.join("secret"), 10, 4);
-    // Small files are created with their mode; a umask that would take bits away (the
-    // usual 022 from 0o666) makes the receiver set them afterwards.
+    // Modes arrive as sent, less what the receiver's umask takes away (issue 10, item
+    // 9): a sender cannot make files or folders world-writable on the receiver.
     random_file(&root.join("readonly.txt"), 10, 5);
     random_file(&root.join("shared.txt"), 10, 6);
     fs::create_dir_all(root.join("empty/nested-empty")).unwrap();
+    fs::create_dir_all(root.join("open-dir")).unwrap();
+    set_mode(&root.join("open-dir"), 0o777);
     std::os::unix::fs::symlink("/etc/hostname", root.join("link-out")).unwrap();
     set_mode(&root.join("script.sh"), 0o755);
     set_mode(&root.join("secret"), 0o600);
@@ -189,6 +191,7 @@ async fn a_nested_tree_keeps_structure_names_modes_and_times_and_skips_symlinks(
     sent.unwrap();
     received.unwrap().unwrap();
 
+    let umask = p2p_core::fs::unnamed::umask().expect("umask readable");
     let mut expected = tree_digest(&root);
     expected.remove("link-out");
     assert_eq!(
@@ -204,11 +207,13 @@ async fn a_nested_tree_keeps_structure_names_modes_and_times_and_skips_symlinks(
         "a/b",
         "a/b/c/d/e/deep.bin",
         "empty/nested-empty",
+        "open-dir",
     ] {
+        let (mode, secs, nanos) = mode_and_mtime(&root.join(rel));
         assert_eq!(
             mode_and_mtime(&out.join("tree").join(rel)),
-            mode_and_mtime(&root.join(rel)),
-            "{rel}: mode and mtime"
+            (mode & !umask, secs, nanos),
+            "{rel}: mode (umask {umask:o}) and mtime"
         );
     }
 }
@@ -297,6 +302,7 @@ fn local_peer() -> LocalPeer {
         device_name: "scripted".into(),
         capabilities: Capabilities::supported(),
         config: p2p_core::config::default_config(),
+        memory_budget: p2p_core::config::DEFAULT_MEMORY_BUDGET,
     }
 }
 
@@ -434,6 +440,11 @@ async fn a_symlink_in_the_output_folder_cannot_lead_outside() {
         fs::read_dir(&elsewhere).unwrap().next().is_none(),
         "nothing planted outside"
     );
+    assert_eq!(
+        receiver_files(&out),
+        Vec::<String>::new(),
+        "nothing written"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -455,7 +466,8 @@ async fn declared_sizes_beyond_free_space_are_refused_up_front() {
     );
     let err = task.await.unwrap().unwrap_err();
     assert!(err.to_string().contains("not enough free space"), "{err}");
-    assert!(partial_files(tmp.path()).is_empty());
+    // Issue 10, item 5: a refusal writes nothing, not even a resume state.
+    assert_eq!(receiver_files(tmp.path()), Vec::<String>::new());
     assert!(!out.join("huge.iso").exists());
 }
 
@@ -484,6 +496,11 @@ async fn existing_files_are_not_overwritten_unless_asked() {
         "{err}"
     );
     assert_eq!(fs::read(out.join("report.txt")).unwrap(), b"precious");
+    assert_eq!(
+        receiver_files(&out),
+        Vec::<String>::new(),
+        "nothing written"
+    );
 
     let (mut a, mut b) = pair(&options(4096, 4)).await;
     let opts = ReceiveOptions {
@@ -1031,4 +1048,33 @@ async fn a_receiver_can_see_an_offer_and_decline_or_accept_it_at_its_own_pace() 
         Some(p2p_core::Received::Completed(_))
     ));
     assert_eq!(tree_digest(&out.join("album")), tree_digest(&folder));
+}
+
+/// Issue 10, item 7: a stranger that completes the handshake and then says nothing
+/// used to hold a receiver forever; it is given up on after the idle limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_idles_after_the_handshake_is_given_up_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    let listener = p2p_core::transport::listen("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let opts = recv_opts(tmp.path());
+    let receiving = tokio::spawn(async move {
+        let options = SessionOptions {
+            idle_timeout: std::time::Duration::from_secs(1),
+            ..SessionOptions::default()
+        };
+        let mut s = Session::accept(&listener, &options).await?;
+        s.receive(&opts, &NoEvents).await
+    });
+    let mut idle = scripted_sender(&addr).await;
+    let result = tokio::time::timeout(std::time::Duration::from_secs(20), receiving)
+        .await
+        .expect("the receiver gave up on its own")
+        .unwrap();
+    assert!(
+        matches!(result, Err(Error::Transfer(TransferError::PeerSilent(_)))),
+        "{result:?}"
+    );
+    // It was pinged before being given up on.
+    assert!(matches!(idle.next().await, Some(Ok(Message::Ping(_)))));
 }

@@ -120,6 +120,10 @@ pub struct TransferArgs {
     /// Limit what this side sends: 10M, 512K, 1G (bytes per second), or unlimited.
     #[arg(long, value_name = "RATE", default_value = "unlimited", value_parser = size::parse_rate)]
     pub max_speed: size::Rate,
+    /// Most chunk data one transfer may make this side hold in memory (chunk size ×
+    /// window, whatever the peer asks): 64M by default, at most 1G.
+    #[arg(long, value_name = "SIZE", default_value = "64M", value_parser = size::parse_size)]
+    pub memory_budget: u64,
 }
 
 /// Entry point of the binary.

@@ -15,8 +15,11 @@ pub const MIN_CHUNK_SIZE: u32 = 1024;
 pub const MAX_CHUNK_SIZE: u32 = 16 * 1024 * 1024;
 /// Most chunks in flight accepted.
 pub const MAX_WINDOW_SIZE: u32 = 1024;
-/// Cap on `window × chunk`: what one transfer may buffer.
+/// Cap on `window × chunk`: what one transfer may buffer, whatever a side's budget.
 pub const MAX_IN_FLIGHT_BYTES: u64 = 1024 * 1024 * 1024;
+/// Default memory budget: the most `window × chunk` a side agrees to, so the most
+/// chunk data a peer can make it hold for one transfer.
+pub const DEFAULT_MEMORY_BUDGET: u64 = 64 * 1024 * 1024;
 /// Valid zstd levels.
 pub const COMPRESS_LEVELS: std::ops::RangeInclusive<i8> = -7..=22;
 
@@ -55,10 +58,29 @@ pub fn validate(config: &SessionConfig) -> Result<(), HandshakeError> {
     Ok(())
 }
 
+/// Shrinks `config` until `window × chunk` fits `budget` (clamped to
+/// `MIN_CHUNK_SIZE..=MAX_IN_FLIGHT_BYTES`): chunks above the default size are halved
+/// first (a big window of 1 MiB chunks keeps a long path full; a few huge chunks do
+/// not), then the window, then chunks down to the minimum.
+pub fn fit_budget(config: &mut SessionConfig, budget: u64) {
+    let budget = budget.clamp(u64::from(MIN_CHUNK_SIZE), MAX_IN_FLIGHT_BYTES);
+    while u64::from(config.window_size) * u64::from(config.chunk_size) > budget {
+        if config.chunk_size > DEFAULT_CHUNK_SIZE {
+            config.chunk_size /= 2;
+        } else if config.window_size > 1 {
+            config.window_size /= 2;
+        } else if config.chunk_size > MIN_CHUNK_SIZE {
+            config.chunk_size = (config.chunk_size / 2).max(MIN_CHUNK_SIZE);
+        } else {
+            break;
+        }
+    }
+}
+
 /// The responder's answer to a proposal: for chunk and window size the smaller of both
 /// sides' values, compression only if both allow it, the proposer's level and adaptive
-/// mode, then whatever the agreed capabilities rule out. `window × chunk` is kept within
-/// [`MAX_IN_FLIGHT_BYTES`] by shrinking the window.
+/// mode, then whatever the agreed capabilities rule out; finally `window × chunk` is
+/// brought within the responder's memory `budget` ([`fit_budget`]).
 ///
 /// Taking the minimum makes the rule symmetric: a receiver that states no preference
 /// offers the protocol maxima, so the sender's settings win whichever side connects.
@@ -66,6 +88,7 @@ pub fn negotiate(
     proposed: &SessionConfig,
     local: &SessionConfig,
     agreed: Capabilities,
+    budget: u64,
 ) -> Result<SessionConfig, HandshakeError> {
     validate(proposed)?;
     let mut config = SessionConfig {
@@ -76,9 +99,7 @@ pub fn negotiate(
         adaptive: proposed.adaptive,
     };
     apply_capabilities(&mut config, agreed);
-    while u64::from(config.window_size) * u64::from(config.chunk_size) > MAX_IN_FLIGHT_BYTES {
-        config.window_size = (config.window_size / 2).max(1);
-    }
+    fit_budget(&mut config, budget);
     Ok(config)
 }
 
@@ -119,17 +140,56 @@ mod tests {
             window_size: 1024,
             ..default_config()
         };
-        let agreed = negotiate(&proposed, &local, Capabilities::supported()).unwrap();
+        let budget = DEFAULT_MEMORY_BUDGET;
+        let agreed = negotiate(&proposed, &local, Capabilities::supported(), budget).unwrap();
         assert_eq!((agreed.chunk_size, agreed.window_size), (1 << 20, 64));
         assert!(agreed.compress);
-        let agreed = negotiate(&proposed, &local, Capabilities::FOLDER).unwrap();
+        let agreed = negotiate(&proposed, &local, Capabilities::FOLDER, budget).unwrap();
         assert_eq!(agreed.window_size, 1);
         assert!(!agreed.compress);
-        let agreed = negotiate(&ceilings(true), &ceilings(true), Capabilities::all()).unwrap();
-        assert!(
-            u64::from(agreed.window_size) * u64::from(agreed.chunk_size) <= MAX_IN_FLIGHT_BYTES
-        );
-        assert_eq!(agreed.chunk_size, MAX_CHUNK_SIZE);
+        let agreed = negotiate(
+            &ceilings(true),
+            &ceilings(true),
+            Capabilities::all(),
+            budget,
+        )
+        .unwrap();
+        assert_eq!((agreed.chunk_size, agreed.window_size), (1 << 20, 64));
+    }
+
+    /// Issue 10, item 3: a peer asking for the largest chunk and window used to pin
+    /// 1 GiB of the receiver's memory; the budget caps `window × chunk`.
+    #[test]
+    fn the_memory_budget_caps_what_a_peer_can_ask_for() {
+        let greedy = SessionConfig {
+            chunk_size: MAX_CHUNK_SIZE,
+            window_size: MAX_WINDOW_SIZE,
+            ..default_config()
+        };
+        for budget in [
+            0,
+            1,
+            4096,
+            1 << 20,
+            10 << 20,
+            DEFAULT_MEMORY_BUDGET,
+            u64::MAX,
+        ] {
+            let agreed = negotiate(&greedy, &ceilings(true), Capabilities::all(), budget).unwrap();
+            let held = u64::from(agreed.window_size) * u64::from(agreed.chunk_size);
+            let cap = budget.clamp(u64::from(MIN_CHUNK_SIZE), MAX_IN_FLIGHT_BYTES);
+            assert!(held <= cap, "budget {budget}: {held}");
+            validate(&agreed).unwrap();
+        }
+        // A modest proposal within the budget is left alone.
+        let agreed = negotiate(
+            &default_config(),
+            &ceilings(true),
+            Capabilities::all(),
+            DEFAULT_MEMORY_BUDGET,
+        )
+        .unwrap();
+        assert_eq!((agreed.chunk_size, agreed.window_size), (1 << 20, 16));
     }
 
     #[test]
@@ -148,7 +208,8 @@ mod tests {
                 ..default_config()
             },
         ] {
-            assert!(negotiate(&bad, &default_config(), Capabilities::all()).is_err());
+            let budget = DEFAULT_MEMORY_BUDGET;
+            assert!(negotiate(&bad, &default_config(), Capabilities::all(), budget).is_err());
         }
     }
 }

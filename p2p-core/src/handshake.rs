@@ -20,7 +20,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::codec::Framed;
 use uuid::Uuid;
 
-use crate::config::{apply_capabilities, negotiate, validate};
+use crate::config::{
+    apply_capabilities, fit_budget, negotiate, validate, MAX_IN_FLIGHT_BYTES, MIN_CHUNK_SIZE,
+};
 use crate::error::{Error, HandshakeError, Result, TransferError};
 use crate::wire::{
     Capabilities, ErrorCode, FrameCodec, Hello, Message, SessionConfig, MAGIC, MAX_NAME_LEN,
@@ -39,6 +41,8 @@ pub struct LocalPeer {
     /// Initiator: the proposal. Responder: ceilings for chunk and window size, and
     /// whether compression is allowed.
     pub config: SessionConfig,
+    /// Most `window × chunk` this side agrees to (see [`crate::config::fit_budget`]).
+    pub memory_budget: u64,
 }
 
 /// What we learned about the peer.
@@ -161,6 +165,7 @@ where
     let capabilities = local.capabilities & theirs.capabilities;
     let mut proposal = local.config;
     apply_capabilities(&mut proposal, capabilities);
+    fit_budget(&mut proposal, local.memory_budget);
     framed.send(Message::Config(proposal)).await?;
     let agreed = match next(framed, "ConfigAck").await? {
         Message::ConfigAck(c) => c,
@@ -168,7 +173,9 @@ where
     };
     validate(&agreed)?;
     if u64::from(agreed.window_size) * u64::from(agreed.chunk_size)
-        > crate::config::MAX_IN_FLIGHT_BYTES
+        > local
+            .memory_budget
+            .clamp(u64::from(MIN_CHUNK_SIZE), MAX_IN_FLIGHT_BYTES)
         || agreed.chunk_size > proposal.chunk_size
         || agreed.window_size > proposal.window_size
         || (agreed.compress && !proposal.compress)
@@ -216,7 +223,7 @@ where
         Message::Config(c) => c,
         other => return Err(refuse(framed, unexpected("Config", &other)).await),
     };
-    let agreed = match negotiate(&proposal, &local.config, capabilities) {
+    let agreed = match negotiate(&proposal, &local.config, capabilities, local.memory_budget) {
         Ok(c) => c,
         Err(e) => return Err(refuse(framed, e.into()).await),
     };

@@ -16,7 +16,7 @@ use tokio_util::codec::Framed;
 use uuid::Uuid;
 
 use crate::config::default_config;
-use crate::error::{Error, Result, TransferError};
+use crate::error::{Error, HandshakeError, Result, TransferError};
 use crate::event::EventSink;
 use crate::fs::safe_path::validate_entries;
 use crate::fs::source::SourceManifest;
@@ -46,6 +46,9 @@ pub struct SessionOptions {
     /// During a transfer, give up on a peer silent for this long (dead, or a half-open
     /// connection). Pings keep a live peer talking.
     pub idle_timeout: std::time::Duration,
+    /// Most chunk data (`window × chunk`) a transfer may make this side hold; the
+    /// negotiated configuration never exceeds it, whatever the peer asks.
+    pub memory_budget: u64,
 }
 
 impl Default for SessionOptions {
@@ -57,6 +60,7 @@ impl Default for SessionOptions {
             config: default_config(),
             max_speed: None,
             idle_timeout: crate::transfer::IDLE_LIMIT,
+            memory_budget: crate::config::DEFAULT_MEMORY_BUDGET,
         }
     }
 }
@@ -100,14 +104,61 @@ impl P2PSession<TcpStream> {
         Ok(session)
     }
 
-    /// Accepts one connection on `listener` and runs the handshake as responder.
+    /// Accepts connections on `listener` until one completes the handshake as
+    /// responder, and returns that session.
+    ///
+    /// A listener faces strangers: handshakes run concurrently (at most
+    /// [`MAX_PENDING_HANDSHAKES`] at once), each within [`HANDSHAKE_DEADLINE`] as a whole,
+    /// so a port scan, an HTTP request, a TLS ClientHello or a peer trickling its
+    /// `Hello` a byte at a time is dropped (and logged) without ending the listener or
+    /// keeping a real peer waiting.
     pub async fn accept(listener: &TcpListener, options: &SessionOptions) -> Result<Self> {
-        let (stream, peer_addr) = transport::accept(listener).await?;
-        let mut session = Self::respond(stream, options).await?;
-        session.peer_addr = Some(peer_addr);
-        Ok(session)
+        let mut pending = futures::stream::FuturesUnordered::new();
+        loop {
+            tokio::select! {
+                accepted = transport::accept(listener), if pending.len() < MAX_PENDING_HANDSHAKES => {
+                    let (stream, peer_addr) = match accepted {
+                        Ok(a) => a,
+                        // A connection that died between SYN and accept is its own problem.
+                        Err(Error::Connect { source, .. })
+                            if matches!(
+                                source.kind(),
+                                std::io::ErrorKind::ConnectionAborted
+                                    | std::io::ErrorKind::ConnectionReset
+                                    | std::io::ErrorKind::InvalidInput
+                            ) => continue,
+                        Err(e) => return Err(e),
+                    };
+                    pending.push(async move {
+                        let handshake = Self::respond(stream, options);
+                        let result = match tokio::time::timeout(HANDSHAKE_DEADLINE, handshake).await {
+                            Ok(result) => result,
+                            Err(_) => Err(HandshakeError::Timeout(HANDSHAKE_DEADLINE.as_secs()).into()),
+                        };
+                        (peer_addr, result)
+                    });
+                }
+                Some((peer_addr, result)) = pending.next(), if !pending.is_empty() => match result {
+                    Ok(mut session) => {
+                        session.peer_addr = Some(peer_addr);
+                        return Ok(session);
+                    }
+                    Err(e @ Error::Handshake(HandshakeError::VersionMismatch { .. })) => {
+                        tracing::warn!("{peer_addr}: {e}");
+                    }
+                    Err(e) => tracing::info!("dropped a connection from {peer_addr}: {e}"),
+                },
+            }
+        }
     }
 }
+
+/// Handshakes a listener runs at once; further connections wait in the kernel's
+/// backlog until one of them ends.
+pub const MAX_PENDING_HANDSHAKES: usize = 16;
+
+/// How long an accepted connection has to complete the whole handshake.
+pub const HANDSHAKE_DEADLINE: std::time::Duration = handshake::HANDSHAKE_TIMEOUT;
 
 /// The stream's read buffer, and the bytes of frames gathered before a write to the
 /// socket is forced (the transfer driver writes once per turn of its loop anyway).
@@ -264,7 +315,7 @@ impl<S: Stream> P2PSession<S> {
         F: Future<Output = Decision>,
     {
         let offer = loop {
-            match self.framed.next().await {
+            match self.next_between_transfers().await? {
                 None => return Ok(None),
                 Some(Err(e)) => return Err(e.into()),
                 Some(Ok(Message::Ping(v))) => self.framed.send(Message::Pong(v)).await?,
@@ -312,6 +363,32 @@ impl<S: Stream> P2PSession<S> {
         )
         .await?;
         Ok(Some(Received::Completed(summary)))
+    }
+
+    /// The peer's next message while no transfer runs. A live peer answers the `Ping`
+    /// sent after a sixth of the idle limit of silence; one silent for the whole limit
+    /// (gone, or a stranger that completed the handshake and idles) is given up on, so
+    /// it cannot hold a listener.
+    async fn next_between_transfers(
+        &mut self,
+    ) -> Result<Option<std::result::Result<Message, crate::error::WireError>>> {
+        let idle = self.idle_timeout;
+        let started = tokio::time::Instant::now();
+        let mut ping_at = started + idle / 6;
+        let mut seq = 0u64;
+        loop {
+            tokio::select! {
+                frame = self.framed.next() => return Ok(frame),
+                () = tokio::time::sleep_until(ping_at) => {
+                    if started.elapsed() >= idle {
+                        return Err(TransferError::PeerSilent(idle).into());
+                    }
+                    seq += 1;
+                    self.framed.send(Message::Ping(seq)).await?;
+                    ping_at = (ping_at + idle / 6).min(started + idle);
+                }
+            }
+        }
     }
 
     /// Waits for `decision`, answering pings meanwhile. The sender may give up first
@@ -374,5 +451,6 @@ fn local(options: &SessionOptions) -> LocalPeer {
         device_name: options.device_name.clone(),
         capabilities: options.capabilities,
         config: options.config,
+        memory_budget: options.memory_budget,
     }
 }

@@ -85,3 +85,18 @@ pub fn partial_files(dir: &Path) -> Vec<String> {
         .filter(|k| k.ends_with(".part") || k.ends_with(".probe"))
         .collect()
 }
+
+/// Names of every file the receiver keeps for itself left in `dir` (recursively):
+/// partial files, probes, resume states and their temporary files.
+pub fn receiver_files(dir: &Path) -> Vec<String> {
+    if !dir.exists() {
+        return Vec::new();
+    }
+    tree_digest(dir)
+        .into_keys()
+        .filter(|k| {
+            let name = k.rsplit('/').next().unwrap_or(k);
+            name.starts_with(".p2p-") || name.ends_with(".p2p.part")
+        })
+        .collect()
+}

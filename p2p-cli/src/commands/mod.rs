@@ -49,6 +49,7 @@ pub fn session_options(
     let mut options = SessionOptions {
         config,
         max_speed: transfer.max_speed.0,
+        memory_budget: transfer.memory_budget,
         ..SessionOptions::default()
     };
     if let Some(name) = &session.name {
@@ -136,6 +137,7 @@ impl Endpoint {
 /// counts consecutive failures: an attempt that got as far as a session resets it.
 pub async fn with_reconnect<F, Fut>(
     session: &SessionArgs,
+    endpoint: &Endpoint,
     recorder: &Recorder,
     attempt: F,
 ) -> anyhow::Result<()>
@@ -143,16 +145,33 @@ where
     F: FnMut(p2p_core::reconnect::Progress) -> Fut,
     Fut: std::future::Future<Output = p2p_core::Result<()>>,
 {
+    // A listener has nothing to back off from: the peer dials again when it can, and
+    // must find us accepting at once.
+    let listening = matches!(endpoint, Endpoint::Server { .. });
+    let backoff = if listening {
+        let now = std::time::Duration::ZERO;
+        p2p_core::reconnect::Backoff::with_delays(session.max_retries, now, now)
+    } else {
+        p2p_core::reconnect::Backoff::new(session.max_retries)
+    };
     let mut reconnect =
-        p2p_core::reconnect::Reconnect::new(session.auto_reconnect, session.max_retries);
+        p2p_core::reconnect::Reconnect::with_backoff(session.auto_reconnect, backoff);
     let result = reconnect
         .run(attempt, |retry| {
-            recorder.renderer().line(&format!(
-                "connection problem: {}; reconnecting in {} s (attempt {})",
-                retry.error,
-                retry.delay.as_secs(),
-                retry.attempt
-            ));
+            let line = if listening {
+                format!(
+                    "connection problem: {}; waiting for the peer to connect again (attempt {})",
+                    retry.error, retry.attempt
+                )
+            } else {
+                format!(
+                    "connection problem: {}; reconnecting in {} s (attempt {})",
+                    retry.error,
+                    retry.delay.as_secs(),
+                    retry.attempt
+                )
+            };
+            recorder.renderer().line(&line);
         })
         .await;
     match result {

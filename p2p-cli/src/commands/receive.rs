@@ -23,6 +23,12 @@ pub struct ReceiveArgs {
     /// Wait for the peer (server, default) or connect to it (client).
     #[arg(long, value_enum, default_value = "server")]
     pub role: RoleArg,
+    /// Keep listening for further senders after a session with a transfer ends (until
+    /// Ctrl+C). Without it, `receive` ends after the first session that transferred
+    /// something; connections that do not complete the handshake, and sessions closed
+    /// without a transfer, never count.
+    #[arg(long)]
+    pub keep_listening: bool,
     #[command(flatten)]
     pub session: SessionArgs,
     #[command(flatten)]
@@ -41,23 +47,37 @@ pub async fn run(args: ReceiveArgs, recorder: &Recorder) -> anyhow::Result<()> {
     };
     let done = std::sync::Mutex::new(Vec::new());
     let ask = args.ask;
-    super::with_reconnect(&args.session, recorder, |progress| {
+    let listening = matches!(endpoint, super::Endpoint::Server { .. });
+    let keep_listening = args.keep_listening;
+    super::with_reconnect(&args.session, &endpoint, recorder, |progress| {
         let (endpoint, options, receive, done) = (&endpoint, &options, &receive, &done);
         async move {
-            let mut session = endpoint.session(options).await?;
-            progress.connected();
-            recorder.set_peer(&session.peer().device_name);
-            recorder.set_receive_chunk_size(session.config().chunk_size);
             loop {
-                let answer = |offer| decide(offer, ask, recorder);
-                match session.receive_with(receive, recorder, answer).await? {
-                    None => return Ok(()),
-                    Some(Received::Completed(summary)) => {
-                        done.lock().unwrap_or_else(|p| p.into_inner()).push(summary)
+                let mut session = endpoint.session(options).await?;
+                progress.connected();
+                recorder.set_peer(&session.peer().device_name);
+                recorder.set_receive_chunk_size(session.config().chunk_size);
+                let mut transfers = 0usize;
+                loop {
+                    let answer = |offer| decide(offer, ask, recorder);
+                    match session.receive_with(receive, recorder, answer).await? {
+                        None => break,
+                        Some(Received::Completed(summary)) => {
+                            done.lock().unwrap_or_else(|p| p.into_inner()).push(summary)
+                        }
+                        Some(Received::Declined { .. }) => {
+                            recorder.renderer().line("declined; nothing was written")
+                        }
                     }
-                    Some(Received::Declined { .. }) => {
-                        recorder.renderer().line("declined; nothing was written")
-                    }
+                    transfers += 1;
+                }
+                // A listener serves the next peer when this session moved nothing (a
+                // stranger, a peer that changed its mind) or when asked to keep going.
+                if !listening || (transfers > 0 && !keep_listening) {
+                    return Ok(());
+                }
+                if transfers == 0 {
+                    tracing::info!("the peer closed the session without sending anything");
                 }
             }
         }

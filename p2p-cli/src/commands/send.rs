@@ -102,7 +102,7 @@ async fn send_as(
     ));
     // Every attempt offers the same transfer id: after a reconnection the receiver
     // resumes it, and only what is missing is sent.
-    super::with_reconnect(&args.session, recorder, |progress| {
+    super::with_reconnect(&args.session, &endpoint, recorder, |progress| {
         let (endpoint, options, manifest) = (&endpoint, &options, &manifest);
         async move {
             let mut session = endpoint.session(options).await?;

@@ -136,14 +136,24 @@ impl OutputDir {
             saved_once: false,
         };
         out.load_resume();
-        out.check_conflicts()?;
-        out.check_space()?;
-        out.check_writable()?;
+        let checked = out
+            .check_conflicts()
+            .and_then(|()| out.check_space())
+            .and_then(|()| out.check_writable());
+        if let Err(e) = checked {
+            // Refused: nothing of this attempt may be left behind — no state file
+            // (dropping `out` would save one); an earlier attempt's stays as it was.
+            out.completed = true;
+            return Err(e);
+        }
         if !overwrite {
             // (`linkat` cannot replace: with `overwrite`, `.part` files and a rename.)
             out.unnamed = Unnamed::probe(&out.dir, &format!(".p2p-{}.unnamed.probe", out.tag));
         }
-        out.create_dirs()?;
+        if let Err(e) = out.create_dirs() {
+            out.completed = true;
+            return Err(e);
+        }
         Ok(out)
     }
 
@@ -230,14 +240,14 @@ impl OutputDir {
                 })
             })
             .map(|at| layout.chunk_len(at).unwrap_or(0) as u64)
-            .sum();
+            .fold(0u64, u64::saturating_add);
         let needed: u64 = self
             .entries
             .iter()
             .enumerate()
             .filter(|(i, _)| !self.resume.complete.contains(&(*i as u32)))
-            .map(|(_, e)| entry_size(e))
-            .sum::<u64>()
+            .try_fold(0u64, |t, (_, e)| t.checked_add(entry_size(e)))
+            .ok_or_else(|| Error::protocol("the offer's sizes overflow"))?
             .saturating_sub(held);
         let stat = rustix::fs::statvfs(&self.root)
             .map_err(|e| StorageError::new("cannot query free space of", &self.root, e.into()))?;
@@ -436,10 +446,10 @@ impl OutputDir {
             {
                 return Ok(None);
             }
-            let mode = entry.mode & 0o777;
-            // Created with its final permission bits; if the umask takes none of them
-            // away, `finalize` need not set them again.
-            let mode_set = umask().is_some_and(|mask| mode & mask == 0);
+            let mode = received_mode(entry.mode);
+            // Created with its final permission bits (the umask already applied), so
+            // `finalize` need not set them again.
+            let mode_set = umask().is_some();
             let parent = self.placement(file)?.parent.clone();
             let created = self
                 .dir_for(&parent)
@@ -784,11 +794,17 @@ fn to_system_time(t: Timestamp) -> Option<SystemTime> {
     }
 }
 
+/// The permission bits a received entry gets: the peer's, only `0o777` of them (never
+/// setuid, setgid or sticky), less what this process's umask takes away — a sender
+/// cannot make files world-writable on a receiver whose umask forbids it.
+fn received_mode(mode: u32) -> u32 {
+    mode & 0o777 & !umask().unwrap_or(0o022)
+}
+
 /// Sets the entry's modification time and, with `mode`, its permission bits.
 fn apply_metadata(handle: &File, entry: &Entry, mode: bool) -> io::Result<()> {
-    // Only permission bits: never setuid, setgid or sticky from a peer.
     if mode {
-        handle.set_permissions(Permissions::from_mode(entry.mode & 0o777))?;
+        handle.set_permissions(Permissions::from_mode(received_mode(entry.mode)))?;
     }
     if let Some(mtime) = to_system_time(entry.mtime) {
         handle.set_times(FileTimes::new().set_modified(mtime))?;

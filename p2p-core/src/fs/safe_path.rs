@@ -71,6 +71,12 @@ fn validate_component(path: &str, part: &str) -> Result<(), TransferError> {
     if part.chars().any(char::is_control) {
         return Err(unsafe_path(path, "control character"));
     }
+    if is_reserved_name(part) {
+        return Err(unsafe_path(
+            path,
+            "name reserved for the receiver's temporary files (`.p2p-*`, `*.p2p.part`)",
+        ));
+    }
     if part.contains('\\') {
         return Err(unsafe_path(
             path,
@@ -90,6 +96,18 @@ fn validate_component(path: &str, part: &str) -> Result<(), TransferError> {
     Ok(())
 }
 
+/// Most bytes one offer may hold in all (and so any one file): the largest offset
+/// `pwrite` takes.
+pub const MAX_OFFER_BYTES: u64 = i64::MAX as u64;
+
+/// Names the receiver keeps for its own files beside the peer's: temporary files
+/// (`.{tag}-{n}.p2p.part`), the resume state (`.p2p-{id}.resume` and its `.tmp`) and
+/// probes (`.p2p-{tag}.probe`). An entry named like one of them could change what
+/// lands in a final file or be deleted by the receiver's clean-up, so it is refused.
+fn is_reserved_name(part: &str) -> bool {
+    part.starts_with(".p2p-") || part.ends_with(".p2p.part")
+}
+
 /// Checks every entry of an offer and the offer as a whole.
 pub fn validate_entries(entries: &[Entry]) -> Result<(), TransferError> {
     if entries.len() > MAX_ENTRIES {
@@ -97,6 +115,22 @@ pub fn validate_entries(entries: &[Entry]) -> Result<(), TransferError> {
             "offer has {} entries, the limit is {MAX_ENTRIES}",
             entries.len()
         )));
+    }
+    // Sizes: every offset within a file, and the whole offer, must fit the file API's
+    // signed 64-bit offsets — checked, never wrapping, so that a sum cannot come out
+    // small and pass the free-space check.
+    let mut total: u64 = 0;
+    for entry in entries {
+        if let EntryKind::File { size } = entry.kind {
+            total = total
+                .checked_add(size)
+                .filter(|t| *t <= MAX_OFFER_BYTES)
+                .ok_or_else(|| {
+                    TransferError::Protocol(format!(
+                        "the offer's sizes add up to more than {MAX_OFFER_BYTES} bytes"
+                    ))
+                })?;
+        }
     }
     // path -> is_dir, for every entry and every implied parent directory.
     let mut seen: HashMap<&str, bool> = HashMap::with_capacity(entries.len());
@@ -142,6 +176,76 @@ mod tests {
         Entry {
             kind: EntryKind::Dir,
             ..file(path)
+        }
+    }
+
+    fn sized(path: &str, size: u64) -> Entry {
+        Entry {
+            kind: EntryKind::File { size },
+            ..file(path)
+        }
+    }
+
+    /// Issue 10, item 4: `[2^64-1, 2]` summed with wrapping addition is 1 and passed
+    /// the free-space check.
+    #[test]
+    fn sizes_that_overflow_are_refused() {
+        let offer = [sized("a", u64::MAX), sized("b", 2)];
+        assert!(matches!(
+            validate_entries(&offer),
+            Err(TransferError::Protocol(_))
+        ));
+        let offer = [sized("a", MAX_OFFER_BYTES), sized("b", 1)];
+        assert!(validate_entries(&offer).is_err());
+        validate_entries(&[sized("a", MAX_OFFER_BYTES - 1), sized("b", 1)]).unwrap();
+    }
+
+    proptest::proptest! {
+        /// Any offer with extreme sizes is either refused or sums without overflow
+        /// within the limit; nothing panics (debug builds check arithmetic).
+        #[test]
+        fn extreme_sizes_never_wrap(sizes in proptest::collection::vec(
+            proptest::prop_oneof![
+                proptest::prelude::Just(u64::MAX),
+                proptest::prelude::Just(u64::MAX / 2 + 1),
+                proptest::prelude::Just(MAX_OFFER_BYTES),
+                proptest::prelude::Just(0u64),
+                proptest::prelude::any::<u64>(),
+                0u64..1 << 40,
+            ], 1..8)) {
+            let entries: Vec<Entry> = sizes
+                .iter()
+                .enumerate()
+                .map(|(i, size)| sized(&format!("f{i}"), *size))
+                .collect();
+            let exact: u128 = sizes.iter().map(|s| u128::from(*s)).sum();
+            let accepted = validate_entries(&entries).is_ok();
+            proptest::prop_assert_eq!(accepted, exact <= u128::from(MAX_OFFER_BYTES));
+            if accepted {
+                let layout = crate::transfer::Layout::new(&entries, 1024);
+                proptest::prop_assert_eq!(u128::from(layout.total_bytes()), exact);
+                for f in layout.files() {
+                    let chunks = layout.chunks(f).unwrap_or(0);
+                    if chunks > 0 {
+                        let last = crate::wire::ChunkRef { file: f, index: chunks - 1 };
+                        proptest::prop_assert!(layout.chunk_len(last).is_some());
+                        proptest::prop_assert!(layout.chunk_len(crate::wire::ChunkRef { file: f, index: chunks }).is_none());
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn reserved_names_are_refused() {
+        for p in [
+            ".p2p-0123abcd.resume",
+            "sub/.p2p-0123456789abcdef0123456789abcdef.resume.tmp",
+            ".0123abcd-1.p2p.part",
+            "x/.p2p-0123abcd.probe",
+        ] {
+            let e = validate_path(p).expect_err(p).to_string();
+            assert!(e.contains("reserved"), "{p}: {e}");
         }
     }
 

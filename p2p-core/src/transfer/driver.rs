@@ -15,6 +15,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use std::collections::VecDeque;
+use std::future::Future;
+use std::task::Poll;
+
 use futures::{FutureExt, SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::Notify;
@@ -67,6 +71,9 @@ trait Machine {
     fn poll_timeout(&self) -> Option<Instant>;
     fn poll_event(&mut self) -> Option<TransferEvent>;
     fn is_finished(&self) -> bool;
+    /// Whether the machine takes more frames now (a receiver whose disk is behind
+    /// does not: the socket is left unread until it catches up).
+    fn wants_input(&self) -> bool;
     fn progress(&self) -> (u64, Option<(String, u64, u64)>);
     fn total(&self) -> u64;
 }
@@ -89,6 +96,9 @@ impl Machine for Sender {
     }
     fn is_finished(&self) -> bool {
         Sender::is_finished(self)
+    }
+    fn wants_input(&self) -> bool {
+        true
     }
     fn progress(&self) -> (u64, Option<(String, u64, u64)>) {
         (self.done_bytes(), self.current_file())
@@ -116,6 +126,9 @@ impl Machine for Receiver {
     }
     fn is_finished(&self) -> bool {
         Receiver::is_finished(self)
+    }
+    fn wants_input(&self) -> bool {
+        Receiver::wants_input(self)
     }
     fn progress(&self) -> (u64, Option<(String, u64, u64)>) {
         (self.done_bytes(), self.current_file())
@@ -449,14 +462,14 @@ impl<F> DiskIo<F> {
             background: None,
         }
     }
+}
 
+impl Background {
     /// Whether `unflushed` messages can wait for the next disk completion: it saves a
     /// socket write (and a wake-up of the peer) per completion, which with many small
     /// files is most of both ends' system calls.
     fn may_hold(&self, unflushed: usize) -> bool {
-        self.background
-            .as_ref()
-            .is_some_and(|b| unflushed < b.hold && b.busy.load(Ordering::Acquire) > 0)
+        unflushed < self.hold && self.busy.load(Ordering::Acquire) > 0
     }
 }
 
@@ -514,36 +527,24 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
     M: Machine,
 {
-    let mut last_rx = Instant::now();
-    let mut last_tx = Instant::now();
+    let mut link = Link::new(Instant::now());
     let mut last_progress: Option<Instant> = None;
     let mut ping_seq = 0u64;
-    // Messages fed to the write buffer but not yet flushed.
-    let mut unflushed = 0usize;
     loop {
-        // Disk work and transmissions, interleaved so a chunk is on the wire before the
-        // next one is read.
+        // Disk work, and what it lets the machine send. The sender reads ahead only
+        // while little is queued for the socket, so its memory stays a chunk or two
+        // beyond what the socket holds.
         loop {
+            if io.background.is_none() && link.queue.len() >= SEND_AHEAD {
+                break;
+            }
             let served = (io.serve)(machine)?;
             while let Some(msg) = machine.poll_transmit() {
-                if let (Some(bucket), Message::Chunk(chunk)) = (throttle.as_deref_mut(), &msg) {
-                    let wait = bucket.reserve(chunk.data.len(), Instant::now());
-                    if !wait.is_zero() {
-                        framed.flush().await?;
-                        tokio::time::sleep(wait).await;
-                    }
-                }
-                framed.feed(msg).await?;
-                unflushed += 1;
+                link.queue.push_back(msg);
             }
             if !served {
                 break;
             }
-        }
-        if unflushed > 0 && !io.may_hold(unflushed) {
-            framed.flush().await?;
-            unflushed = 0;
-            last_tx = Instant::now();
         }
         while let Some(event) = machine.poll_event() {
             events.emit(event);
@@ -561,18 +562,39 @@ where
             last_progress = Some(now);
         }
         if finished {
+            // The last words (`Done`, pongs) leave before the transfer returns.
+            while let Some(msg) = link.queue.pop_front() {
+                framed.feed(msg).await?;
+            }
+            framed.flush().await?;
             return Ok(());
         }
+        let reading = machine.wants_input();
+        if !reading {
+            // Not reading is our choice (the disk is behind), not the peer's silence.
+            link.last_rx = now;
+        }
 
-        let ping_at = last_tx + idle_limit / 6;
-        let idle_at = last_rx + idle_limit;
-        let wake = machine
-            .poll_timeout()
-            .map_or(ping_at.min(idle_at), |t| t.min(ping_at).min(idle_at));
-        tokio::select! {
-            frame = framed.next() => {
+        let ping_at = link.last_tx + idle_limit / 6;
+        let idle_at = link.last_rx + idle_limit;
+        let progress_at = last_progress.map_or(now, |t| t + PROGRESS_INTERVAL);
+        let deadline = [machine.poll_timeout(), link.release_at, Some(progress_at)]
+            .into_iter()
+            .flatten()
+            .fold(ping_at.min(idle_at), Instant::min);
+        let wake = link
+            .turn(
+                framed,
+                throttle.as_deref_mut(),
+                reading,
+                io.background.as_ref(),
+                deadline,
+            )
+            .await?;
+        match wake {
+            Wake::Frame(frame) => {
                 let now = Instant::now();
-                last_rx = now;
+                link.last_rx = now;
                 match frame {
                     Some(Ok(msg)) => machine.handle_message(msg, now)?,
                     Some(Err(e)) => return Err(e.into()),
@@ -585,7 +607,7 @@ where
                 // more is read from the socket for this, so the buffer (and memory)
                 // stays as small as it was.
                 for _ in 1..MAX_FRAMES_PER_WAKE {
-                    if !FrameCodec::holds_frame(framed.read_buffer()) {
+                    if !machine.wants_input() || !FrameCodec::holds_frame(framed.read_buffer()) {
                         break;
                     }
                     match framed.next().now_or_never() {
@@ -596,20 +618,157 @@ where
                     }
                 }
             }
-            // Background disk work finished: loop round to apply it.
-            () = io_done(io.background.as_ref().map(|b| &*b.wake)) => {}
-            _ = tokio::time::sleep_until(wake.into()) => {
+            // Background disk work finished, or the socket took what was queued: loop
+            // round to apply it and to queue more.
+            Wake::Disk | Wake::Wrote => {}
+            Wake::Timer => {
                 let now = Instant::now();
-                if now >= idle_at {
+                if now >= link.last_rx + idle_limit {
                     return Err(TransferError::PeerSilent(idle_limit).into());
                 }
-                if now >= ping_at {
+                if now >= link.last_tx + idle_limit / 6 {
+                    // Ahead of queued chunks (a ping is small and not throttled).
                     ping_seq += 1;
-                    framed.send(Message::Ping(ping_seq)).await?;
-                    last_tx = now;
+                    link.queue.push_front(Message::Ping(ping_seq));
+                    link.last_tx = now;
                 }
                 machine.handle_timeout(now)?;
             }
         }
+    }
+}
+
+/// Messages the sender side of the loop may queue ahead of the socket before it stops
+/// asking the machine for more (the machine's window still bounds what is in flight).
+const SEND_AHEAD: usize = 2;
+
+/// Why [`Link::turn`] returned.
+enum Wake {
+    /// A frame arrived (or the stream ended or failed).
+    Frame(Option<std::result::Result<Message, WireError>>),
+    /// Background disk work completed.
+    Disk,
+    /// The socket took queued messages: there is room for more.
+    Wrote,
+    /// The deadline passed.
+    Timer,
+}
+
+/// The connection as the loop sees it: what waits to be written, when the peer was
+/// last heard, when we last said anything. Reading, writing, the throttle and the
+/// timers make progress together in [`Link::turn`]: a write that waits for the socket
+/// or for tokens never keeps a frame from being read, so liveness depends on the peer
+/// alone, never on how fast our own writes drain.
+struct Link {
+    /// Messages the machine produced that the socket has not taken yet.
+    queue: VecDeque<Message>,
+    /// When the throttle lets the chunk at the head of `queue` go (tokens reserved).
+    release_at: Option<Instant>,
+    /// Messages handed to the framed stream and not yet flushed.
+    unflushed: usize,
+    /// Last time the peer was heard: a whole frame, or bytes of one.
+    last_rx: Instant,
+    /// Last time we queued something for the peer.
+    last_tx: Instant,
+    /// Bytes in the read buffer when last looked at: growth means the peer is sending.
+    buffered: usize,
+}
+
+impl Link {
+    fn new(now: Instant) -> Self {
+        Self {
+            queue: VecDeque::new(),
+            release_at: None,
+            unflushed: 0,
+            last_rx: now,
+            last_tx: now,
+            buffered: 0,
+        }
+    }
+
+    /// Moves bytes both ways until something happens that the loop must act on.
+    async fn turn<S>(
+        &mut self,
+        framed: &mut Framed<S, FrameCodec>,
+        mut throttle: Option<&mut TokenBucket>,
+        reading: bool,
+        background: Option<&Background>,
+        deadline: Instant,
+    ) -> Result<Wake>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let mut sleep = std::pin::pin!(tokio::time::sleep_until(deadline.into()));
+        let mut sleep_until = deadline;
+        let mut disk = std::pin::pin!(io_done(background.map(|b| &*b.wake)));
+        std::future::poll_fn(|cx| {
+            let now = Instant::now();
+            let mut wrote = false;
+            // Writes: hand queued messages to the framed stream while it has room and
+            // the throttle allows, then push them towards the socket.
+            while let Some(head) = self.queue.front() {
+                if let (Some(bucket), Message::Chunk(chunk)) = (throttle.as_deref_mut(), head) {
+                    let at = *self
+                        .release_at
+                        .get_or_insert_with(|| now + bucket.reserve(chunk.data.len(), now));
+                    if at > now {
+                        if at < sleep_until {
+                            sleep_until = at;
+                            sleep.as_mut().reset(at.into());
+                        }
+                        break;
+                    }
+                }
+                match framed.poll_ready_unpin(cx) {
+                    Poll::Ready(Ok(())) => {}
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(Error::from(e))),
+                    Poll::Pending => break,
+                }
+                let Some(msg) = self.queue.pop_front() else {
+                    break;
+                };
+                if matches!(msg, Message::Chunk(_)) {
+                    self.release_at = None;
+                }
+                framed.start_send_unpin(msg)?;
+                self.unflushed += 1;
+                self.last_tx = now;
+                wrote = true;
+            }
+            if self.unflushed > 0 && !background.is_some_and(|b| b.may_hold(self.unflushed)) {
+                match framed.poll_flush_unpin(cx) {
+                    Poll::Ready(Ok(())) => {
+                        self.unflushed = 0;
+                        wrote = true;
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(Error::from(e))),
+                    Poll::Pending => {}
+                }
+            }
+            // Reads: a whole frame ends the turn; bytes of one still prove the peer
+            // is alive (one chunk may take longer than the idle limit to arrive).
+            if reading {
+                if let Poll::Ready(frame) = framed.poll_next_unpin(cx) {
+                    self.buffered = framed.read_buffer().len();
+                    return Poll::Ready(Ok(Wake::Frame(frame)));
+                }
+                let buffered = framed.read_buffer().len();
+                if buffered > self.buffered {
+                    self.last_rx = now;
+                }
+                self.buffered = buffered;
+            }
+            if disk.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Ok(Wake::Disk));
+            }
+            if wrote && self.queue.len() < SEND_AHEAD {
+                return Poll::Ready(Ok(Wake::Wrote));
+            }
+            if sleep.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Ok(Wake::Timer));
+            }
+            Poll::Pending
+        })
+        .await
     }
 }

@@ -47,9 +47,10 @@ impl Layout {
         self.size(file).map(|s| s.div_ceil(self.chunk_size))
     }
 
-    /// Byte offset of a chunk.
+    /// Byte offset of a chunk (saturating: a chunk that does not exist has no
+    /// meaningful offset, and [`Layout::chunk_len`] refuses it first).
     pub fn offset(&self, at: ChunkRef) -> u64 {
-        at.index * self.chunk_size
+        at.index.saturating_mul(self.chunk_size)
     }
 
     /// Exact raw length of a chunk, or `None` if the chunk does not exist.
@@ -71,8 +72,11 @@ impl Layout {
             .map(|(i, _)| i as u32)
     }
 
-    /// Sum of file sizes.
+    /// Sum of file sizes (saturating; a validated offer's sum fits).
     pub fn total_bytes(&self) -> u64 {
-        self.sizes.iter().flatten().sum()
+        self.sizes
+            .iter()
+            .flatten()
+            .fold(0u64, |t, s| t.saturating_add(*s))
     }
 }

@@ -104,9 +104,11 @@ pub struct Receiver {
     /// Per entry: finalised.
     done: Vec<bool>,
     compressed_allowed: bool,
-    /// Most bytes held in `ahead` buffers at once.
-    ahead_limit: u64,
-    ahead_bytes: u64,
+    /// Raw bytes of chunks taken and not yet acknowledged — held ahead of a gap,
+    /// queued for the disk, being written — and the most allowed: the agreed window.
+    /// An honest sender never has more unacknowledged; anything beyond is refused.
+    held_bytes: u64,
+    held_limit: u64,
     remaining: usize,
     phase: Phase,
     outbox: VecDeque<Message>,
@@ -190,12 +192,12 @@ impl Receiver {
         let mut receiver = Self {
             transfer_id: offer.transfer_id,
             entries: offer.entries,
-            ahead_limit: u64::from(config.window_size.max(1)) * layout.chunk_size(),
+            held_limit: u64::from(config.window_size.max(1)) * layout.chunk_size(),
             layout,
             files: HashMap::new(),
             done,
             compressed_allowed: config.compress,
-            ahead_bytes: 0,
+            held_bytes: 0,
             remaining,
             phase: Phase::Receiving,
             outbox,
@@ -263,6 +265,13 @@ impl Receiver {
             None => size,
         };
         Some((self.entries[f as usize].path.clone(), done, size))
+    }
+
+    /// Whether more chunks may be read from the peer now: false while the window's
+    /// worth of data is held unacknowledged (the disk is behind), so that the socket,
+    /// not memory, holds what the sender sends next.
+    pub fn wants_input(&self) -> bool {
+        self.held_bytes < self.held_limit
     }
 
     /// True once every file is in place and `Done` is queued.
@@ -361,15 +370,15 @@ impl Receiver {
         } else {
             chunk.data
         };
-        let state = self.file_state(at.file)?;
-        state.ahead.insert(at.index, data.clone());
-        self.ahead_bytes += data.len() as u64;
-        self.advance(at.file);
-        if self.ahead_bytes > self.ahead_limit {
+        self.held_bytes = self.held_bytes.saturating_add(data.len() as u64);
+        if self.held_bytes > self.held_limit {
             return Err(Error::protocol(
-                "the sender has more chunks in flight than the agreed window",
+                "the sender has more chunks unacknowledged than the agreed window",
             ));
         }
+        let state = self.file_state(at.file)?;
+        state.ahead.insert(at.index, data.clone());
+        self.advance(at.file);
         self.io.push_back(IoRequest::Write {
             at,
             offset: self.layout.offset(at),
@@ -389,8 +398,8 @@ impl Receiver {
             let index = state.hashed;
             if let Some(next) = state.ahead.remove(&index) {
                 state.hasher.update(&next);
-                self.ahead_bytes -= next.len() as u64;
                 if state.unacked.remove(&index) {
+                    self.held_bytes = self.held_bytes.saturating_sub(next.len() as u64);
                     self.outbox
                         .push_back(Message::Ack(ChunkRef { file, index }));
                 }
@@ -439,6 +448,7 @@ impl Receiver {
         let state = self.file_state(at.file)?;
         state.written.insert(at.index);
         if at.index < state.hashed {
+            self.held_bytes = self.held_bytes.saturating_sub(len);
             self.outbox.push_back(Message::Ack(at));
         } else {
             state.unacked.insert(at.index);

@@ -18,7 +18,7 @@ use crate::error::{Error, Result, TransferError};
 use crate::event::TransferEvent;
 use crate::transfer::chunk_set::ChunkSet;
 use crate::transfer::layout::Layout;
-use crate::transfer::window::Window;
+use crate::transfer::window::{DeliveryRate, Window};
 use crate::verify::{crc32, FileHasher};
 use crate::wire::{Chunk, ChunkFlags, ChunkRange, ChunkRef, Entry, Message, Offer, SessionConfig};
 
@@ -57,6 +57,8 @@ pub struct Sender {
     entries: Vec<Entry>,
     layout: Layout,
     window: Window,
+    /// How fast the receiver acknowledges: sizes the window to the path.
+    delivery: DeliveryRate,
     max_attempts: u32,
     phase: Phase,
     /// Next file (position in `files`) and chunk to read for the first time.
@@ -102,6 +104,7 @@ impl Sender {
         Self {
             transfer_id,
             window: Window::new(config.window_size as usize, rto),
+            delivery: DeliveryRate::default(),
             max_attempts: max_attempts.max(1),
             phase: Phase::Offered,
             unconfirmed: files.len(),
@@ -167,15 +170,14 @@ impl Sender {
 
     /// Handles a message from the receiver.
     pub fn handle_message(&mut self, msg: Message, now: Instant) -> Result<()> {
-        let _ = now;
-        let result = self.dispatch(msg);
+        let result = self.dispatch(msg, now);
         if result.is_err() {
             self.phase = Phase::Failed;
         }
         result
     }
 
-    fn dispatch(&mut self, msg: Message) -> Result<()> {
+    fn dispatch(&mut self, msg: Message, now: Instant) -> Result<()> {
         match (self.phase, msg) {
             (_, Message::Ping(v)) => self.outbox.push_back(Message::Pong(v)),
             (_, Message::Pong(_)) => {}
@@ -189,9 +191,9 @@ impl Sender {
                 self.on_resume(&accept.have, &accept.complete)?;
                 self.phase = Phase::Streaming;
             }
-            (Phase::Streaming, Message::Ack(at)) => self.on_ack(at)?,
+            (Phase::Streaming, Message::Ack(at)) => self.on_ack(at, now)?,
             (Phase::Streaming, Message::Nack(at)) => self.on_nack(at)?,
-            (Phase::Streaming, Message::FileDone { file }) => self.on_file_done(file)?,
+            (Phase::Streaming, Message::FileDone { file }) => self.on_file_done(file, now)?,
             (Phase::Streaming, Message::Done { transfer_id }) => {
                 if transfer_id != self.transfer_id || self.unconfirmed > 0 {
                     return Err(Error::protocol(
@@ -257,12 +259,13 @@ impl Sender {
         Ok(())
     }
 
-    fn on_ack(&mut self, at: ChunkRef) -> Result<()> {
+    fn on_ack(&mut self, at: ChunkRef, now: Instant) -> Result<()> {
         let len = self
             .layout
             .chunk_len(at)
             .ok_or_else(|| Error::protocol(format!("Ack for unknown chunk {at:?}")))?;
-        if self.window.ack(at) {
+        if self.window.ack(at, now) {
+            self.delivery.on_ack(len as u64, now);
             self.done_bytes += len as u64;
             self.acked_bytes[at.file as usize] += len as u64;
             self.current_file = Some(at.file);
@@ -300,7 +303,7 @@ impl Sender {
         Ok(())
     }
 
-    fn on_file_done(&mut self, file: u32) -> Result<()> {
+    fn on_file_done(&mut self, file: u32, now: Instant) -> Result<()> {
         let size = self
             .layout
             .size(file)
@@ -310,7 +313,7 @@ impl Sender {
         }
         // A confirmed file implies all its chunks arrived, even if an Ack was lost.
         for index in 0..self.layout.chunks(file).unwrap_or(0) {
-            self.on_ack(ChunkRef { file, index })?;
+            self.on_ack(ChunkRef { file, index }, now)?;
         }
         if self.acked_bytes[file as usize] != size {
             return Err(Error::protocol(format!(
@@ -414,7 +417,11 @@ impl Sender {
             };
             let purpose = if self.skip.get(&file).is_some_and(|s| s.contains(at.index)) {
                 ReadPurpose::HashOnly
-            } else if self.window.len() + self.reading < self.window.capacity() {
+            } else if self.window.len() + self.reading
+                < self
+                    .delivery
+                    .window(self.window.capacity(), self.layout.chunk_size())
+            {
                 ReadPurpose::Send
             } else {
                 return None;

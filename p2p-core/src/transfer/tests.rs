@@ -553,6 +553,47 @@ fn a_sender_that_ignores_the_window_is_stopped() {
     assert!(err.contains("window"), "{err}");
 }
 
+/// Issue 10, item 2: in-order chunks that the disk has not written yet are held too.
+/// A sender that ignores the window with tiny zstd frames that each expand to a whole
+/// chunk used to pile them up in the disk queue without limit.
+#[test]
+fn in_order_chunks_waiting_for_the_disk_count_against_the_window() {
+    let now = Instant::now();
+    let mut r = receiver_for(&[4096 * 20], 2);
+    let packed = zstd::bulk::compress(&[7u8; 4096], 3).unwrap();
+    assert!(packed.len() < 64, "a tiny frame that expands to a chunk");
+    for i in 0..2 {
+        assert!(r.wants_input(), "room for chunk {i}");
+        r.handle_message(chunk(1, i, packed.clone(), ChunkFlags::COMPRESSED), now)
+            .unwrap();
+    }
+    assert!(
+        !r.wants_input(),
+        "a window's worth held: the socket is left unread"
+    );
+    let err = r
+        .handle_message(chunk(1, 2, packed.clone(), ChunkFlags::COMPRESSED), now)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("window"), "{err}");
+
+    // Written and acknowledged, a chunk frees its room.
+    let mut r = receiver_for(&[4096 * 20], 2);
+    for i in 0..2 {
+        r.handle_message(chunk(1, i, packed.clone(), ChunkFlags::COMPRESSED), now)
+            .unwrap();
+    }
+    while r.poll_transmit().is_some() {}
+    let Some(IoRequest::Write { at, .. }) = r.poll_io() else {
+        panic!("a write is requested");
+    };
+    r.handle_written(at).unwrap();
+    assert_eq!(r.poll_transmit(), Some(Message::Ack(at)));
+    assert!(r.wants_input());
+    r.handle_message(chunk(1, 2, packed, ChunkFlags::COMPRESSED), now)
+        .unwrap();
+}
+
 #[test]
 fn duplicate_and_corrupt_chunks_are_answered_without_writing_twice() {
     let now = Instant::now();
