@@ -14,6 +14,7 @@ use std::fs::{File, FileTimes, Permissions};
 use std::io;
 use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cap_std::ambient_authority;
@@ -26,7 +27,7 @@ use crate::fs::resume_state::{boot_id, manifest_digest, rechunk, StateBody};
 use crate::fs::safe_path::validate_entries;
 use crate::fs::unnamed::{umask, Unnamed};
 use crate::transfer::{ChunkSet, ResumeInfo};
-use crate::wire::{ChunkRef, Entry, EntryKind, Offer, Timestamp};
+use crate::wire::{ChunkRef, Entry, EntryKind, Timestamp};
 
 /// Files kept open at once while receiving (a window spans only a few files).
 const MAX_OPEN_FILES: usize = 64;
@@ -52,10 +53,11 @@ pub struct OutputDir {
     dir: Dir,
     tag: String,
     overwrite: bool,
-    entries: Vec<Entry>,
-    /// Where each file entry goes: parent folder (relative, "" for the root), final
-    /// name and `.part` name within it.
-    parts: HashMap<u32, Placement>,
+    /// The offer's entries, shared with the receiving machine.
+    entries: Arc<[Entry]>,
+    /// Files whose `.part` file this attempt may have created (placements are
+    /// computed when needed, not kept for every file of the offer).
+    touched: BTreeSet<u32>,
     /// Open handles of parent folders, so per-file operations are single-component
     /// lookups instead of walks from the root.
     dirs: HashMap<String, Dir>,
@@ -106,28 +108,34 @@ impl OutputDir {
     /// (same manifest and chunk size, `.part` files present and long enough, finished
     /// files still in place), [`OutputDir::resume_info`] says what can be skipped;
     /// otherwise the state is ignored and [`OutputDir::notes`] says why.
-    pub fn prepare(root: &Path, offer: &Offer, overwrite: bool, chunk_size: u32) -> Result<Self> {
-        validate_entries(&offer.entries)?;
+    pub fn prepare(
+        root: &Path,
+        transfer_id: Uuid,
+        entries: &Arc<[Entry]>,
+        overwrite: bool,
+        chunk_size: u32,
+    ) -> Result<Self> {
+        validate_entries(entries)?;
         std::fs::create_dir_all(root)
             .map_err(|e| StorageError::new("cannot create output folder", root, e))?;
         let dir = Dir::open_ambient_dir(root, ambient_authority())
             .map_err(|e| StorageError::new("cannot open output folder", root, e))?;
-        let tag: String = offer.transfer_id.simple().to_string()[..8].to_owned();
+        let tag: String = transfer_id.simple().to_string()[..8].to_owned();
         let mut out = OutputDir {
             root: root.to_path_buf(),
             dir,
             tag,
             overwrite,
-            entries: offer.entries.clone(),
-            parts: HashMap::new(),
+            entries: Arc::clone(entries),
+            touched: BTreeSet::new(),
             dirs: HashMap::new(),
             open: HashMap::new(),
             unnamed: None,
             anon: HashMap::new(),
-            finalized: vec![false; offer.entries.len()],
+            finalized: vec![false; entries.len()],
             completed: false,
-            digest: manifest_digest(&offer.entries),
-            transfer_id: offer.transfer_id,
+            digest: manifest_digest(entries),
+            transfer_id,
             chunk_size,
             written: HashMap::new(),
             resume: ResumeInfo::default(),
@@ -269,24 +277,16 @@ impl OutputDir {
 
     fn create_dirs(&mut self) -> Result<()> {
         let mut folders = BTreeSet::new();
-        for (index, entry) in self.entries.iter().enumerate() {
+        for entry in self.entries.iter() {
             match entry.kind {
                 EntryKind::Dir => {
                     folders.insert(entry.path.as_str());
                 }
                 EntryKind::File { .. } => {
-                    let (parent, name) = split_parent(&entry.path);
+                    let (parent, _) = split_parent(&entry.path);
                     if !parent.is_empty() {
                         folders.insert(parent);
                     }
-                    self.parts.insert(
-                        index as u32,
-                        Placement {
-                            parent: parent.to_owned(),
-                            name: name.to_owned(),
-                            part: format!(".{}-{}.p2p.part", self.tag, index),
-                        },
-                    );
                 }
             }
         }
@@ -315,16 +315,25 @@ impl OutputDir {
         Ok(())
     }
 
-    fn placement(&self, file: u32) -> Result<&Placement> {
-        self.parts
-            .get(&file)
-            .ok_or_else(|| Error::protocol(format!("entry {file} is not a file")))
+    /// Where file `file` goes: its folder, final name and `.part` name.
+    fn placement(&self, file: u32) -> Result<Placement> {
+        match self.entries.get(file as usize) {
+            Some(entry) if matches!(entry.kind, EntryKind::File { .. }) => {
+                let (parent, name) = split_parent(&entry.path);
+                Ok(Placement {
+                    parent: parent.to_owned(),
+                    name: name.to_owned(),
+                    part: part_name(&self.tag, file),
+                })
+            }
+            _ => Err(Error::protocol(format!("entry {file} is not a file"))),
+        }
     }
 
     /// Opens a file's `.part` through its folder's handle.
     fn open_part(&mut self, file: u32, options: &OpenOptions) -> Result<File> {
-        let placement = self.placement(file)?;
-        let (parent, part) = (placement.parent.clone(), placement.part.clone());
+        let Placement { parent, part, .. } = self.placement(file)?;
+        self.touched.insert(file);
         let opened = self
             .dir_for(&parent)
             .and_then(|dir| dir.open_with(&part, options));
@@ -379,8 +388,7 @@ impl OutputDir {
     /// Reads `len` bytes at `offset` of file `file`'s `.part` file (a chunk an earlier
     /// attempt left, for hashing).
     pub fn read_part(&mut self, file: u32, offset: u64, len: usize) -> Result<Vec<u8>> {
-        let placement = self.placement(file)?;
-        let (parent, part) = (placement.parent.clone(), placement.part.clone());
+        let Placement { parent, part, .. } = self.placement(file)?;
         let mut buf = vec![0u8; len];
         let read = self
             .dir_for(&parent)
@@ -551,10 +559,12 @@ impl OutputDir {
         self.open.clear();
         self.anon.clear(); // unnamed files vanish with their descriptors
         let pending: Vec<(String, String)> = self
-            .parts
+            .touched
             .iter()
-            .filter(|(file, _)| !self.finalized[**file as usize])
-            .map(|(_, p)| (p.parent.clone(), p.part.clone()))
+            .chain(self.written.keys())
+            .filter(|file| !self.finalized[**file as usize])
+            .filter_map(|file| self.placement(*file).ok())
+            .map(|p| (p.parent, p.part))
             .collect();
         for (parent, part) in pending {
             if let Ok(dir) = self.dir_for(&parent) {
@@ -643,7 +653,7 @@ impl OutputDir {
                 return false;
             };
             let (parent, _) = split_parent(&entry.path);
-            let part = join(parent, &format!(".{tag}-{file}.p2p.part"));
+            let part = join(parent, &part_name(tag, file));
             let needed = set.ranges().last().map_or(0, |(_, end)| {
                 (end * u64::from(self.chunk_size)).min(layout.size(file).unwrap_or(0))
             });
@@ -766,6 +776,11 @@ impl SaveJob {
         }
         Ok(self.flushed)
     }
+}
+
+/// The `.part` name of file `file` of the transfer tagged `tag`, in its folder.
+fn part_name(tag: &str, file: u32) -> String {
+    format!(".{tag}-{file}.p2p.part")
 }
 
 fn join(parent: &str, name: &str) -> String {

@@ -136,8 +136,10 @@ pub fn boot_id() -> Option<Uuid> {
 /// whose files changed since the earlier attempt offers another digest, and nothing is
 /// resumed.
 pub fn manifest_digest(entries: &[Entry]) -> [u8; 32] {
-    let encoded = postcard::to_allocvec(entries).unwrap_or_default();
-    Sha256::digest(&encoded).into()
+    // Streamed into the hash: a large offer is not encoded into memory a second time.
+    let mut hasher = Sha256::new();
+    let _ = postcard::to_io(entries, &mut hasher);
+    hasher.finalize().into()
 }
 
 impl StateBody {

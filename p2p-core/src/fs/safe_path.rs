@@ -216,7 +216,7 @@ mod tests {
             let entries: Vec<Entry> = sizes
                 .iter()
                 .enumerate()
-                .map(|(i, size)| sized(&format!("f{i}"), *size))
+                .map(|(i, size)| sized(&format!("f{}", i), *size))
                 .collect();
             let exact: u128 = sizes.iter().map(|s| u128::from(*s)).sum();
             let accepted = validate_entries(&entries).is_ok();
@@ -228,8 +228,9 @@ mod tests {
                     let chunks = layout.chunks(f).unwrap_or(0);
                     if chunks > 0 {
                         let last = crate::wire::ChunkRef { file: f, index: chunks - 1 };
+                        let beyond = crate::wire::ChunkRef { file: f, index: chunks };
                         proptest::prop_assert!(layout.chunk_len(last).is_some());
-                        proptest::prop_assert!(layout.chunk_len(crate::wire::ChunkRef { file: f, index: chunks }).is_none());
+                        proptest::prop_assert!(layout.chunk_len(beyond).is_none());
                     }
                 }
             }

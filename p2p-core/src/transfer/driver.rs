@@ -236,9 +236,12 @@ where
 {
     let transfer_id = offer.transfer_id;
     let start = Instant::now();
+    // Held once, shared by the output folder and the machine.
+    let entries: Arc<[crate::wire::Entry]> = offer.entries.into();
     let prepared = OutputDir::prepare(
         &options.output_dir,
-        &offer,
+        transfer_id,
+        &entries,
         options.overwrite,
         config.chunk_size,
     );
@@ -258,8 +261,12 @@ where
             message: note.clone(),
         });
     }
-    let entries = offer.entries.clone();
-    let mut receiver = Receiver::resume(offer, config, output.resume_info().clone());
+    let mut receiver = Receiver::for_entries(
+        transfer_id,
+        Arc::clone(&entries),
+        config,
+        output.resume_info().clone(),
+    );
     let total = receiver.layout().total_bytes();
     let files = receiver.layout().files().count() as u64;
     events.emit(TransferEvent::Started {

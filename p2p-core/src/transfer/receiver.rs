@@ -10,6 +10,7 @@
 //! to finalise the file ([`IoRequest::Finalize`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -97,7 +98,8 @@ enum Phase {
 /// Receiving state machine. See the module documentation.
 pub struct Receiver {
     transfer_id: Uuid,
-    entries: Vec<Entry>,
+    /// Shared with the output folder: an offer of a million entries is held once.
+    entries: Arc<[Entry]>,
     layout: Layout,
     /// Files with data in progress.
     files: HashMap<u32, FileState>,
@@ -129,8 +131,19 @@ impl Receiver {
     /// Like [`Receiver::new`], continuing from what an earlier attempt left: the `Accept`
     /// tells the sender which chunks and files not to send again.
     pub fn resume(offer: Offer, config: &SessionConfig, resume: ResumeInfo) -> Self {
-        let layout = Layout::new(&offer.entries, config.chunk_size);
-        let mut done = vec![false; offer.entries.len()];
+        Self::for_entries(offer.transfer_id, offer.entries.into(), config, resume)
+    }
+
+    /// Like [`Receiver::resume`], for an offer's entries already shared with others
+    /// (the output folder).
+    pub fn for_entries(
+        transfer_id: Uuid,
+        entries: Arc<[Entry]>,
+        config: &SessionConfig,
+        resume: ResumeInfo,
+    ) -> Self {
+        let layout = Layout::new(&entries, config.chunk_size);
+        let mut done = vec![false; entries.len()];
         let mut complete = Vec::new();
         for file in resume.complete {
             if layout.size(file).is_some() && !done[file as usize] {
@@ -185,13 +198,13 @@ impl Receiver {
             .sum();
         let mut outbox = VecDeque::new();
         outbox.push_back(Message::Accept(Accept {
-            transfer_id: offer.transfer_id,
+            transfer_id,
             have,
             complete,
         }));
         let mut receiver = Self {
-            transfer_id: offer.transfer_id,
-            entries: offer.entries,
+            transfer_id,
+            entries,
             held_limit: u64::from(config.window_size.max(1)) * layout.chunk_size(),
             layout,
             files: HashMap::new(),
