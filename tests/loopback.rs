@@ -306,6 +306,16 @@ fn local_peer() -> LocalPeer {
     }
 }
 
+/// The responder's side of one handshake on the next connection (what a listener does
+/// with each connection; `Session::accept` drops failed ones and keeps listening).
+async fn respond_once(
+    listener: &tokio::net::TcpListener,
+    options: &SessionOptions,
+) -> p2p_core::Result<Session> {
+    let (stream, _) = p2p_core::transport::accept(listener).await?;
+    Session::respond(stream, options).await
+}
+
 /// Starts a receiving session on a listener; returns its address and the join handle of
 /// `receive` into `out`.
 async fn receiver(
@@ -605,7 +615,7 @@ async fn a_version_mismatch_names_both_versions_on_both_sides() {
     let listener = p2p_core::transport::listen("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let server =
-        tokio::spawn(async move { Session::accept(&listener, &SessionOptions::default()).await });
+        tokio::spawn(async move { respond_once(&listener, &SessionOptions::default()).await });
     let mut framed = Framed::new(TcpStream::connect(&addr).await.unwrap(), FrameCodec);
     framed
         .send(Message::Hello(Hello {
@@ -672,7 +682,7 @@ async fn something_that_is_not_a_peer_is_refused() {
     let listener = p2p_core::transport::listen("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let server =
-        tokio::spawn(async move { Session::accept(&listener, &SessionOptions::default()).await });
+        tokio::spawn(async move { respond_once(&listener, &SessionOptions::default()).await });
     let mut stream = TcpStream::connect(&addr).await.unwrap();
     tokio::io::AsyncWriteExt::write_all(&mut stream, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
