@@ -662,4 +662,211 @@ fn strangers_do_not_knock_the_receiver_over() {
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(sha256_file(&out.join("real.bin")), sha256_file(&src));
     drop((http, tls, trickle));
+
+/// What a hostile peer wrote into its `Error`: a window title (OSC 0, ended by BEL), then
+/// CR LF and a line of its choosing.
+const FORGED: &str = "\u{1b}]0;pwned\u{7}\r\ntransfer complete, all files verified";
+
+/// Text a terminal acts on or a reader cannot see: none of it may be printed raw.
+fn assert_shown_safely(output: &str) {
+    for bad in ['\u{1b}', '\u{7}', '\r', '\u{202e}'] {
+        assert!(!output.contains(bad), "raw {bad:?} in {output:?}");
+    }
+    for line in output.lines() {
+        assert!(
+            !line.starts_with("transfer complete"),
+            "forged line {line:?} in {output:?}"
+        );
+    }
+}
+
+/// A hostile sender, written with raw frames: greets `addr` as `device_name`, offers one
+/// small file, and once it is accepted sends `last` instead of any data; then waits for
+/// the receiver to close.
+fn hostile_sender(addr: &str, device_name: &str, last: p2p_core::Message) {
+    use futures::{SinkExt, StreamExt};
+    use p2p_core::wire::{Entry, EntryKind, FrameCodec, Hello, Offer, Timestamp, MAGIC};
+    use p2p_core::{Capabilities, Message, PROTOCOL_VERSION};
+    use tokio_util::codec::Framed;
+
+    type Stream = Framed<tokio::net::TcpStream, FrameCodec>;
+    /// The next message that is not a keepalive.
+    async fn next(framed: &mut Stream) -> Message {
+        loop {
+            match framed.next().await {
+                Some(Ok(Message::Ping(_))) => continue,
+                Some(Ok(message)) => return message,
+                other => panic!("the receiver went away: {other:?}"),
+            }
+        }
+    }
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut framed = Framed::new(stream, FrameCodec);
+        framed
+            .send(Message::Hello(Hello {
+                magic: MAGIC,
+                version: PROTOCOL_VERSION,
+                device_id: uuid::Uuid::new_v4(),
+                device_name: device_name.to_owned(),
+                capabilities: Capabilities::all(),
+            }))
+            .await
+            .unwrap();
+        let ack = next(&mut framed).await;
+        assert!(matches!(ack, Message::HelloAck(_)), "{ack:?}");
+        let config = p2p_core::config::default_config();
+        framed.send(Message::Config(config)).await.unwrap();
+        let ack = next(&mut framed).await;
+        assert!(matches!(ack, Message::ConfigAck(_)), "{ack:?}");
+        framed
+            .send(Message::Offer(Offer {
+                transfer_id: uuid::Uuid::new_v4(),
+                entries: vec![Entry {
+                    path: "notes.txt".into(),
+                    kind: EntryKind::File { size: 10 },
+                    mode: 0o644,
+                    mtime: Timestamp::default(),
+                }],
+            }))
+            .await
+            .unwrap();
+        let accept = next(&mut framed).await;
+        assert!(matches!(accept, Message::Accept(_)), "{accept:?}");
+        framed.send(last).await.unwrap();
+        // The receiver ends the session: wait for it to close.
+        while let Some(Ok(_)) = framed.next().await {}
+    });
+}
+
+/// Issue "What a peer can make you see": a peer's `Error` message and device name were
+/// printed raw (an OSC window title, CR LF forging a line), stored, and replayed raw by
+/// `history`.
+#[test]
+fn a_peers_error_message_and_name_are_shown_escaped_live_and_in_history() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let out = tmp.path().join("out");
+    let receiver = start_listening(&data, &["receive", "--output", path(&out)]);
+    hostile_sender(
+        &receiver.addr,
+        "desk\u{1b}[2J\u{202e}gpj.exe",
+        p2p_core::Message::Error {
+            code: p2p_core::wire::ErrorCode::Other,
+            message: FORGED.into(),
+            version: p2p_core::PROTOCOL_VERSION,
+        },
+    );
+    let (code, stdout, stderr) = receiver.finish();
+    assert_eq!(code, 5, "{stderr}");
+    assert_shown_safely(&stdout);
+    assert_shown_safely(&stderr);
+    assert!(
+        stderr.contains(r"\u{1b}]0;pwned\u{7}\r\ntransfer complete, all files verified"),
+        "{stderr}"
+    );
+    assert!(stdout.contains(r"desk\u{1b}[2J\u{202e}gpj.exe"), "{stdout}");
+
+    // A record written raw (by a build before this fix) is shown escaped all the same.
+    let history = p2p_core::history::History::in_dir(&data);
+    history
+        .append(&p2p_core::history::Record::now(
+            uuid::Uuid::new_v4(),
+            p2p_core::Direction::Receive,
+            "old\u{202e}peer".into(),
+            vec!["a\u{2066}b".into()],
+            1,
+            10,
+            std::time::Duration::ZERO,
+            p2p_core::history::Status::Failed,
+            Some(FORGED.into()),
+        ))
+        .unwrap();
+    let shown = run(&data, &["history"]);
+    assert!(shown.status.success());
+    let table = text(&shown.stdout);
+    assert_shown_safely(&table);
+    assert_eq!(
+        table
+            .matches(r"\u{1b}]0;pwned\u{7}\r\ntransfer complete, all files verified")
+            .count(),
+        2,
+        "{table}"
+    );
+    assert!(table.contains(r"desk\u{1b}[2J\u{202e}gpj.exe"), "{table}");
+    assert!(
+        table.contains(r"old\u{202e}peer") && table.contains(r"a\u{2066}b"),
+        "{table}"
+    );
+}
+
+/// Issue "What a peer can make you see": a right-to-left override made
+/// `invoice\u{202E}fdp.exe` look like `invoiceexe.pdf` in the `--ask` listing.
+#[test]
+fn receive_ask_shows_a_bidi_file_name_escaped_and_a_no_writes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let name = "invoice\u{202e}fdp.exe";
+    let src = tmp.path().join(name);
+    random_file(&src, 1_000, 5);
+    let out = tmp.path().join("out");
+    let mut receiver = start_listening(&data, &["receive", "--ask", "--output", path(&out)]);
+    {
+        use std::io::Write;
+        let mut stdin = receiver.child.stdin.take().unwrap();
+        stdin.write_all(b"n\n").unwrap();
+    }
+    let send = run(&data, &["send", path(&src), "--peer", &receiver.addr]);
+    let (code, stdout, stderr) = receiver.finish();
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(send.status.code(), Some(5), "{}", text(&send.stderr));
+    assert_shown_safely(&stdout);
+    assert_shown_safely(&stderr);
+    assert!(
+        stdout.contains(r"invoice\u{202e}fdp.exe (1000 B)"),
+        "{stdout}"
+    );
+    assert!(!out.join(name).exists());
+    assert!(!out.exists() || partial_files(&out).is_empty());
+
+    let declined = text(&run(&data, &["history", "--declined"]).stdout);
+    assert_shown_safely(&declined);
+    assert!(declined.contains(r"invoice\u{202e}fdp.exe"), "{declined}");
+}
+
+/// Issue "What a peer can make you see": beacon names may hold bidi controls (they have
+/// no control characters); `peers` lists them escaped.
+#[test]
+fn peers_lists_a_bidi_beacon_name_escaped() {
+    use p2p_core::discovery::{self, Announcer, Beacon, BeaconTargets, DiscoveryConfig};
+    let tmp = tempfile::tempdir().unwrap();
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = DiscoveryConfig {
+        port,
+        interval: std::time::Duration::from_millis(200),
+        targets: BeaconTargets::Only(vec!["127.255.255.255".parse().unwrap()]),
+        ..DiscoveryConfig::default()
+    };
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let beacon = Beacon::new(uuid::Uuid::new_v4(), "living\u{202e}moor", 14567);
+    let _announcer = runtime.block_on(async { Announcer::start(beacon, &config).unwrap() });
+    let listed = p2p(tmp.path())
+        .env(discovery::PORT_ENV, port.to_string())
+        .env(discovery::TARGETS_ENV, "127.255.255.255")
+        .args(["peers", "--timeout", "2"])
+        .output()
+        .unwrap();
+    let stdout = text(&listed.stdout);
+    assert!(listed.status.success(), "{}", text(&listed.stderr));
+    assert_shown_safely(&stdout);
+    assert!(stdout.contains(r"living\u{202e}moor"), "{stdout}");
 }

@@ -28,7 +28,9 @@ impl std::fmt::Display for Interrupted {
 }
 
 /// The error and its causes as one line, without repeating a cause that the message
-/// above it already quotes.
+/// above it already quotes. Causes may quote a peer: whatever p2p-core did not already
+/// escape is escaped here, except the line feeds our own messages use to list
+/// receivers ([`printable_lines`](p2p_core::text::printable_lines)).
 pub fn describe(error: &anyhow::Error) -> String {
     let mut line = String::new();
     for cause in error.chain() {
@@ -41,7 +43,10 @@ pub fn describe(error: &anyhow::Error) -> String {
         }
         line.push_str(&text);
     }
-    line
+    match p2p_core::text::printable_lines(&line) {
+        std::borrow::Cow::Borrowed(_) => line,
+        std::borrow::Cow::Owned(shown) => shown,
+    }
 }
 
 /// Maps an error to the exit-code table above.
@@ -78,5 +83,20 @@ pub fn exit_code(error: &anyhow::Error) -> u8 {
         },
         Error::Storage(_) => 7,
         Error::InvalidInput(_) => 1,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_described_chain_keeps_our_line_feeds_and_escapes_the_rest() {
+        let error = anyhow::anyhow!("2 receivers match:\n  desk\u{202e}gpj.exe\r\n  x\u{1b}[2J")
+            .context("discovery failed");
+        assert_eq!(
+            describe(&error),
+            "discovery failed: 2 receivers match:\n  desk\\u{202e}gpj.exe\\r\n  x\\u{1b}[2J"
+        );
     }
 }

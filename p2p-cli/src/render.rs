@@ -1,5 +1,9 @@
 //! Renders transfer events: two progress bars (overall and current file, with bytes,
 //! speed and ETA) on a terminal, plain lines otherwise.
+//!
+//! Peer names and paths in events come from the peer: every one is shown through
+//! [`printable`], and every line through [`printable_lines`], so that nothing a peer
+//! chose can move the cursor, retitle the window, forge a line or reorder text.
 
 use std::io::IsTerminal;
 use std::sync::Mutex;
@@ -8,6 +12,7 @@ use std::time::{Duration, Instant};
 use indicatif::{
     HumanBytes, HumanDuration, MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle,
 };
+use p2p_core::text::{printable, printable_lines};
 use p2p_core::{Direction, EventSink, TransferEvent};
 
 /// Plain mode prints at most one progress line this often.
@@ -52,8 +57,13 @@ impl Renderer {
         }
     }
 
-    /// Prints a line without breaking the bars.
+    /// Prints a line without breaking the bars. Line feeds in `text` start new lines;
+    /// any other control, bidi or invisible character is shown escaped
+    /// ([`printable_lines`]), so a peer-supplied part that was not escaped before it was
+    /// composed in cannot act on the terminal (it can still break the line: escape such
+    /// parts with [`printable`] first).
     pub fn line(&self, text: &str) {
+        let text = printable_lines(text);
         match &*self.lock() {
             Inner::Bars { multi, .. } => {
                 let _ = multi.println(text);
@@ -107,7 +117,7 @@ impl EventSink for Renderer {
                 },
             ) => {
                 let _ = multi.println(format!(
-                    "{} {files} file(s), {} {} {peer}",
+                    "{} {files} file(s), {} {} {}",
                     verb(direction),
                     HumanBytes(total_bytes),
                     if direction == Direction::Send {
@@ -115,6 +125,7 @@ impl EventSink for Renderer {
                     } else {
                         "from"
                     },
+                    printable(&peer),
                 ));
                 let o = multi.add(ProgressBar::new(total_bytes));
                 o.set_style(bar_style(
@@ -149,7 +160,7 @@ impl EventSink for Renderer {
                 if let (Some(f), Some((path, done, size))) = (file, current_file) {
                     if *current != path {
                         f.set_length(size);
-                        f.set_message(path.clone());
+                        f.set_message(printable(&path).into_owned());
                         *current = path;
                     }
                     f.set_position(done);
@@ -162,16 +173,20 @@ impl EventSink for Renderer {
                 ));
             }
             (Inner::Bars { multi, .. }, TransferEvent::Warning { message }) => {
-                let _ = multi.println(format!("warning: {message}"));
+                let _ = multi.println(format!("warning: {}", printable(&message)));
             }
             (Inner::Plain { .. }, TransferEvent::Resumed { skipped_bytes, .. }) => {
                 println!("resuming: {skipped_bytes} bytes already there");
             }
             (Inner::Plain { .. }, TransferEvent::Warning { message }) => {
-                println!("warning: {message}");
+                println!("warning: {}", printable(&message));
             }
             (Inner::Bars { multi, .. }, TransferEvent::Skipped { path, reason }) => {
-                let _ = multi.println(format!("skipped {path}: {reason}"));
+                let _ = multi.println(format!(
+                    "skipped {}: {}",
+                    printable(&path),
+                    printable(&reason)
+                ));
             }
             (
                 Inner::Bars { multi, .. },
@@ -183,7 +198,8 @@ impl EventSink for Renderer {
                 },
             ) => {
                 let _ = multi.println(format!(
-                    "resending chunk {chunk} of {path} (attempt {attempt})"
+                    "resending chunk {chunk} of {} (attempt {attempt})",
+                    printable(&path)
                 ));
             }
             (
@@ -236,7 +252,7 @@ impl EventSink for Renderer {
                 *started = Some(Instant::now());
                 *last = None;
                 println!(
-                    "{} {files} file(s), {} bytes {} {peer}",
+                    "{} {files} file(s), {} bytes {} {}",
                     verb(direction),
                     total_bytes,
                     if direction == Direction::Send {
@@ -244,6 +260,7 @@ impl EventSink for Renderer {
                     } else {
                         "from"
                     },
+                    printable(&peer),
                 );
             }
             (
@@ -271,12 +288,13 @@ impl EventSink for Renderer {
                 };
                 let file = current_file.map(|(p, _, _)| p).unwrap_or_default();
                 println!(
-                    "progress {pct:5.1}% {done_bytes}/{total_bytes} bytes {} {file}",
-                    rate(done_bytes, elapsed)
+                    "progress {pct:5.1}% {done_bytes}/{total_bytes} bytes {} {}",
+                    rate(done_bytes, elapsed),
+                    printable(&file)
                 );
             }
             (Inner::Plain { .. }, TransferEvent::Skipped { path, reason }) => {
-                println!("skipped {path}: {reason}");
+                println!("skipped {}: {}", printable(&path), printable(&reason));
             }
             (
                 Inner::Plain { .. },
@@ -287,10 +305,13 @@ impl EventSink for Renderer {
                     ..
                 },
             ) => {
-                println!("resending chunk {chunk} of {path} (attempt {attempt})");
+                println!(
+                    "resending chunk {chunk} of {} (attempt {attempt})",
+                    printable(&path)
+                );
             }
             (Inner::Plain { .. }, TransferEvent::FileDone { path, size, .. }) => {
-                tracing::info!("verified {path} ({size} bytes)");
+                tracing::info!("verified {} ({size} bytes)", printable(&path));
             }
             (
                 Inner::Plain { .. },

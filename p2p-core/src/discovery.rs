@@ -200,7 +200,9 @@ pub fn decode_datagram(bytes: &[u8]) -> Result<DiscoveryMessage, BeaconError> {
 pub struct PeerInfo {
     /// The id it announced (a hint: anyone can claim any id).
     pub device_id: Uuid,
-    /// The name it announced.
+    /// The name it announced: no control characters, but bidi and other invisible
+    /// characters may be there; show it through [`crate::text::printable`] (the
+    /// `Display` of a `PeerInfo` does).
     pub name: String,
     /// Where to connect: the beacon's source IP and the announced port.
     pub addr: SocketAddr,
@@ -237,7 +239,8 @@ impl PeerInfo {
 
 impl fmt::Display for PeerInfo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} [{}] at {}", self.name, self.short_id(), self.addr)?;
+        let name = crate::text::printable(&self.name);
+        write!(f, "{name} [{}] at {}", self.short_id(), self.addr)?;
         if !self.is_compatible() {
             write!(
                 f,
@@ -968,6 +971,21 @@ mod tests {
         // The constructor cleans what it is given instead.
         let cleaned = Beacon::new(Uuid::nil(), &format!("a\u{7}{}", "é".repeat(40)), 9);
         assert!(cleaned.name.starts_with("a?é") && cleaned.name.len() <= MAX_NAME_LEN);
+    }
+
+    #[test]
+    fn a_bidi_name_is_accepted_but_shown_escaped() {
+        let mut table = PeerTable::new(None, DEFAULT_PEER_TTL);
+        let now = Instant::now();
+        let spoof = beacon("living\u{202e}moor", 1);
+        table.handle_datagram(FROM, &datagram(&spoof), now);
+        let peer = &table.peers(now)[0];
+        assert_eq!(
+            peer.name, "living\u{202e}moor",
+            "kept as announced, for matching"
+        );
+        let shown = peer.to_string();
+        assert!(shown.starts_with(r"living\u{202e}moor ["), "{shown}");
     }
 
     #[test]

@@ -105,8 +105,12 @@ pub enum TransferError {
         index: u64,
         reason: String,
     },
-    /// The peer aborted with a reason.
-    #[error("the peer refused or aborted the transfer: {message}")]
+    /// The peer aborted with a reason. `message` is the peer's own words, kept as they
+    /// arrived; the error shows them [`printable`](crate::text::printable).
+    #[error(
+        "the peer refused or aborted the transfer: {}",
+        crate::text::printable(message)
+    )]
     PeerAborted { code: ErrorCode, message: String },
     /// The connection closed before the transfer finished.
     #[error("the connection closed before the transfer finished")]
@@ -307,5 +311,27 @@ mod tests {
         });
         assert!(!unsafe_path.is_transient());
         assert_eq!(unsafe_path.code(), ErrorCode::UnsafePath);
+    }
+
+    #[test]
+    fn a_peer_message_is_shown_escaped() {
+        let aborted = Error::Transfer(TransferError::PeerAborted {
+            code: ErrorCode::Other,
+            message: "\u{1b}]0;pwned\u{7}\r\ntransfer complete, all files verified".into(),
+        });
+        assert_eq!(
+            aborted.to_string(),
+            concat!(
+                r"the peer refused or aborted the transfer: \u{1b}]0;pwned\u{7}\r\n",
+                "transfer complete, all files verified"
+            )
+        );
+        let path = Error::Transfer(TransferError::VerificationFailed {
+            path: "invoice\u{202e}fdp.exe".into(),
+        });
+        assert!(
+            path.to_string().contains(r"invoice\u{202e}fdp.exe"),
+            "{path}"
+        );
     }
 }

@@ -49,7 +49,8 @@ pub struct LocalPeer {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RemotePeer {
     pub device_id: Uuid,
-    /// The peer's name with control characters removed (it is for display only).
+    /// The peer's name made [`printable`](crate::text::printable) (control, bidi and
+    /// invisible characters escaped) and cut to [`MAX_NAME_LEN`] bytes: for display only.
     pub device_name: String,
     pub version: u32,
     pub capabilities: Capabilities,
@@ -81,12 +82,10 @@ fn hello(local: &LocalPeer) -> Hello {
 fn remote(hello: Hello) -> RemotePeer {
     RemotePeer {
         device_id: hello.device_id,
-        device_name: hello
-            .device_name
-            .chars()
-            .filter(|c| !c.is_control())
-            .take(MAX_NAME_LEN)
-            .collect(),
+        // Escaped, not filtered: a name with hidden characters looks different from the
+        // name it imitates. At most MAX_NAME_LEN bytes once escaped.
+        device_name: crate::text::printable_truncated(&hello.device_name, MAX_NAME_LEN)
+            .into_owned(),
         version: hello.version,
         capabilities: hello.capabilities,
     }
@@ -233,4 +232,43 @@ where
         capabilities,
         config: agreed,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hello_named(device_name: &str) -> Hello {
+        Hello {
+            magic: MAGIC,
+            version: PROTOCOL_VERSION,
+            device_id: Uuid::nil(),
+            device_name: device_name.to_owned(),
+            capabilities: Capabilities::all(),
+        }
+    }
+
+    #[test]
+    fn a_long_multi_byte_name_is_cut_to_the_byte_limit() {
+        // 150 two-byte characters: 300 bytes, but only 150 characters.
+        let name = "é".repeat(150);
+        let peer = remote(hello_named(&name));
+        assert!(
+            peer.device_name.len() <= MAX_NAME_LEN,
+            "{} bytes",
+            peer.device_name.len()
+        );
+        assert!(name.starts_with(&peer.device_name));
+        assert_eq!(peer.device_name.len(), MAX_NAME_LEN);
+    }
+
+    #[test]
+    fn control_and_bidi_characters_in_a_name_are_shown_escaped() {
+        let peer = remote(hello_named("desk\u{1b}[2J\r\u{202e}gpj.exe"));
+        assert_eq!(peer.device_name, r"desk\u{1b}[2J\r\u{202e}gpj.exe");
+        // Escapes count against the limit too, and are never cut in half.
+        let peer = remote(hello_named(&"\u{202e}".repeat(100)));
+        assert!(peer.device_name.len() <= MAX_NAME_LEN);
+        assert_eq!(peer.device_name, r"\u{202e}".repeat(MAX_NAME_LEN / 8));
+    }
 }

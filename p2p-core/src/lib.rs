@@ -24,6 +24,7 @@
 //! | [`history`] | the record of past transfers (JSON lines in the data directory) |
 //! | [`config`], [`error`], [`reconnect`] | defaults and limits; typed errors; retry policy |
 //! | [`settings`] | the user's saved settings (JSON in the config folder), shared by the front ends |
+//! | [`text`] | showing what a peer chose (names, paths, error messages) with invisible and control characters escaped |
 //!
 //! ## Example
 //!
@@ -53,6 +54,7 @@ pub mod nat;
 pub mod reconnect;
 pub mod session;
 pub mod settings;
+pub mod text;
 pub mod throttle;
 pub mod transfer;
 pub mod transport;

@@ -1,5 +1,10 @@
 //! Drawing the state: the tab bar, one function per tab, the transfer panel and the
 //! status bar (always visible, whatever the tab).
+//!
+//! Whatever a peer chose — its name, a beacon's name, the paths it offers, its error
+//! messages, and the notices that quote them — is drawn through
+//! [`printable`](p2p_core::text::printable): control, bidi and invisible characters show
+//! as escapes, as on the command line.
 
 use std::time::Instant;
 
@@ -9,6 +14,7 @@ use iced::widget::{
 };
 use iced::{Element, Fill, Theme};
 use p2p_core::config::COMPRESS_LEVELS;
+use p2p_core::text::printable;
 use p2p_core::{Direction, IncomingOffer};
 
 use crate::app::{App, Message, Notice, Tab};
@@ -120,7 +126,7 @@ impl App {
                 .align_y(iced::Center),
             );
             if let Some(error) = &self.discovery_error {
-                section = section.push(text(error.as_str()).style(text::danger));
+                section = section.push(text(printable(error)).style(text::danger));
             }
             return section.into();
         }
@@ -136,10 +142,11 @@ impl App {
         );
         let running = self.worker.is_some();
         for peer in &self.found_peers {
+            let name = printable(&peer.name);
             let label = if peer.is_compatible() {
-                format!("{} at {}", peer.name, peer.addr)
+                format!("{name} at {}", peer.addr)
             } else {
-                format!("{} at {} (another protocol version)", peer.name, peer.addr)
+                format!("{name} at {} (another protocol version)", peer.addr)
             };
             let connect =
                 (!running && peer.is_compatible()).then_some(Message::ConnectTo(peer.addr));
@@ -286,7 +293,7 @@ impl App {
             .label("Replace files that already exist (otherwise such a transfer is refused)")
             .on_toggle(Message::OverwriteToggled);
         let state = match (self.worker.as_ref(), self.peer()) {
-            (_, Some(peer)) => format!("Ready to receive from {}.", peer.name),
+            (_, Some(peer)) => format!("Ready to receive from {}.", printable(&peer.name)),
             (Some(w), None) if w.listening_on.is_some() => {
                 "Waiting for a peer to connect (see the Connection tab).".to_owned()
             }
@@ -310,7 +317,11 @@ impl App {
                 None => "folder".to_owned(),
             };
             list = list.push(
-                row![text(&entry.path).width(Fill), text(size).size(NOTE_SIZE)].spacing(SPACING),
+                row![
+                    text(printable(&entry.path)).width(Fill),
+                    text(size).size(NOTE_SIZE)
+                ]
+                .spacing(SPACING),
             );
         }
         if offer.entries.len() > LISTED {
@@ -320,7 +331,7 @@ impl App {
             heading("Incoming transfer"),
             text(format!(
                 "{} wants to send {} · {}",
-                offer.peer,
+                printable(&offer.peer),
                 format::files(offer.files()),
                 format::bytes(offer.total_bytes())
             )),
@@ -459,17 +470,18 @@ impl App {
         for record in self.history.visible() {
             shown += 1;
             let peer = match record.direction {
-                Direction::Send => format!("To {}", record.peer),
-                Direction::Receive => format!("From {}", record.peer),
+                Direction::Send => format!("To {}", printable(&record.peer)),
+                Direction::Receive => format!("From {}", printable(&record.peer)),
             };
             let what = if !record.files.is_empty() {
-                record.files.join(", ")
+                let files: Vec<_> = record.files.iter().map(|f| printable(f)).collect();
+                files.join(", ")
             } else if record.file_count > 0 {
                 format::files(record.file_count)
             } else {
                 "nothing moved".to_owned()
             };
-            let error = record.error.as_deref().unwrap_or("no reason given");
+            let error = printable(record.error.as_deref().unwrap_or("no reason given"));
             let outcome = match record.status {
                 Status::Completed => text("completed").style(text::success),
                 Status::Interrupted => text(format!("interrupted: {error}")),
@@ -510,18 +522,18 @@ impl App {
             Direction::Send => ("Sending", "to"),
             Direction::Receive => ("Receiving", "from"),
         };
+        let peer = printable(&t.peer);
         let headline = match &t.state {
             TransferState::Running => {
-                format!("{verb} {} {preposition} {}", format::files(t.files), t.peer)
+                format!("{verb} {} {preposition} {peer}", format::files(t.files))
             }
             TransferState::Finished { elapsed } => format!(
-                "Done: {} {preposition} {} in {}",
+                "Done: {} {preposition} {peer} in {}",
                 format::files(t.files),
-                t.peer,
                 format::duration(*elapsed)
             ),
-            TransferState::Failed { .. } => format!("Transfer {preposition} {} failed", t.peer),
-            TransferState::Cancelled => format!("Transfer {preposition} {} cancelled", t.peer),
+            TransferState::Failed { .. } => format!("Transfer {preposition} {peer} failed"),
+            TransferState::Cancelled => format!("Transfer {preposition} {peer} cancelled"),
         };
         let mut figures = format!(
             "{} of {}",
@@ -569,11 +581,11 @@ impl App {
         .spacing(6);
         if let Some(file) = &t.current_file {
             if t.is_running() {
-                panel = panel.push(note(format!("Current file: {file}")));
+                panel = panel.push(note(format!("Current file: {}", printable(file))));
             }
         }
         if let TransferState::Failed { error } = &t.state {
-            panel = panel.push(text(error.clone()).style(text::danger));
+            panel = panel.push(text(printable(error)).style(text::danger));
         }
         Some(panel.into())
     }
@@ -587,8 +599,8 @@ impl App {
             None => "Not connected".to_owned(),
             Some(w) => match (&w.peer, &w.plan, w.listening_on) {
                 (Some(peer), _, _) => match peer.addr {
-                    Some(addr) => format!("Connected to {} ({addr})", peer.name),
-                    None => format!("Connected to {}", peer.name),
+                    Some(addr) => format!("Connected to {} ({addr})", printable(&peer.name)),
+                    None => format!("Connected to {}", printable(&peer.name)),
                 },
                 (None, Plan::Listen { .. }, Some(addr)) => {
                     format!("Listening on {addr}, waiting for a peer")
@@ -624,10 +636,11 @@ fn note<'a>(label: impl text::IntoFragment<'a>) -> Element<'a, Message> {
     text(label).size(NOTE_SIZE).style(text::secondary).into()
 }
 
+/// A notice may quote a peer (its name, its error message): drawn escaped.
 fn notice_text(notice: &Notice) -> Element<'_, Message> {
     match notice {
-        Notice::Info(message) => text(message.as_str()).into(),
-        Notice::Error(message) => text(message.as_str()).style(text::danger).into(),
+        Notice::Info(message) => text(printable(message)).into(),
+        Notice::Error(message) => text(printable(message)).style(text::danger).into(),
     }
 }
 

@@ -382,6 +382,62 @@ async fn an_error_event_shows_its_message() {
     assert!(h.shows(&format!("failed: {error}")));
 }
 
+/// Issue "What a peer can make you see": a peer's name, the paths it offers and its
+/// error message are drawn with control, bidi and invisible characters escaped, as the
+/// command line prints them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peers_name_paths_and_error_are_shown_escaped() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = Harness::new(launch(dir.path()));
+    h.update(Message::ListenPortChanged("0".into()));
+    h.click("Listen");
+    let raw_shown = |h: &Harness| {
+        ['\u{1b}', '\u{7}', '\r', '\n', '\u{202e}']
+            .into_iter()
+            .find(|c| h.shows_part(&c.to_string()))
+    };
+    let peer = "desk\u{202e}gpj.exe";
+    let id = h.worker_id();
+    h.update(Message::Worker(
+        id,
+        WorkerEvent::Offer(p2p_core::IncomingOffer {
+            transfer_id: uuid::Uuid::new_v4(),
+            peer: peer.into(),
+            entries: vec![p2p_core::transfer::OfferedEntry {
+                path: "invoice\u{202e}fdp.exe".into(),
+                size: Some(1000),
+            }],
+        }),
+    ));
+    assert_eq!(h.app.tab, Tab::Receive);
+    assert!(h.shows(r"invoice\u{202e}fdp.exe"));
+    assert!(h.shows_part(r"desk\u{202e}gpj.exe wants to send 1 file"));
+    assert_eq!(raw_shown(&h), None);
+
+    let transfer = uuid::Uuid::new_v4();
+    h.inject(TransferEvent::Started {
+        transfer_id: transfer,
+        direction: Direction::Receive,
+        files: 1,
+        total_bytes: 1000,
+        peer: peer.into(),
+        roots: vec!["a\u{2066}b".into()],
+    });
+    h.inject(TransferEvent::Failed {
+        transfer_id: transfer,
+        error: "\u{1b}]0;pwned\u{7}\r\ntransfer complete, all files verified".into(),
+    });
+    let forged = r"\u{1b}]0;pwned\u{7}\r\ntransfer complete, all files verified";
+    assert!(h.shows(forged));
+    assert!(h.shows(&format!("Transfer failed: {forged}")));
+    assert!(h.shows(r"Transfer from desk\u{202e}gpj.exe failed"));
+    assert_eq!(raw_shown(&h), None);
+    h.click("History");
+    assert!(h.shows(r"From desk\u{202e}gpj.exe: a\u{2066}b"));
+    assert!(h.shows(&format!("failed: {forged}")));
+    assert_eq!(raw_shown(&h), None);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_stops_a_running_send_and_no_file_appears() {
     let dir = tempfile::tempdir().unwrap();

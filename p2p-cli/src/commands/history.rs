@@ -1,7 +1,12 @@
 //! `p2p-transfer history`: past transfers as a table.
+//!
+//! A record keeps what a peer sent as it arrived (its name, the paths it offered, its
+//! error message; older builds stored them unescaped), so every such field is shown
+//! through [`printable`] here.
 
 use clap::{ArgGroup, Args, ValueEnum};
 use p2p_core::history::{History, Record, Status};
+use p2p_core::text::{printable, Printable};
 use p2p_core::Direction;
 
 #[derive(Debug, Args)]
@@ -88,9 +93,14 @@ pub fn run(args: HistoryArgs) -> anyhow::Result<()> {
             Status::Interrupted => "interrupted",
             Status::Declined => "declined",
         };
-        let mut what = r.files.join(", ");
+        let mut what = r
+            .files
+            .iter()
+            .map(|f| printable(f))
+            .collect::<Vec<_>>()
+            .join(", ");
         if let Some(e) = &r.error {
-            what = format!("{what} ({e})");
+            what = format!("{what} ({})", printable(e));
         }
         println!(
             "{:<19}  {:<7}  {:<11}  {:>6}  {:>10}  {:>8.1}  {:<20}  {}",
@@ -100,7 +110,7 @@ pub fn run(args: HistoryArgs) -> anyhow::Result<()> {
             r.file_count,
             r.bytes,
             r.duration_secs,
-            r.peer,
+            Printable(&r.peer),
             what
         );
     }

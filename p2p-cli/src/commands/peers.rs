@@ -3,7 +3,8 @@
 //!
 //! Beacons, probes and the choice among receivers are `p2p_core::discovery`; this file
 //! reads flags and the environment (`P2P_DISCOVERY_PORT`, `P2P_DISCOVERY_TARGETS`) and
-//! prints.
+//! prints. A beacon's name is whatever its sender chose: it is shown escaped
+//! (`p2p_core::text`), here and in `PeerInfo`'s `Display`.
 
 use std::time::Duration;
 
@@ -52,7 +53,7 @@ pub async fn run(args: PeersArgs) -> anyhow::Result<()> {
         };
         println!(
             "{:<24} {:<10} {:<22} v{}{compatible}",
-            peer.name,
+            p2p_core::text::Printable(&peer.name),
             peer.short_id(),
             peer.addr.to_string(),
             peer.protocol_version

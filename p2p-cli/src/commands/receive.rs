@@ -144,14 +144,16 @@ fn receive_hint(args: &ReceiveArgs, endpoint: &super::Endpoint) -> ReceiveHint {
 const LISTED: usize = 10;
 
 /// Accepts at once, or (`--ask`) shows the offer on stderr and reads the answer from
-/// stdin. No answer (end of input, an unreadable terminal) declines.
+/// stdin. No answer (end of input, an unreadable terminal) declines. The sender's name
+/// and paths are the peer's words: shown escaped, each on its own line.
 async fn decide(offer: IncomingOffer, ask: bool, recorder: &Recorder) -> Decision {
+    use p2p_core::text::printable;
     if !ask {
         return Decision::Accept;
     }
     let mut text = format!(
         "{} wants to send {} file(s), {}:",
-        offer.peer,
+        printable(&offer.peer),
         offer.files(),
         indicatif::HumanBytes(offer.total_bytes())
     );
@@ -159,10 +161,10 @@ async fn decide(offer: IncomingOffer, ask: bool, recorder: &Recorder) -> Decisio
         match entry.size {
             Some(size) => text.push_str(&format!(
                 "\n  {} ({})",
-                entry.path,
+                printable(&entry.path),
                 indicatif::HumanBytes(size)
             )),
-            None => text.push_str(&format!("\n  {}/", entry.path)),
+            None => text.push_str(&format!("\n  {}/", printable(&entry.path))),
         }
     }
     if offer.entries.len() > LISTED {

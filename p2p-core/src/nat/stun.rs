@@ -589,11 +589,14 @@ pub enum BindingResponseError {
     #[error("not a Binding response")]
     NotBindingResponse,
     /// The server refused the request.
-    #[error("the server answered with error {code}: {reason}")]
+    #[error(
+        "the server answered with error {code}: {}",
+        crate::text::printable(reason)
+    )]
     ErrorResponse {
         /// STUN error code (300..=699).
         code: u16,
-        /// The server's reason phrase.
+        /// The server's reason phrase, as it arrived (shown escaped).
         reason: String,
     },
     /// A success response that carries a comprehension-required attribute we do not
@@ -878,6 +881,15 @@ mod tests {
                 code: 420,
                 reason: "Unknown Attribute".into()
             }
+        );
+        // The reason phrase is the server's: shown escaped.
+        let bytes = MessageBuilder::new(Class::ErrorResponse, METHOD_BINDING, id)
+            .error_code(400, "Bad\u{1b}[2J\r\nRequest\u{202e}")
+            .finish();
+        let error = parse_binding_response(&bytes, id).unwrap_err().to_string();
+        assert_eq!(
+            error,
+            r"the server answered with error 400: Bad\u{1b}[2J\r\nRequest\u{202e}"
         );
     }
 
