@@ -662,6 +662,7 @@ fn strangers_do_not_knock_the_receiver_over() {
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(sha256_file(&out.join("real.bin")), sha256_file(&src));
     drop((http, tls, trickle));
+}
 
 /// What a hostile peer wrote into its `Error`: a window title (OSC 0, ended by BEL), then
 /// CR LF and a line of its choosing.
