@@ -26,12 +26,22 @@ Every figure is reported in MiB/s and as a ratio to the limits measured in the s
 on-disk rates to the on-disk local copy, page-cache rates to the page-cache local copy.
 The results are printed and written to docs/benchmarks.md (see --output).
 
+With --slow-link it measures slow links instead, and nothing else (written to
+docs/benchmarks-slow-link.md): a 24 MiB `send` through a "shaped link" (a TCP proxy on
+127.0.0.1, in this script's threads, that forwards each direction through a token bucket
+at --link-rate Mbit/s and --link-rtt/2 ms later, with small socket buffers so that the
+rate really limits; default 3 Mbit/s, 40 ms), plain TCP through the same link as its
+ceiling, a 20 MiB `send --max-speed 512K` on plain loopback, with --compare rsync over ssh
+through the same link, and with --baseline-binary the same p2p-transfer runs with another
+binary, for a before/after in one run.
+
 Typical use:
 
     python3 benchmark.py                                   # full data sets, no comparison
     python3 benchmark.py --compare                         # with scp, rsync, magic-wormhole
     python3 benchmark.py --big-size 64M --small-count 300 --windows 1,16 --output /tmp/b.md
     python3 benchmark.py --skip-big --skip-small --output /tmp/r.md  # throttle + resume only
+    python3 benchmark.py --slow-link --compare --baseline-binary OLD/target/release/p2p-transfer
 
 Python 3.11, standard library only. Linux only (pidfd_open, wait4, /proc).
 """
@@ -66,6 +76,7 @@ MiB = 1 << 20
 REPO = Path(__file__).resolve().parent
 DEFAULT_BINARY = REPO / "target" / "release" / "p2p-transfer"
 DEFAULT_OUTPUT = REPO / "docs" / "benchmarks.md"
+DEFAULT_SLOW_OUTPUT = REPO / "docs" / "benchmarks-slow-link.md"
 DEFAULT_CHUNK = 1 * MiB  # p2p-transfer's default chunk size (p2p-core config.rs)
 LOOPBACK = "127.0.0.1"
 LISTEN_RE = re.compile(r"listening on (\S+)")
@@ -1144,9 +1155,14 @@ def p2p_env(ctx: "Context") -> dict:
     return dict(os.environ, P2P_TRANSFER_DATA_DIR=str(ctx.workdir / "p2p-data"))
 
 
-def start_receiver(ctx: "Context", name: str, out: Path) -> tuple[Child, str]:
-    recv = ctx.procs.start(name, [str(ctx.args.binary), "receive", "--output", out,
-                                  "--port", "0", "--bind", LOOPBACK], env=p2p_env(ctx))
+def receiver_argv(binary: Path, out: Path) -> list:
+    return [str(binary), "receive", "--output", out, "--port", "0", "--bind", LOOPBACK]
+
+
+def start_receiver(ctx: "Context", name: str, out: Path,
+                   binary: Path | None = None) -> tuple[Child, str]:
+    recv = ctx.procs.start(name, receiver_argv(binary or ctx.args.binary, out),
+                           env=p2p_env(ctx))
     try:
         return recv, wait_listening(recv, timeout=30)
     except BenchError:
@@ -1231,11 +1247,18 @@ def measure_throttle(ctx: "Context", ds: Dataset, rate_mib: int) -> ThrottleResu
 class CountingProxy:
     """A TCP proxy on 127.0.0.1:<free port> that forwards every connection it accepts to
     `self.target` (a 127.0.0.1 host:port that may change between connections) and counts
-    the bytes that pass in each direction, per connection. Threads only."""
+    the bytes that pass in each direction, per connection. Threads only.
 
-    def __init__(self) -> None:
+    With `sock_buffer`, every socket of the proxy (the listening one, whose accepted
+    sockets inherit it, and each one towards the target, set before it connects) gets
+    SO_SNDBUF and SO_RCVBUF of that many bytes, so that what the proxy does not forward
+    pushes back on the sender at once instead of vanishing into loopback buffering."""
+
+    def __init__(self, sock_buffer: int | None = None) -> None:
+        self.sock_buffer = sock_buffer
         self.srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._prepare_socket(self.srv)
         self.srv.bind((LOOPBACK, 0))
         self.srv.listen(8)
         self.addr = f"{LOOPBACK}:{self.srv.getsockname()[1]}"
@@ -1253,6 +1276,24 @@ class CountingProxy:
             raise BenchError(f"proxy target {addr} is not on {LOOPBACK}; refusing")
         self.target = addr
 
+    def _prepare_socket(self, sock: socket.socket) -> None:
+        if self.sock_buffer:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.sock_buffer)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.sock_buffer)
+
+    def _connect(self, target: str) -> socket.socket:
+        host, port = target.rsplit(":", 1)
+        server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            self._prepare_socket(server)  # before connect(): the window scale is fixed then
+            server.settimeout(10)
+            server.connect((host, int(port)))
+            server.settimeout(None)
+        except OSError:
+            server.close()
+            raise
+        return server
+
     def _accept_loop(self) -> None:
         while True:
             try:
@@ -1266,9 +1307,7 @@ class CountingProxy:
             try:
                 if target is None:
                     raise OSError("no target set")
-                host, port = target.rsplit(":", 1)
-                server = socket.create_connection((host, int(port)), timeout=10)
-                server.settimeout(None)
+                server = self._connect(target)
             except OSError as e:
                 with self.lock:
                     self.errors.append(f"cannot connect to {target}: {e}")
@@ -1594,6 +1633,470 @@ def resilience_targets(throttle: list[ThrottleResult], resume: ResumeResult | No
     return targets
 
 
+# ---- slow links: a shaped link on 127.0.0.1, and the sender's throttle below 1 MiB/s --
+
+LINK_MBIT = 3.0                    # Mbit/s (10^6 bit/s) each way: the issue's emulated link
+LINK_RTT_MS = 40.0                 # ms round trip; half of it is added to each direction
+SLOW_SIZE = 24 * MiB               # sent through the shaped link (the issue's file)
+SLOW_THROTTLE_SIZE = 20 * MiB      # sent with --max-speed SLOW_THROTTLE_RATE on loopback
+SLOW_THROTTLE_RATE = "512K"        # in p2p-transfer's units: 512 KiB/s
+SHAPED_SOCKET_BUFFER = 32 * 1024   # SO_SNDBUF / SO_RCVBUF of the link's sockets (the
+                                   # kernel doubles it), as in tests/slow_links.rs
+SHAPED_MSS = 1460                  # TCP_MAXSEG of the link's sockets: a 1500-byte MTU's
+SHAPED_PIECE_SECONDS = 0.005       # the link forwards pieces of about 5 ms of data…
+SHAPED_PIECE_MIN = 1024            # …but at least 1 KiB…
+SHAPED_PIECE_MAX = 16 * 1024       # …and at most 16 KiB
+SHAPED_BURST_PIECES = 4            # credit a direction's bucket keeps, in pieces (about
+                                   # 20 ms: a thread that wakes late loses no capacity)
+SHAPED_LINE_MIN = 64 * 1024        # bytes a direction's delay line may hold, at least
+SLOW_GRACE = 30.0                  # s the other end may take once one end has exited
+
+
+def sleep_until(when: float) -> None:
+    """Sleeps until time.monotonic() reaches `when` (at once if it has)."""
+    left = when - time.monotonic()
+    if left > 0:
+        time.sleep(left)
+
+
+class LinkBucket:
+    """The bottleneck of one direction of a shaped link: a token bucket of `rate` bytes per
+    second holding at most `depth` bytes of credit (a few ms: a link does not save up what
+    it did not carry). take(n) reserves n bytes and returns the time.monotonic() at which they have
+    crossed; reservations queue up behind each other (the bucket goes into debt), so the
+    connections that share a direction share its rate. Thread-safe."""
+
+    def __init__(self, rate: float, depth: int) -> None:
+        self.rate = rate
+        self.depth = depth
+        self.tokens = float(depth)
+        self.stamp = time.monotonic()
+        self.lock = threading.Lock()
+
+    def take(self, n: int) -> float:
+        with self.lock:
+            now = time.monotonic()
+            self.tokens = min(self.depth, self.tokens + (now - self.stamp) * self.rate)
+            self.stamp = now
+            self.tokens -= n
+            return now if self.tokens >= 0 else now - self.tokens / self.rate
+
+
+def shaped_piece(rate: float) -> int:
+    """Bytes a shaped link of `rate` bytes/s reads and forwards at a time."""
+    return int(min(SHAPED_PIECE_MAX, max(SHAPED_PIECE_MIN, rate * SHAPED_PIECE_SECONDS)))
+
+
+def shaped_line_limit(rate: float, delay: float) -> int:
+    """Bytes one direction of a shaped link holds between its bottleneck and its far end."""
+    return max(SHAPED_LINE_MIN, int(2 * rate * delay))
+
+
+class ShapedLink(CountingProxy):
+    """A CountingProxy that behaves like a slow link (the "shaped link"), in this script's
+    threads. Each direction (client→server "up", server→client "down") is a bottleneck of
+    `rate` bytes per second shared by all the link's connections (a LinkBucket keeping
+    SHAPED_BURST_PIECES pieces of credit), followed by a fixed one-way `delay` in seconds:
+
+    * a reader thread per connection and direction reads a piece (about 5 ms of data at the
+      rate) only once the previous one has crossed the bottleneck, so the only buffering in
+      front of the bottleneck is the link's small socket buffers (SHAPED_SOCKET_BUFFER);
+      what else waits, waits in the sender's own socket, as in front of a real slow link;
+    * a writer thread forwards each piece `delay` seconds after it crossed, in order, and
+      passes a half-close (or a reset) on the same way, as late as the data before it;
+    * the delay line between them holds at most max(SHAPED_LINE_MIN, 2 × rate × delay)
+      bytes: when the far end stops reading, the writer blocks, the line fills, and the
+      reader stops reading too, so the receiver's flow control reaches the sender;
+    * its sockets use segments of SHAPED_MSS bytes, as a path with a 1500-byte MTU would.
+
+    The counts (totals()) are the bytes read from each side, as in CountingProxy."""
+
+    def __init__(self, rate: float, delay: float) -> None:
+        self.rate = rate
+        self.delay = delay
+        self.piece = shaped_piece(rate)
+        self.line_limit = shaped_line_limit(rate, delay)
+        self.buckets = {key: LinkBucket(rate, SHAPED_BURST_PIECES * self.piece)
+                        for key in ("up", "down")}
+        super().__init__(sock_buffer=SHAPED_SOCKET_BUFFER)
+
+    def _prepare_socket(self, sock: socket.socket) -> None:
+        super()._prepare_socket(sock)
+        # Segments as on an Ethernet path, not loopback's 64 KiB: the peers' kernels size
+        # their socket buffers by segments in flight (2 × cwnd × segment), so loopback's
+        # MSS would let a sender queue megabytes in its own socket, seconds at this rate.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, SHAPED_MSS)
+
+    def _pump(self, src: socket.socket, dst: socket.socket, conn: dict, key: str) -> None:
+        line: list[tuple[float, bytes | str]] = []  # (release time, piece or "eof"/"reset")
+        cond = threading.Condition()
+        state = {"held": 0, "dead": False}
+        writer = threading.Thread(target=self._release, args=(dst, conn, line, cond, state),
+                                  daemon=True, name=f"link-{key}-release")
+        writer.start()
+        bucket = self.buckets[key]
+        buf = bytearray(self.piece)
+        end = "reset"
+        try:
+            while True:
+                with cond:  # the far end does not read: neither does the link
+                    while state["held"] >= self.line_limit and not state["dead"]:
+                        cond.wait(1.0)
+                    if state["dead"]:
+                        break
+                n = src.recv_into(buf)
+                if not n:
+                    end = "eof"
+                    break
+                with self.lock:
+                    conn[key] += n
+                crossed = bucket.take(n)
+                sleep_until(crossed)  # the next piece is read once this one has crossed
+                with cond:
+                    line.append((crossed + self.delay, bytes(buf[:n])))
+                    state["held"] += n
+                    cond.notify_all()
+        except OSError:
+            pass
+        finally:
+            with cond:  # after the last piece: release times never go backwards
+                line.append((time.monotonic() + self.delay, end))
+                cond.notify_all()
+        writer.join()
+        with self.lock:
+            conn["open"] -= 1
+            last = conn["open"] == 0
+        if last:
+            for s in conn["socks"]:
+                s.close()
+
+    @staticmethod
+    def _release(dst: socket.socket, conn: dict, line: list, cond: threading.Condition,
+                 state: dict) -> None:
+        while True:
+            with cond:
+                while not line:  # the reader always ends the line with "eof" or "reset"
+                    cond.wait(1.0)
+                due, piece = line[0]
+            sleep_until(due)
+            with cond:
+                line.pop(0)
+                if isinstance(piece, bytes):
+                    state["held"] -= len(piece)
+                cond.notify_all()
+            try:
+                if piece == "eof":
+                    dst.shutdown(socket.SHUT_WR)  # pass the half-close on
+                    return
+                if piece == "reset":
+                    raise OSError("the other side broke off")
+                dst.sendall(piece)
+            except OSError:
+                with cond:
+                    state["dead"] = True
+                    cond.notify_all()
+                for s in conn["socks"]:  # a reset or a dead peer: tear the connection down
+                    try:
+                        s.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
+                return
+
+
+@dataclass
+class LinkSpec:
+    mbit: float    # Mbit/s each way
+    rtt_ms: float  # round trip added by the link
+
+    @property
+    def rate(self) -> float:
+        """Bytes per second each way."""
+        return self.mbit * 1e6 / 8
+
+    @property
+    def mibps(self) -> float:
+        return self.rate / MiB
+
+    @property
+    def label(self) -> str:
+        return f"shaped link {self.mbit:g} Mbit/s, {self.rtt_ms:g} ms RTT"
+
+    def open(self) -> ShapedLink:
+        return ShapedLink(self.rate, self.rtt_ms / 2000)
+
+
+@dataclass
+class SlowRun:
+    tool: str                      # "p2p-transfer", "p2p-transfer (baseline)", "rsync …"
+    link: str                      # the link's label, or "loopback, --max-speed 512K"
+    commands: list[str]            # the exact command lines, in the order they started
+    file_bytes: int
+    exits: str                     # "0 / 0" (sender / receiver), "0" (one process)
+    seconds: float | None          # start of the sender → every end exited; None: not run
+    done: bool                     # every process exited 0 and the data arrived intact
+    verified: str                  # "yes", "NO: …", "n/a …"
+    reference: float | None        # MiB/s the run is held against (link rate, asked rate)
+    reference_what: str            # "link", "asked"
+    note: str = ""
+    baseline: bool = False         # its failure is a finding, not a failure of the benchmark
+
+    def mibps(self) -> float | None:
+        return self.file_bytes / MiB / self.seconds if self.done and self.seconds else None
+
+
+def wait_ends(ctx: "Context", children: list[Child], timeout: float) -> dict[str, Exit]:
+    """Waits until one of `children` exits (within `timeout` s), then gives the others up
+    to SLOW_GRACE s (within the same timeout) before they are killed: a receiver whose
+    sender gave up may wait for it for ever."""
+    deadline = time.monotonic() + timeout
+    while not any(c.exited() for c in children) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return ctx.procs.wait(children, max(1.0, min(SLOW_GRACE, deadline - time.monotonic())))
+
+
+def fmt_exit(e: Exit) -> str:
+    return "killed" if e.timed_out else str(e.returncode)
+
+
+def last_line(path: Path, prefix: str = "") -> str | None:
+    """The last non-empty line of a log (the last one starting with `prefix`, if given)."""
+    try:
+        lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines()]
+    except OSError:
+        return None
+    lines = [ln for ln in lines if ln and ln.startswith(prefix)]
+    return lines[-1] if lines else None
+
+
+def verify_file(ds: Dataset, out: Path) -> tuple[bool, str]:
+    """(intact, what to report) for a one-file data set received into `out`."""
+    errors, extras = verify_output(ds, out)
+    if not errors:
+        return True, "yes" + (f" (and {len(extras)} other file(s) left)" if extras else "")
+    target = out / ds.path.name
+    if not target.is_file():
+        return False, "no: no output file"
+    return False, f"NO: {errors[0]}"
+
+
+def measure_slow_p2p(ctx: "Context", binary: Path, tool: str, ds: Dataset,
+                     spec: LinkSpec | None, max_speed: str | None, baseline: bool) -> SlowRun:
+    """receive on 127.0.0.1:0, then `send FILE --peer ADDR` through a fresh shaped link
+    (`spec`), or straight to the receiver with --max-speed `max_speed`. Time: start of the
+    sender → both ends exited (once one has exited, the other gets SLOW_GRACE s)."""
+    if spec is not None:
+        link_label, reference, ref_what = spec.label, spec.mibps, "link"
+    else:
+        link_label = f"loopback, --max-speed {max_speed}"
+        reference, ref_what = parse_size(max_speed) / MiB, "asked"
+    name = ctx.log_name(f"slow-{'baseline' if baseline else 'p2p'}-"
+                        f"{'link' if spec else 'throttle'}")
+    run = SlowRun(tool, link_label, [], ds.total_bytes, "n/a", None, False, "n/a",
+                  reference, ref_what, baseline=baseline)
+    link = spec.open() if spec is not None else None
+    try:
+        out = ctx.fresh_output()
+        recv, addr = start_receiver(ctx, f"{name}-receive", out, binary)
+        run.commands.append(f"{shlex.join(map(str, receiver_argv(binary, out)))}"
+                            f"    # → listening on {addr}")
+        peer = addr
+        if link is not None:
+            link.set_target(addr)
+            peer = link.addr
+            run.commands.append(f"# shaped link (this script's threads): {link.addr} → {addr}, "
+                                f"{spec.mbit:g} Mbit/s and {spec.rtt_ms / 2:g} ms each way")
+        send_argv = [str(binary), "send", str(ds.path), "--peer", peer]
+        if max_speed:
+            send_argv += ["--max-speed", max_speed]
+        run.commands.append(shlex.join(send_argv))
+        t0 = start_clock()
+        send = ctx.procs.start(f"{name}-send", send_argv, env=p2p_env(ctx))
+        exits = wait_ends(ctx, [send, recv], ctx.args.timeout)
+        e_send, e_recv = exits[send.name], exits[recv.name]
+        run.seconds = max(e_send.end, e_recv.end) - t0
+        run.exits = f"{fmt_exit(e_send)} / {fmt_exit(e_recv)}"
+        intact, run.verified = verify_file(ds, out)
+        clean = all(e.returncode == 0 and not e.timed_out for e in (e_send, e_recv))
+        run.done = clean and intact
+        notes = []
+        if run.done:
+            m = DONE_RE.search(send.out.read_text(errors="replace"))
+            notes.append(f"sender: `{m.group(0)}`" if m else "no `done:` line from the sender")
+        else:
+            for who, child in (("sender", send), ("receiver", recv)):
+                line = last_line(child.err, "error") or last_line(child.err)
+                if line:
+                    notes.append(f"{who}: `{line}`")
+            found = PROGRESS_RE.findall(recv.out.read_text(errors="replace"))
+            if found:
+                notes.append(f"receiver's last progress line: {found[-1][0]}% "
+                             f"({int(found[-1][1]) / MiB:.1f} of "
+                             f"{int(found[-1][2]) / MiB:.1f} MiB)")
+        notes.append(f"sender exited after {e_send.end - t0:.1f} s, receiver after "
+                     f"{e_recv.end - t0:.1f} s")
+        if link is not None:
+            link.wait_idle(5)
+            conns, up, down = link.totals()
+            notes.append(f"through the link: {up:,} B towards the receiver, {down:,} B "
+                         f"back, {conns} connection(s)")
+        run.note = "; ".join(notes)
+    except BenchError as e:
+        run.note = f"could not be run: {str(e).splitlines()[0]}"
+        print(f"\n!!! {tool} / {link_label}: {e}\n", file=sys.stderr, flush=True)
+        ctx.failures.append(f"{tool} / {link_label}: {e}")
+        return run
+    finally:
+        if link is not None:
+            link.close()
+        ctx.clear_output()
+    report_slow_run(ctx, run)
+    return run
+
+
+def measure_slow_rsync(ctx: "Context", ds: Dataset, spec: LinkSpec, sshd: Sshd | None,
+                       why: str) -> SlowRun:
+    """rsync -a over ssh through a fresh shaped link in front of the local sshd."""
+    tool = "rsync -a over ssh"
+    run = SlowRun(tool, spec.label, [], ds.total_bytes, "n/a", None, False, "n/a",
+                  spec.mibps, "link")
+    if sshd is None:
+        run.note = f"unavailable: {why}"
+        return run
+    name = ctx.log_name("slow-rsync-link")
+    link = spec.open()
+    try:
+        out = ctx.fresh_output()
+        link.set_target(f"{LOOPBACK}:{sshd.port}")
+        port = link.addr.rsplit(":", 1)[1]
+        rsh = shlex.join(["ssh", *sshd.ssh_options(), "-p", port])
+        argv = ["rsync", "-a", "-e", rsh, str(ds.path), f"{sshd.user}@{LOOPBACK}:{out}/"]
+        run.commands += [f"# shaped link (this script's threads): {link.addr} → sshd on "
+                         f"{LOOPBACK}:{sshd.port}, {spec.mbit:g} Mbit/s and "
+                         f"{spec.rtt_ms / 2:g} ms each way", shlex.join(argv)]
+        t0 = start_clock()
+        p = ctx.procs.start(name, argv)
+        exits = ctx.procs.wait([p], ctx.args.timeout)
+        e = exits[name]
+        run.seconds = e.end - t0
+        run.exits = fmt_exit(e)
+        intact, run.verified = verify_file(ds, out)
+        run.done = e.returncode == 0 and not e.timed_out and intact
+        link.wait_idle(5)
+        conns, up, down = link.totals()
+        notes = [f"through the link: {up:,} B towards sshd, {down:,} B back, "
+                 f"{conns} connection(s)"]
+        if not run.done and (line := last_line(e.err)):
+            notes.insert(0, f"rsync: `{line}`")
+        run.note = "; ".join(notes)
+    except BenchError as e:
+        run.note = f"could not be run: {str(e).splitlines()[0]}"
+        print(f"\n!!! {tool} / {spec.label}: {e}\n", file=sys.stderr, flush=True)
+        ctx.failures.append(f"{tool} / {spec.label}: {e}")
+        return run
+    finally:
+        link.close()
+        ctx.clear_output()
+    report_slow_run(ctx, run)
+    return run
+
+
+def measure_slow_tcp(ctx: "Context", ds: Dataset, spec: LinkSpec) -> SlowRun:
+    """The link's own ceiling: a plain TCP copy (TCP_SOURCE → TCP_SINK, as in
+    measure_tcp_limit) through a fresh shaped link."""
+    tool = "plain TCP → /dev/null"
+    run = SlowRun(tool, spec.label, [], ds.total_bytes, "n/a", None, False, "n/a",
+                  spec.mibps, "link")
+    name = ctx.log_name("slow-tcp-link")
+    file_list = ctx.workdir / f"{ds.key}.files"
+    file_list.write_text(f"{ds.path}\n")
+    python = [sys.executable, "-I", "-S", "-c"]
+    link = spec.open()
+    sink = source = None
+    try:
+        sink = ctx.procs.start(f"{name}-sink", python + [TCP_SINK])
+        addr = wait_listening(sink, timeout=30)
+        link.set_target(addr)
+        source = ctx.procs.start(f"{name}-source",
+                                 python + [TCP_SOURCE, link.addr, file_list])
+        wait_for_line(source, "ready", timeout=30)
+        run.commands += [
+            f"python3 -I -S -c \"$TCP_SINK\"    # → listening on {addr}",
+            f"# shaped link (this script's threads): {link.addr} → {addr}, "
+            f"{spec.mbit:g} Mbit/s and {spec.rtt_ms / 2:g} ms each way",
+            f"python3 -I -S -c \"$TCP_SOURCE\" {link.addr} {file_list}    # then SIGUSR1: "
+            "sendfile() of the file, timed from the signal"]
+        t0 = time.perf_counter()
+        os.kill(source.pid, signal.SIGUSR1)
+        exits = ctx.procs.wait([source, sink], ctx.args.timeout)
+        e_source, e_sink = exits[source.name], exits[sink.name]
+        run.seconds = max(e_source.end, e_sink.end) - t0
+        run.exits = f"{fmt_exit(e_source)} / {fmt_exit(e_sink)}"
+        got = e_sink.out.read_text().strip()
+        counted = got == str(ds.total_bytes)
+        run.verified = (f"n/a: {int(got):,} bytes counted, not kept" if got.isdigit()
+                        else "n/a: the sink counted nothing")
+        run.done = counted and all(e.returncode == 0 and not e.timed_out
+                                   for e in (e_source, e_sink))
+        link.wait_idle(5)
+        conns, up, down = link.totals()
+        run.note = f"through the link: {up:,} B, {conns} connection(s)"
+    except BenchError as e:
+        for c in (sink, source):
+            if c is not None and c.returncode is None:
+                ctx.procs.stop(c)
+        run.note = f"could not be run: {str(e).splitlines()[0]}"
+        print(f"\n!!! {tool} / {spec.label}: {e}\n", file=sys.stderr, flush=True)
+        ctx.failures.append(f"{tool} / {spec.label}: {e}")
+        return run
+    finally:
+        link.close()
+    report_slow_run(ctx, run)
+    return run
+
+
+def report_slow_run(ctx: "Context", run: SlowRun) -> None:
+    rate = run.mibps()
+    what = f"{rate:.3f} MiB/s" if rate is not None else "did not complete"
+    print(f"  {run.tool:<26} {run.link}: exit {run.exits}, {fmt_num(run.seconds)} s, "
+          f"{what}, verified: {run.verified}", flush=True)
+    if not run.done and not run.baseline:  # the baseline's failures are findings
+        ctx.failures.append(f"{run.tool} / {run.link}: exit {run.exits} after "
+                            f"{fmt_num(run.seconds)} s, verified: {run.verified}")
+
+
+def run_slow_link(ctx: "Context", spec: LinkSpec) -> list[SlowRun]:
+    """The --slow-link section: every measurement once per --repeat, in this order."""
+    args = ctx.args
+    link_ds = make_random_file(ctx.data_dir, f"slow-{SLOW_SIZE // MiB}M", SLOW_SIZE)
+    throttle_ds = make_random_file(ctx.data_dir, f"slow-throttle-{SLOW_THROTTLE_SIZE // MiB}M",
+                                   SLOW_THROTTLE_SIZE)
+    sshd, why = None, ""
+    if args.compare:
+        try:
+            sshd = start_sshd(ctx)
+        except (BenchError, OSError, subprocess.TimeoutExpired) as e:
+            why = str(e).splitlines()[0]
+            print(f"rsync unavailable: {e}", file=sys.stderr, flush=True)
+    binaries = [(args.binary, "p2p-transfer", False)]
+    if args.baseline_binary is not None:
+        binaries.append((args.baseline_binary, "p2p-transfer (baseline)", True))
+    runs: list[SlowRun] = []
+    for i in range(args.repeat):
+        print(f"\n== slow link: {spec.label}, {link_ds.label}"
+              + (f" (run {i + 1} of {args.repeat})" if args.repeat > 1 else ""), flush=True)
+        runs.append(measure_slow_tcp(ctx, link_ds, spec))
+        for binary, tool, baseline in binaries:
+            runs.append(measure_slow_p2p(ctx, binary, tool, link_ds, spec, None, baseline))
+        if args.compare:
+            runs.append(measure_slow_rsync(ctx, link_ds, spec, sshd, why))
+        print(f"\n== loopback, --max-speed {SLOW_THROTTLE_RATE}, {throttle_ds.label}",
+              flush=True)
+        for binary, tool, baseline in binaries:
+            runs.append(measure_slow_p2p(ctx, binary, tool, throttle_ds, None,
+                                         SLOW_THROTTLE_RATE, baseline))
+    return runs
+
+
 # --------------------------------------------------------------------------------------
 # Machine, congestion control, binary
 # --------------------------------------------------------------------------------------
@@ -1693,14 +2196,24 @@ def binary_info(binary: Path) -> str:
     except (OSError, subprocess.TimeoutExpired):
         pass
     try:
-        r = run_quiet(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], timeout=30)
+        # The work tree the binary was built in (its target/ lies inside it), else this
+        # script's. Changes to this script and to docs/ do not change the binary, so they
+        # do not count as uncommitted changes here.
+        tree = REPO
+        r = run_quiet(["git", "-C", str(binary.parent), "rev-parse", "--show-toplevel"],
+                      timeout=30)
+        if r.returncode == 0 and r.stdout.strip():
+            tree = Path(r.stdout.strip())
+        r = run_quiet(["git", "-C", str(tree), "rev-parse", "--short", "HEAD"], timeout=30)
         if r.returncode == 0:
             commit = r.stdout.strip()
-            d = run_quiet(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
-                          timeout=30)
+            d = run_quiet(["git", "-C", str(tree), "status", "--porcelain",
+                           "--untracked-files=no", "--", ".", ":(exclude)benchmark.py",
+                           ":(exclude)docs"], timeout=30)
             if d.returncode == 0 and d.stdout.strip():
                 commit += " + uncommitted changes"
-            parts.append(f"work tree at commit {commit}")
+            parts.append(f"work tree at commit {commit}"
+                         + ("" if tree == REPO else f" ({tree})"))
     except (OSError, subprocess.TimeoutExpired):
         pass
     return ", ".join(parts) or "unknown"
@@ -2129,6 +2642,166 @@ def write_report(path: Path, *, command: str, started: datetime.datetime, machin
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
 
+SLOW_HEADERS = ["#", "tool", "link", "exit (sender / receiver)", "seconds", "MiB/s",
+                "× link rate or asked rate", "SHA-256 verified", "notes"]
+SLOW_ALIGN = ["---:", "---", "---", "---:", "---:", "---:", "---:", "---", "---"]
+
+
+def slow_summary(runs: list[SlowRun]) -> list[str]:
+    """Per tool and link: how many runs completed, and the median time of those."""
+    groups: dict[tuple[str, str], list[SlowRun]] = {}
+    for r in runs:
+        if r.seconds is not None:
+            groups.setdefault((r.tool, r.link), []).append(r)
+    lines = []
+    for (tool, link), rs in groups.items():
+        done = [r.seconds for r in rs if r.done]
+        failed = [f"exit {r.exits} after {r.seconds:.1f} s" for r in rs if not r.done]
+        lines.append(f"{tool}, {link}: completed {len(done)} of {len(rs)}"
+                     + (f", median {statistics.median(done):.1f} s "
+                        f"({rs[0].file_bytes / MiB / statistics.median(done):.3f} MiB/s)"
+                        if done else "")
+                     + (f"; failed: {', '.join(failed)}" if failed else ""))
+    return lines
+
+
+def slow_rows(runs: list[SlowRun]) -> list[list[str]]:
+    rows = []
+    for i, r in enumerate(runs, 1):
+        rate = r.mibps()
+        rows.append([
+            str(i), r.tool, r.link, r.exits, fmt_num(r.seconds),
+            fmt_num(rate, ".3f", "— (did not complete)" if r.seconds is not None else "n/a"),
+            (f"{rate / r.reference:.2f} × {r.reference_what}" if rate and r.reference
+             else NOT_MEASURED),
+            r.verified, r.note,
+        ])
+    return rows
+
+
+def write_slow_report(path: Path, *, command: str, started: datetime.datetime, machine: dict,
+                      congestion: str, binary: str, baseline: str | None,
+                      extras: dict[str, str], spec: LinkSpec, runs: list[SlowRun],
+                      ctx: Context) -> None:
+    try:
+        load_end = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        load_end = "unknown"
+    floor = SLOW_SIZE / spec.rate
+    piece, held = shaped_piece(spec.rate), shaped_line_limit(spec.rate, spec.rtt_ms / 2000)
+    lines = [
+        "# Benchmarks: slow links",
+        "",
+        "Produced by `benchmark.py --slow-link`; rerun it to refresh this page (it "
+        "overwrites it). The other benchmarks are in [benchmarks.md](benchmarks.md).",
+        "",
+        "Issue 10 (\"Hold up on slow links\"): on an emulated 3 Mbit/s, 40 ms link a 24 MiB "
+        "`send` ended after about 48 s with `error: the peer stopped answering for 30.0 s` "
+        "(exit 3) while rsync completed on the same link, and so did `send --max-speed "
+        "512K` of any file over 16 MiB. This page measures both, with the binary under test "
+        "and, where given (`--baseline-binary`), an older one in the same run.",
+        "",
+        f"- **Date:** {started.strftime('%Y-%m-%d %H:%M %Z').strip()}",
+        f"- **Command:** `{command}`",
+        f"- **Machine:** {machine['nproc']} CPUs ({machine['cpu']}), {machine['memory']} RAM, "
+        f"Linux {machine['kernel']}, data and output on {machine['filesystem']}; "
+        f"load average (1, 5, 15 min) at the start {machine['load']}, at the end "
+        f"{load_end} (other work on the machine skews every figure)",
+        f"- **net.ipv4.tcp_congestion_control:** {congestion} (of every socket here: the "
+        "tools', and the shaped link's own on both of its sides)",
+        f"- **p2p-transfer:** {binary}",
+    ]
+    if baseline:
+        lines.append(f"- **p2p-transfer (baseline):** {baseline}")
+    for k, v in extras.items():
+        lines.append(f"- **{k}:** {v}")
+    lines += [
+        f"- **Shaped link:** {spec.mbit:g} Mbit/s each way ({spec.rate:,.0f} B/s, "
+        f"{spec.mibps:.3f} MiB/s), {spec.rtt_ms:g} ms round trip ({spec.rtt_ms / 2:g} ms "
+        f"each way); {human_size(SLOW_SIZE)} take at least {floor:.1f} s across it "
+        "(payload alone, no framing or handshake)",
+        f"- **Repeats:** {ctx.args.repeat}; every run is a row of its own",
+        "",
+        "## Results",
+        "",
+        "Seconds: from the start of the sender (the receiver is started and listening "
+        "before) until both ends have exited (once one end has exited, the other gets "
+        f"{SLOW_GRACE:.0f} s before it is killed); for rsync, the command; for plain TCP, "
+        "from the signal that starts the copy (connection already set up). MiB/s = file "
+        "size / seconds, only for runs that completed: every process exited 0 and the "
+        "received file's SHA-256 matches the source (checked after every run). `× link` "
+        "= MiB/s ÷ the link's rate; `× asked` = MiB/s ÷ the `--max-speed` asked. Exit 3 is "
+        "p2p-transfer's exit code for a connection problem (no connection, the connection "
+        "closed, the peer stopped answering). A baseline run that fails is a finding, not a failure of "
+        "the benchmark.",
+        "",
+        "| " + " | ".join(SLOW_HEADERS) + " |",
+        "|" + "|".join(SLOW_ALIGN) + "|",
+        *("| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in slow_rows(runs)),
+        "",
+        *([f"Over the {ctx.args.repeat} runs:", "",
+           *(f"- {line}" for line in slow_summary(runs)), ""] if ctx.args.repeat > 1 else []),
+        "## Commands",
+        "",
+        "The exact command lines of each row, in the order they were started (paths are "
+        "those of this run's work directory; `$TCP_SINK` and `$TCP_SOURCE` are the two "
+        "small Python programs of the same names in `benchmark.py`).",
+        "",
+    ]
+    for i, r in enumerate(runs, 1):
+        lines += [f"{i}. {r.tool}, {r.link}:", ""]
+        if r.commands:
+            lines += ["   ```", *(f"   {c}" for c in r.commands), "   ```", ""]
+        else:
+            lines += [f"   (not run: {r.note})", ""]
+    lines += [
+        "## How the link is emulated",
+        "",
+        "- Everything runs on 127.0.0.1. The shaped link is a TCP proxy on 127.0.0.1 in the "
+        "benchmark script's own threads (`ShapedLink`); the sender (or ssh) connects to it "
+        "and it connects to the receiver (or sshd). A fresh link is made for each run.",
+        f"- Each direction is a bottleneck of {spec.rate:,.0f} B/s shared by all the "
+        f"link's connections (a token bucket keeping at most {SHAPED_BURST_PIECES} pieces of "
+        "credit), followed "
+        f"by a fixed {spec.rtt_ms / 2:g} ms delay: the link reads a piece of up to "
+        f"{human_size(piece)} (about {SHAPED_PIECE_SECONDS * 1000:g} ms of data at the "
+        "rate) only once the previous piece has crossed the bottleneck, and writes each "
+        f"piece out {spec.rtt_ms / 2:g} ms after it crossed, in order; a half-close or a "
+        "reset is passed on the same way, after the data before it.",
+        f"- Buffering is bounded, so the rate really limits: the link's sockets have "
+        f"SO_SNDBUF and SO_RCVBUF of {human_size(SHAPED_SOCKET_BUFFER)} (set before "
+        "connect and listen; the kernel doubles the figure), and the delay line of a "
+        f"direction holds at most {human_size(held)}: when the far end does not read, "
+        "the link stops reading too and the receiver's flow control reaches the "
+        "sender. What waits in front of the bottleneck waits in the sender's own socket "
+        "buffer, as in front of a real slow link; nothing is ever dropped, so TCP sees "
+        "queueing delay but no loss.",
+        f"- The link's sockets set TCP_MAXSEG {SHAPED_MSS} (the segments of a path with a "
+        "1500-byte MTU) on both of its sides, not loopback's 64 KiB: a kernel sizes a "
+        "socket's send buffer by segments in flight, so with loopback's segments a sender "
+        "would queue megabytes in its own socket, many seconds at this rate.",
+        "- The `--max-speed` rows go straight from sender to receiver on loopback: there the "
+        "sender's own throttle is the only slow part.",
+        "- rsync runs as `rsync -a -e 'ssh -p LINK_PORT …' FILE USER@127.0.0.1:OUT/` against "
+        "an sshd started for the run on 127.0.0.1 with generated keys (OpenSSH default "
+        "cipher, no compression): the reference that completes on the same link.",
+        "- Plain TCP: a Python sender calling `socket.sendfile()` through the link and a "
+        "receiver discarding what it reads; the link's own ceiling for one TCP connection.",
+        "- p2p-transfer runs with its defaults (window 16, chunk 1 MiB, adaptive zstd, which "
+        "gives up on random data) and keeps its history in `WORKDIR/p2p-data` "
+        "(`P2P_TRANSFER_DATA_DIR`). The data are random (incompressible) files generated by "
+        f"the script: {human_size(SLOW_SIZE)} through the link, "
+        f"{human_size(SLOW_THROTTLE_SIZE)} with `--max-speed {SLOW_THROTTLE_RATE}`.",
+    ]
+    if ctx.warnings or ctx.failures:
+        lines += ["", "## Problems seen in this run", ""]
+        for w in ctx.warnings:
+            lines.append(f"- warning: {w}")
+        for f in ctx.failures:
+            lines.append(f"- FAILED: {f.splitlines()[0]}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+
 
 # --------------------------------------------------------------------------------------
 # main
@@ -2157,17 +2830,33 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="extra argument for p2p-transfer send (repeatable), "
                         "e.g. --send-arg=--no-compress")
     p.add_argument("--compare", action="store_true",
-                   help="also run scp, rsync (local sshd) and magic-wormhole (local servers)")
+                   help="also run scp, rsync (local sshd) and magic-wormhole (local servers); "
+                        "with --slow-link, rsync through the shaped link")
     p.add_argument("--congestion", choices=["cubic", "bbr", "default"], default="default",
                    help="net.ipv4.tcp_congestion_control for the run (restored afterwards)")
     p.add_argument("--repeat", type=int, default=1, help="runs per measurement; median reported")
-    p.add_argument("--output", type=Path, default=DEFAULT_OUTPUT,
-                   help="the Markdown report to write")
+    p.add_argument("--output", type=Path, default=None,
+                   help=f"the Markdown report to write (default: {DEFAULT_OUTPUT.relative_to(REPO)}"
+                        f", with --slow-link {DEFAULT_SLOW_OUTPUT.relative_to(REPO)})"
+                        "%(default).0s")  # renders as nothing: no "(default: None)"
     p.add_argument("--skip-big", action="store_true", help="skip the big-file data set")
     p.add_argument("--skip-small", action="store_true", help="skip the small-files data set")
     p.add_argument("--skip-resilience", action="store_true",
                    help="skip the throttle-accuracy (--max-speed 5M/20M/50M, 10 s each) and "
                         "resume-after-interruption (256 MiB, SIGINT at 50%%) measurements")
+    p.add_argument("--slow-link", action="store_true",
+                   help="measure slow links only (nothing else): send a 24 MiB file through "
+                        "a shaped link on 127.0.0.1 (see --link-rate, --link-rtt), and a "
+                        "20 MiB file with --max-speed 512K; with --compare, rsync through "
+                        "the same link")
+    p.add_argument("--baseline-binary", type=Path, default=None, metavar="PATH",
+                   help="with --slow-link: another p2p-transfer binary (e.g. built from an "
+                        "older commit) measured the same way in the same run")
+    p.add_argument("--link-rate", type=float, default=LINK_MBIT, metavar="MBIT",
+                   help="with --slow-link: the shaped link's rate each way, Mbit/s")
+    p.add_argument("--link-rtt", type=float, default=LINK_RTT_MS, metavar="MS",
+                   help="with --slow-link: the round trip the shaped link adds, ms (half "
+                        "each way)")
     p.add_argument("--timeout", type=float, default=600,
                    help="seconds one run may take before it is killed and marked FAILED")
     p.add_argument("--total-timeout", type=float, default=3 * 3600,
@@ -2182,8 +2871,19 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
             parse_size(args.chunk_size)
         except argparse.ArgumentTypeError as e:
             p.error(f"--chunk-size: {e}")
-    if args.skip_big and args.skip_small and args.skip_resilience:
+    if args.skip_big and args.skip_small and args.skip_resilience and not args.slow_link:
         p.error("nothing to do with --skip-big, --skip-small and --skip-resilience")
+    if not args.slow_link and (args.baseline_binary is not None
+                               or args.link_rate != LINK_MBIT or args.link_rtt != LINK_RTT_MS):
+        p.error("--baseline-binary, --link-rate and --link-rtt go with --slow-link")
+    if args.link_rate <= 0 or args.link_rtt < 0:
+        p.error("--link-rate must be > 0 and --link-rtt >= 0")
+    if args.baseline_binary is not None:
+        args.baseline_binary = args.baseline_binary.resolve()
+        if not args.baseline_binary.is_file():
+            p.error(f"--baseline-binary: {args.baseline_binary} does not exist")
+    if args.output is None:
+        args.output = DEFAULT_SLOW_OUTPUT if args.slow_link else DEFAULT_OUTPUT
     args.binary = args.binary.resolve() if args.binary != DEFAULT_BINARY else args.binary
     return args
 
@@ -2194,6 +2894,41 @@ def on_signal(signum, frame):
 
 def on_alarm(signum, frame):
     raise TotalTimeout()
+
+
+def slow_link_main(ctx: Context, *, command: str, started: datetime.datetime,
+                   machine: dict, congestion: str, binary: str) -> int:
+    """--slow-link: the slow-link measurements, printed and written to --output."""
+    args = ctx.args
+    spec = LinkSpec(args.link_rate, args.link_rtt)
+    baseline = (f"`{args.baseline_binary}` ({binary_info(args.baseline_binary)})"
+                if args.baseline_binary is not None else None)
+    runs = run_slow_link(ctx, spec)
+    extras: dict[str, str] = {}
+    if args.compare and shutil.which("rsync") and shutil.which("ssh"):
+        r = run_quiet(["ssh", "-V"], timeout=30)
+        extras["OpenSSH"] = (r.stderr or r.stdout).strip()
+        r = run_quiet(["rsync", "--version"], timeout=30)
+        extras["rsync"] = r.stdout.splitlines()[0] if r.stdout else "?"
+    rows = slow_rows(runs)
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(SLOW_HEADERS[:-1])]
+    print("\n" + "  ".join(h.ljust(w) for h, w in zip(SLOW_HEADERS, widths)).rstrip())
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    if args.repeat > 1:
+        print(f"\nOver the {args.repeat} runs:")
+        for line in slow_summary(runs):
+            print(f"  {line}")
+    output = args.output if args.output.is_absolute() else Path.cwd() / args.output
+    write_slow_report(output, command=command, started=started, machine=machine,
+                      congestion=congestion, binary=binary, baseline=baseline, extras=extras,
+                      spec=spec, runs=runs, ctx=ctx)
+    print(f"\nwrote {output}")
+    if ctx.failures:
+        print(f"\n!!! {len(ctx.failures)} run(s) FAILED; see above and the logs in "
+              f"{ctx.log_dir}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -2225,6 +2960,9 @@ def main(argv: list[str] | None = None) -> int:
         binary = f"`{args.binary}` ({binary_info(args.binary)})"
         print(f"workdir {workdir}; congestion control {congestion}; "
               f"{machine['nproc']} CPUs ({machine['cpu']})", flush=True)
+        if args.slow_link:
+            return slow_link_main(ctx, command=command, started=started, machine=machine,
+                                  congestion=congestion, binary=binary)
         if not args.skip_big:
             datasets["big"] = make_big_dataset(ctx.data_dir, args.big_size)
         if not args.skip_small:
