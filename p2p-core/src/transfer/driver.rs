@@ -647,7 +647,11 @@ where
 
 /// Messages the sender side of the loop may queue ahead of the socket before it stops
 /// asking the machine for more (the machine's window still bounds what is in flight).
-const SEND_AHEAD: usize = 2;
+/// One: the next chunk is read while the previous one drains from the stream's write
+/// buffer, and only one chunk buffer is alive at a time. (Two made the allocator give
+/// memory back to the system and fault it in again for every chunk: 389 `brk` calls
+/// instead of 23 for 256 MiB, `pread` into fresh pages 4× slower, sender CPU +45 %.)
+const SEND_AHEAD: usize = 1;
 
 /// Why [`Link::turn`] returned.
 enum Wake {
