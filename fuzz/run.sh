@@ -9,6 +9,7 @@
 #                   SECONDS is then only the upper bound
 #   FUZZ_JOBS=N     cargo build jobs (default: cargo's own default)
 #   FUZZ_RESUME=1   continue from the previous run's out/TARGET instead of starting anew
+#   FUZZ_BUILD_ONLY=1  install and build, then stop (no fuzzing)
 #
 # Installs what it needs, and says so: cargo-afl from crates.io (which builds its own
 # AFL++ 4.40c; needs make and a C compiler, installed with apt-get when missing and root).
@@ -81,6 +82,11 @@ jobs=()
 [ -n "${FUZZ_JOBS:-}" ] && jobs=(-j "$FUZZ_JOBS")
 echo "== building ${targets[*]} with AFL++ instrumentation"
 cargo afl build --release --features afl --target-dir "$AFL_TARGET_DIR" "${jobs[@]}" "${bins[@]}"
+
+if [ "${FUZZ_BUILD_ONLY:-}" = 1 ]; then
+  echo "== built: $AFL_TARGET_DIR/release/afl_{$(IFS=,; echo "${targets[*]}")}"
+  exit 0
+fi
 
 # --- fuzz -------------------------------------------------------------------------------
 
