@@ -153,8 +153,11 @@ fn check_rechunk(info: &ResumeInfo, from: u32, to: u32, sizes: impl Fn(u32) -> O
                 first < end,
                 "file {file}: new chunks {s}..{e} of {to} B lie past the end ({size} B)"
             );
+            // `bytes` is sorted and merged: only the last interval starting at or before
+            // `first` can hold it (a binary search keeps big claims fast to check).
+            let at = bytes.partition_point(|&(hs, _)| hs <= first);
             assert!(
-                bytes.iter().any(|&(hs, he)| hs <= first && end <= he),
+                at > 0 && end <= bytes[at - 1].1,
                 "file {file}: new chunks {s}..{e} of {to} B (bytes {first}..{end}) were not \
                  held; held bytes {bytes:?}"
             );
