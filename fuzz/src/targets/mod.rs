@@ -1,0 +1,7 @@
+//! The targets, one module each.
+
+pub mod beacon;
+pub mod frame;
+pub mod message;
+pub mod resume_state;
+pub mod stun;
