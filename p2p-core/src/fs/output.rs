@@ -655,7 +655,8 @@ impl OutputDir {
             let (parent, _) = split_parent(&entry.path);
             let part = join(parent, &part_name(tag, file));
             let needed = set.ranges().last().map_or(0, |(_, end)| {
-                (end * u64::from(self.chunk_size)).min(layout.size(file).unwrap_or(0))
+                end.saturating_mul(u64::from(self.chunk_size))
+                    .min(layout.size(file).unwrap_or(0))
             });
             let ok = self
                 .dir
