@@ -445,7 +445,13 @@ async fn cancel_stops_a_running_send_and_no_file_appears() {
     let file = dir.path().join("big.bin");
     std::fs::write(&file, data(64 << 20, 3)).unwrap();
     let (addr, receiver) = loopback_receiver(inbox.clone()).await;
-    small_steps().save(&config).unwrap();
+    // Limited, so the Cancel reaches the worker before the 64 MiB are through.
+    p2p_core::settings::Settings {
+        bandwidth_limit: 16 << 20,
+        ..small_steps()
+    }
+    .save(&config)
+    .unwrap();
 
     let mut h = Harness::new(Launch {
         connect: Some(addr),
@@ -726,7 +732,15 @@ async fn a_cancelled_send_is_offered_for_resume_and_resumes_where_it_stopped() {
     let file = dir.path().join("big.bin");
     std::fs::write(&file, data(48 << 20, 5)).unwrap();
     let (addr, receiver) = loopback_receiver(inbox.clone()).await;
-    small_steps().save(&config).unwrap();
+    // Limited to 16 MiB/s, so that the Cancel clicked once the window has seen 8 MiB
+    // acknowledged reaches the worker well before the 48 MiB are through (unlimited, a
+    // fast machine could finish first: the window learns of progress after the fact).
+    p2p_core::settings::Settings {
+        bandwidth_limit: 16 << 20,
+        ..small_steps()
+    }
+    .save(&config)
+    .unwrap();
     let mut h = Harness::new(Launch {
         connect: Some(addr),
         send: vec![file.clone()],
