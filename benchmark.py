@@ -2633,14 +2633,20 @@ def write_report(path: Path, *, command: str, started: datetime.datetime, machin
         "- p2p-transfer keeps its history in `WORKDIR/p2p-data` (`P2P_TRANSFER_DATA_DIR`), "
         "not in the user's data folder.",
     ]
+    write_markdown(ctx, path, lines)
+
+
+def write_markdown(ctx: "Context", path: Path, lines: list[str]) -> None:
+    """Writes a markdown report, ending with the warnings and failures of the run."""
     if ctx.warnings or ctx.failures:
-        lines += ["", "## Problems seen in this run", ""]
+        lines = lines + ["", "## Problems seen in this run", ""]
         for w in ctx.warnings:
             lines.append(f"- warning: {w}")
         for f in ctx.failures:
             lines.append(f"- FAILED: {f.splitlines()[0]}")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
+
 
 SLOW_HEADERS = ["#", "tool", "link", "exit (sender / receiver)", "seconds", "MiB/s",
                 "× link rate or asked rate", "SHA-256 verified", "notes"]
@@ -2793,14 +2799,7 @@ def write_slow_report(path: Path, *, command: str, started: datetime.datetime, m
         f"the script: {human_size(SLOW_SIZE)} through the link, "
         f"{human_size(SLOW_THROTTLE_SIZE)} with `--max-speed {SLOW_THROTTLE_RATE}`.",
     ]
-    if ctx.warnings or ctx.failures:
-        lines += ["", "## Problems seen in this run", ""]
-        for w in ctx.warnings:
-            lines.append(f"- warning: {w}")
-        for f in ctx.failures:
-            lines.append(f"- FAILED: {f.splitlines()[0]}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n")
+    write_markdown(ctx, path, lines)
 
 
 # --------------------------------------------------------------------------------------
