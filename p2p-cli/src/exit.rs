@@ -1,6 +1,7 @@
 //! Errors at the edge: one readable line, and a documented exit code.
 
 use p2p_core::error::{HandshakeError, TransferError, WireError};
+use p2p_core::net::SecurityError;
 use p2p_core::Error;
 
 pub const EXIT_CODES_HELP: &str = "\
@@ -13,6 +14,8 @@ Exit codes:
   5    the transfer was refused (unsafe path, file exists, no space, peer declined)
   6    data failed verification
   7    local file system error (read, write, permission, disk full)
+  8    the peer was not let in, or did not let us in (wrong or used code,
+       unknown device, not the pinned device)
   130  interrupted (Ctrl+C)";
 
 /// The user pressed Ctrl+C.
@@ -82,6 +85,12 @@ pub fn exit_code(error: &anyhow::Error) -> u8 {
             TransferError::Cancelled => 130,
         },
         Error::Storage(_) => 7,
+        Error::Security(s) => match s {
+            SecurityError::Io(_) | SecurityError::Closed | SecurityError::Timeout => 3,
+            SecurityError::NotAPeer(_) | SecurityError::Tls(_) | SecurityError::Protocol(_) => 4,
+            SecurityError::Identity(_) | SecurityError::Trust(_) => 7,
+            _ => 8,
+        },
         Error::InvalidInput(_) => 1,
     }
 }

@@ -14,6 +14,7 @@
 //! | 5 | the transfer was refused (unsafe path, file exists, no space, peer declined) |
 //! | 6 | data failed verification |
 //! | 7 | local file system error (read, write, permission, disk full) |
+//! | 8 | the peer was not let in, or did not let us in (wrong or used code, unknown device, not the pinned device) |
 //! | 130 | interrupted (Ctrl+C) |
 
 mod commands;
@@ -54,6 +55,10 @@ pub enum Command {
     Peers(commands::peers::PeersArgs),
     /// Ask STUN servers for the public address and the NAT's mapping behaviour.
     NatTest(commands::nat_test::NatTestArgs),
+    /// Show this device's id (what peers see and pin; created on first use).
+    Id,
+    /// List, add or remove trusted devices (peers let in without a code).
+    Trust(commands::trust::TrustArgs),
 }
 
 /// Which side opens the connection.
@@ -80,6 +85,17 @@ pub struct SessionArgs {
     /// Name shown to the peer (default: host name).
     #[arg(long)]
     pub name: Option<String>,
+    /// Use this one-time code (e.g. 7-guitar-orbit) instead of a generated one: both
+    /// sides give the same code, the peer must prove it knows it.
+    #[arg(long, value_name = "CODE")]
+    pub code: Option<p2p_core::net::Code>,
+    /// Refuse the connection unless the peer proves this device id (see `p2p-transfer id`).
+    #[arg(long, value_name = "DEVICE-ID")]
+    pub peer_id: Option<p2p_core::net::DeviceId>,
+    /// After a session with a code (or one you accepted with --ask), trust the peer:
+    /// later transfers between the two need no code.
+    #[arg(long)]
+    pub remember: bool,
     /// After a connection problem (reset, timeout, peer restarted), reconnect and resume
     /// instead of failing. Permanent errors (disk full, refused, corrupted) still stop.
     #[arg(long)]

@@ -27,7 +27,7 @@
 //!
 //! let config = DiscoveryConfig::from_env()?;
 //! // Receiver: announce while waiting for connections on TCP port 14567.
-//! let beacon = Beacon::new(uuid::Uuid::new_v4(), "living-room", 14567);
+//! let beacon = Beacon::new(uuid::DeviceId::random(), "living-room", 14567);
 //! let _announcer = Announcer::start(beacon, &config)?; // stops when dropped
 //!
 //! // Sender: find the one receiver called "living-room".
@@ -47,7 +47,7 @@ use serde::{Deserialize, Serialize};
 use tokio::net::UdpSocket;
 use tokio::sync::watch;
 use tokio::time::Instant;
-use uuid::Uuid;
+use crate::net::DeviceId;
 
 use crate::wire::PROTOCOL_VERSION;
 
@@ -65,7 +65,7 @@ pub const PORT_ENV: &str = "P2P_DISCOVERY_PORT";
 /// `127.255.255.255` to keep discovery on this host).
 pub const TARGETS_ENV: &str = "P2P_DISCOVERY_TARGETS";
 /// First bytes of every discovery datagram: `P2PD` and the format version.
-pub const DATAGRAM_MAGIC: [u8; 5] = *b"P2PD\x01";
+pub const DATAGRAM_MAGIC: [u8; 5] = *b"P2PD\x02";
 /// Largest datagram sent or accepted; anything longer is dropped unread.
 pub const MAX_DATAGRAM_LEN: usize = 512;
 /// Longest device name, in bytes.
@@ -84,21 +84,25 @@ const LOOPBACK_BROADCAST: Ipv4Addr = Ipv4Addr::new(127, 255, 255, 255);
 /// What a receiver says about itself.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Beacon {
-    /// Stable id of the announcing device (per run today).
-    pub device_id: Uuid,
+    /// The announcing device's id (its key; see [`crate::net::identity`]). A claim:
+    /// the connection fails unless the peer proves this key.
+    pub device_id: DeviceId,
     /// Human-readable name, at most [`MAX_NAME_LEN`] bytes, no control characters.
     pub name: String,
     /// TCP port the receiver accepts sessions on.
     pub listen_port: u16,
     /// The session protocol version it speaks ([`PROTOCOL_VERSION`]).
     pub protocol_version: u32,
+    /// The nameplate (public number) of the one-time code this peer waits for, if any:
+    /// `receive 7-guitar-orbit` looks for nameplate 7.
+    pub nameplate: Option<u16>,
 }
 
 impl Beacon {
     /// A beacon for this build's protocol version. The name is cleaned the way a
     /// browser would insist on: control characters become `?`, and it is cut to
     /// [`MAX_NAME_LEN`] bytes on a character boundary.
-    pub fn new(device_id: Uuid, name: &str, listen_port: u16) -> Self {
+    pub fn new(device_id: DeviceId, name: &str, listen_port: u16) -> Self {
         let mut clean = String::with_capacity(name.len().min(MAX_NAME_LEN));
         for c in name.chars().map(|c| if c.is_control() { '?' } else { c }) {
             if clean.len() + c.len_utf8() > MAX_NAME_LEN {
@@ -114,7 +118,14 @@ impl Beacon {
             name: clean,
             listen_port,
             protocol_version: PROTOCOL_VERSION,
+            nameplate: None,
         }
+    }
+
+    /// The same beacon, announcing that a code with this nameplate is waiting.
+    pub fn with_nameplate(mut self, nameplate: Option<u16>) -> Self {
+        self.nameplate = nameplate;
+        self
     }
 
     fn validate(&self) -> Result<(), BeaconError> {
@@ -198,8 +209,11 @@ pub fn decode_datagram(bytes: &[u8]) -> Result<DiscoveryMessage, BeaconError> {
 /// A receiver seen on the LAN.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerInfo {
-    /// The id it announced (a hint: anyone can claim any id).
-    pub device_id: Uuid,
+    /// The id it announced (a hint: anyone can claim any id; connecting through
+    /// discovery pins it, so a peer that cannot prove it is refused).
+    pub device_id: DeviceId,
+    /// The nameplate of the code it waits for, if any.
+    pub nameplate: Option<u16>,
     /// The name it announced: no control characters, but bidi and other invisible
     /// characters may be there; show it through [`crate::text::printable`] (the
     /// `Display` of a `PeerInfo` does).
@@ -218,22 +232,26 @@ impl PeerInfo {
         self.protocol_version == PROTOCOL_VERSION
     }
 
-    /// The first eight hex digits of the id: enough to tell peers apart on one LAN, and
-    /// accepted by [`find`].
+    /// The first group of the id: enough to tell peers apart on one LAN, and accepted
+    /// by [`find`].
     pub fn short_id(&self) -> String {
-        self.device_id.simple().to_string()[..8].to_owned()
+        self.device_id.short()
     }
 
     /// Whether `query` names this peer: its name (case-insensitive), its full id, or a
-    /// prefix of at least six hex digits of its id.
+    /// prefix of at least five characters of its id (dashes ignored).
     pub fn matches(&self, query: &str) -> bool {
         let query = query.trim();
         if query.eq_ignore_ascii_case(&self.name) {
             return true;
         }
-        let id = self.device_id.simple().to_string();
-        let wanted: String = query.chars().filter(|c| *c != '-').collect();
-        wanted.len() >= 6 && wanted.len() <= 32 && id.starts_with(&wanted.to_ascii_lowercase())
+        let id: String = self.device_id.to_string().replace('-', "");
+        let wanted: String = query
+            .chars()
+            .filter(|c| *c != '-')
+            .map(|c| c.to_ascii_uppercase())
+            .collect();
+        wanted.len() >= 5 && wanted.len() <= 25 && id.starts_with(&wanted)
     }
 }
 
@@ -256,9 +274,9 @@ impl fmt::Display for PeerInfo {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Observation {
     /// A peer not in the table before.
-    NewPeer(Uuid),
+    NewPeer(DeviceId),
     /// A known peer's beacon: its last-seen time (and address) were refreshed.
-    Refreshed(Uuid),
+    Refreshed(DeviceId),
     /// Someone asked announcers to speak up.
     Probe,
     /// Our own beacon (same device id): ignored.
@@ -273,15 +291,15 @@ pub enum Observation {
 /// time come in as arguments, so expiry is tested without sleeping.
 #[derive(Debug, Clone)]
 pub struct PeerTable {
-    own_id: Option<Uuid>,
+    own_id: Option<DeviceId>,
     ttl: Duration,
-    peers: HashMap<Uuid, PeerInfo>,
+    peers: HashMap<DeviceId, PeerInfo>,
 }
 
 impl PeerTable {
     /// An empty table that ignores beacons carrying `own_id` and forgets peers after
     /// `ttl` of silence.
-    pub fn new(own_id: Option<Uuid>, ttl: Duration) -> Self {
+    pub fn new(own_id: Option<DeviceId>, ttl: Duration) -> Self {
         PeerTable {
             own_id,
             ttl,
@@ -304,6 +322,7 @@ impl PeerTable {
             peer.name = beacon.name;
             peer.addr = addr;
             peer.protocol_version = beacon.protocol_version;
+            peer.nameplate = beacon.nameplate;
             peer.last_seen = now;
             return Observation::Refreshed(beacon.device_id);
         }
@@ -316,6 +335,7 @@ impl PeerTable {
             id,
             PeerInfo {
                 device_id: id,
+                nameplate: beacon.nameplate,
                 name: beacon.name,
                 addr,
                 protocol_version: beacon.protocol_version,
@@ -678,7 +698,7 @@ impl Browser {
     /// lost) and starts collecting beacons. Beacons carrying `own_id` are ignored.
     pub fn start(
         config: &DiscoveryConfig,
-        own_id: Option<Uuid>,
+        own_id: Option<DeviceId>,
     ) -> Result<Browser, DiscoveryError> {
         let socket = discovery_socket(config.port)?;
         let probe = encode_datagram(&DiscoveryMessage::Probe)
@@ -784,15 +804,34 @@ pub async fn find_with(
     query: Option<&str>,
     timeout: Duration,
 ) -> Result<PeerInfo, DiscoveryError> {
+    let exact_id = query.and_then(|q| q.trim().parse::<DeviceId>().ok());
+    let wanted = |p: &PeerInfo| query.is_none_or(|q| p.matches(q));
+    find_matching(config, query, wanted, exact_id, timeout).await
+}
+
+/// Finds the one peer waiting for a code with `nameplate` (`receive 7-guitar-orbit`
+/// looks for 7), with the same rules as [`find_with`].
+pub async fn find_nameplate(
+    config: &DiscoveryConfig,
+    nameplate: u16,
+    timeout: Duration,
+) -> Result<PeerInfo, DiscoveryError> {
+    let query = format!("the sender of code {nameplate}-…");
+    let wanted = |p: &PeerInfo| p.nameplate == Some(nameplate);
+    find_matching(config, Some(&query), wanted, None, timeout).await
+}
+
+async fn find_matching(
+    config: &DiscoveryConfig,
+    query: Option<&str>,
+    wanted: impl Fn(&PeerInfo) -> bool,
+    exact_id: Option<DeviceId>,
+    timeout: Duration,
+) -> Result<PeerInfo, DiscoveryError> {
     let mut browser = Browser::start(config, None)?;
     let deadline = Instant::now() + timeout;
-    let exact_id = query.and_then(|q| Uuid::parse_str(q.trim()).ok());
     let matching = |peers: &[PeerInfo]| -> Vec<PeerInfo> {
-        peers
-            .iter()
-            .filter(|p| query.is_none_or(|q| p.matches(q)))
-            .cloned()
-            .collect()
+        peers.iter().filter(|p| wanted(p)).cloned().collect()
     };
     let mut settle_at: Option<Instant> = None;
     loop {
@@ -853,7 +892,7 @@ mod tests {
     use super::*;
 
     fn beacon(name: &str, port: u16) -> Beacon {
-        Beacon::new(Uuid::new_v4(), name, port)
+        Beacon::new(DeviceId::random(), name, port)
     }
 
     fn datagram(beacon: &Beacon) -> Vec<u8> {
@@ -969,7 +1008,7 @@ mod tests {
             Err(BeaconError::ZeroPort)
         ));
         // The constructor cleans what it is given instead.
-        let cleaned = Beacon::new(Uuid::nil(), &format!("a\u{7}{}", "é".repeat(40)), 9);
+        let cleaned = Beacon::new(DeviceId([0; 15]), &format!("a\u{7}{}", "é".repeat(40)), 9);
         assert!(cleaned.name.starts_with("a?é") && cleaned.name.len() <= MAX_NAME_LEN);
     }
 

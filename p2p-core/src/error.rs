@@ -169,6 +169,9 @@ pub enum Error {
     Transfer(#[from] TransferError),
     #[error(transparent)]
     Storage(#[from] StorageError),
+    /// TLS, identity, or admission (codes, trusted devices) failed.
+    #[error(transparent)]
+    Security(#[from] crate::net::SecurityError),
     /// Connecting, accepting or binding failed.
     #[error("cannot {action} {addr}: {source}")]
     Connect {
@@ -200,6 +203,7 @@ impl Error {
             ) => true,
             Error::Transfer(_) => false,
             Error::Storage(_) => false,
+            Error::Security(e) => e.is_transient(),
             Error::Connect { source, .. } => io_is_transient(source),
             Error::InvalidInput(_) => false,
         }

@@ -15,7 +15,8 @@
 //! | [`handshake`] | `Hello`/`Config` exchange, version check, capability intersection |
 //! | [`transfer`] | sans-IO [`Sender`]/[`Receiver`] machines and their async driver |
 //! | [`wire`] | the [`Message`] enum and the length-prefixed frame codec |
-//! | [`transport`] | byte streams (TCP today) |
+//! | [`net`] | the connectivity layer: dial/listen, TLS 1.3, device identities, codes (SPAKE2), trusted devices; hands out authenticated [`net::Connection`]s |
+//! | [`transport`] | the byte-stream abstraction sessions run on |
 //! | [`fs`] | manifests, safe paths, `.part` files, atomic finalisation, resume state |
 //! | [`compress`], [`verify`], [`throttle`] | adaptive zstd, CRC-32 and SHA-256, token bucket |
 //! | [`discovery`] | LAN beacons: announcing a receiver, finding one by name or id |
@@ -51,6 +52,7 @@ pub mod fs;
 pub mod handshake;
 pub mod history;
 pub mod nat;
+pub mod net;
 pub mod reconnect;
 pub mod session;
 pub mod settings;

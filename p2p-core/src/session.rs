@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use futures::{SinkExt, StreamExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio_util::codec::Framed;
 use uuid::Uuid;
 
@@ -21,8 +21,9 @@ use crate::event::EventSink;
 use crate::fs::safe_path::validate_entries;
 use crate::fs::source::SourceManifest;
 use crate::handshake::{self, Established, LocalPeer, RemotePeer};
+use crate::net::{Connection, Endpoint, PeerIdentity, SecureTcp, Security};
 use crate::transfer::{self, Decision, IncomingOffer, ReceiveOptions, Received, TransferSummary};
-use crate::transport::{self, Stream};
+use crate::transport::Stream;
 use crate::wire::{Capabilities, ErrorCode, FrameCodec, Message, SessionConfig};
 
 /// Which side opened the connection. Informational only: it does not restrict what the
@@ -36,7 +37,9 @@ pub enum Role {
 /// Who we are, what we support, what we propose.
 #[derive(Debug, Clone)]
 pub struct SessionOptions {
-    pub device_id: Uuid,
+    /// This device's key and whom it lets in (codes, trusted devices, pins). Clones
+    /// share both, including a code's state.
+    pub security: Security,
     pub device_name: String,
     pub capabilities: Capabilities,
     /// As initiator: the proposal. As responder: ceilings (see [`crate::config::negotiate`]).
@@ -54,7 +57,7 @@ pub struct SessionOptions {
 impl Default for SessionOptions {
     fn default() -> Self {
         Self {
-            device_id: Uuid::new_v4(),
+            security: Security::default(),
             device_name: default_device_name(),
             capabilities: Capabilities::supported(),
             config: default_config(),
@@ -90,74 +93,38 @@ pub struct P2PSession<S> {
     role: Role,
     established: Established,
     peer_addr: Option<SocketAddr>,
+    identity: Option<PeerIdentity>,
     max_speed: Option<u64>,
     idle_timeout: std::time::Duration,
 }
 
-impl P2PSession<TcpStream> {
-    /// Connects to `addr` (`host:port`) and runs the handshake as initiator.
+impl P2PSession<SecureTcp> {
+    /// Connects to `addr` (`host:port`): TLS, admission by `options.security`, then the
+    /// handshake as initiator.
     pub async fn connect(addr: &str, options: &SessionOptions) -> Result<Self> {
-        let stream = transport::connect(addr).await?;
-        let peer_addr = stream.peer_addr().ok();
-        let mut session = Self::initiate(stream, options).await?;
-        session.peer_addr = peer_addr;
-        Ok(session)
+        Self::open(&Endpoint::dial(addr), options).await
     }
 
-    /// Accepts connections on `listener` until one completes the handshake as
-    /// responder, and returns that session.
-    ///
-    /// A listener faces strangers: handshakes run concurrently (at most
-    /// [`MAX_PENDING_HANDSHAKES`] at once), each within [`HANDSHAKE_DEADLINE`] as a whole,
-    /// so a port scan, an HTTP request, a TLS ClientHello or a peer trickling its
-    /// `Hello` a byte at a time is dropped (and logged) without ending the listener or
-    /// keeping a real peer waiting.
+    /// Accepts connections on `listener` until one is secured, admitted and completes
+    /// the handshake as responder (see [`crate::net::endpoint::accept`] for how strangers
+    /// are dropped without ending the listener).
     pub async fn accept(listener: &TcpListener, options: &SessionOptions) -> Result<Self> {
-        let mut pending = futures::stream::FuturesUnordered::new();
-        loop {
-            tokio::select! {
-                accepted = transport::accept(listener), if pending.len() < MAX_PENDING_HANDSHAKES => {
-                    let (stream, peer_addr) = match accepted {
-                        Ok(a) => a,
-                        // A connection that died between SYN and accept is its own problem.
-                        Err(Error::Connect { source, .. })
-                            if matches!(
-                                source.kind(),
-                                std::io::ErrorKind::ConnectionAborted
-                                    | std::io::ErrorKind::ConnectionReset
-                                    | std::io::ErrorKind::InvalidInput
-                            ) => continue,
-                        Err(e) => return Err(e),
-                    };
-                    pending.push(async move {
-                        let handshake = Self::respond(stream, options);
-                        let result = match tokio::time::timeout(HANDSHAKE_DEADLINE, handshake).await {
-                            Ok(result) => result,
-                            Err(_) => Err(HandshakeError::Timeout(HANDSHAKE_DEADLINE.as_secs()).into()),
-                        };
-                        (peer_addr, result)
-                    });
-                }
-                Some((peer_addr, result)) = pending.next(), if !pending.is_empty() => match result {
-                    Ok(mut session) => {
-                        session.peer_addr = Some(peer_addr);
-                        return Ok(session);
-                    }
-                    Err(e @ Error::Handshake(HandshakeError::VersionMismatch { .. })) => {
-                        tracing::warn!("{peer_addr}: {e}");
-                    }
-                    Err(e) => tracing::info!("dropped a connection from {peer_addr}: {e}"),
-                },
-            }
-        }
+        let connection = crate::net::endpoint::accept(listener, &options.security).await?;
+        Self::establish(connection, options).await
+    }
+
+    /// Dials or accepts one peer through `endpoint` and establishes the session.
+    pub async fn open(endpoint: &Endpoint, options: &SessionOptions) -> Result<Self> {
+        let connection = endpoint.connect(&options.security).await?;
+        Self::establish(connection, options).await
     }
 }
 
-/// Handshakes a listener runs at once; further connections wait in the kernel's
-/// backlog until one of them ends.
-pub const MAX_PENDING_HANDSHAKES: usize = 16;
+/// Handshakes a listener secures at once (see [`crate::net::endpoint::MAX_PENDING`]).
+pub const MAX_PENDING_HANDSHAKES: usize = crate::net::endpoint::MAX_PENDING;
 
-/// How long an accepted connection has to complete the whole handshake.
+/// How long the session handshake (`Hello`/`Config`) may take once the connection is
+/// secured; TLS and admission have [`crate::net::SECURE_TIMEOUT`] of their own.
 pub const HANDSHAKE_DEADLINE: std::time::Duration = handshake::HANDSHAKE_TIMEOUT;
 
 /// The stream's read buffer, and the bytes of frames gathered before a write to the
@@ -167,14 +134,39 @@ pub const HANDSHAKE_DEADLINE: std::time::Duration = handshake::HANDSHAKE_TIMEOUT
 const IO_BUFFER: usize = 256 * 1024;
 
 impl<S: Stream> P2PSession<S> {
-    /// Runs the handshake as initiator over any stream.
+    /// Runs the handshake over an authenticated connection, as initiator when this side
+    /// opened it. The peer's identity is the connection's, not what its `Hello` claims.
+    pub async fn establish(connection: Connection<S>, options: &SessionOptions) -> Result<Self> {
+        let Connection {
+            stream,
+            peer,
+            remote_addr,
+            is_client,
+        } = connection;
+        let handshake = async {
+            if is_client {
+                Self::initiate(stream, options).await
+            } else {
+                Self::respond(stream, options).await
+            }
+        };
+        let mut session = tokio::time::timeout(HANDSHAKE_DEADLINE, handshake)
+            .await
+            .map_err(|_| HandshakeError::Timeout(HANDSHAKE_DEADLINE.as_secs()))??;
+        session.identity = Some(peer);
+        session.peer_addr = remote_addr;
+        Ok(session)
+    }
+
+    /// Runs the handshake as initiator over any stream. The stream is taken as it is:
+    /// securing it is the caller's business ([`crate::net`] does it for TCP).
     pub async fn initiate(stream: S, options: &SessionOptions) -> Result<Self> {
         let mut framed = Framed::with_capacity(stream, FrameCodec, IO_BUFFER);
         let established = handshake::initiate(&mut framed, &local(options)).await?;
         Ok(Self::new(framed, Role::Initiator, established, options))
     }
 
-    /// Runs the handshake as responder over any stream.
+    /// Runs the handshake as responder over any stream (see [`Self::initiate`]).
     pub async fn respond(stream: S, options: &SessionOptions) -> Result<Self> {
         let mut framed = Framed::with_capacity(stream, FrameCodec, IO_BUFFER);
         let established = handshake::respond(&mut framed, &local(options)).await?;
@@ -192,6 +184,7 @@ impl<S: Stream> P2PSession<S> {
             role,
             established,
             peer_addr: None,
+            identity: None,
             max_speed: options.max_speed,
             idle_timeout: options.idle_timeout,
         }
@@ -207,9 +200,17 @@ impl<S: Stream> P2PSession<S> {
         self.role
     }
 
-    /// The peer's identity as it announced it (not authenticated).
+    /// What the peer announced in its `Hello`: name, version, capabilities. Its name is
+    /// for display only; who the peer *is* comes from [`Self::peer_identity`].
     pub fn peer(&self) -> &RemotePeer {
         &self.established.peer
+    }
+
+    /// The peer's verified identity, for sessions established over a secured
+    /// connection ([`Self::establish`], [`P2PSession::connect`], [`P2PSession::accept`]);
+    /// `None` over a stream handed to [`Self::initiate`]/[`Self::respond`].
+    pub fn peer_identity(&self) -> Option<&PeerIdentity> {
+        self.identity.as_ref()
     }
 
     /// The peer's socket address, for TCP sessions.
@@ -447,7 +448,8 @@ impl<S: Stream> P2PSession<S> {
 
 fn local(options: &SessionOptions) -> LocalPeer {
     LocalPeer {
-        device_id: options.device_id,
+        device_id: Uuid::from_slice(&options.security.identity.fingerprint().0[..16])
+            .unwrap_or_default(),
         device_name: options.device_name.clone(),
         capabilities: options.capabilities,
         config: options.config,

@@ -5,8 +5,12 @@ pub mod nat_test;
 pub mod peers;
 pub mod receive;
 pub mod send;
+pub mod trust;
 
-use p2p_core::{SessionConfig, SessionOptions};
+use p2p_core::net::{
+    Admission, Admitted, Code, Endpoint, Identity, SecureTcp, Security, SecurityError, TrustStore,
+};
+use p2p_core::{P2PSession, SessionConfig, SessionOptions};
 
 use crate::record::Recorder;
 use crate::{Command, SessionArgs, TransferArgs};
@@ -20,6 +24,8 @@ pub async fn run(command: Command, recorder: &Recorder) -> anyhow::Result<()> {
         Command::History(args) => history::run(args),
         Command::Peers(args) => peers::run(args).await,
         Command::NatTest(args) => nat_test::run(args).await,
+        Command::Id => trust::show_id(),
+        Command::Trust(args) => trust::run(args),
     }
 }
 
@@ -31,6 +37,7 @@ pub fn session_options(
     session: &SessionArgs,
     transfer: &TransferArgs,
     defaults: &SessionConfig,
+    security: Security,
 ) -> anyhow::Result<SessionOptions> {
     let chunk_size = match transfer.chunk_size {
         Some(size) => {
@@ -47,6 +54,7 @@ pub fn session_options(
     };
     p2p_core::config::validate(&config).map_err(p2p_core::Error::from)?;
     let mut options = SessionOptions {
+        security,
         config,
         max_speed: transfer.max_speed.0,
         memory_budget: transfer.memory_budget,
@@ -58,77 +66,141 @@ pub fn session_options(
     Ok(options)
 }
 
-/// Where sessions come from: a peer to connect to (client role), or a listening socket
-/// (server role) that stays open across reconnections and announces itself on the LAN
-/// while it lives when asked to.
-pub enum Endpoint {
-    Client(String),
-    Server {
-        listener: tokio::net::TcpListener,
-        _announcer: Option<p2p_core::discovery::Announcer>,
-    },
+/// This device's identity (created on first use in the data folder).
+pub fn identity() -> anyhow::Result<std::sync::Arc<Identity>> {
+    let dir = data_dir()?;
+    let identity = Identity::load_or_create(&dir).map_err(core_error)?;
+    Ok(std::sync::Arc::new(identity))
 }
 
-impl Endpoint {
-    /// Binds (server role, printing `listening on ADDR`) or checks `--peer` (client).
-    pub async fn new(
-        role: crate::RoleArg,
-        session: &SessionArgs,
-        options: &SessionOptions,
-        announce: bool,
-    ) -> anyhow::Result<Self> {
-        use anyhow::Context;
-        match role {
-            crate::RoleArg::Client => Ok(Endpoint::Client(
-                session
-                    .peer
-                    .clone()
-                    .context("--peer HOST:PORT is required to connect")?,
-            )),
-            crate::RoleArg::Server => {
-                let bind = format!("{}:{}", session.bind, session.port);
-                let listener = p2p_core::transport::listen(&bind).await?;
-                let local = listener.local_addr()?;
+/// The data folder, or a clear error when there is none.
+pub fn data_dir() -> anyhow::Result<std::path::PathBuf> {
+    p2p_core::history::data_dir().ok_or_else(|| {
+        anyhow::anyhow!(
+            "no data folder for the device key: set {}",
+            p2p_core::history::DATA_DIR_ENV
+        )
+    })
+}
+
+/// The trust store in the data folder.
+pub fn trust_store() -> anyhow::Result<TrustStore> {
+    TrustStore::load(&data_dir()?).map_err(core_error)
+}
+
+fn core_error(e: impl Into<SecurityError>) -> anyhow::Error {
+    p2p_core::Error::Security(e.into()).into()
+}
+
+/// Who this side is and whom it lets in: the device key, the trusted devices, the
+/// code (`code`) and the pinned id (`--peer-id`); `accept_unknown` lets unknown devices
+/// in for a person to decide (`receive --ask`).
+pub fn security(
+    session: &SessionArgs,
+    code: Option<Code>,
+    accept_unknown: bool,
+) -> anyhow::Result<Security> {
+    let trusted = trust_store()?;
+    let mut admission = Admission::default()
+        .with_trusted(trusted.devices())
+        .accepting_unknown(accept_unknown);
+    if let Some(code) = code {
+        admission = admission.with_code(code);
+    }
+    if let Some(pin) = session.peer_id {
+        admission = admission.with_pin(pin);
+    }
+    Security::new(identity()?, admission).map_err(core_error)
+}
+
+/// Opens an endpoint: dials `--peer` (client role), or binds `--bind:--port` and
+/// prints `listening on ADDR` (server role), announcing it on the LAN when `announce`
+/// is given (with the nameplate of the code this side waits for, if any).
+pub async fn endpoint(
+    role: crate::RoleArg,
+    session: &SessionArgs,
+    options: &SessionOptions,
+    announce: Option<Option<u16>>,
+) -> anyhow::Result<Endpoint> {
+    use anyhow::Context;
+    match role {
+        crate::RoleArg::Client => Ok(Endpoint::dial(
+            session
+                .peer
+                .clone()
+                .context("--peer HOST:PORT is required to connect")?,
+        )),
+        crate::RoleArg::Server => {
+            let bind = format!("{}:{}", session.bind, session.port);
+            let mut endpoint = Endpoint::listen(&bind).await?;
+            if let Some(local) = endpoint.local_addr() {
                 eprintln!("listening on {local}");
-                let _announcer = if announce {
-                    peers::announce(options, local)
-                } else {
-                    None
-                };
-                Ok(Endpoint::Server {
-                    listener,
-                    _announcer,
-                })
             }
+            if let Some(nameplate) = announce {
+                peers::announce(&mut endpoint, options, nameplate);
+            }
+            Ok(endpoint)
         }
     }
+}
 
-    /// The address a server endpoint listens on.
-    pub fn local_addr(&self) -> Option<std::net::SocketAddr> {
-        match self {
-            Endpoint::Client(_) => None,
-            Endpoint::Server { listener, .. } => listener.local_addr().ok(),
-        }
+/// Pins the id a discovered peer announced: the connection fails unless the peer proves
+/// it (a beacon is only a hint). With `--peer-id` as well, both must agree.
+pub fn pin_discovered(
+    options: &SessionOptions,
+    found: &p2p_core::discovery::PeerInfo,
+) -> anyhow::Result<()> {
+    let admission = &options.security.admission;
+    if let Some(pinned) = admission.pinned() {
+        anyhow::ensure!(
+            pinned == found.device_id,
+            "the peer found announces device {}, not the --peer-id {pinned}",
+            found.device_id
+        );
     }
+    admission.expect(Some(found.device_id));
+    Ok(())
+}
 
-    /// Connects or accepts one peer and runs the handshake.
-    pub async fn session(
-        &self,
-        options: &SessionOptions,
-    ) -> p2p_core::Result<p2p_core::P2PSession<tokio::net::TcpStream>> {
-        match self {
-            Endpoint::Client(peer) => {
-                tracing::info!("connecting to {peer}");
-                p2p_core::P2PSession::connect(peer, options).await
-            }
-            Endpoint::Server { listener, .. } => {
-                let session = p2p_core::P2PSession::accept(listener, options).await?;
-                if let Some(addr) = session.peer_addr() {
-                    tracing::info!("peer {addr} connected");
-                }
-                Ok(session)
-            }
-        }
+/// Opens one session through `endpoint`; after a session with a code (or an unknown
+/// device a person accepted) and `--remember`, the peer is added to the trust store.
+pub async fn open_session(
+    endpoint: &Endpoint,
+    options: &SessionOptions,
+) -> p2p_core::Result<P2PSession<SecureTcp>> {
+    let session = P2PSession::open(endpoint, options).await?;
+    if let (Some(addr), Some(peer)) = (session.peer_addr(), session.peer_identity()) {
+        tracing::info!("peer {addr} connected: device {}", peer.device_id);
+    }
+    Ok(session)
+}
+
+/// Adds the session's peer to the trust store (`--remember`), once per device.
+pub fn remember(session: &P2PSession<SecureTcp>, renderer: &crate::render::Renderer) {
+    let Some(peer) = session.peer_identity() else {
+        return;
+    };
+    if matches!(
+        peer.admitted,
+        Admitted::Trusted { .. } | Admitted::SameDevice
+    ) {
+        return;
+    }
+    let result = trust_store().and_then(|mut store| {
+        store.add(
+            peer.device_id,
+            &session.peer().device_name,
+            Some(peer.fingerprint),
+        );
+        store.save().map_err(core_error)
+    });
+    match result {
+        Ok(()) => renderer.line(&format!(
+            "remembered {} ({}): later transfers need no code",
+            p2p_core::text::printable(&session.peer().device_name),
+            peer.device_id
+        )),
+        Err(e) => renderer.line(&format!("warning: could not remember the peer: {e:#}")),
     }
 }
 
@@ -147,7 +219,7 @@ where
 {
     // A listener has nothing to back off from: the peer dials again when it can, and
     // must find us accepting at once.
-    let listening = matches!(endpoint, Endpoint::Server { .. });
+    let listening = endpoint.is_listening();
     let backoff = if listening {
         let now = std::time::Duration::ZERO;
         p2p_core::reconnect::Backoff::with_delays(session.max_retries, now, now)

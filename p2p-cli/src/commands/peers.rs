@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use p2p_core::discovery::{self, Announcer, Beacon, DiscoveryConfig};
+use p2p_core::discovery::{self, Beacon, DiscoveryConfig, PeerInfo};
+use p2p_core::net::Endpoint;
 use p2p_core::SessionOptions;
 
 /// How long `send --discover` listens before it gives up: two beacon intervals and a
@@ -44,50 +45,51 @@ pub async fn run(args: PeersArgs) -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    println!("{:<24} {:<10} {:<22} PROTOCOL", "NAME", "ID", "ADDRESS");
+    println!(
+        "{:<24} {:<10} {:<22} {:<8} PROTOCOL",
+        "NAME", "ID", "ADDRESS", "CODE"
+    );
     for peer in peers {
         let compatible = if peer.is_compatible() {
             ""
         } else {
             " (incompatible)"
         };
+        let code = peer
+            .nameplate
+            .map_or_else(|| "-".to_owned(), |n| format!("{n}-…"));
         println!(
-            "{:<24} {:<10} {:<22} v{}{compatible}",
+            "{:<24} {:<10} {:<22} {:<8} v{}{compatible}",
             p2p_core::text::Printable(&peer.name),
             peer.short_id(),
             peer.addr.to_string(),
+            code,
             peer.protocol_version
         );
     }
     Ok(())
 }
 
-/// Starts announcing a receiver that waits on TCP `listening`. Discovery is a
-/// convenience: when it cannot start, the receiver says so and waits anyway. A loopback
-/// listener announces on the loopback network only (see `Announcer::for_listener`).
-pub fn announce(options: &SessionOptions, listening: std::net::SocketAddr) -> Option<Announcer> {
-    let beacon = Beacon::new(options.device_id, &options.device_name, listening.port());
-    let started = DiscoveryConfig::from_env().and_then(|config| {
-        Announcer::for_listener(beacon.clone(), listening, &config).map(|a| (a, config.port))
-    });
+/// Starts announcing a listening endpoint on the LAN, with this device's id and the
+/// nameplate of the code it waits for. Discovery is a convenience: when it cannot start,
+/// the program says so and waits anyway. A loopback listener announces on the loopback
+/// network only (see `Announcer::for_listener`).
+pub fn announce(endpoint: &mut Endpoint, options: &SessionOptions, nameplate: Option<u16>) {
+    let beacon = Beacon::new(options.security.device_id(), &options.device_name, 1)
+        .with_nameplate(nameplate);
+    let name = beacon.name.clone();
+    let started = DiscoveryConfig::from_env()
+        .and_then(|config| endpoint.announce(beacon, &config).map(|()| config.port));
     match started {
-        Ok((announcer, discovery_port)) => {
-            eprintln!(
-                "announcing \"{}\" on the local network (UDP port {discovery_port})",
-                beacon.name
-            );
-            Some(announcer)
-        }
-        Err(e) => {
-            eprintln!("warning: not announcing on the local network: {e}");
-            None
-        }
+        Ok(discovery_port) => eprintln!(
+            "announcing \"{name}\" on the local network (UDP port {discovery_port})"
+        ),
+        Err(e) => eprintln!("warning: not announcing on the local network: {e}"),
     }
 }
 
-/// Finds the receiver `query` names (`None` or empty: the only one there) and returns
-/// its `host:port`.
-pub async fn discover(query: Option<&str>) -> anyhow::Result<String> {
+/// Finds the receiver `query` names (`None` or empty: the only one there).
+pub async fn discover(query: Option<&str>) -> anyhow::Result<PeerInfo> {
     let query = query.map(str::trim).filter(|q| !q.is_empty());
     eprintln!(
         "looking for {} on the local network …",
@@ -98,5 +100,16 @@ pub async fn discover(query: Option<&str>) -> anyhow::Result<String> {
         .await
         .context("discovery failed")?;
     eprintln!("found {peer}");
-    Ok(peer.addr.to_string())
+    Ok(peer)
+}
+
+/// Finds the peer waiting for a code with this nameplate.
+pub async fn discover_code(nameplate: u16) -> anyhow::Result<PeerInfo> {
+    eprintln!("looking for the sender of code {nameplate}-… on the local network …");
+    let config = DiscoveryConfig::from_env()?;
+    let peer = discovery::find_nameplate(&config, nameplate, DISCOVER_TIMEOUT)
+        .await
+        .context("discovery failed")?;
+    eprintln!("found {peer}");
+    Ok(peer)
 }

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use clap::Args;
+use p2p_core::net::{Admitted, PeerIdentity};
 use p2p_core::{Decision, IncomingOffer, ReceiveOptions, Received};
 
 use crate::record::{ReceiveHint, Recorder};
@@ -10,19 +11,26 @@ use crate::{RoleArg, SessionArgs, TransferArgs};
 
 #[derive(Debug, Args)]
 pub struct ReceiveArgs {
+    /// The one-time code the sender printed (e.g. 7-guitar-orbit): find that sender on
+    /// the local network (or at --peer) and connect to it.
+    #[arg(value_name = "CODE", conflicts_with = "code")]
+    pub code_phrase: Option<p2p_core::net::Code>,
     /// Folder to write into (created if missing).
     #[arg(long, short, default_value = ".")]
     pub output: PathBuf,
     /// Replace files that already exist instead of refusing the transfer.
     #[arg(long)]
     pub overwrite: bool,
-    /// Show each incoming transfer (sender, files, total size) and ask on the terminal
-    /// before receiving it; anything but "y" or "yes" declines.
+    /// Show each incoming transfer (sender, its verified device id, files, total size)
+    /// and ask on the terminal before receiving it; anything but "y" or "yes" declines.
+    /// Also lets in devices that are neither trusted nor using a code, for you to
+    /// decide on (trust on first use; with --remember, accepted ones are trusted).
     #[arg(long)]
     pub ask: bool,
-    /// Wait for the peer (server, default) or connect to it (client).
-    #[arg(long, value_enum, default_value = "server")]
-    pub role: RoleArg,
+    /// Wait for the peer (server) or connect to it (client). Default: client with a
+    /// CODE or --peer, server otherwise.
+    #[arg(long, value_enum)]
+    pub role: Option<RoleArg>,
     /// Keep listening for further senders after a session with a transfer ends (until
     /// Ctrl+C). Without it, `receive` ends after the first session that transferred
     /// something; connections that do not complete the handshake, and sessions closed
@@ -37,8 +45,33 @@ pub struct ReceiveArgs {
 
 pub async fn run(args: ReceiveArgs, recorder: &Recorder) -> anyhow::Result<()> {
     let ceilings = p2p_core::config::ceilings(true);
-    let options = super::session_options(&args.session, &args.transfer, &ceilings)?;
-    let endpoint = super::Endpoint::new(args.role, &args.session, &options, true).await?;
+    let role = args.role.unwrap_or(
+        if args.session.peer.is_some() || args.code_phrase.is_some() {
+            RoleArg::Client
+        } else {
+            RoleArg::Server
+        },
+    );
+    let code = args.code_phrase.clone().or(args.session.code.clone());
+    let nameplate = code.as_ref().map(p2p_core::net::Code::nameplate);
+    let security = super::security(&args.session, code, args.ask)?;
+    let options = super::session_options(&args.session, &args.transfer, &ceilings, security)?;
+    let mut args = args;
+    if role == RoleArg::Client && args.session.peer.is_none() {
+        if let Some(nameplate) = nameplate {
+            let found = super::peers::discover_code(nameplate).await?;
+            super::pin_discovered(&options, &found)?;
+            args.session.peer = Some(found.addr.to_string());
+        }
+    }
+    let endpoint = super::endpoint(role, &args.session, &options, Some(nameplate)).await?;
+    if role == RoleArg::Server && nameplate.is_none() && !args.ask {
+        eprintln!(
+            "this device is {}: it lets in trusted devices only (see `p2p-transfer trust`); \
+             for a new sender, run `p2p-transfer receive CODE` with the code it prints",
+            options.security.device_id()
+        );
+    }
     recorder.set_receive_hint(receive_hint(&args, &endpoint));
     let renderer = recorder.renderer();
     let receive = ReceiveOptions {
@@ -47,22 +80,36 @@ pub async fn run(args: ReceiveArgs, recorder: &Recorder) -> anyhow::Result<()> {
     };
     let done = std::sync::Mutex::new(Vec::new());
     let ask = args.ask;
-    let listening = matches!(endpoint, super::Endpoint::Server { .. });
+    let listening = endpoint.is_listening();
     let keep_listening = args.keep_listening;
+    let remember = args.session.remember;
     super::with_reconnect(&args.session, &endpoint, recorder, |progress| {
         let (endpoint, options, receive, done) = (&endpoint, &options, &receive, &done);
         async move {
             loop {
-                let mut session = endpoint.session(options).await?;
+                let mut session = super::open_session(endpoint, options).await?;
                 progress.connected();
                 recorder.set_peer(&session.peer().device_name);
                 recorder.set_receive_chunk_size(session.config().chunk_size);
+                let identity = session.peer_identity().cloned();
+                // A code proves the peer now; an unknown device is remembered only once
+                // a person has accepted its offer.
+                let unknown = matches!(
+                    identity.as_ref().map(|i| &i.admitted),
+                    Some(Admitted::Unknown)
+                );
+                if remember && !unknown {
+                    super::remember(&session, &recorder.renderer());
+                }
                 let mut transfers = 0usize;
                 loop {
-                    let answer = |offer| decide(offer, ask, recorder);
+                    let answer = |offer| decide(offer, ask, identity.as_ref(), recorder);
                     match session.receive_with(receive, recorder, answer).await? {
                         None => break,
                         Some(Received::Completed(summary)) => {
+                            if remember && unknown && transfers == 0 {
+                                super::remember(&session, &recorder.renderer());
+                            }
                             done.lock().unwrap_or_else(|p| p.into_inner()).push(summary)
                         }
                         Some(Received::Declined { .. }) => {
@@ -99,7 +146,7 @@ pub async fn run(args: ReceiveArgs, recorder: &Recorder) -> anyhow::Result<()> {
 
 /// How an interrupted receive continues: the same folder, the same port (the one
 /// actually bound, so `--port 0` becomes a fixed one), and where the sender points.
-fn receive_hint(args: &ReceiveArgs, endpoint: &super::Endpoint) -> ReceiveHint {
+fn receive_hint(args: &ReceiveArgs, endpoint: &p2p_core::net::Endpoint) -> ReceiveHint {
     let output = super::shell_quote(&args.output.display().to_string());
     match (endpoint.local_addr(), &args.session.peer) {
         (Some(local), _) => {
@@ -146,13 +193,30 @@ const LISTED: usize = 10;
 /// Accepts at once, or (`--ask`) shows the offer on stderr and reads the answer from
 /// stdin. No answer (end of input, an unreadable terminal) declines. The sender's name
 /// and paths are the peer's words: shown escaped, each on its own line.
-async fn decide(offer: IncomingOffer, ask: bool, recorder: &Recorder) -> Decision {
+async fn decide(
+    offer: IncomingOffer,
+    ask: bool,
+    identity: Option<&PeerIdentity>,
+    recorder: &Recorder,
+) -> Decision {
     use p2p_core::text::printable;
     if !ask {
         return Decision::Accept;
     }
+    let who = match identity {
+        None => String::new(),
+        Some(id) => match &id.admitted {
+            Admitted::Unknown => format!(" (device {}, NOT trusted, no code)", id.device_id),
+            Admitted::Code => format!(" (device {}, proved the code)", id.device_id),
+            Admitted::Trusted { name } => {
+                format!(" (device {}, trusted as {})", id.device_id, printable(name))
+            }
+            Admitted::SameDevice => format!(" (device {}, this device)", id.device_id),
+            Admitted::Pinned => format!(" (device {}, the pinned id)", id.device_id),
+        },
+    };
     let mut text = format!(
-        "{} wants to send {} file(s), {}:",
+        "{}{who} wants to send {} file(s), {}:",
         printable(&offer.peer),
         offer.files(),
         indicatif::HumanBytes(offer.total_bytes())

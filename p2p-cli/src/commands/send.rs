@@ -6,6 +6,8 @@ use clap::Args;
 use uuid::Uuid;
 
 use crate::record::Recorder;
+use p2p_core::net::Code;
+
 use crate::{RoleArg, SessionArgs, TransferArgs};
 
 #[derive(Debug, Args)]
@@ -13,9 +15,11 @@ pub struct SendArgs {
     /// Files and folders to send.
     #[arg(required = true, value_name = "PATH")]
     pub paths: Vec<PathBuf>,
-    /// Connect to the peer (client, default) or wait for it to connect (server).
-    #[arg(long, value_enum, default_value = "client")]
-    pub role: RoleArg,
+    /// Connect to the peer (client) or wait for it to connect (server). Default: client
+    /// with --peer or --discover; otherwise wait, printing a one-time code for the
+    /// receiver (`p2p-transfer receive CODE`).
+    #[arg(long, value_enum)]
+    pub role: Option<RoleArg>,
     /// Find the receiver on the local network instead of giving --peer: the only one
     /// there, or the one with this name or id.
     #[arg(long, value_name = "NAME", num_args = 0..=1, default_missing_value = "",
@@ -35,9 +39,10 @@ pub struct ResumeArgs {
     /// The files and folders of the interrupted transfer.
     #[arg(long = "path", required = true, num_args = 1.., value_name = "PATH")]
     pub paths: Vec<PathBuf>,
-    /// Connect to the peer (client, default) or wait for it to connect (server).
-    #[arg(long, value_enum, default_value = "client")]
-    pub role: RoleArg,
+    /// Connect to the peer (client, the default with --peer) or wait for it to connect
+    /// (server).
+    #[arg(long, value_enum)]
+    pub role: Option<RoleArg>,
     #[command(flatten)]
     pub session: SessionArgs,
     #[command(flatten)]
@@ -65,25 +70,37 @@ async fn send_as(
     recorder: &Recorder,
 ) -> anyhow::Result<()> {
     let defaults = p2p_core::config::default_config();
-    let options = super::session_options(&args.session, &args.transfer, &defaults)?;
+    let role = args.role.unwrap_or(
+        if args.session.peer.is_some() || args.discover.is_some() {
+            RoleArg::Client
+        } else {
+            RoleArg::Server
+        },
+    );
+    // Waiting for a receiver without --code: print a one-time code for it.
+    let generated = (role == RoleArg::Server && args.session.code.is_none()).then(Code::generate);
+    let code = args.session.code.clone().or(generated.clone());
+    let nameplate = code.as_ref().map(Code::nameplate);
+    let security = super::security(&args.session, code, false)?;
+    let options = super::session_options(&args.session, &args.transfer, &defaults, security)?;
     // Scan first: a missing file is reported before any connection is made.
     let manifest = p2p_core::fs::source::SourceManifest::scan(&args.paths)?;
     if let Some(query) = &args.discover {
-        anyhow::ensure!(
-            args.role == RoleArg::Client,
-            "--discover needs --role client"
-        );
-        args.session.peer = Some(super::peers::discover(Some(query)).await?);
+        anyhow::ensure!(role == RoleArg::Client, "--discover needs --role client");
+        let found = super::peers::discover(Some(query)).await?;
+        super::pin_discovered(&options, &found)?;
+        args.session.peer = Some(found.addr.to_string());
     }
-    let endpoint = super::Endpoint::new(args.role, &args.session, &options, false).await?;
+    let endpoint = super::endpoint(role, &args.session, &options, Some(nameplate)).await?;
+    if let Some(code) = &generated {
+        println!("code: {code}");
+        eprintln!("on the receiving machine, run:  p2p-transfer receive {code}");
+    }
     let transfer_id = transfer_id.unwrap_or_else(Uuid::new_v4);
-    let peer = match (&args.session.peer, &endpoint) {
+    let peer = match (&args.session.peer, endpoint.local_addr()) {
         (Some(peer), _) => format!("--peer {peer}"),
-        (None, super::Endpoint::Server { listener, .. }) => listener
-            .local_addr()
-            .map(|a| format!("--role server --port {}", a.port()))
-            .unwrap_or_default(),
-        (None, _) => String::new(),
+        (None, Some(local)) => format!("--role server --port {}", local.port()),
+        (None, None) => String::new(),
     };
     let paths: Vec<String> = args
         .paths
@@ -102,11 +119,15 @@ async fn send_as(
     ));
     // Every attempt offers the same transfer id: after a reconnection the receiver
     // resumes it, and only what is missing is sent.
+    let remember = args.session.remember;
     super::with_reconnect(&args.session, &endpoint, recorder, |progress| {
         let (endpoint, options, manifest) = (&endpoint, &options, &manifest);
         async move {
-            let mut session = endpoint.session(options).await?;
+            let mut session = super::open_session(endpoint, options).await?;
             progress.connected();
+            if remember {
+                super::remember(&session, &recorder.renderer());
+            }
             session
                 .send_manifest_as(manifest, transfer_id, recorder)
                 .await?;
