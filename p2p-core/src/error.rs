@@ -8,33 +8,13 @@
 use std::io;
 use std::path::PathBuf;
 
+// `WireError` is defined in `wire`, which depends on nothing here (issue 11); it is
+// re-exported so that every phase's error is found in this module.
+pub use crate::wire::WireError;
 use crate::wire::{ErrorCode, PROTOCOL_VERSION};
 
 /// Result alias for p2p-core.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
-
-/// Framing and encoding failures.
-#[derive(Debug, thiserror::Error)]
-pub enum WireError {
-    /// A frame header announced more bytes than any valid message has.
-    #[error("frame of {len} bytes is too large (limit {max})")]
-    Oversized { len: u64, max: usize },
-    /// The stream ended in the middle of a frame.
-    #[error("connection closed in the middle of a frame ({buffered} bytes unread)")]
-    Truncated { buffered: usize },
-    /// The payload is not a valid message.
-    #[error("malformed message: {0}")]
-    Decode(#[source] postcard::Error),
-    /// A message could not be encoded (a local bug or an oversized value).
-    #[error("cannot encode message: {0}")]
-    Encode(#[source] postcard::Error),
-    /// A frame held bytes after its message.
-    #[error("malformed message: {0} unexpected trailing bytes")]
-    TrailingBytes(usize),
-    /// The transport failed.
-    #[error("connection error: {0}")]
-    Io(#[from] io::Error),
-}
 
 /// Why a session could not be established.
 #[derive(Debug, thiserror::Error)]

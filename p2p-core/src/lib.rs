@@ -18,6 +18,7 @@
 //! | [`net`] | the connectivity layer: dial/listen, TLS 1.3, device identities, codes (SPAKE2), trusted devices; hands out authenticated [`net::Connection`]s |
 //! | [`transport`] | the byte-stream abstraction sessions run on |
 //! | [`fs`] | manifests, safe paths, `.part` files, atomic finalisation, resume state |
+//! | [`chunk`] | the chunk model shared by `transfer` and `fs`: an offer's [`Layout`](chunk::Layout), [`ChunkSet`](chunk::ChunkSet), [`ResumeInfo`](chunk::ResumeInfo) |
 //! | [`compress`], [`verify`], [`throttle`] | adaptive zstd, CRC-32 and SHA-256, token bucket |
 //! | [`discovery`] | LAN beacons: announcing a receiver, finding one by name or id |
 //! | [`nat`] | STUN client (RFC 8489): public address and NAT mapping behaviour |
@@ -26,6 +27,11 @@
 //! | [`config`], [`error`], [`reconnect`] | defaults and limits; typed errors; retry policy |
 //! | [`settings`] | the user's saved settings (JSON in the config folder), shared by the front ends |
 //! | [`text`] | showing what a peer chose (names, paths, error messages) with invisible and control characters escaped |
+//!
+//! Layering rules keep the imports free of cycles (`tests/layering.rs` checks them):
+//! [`chunk`] imports neither [`fs`] nor [`transfer`]; nothing in [`fs`] imports
+//! [`transfer`]; [`wire`] imports nothing from [`error`] (it defines
+//! [`WireError`](wire::WireError), which [`error`] re-exports).
 //!
 //! ## Example
 //!
@@ -43,6 +49,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod chunk;
 pub mod compress;
 pub mod config;
 pub mod discovery;

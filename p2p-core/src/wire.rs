@@ -11,12 +11,12 @@
 //! layout in every protocol version so that a version mismatch can always be reported.
 //! `docs/protocol.md` is the byte-level specification.
 
+use std::io;
+
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 use tokio_util::codec::{Decoder, Encoder};
 use uuid::Uuid;
-
-use crate::error::WireError;
 
 /// The protocol version this build speaks. Peers with another version are refused.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -30,6 +30,29 @@ pub const MAX_FRAME_LEN: usize = 32 * 1024 * 1024;
 
 /// Length of the frame header (big-endian `u32` payload length).
 pub const FRAME_HEADER_LEN: usize = 4;
+
+/// Framing and encoding failures.
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    /// A frame header announced more bytes than any valid message has.
+    #[error("frame of {len} bytes is too large (limit {max})")]
+    Oversized { len: u64, max: usize },
+    /// The stream ended in the middle of a frame.
+    #[error("connection closed in the middle of a frame ({buffered} bytes unread)")]
+    Truncated { buffered: usize },
+    /// The payload is not a valid message.
+    #[error("malformed message: {0}")]
+    Decode(#[source] postcard::Error),
+    /// A message could not be encoded (a local bug or an oversized value).
+    #[error("cannot encode message: {0}")]
+    Encode(#[source] postcard::Error),
+    /// A frame held bytes after its message.
+    #[error("malformed message: {0} unexpected trailing bytes")]
+    TrailingBytes(usize),
+    /// The transport failed.
+    #[error("connection error: {0}")]
+    Io(#[from] io::Error),
+}
 
 bitflags::bitflags! {
     /// Optional protocol features. Each side announces what it supports; the session

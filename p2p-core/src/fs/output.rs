@@ -22,11 +22,11 @@ use cap_std::fs::{Dir, OpenOptions};
 use rustix::fs::{renameat_with, RenameFlags};
 use uuid::Uuid;
 
+use crate::chunk::{ChunkSet, Layout, ResumeInfo};
 use crate::error::{Error, Result, StorageError, TransferError};
 use crate::fs::resume_state::{boot_id, manifest_digest, rechunk, StateBody};
 use crate::fs::safe_path::validate_entries;
 use crate::fs::unnamed::{umask, Unnamed};
-use crate::transfer::{ChunkSet, ResumeInfo};
 use crate::wire::{ChunkRef, Entry, EntryKind, Timestamp};
 
 /// Files kept open at once while receiving (a window spans only a few files).
@@ -237,7 +237,7 @@ impl OutputDir {
     /// Free space must hold what is still missing: files not already complete, less
     /// the chunks a resumed attempt already has in its `.part` files.
     fn check_space(&self) -> Result<()> {
-        let layout = crate::transfer::Layout::new(&self.entries, self.chunk_size);
+        let layout = Layout::new(&self.entries, self.chunk_size);
         let held: u64 = self
             .resume
             .have
@@ -629,7 +629,7 @@ impl OutputDir {
             return;
         }
         let (mut info, flushed) = body.believable(boot_id());
-        let layout = crate::transfer::Layout::new(&self.entries, self.chunk_size);
+        let layout = Layout::new(&self.entries, self.chunk_size);
         if body.chunk_size != self.chunk_size {
             // This attempt agreed on another chunk size: keep whatever whole chunks of
             // the new size the earlier attempt left.

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use crate::transfer::{ChunkSet, ResumeInfo};
+use crate::chunk::{ChunkSet, ResumeInfo};
 use crate::verify::crc32;
 use crate::wire::Entry;
 

@@ -222,7 +222,7 @@ mod tests {
             let accepted = validate_entries(&entries).is_ok();
             proptest::prop_assert_eq!(accepted, exact <= u128::from(MAX_OFFER_BYTES));
             if accepted {
-                let layout = crate::transfer::Layout::new(&entries, 1024);
+                let layout = crate::chunk::Layout::new(&entries, 1024);
                 proptest::prop_assert_eq!(u128::from(layout.total_bytes()), exact);
                 for f in layout.files() {
                     let chunks = layout.chunks(f).unwrap_or(0);

@@ -23,9 +23,10 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
+use crate::chunk::ResumeInfo;
 use crate::error::{Error, Result, StorageError};
 use crate::fs::output::OutputDir;
-use crate::transfer::receiver::{IoRequest, Receiver, ResumeInfo};
+use crate::transfer::receiver::{IoRequest, Receiver};
 use crate::wire::ChunkRef;
 
 /// A disk operation that completed (or why it could not).

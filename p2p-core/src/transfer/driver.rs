@@ -25,7 +25,7 @@ use tokio::sync::Notify;
 use tokio_util::codec::Framed;
 use uuid::Uuid;
 
-use crate::error::{Error, Result, TransferError, WireError};
+use crate::error::{Error, Result, TransferError};
 use crate::event::{Direction, EventSink, TransferEvent, PROGRESS_INTERVAL};
 use crate::fs::output::OutputDir;
 use crate::fs::source::{SourceManifest, SourceReader};
@@ -34,7 +34,7 @@ use crate::transfer::disk::{self, DiskThread};
 use crate::transfer::receiver::{IoRequest, Receiver};
 use crate::transfer::sender::Sender;
 use crate::transfer::window::{DEFAULT_MAX_ATTEMPTS, DEFAULT_RTO};
-use crate::wire::{FrameCodec, Message, Offer, SessionConfig};
+use crate::wire::{FrameCodec, Message, Offer, SessionConfig, WireError};
 
 /// Default for giving up when the peer has sent nothing for this long during a transfer
 /// (a dead peer, a half-open connection). A `Ping` goes out after a sixth of it without

@@ -17,23 +17,20 @@
 //! machines never block, the tests in `tests.rs` run a sender and a receiver against each
 //! other on a virtual clock with loss, reordering and corruption, without a socket.
 
-mod chunk_set;
 mod disk;
 mod driver;
 mod incoming;
-mod layout;
 mod receiver;
 mod sender;
 #[cfg(test)]
 mod tests;
 mod window;
 
-pub use chunk_set::ChunkSet;
+pub use crate::chunk::{ChunkSet, Layout, ResumeInfo};
 pub use driver::{
     receive_offer, send_manifest, ReceiveOptions, SendOptions, TransferSummary, IDLE_LIMIT,
 };
 pub use incoming::{Decision, IncomingOffer, OfferedEntry, Received};
-pub use layout::Layout;
-pub use receiver::{IoRequest, Receiver, ResumeInfo};
+pub use receiver::{IoRequest, Receiver};
 pub use sender::{ReadPurpose, ReadRequest, Sender};
 pub use window::{Window, DEFAULT_MAX_ATTEMPTS, DEFAULT_RTO};

@@ -16,11 +16,10 @@ use std::time::Instant;
 use bytes::Bytes;
 use uuid::Uuid;
 
+use crate::chunk::{ChunkSet, Layout, ResumeInfo};
 use crate::compress::decompress_exact;
 use crate::error::{Error, Result, TransferError};
 use crate::event::TransferEvent;
-use crate::transfer::chunk_set::ChunkSet;
-use crate::transfer::layout::Layout;
 use crate::verify::{crc32, FileHasher};
 use crate::wire::{
     Accept, Chunk, ChunkFlags, ChunkRange, ChunkRef, Entry, Message, Offer, SessionConfig,
@@ -75,16 +74,6 @@ impl FileState {
     fn arrived(&self, index: u64) -> bool {
         index < self.hashed || self.ahead.contains_key(&index) || self.had.contains(index)
     }
-}
-
-/// What an earlier attempt of the same transfer left behind, as the receiver's resume
-/// state vouches for it.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ResumeInfo {
-    /// Per file: chunks durably in its `.part` file.
-    pub have: BTreeMap<u32, ChunkSet>,
-    /// Files already verified and in place.
-    pub complete: Vec<u32>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

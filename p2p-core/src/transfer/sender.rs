@@ -13,11 +13,10 @@ use std::time::{Duration, Instant};
 
 use uuid::Uuid;
 
+use crate::chunk::{ChunkSet, Layout};
 use crate::compress::AdaptiveCompressor;
 use crate::error::{Error, Result, TransferError};
 use crate::event::TransferEvent;
-use crate::transfer::chunk_set::ChunkSet;
-use crate::transfer::layout::Layout;
 use crate::transfer::window::{DeliveryRate, Window};
 use crate::verify::{crc32, FileHasher};
 use crate::wire::{Chunk, ChunkFlags, ChunkRange, ChunkRef, Entry, Message, Offer, SessionConfig};
