@@ -684,13 +684,13 @@ fn assert_shown_safely(output: &str) {
 /// A hostile sender, written with raw frames: greets `addr` as `device_name`, offers one
 /// small file, and once it is accepted sends `last` instead of any data; then waits for
 /// the receiver to close.
-fn hostile_sender(addr: &str, device_name: &str, last: p2p_core::Message) {
+fn hostile_sender(data: &Path, addr: &str, device_name: &str, last: p2p_core::Message) {
     use futures::{SinkExt, StreamExt};
     use p2p_core::wire::{Entry, EntryKind, FrameCodec, Hello, Offer, Timestamp, MAGIC};
     use p2p_core::{Capabilities, Message, PROTOCOL_VERSION};
     use tokio_util::codec::Framed;
 
-    type Stream = Framed<tokio::net::TcpStream, FrameCodec>;
+    type Stream = Framed<p2p_core::net::SecureTcp, FrameCodec>;
     /// The next message that is not a keepalive.
     async fn next(framed: &mut Stream) -> Message {
         loop {
@@ -707,7 +707,15 @@ fn hostile_sender(addr: &str, device_name: &str, last: p2p_core::Message) {
         .build()
         .unwrap();
     runtime.block_on(async {
-        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        // It holds the receiver's own key (same data folder): let in as the same device.
+        let identity = p2p_core::net::Identity::load_or_create(data).unwrap();
+        let security = p2p_core::net::Security::new(
+            std::sync::Arc::new(identity),
+            p2p_core::net::Admission::default(),
+        )
+        .unwrap();
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (stream, _) = p2p_core::net::secure_client(tcp, &security).await.unwrap();
         let mut framed = Framed::new(stream, FrameCodec);
         framed
             .send(Message::Hello(Hello {
@@ -755,6 +763,7 @@ fn a_peers_error_message_and_name_are_shown_escaped_live_and_in_history() {
     let out = tmp.path().join("out");
     let receiver = start_listening(&data, &["receive", "--output", path(&out)]);
     hostile_sender(
+        &data,
         &receiver.addr,
         "desk\u{1b}[2J\u{202e}gpj.exe",
         p2p_core::Message::Error {
@@ -858,7 +867,11 @@ fn peers_lists_a_bidi_beacon_name_escaped() {
         ..DiscoveryConfig::default()
     };
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let beacon = Beacon::new(uuid::Uuid::new_v4(), "living\u{202e}moor", 14567);
+    let beacon = Beacon::new(
+        p2p_core::net::DeviceId::random(),
+        "living\u{202e}moor",
+        14567,
+    );
     let _announcer = runtime.block_on(async { Announcer::start(beacon, &config).unwrap() });
     let listed = p2p(tmp.path())
         .env(discovery::PORT_ENV, port.to_string())

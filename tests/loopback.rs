@@ -13,7 +13,7 @@ use p2p_core::error::{Error, HandshakeError, TransferError, WireError};
 use p2p_core::handshake::{self, LocalPeer};
 use p2p_core::wire::{
     Chunk, ChunkFlags, ChunkRef, Entry, EntryKind, ErrorCode, FrameCodec, Hello, Message, Offer,
-    Timestamp, MAGIC,
+    Timestamp, MAGIC, PROTOCOL_VERSION,
 };
 use p2p_core::{
     Capabilities, NoEvents, P2PSession, ReceiveOptions, SessionConfig, SessionOptions,
@@ -24,6 +24,8 @@ use tokio_util::codec::Framed;
 use uuid::Uuid;
 
 type Session = P2PSession<TcpStream>;
+type SecureSession = P2PSession<SecureTcp>;
+use p2p_core::net::{SecureTcp, Security};
 
 fn options(chunk_size: u32, window_size: u32) -> SessionOptions {
     SessionOptions {
@@ -37,15 +39,15 @@ fn options(chunk_size: u32, window_size: u32) -> SessionOptions {
 }
 
 /// A connected pair: (initiator, responder).
-async fn pair(opts: &SessionOptions) -> (Session, Session) {
+async fn pair(opts: &SessionOptions) -> (SecureSession, SecureSession) {
     let listener = p2p_core::transport::listen("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let responder_opts = SessionOptions {
         config: p2p_core::config::ceilings(true),
         ..SessionOptions::default()
     };
-    let accept = tokio::spawn(async move { Session::accept(&listener, &responder_opts).await });
-    let initiator = Session::connect(&addr, opts).await.unwrap();
+    let accept = tokio::spawn(async move { P2PSession::accept(&listener, &responder_opts).await });
+    let initiator = P2PSession::connect(&addr, opts).await.unwrap();
     let responder = accept.await.unwrap().unwrap();
     (initiator, responder)
 }
@@ -58,9 +60,9 @@ fn recv_opts(dir: &Path) -> ReceiveOptions {
 }
 
 /// Sends `paths` from `a` to `b` and returns both results.
-async fn transfer(
-    a: &mut Session,
-    b: &mut Session,
+async fn transfer<S: p2p_core::transport::Stream>(
+    a: &mut P2PSession<S>,
+    b: &mut P2PSession<S>,
     paths: &[&Path],
     out: &Path,
 ) -> (
@@ -256,7 +258,7 @@ async fn three_concurrent_senders_to_one_receiver() {
     let server = tokio::spawn(async move {
         let mut tasks = Vec::new();
         for _ in 0..3 {
-            let mut session = Session::accept(&listener, &SessionOptions::default()).await?;
+            let mut session = P2PSession::accept(&listener, &SessionOptions::default()).await?;
             let opts = recv_opts(&server_out);
             tasks.push(tokio::spawn(async move {
                 session.run_event_loop(&opts, &NoEvents).await
@@ -275,7 +277,7 @@ async fn three_concurrent_senders_to_one_receiver() {
         random_file(&src.join("small.txt"), 100, 10 + i);
         let addr = addr.clone();
         senders.push(tokio::spawn(async move {
-            let mut s = Session::connect(&addr, &options(256 * 1024, 8)).await?;
+            let mut s = P2PSession::connect(&addr, &options(256 * 1024, 8)).await?;
             s.send(&[&src], &NoEvents).await?;
             s.close().await
         }));
@@ -332,14 +334,19 @@ async fn receiver(
         overwrite,
     };
     let task = tokio::spawn(async move {
-        let mut s = Session::accept(&listener, &SessionOptions::default()).await?;
+        let mut s = P2PSession::accept(&listener, &SessionOptions::default()).await?;
         s.receive(&opts, &NoEvents).await
     });
     (addr, task)
 }
 
-async fn scripted_sender(addr: &str) -> Framed<TcpStream, FrameCodec> {
-    let stream = TcpStream::connect(addr).await.unwrap();
+/// A sender that speaks raw frames inside a real secured connection (it holds this
+/// process's key, so the receiver lets it in as the same device).
+async fn scripted_sender(addr: &str) -> Framed<SecureTcp, FrameCodec> {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (stream, _) = p2p_core::net::secure_client(tcp, &Security::default())
+        .await
+        .unwrap();
     let mut framed = Framed::new(stream, FrameCodec);
     handshake::initiate(&mut framed, &local_peer())
         .await
@@ -356,7 +363,7 @@ fn file_entry(path: &str, size: u64) -> Entry {
     }
 }
 
-async fn offer(framed: &mut Framed<TcpStream, FrameCodec>, entries: Vec<Entry>) -> Message {
+async fn offer(framed: &mut Framed<SecureTcp, FrameCodec>, entries: Vec<Entry>) -> Message {
     framed
         .send(Message::Offer(Offer {
             transfer_id: Uuid::new_v4(),
@@ -601,6 +608,8 @@ async fn a_frame_cut_short_is_a_clear_error() {
     tokio::io::AsyncWriteExt::write_all(&mut stream, &[0, 0, 1, 0, 5, 1, 2])
         .await
         .unwrap();
+    // Flushed, then an abrupt close (no TLS close_notify): a process that died.
+    tokio::io::AsyncWriteExt::flush(&mut stream).await.unwrap();
     drop(stream);
     let err = task.await.unwrap().unwrap_err();
     assert!(
@@ -633,7 +642,7 @@ async fn a_version_mismatch_names_both_versions_on_both_sides() {
             reply,
             Message::Error {
                 code: ErrorCode::VersionMismatch,
-                version: 1,
+                version: PROTOCOL_VERSION,
                 ..
             }
         ),
@@ -641,7 +650,7 @@ async fn a_version_mismatch_names_both_versions_on_both_sides() {
     );
     let err = server.await.unwrap().err().expect("refused");
     let text = err.to_string();
-    assert!(text.contains("v1") && text.contains("v99"), "{text}");
+    assert!(text.contains("v2") && text.contains("v99"), "{text}");
 
     // We connect to a newer peer that refuses us the same way.
     let listener = p2p_core::transport::listen("127.0.0.1:0").await.unwrap();
@@ -659,7 +668,9 @@ async fn a_version_mismatch_names_both_versions_on_both_sides() {
             .await
             .unwrap();
     });
-    let err = Session::connect(&addr, &SessionOptions::default())
+    // The session layer over a plain stream (inside TLS in real use).
+    let stream = TcpStream::connect(&addr).await.unwrap();
+    let err = Session::initiate(stream, &SessionOptions::default())
         .await
         .err()
         .expect("refused");
@@ -667,13 +678,13 @@ async fn a_version_mismatch_names_both_versions_on_both_sides() {
         matches!(
             err,
             Error::Handshake(HandshakeError::VersionMismatch {
-                local: 1,
+                local: PROTOCOL_VERSION,
                 remote: 7
             })
         ),
         "{err}"
     );
-    assert!(err.to_string().contains("v1") && err.to_string().contains("v7"));
+    assert!(err.to_string().contains("v2") && err.to_string().contains("v7"));
     fake.await.unwrap();
 }
 
@@ -954,7 +965,10 @@ async fn a_silent_peer_is_detected_within_the_idle_timeout() {
     let listener = p2p_core::transport::listen("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let silent = tokio::spawn(async move {
-        let (stream, _) = listener.accept().await.unwrap();
+        let (tcp, _) = listener.accept().await.unwrap();
+        let (stream, _) = p2p_core::net::secure_server(tcp, &Security::default())
+            .await
+            .unwrap();
         let mut framed = Framed::new(stream, FrameCodec);
         handshake::respond(&mut framed, &local_peer())
             .await
@@ -977,7 +991,7 @@ async fn a_silent_peer_is_detected_within_the_idle_timeout() {
         idle_timeout: std::time::Duration::from_millis(1500),
         ..options(64 * 1024, 4)
     };
-    let mut session = Session::connect(&addr, &opts).await.unwrap();
+    let mut session = P2PSession::connect(&addr, &opts).await.unwrap();
     let started = std::time::Instant::now();
     let err = session.send(&[&src], &NoEvents).await.unwrap_err();
     assert!(
@@ -1073,7 +1087,7 @@ async fn a_peer_that_idles_after_the_handshake_is_given_up_on() {
             idle_timeout: std::time::Duration::from_secs(1),
             ..SessionOptions::default()
         };
-        let mut s = Session::accept(&listener, &options).await?;
+        let mut s = P2PSession::accept(&listener, &options).await?;
         s.receive(&opts, &NoEvents).await
     });
     let mut idle = scripted_sender(&addr).await;

@@ -43,11 +43,11 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use crate::net::DeviceId;
 use serde::{Deserialize, Serialize};
 use tokio::net::UdpSocket;
 use tokio::sync::watch;
 use tokio::time::Instant;
-use crate::net::DeviceId;
 
 use crate::wire::PROTOCOL_VERSION;
 

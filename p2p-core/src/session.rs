@@ -24,7 +24,7 @@ use crate::handshake::{self, Established, LocalPeer, RemotePeer};
 use crate::net::{Connection, Endpoint, PeerIdentity, SecureTcp, Security};
 use crate::transfer::{self, Decision, IncomingOffer, ReceiveOptions, Received, TransferSummary};
 use crate::transport::Stream;
-use crate::wire::{Capabilities, ErrorCode, FrameCodec, Message, SessionConfig};
+use crate::wire::{Capabilities, ErrorCode, FrameCodec, Message, SessionConfig, WireError};
 
 /// Which side opened the connection. Informational only: it does not restrict what the
 /// session can do.
@@ -372,14 +372,27 @@ impl<S: Stream> P2PSession<S> {
     /// it cannot hold a listener.
     async fn next_between_transfers(
         &mut self,
-    ) -> Result<Option<std::result::Result<Message, crate::error::WireError>>> {
+    ) -> Result<Option<std::result::Result<Message, WireError>>> {
         let idle = self.idle_timeout;
         let started = tokio::time::Instant::now();
         let mut ping_at = started + idle / 6;
         let mut seq = 0u64;
         loop {
             tokio::select! {
-                frame = self.framed.next() => return Ok(frame),
+                frame = self.framed.next() => return Ok(match frame {
+                    // A peer that closed its TLS connection without close_notify (a
+                    // process that exited) between two frames has simply gone, as a TCP
+                    // close would say; in the middle of a frame it cut it short.
+                    Some(Err(WireError::Io(e)))
+                        if e.kind() == std::io::ErrorKind::UnexpectedEof =>
+                    {
+                        match self.framed.read_buffer().len() {
+                            0 => None,
+                            buffered => Some(Err(WireError::Truncated { buffered })),
+                        }
+                    }
+                    other => other,
+                }),
                 () = tokio::time::sleep_until(ping_at) => {
                     if started.elapsed() >= idle {
                         return Err(TransferError::PeerSilent(idle).into());

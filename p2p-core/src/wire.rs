@@ -19,7 +19,7 @@ use tokio_util::codec::{Decoder, Encoder};
 use uuid::Uuid;
 
 /// The protocol version this build speaks. Peers with another version are refused.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The four bytes every `Hello` starts with: tells a p2p-transfer peer from anything else.
 pub const MAGIC: [u8; 4] = *b"P2PT";

@@ -9,7 +9,7 @@ use p2p_core::discovery::{
     encode_datagram, find_with, Announcer, Beacon, BeaconTargets, Browser, DiscoveryConfig,
     DiscoveryError, DiscoveryMessage,
 };
-use uuid::Uuid;
+use p2p_core::net::DeviceId;
 
 /// A loopback-only configuration on a port no other test uses.
 fn config() -> DiscoveryConfig {
@@ -27,7 +27,7 @@ fn config() -> DiscoveryConfig {
 }
 
 fn receiver(name: &str, tcp_port: u16) -> Beacon {
-    Beacon::new(Uuid::new_v4(), name, tcp_port)
+    Beacon::new(DeviceId::random(), name, tcp_port)
 }
 
 const FIND: Duration = Duration::from_secs(3);
@@ -77,7 +77,7 @@ async fn several_receivers_make_an_unnamed_choice_ambiguous() {
     // By name (case-insensitive) and by id prefix.
     let peer = find_with(&config, Some("OFFICE"), FIND).await.unwrap();
     assert_eq!(peer.device_id, office.device_id);
-    let prefix = &attic.device_id.simple().to_string()[..8];
+    let prefix = &attic.device_id.to_string()[..7];
     let peer = find_with(&config, Some(prefix), FIND).await.unwrap();
     assert_eq!(peer.device_id, attic.device_id);
 }
@@ -102,7 +102,7 @@ async fn a_browser_ignores_its_own_beacons() {
     let _theirs = Announcer::start(other.clone(), &config).unwrap();
     let browser = Browser::start(&config, Some(me.device_id)).unwrap();
     tokio::time::sleep(Duration::from_millis(600)).await;
-    let ids: Vec<Uuid> = browser.peers().iter().map(|p| p.device_id).collect();
+    let ids: Vec<DeviceId> = browser.peers().iter().map(|p| p.device_id).collect();
     assert_eq!(ids, [other.device_id]);
 }
 

@@ -240,7 +240,7 @@ proptest! {
                                                  name in "\\PC{1,40}",
                                                  port in 1u16..,
                                                  edits in corruptions()) {
-        let beacon = Beacon::new(uuid::Uuid::from_u128(id), &name, port);
+        let beacon = Beacon::new(p2p_core::net::DeviceId(id.to_be_bytes()[..15].try_into().unwrap()), &name, port);
         let message = DiscoveryMessage::Beacon(beacon);
         let bytes = encode_datagram(&message).expect("a beacon fits");
         prop_assert_eq!(decode_datagram(&bytes).expect("decodes"), message);

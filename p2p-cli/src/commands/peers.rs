@@ -81,9 +81,9 @@ pub fn announce(endpoint: &mut Endpoint, options: &SessionOptions, nameplate: Op
     let started = DiscoveryConfig::from_env()
         .and_then(|config| endpoint.announce(beacon, &config).map(|()| config.port));
     match started {
-        Ok(discovery_port) => eprintln!(
-            "announcing \"{name}\" on the local network (UDP port {discovery_port})"
-        ),
+        Ok(discovery_port) => {
+            eprintln!("announcing \"{name}\" on the local network (UDP port {discovery_port})")
+        }
         Err(e) => eprintln!("warning: not announcing on the local network: {e}"),
     }
 }

@@ -70,13 +70,13 @@ async fn send_as(
     recorder: &Recorder,
 ) -> anyhow::Result<()> {
     let defaults = p2p_core::config::default_config();
-    let role = args.role.unwrap_or(
-        if args.session.peer.is_some() || args.discover.is_some() {
+    let role = args
+        .role
+        .unwrap_or(if args.session.peer.is_some() || args.discover.is_some() {
             RoleArg::Client
         } else {
             RoleArg::Server
-        },
-    );
+        });
     // Waiting for a receiver without --code: print a one-time code for it.
     let generated = (role == RoleArg::Server && args.session.code.is_none()).then(Code::generate);
     let code = args.session.code.clone().or(generated.clone());

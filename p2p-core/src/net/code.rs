@@ -132,7 +132,10 @@ mod tests {
     fn generated_codes_parse_back_and_differ() {
         let a = Code::generate();
         let b = Code::generate();
-        assert_ne!(a, b, "22 bits of secret: a repeat is a 1 in 4 million event");
+        assert_ne!(
+            a, b,
+            "22 bits of secret: a repeat is a 1 in 4 million event"
+        );
         assert_eq!(a.to_string().parse::<Code>().unwrap(), a);
         assert!((1..=MAX_NAMEPLATE).contains(&a.nameplate()));
         assert_eq!(a.to_string().split('-').count(), 1 + CODE_WORDS);

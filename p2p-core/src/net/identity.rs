@@ -310,8 +310,8 @@ impl Identity {
     }
 
     fn from_key(key: &rcgen::KeyPair) -> Result<Self, String> {
-        let params =
-            rcgen::CertificateParams::new(vec!["p2p-transfer".to_owned()]).map_err(|e| e.to_string())?;
+        let params = rcgen::CertificateParams::new(vec!["p2p-transfer".to_owned()])
+            .map_err(|e| e.to_string())?;
         let certificate = params.self_signed(key).map_err(|e| e.to_string())?;
         let certificate = certificate.der().clone();
         let fingerprint = Fingerprint::of_certificate(&certificate)
@@ -381,7 +381,10 @@ mod tests {
         assert_eq!(text.matches('-').count(), 4);
         assert_eq!(text.parse::<DeviceId>().unwrap(), id);
         assert_eq!(
-            text.to_lowercase().replace('-', " ").parse::<DeviceId>().unwrap(),
+            text.to_lowercase()
+                .replace('-', " ")
+                .parse::<DeviceId>()
+                .unwrap(),
             id
         );
         assert!(id.matches(&identity.fingerprint()));
@@ -396,7 +399,10 @@ mod tests {
                 let mut typo = chars.clone();
                 typo[i] = a;
                 let typo: String = typo.into_iter().collect();
-                assert!(typo.parse::<DeviceId>().is_err(), "{typo} accepted for {text}");
+                assert!(
+                    typo.parse::<DeviceId>().is_err(),
+                    "{typo} accepted for {text}"
+                );
             }
         }
     }
@@ -405,13 +411,18 @@ mod tests {
     fn ambiguous_letters_read_as_digits() {
         let id = DeviceId([0; ID_BYTES]);
         assert_eq!(id.to_string(), "00000-00000-00000-00000-00000");
-        assert_eq!("OOOOO-ooooo-00000-00000-0000O".parse::<DeviceId>().unwrap(), id);
+        assert_eq!(
+            "OOOOO-ooooo-00000-00000-0000O".parse::<DeviceId>().unwrap(),
+            id
+        );
         assert_eq!(
             "0000".parse::<DeviceId>().unwrap_err(),
             DeviceIdError::Length(4)
         );
         assert_eq!(
-            "0000U-00000-00000-00000-00000".parse::<DeviceId>().unwrap_err(),
+            "0000U-00000-00000-00000-00000"
+                .parse::<DeviceId>()
+                .unwrap_err(),
             DeviceIdError::Character('U')
         );
     }
@@ -431,8 +442,11 @@ mod tests {
                 .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
-        std::fs::write(dir.path().join(KEY_FILE), "-----BEGIN PRIVATE KEY-----\ngarbage\n")
-            .unwrap();
+        std::fs::write(
+            dir.path().join(KEY_FILE),
+            "-----BEGIN PRIVATE KEY-----\ngarbage\n",
+        )
+        .unwrap();
         let err = Identity::load_or_create(dir.path()).unwrap_err();
         assert!(matches!(err, IdentityError::Corrupt { .. }), "{err}");
         assert_eq!(

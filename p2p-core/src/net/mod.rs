@@ -61,7 +61,9 @@ pub enum SecurityError {
     #[error("the code was burnt by a failed attempt: start again for a new code")]
     CodeBurnt,
     /// The code was used by a successful session already.
-    #[error("this code was used already: a code works for one transfer; start again for a new one")]
+    #[error(
+        "this code was used already: a code works for one transfer; start again for a new one"
+    )]
     CodeUsed,
     /// One side has a code, the other none.
     #[error("{}", if *here {

@@ -130,7 +130,12 @@ impl ServerCertVerifier for PeerKeyVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
@@ -237,9 +242,9 @@ fn handshake_error(e: std::io::Error) -> SecurityError {
                 SecurityError::NotAPeer(format!("no TLS handshake ({detail})"))
             }
         }
-        std::io::ErrorKind::UnexpectedEof => SecurityError::NotAPeer(
-            "the connection was closed during the TLS handshake".into(),
-        ),
+        std::io::ErrorKind::UnexpectedEof => {
+            SecurityError::NotAPeer("the connection was closed during the TLS handshake".into())
+        }
         _ => SecurityError::Io(e),
     }
 }
@@ -262,7 +267,10 @@ where
     let (_, conn) = tls.get_ref();
     let channel = channel(
         conn,
-        |out| conn.export_keying_material(out, EXPORTER_LABEL, None).map(|_| ()),
+        |out| {
+            conn.export_keying_material(out, EXPORTER_LABEL, None)
+                .map(|_| ())
+        },
         local,
         true,
     )?;
@@ -312,7 +320,10 @@ where
     let (_, conn) = tls.get_ref();
     let channel = channel(
         conn,
-        |out| conn.export_keying_material(out, EXPORTER_LABEL, None).map(|_| ()),
+        |out| {
+            conn.export_keying_material(out, EXPORTER_LABEL, None)
+                .map(|_| ())
+        },
         local,
         false,
     )?;

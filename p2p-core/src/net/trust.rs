@@ -194,8 +194,8 @@ impl TrustStore {
             version: FORMAT,
             devices: self.devices.clone(),
         };
-        let mut json = serde_json::to_vec_pretty(&file)
-            .map_err(|e| write(std::io::Error::other(e)))?;
+        let mut json =
+            serde_json::to_vec_pretty(&file).map_err(|e| write(std::io::Error::other(e)))?;
         json.push(b'\n');
         let temp = dir.join(format!(".{TRUST_FILE}.{}.tmp", std::process::id()));
         let result = (|| {
@@ -242,7 +242,11 @@ mod tests {
         let other = Identity::generate().unwrap();
         let mut store = TrustStore::load(dir.path()).unwrap();
         assert!(store.devices().is_empty());
-        store.add(peer.device_id(), "laptop\u{1b}[2J", Some(peer.fingerprint()));
+        store.add(
+            peer.device_id(),
+            "laptop\u{1b}[2J",
+            Some(peer.fingerprint()),
+        );
         store.add(other.device_id(), "phone", None);
         store.save().unwrap();
 
@@ -250,7 +254,10 @@ mod tests {
         assert_eq!(store.devices().len(), 2);
         assert_eq!(store.devices()[0].name, r"laptop\u{1b}[2J");
         assert!(store.find(&peer.fingerprint()).is_some());
-        assert!(store.find(&other.fingerprint()).is_some(), "matched on the id");
+        assert!(
+            store.find(&other.fingerprint()).is_some(),
+            "matched on the id"
+        );
         assert!(store.rename(&other.device_id(), "tablet"));
         assert!(store.remove(&peer.device_id()));
         assert!(!store.remove(&peer.device_id()));
@@ -262,7 +269,10 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(store.path()).unwrap().permissions().mode();
+            let mode = std::fs::metadata(store.path())
+                .unwrap()
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
     }
@@ -280,7 +290,11 @@ mod tests {
     #[test]
     fn a_damaged_file_is_reported_and_left_alone() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join(TRUST_FILE), b"{\"version\":1,\"devices\":[{").unwrap();
+        std::fs::write(
+            dir.path().join(TRUST_FILE),
+            b"{\"version\":1,\"devices\":[{",
+        )
+        .unwrap();
         let err = TrustStore::load(dir.path()).unwrap_err();
         assert!(matches!(err, TrustError::Corrupt { .. }), "{err}");
         assert_eq!(
