@@ -12,6 +12,7 @@ use bytes::{Bytes, BytesMut};
 use p2p_core::discovery::{encode_datagram, Beacon, DiscoveryMessage};
 use p2p_core::fs::resume_state::StateBody;
 use p2p_core::nat::stun::{self, attr, Class, MessageBuilder, TransactionId, METHOD_BINDING};
+use p2p_core::net::DeviceId;
 use p2p_core::transfer::{ChunkSet, ResumeInfo};
 use p2p_core::wire::{
     encode_frame, Accept, Capabilities, Chunk, ChunkFlags, ChunkRange, ChunkRef, Entry, EntryKind,
@@ -22,6 +23,10 @@ use uuid::Uuid;
 
 const ID: Uuid = Uuid::from_u128(0x0123_4567_89ab_cdef_fedc_ba98_7654_3210);
 const PEER: Uuid = Uuid::from_u128(0x1111_2222_3333_4444_5555_6666_7777_8888);
+const DEVICE: DeviceId = DeviceId([
+    0x01, 0x23, 0x45, 0x67, 0x89, 0xab, 0xcd, 0xef, 0x01, 0x23, 0x45, 0x67, 0x89, 0xab, 0xcd,
+]);
+const PEER_DEVICE: DeviceId = DeviceId([0x11; 15]);
 
 fn main() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus");
@@ -224,10 +229,10 @@ fn beacon_seeds() -> Vec<(&'static str, Vec<u8>)> {
     // A sequence for the peer table: [ctl][len u16 BE][datagram] records.
     let mut sequence = Vec::new();
     for (ctl, datagram) in [
-        (0x00u8, beacon(PEER, "desk", 14567)),
-        (0x11, beacon(ID, "own beacon", 14567)),
+        (0x00u8, beacon(PEER_DEVICE, "desk", 14567)),
+        (0x11, beacon(DEVICE, "own beacon", 14567)),
         (0x22, probe.clone()),
-        (0x33, beacon(PEER, "desk renamed", 15000)),
+        (0x33, beacon(PEER_DEVICE, "desk renamed", 15000)),
         (0xf0, b"not a beacon".to_vec()),
     ] {
         sequence.push(ctl);
@@ -235,7 +240,14 @@ fn beacon_seeds() -> Vec<(&'static str, Vec<u8>)> {
         sequence.extend_from_slice(&datagram);
     }
     vec![
-        ("beacon", beacon(PEER, "laptop", 14567)),
+        ("beacon", beacon(PEER_DEVICE, "laptop", 14567)),
+        (
+            "beacon-code",
+            encode_datagram(&DiscoveryMessage::Beacon(
+                Beacon::new(PEER_DEVICE, "sender", 14567).with_nameplate(Some(7)),
+            ))
+            .unwrap(),
+        ),
         ("probe", probe),
         ("table", sequence),
     ]

@@ -22,10 +22,12 @@ use p2p_core::discovery::{
     decode_datagram, encode_datagram, Beacon, BeaconError, DiscoveryMessage, Observation,
     PeerTable, MAX_DATAGRAM_LEN, MAX_NAME_LEN, MAX_PEERS,
 };
+use p2p_core::net::DeviceId;
 use tokio::time::Instant;
-use uuid::Uuid;
 
-const OWN_ID: Uuid = Uuid::from_u128(0x0123_4567_89ab_cdef_0123_4567_89ab_cdef);
+const OWN_ID: DeviceId = DeviceId([
+    0x01, 0x23, 0x45, 0x67, 0x89, 0xab, 0xcd, 0xef, 0x01, 0x23, 0x45, 0x67, 0x89, 0xab, 0xcd,
+]);
 const TTL: Duration = Duration::from_secs(10);
 
 pub fn run(data: &[u8]) {
@@ -101,7 +103,7 @@ fn feed_table(data: &[u8]) {
     let mut now = start;
     let mut table = PeerTable::new(Some(OWN_ID), TTL);
     // What the table should hold: id -> last seen, expired ones included until pruned.
-    let mut model: HashMap<Uuid, Instant> = HashMap::new();
+    let mut model: HashMap<DeviceId, Instant> = HashMap::new();
     let mut rest = data;
     while let [ctl, hi, lo, tail @ ..] = rest {
         let len = usize::from(u16::from_be_bytes([*hi, *lo])).min(tail.len());
@@ -162,12 +164,12 @@ fn feed_table(data: &[u8]) {
                 panic!("table says {observation:?} for a datagram that decodes as {decoded:?}")
             }
         }
-        let expected: HashSet<Uuid> = model
+        let expected: HashSet<DeviceId> = model
             .iter()
             .filter(|(_, seen)| fresh(seen))
             .map(|(id, _)| *id)
             .collect();
-        let listed: HashSet<Uuid> = live.iter().map(|p| p.device_id).collect();
+        let listed: HashSet<DeviceId> = live.iter().map(|p| p.device_id).collect();
         assert_eq!(listed, expected, "live peers differ from the model");
 
         assert!(live.len() <= MAX_PEERS);

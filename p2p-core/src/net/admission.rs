@@ -443,3 +443,64 @@ fn closed(e: std::io::Error) -> SecurityError {
         SecurityError::Io(e)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hex(bytes: &[u8]) -> String {
+        bytes
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    /// The examples of docs/protocol.md, section 0.3.
+    #[test]
+    fn admission_messages_match_the_spec() {
+        let intro = postcard::to_stdvec(&AdmitMessage::Intro { pake: None }).unwrap();
+        assert_eq!(hex(&intro), "00 00");
+        let mut pake = vec![0x53];
+        pake.extend([0xaa; 32]);
+        let intro = postcard::to_stdvec(&AdmitMessage::Intro { pake: Some(pake) }).unwrap();
+        assert_eq!(intro.len(), 36);
+        assert_eq!(hex(&intro[..5]), "00 01 21 53 aa");
+        let confirm = postcard::to_stdvec(&AdmitMessage::Confirm { mac: [7; 32] }).unwrap();
+        assert_eq!(confirm.len(), 33);
+        assert_eq!(hex(&confirm[..3]), "01 07 07");
+        let verdict = postcard::to_stdvec(&AdmitMessage::Verdict {
+            accepted: false,
+            reason: "no".into(),
+        })
+        .unwrap();
+        assert_eq!(hex(&verdict), "02 00 02 6e 6f");
+        let verdict = postcard::to_stdvec(&AdmitMessage::Verdict {
+            accepted: true,
+            reason: String::new(),
+        })
+        .unwrap();
+        assert_eq!(hex(&verdict), "02 01 00");
+    }
+
+    #[test]
+    fn a_spake2_message_is_33_bytes_starting_with_s() {
+        let (_, msg) = Spake2::<Ed25519Group>::start_symmetric(
+            &Password::new(b"7-guitar-orbit"),
+            &SpakeIdentity::new(SPAKE2_IDENTITY),
+        );
+        assert_eq!(msg.len(), 33);
+        assert_eq!(msg[0], b'S');
+    }
+
+    #[test]
+    fn the_plaintext_refusal_is_a_version_1_error_frame() {
+        let frame = super::super::tls::plaintext_refusal();
+        let len = u32::from_be_bytes(frame[..4].try_into().unwrap()) as usize;
+        assert_eq!(frame.len(), 4 + len);
+        // Error (2), VersionMismatch (0), message, version 2.
+        assert_eq!(hex(&frame[4..6]), "02 00");
+        assert_eq!(*frame.last().unwrap(), 2);
+        println!("{}", hex(&frame));
+    }
+}
