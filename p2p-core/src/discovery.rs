@@ -287,13 +287,15 @@ pub enum Observation {
     Malformed(String),
 }
 
-/// The receivers heard from recently, keyed by device id. Sans-IO: datagrams and the
-/// time come in as arguments, so expiry is tested without sleeping.
+/// The peers heard from recently, keyed by device id and listening port (one device may
+/// run several listeners: two `receive`s, or a sender waiting with a code beside a
+/// receiver). Sans-IO: datagrams and the time come in as arguments, so expiry is tested
+/// without sleeping.
 #[derive(Debug, Clone)]
 pub struct PeerTable {
     own_id: Option<DeviceId>,
     ttl: Duration,
-    peers: HashMap<DeviceId, PeerInfo>,
+    peers: HashMap<(DeviceId, u16), PeerInfo>,
 }
 
 impl PeerTable {
@@ -318,7 +320,8 @@ impl PeerTable {
             return Observation::Own;
         }
         let addr = SocketAddr::new(from.ip(), beacon.listen_port);
-        if let Some(peer) = self.peers.get_mut(&beacon.device_id) {
+        let key = (beacon.device_id, beacon.listen_port);
+        if let Some(peer) = self.peers.get_mut(&key) {
             peer.name = beacon.name;
             peer.addr = addr;
             peer.protocol_version = beacon.protocol_version;
@@ -332,7 +335,7 @@ impl PeerTable {
         }
         let id = beacon.device_id;
         self.peers.insert(
-            id,
+            key,
             PeerInfo {
                 device_id: id,
                 nameplate: beacon.nameplate,
@@ -360,7 +363,9 @@ impl PeerTable {
             .filter(|peer| now.saturating_duration_since(peer.last_seen) < self.ttl)
             .cloned()
             .collect();
-        live.sort_by(|a, b| a.name.cmp(&b.name).then(a.device_id.cmp(&b.device_id)));
+        live.sort_by(|a, b| {
+            (&a.name, a.device_id, a.addr.port()).cmp(&(&b.name, b.device_id, b.addr.port()))
+        });
         live
     }
 }
@@ -916,6 +921,28 @@ mod tests {
             ..DiscoveryConfig::default()
         };
         assert_eq!(chosen.for_listener(loopback), chosen);
+    }
+
+    /// One installation (one device key) may run two listeners: both are listed. (The
+    /// table was keyed by device id alone, and the NAT lab's two receivers on one host
+    /// collapsed into one.)
+    #[test]
+    fn two_listeners_of_one_device_are_two_peers() {
+        let alpha = beacon("alpha", 15001);
+        let mut beta = beacon("beta", 15002);
+        beta.device_id = alpha.device_id;
+        let mut table = PeerTable::new(None, DEFAULT_PEER_TTL);
+        let now = Instant::now();
+        table.handle_datagram(FROM, &datagram(&alpha), now);
+        table.handle_datagram(FROM, &datagram(&beta), now);
+        let names: Vec<String> = table.peers(now).into_iter().map(|p| p.name).collect();
+        assert_eq!(names, ["alpha", "beta"]);
+        // The same listener again only refreshes.
+        assert_eq!(
+            table.handle_datagram(FROM, &datagram(&beta), now),
+            Observation::Refreshed(beta.device_id)
+        );
+        assert_eq!(table.peers(now).len(), 2);
     }
 
     #[test]

@@ -102,8 +102,9 @@ fn feed_table(data: &[u8]) {
     let start = Instant::now();
     let mut now = start;
     let mut table = PeerTable::new(Some(OWN_ID), TTL);
-    // What the table should hold: id -> last seen, expired ones included until pruned.
-    let mut model: HashMap<DeviceId, Instant> = HashMap::new();
+    // What the table should hold: (id, port) -> last seen, expired ones included until
+    // pruned.
+    let mut model: HashMap<(DeviceId, u16), Instant> = HashMap::new();
     let mut rest = data;
     while let [ctl, hi, lo, tail @ ..] = rest {
         let len = usize::from(u16::from_be_bytes([*hi, *lo])).min(tail.len());
@@ -131,7 +132,7 @@ fn feed_table(data: &[u8]) {
                 assert_eq!(b.device_id, OWN_ID)
             }
             (Observation::TableFull, Some(DiscoveryMessage::Beacon(b))) => {
-                assert!(!model.contains_key(&b.device_id));
+                assert!(!model.contains_key(&(b.device_id, b.listen_port)));
                 model.retain(|_, seen| fresh(seen));
                 assert_eq!(model.len(), MAX_PEERS, "table full below MAX_PEERS");
             }
@@ -143,17 +144,18 @@ fn feed_table(data: &[u8]) {
                 assert_ne!(*id, OWN_ID, "our own beacon entered the table");
                 // A peer still held (even past its TTL, until pruned) is refreshed; a new
                 // one is added after the expired ones are pruned.
-                if model.contains_key(id) {
+                let key = (*id, b.listen_port);
+                if model.contains_key(&key) {
                     assert!(matches!(observation, Observation::Refreshed(_)));
                 } else {
                     assert!(matches!(observation, Observation::NewPeer(_)));
                     model.retain(|_, seen| fresh(seen));
                     assert!(model.len() < MAX_PEERS);
                 }
-                model.insert(*id, now);
+                model.insert(key, now);
                 let peer = live
                     .iter()
-                    .find(|p| p.device_id == *id)
+                    .find(|p| (p.device_id, p.addr.port()) == key)
                     .expect("a recorded peer is live");
                 assert_eq!(peer.name, b.name);
                 assert_eq!(peer.addr, SocketAddr::new(from.ip(), b.listen_port));
@@ -164,18 +166,22 @@ fn feed_table(data: &[u8]) {
                 panic!("table says {observation:?} for a datagram that decodes as {decoded:?}")
             }
         }
-        let expected: HashSet<DeviceId> = model
+        let expected: HashSet<(DeviceId, u16)> = model
             .iter()
             .filter(|(_, seen)| fresh(seen))
-            .map(|(id, _)| *id)
+            .map(|(key, _)| *key)
             .collect();
-        let listed: HashSet<DeviceId> = live.iter().map(|p| p.device_id).collect();
+        let listed: HashSet<(DeviceId, u16)> =
+            live.iter().map(|p| (p.device_id, p.addr.port())).collect();
         assert_eq!(listed, expected, "live peers differ from the model");
 
         assert!(live.len() <= MAX_PEERS);
         let mut ids = HashSet::new();
         for peer in &live {
-            assert!(ids.insert(peer.device_id), "peer listed twice");
+            assert!(
+                ids.insert((peer.device_id, peer.addr.port())),
+                "peer listed twice"
+            );
             assert_ne!(peer.device_id, OWN_ID);
             assert!(now.saturating_duration_since(peer.last_seen) < TTL);
             assert!(!peer.name.is_empty() && peer.name.len() <= MAX_NAME_LEN);
@@ -188,7 +194,8 @@ fn feed_table(data: &[u8]) {
             let _ = peer.matches(&peer.name);
         }
         for pair in live.windows(2) {
-            let key = |p: &p2p_core::discovery::PeerInfo| (p.name.clone(), p.device_id);
+            let key =
+                |p: &p2p_core::discovery::PeerInfo| (p.name.clone(), p.device_id, p.addr.port());
             assert!(key(&pair[0]) < key(&pair[1]), "peers not sorted");
         }
         table.handle_timeout(now);
