@@ -99,7 +99,7 @@ pub async fn run(args: ReceiveArgs, recorder: &Recorder) -> anyhow::Result<()> {
                     Some(Admitted::Unknown)
                 );
                 if remember && !unknown {
-                    super::remember(&session, &recorder.renderer());
+                    super::remember(&session, recorder.renderer());
                 }
                 let mut transfers = 0usize;
                 loop {
@@ -108,7 +108,7 @@ pub async fn run(args: ReceiveArgs, recorder: &Recorder) -> anyhow::Result<()> {
                         None => break,
                         Some(Received::Completed(summary)) => {
                             if remember && unknown && transfers == 0 {
-                                super::remember(&session, &recorder.renderer());
+                                super::remember(&session, recorder.renderer());
                             }
                             done.lock().unwrap_or_else(|p| p.into_inner()).push(summary)
                         }

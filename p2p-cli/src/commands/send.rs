@@ -126,7 +126,7 @@ async fn send_as(
             let mut session = super::open_session(endpoint, options).await?;
             progress.connected();
             if remember {
-                super::remember(&session, &recorder.renderer());
+                super::remember(&session, recorder.renderer());
             }
             session
                 .send_manifest_as(manifest, transfer_id, recorder)
