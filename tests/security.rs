@@ -1006,11 +1006,6 @@ fn cli_a_code_used_by_a_successful_session_is_refused_for_another_device() {
 /// The device that comes with a code already used should hear that, not that it "did
 /// not use the code".
 #[test]
-#[ignore = "BUG: a device presenting a code the peer already used is told \"the peer did not \
-            use the code: give it the code this side printed\" (its own CodeMissing{here:false}, \
-            because the peer's Intro carries no SPAKE2 message once its code is Used); the \
-            peer's Verdict reason \"this code was used already\" is dropped (admit(): \"our own \
-            refusal speaks first\")"]
 fn cli_a_device_with_a_used_code_is_told_the_code_was_used() {
     let lab = Lab::new();
     let first = lab.file("first.bin", 10_000, 9);
@@ -1101,11 +1096,6 @@ fn cli_an_expired_code_finds_nobody() {
 
 /// What a receiver whose code finds nobody is told should be about the sender.
 #[test]
-#[ignore = "BUG: `receive CODE` with nobody announcing the code fails with \"no receiver \
-            named \\\"the sender of code N-…\\\" answered …; is `p2p-transfer receive` running \
-            on the same network …\" — it looks for a sender, yet talks of a receiver and tells \
-            the person to run `receive`, which they are doing (discovery::not_found_message is \
-            written for `send --discover`)"]
 fn cli_an_expired_code_is_reported_as_no_sender() {
     let lab = Lab::new();
     let out = lab.path("out");

@@ -15,7 +15,7 @@ Exit codes:
   6    data failed verification
   7    local file system error (read, write, permission, disk full)
   8    the peer was not let in, or did not let us in (wrong or used code,
-       unknown device, not the pinned device)
+       unknown device, not the pinned device), or the connection was tampered with
   130  interrupted (Ctrl+C)";
 
 /// The user pressed Ctrl+C.
@@ -63,6 +63,7 @@ pub fn exit_code(error: &anyhow::Error) -> u8 {
     match core {
         Error::Connect { .. } => 3,
         Error::Wire(WireError::Io(_) | WireError::Truncated { .. }) => 3,
+        Error::Wire(WireError::Tampered(_)) => 8,
         Error::Wire(_) => 4,
         Error::Handshake(HandshakeError::Closed | HandshakeError::Timeout(_)) => 3,
         Error::Handshake(_) => 4,

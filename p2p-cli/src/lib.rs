@@ -14,7 +14,7 @@
 //! | 5 | the transfer was refused (unsafe path, file exists, no space, peer declined) |
 //! | 6 | data failed verification |
 //! | 7 | local file system error (read, write, permission, disk full) |
-//! | 8 | the peer was not let in, or did not let us in (wrong or used code, unknown device, not the pinned device) |
+//! | 8 | the peer was not let in, or did not let us in (wrong or used code, unknown device, not the pinned device), or the connection was tampered with |
 //! | 130 | interrupted (Ctrl+C) |
 
 mod commands;

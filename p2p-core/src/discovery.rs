@@ -529,6 +529,19 @@ pub enum DiscoveryError {
         /// Receivers that were visible but did not match.
         seen: Vec<PeerInfo>,
     },
+    /// Nobody announced a code with this nameplate in time (`receive CODE`).
+    #[error(
+        "no sender waiting for code {nameplate}-… was found on the local network within \
+         {timeout:.1?}: is the `p2p-transfer send` that printed the code still running, on \
+         the same network (and does the firewall let UDP broadcast through)? Across \
+         networks, add --peer HOST:PORT"
+    )]
+    NoSender {
+        /// The code's number.
+        nameplate: u16,
+        /// How long we listened.
+        timeout: Duration,
+    },
     /// Several receivers match: the user has to choose.
     #[error("{}", ambiguous_message(query.as_deref(), candidates))]
     Ambiguous {
@@ -821,9 +834,14 @@ pub async fn find_nameplate(
     nameplate: u16,
     timeout: Duration,
 ) -> Result<PeerInfo, DiscoveryError> {
-    let query = format!("the sender of code {nameplate}-…");
+    let query = format!("code {nameplate}-…");
     let wanted = |p: &PeerInfo| p.nameplate == Some(nameplate);
-    find_matching(config, Some(&query), wanted, None, timeout).await
+    match find_matching(config, Some(&query), wanted, None, timeout).await {
+        Err(DiscoveryError::NotFound { .. }) => {
+            Err(DiscoveryError::NoSender { nameplate, timeout })
+        }
+        other => other,
+    }
 }
 
 async fn find_matching(

@@ -51,7 +51,26 @@ pub enum WireError {
     TrailingBytes(usize),
     /// The transport failed.
     #[error("connection error: {0}")]
-    Io(#[from] io::Error),
+    Io(io::Error),
+    /// The secure channel refused a record: it was altered (or damaged) in transit, so
+    /// TLS stopped the connection before a byte of it was used.
+    #[error(
+        "the connection was tampered with or damaged in transit: the secure channel \
+         refused a record ({0}); nothing from it was used"
+    )]
+    Tampered(io::Error),
+}
+
+impl From<io::Error> for WireError {
+    /// TLS reports a record that fails authentication as `InvalidData` (a plain TCP
+    /// stream never does).
+    fn from(e: io::Error) -> Self {
+        if e.kind() == io::ErrorKind::InvalidData {
+            WireError::Tampered(e)
+        } else {
+            WireError::Io(e)
+        }
+    }
 }
 
 bitflags::bitflags! {

@@ -248,7 +248,15 @@ where
         Ok(other) => Err(unexpected("Verdict", &other)),
         Err(e) => Err(e),
     };
-    // Our own refusal speaks first: it is the more precise one.
+    // Our own refusal speaks first: it is the more precise one — except "the peer sent
+    // no code", where the peer knows why (its code was used or burnt already).
+    if let (Err(SecurityError::CodeMissing { here: false }), Ok((false, reason))) =
+        (&verdict, &peer_verdict)
+    {
+        return Err(SecurityError::RefusedByPeer(
+            crate::text::printable_truncated(reason, MAX_REASON_LEN).into_owned(),
+        ));
+    }
     let admitted = verdict?;
     match peer_verdict? {
         (true, _) => {}

@@ -404,7 +404,7 @@ where
     let pointless = matches!(
         error,
         Error::Transfer(TransferError::PeerAborted { .. } | TransferError::ConnectionClosed)
-            | Error::Wire(WireError::Io(_) | WireError::Truncated { .. })
+            | Error::Wire(WireError::Io(_) | WireError::Truncated { .. } | WireError::Tampered(_))
     );
     if pointless {
         return;
