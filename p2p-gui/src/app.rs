@@ -6,12 +6,14 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use iced::task;
 use iced::Task;
 use p2p_core::discovery::{DiscoveryConfig, PeerInfo};
 use p2p_core::fs::source::SourceManifest;
+use p2p_core::net::{Admission, Code, DeviceId, Identity, PeerIdentity, Security, TrustStore};
 use p2p_core::settings::{Settings, DEFAULT_LISTEN_PORT};
 use p2p_core::{Direction, IncomingOffer, ReceiveOptions, SessionOptions, TransferEvent};
 use uuid::Uuid;
@@ -49,6 +51,10 @@ pub struct Launch {
     /// Accept incoming transfers without asking (this run only; the saved setting is
     /// kept).
     pub auto_accept: bool,
+    /// This device's key. `None` loads the one in `data_dir` (creating it on first
+    /// use), as the CLI does; embedders and tests may hand one in
+    /// (`Security::default().identity` is the key of the whole process).
+    pub identity: Option<Arc<Identity>>,
 }
 
 /// The tabs, in order.
@@ -175,7 +181,7 @@ pub struct Worker {
     pub listening_on: Option<SocketAddr>,
     pub peer: Option<Peer>,
     /// Aborts the worker's task when dropped.
-    _abort: task::Handle,
+    abort: task::Handle,
 }
 
 /// The connected peer.
@@ -183,6 +189,8 @@ pub struct Worker {
 pub struct Peer {
     pub name: String,
     pub addr: Option<SocketAddr>,
+    /// The device the connection proved, and how it was let in.
+    pub identity: Option<PeerIdentity>,
     pub handle: SessionHandle,
 }
 
@@ -232,9 +240,17 @@ pub struct App {
     pub history_writes: usize,
     /// Trouble reading or writing the history file.
     pub history_status: Option<Notice>,
-    /// This window's id on the network (beacons, sessions).
-    device_id: Uuid,
+    /// This device's key, with no admission rules: each worker gets its own rules
+    /// ([`App::security`]).
+    security: Security,
+    /// Where this device's key lives, when it was loaded from a file.
+    pub key_file: Option<PathBuf>,
+    /// Folder of the trust store (the data folder); `None`: no trusted devices.
+    trust_dir: Option<PathBuf>,
     pub discovery: Option<DiscoveryConfig>,
+    /// Workers closing their session cleanly after Stop/Disconnect, by id: each is
+    /// aborted if it has not ended when the window goes.
+    closing: Vec<(u64, task::Handle)>,
     /// Aborts the browsing task when dropped; `Some` while looking for peers.
     browsing: Option<task::Handle>,
     pub found_peers: Vec<PeerInfo>,
@@ -260,6 +276,8 @@ impl App {
             .output
             .clone()
             .unwrap_or_else(|| settings.output_dir_or_default());
+        let (security, key_file, identity_error) =
+            load_identity(launch.identity.clone(), launch.data_dir.as_deref());
         let mut app = Self {
             tab: Tab::Connection,
             config_dir: launch.config_dir,
@@ -286,18 +304,25 @@ impl App {
             history_file: launch.data_dir.as_deref().map(HistoryFile::in_dir),
             history_writes: 0,
             history_status: None,
-            device_id: Uuid::new_v4(),
+            security,
+            key_file,
+            trust_dir: launch.data_dir.clone(),
             discovery: launch.discovery,
+            closing: Vec::new(),
             browsing: None,
             found_peers: Vec::new(),
             discovery_error: None,
         };
+        app.notice = identity_error.map(Notice::Error);
         let mut tasks = Vec::new();
         if let Some(file) = app.history_file.clone() {
             tasks.push(Task::perform(load_history(file), Message::HistoryLoaded));
         }
         if let Some(bind) = launch.listen {
-            tasks.push(app.start_worker(Plan::Listen { bind }));
+            tasks.push(app.start_worker(Plan::Listen {
+                bind,
+                nameplate: None,
+            }));
         } else if let Some(addr) = launch.connect {
             app.peer_address = addr.clone();
             tasks.push(app.start_worker(Plan::Connect { addr }));
@@ -337,9 +362,11 @@ impl App {
                 let Some(config) = self.discovery.clone() else {
                     return Task::none();
                 };
-                let (task, handle) =
-                    Task::run(peers::browse(config, self.device_id), Message::PeersFound)
-                        .abortable();
+                let (task, handle) = Task::run(
+                    peers::browse(config, self.security.device_id()),
+                    Message::PeersFound,
+                )
+                .abortable();
                 self.browsing = Some(handle.abort_on_drop());
                 self.found_peers.clear();
                 self.discovery_error = None;
@@ -356,15 +383,29 @@ impl App {
                 self.discovery_error = Some(e);
             }
             Message::ConnectTo(addr) => {
+                // The connection must prove the id the beacon announced (a beacon is
+                // only a hint; trust or a code still decide).
+                let announced = self
+                    .found_peers
+                    .iter()
+                    .find(|p| p.addr == addr)
+                    .map(|p| p.device_id);
                 self.peer_address = addr.to_string();
                 self.browsing = None;
-                return self.start_worker(Plan::Connect {
-                    addr: addr.to_string(),
-                });
+                return self.start_worker_with(
+                    Plan::Connect {
+                        addr: addr.to_string(),
+                    },
+                    None,
+                    announced,
+                );
             }
             Message::Worker(id, event) => {
                 if self.worker.as_ref().is_some_and(|w| w.id == id) {
                     return self.on_worker(event);
+                }
+                if matches!(event, WorkerEvent::Stopped { .. }) {
+                    self.closing.retain(|(closing, _)| *closing != id);
                 }
             }
             Message::PickFiles => {
@@ -552,6 +593,7 @@ impl App {
         }
         self.start_worker(Plan::Listen {
             bind: format!("0.0.0.0:{port}"),
+            nameplate: None,
         })
     }
 
@@ -573,15 +615,32 @@ impl App {
     }
 
     fn start_worker(&mut self, plan: Plan) -> Task<Message> {
+        self.start_worker_with(plan, None, None)
+    }
+
+    /// Starts a worker for `plan`, letting in the peer that knows `code` besides the
+    /// trusted devices (and, for a listener without a code, unknown devices for a person
+    /// to judge at their offers). With `expect`, the peer must prove that device id.
+    fn start_worker_with(
+        &mut self,
+        plan: Plan,
+        code: Option<Code>,
+        expect: Option<DeviceId>,
+    ) -> Task<Message> {
         let stopped = self.stop();
         let id = self.next_worker;
         self.next_worker += 1;
         let config = match plan {
             Plan::Listen { .. } => self.settings.responder_config(),
-            Plan::Connect { .. } => self.settings.session_config(),
+            Plan::Connect { .. } | Plan::FindCode { .. } => self.settings.session_config(),
         };
+        // A listener lets unknown devices in for the person to decide on their offers
+        // (`receive --ask`); a dialer insists on a code or trust, as `send` does.
+        let accept_unknown = matches!(plan, Plan::Listen { .. }) && code.is_none();
+        let security = self.security(code, accept_unknown);
+        security.admission.expect(expect);
         let options = SessionOptions {
-            device_id: self.device_id,
+            security,
             config,
             max_speed: self.settings.max_speed(),
             ..SessionOptions::default()
@@ -602,16 +661,52 @@ impl App {
             plan,
             listening_on: None,
             peer: None,
-            _abort: handle.abort_on_drop(),
+            abort: handle.abort_on_drop(),
         });
         self.notice = None;
         Task::batch([stopped, task])
     }
 
-    /// Drops the worker (aborting its task closes the listener and the connection).
+    /// This device's key with the rules a new worker lets peers in by: the trusted
+    /// devices as the trust file has them now, and `code` if any.
+    fn security(&mut self, code: Option<Code>, accept_unknown: bool) -> Security {
+        let trusted = match &self.trust_dir {
+            Some(dir) => match TrustStore::load(dir) {
+                Ok(store) => store.devices().to_vec(),
+                Err(e) => {
+                    // Nothing is trusted then; the file is left alone.
+                    self.notice = Some(Notice::Error(format!("{e}")));
+                    Vec::new()
+                }
+            },
+            None => Vec::new(),
+        };
+        let mut admission = Admission::default()
+            .with_trusted(&trusted)
+            .accepting_unknown(accept_unknown);
+        if let Some(code) = code {
+            admission = admission.with_code(code);
+        }
+        self.security.with_admission(admission)
+    }
+
+    /// This device's id, as peers see it.
+    pub fn device_id(&self) -> DeviceId {
+        self.security.device_id()
+    }
+
+    /// Drops the worker. Between transfers its session is closed cleanly first (the
+    /// peer sees the session end, not a broken connection); otherwise, or when that
+    /// cannot be asked, aborting its task closes the listener and the connection.
     fn stop(&mut self) -> Task<Message> {
-        if self.worker.take().is_none() {
+        let Some(worker) = self.worker.take() else {
             return Task::none();
+        };
+        let idle = !self.is_busy() && self.offer.is_none();
+        if let Some(peer) = worker.peer.as_ref().filter(|_| idle) {
+            if peer.handle.close() {
+                self.closing.push((worker.id, worker.abort));
+            }
         }
         self.send_pending = false;
         self.offer = None;
@@ -719,11 +814,23 @@ impl App {
                 // Show the port actually bound (port 0 or `--listen` pick their own).
                 self.listen_port = addr.port().to_string();
             }
-            WorkerEvent::Connected { peer, addr, handle } => {
+            WorkerEvent::Found(found) => {
+                self.peer_address = found.addr.to_string();
+                worker.plan = Plan::Connect {
+                    addr: found.addr.to_string(),
+                };
+            }
+            WorkerEvent::Connected {
+                peer,
+                addr,
+                identity,
+                handle,
+            } => {
                 self.tracker.set_peer(peer.clone());
                 worker.peer = Some(Peer {
                     name: peer,
                     addr,
+                    identity,
                     handle,
                 });
                 self.notice = None;
@@ -902,6 +1009,45 @@ impl App {
             },
             Message::HistoryWritten,
         )
+    }
+}
+
+/// This device's key: the one handed in, else the one in the data folder (created on
+/// first use). A key that cannot be read or created — a damaged file is left alone —
+/// is reported, and a key that lives in memory for this run is used instead.
+/// Returns the key, its file, and the error to show.
+fn load_identity(
+    given: Option<Arc<Identity>>,
+    data_dir: Option<&Path>,
+) -> (Security, Option<PathBuf>, Option<String>) {
+    let fallback = |error: String| (Security::ephemeral(), None, Some(error));
+    let (identity, file) = match (given, data_dir) {
+        (Some(identity), _) => (identity, None),
+        (None, None) => {
+            return fallback(format!(
+                "No data folder for this device's key (set {}): this window uses a key of \
+                 its own for this run, so peers that trust this device will not recognise it.",
+                p2p_core::history::DATA_DIR_ENV
+            ))
+        }
+        (None, Some(dir)) => match Identity::load_or_create(dir) {
+            Ok(identity) => (
+                Arc::new(identity),
+                Some(dir.join(p2p_core::net::identity::KEY_FILE)),
+            ),
+            Err(e) => {
+                return fallback(format!(
+                    "{e}. This window uses a key of its own for this run, so peers that \
+                     trust this device will not recognise it."
+                ))
+            }
+        },
+    };
+    match Security::new(identity, Admission::default()) {
+        Ok(security) => (security, file, None),
+        Err(e) => fallback(format!(
+            "Cannot use this device's key ({e}); this window uses a key of its own for this run."
+        )),
     }
 }
 

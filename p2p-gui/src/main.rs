@@ -75,6 +75,7 @@ fn main() -> ExitCode {
         data_dir: p2p_core::history::data_dir(),
         find_peers: args.find_peers,
         auto_accept: args.auto_accept,
+        identity: None,
         discovery: match p2p_core::discovery::DiscoveryConfig::from_env() {
             Ok(config) => Some(config),
             Err(e) => {

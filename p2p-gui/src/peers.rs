@@ -8,8 +8,11 @@ use std::time::Duration;
 
 use iced::futures::stream::{self, Stream, StreamExt};
 use p2p_core::discovery::{Browser, DiscoveryConfig, PeerInfo};
+use p2p_core::net::DeviceId;
 use tokio::sync::mpsc;
-use uuid::Uuid;
+
+/// What of a peer the list shows: a change in any of it is redrawn.
+type Shown = (DeviceId, String, std::net::SocketAddr, Option<u16>);
 
 /// How often the list is checked for peers that went silent.
 const EXPIRY_CHECK: Duration = Duration::from_secs(2);
@@ -18,7 +21,7 @@ const EXPIRY_CHECK: Duration = Duration::from_secs(2);
 /// end when discovery cannot start. Beacons carrying `own_id` are ignored.
 pub fn browse(
     config: DiscoveryConfig,
-    own_id: Uuid,
+    own_id: DeviceId,
 ) -> impl Stream<Item = Result<Vec<PeerInfo>, String>> {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let work = async move {
@@ -29,12 +32,12 @@ pub fn browse(
                 return;
             }
         };
-        let mut shown: Option<Vec<(Uuid, String, std::net::SocketAddr)>> = None;
+        let mut shown: Option<Vec<Shown>> = None;
         loop {
             let peers = browser.peers();
-            let key: Vec<_> = peers
+            let key: Vec<Shown> = peers
                 .iter()
-                .map(|p| (p.device_id, p.name.clone(), p.addr))
+                .map(|p| (p.device_id, p.name.clone(), p.addr, p.nameplate))
                 .collect();
             // Refreshed beacons of the same peers change nothing on screen.
             if shown.as_ref() != Some(&key) {

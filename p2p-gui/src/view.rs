@@ -605,8 +605,13 @@ impl App {
                 (None, Plan::Listen { .. }, Some(addr)) => {
                     format!("Listening on {addr}, waiting for a peer")
                 }
-                (None, Plan::Listen { bind }, None) => format!("Starting to listen on {bind}…"),
+                (None, Plan::Listen { bind, .. }, None) => {
+                    format!("Starting to listen on {bind}…")
+                }
                 (None, Plan::Connect { addr }, _) => format!("Connecting to {addr}…"),
+                (None, Plan::FindCode { nameplate }, _) => {
+                    format!("Looking for the peer of code {nameplate}-… on this network…")
+                }
             },
         };
         let connected = self.peer().is_some();

@@ -6,6 +6,14 @@
 //! disk. Aborting the task drops the listener and the session, which closes the
 //! connection.
 //!
+//! Listening, dialing and announcing go through [`p2p_core::net::Endpoint`], as in the
+//! CLI: every connection is TLS 1.3 with this device's key, and the peer is let in by
+//! the [`SessionOptions::security`] the window built (a one-time code, a trusted
+//! device, this device's own key, or — for a listener — an unknown device that a person
+//! then judges at its offer). The peer's verified identity comes with
+//! [`WorkerEvent::Connected`]. An unknown device's offers are always shown, whatever
+//! auto-accept says.
+//!
 //! Once a peer is connected the worker hands out a [`SessionHandle`]. Between commands
 //! it waits for the peer's next transfer (`P2PSession::receive_with`): with auto-accept
 //! it is received at once, otherwise the window is shown the offer
@@ -29,8 +37,9 @@ use std::task::Poll;
 use std::time::Duration;
 
 use iced::futures::stream::{self, Stream, StreamExt};
-use p2p_core::discovery::{Announcer, Beacon, DiscoveryConfig};
+use p2p_core::discovery::{Beacon, DiscoveryConfig, PeerInfo};
 use p2p_core::fs::source::SourceManifest;
+use p2p_core::net::{Admitted, Endpoint, PeerIdentity, SecurityError};
 use p2p_core::reconnect::Reconnect;
 use p2p_core::transport::Stream as ByteStream;
 use p2p_core::{
@@ -39,14 +48,26 @@ use p2p_core::{
 use tokio::sync::{mpsc, Notify};
 use uuid::Uuid;
 
+/// How long looking for the peer of a code on the local network may take: two beacon
+/// intervals and a margin (the CLI's `receive CODE` waits as long).
+pub const FIND_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// How to reach the peer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Plan {
-    /// Listen on `bind` (`host:port`) and serve one peer at a time until stopped.
-    Listen { bind: String },
+    /// Listen on `bind` (`host:port`) and serve one peer at a time until stopped. The
+    /// beacon carries `nameplate`, the public part of the code this side waits for.
+    Listen {
+        bind: String,
+        nameplate: Option<u16>,
+    },
     /// Connect to `addr` (`host:port`) and serve that one session (reconnecting after a
     /// transient failure when [`Policy::auto_reconnect`] is on).
     Connect { addr: String },
+    /// Find the peer that waits for a code with this nameplate on the local network,
+    /// then connect to it as [`Plan::Connect`] does. The connection must prove the id
+    /// its beacon announced.
+    FindCode { nameplate: u16 },
 }
 
 /// How the worker receives and reconnects. The receive half can change while it runs
@@ -70,10 +91,13 @@ pub enum WorkerEvent {
     /// Something worth a line in the status bar that changes nothing (announcing on
     /// the local network failed, …).
     Note(String),
-    /// A session is established.
+    /// The peer of a code was found on the local network; connecting to it.
+    Found(PeerInfo),
+    /// A session is established with the device `identity` proved to be.
     Connected {
         peer: String,
         addr: Option<SocketAddr>,
+        identity: Option<PeerIdentity>,
         handle: SessionHandle,
     },
     /// The peer offers a transfer and waits for [`SessionHandle::decide`].
@@ -113,7 +137,12 @@ enum Command {
     /// Send these paths, as a new transfer or (with an id) resuming an interrupted one.
     Send(Vec<PathBuf>, Option<Uuid>),
     SetReceive(ReceiveOptions, bool),
+    /// Close the session cleanly and end the worker.
+    Close,
 }
+
+/// How long a clean close may take before the connection is simply dropped.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl SessionHandle {
     /// Asks the worker to send `paths` as a new transfer. Returns `false` when the
@@ -143,6 +172,14 @@ impl SessionHandle {
         let _ = self.decisions.send((transfer_id, accept));
     }
 
+    /// Closes the session cleanly between transfers (TLS `close_notify`, so the peer
+    /// sees the end of the session, not a broken connection) and ends the worker, which
+    /// then reports [`WorkerEvent::Stopped`]. Taken only while no incoming transfer is
+    /// running or awaiting an answer; abort the worker's task to stop at once.
+    pub fn close(&self) -> bool {
+        self.commands.send(Command::Close).is_ok()
+    }
+
     /// Stops the running transfer and drops the session. Does nothing between
     /// transfers.
     pub fn cancel(&self) {
@@ -153,7 +190,8 @@ impl SessionHandle {
 /// Starts a worker. The stream ends after [`WorkerEvent::Stopped`].
 ///
 /// While listening, the worker announces itself on the local network with
-/// `discovery` (as `p2p-transfer receive` does), unless it is `None`.
+/// `discovery` (as `p2p-transfer receive` does), unless it is `None`; a
+/// [`Plan::FindCode`] looks for its peer with it.
 pub fn run(
     plan: Plan,
     options: SessionOptions,
@@ -166,10 +204,21 @@ pub fn run(
         let state = Arc::new(Mutex::new(State {
             policy,
             resend: None,
+            closed: false,
         }));
         let error = match plan {
-            Plan::Listen { bind } => listen(&bind, &options, &state, discovery, &out).await,
+            Plan::Listen { bind, nameplate } => {
+                listen(&bind, nameplate, &options, &state, discovery, &out).await
+            }
             Plan::Connect { addr } => connect(&addr, &options, &state, &out).await,
+            Plan::FindCode { nameplate } => match find(nameplate, discovery, &options).await {
+                Ok(peer) => {
+                    let addr = peer.addr.to_string();
+                    out.send(WorkerEvent::Found(peer));
+                    connect(&addr, &options, &state, &out).await
+                }
+                Err(error) => Some(error),
+            },
         };
         out.send(WorkerEvent::Stopped { error });
     };
@@ -185,12 +234,39 @@ struct State {
     policy: Policy,
     /// The send under way, to start again after a reconnection.
     resend: Option<(Vec<PathBuf>, Uuid)>,
+    /// The window closed the session: the worker ends.
+    closed: bool,
 }
 
 type Shared = Arc<Mutex<State>>;
 
 fn lock(state: &Shared) -> std::sync::MutexGuard<'_, State> {
     state.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Finds the peer waiting for a code with `nameplate`, and requires the connection to
+/// prove the id it announced (anyone can announce anything; the code still decides).
+async fn find(
+    nameplate: u16,
+    discovery: Option<DiscoveryConfig>,
+    options: &SessionOptions,
+) -> Result<PeerInfo, String> {
+    let Some(config) = discovery else {
+        return Err(format!(
+            "Cannot look for the peer of code {nameplate}-… on this network: finding \
+             peers is switched off. Type its address next to the code."
+        ));
+    };
+    match p2p_core::discovery::find_nameplate(&config, nameplate, FIND_TIMEOUT).await {
+        Ok(peer) => {
+            options.security.admission.expect(Some(peer.device_id));
+            Ok(peer)
+        }
+        Err(e) => Err(format!(
+            "{e}. Check that the other side waits with this code, or type its address \
+             next to the code."
+        )),
+    }
 }
 
 /// Connects, serves the session, and — with auto-reconnect — connects again after a
@@ -202,9 +278,10 @@ async fn connect(
     state: &Shared,
     out: &Output,
 ) -> Option<String> {
-    let mut first = match P2PSession::connect(addr, options).await {
+    let endpoint = &Endpoint::dial(addr);
+    let mut first = match P2PSession::open(endpoint, options).await {
         Ok(session) => Some(session),
-        Err(e) => return Some(e.to_string()),
+        Err(e) => return Some(describe(&e)),
     };
     let (auto_reconnect, max_retries) = {
         let state = lock(state);
@@ -222,7 +299,7 @@ async fn connect(
                     reported.store(false, Ordering::Relaxed);
                     let session = match first {
                         Some(session) => session,
-                        None => P2PSession::connect(addr, options).await?,
+                        None => P2PSession::open(endpoint, options).await?,
                     };
                     progress.connected();
                     let result = serve(session, state, out).await;
@@ -232,7 +309,7 @@ async fn connect(
             },
             |retry| {
                 out.send(WorkerEvent::Reconnecting {
-                    error: retry.error.to_string(),
+                    error: describe(retry.error),
                     delay: retry.delay,
                     attempt: retry.attempt,
                 })
@@ -242,44 +319,69 @@ async fn connect(
     match result {
         Ok(()) => None,
         Err(e) if reconnect.gave_up() => Some(format!(
-            "gave up after {} reconnection attempts: {e}",
-            reconnect.retries()
+            "gave up after {} reconnection attempts: {}",
+            reconnect.retries(),
+            describe(&e)
         )),
         Err(_) if reported.load(Ordering::Relaxed) => None,
-        Err(e) => Some(e.to_string()),
+        Err(e) => Some(describe(&e)),
     }
 }
 
-/// Accepts peers one after another until the task is aborted. Returns an error only
-/// when the listener cannot be set up.
+/// Accepts peers one after another until the task is aborted. Returns an error when
+/// the listener cannot be set up, or when a wrong code burnt the code it waits for.
 async fn listen(
     bind: &str,
+    nameplate: Option<u16>,
     options: &SessionOptions,
     state: &Shared,
     discovery: Option<DiscoveryConfig>,
     out: &Output,
 ) -> Option<String> {
-    let listener = match p2p_core::transport::listen(bind).await {
-        Ok(listener) => listener,
-        Err(e) => return Some(e.to_string()),
+    let mut endpoint = match Endpoint::listen(bind).await {
+        Ok(endpoint) => endpoint,
+        Err(e) => return Some(describe(&e)),
     };
-    let addr = match listener.local_addr() {
-        Ok(addr) => addr,
-        Err(e) => return Some(format!("cannot read the listening address: {e}")),
+    let Some(addr) = endpoint.local_addr() else {
+        return Some("cannot read the listening address".to_owned());
     };
     out.send(WorkerEvent::Listening(addr));
-    // Stops announcing when dropped, with the listener.
-    let _announcer = discovery.and_then(|config| announce(config, options, addr, out));
+    // Announces until the endpoint is dropped (a loopback listener on the loopback
+    // network only; see `Announcer::for_listener`).
+    if let Some(config) = discovery {
+        let beacon = Beacon::new(
+            options.security.device_id(),
+            &options.device_name,
+            addr.port(),
+        )
+        .with_nameplate(nameplate);
+        if let Err(e) = endpoint.announce(beacon, &config) {
+            out.send(WorkerEvent::Note(format!(
+                "Not announcing on the local network: {e}"
+            )));
+        }
+    }
     loop {
-        match P2PSession::accept(&listener, options).await {
+        match P2PSession::open(&endpoint, options).await {
             // A listener does not resend: the peer that connected sends, or not.
             Ok(session) => {
                 let _ = serve(session, state, out).await;
-                lock(state).resend = None;
+                let mut state = lock(state);
+                state.resend = None;
+                if state.closed {
+                    return None;
+                }
             }
+            // The code is burnt: the person has to start again with a new one.
+            Err(
+                e @ p2p_core::Error::Security(SecurityError::WrongCode | SecurityError::CodeBurnt),
+            ) => return Some(describe(&e)),
             Err(e) => {
                 out.send(WorkerEvent::Disconnected {
-                    reason: Some(format!("a peer tried to connect but failed: {e}")),
+                    reason: Some(format!(
+                        "a peer tried to connect but failed: {}",
+                        describe(&e)
+                    )),
                 });
                 // Keep a persistent accept failure (out of file handles) from spinning.
                 tokio::time::sleep(Duration::from_millis(200)).await;
@@ -288,23 +390,23 @@ async fn listen(
     }
 }
 
-/// Announces a listener on the local network (a loopback listener on the loopback
-/// network only; see `Announcer::for_listener`).
-fn announce(
-    config: DiscoveryConfig,
-    options: &SessionOptions,
-    addr: SocketAddr,
-    out: &Output,
-) -> Option<Announcer> {
-    let beacon = Beacon::new(options.device_id, &options.device_name, addr.port());
-    match Announcer::for_listener(beacon, addr, &config) {
-        Ok(announcer) => Some(announcer),
-        Err(e) => {
-            out.send(WorkerEvent::Note(format!(
-                "Not announcing on the local network: {e}"
-            )));
-            None
+/// An error in the window's words: the core's refusals name CLI commands and flags,
+/// which mean nothing here.
+pub fn describe(error: &p2p_core::Error) -> String {
+    match error {
+        p2p_core::Error::Security(SecurityError::UnknownDevice(id)) => format!(
+            "refused unknown device {id}: it is not one of your trusted devices. Pair with \
+             a one-time code (Send or Receive tab), or add it to the trusted devices"
+        ),
+        p2p_core::Error::Security(SecurityError::CodeMissing { here: true }) => {
+            "the peer connected with a one-time code, but none was given here: type the \
+             code the peer shows"
+                .to_owned()
         }
+        p2p_core::Error::Security(SecurityError::CodeMissing { here: false }) => {
+            "the peer did not use the one-time code: give it the code shown here".to_owned()
+        }
+        other => other.to_string(),
     }
 }
 
@@ -324,9 +426,15 @@ async fn serve<S: ByteStream>(
         out: out.clone(),
         in_transfer: in_transfer.clone(),
     };
+    let identity = session.peer_identity().cloned();
+    // Nobody vouches for an unknown device: a person decides on each of its offers.
+    let unknown = identity
+        .as_ref()
+        .is_some_and(|i| i.admitted == Admitted::Unknown);
     out.send(WorkerEvent::Connected {
         peer: session.peer().device_name.clone(),
         addr: session.peer_addr(),
+        identity,
         handle: SessionHandle {
             commands,
             decisions,
@@ -341,7 +449,10 @@ async fn serve<S: ByteStream>(
         in_transfer.store(false, Ordering::Release);
         let (receive, auto_accept) = {
             let state = lock(state);
-            (state.policy.receive.clone(), state.policy.auto_accept)
+            (
+                state.policy.receive.clone(),
+                state.policy.auto_accept && !unknown,
+            )
         };
         let command = match pending.take() {
             Some(command) => command,
@@ -370,13 +481,20 @@ async fn serve<S: ByteStream>(
                     },
                     command = next_command(&mut command_rx, &in_transfer) => match command {
                         // The window dropped every handle: it is closing.
-                        None => break Ok(()),
+                        None => {
+                            lock(state).closed = true;
+                            break Ok(());
+                        }
                         Some(command) => command,
                     },
                 }
             }
         };
         match command {
+            Command::Close => {
+                lock(state).closed = true;
+                break Ok(());
+            }
             Command::SetReceive(options, auto_accept) => {
                 let mut state = lock(state);
                 state.policy.receive = options;
@@ -416,8 +534,13 @@ async fn serve<S: ByteStream>(
             }
         }
     };
+    if result.is_ok() && lock(state).closed {
+        // The peer's session loop ends cleanly on a TLS close_notify; a dropped
+        // connection would be an error there.
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, session.close()).await;
+    }
     out.send(WorkerEvent::Disconnected {
-        reason: result.as_ref().err().map(ToString::to_string),
+        reason: result.as_ref().err().map(describe),
     });
     result
 }

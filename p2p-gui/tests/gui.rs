@@ -12,6 +12,7 @@ use iced_test::futures::BoxStream;
 use iced_test::runtime::{task, Action};
 use iced_test::{selector, Simulator};
 use p2p_core::history::Status;
+use p2p_core::net::{Admission, Identity, Security, TrustStore};
 use p2p_core::{Direction, NoEvents, P2PSession, ReceiveOptions, SessionOptions, TransferEvent};
 use p2p_gui::progress::TransferState;
 use p2p_gui::worker::WorkerEvent;
@@ -145,7 +146,19 @@ impl Harness {
     }
 }
 
+/// A window with its settings and data under `config`, holding this process's key: the
+/// peers these tests start with `SessionOptions::default()` let it in (and it them) as
+/// the same device.
 fn launch(config: &Path) -> Launch {
+    Launch {
+        identity: Some(Security::default().identity),
+        ..own_key(config)
+    }
+}
+
+/// A window with its settings and data under `config` and the device key of its data
+/// folder (created there on first use), as the real program has.
+fn own_key(config: &Path) -> Launch {
     Launch {
         config_dir: Some(config.to_path_buf()),
         data_dir: Some(config.join("data")),
@@ -170,7 +183,7 @@ async fn loopback_receiver(
     String,
     tokio::task::JoinHandle<p2p_core::Result<Vec<p2p_core::TransferSummary>>>,
 ) {
-    let listener = p2p_core::transport::listen("127.0.0.1:0").await.unwrap();
+    let listener = p2p_core::net::tcp::listen("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let receiver = tokio::spawn(async move {
         let mut session = P2PSession::accept(&listener, &SessionOptions::default()).await?;
@@ -568,26 +581,60 @@ fn loopback_discovery() -> p2p_core::discovery::DiscoveryConfig {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_receiver_found_on_the_network_is_one_click_away() {
     let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config");
     let discovery = loopback_discovery();
-    let (addr, receiver) = loopback_receiver(dir.path().join("inbox")).await;
-    let port: u16 = addr.rsplit(':').next().unwrap().parse().unwrap();
-    let beacon = p2p_core::discovery::Beacon::new(uuid::Uuid::new_v4(), "living-room", port);
+    // A receiver with a key of its own that lets in the window (this process's key),
+    // and that the window trusts: a device paired earlier.
+    let key = Identity::generate_shared();
+    let mut trust = TrustStore::load(&config.join("data")).unwrap();
+    trust.add(key.device_id(), "living-room", Some(key.fingerprint()));
+    trust.save().unwrap();
+    let listener = p2p_core::net::tcp::listen("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let receiver = tokio::spawn({
+        let options = SessionOptions {
+            security: Security::new(
+                key.clone(),
+                Admission::default().with_pin(Security::default().device_id()),
+            )
+            .unwrap(),
+            ..SessionOptions::default()
+        };
+        let inbox = dir.path().join("inbox");
+        async move {
+            let mut session = P2PSession::accept(&listener, &options).await?;
+            let receive = ReceiveOptions {
+                output_dir: inbox,
+                overwrite: false,
+            };
+            session.run_event_loop(&receive, &NoEvents).await
+        }
+    });
+    let beacon = p2p_core::discovery::Beacon::new(key.device_id(), "living-room", addr.port());
     let _announcer = p2p_core::discovery::Announcer::start(beacon, &discovery).unwrap();
 
     let mut h = Harness::new(Launch {
         discovery: Some(discovery),
-        ..launch(&dir.path().join("config"))
+        ..launch(&config)
     });
     h.click("Find peers");
     assert!(h.app.is_browsing());
     h.run_until("the receiver's beacon", |app| !app.found_peers.is_empty())
         .await;
-    assert!(h.shows(&format!("living-room at {addr}")));
+    assert!(h.shows_part(&format!("living-room at {addr}")));
     h.click("Connect to this peer");
     assert!(!h.app.is_browsing(), "connecting stops looking");
     h.run_until("the connection", |app| app.peer().is_some())
         .await;
-    assert_eq!(h.app.peer_address, addr);
+    assert_eq!(h.app.peer_address, addr.to_string());
+    let identity = h.app.peer().unwrap().identity.clone().unwrap();
+    assert_eq!(identity.device_id, key.device_id());
+    assert_eq!(
+        identity.admitted,
+        p2p_core::net::Admitted::Trusted {
+            name: "living-room".into()
+        }
+    );
     h.click("Disconnect");
     h.settle().await;
     receiver.await.unwrap().unwrap();
@@ -653,8 +700,7 @@ async fn an_incoming_transfer_waits_for_accept_or_decline() {
                 device_name: "laptop".into(),
                 ..SessionOptions::default()
             };
-            let mut session: P2PSession<tokio::net::TcpStream> =
-                P2PSession::connect(&format!("127.0.0.1:{port}"), &options).await?;
+            let mut session = P2PSession::connect(&format!("127.0.0.1:{port}"), &options).await?;
             let declined = session.send(&[&folder], &NoEvents).await;
             let accepted = session.send(&[&folder], &NoEvents).await;
             session.close().await?;
@@ -847,7 +893,7 @@ async fn a_dropped_connection_reconnects_and_resumes_by_itself() {
     let file = dir.path().join("video.bin");
     std::fs::write(&file, data(24 << 20, 9)).unwrap();
     // A receiver that takes sessions one after another (the sender comes back).
-    let listener = p2p_core::transport::listen("127.0.0.1:0").await.unwrap();
+    let listener = p2p_core::net::tcp::listen("127.0.0.1:0").await.unwrap();
     let target = listener.local_addr().unwrap().to_string();
     let receiver = tokio::spawn({
         let inbox = inbox.clone();
@@ -916,7 +962,7 @@ async fn a_reconnection_that_fails_for_good_says_why() {
     std::fs::write(&file, data(24 << 20, 11)).unwrap();
     // A real receiver for the first session; what answers the reconnection is not a
     // p2p-transfer peer at all.
-    let listener = p2p_core::transport::listen("127.0.0.1:0").await.unwrap();
+    let listener = p2p_core::net::tcp::listen("127.0.0.1:0").await.unwrap();
     let target = listener.local_addr().unwrap().to_string();
     let receiver = tokio::spawn(async move {
         let options = ReceiveOptions {
@@ -953,8 +999,11 @@ async fn a_reconnection_that_fails_for_good_says_why() {
     // reconnection failed.
     match &h.app.notice {
         Some(p2p_gui::app::Notice::Error(text)) => {
-            // The HTTP reply, read as a frame header, announces a 1.2 GB frame.
-            assert!(text.contains("is too large"), "{text}")
+            // The HTTP reply where a TLS handshake was expected.
+            assert!(
+                text.starts_with("not a p2p-transfer peer, or an old version: no TLS handshake"),
+                "{text}"
+            )
         }
         other => panic!("expected an error notice, got {other:?}"),
     }
