@@ -256,9 +256,11 @@ async fn three_concurrent_senders_to_one_receiver() {
     let out = tmp.path().join("out");
     let server_out = out.clone();
     let server = tokio::spawn(async move {
+        // An endpoint keeps the connections it is securing while one session starts.
+        let endpoint = p2p_core::net::Endpoint::from_listener(listener);
         let mut tasks = Vec::new();
         for _ in 0..3 {
-            let mut session = P2PSession::accept(&listener, &SessionOptions::default()).await?;
+            let mut session = P2PSession::open(&endpoint, &SessionOptions::default()).await?;
             let opts = recv_opts(&server_out);
             tasks.push(tokio::spawn(async move {
                 session.run_event_loop(&opts, &NoEvents).await

@@ -107,7 +107,8 @@ impl P2PSession<SecureTcp> {
 
     /// Accepts connections on `listener` until one is secured, admitted and completes
     /// the handshake as responder (see [`crate::net::endpoint::accept`] for how strangers
-    /// are dropped without ending the listener).
+    /// are dropped without ending the listener). For a listener that serves several
+    /// peers, possibly at once, use an [`Endpoint`] and [`Self::open`].
     pub async fn accept(listener: &TcpListener, options: &SessionOptions) -> Result<Self> {
         let connection = crate::net::endpoint::accept(listener, &options.security).await?;
         Self::establish(connection, options).await

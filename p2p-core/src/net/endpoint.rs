@@ -22,7 +22,31 @@ pub enum Endpoint {
     Listen {
         listener: TcpListener,
         announcer: Option<Announcer>,
+        /// Connections being secured, kept across calls of [`Endpoint::connect`]: when
+        /// one completes, the others go on instead of being dropped.
+        pending: Pending,
     },
+}
+
+type Securing = std::pin::Pin<
+    Box<
+        dyn std::future::Future<
+                Output = (
+                    SocketAddr,
+                    std::result::Result<(SecureTcp, super::PeerIdentity), SecurityError>,
+                ),
+            > + Send,
+    >,
+>;
+
+/// The connections a listener is securing.
+#[derive(Default)]
+pub struct Pending(tokio::sync::Mutex<futures::stream::FuturesUnordered<Securing>>);
+
+impl std::fmt::Debug for Pending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Pending")
+    }
 }
 
 impl Endpoint {
@@ -36,6 +60,7 @@ impl Endpoint {
         Ok(Endpoint::Listen {
             listener: super::tcp::listen(bind).await?,
             announcer: None,
+            pending: Pending::default(),
         })
     }
 
@@ -44,6 +69,7 @@ impl Endpoint {
         Endpoint::Listen {
             listener,
             announcer: None,
+            pending: Pending::default(),
         }
     }
 
@@ -57,6 +83,7 @@ impl Endpoint {
         if let Endpoint::Listen {
             listener,
             announcer,
+            ..
         } = self
         {
             let local = listener
@@ -101,14 +128,29 @@ impl Endpoint {
                     is_client: true,
                 })
             }
-            Endpoint::Listen { listener, .. } => accept(listener, security).await,
+            Endpoint::Listen {
+                listener, pending, ..
+            } => {
+                let mut pending = pending.0.lock().await;
+                accept_into(listener, security, &mut pending).await
+            }
         }
     }
 }
 
-/// Accepts on `listener` until one connection is secured and admitted.
+/// Accepts on `listener` until one connection is secured and admitted. Connections still
+/// being secured when one completes are dropped: a listener that serves several peers
+/// should be an [`Endpoint`], which keeps them.
 pub async fn accept(listener: &TcpListener, security: &Security) -> Result<Connection<SecureTcp>> {
     let mut pending = futures::stream::FuturesUnordered::new();
+    accept_into(listener, security, &mut pending).await
+}
+
+async fn accept_into(
+    listener: &TcpListener,
+    security: &Security,
+    pending: &mut futures::stream::FuturesUnordered<Securing>,
+) -> Result<Connection<SecureTcp>> {
     loop {
         tokio::select! {
             accepted = super::tcp::accept(listener), if pending.len() < MAX_PENDING => {
@@ -124,7 +166,8 @@ pub async fn accept(listener: &TcpListener, security: &Security) -> Result<Conne
                         ) => continue,
                     Err(e) => return Err(e),
                 };
-                pending.push(async move { (remote, secure_server(tcp, security).await) });
+                let security = security.clone();
+                pending.push(Box::pin(async move { (remote, secure_server(tcp, &security).await) }));
             }
             Some((remote, result)) = pending.next(), if !pending.is_empty() => match result {
                 Ok((stream, peer)) => {
