@@ -22,6 +22,20 @@ how close `send --max-speed` 5M, 20M and 50M come to the asked rate over a 10-se
 transfer, and how many bytes a `resume` sends again after the sender of a 256 MiB transfer
 got SIGINT at 50% (through a counting TCP proxy on 127.0.0.1, in this script's threads).
 
+p2p-transfer runs as between two machines: every connection is TLS 1.3 with device keys
+(issue 11), and the sender and the receiver get separate data folders (WORKDIR/
+p2p-data-send, WORKDIR/p2p-data-receive: two device keys, neither trusting the other), so
+each run pairs them with a fresh one-time code (`receive --code C`, `send --code C`:
+SPAKE2). A binary whose `receive --help` does not mention --code (a build before issue
+11, e.g. a --baseline-binary) runs without codes.
+
+Unless --skip-setup is given, it also measures session set-up: a 1-byte `send` to a
+receiver that is already listening, 20 times each, timed from the sender's start to its
+exit, with a code (two data folders), without one (one shared data folder: the same
+device, TLS without the code exchange), with --baseline-binary also with that binary, and
+the bare start of the process (`--version`). --setup measures that alone (written to
+docs/benchmarks-security.md).
+
 Every figure is reported in MiB/s and as a ratio to the limits measured in the same run:
 on-disk rates to the on-disk local copy, page-cache rates to the page-cache local copy.
 The results are printed and written to docs/benchmarks.md (see --output).
@@ -40,8 +54,9 @@ Typical use:
     python3 benchmark.py                                   # full data sets, no comparison
     python3 benchmark.py --compare                         # with scp, rsync, magic-wormhole
     python3 benchmark.py --big-size 64M --small-count 300 --windows 1,16 --output /tmp/b.md
-    python3 benchmark.py --skip-big --skip-small --output /tmp/r.md  # throttle + resume only
+    python3 benchmark.py --skip-big --skip-small --output /tmp/r.md  # throttle, resume, set-up
     python3 benchmark.py --slow-link --compare --baseline-binary OLD/target/release/p2p-transfer
+    python3 benchmark.py --setup --baseline-binary OLD/target/release/p2p-transfer
 
 Python 3.11, standard library only. Linux only (pidfd_open, wait4, /proc).
 """
@@ -53,6 +68,7 @@ import datetime
 import getpass
 import hashlib
 import json
+import math
 import os
 import platform
 import random
@@ -77,6 +93,7 @@ REPO = Path(__file__).resolve().parent
 DEFAULT_BINARY = REPO / "target" / "release" / "p2p-transfer"
 DEFAULT_OUTPUT = REPO / "docs" / "benchmarks.md"
 DEFAULT_SLOW_OUTPUT = REPO / "docs" / "benchmarks-slow-link.md"
+DEFAULT_SETUP_OUTPUT = REPO / "docs" / "benchmarks-security.md"
 DEFAULT_CHUNK = 1 * MiB  # p2p-transfer's default chunk size (p2p-core config.rs)
 LOOPBACK = "127.0.0.1"
 LISTEN_RE = re.compile(r"listening on (\S+)")
@@ -192,7 +209,10 @@ def drop_tree(path: Path) -> None:
 
 PR_SET_CHILD_SUBREAPER = 36
 # Runs "$@" in the background with stdin from /dev/null, writes its PID to fd 0 (a pipe).
-LAUNCHER = '"$@" </dev/null & echo $! >&0'
+# `exec echo`: the external echo replaces the shell, which so never reaps the child. With
+# the builtin echo, dash reaped a child that exits within a millisecond or so (`true`,
+# `--version`) about one time in ten before this script could (pidfd_open: ESRCH).
+LAUNCHER = '"$@" </dev/null & exec echo $! >&0'
 
 
 def become_subreaper() -> None:
@@ -574,6 +594,8 @@ class Context:
         self.wormhole_runs = 0
         self.failures: list[str] = []
         self.warnings: list[str] = []
+        self.codes_used = 0                      # one-time codes handed out (next_code)
+        self.code_support: dict[str, bool] = {}  # binary -> knows --code (supports_code)
 
     def log_name(self, label: str) -> str:
         self.run_counter += 1
@@ -730,20 +752,22 @@ def wait_listening(proc: Child, timeout: float) -> str:
 # --------------------------------------------------------------------------------------
 
 def measure_p2p(ctx: Context, ds: Dataset, window: int) -> Result:
-    """p2p-transfer receive on 127.0.0.1:0, then send with --window-size `window`; timed
-    until both exit (page cache) and until `sync -f` of the output returns (on disk)."""
+    """p2p-transfer receive on 127.0.0.1:0, then send with --window-size `window` (two
+    data folders, paired by a fresh code); timed until both exit (page cache) and until
+    `sync -f` of the output returns (on disk)."""
     result = Result(f"p2p-transfer w={window}", "p2p", ds.key, window=window)
 
     def once(ctx: Context, ds: Dataset, out: Path, result: Result, i: int):
         name = ctx.log_name(f"p2p-{ds.key}-w{window}-r{i}")
         binary = str(ctx.args.binary)
-        recv, addr = start_receiver(ctx, f"{name}-receive", out)
-        send_argv = [binary, "send", ds.path, "--peer", addr, "--window-size", str(window)]
+        recv, addr, pair = start_receiver(ctx, f"{name}-receive", out)
+        send_argv = [binary, "send", ds.path, "--peer", addr, *pair,
+                     "--window-size", str(window)]
         if ctx.args.chunk_size:
             send_argv += ["--chunk-size", str(ctx.args.chunk_size)]
         send_argv += ctx.args.send_arg
         t0 = start_clock()
-        send = ctx.procs.start(f"{name}-send", send_argv, env=p2p_env(ctx))
+        send = ctx.procs.start(f"{name}-send", send_argv, env=p2p_env(ctx, "send"))
         exits = ctx.procs.wait([send, recv], ctx.args.timeout)
         end = max(e.end for e in exits.values())
         check_exits(exits, f"p2p-transfer (window {window})")
@@ -1150,21 +1174,72 @@ def resume_bound(chunk_size: int) -> tuple[int, str]:
     return in_flight + unsaved, how
 
 
-def p2p_env(ctx: "Context") -> dict:
-    """p2p-transfer keeps its history here instead of in the user's data folder."""
-    return dict(os.environ, P2P_TRANSFER_DATA_DIR=str(ctx.workdir / "p2p-data"))
+# Every p2p-transfer process gets a data folder of its own side (P2P_TRANSFER_DATA_DIR:
+# device key, trusted devices, history) under WORKDIR, never the user's. The sender and
+# the receiver have different ones, so they are two devices with two keys that trust
+# nobody: each session is let in by a fresh one-time code (SPAKE2 inside TLS 1.3), as
+# between two machines. "shared" is one folder for both ends: one device key, let in as
+# the same device without a code (the session set-up measurement uses it for TLS without
+# the code exchange).
+P2P_DATA_DIRS = {"send": "p2p-data-send", "receive": "p2p-data-receive",
+                 "shared": "p2p-data-shared"}
 
 
-def receiver_argv(binary: Path, out: Path) -> list:
-    return [str(binary), "receive", "--output", out, "--port", "0", "--bind", LOOPBACK]
+def p2p_data_dir(ctx: "Context", side: str) -> Path:
+    """WORKDIR/p2p-data-<side>: the data folder of the sender, the receiver, or both."""
+    return ctx.workdir / P2P_DATA_DIRS[side]
 
 
-def start_receiver(ctx: "Context", name: str, out: Path,
-                   binary: Path | None = None) -> tuple[Child, str]:
-    recv = ctx.procs.start(name, receiver_argv(binary or ctx.args.binary, out),
-                           env=p2p_env(ctx))
+def p2p_env(ctx: "Context", side: str) -> dict:
+    """The environment of a p2p-transfer process of `side` ("send", "receive", or
+    "shared"): its device key and history live in p2p_data_dir(ctx, side)."""
+    return dict(os.environ, P2P_TRANSFER_DATA_DIR=str(p2p_data_dir(ctx, side)))
+
+
+def env_prefix(ctx: "Context", side: str) -> str:
+    """`P2P_TRANSFER_DATA_DIR=… ` for the command lines shown in a report."""
+    return f"P2P_TRANSFER_DATA_DIR={shlex.quote(str(p2p_data_dir(ctx, side)))} "
+
+
+def supports_code(ctx: "Context", binary: Path) -> bool:
+    """Whether `binary receive --help` mentions `--code` (builds since issue 11: TLS 1.3,
+    device keys, one-time codes). Asked once per binary; an older build (e.g. a
+    --baseline-binary) runs without codes."""
+    key = str(binary)
+    if key not in ctx.code_support:
+        try:
+            r = run_quiet([key, "receive", "--help"], timeout=30)
+            ctx.code_support[key] = "--code" in (r.stdout + r.stderr)
+        except (OSError, subprocess.TimeoutExpired):
+            ctx.code_support[key] = False
+    return ctx.code_support[key]
+
+
+def next_code(ctx: "Context") -> str:
+    """A fresh one-time code, `N-bench-runI` (N 1–99, the nameplate): a code is single
+    use, so every run gets its own."""
+    ctx.codes_used += 1
+    return f"{(ctx.codes_used - 1) % 99 + 1}-bench-run{ctx.codes_used}"
+
+
+def receiver_argv(binary: Path, out: Path, code: str | None = None) -> list:
+    argv = [str(binary), "receive", "--output", out, "--port", "0", "--bind", LOOPBACK]
+    return argv + (["--code", code] if code else [])
+
+
+def start_receiver(ctx: "Context", name: str, out: Path, binary: Path | None = None,
+                   shared: bool = False) -> tuple[Child, str, list[str]]:
+    """Starts `receive --output OUT --port 0 --bind 127.0.0.1` with the receiver's data
+    folder and, when the binary knows codes, `--code` with a fresh one; waits for its
+    `listening on` line. Returns the child, its address, and what the sender must add to
+    pair with it (`["--code", CODE]`, or [] for a binary without codes). With `shared`,
+    it uses the data folder shared with the sender and no code (the same device)."""
+    binary = binary or ctx.args.binary
+    code = next_code(ctx) if supports_code(ctx, binary) and not shared else None
+    recv = ctx.procs.start(name, receiver_argv(binary, out, code),
+                           env=p2p_env(ctx, "shared" if shared else "receive"))
     try:
-        return recv, wait_listening(recv, timeout=30)
+        return recv, wait_listening(recv, timeout=30), (["--code", code] if code else [])
     except BenchError:
         ctx.procs.stop(recv)
         raise
@@ -1213,11 +1288,11 @@ def measure_throttle(ctx: "Context", ds: Dataset, rate_mib: int) -> ThrottleResu
         name = ctx.log_name(f"throttle-{rate_mib}M-r{i}")
         try:
             out = ctx.fresh_output()
-            recv, addr = start_receiver(ctx, f"{name}-receive", out)
+            recv, addr, pair = start_receiver(ctx, f"{name}-receive", out)
             t0 = start_clock()
             send = ctx.procs.start(f"{name}-send", [
-                binary, "send", ds.path, "--peer", addr, "--max-speed", f"{rate_mib}M"],
-                env=p2p_env(ctx))
+                binary, "send", ds.path, "--peer", addr, *pair, "--max-speed", f"{rate_mib}M"],
+                env=p2p_env(ctx, "send"))
             exits = ctx.procs.wait([send, recv], ctx.args.timeout)
             check_exits(exits, f"p2p-transfer --max-speed {rate_mib}M")
             wall = exits[send.name].end - t0
@@ -1462,11 +1537,11 @@ def measure_resume(ctx: "Context", ds: Dataset, chunk_size: int) -> ResumeResult
         try:
             out = ctx.fresh_output()
             # 1st attempt: throttled, interrupted at ≥ 50%.
-            recv, addr = start_receiver(ctx, f"{name}-1-receive", out)
+            recv, addr, pair = start_receiver(ctx, f"{name}-1-receive", out)
             proxy.set_target(addr)
             send = ctx.procs.start(f"{name}-1-send",
-                                   send_base + ["--max-speed", f"{RESUME_SPEED}M"],
-                                   env=p2p_env(ctx))
+                                   send_base + pair + ["--max-speed", f"{RESUME_SPEED}M"],
+                                   env=p2p_env(ctx, "send"))
             try:
                 pct, at_bytes = wait_progress(ctx, recv, send, RESUME_AT, ctx.args.timeout)
                 os.kill(send.pid, signal.SIGINT)
@@ -1493,10 +1568,12 @@ def measure_resume(ctx: "Context", ds: Dataset, chunk_size: int) -> ResumeResult
                 print(f"warning: {note}", file=sys.stderr)
                 ctx.warnings.append(note)
             # 2nd attempt: a new receiver on the same folder, the same command, no throttle.
-            recv2, addr2 = start_receiver(ctx, f"{name}-2-receive", out)
+            # Both are new processes: the new receiver waits for a new code.
+            recv2, addr2, pair2 = start_receiver(ctx, f"{name}-2-receive", out)
             proxy.set_target(addr2)
             t0 = time.perf_counter()
-            send2 = ctx.procs.start(f"{name}-2-send", send_base, env=p2p_env(ctx))
+            send2 = ctx.procs.start(f"{name}-2-send", send_base + pair2,
+                                    env=p2p_env(ctx, "send"))
             # Once one end has exited, the other gets 30 s (not the whole --timeout): a
             # receiver whose sender failed would wait for it for ever.
             deadline = time.monotonic() + ctx.args.timeout
@@ -1631,6 +1708,302 @@ def resilience_targets(throttle: list[ThrottleResult], resume: ResumeResult | No
                 f"({worst.resent / worst.file_bytes:.2%} of the "
                 f"{human_size(worst.file_bytes)} file; SIGINT at {worst.killed_at_pct:.1f}%)"))
     return targets
+
+
+# ---- session set-up: a one-byte send, with a code, without one, and the baseline -------
+
+SETUP_RUNS = 20                    # timed runs per variant (--setup-runs)
+SETUP_TARGET_MS = 100.0            # issue 11: a session with a code, on loopback
+SETUP_SIZE = 1                     # bytes of the file sent
+SETUP_MODES = {
+    "code": "TLS 1.3 + one-time code (SPAKE2); two data folders: two devices",
+    "shared": "TLS 1.3, no code; one data folder: the same device",
+    "plain": "older build without `--code`; two data folders",
+    "start": "`--version` only: process start and exit, no connection",
+}
+
+
+@dataclass
+class SetupResult:
+    """One variant of the session set-up measurement; ms: the timed runs."""
+    binary: Path
+    tool: str                      # "p2p-transfer", "p2p-transfer (baseline)"
+    mode: str                      # a key of SETUP_MODES
+    baseline: bool = False
+    commands: list[str] = field(default_factory=list)  # those of the first timed run
+    ms: list[float] = field(default_factory=list)
+    verified: int = 0              # timed runs whose byte arrived intact (both exits 0)
+    control: str = ""              # mode "code": the same sender without a code
+    status: str = "ok"
+
+    @property
+    def what(self) -> str:
+        return SETUP_MODES[self.mode]
+
+    @property
+    def short(self) -> str:
+        """A few words for the progress lines."""
+        return ("--version" if self.mode == "start"
+                else f"{'baseline' if self.baseline else 'ours'} {self.mode}")
+
+    def median(self) -> float | None:
+        return statistics.median(self.ms) if self.ms else None
+
+    def p90(self) -> float | None:
+        """Nearest rank: the time 90% of the runs did not exceed (the 18th of 20)."""
+        if not self.ms:
+            return None
+        ordered = sorted(self.ms)
+        return ordered[max(0, math.ceil(0.9 * len(ordered)) - 1)]
+
+
+def setup_once(ctx: "Context", v: SetupResult, ds: Dataset, i: int) -> float:
+    """One run of variant `v` (run 0 is the untimed warm-up); returns its time in ms.
+
+    A receiver is started and its `listening on` line seen first; the clock starts right
+    before the sender is launched and stops when the sender has exited (seen through its
+    pidfd). Then the receiver must exit 0 and the byte must have arrived intact."""
+    name = ctx.log_name(f"setup-{'baseline-' if v.baseline else ''}{v.mode}-r{i}")
+    if v.mode == "start":
+        argv = [str(v.binary), "--version"]
+        t0 = time.perf_counter()
+        proc = ctx.procs.start(f"{name}-version", argv)
+        exits = ctx.procs.wait([proc], ctx.args.timeout)
+        check_exits(exits, f"{v.tool} --version")
+        if i == 1:
+            v.commands = [shlex.join(argv)]
+        return (exits[proc.name].end - t0) * 1000
+    shared = v.mode == "shared"
+    try:
+        out = ctx.fresh_output()
+        recv, addr, pair = start_receiver(ctx, f"{name}-receive", out, v.binary, shared)
+        argv = [str(v.binary), "send", str(ds.path), "--peer", addr, *pair]
+        t0 = time.perf_counter()
+        send = ctx.procs.start(f"{name}-send", argv, env=p2p_env(ctx, "shared" if shared
+                                                                  else "send"))
+        exits = ctx.procs.wait([send], ctx.args.timeout)
+        ms = (exits[send.name].end - t0) * 1000
+        # The receiver ends after its one transfer; after a failed send it would wait on.
+        grace = SLOW_GRACE if exits[send.name].returncode == 0 else 0.5
+        exits.update(ctx.procs.wait([recv], grace))
+        check_exits(exits, f"{v.tool} session set-up ({v.mode})")
+        check_output(ctx, ds, out, Result("setup", "setup", ds.key), "session set-up")
+    finally:
+        ctx.clear_output()
+    if i == 1:
+        code = pair[1] if pair else None
+        v.commands = [
+            env_prefix(ctx, "shared" if shared else "receive")
+            + shlex.join(map(str, receiver_argv(v.binary, out, code)))
+            + f"    # → listening on {addr}",
+            env_prefix(ctx, "shared" if shared else "send") + shlex.join(argv)
+            + "    # timed: start → exit"]
+    return ms
+
+
+def setup_control(ctx: "Context", v: SetupResult, ds: Dataset) -> None:
+    """The sender of variant `v` ("code") once more, without --code, to a receiver that
+    waits for one: it must be refused (exit 8, nothing written). That shows the two data
+    folders are two devices that only the code lets in (not "the same device")."""
+    name = ctx.log_name(f"setup-{'baseline-' if v.baseline else ''}control")
+    recv = None
+    try:
+        out = ctx.fresh_output()
+        recv, addr, _ = start_receiver(ctx, f"{name}-receive", out, v.binary)
+        send = ctx.procs.start(f"{name}-send", [str(v.binary), "send", str(ds.path),
+                                                "--peer", addr], env=p2p_env(ctx, "send"))
+        e = ctx.procs.wait([send], ctx.args.timeout)[send.name]
+        written = [f for _, _, files in os.walk(out) for f in files]
+    except BenchError as err:
+        v.control = f"could not be run: {str(err).splitlines()[0]}"
+        ctx.failures.append(f"{v.tool} session set-up, control without a code: {err}")
+        return
+    finally:
+        if recv is not None:
+            ctx.procs.stop(recv)
+        ctx.clear_output()
+    line = last_line(e.err, "error") or "no error line"
+    if e.returncode == 0 or e.timed_out or written:
+        v.control = (f"NOT refused: exit {fmt_exit(e)}, {len(written)} file(s) written")
+        ctx.failures.append(f"{v.tool}: a sender without a code was let in by a receiver "
+                            "waiting for one: the two data folders are not two devices")
+    else:
+        v.control = f"refused: exit {e.returncode}, nothing written (`{line}`)"
+        if e.returncode != 8:  # p2p-transfer's exit code for "not let in"
+            note = f"{v.tool}: the sender without a code exited {e.returncode}, not 8"
+            print(f"warning: {note}", file=sys.stderr)
+            ctx.warnings.append(note)
+
+
+def run_setup(ctx: "Context") -> list[SetupResult]:
+    """The session set-up measurement: --setup-runs timed runs of each variant, after one
+    warm-up run each; the variants take turns run by run, so that a change in the
+    machine's load hits all of them alike. Then the control without a code."""
+    args = ctx.args
+    ds = make_random_file(ctx.data_dir, "setup-1B", SETUP_SIZE)
+    variants = [SetupResult(args.binary, "p2p-transfer", "start")]
+    binaries = [(args.binary, "p2p-transfer", False)]
+    if args.baseline_binary is not None:
+        binaries.append((args.baseline_binary, "p2p-transfer (baseline)", True))
+    for binary, tool, baseline in binaries:
+        modes = ["code", "shared"] if supports_code(ctx, binary) else ["plain"]
+        variants += [SetupResult(binary, tool, m, baseline) for m in modes]
+    print(f"\n== session set-up: send of a {human_size(SETUP_SIZE)} file to a listening "
+          f"receiver, {args.setup_runs} timed runs per variant (after 1 warm-up)", flush=True)
+    for i in range(args.setup_runs + 1):
+        figures = []
+        for v in variants:
+            if v.status != "ok":
+                continue
+            try:
+                ms = setup_once(ctx, v, ds, i)
+            except BenchError as e:
+                v.status = f"FAILED: {str(e).splitlines()[0]}"
+                print(f"\n!!! session set-up, {v.tool}, {v.mode}: FAILED\n{e}\n",
+                      file=sys.stderr, flush=True)
+                ctx.failures.append(f"session set-up, {v.tool}, {v.mode}: {e}")
+                continue
+            if i > 0:
+                v.ms.append(ms)
+                v.verified += v.mode != "start"
+            figures.append(f"{v.short} {ms:.1f} ms")
+        print(f"  set-up {'warm-up' if i == 0 else f'run {i}'}: {', '.join(figures)}",
+              flush=True)
+    for v in variants:
+        if v.mode == "code" and v.status == "ok":
+            setup_control(ctx, v, ds)
+            print(f"  control, {v.tool} without --code: {v.control}", flush=True)
+    return variants
+
+
+SETUP_HEADERS = ["binary", "variant", "timed runs", "median ms", "p90 ms", "min ms",
+                 "max ms", "let in, exit 0, verified"]
+
+
+def setup_rows(setups: list[SetupResult]) -> list[list[str]]:
+    rows = []
+    for v in setups:
+        if v.status != "ok" and not v.ms:
+            rows.append([v.tool, v.what, v.status, "", "", "", "", ""])
+            continue
+        rows.append([
+            v.tool, v.what, str(len(v.ms)) + ("" if v.status == "ok" else f" ({v.status})"),
+            fmt_num(v.median()), fmt_num(v.p90()),
+            fmt_num(min(v.ms) if v.ms else None), fmt_num(max(v.ms) if v.ms else None),
+            NOT_MEASURED if v.mode == "start" else f"{v.verified} of {len(v.ms)}",
+        ])
+    return rows
+
+
+def setup_variant(setups: list[SetupResult], mode: str,
+                  baseline: bool = False) -> SetupResult | None:
+    return next((v for v in setups if v.mode == mode and v.baseline == baseline and v.ms),
+                None)
+
+
+def setup_differences(setups: list[SetupResult]) -> list[str]:
+    """What the code exchange, and the change against the baseline, cost (medians)."""
+    code, shared = setup_variant(setups, "code"), setup_variant(setups, "shared")
+    start = setup_variant(setups, "start")
+    lines = []
+    if code and shared:
+        lines.append(f"the code exchange (SPAKE2 and its key confirmation) on top of TLS: "
+                     f"{code.median() - shared.median():+.1f} ms (median with a code − "
+                     f"median without), p90 {code.p90() - shared.p90():+.1f} ms")
+    for mode in ("code", "shared", "plain"):
+        base = setup_variant(setups, mode, baseline=True)
+        if code and base:
+            lines.append(f"against the baseline, {base.what}: "
+                         f"{code.median() - base.median():+.1f} ms (median with a code − "
+                         f"the baseline's median), p90 {code.p90() - base.p90():+.1f} ms")
+    if start:
+        lines.append(f"of each time, starting and ending a process: median "
+                     f"{start.median():.1f} ms (`--version`)")
+    return lines
+
+
+def setup_targets(setups: list[SetupResult]) -> list[Target]:
+    name = (f"session set-up with a code ≤ {SETUP_TARGET_MS:g} ms on loopback (median, "
+            "sender start → exit, 1-byte file)")
+    code = setup_variant(setups, "code")
+    failed = [v for v in setups if v.status != "ok" and not v.baseline]
+    if code is None:
+        why = (failed[0].status if failed else
+               "this binary has no --code" if setup_variant(setups, "plain") else "no run")
+        return [Target(name, "n.a." if not failed else "FAIL", why)]
+    verdict = "PASS" if code.median() <= SETUP_TARGET_MS and not failed else "FAIL"
+    detail = (f"median {code.median():.1f} ms, p90 {code.p90():.1f} ms over {len(code.ms)} "
+              f"runs; {code.verified} of {len(code.ms)} paired by the code and verified; "
+              f"without a code: {code.control or 'not checked'}")
+    if failed:
+        detail += "; " + "; ".join(f"{v.mode}: {v.status}" for v in failed)
+    return [Target(name, verdict, detail)]
+
+
+def print_setup(setups: list[SetupResult]) -> None:
+    """The session set-up table and differences on stdout."""
+    rows = setup_rows(setups)
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(SETUP_HEADERS)]
+    print("\nSession set-up (sender start → exit, ms):")
+    print("  " + "  ".join(h.ljust(w) for h, w in zip(SETUP_HEADERS, widths)).rstrip())
+    for r in rows:
+        print("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    for line in setup_differences(setups):
+        print(f"  {line}")
+    for v in setups:
+        if v.control:
+            print(f"  control, {v.tool} without --code: {v.control}")
+
+
+def setup_report(ctx: "Context", setups: list[SetupResult]) -> list[str]:
+    """The 'Session set-up' section: the table, the differences, the exact commands."""
+    if not setups:
+        return []
+    runs = ctx.args.setup_runs
+    lines = [
+        "## Session set-up",
+        "",
+        f"How long a `send` of a {human_size(SETUP_SIZE)} file takes to a receiver that "
+        "is already listening on 127.0.0.1 (started before, its `listening on` line seen): "
+        "from just before the sender process is launched until it has exited (through a "
+        "tiny `sh` that starts it, see below: the `--version` row shows what starting and "
+        "ending a process costs). That is process start, loading the device key, TCP "
+        "connect, the TLS 1.3 handshake, admission (with a code: SPAKE2 and a key "
+        "confirmation), the session handshake, the 1-byte transfer and its "
+        f"acknowledgement, and the close. {runs} timed runs per variant after one untimed "
+        "warm-up run (which also creates the device keys); the variants take turns run "
+        "by run; a fresh receiver, output folder and, with a code, code for every run; "
+        "after every run both ends must have exited 0 (the sender was let in: by the code, "
+        "or as the same device) and the byte must match (SHA-256). "
+        f"p90 = nearest rank (the {max(1, math.ceil(0.9 * runs))}th of {runs}). "
+        f"Target (issue 11): ≤ {SETUP_TARGET_MS:g} ms with a code on loopback.",
+        "",
+        *simple_markdown(SETUP_HEADERS, setup_rows(setups), left=2),
+        "",
+    ]
+    diffs = setup_differences(setups)
+    if diffs:
+        lines += ["Differences (of the medians, and of the p90s):", "",
+                  *(f"- {d}" for d in diffs), ""]
+    controls = [v for v in setups if v.control]
+    if controls:
+        lines += ["Control: the same sender without `--code`, to a receiver waiting for a "
+                  "code (it must be refused: two devices, neither trusting the other):", ""]
+        lines += [f"- {v.tool}: {v.control}" for v in controls]
+        lines.append("")
+    lines += ["The exact commands of the first timed run of each variant (the port and the "
+              "code change with every run; `OUT` is a fresh empty folder, `WORKDIR` the "
+              "benchmark's work directory):", ""]
+    for v in setups:
+        lines += [f"- {v.tool}, {v.what}:", ""]
+        if v.commands:
+            shown = (c.replace(str(ctx.out_dir), "OUT").replace(str(ctx.workdir), "WORKDIR")
+                     for c in v.commands)
+            lines += ["  ```sh", *(f"  {c}" for c in shown),
+                      "  ```", ""]
+        else:
+            lines += [f"  (not run: {v.status})", ""]
+    return lines
 
 
 # ---- slow links: a shaped link on 127.0.0.1, and the sender's throttle below 1 MiB/s --
@@ -1882,8 +2255,9 @@ def verify_file(ds: Dataset, out: Path) -> tuple[bool, str]:
 def measure_slow_p2p(ctx: "Context", binary: Path, tool: str, ds: Dataset,
                      spec: LinkSpec | None, max_speed: str | None, baseline: bool) -> SlowRun:
     """receive on 127.0.0.1:0, then `send FILE --peer ADDR` through a fresh shaped link
-    (`spec`), or straight to the receiver with --max-speed `max_speed`. Time: start of the
-    sender → both ends exited (once one has exited, the other gets SLOW_GRACE s)."""
+    (`spec`), or straight to the receiver with --max-speed `max_speed` (two data folders,
+    a fresh code if the binary knows codes). Time: start of the sender → both ends exited
+    (once one has exited, the other gets SLOW_GRACE s)."""
     if spec is not None:
         link_label, reference, ref_what = spec.label, spec.mibps, "link"
     else:
@@ -1896,8 +2270,10 @@ def measure_slow_p2p(ctx: "Context", binary: Path, tool: str, ds: Dataset,
     link = spec.open() if spec is not None else None
     try:
         out = ctx.fresh_output()
-        recv, addr = start_receiver(ctx, f"{name}-receive", out, binary)
-        run.commands.append(f"{shlex.join(map(str, receiver_argv(binary, out)))}"
+        recv, addr, pair = start_receiver(ctx, f"{name}-receive", out, binary)
+        code = pair[1] if pair else None
+        run.commands.append(env_prefix(ctx, "receive")
+                            + f"{shlex.join(map(str, receiver_argv(binary, out, code)))}"
                             f"    # → listening on {addr}")
         peer = addr
         if link is not None:
@@ -1905,12 +2281,12 @@ def measure_slow_p2p(ctx: "Context", binary: Path, tool: str, ds: Dataset,
             peer = link.addr
             run.commands.append(f"# shaped link (this script's threads): {link.addr} → {addr}, "
                                 f"{spec.mbit:g} Mbit/s and {spec.rtt_ms / 2:g} ms each way")
-        send_argv = [str(binary), "send", str(ds.path), "--peer", peer]
+        send_argv = [str(binary), "send", str(ds.path), "--peer", peer, *pair]
         if max_speed:
             send_argv += ["--max-speed", max_speed]
-        run.commands.append(shlex.join(send_argv))
+        run.commands.append(env_prefix(ctx, "send") + shlex.join(send_argv))
         t0 = start_clock()
-        send = ctx.procs.start(f"{name}-send", send_argv, env=p2p_env(ctx))
+        send = ctx.procs.start(f"{name}-send", send_argv, env=p2p_env(ctx, "send"))
         exits = wait_ends(ctx, [send, recv], ctx.args.timeout)
         e_send, e_recv = exits[send.name], exits[recv.name]
         run.seconds = max(e_send.end, e_recv.end) - t0
@@ -2435,16 +2811,18 @@ def resilience_report(ctx: Context, throttle: list[ThrottleResult],
                       resume: ResumeResult | None, resume_ds: Dataset | None) -> list[str]:
     """The 'Throttle accuracy' and 'Resume after an interruption' sections."""
     lines: list[str] = []
+    code = " --code C" if supports_code(ctx, ctx.args.binary) else ""
     if throttle:
         lines += [
             "## Throttle accuracy (`--max-speed`)",
             "",
             f"For each rate R, a file of R × {THROTTLE_SECONDS} s of random bytes is sent "
-            "with the default window and chunk size, each time to a fresh receiver:",
+            "with the default window and chunk size, each time to a fresh receiver"
+            + (" (and a fresh code C)" if code else "") + ":",
             "",
             "```",
-            "p2p-transfer receive --output OUT --port 0 --bind 127.0.0.1",
-            "p2p-transfer send DATA/throttle-<R>M.bin --peer ADDR --max-speed <R>M",
+            f"p2p-transfer receive --output OUT --port 0 --bind 127.0.0.1{code}",
+            f"p2p-transfer send DATA/throttle-<R>M.bin --peer ADDR{code} --max-speed <R>M",
             "```",
             "",
             "Achieved rate = bytes of the file / wall time of the sender process (from its "
@@ -2470,15 +2848,20 @@ def resilience_report(ctx: Context, throttle: list[ThrottleResult],
             "script; it counts the bytes going from the sender to the receiver):",
             "",
             "```",
-            "p2p-transfer receive --output OUT --port 0 --bind 127.0.0.1        # → ADDR; proxy → ADDR",
+            f"p2p-transfer receive --output OUT --port 0 --bind 127.0.0.1{code}        "
+            "# → ADDR; proxy → ADDR",
             f"p2p-transfer resume UUID --path DATA/{resume_ds.path.name if resume_ds else 'FILE'}"
-            f" --peer PROXY --max-speed {RESUME_SPEED}M",
+            f" --peer PROXY{code} --max-speed {RESUME_SPEED}M",
             f"# the receiver's progress line reports ≥ {RESUME_AT:g}%: SIGINT to the sender "
             "(expected: exit 130, receiver exit 3)",
-            "p2p-transfer receive --output OUT --port 0 --bind 127.0.0.1        # same OUT → ADDR2; proxy → ADDR2",
+            f"p2p-transfer receive --output OUT --port 0 --bind 127.0.0.1{code.replace('C', 'C2')}"
+            "        # same OUT → ADDR2; proxy → ADDR2",
             f"p2p-transfer resume UUID --path DATA/{resume_ds.path.name if resume_ds else 'FILE'}"
-            " --peer PROXY                    # no throttle; must exit 0",
+            f" --peer PROXY{code.replace('C', 'C2')}                    # no throttle; must exit 0",
             "```",
+            *(["", "Each attempt's receiver is a new process and waits for a new code (C, "
+               "then C2); the sender's data folder, and so its device key, stays the same."]
+              if code else []),
             "",
             "The receiver prints a plain progress line about once a second, so the SIGINT "
             f"lands at {RESUME_AT:g}% or up to about one second "
@@ -2511,14 +2894,88 @@ def resilience_report(ctx: Context, throttle: list[ThrottleResult],
     return lines
 
 
+def results_section(rows: list[list[str]]) -> list[str]:
+    """The throughput 'Results' section of the main report."""
+    return [
+        "",
+        "## Results",
+        "",
+        "MiB/s = bytes of the data set / wall time. For p2p-transfer, TCP and magic-wormhole "
+        "the time starts with the sender (the receiver is started and listening before); "
+        "for `cp`, `scp` and `rsync` with the command. **Page cache**: the time ends when "
+        "the tool has exited (both ends); **on disk**: it ends when a `sync -f` of the "
+        "output file system, started right after that, has returned, i.e. when the data is "
+        "on the disk. `× local copy (on disk)` is the on-disk rate divided by that of "
+        "`cp -r` + `sync -f` of the same data in the same run, the ceiling for a tool that "
+        "writes to this disk; `× page-cache copy` is the page-cache rate divided by that "
+        "of a plain `cp -r` (no sync); `× TCP limit` is the page-cache rate divided by that "
+        "of a plain TCP copy over loopback into /dev/null. `—`: not part of this "
+        "measurement. `CPU s` is the user + system CPU time of each end (from the same "
+        "`wait4()` as the peak RSS): an end whose CPU time is close to the wall time is "
+        "bound by one core.",
+        "",
+        markdown_table(rows),
+        "",
+    ]
+
+
+THROUGHPUT_TARGETS_NOTE = (
+    "The throughput targets are evaluated on the fastest window measured for each data "
+    "set (by the measure the target uses). The local-copy target compares on-disk "
+    "rates; the targets against scp and rsync, and small files against big, compare "
+    "page-cache rates (each tool's own speed, which the disk would otherwise hide), and "
+    "the verdict refers to those; the on-disk comparison is given alongside. The "
+    "throttle, resume and session set-up rows refer to those sections above.")
+
+
+def targets_section(targets: list[Target], note: str = THROUGHPUT_TARGETS_NOTE) -> list[str]:
+    """The 'Targets' section: `note`, then one row per target."""
+    lines = [
+        "## Targets",
+        "",
+        note,
+        "",
+        "| target | verdict | evidence |",
+        "|---|---|---|",
+    ]
+    for t in targets:
+        lines.append(f"| {t.name} | **{t.verdict}** | {t.detail} |")
+    lines.append("")
+    return lines
+
+
+def security_line(ctx: "Context", binary: Path) -> str:
+    """How `binary`'s connections are made in this run, for a report's setup lines."""
+    if supports_code(ctx, binary):
+        return ("encrypted: every connection is TLS 1.3 with a device key on each side; the "
+                "sender and the receiver have separate data folders (`WORKDIR/"
+                f"{P2P_DATA_DIRS['send']}`, `WORKDIR/{P2P_DATA_DIRS['receive']}`: two "
+                "devices, two keys, neither trusting the other) and pair with a fresh "
+                "one-time code in every run (`receive --code C`, `send --peer ADDR --code "
+                "C`: SPAKE2 inside TLS)")
+    return ("without codes: this binary has no `--code` (a build from before issue 11's "
+            "TLS 1.3 and one-time codes); it gets the same separate data folders")
+
+
+def security_baseline_lines(ctx: "Context", setups: list[SetupResult] | None) -> list[str]:
+    """The baseline binary's setup line, when the session set-up measurement used one."""
+    base = next((v for v in setups or [] if v.baseline), None)
+    if base is None:
+        return []
+    return [f"- **p2p-transfer (baseline, session set-up only):** `{base.binary}` "
+            f"({binary_info(base.binary)}); runs {security_line(ctx, base.binary)}"]
+
+
 def write_report(path: Path, *, command: str, started: datetime.datetime, machine: dict,
                  congestion: str, binary: str, datasets: dict[str, Dataset],
                  results: list[Result], targets: list[Target], ctx: Context,
                  chunk_size: int, extras: dict[str, str],
                  throttle: list[ThrottleResult] | None = None,
                  resume: ResumeResult | None = None,
-                 resume_ds: Dataset | None = None) -> None:
+                 resume_ds: Dataset | None = None,
+                 setups: list[SetupResult] | None = None) -> None:
     rows = table_rows(results, datasets)
+    code = " --code C" if supports_code(ctx, ctx.args.binary) else ""
     try:
         load_end = " ".join(Path("/proc/loadavg").read_text().split()[:3])
     except OSError:
@@ -2541,63 +2998,36 @@ def write_report(path: Path, *, command: str, started: datetime.datetime, machin
         f"- **p2p-transfer:** {binary}; chunk size "
         f"{human_size(chunk_size)}{'' if ctx.args.chunk_size else ' (default)'}"
         + (f"; extra send flags: `{' '.join(ctx.args.send_arg)}`" if ctx.args.send_arg else ""),
+        f"- **p2p-transfer runs** {security_line(ctx, ctx.args.binary)}",
+        *security_baseline_lines(ctx, setups),
     ]
     for k, v in extras.items():
         lines.append(f"- **{k}:** {v}")
     lines += [
         f"- **Repeats:** {ctx.args.repeat} per measurement; the median time is reported "
-        "(of each time separately), and the highest peak RSS",
-        "",
-        "## Data sets",
+        "(of each time separately), and the highest peak RSS"
+        + (f"; session set-up: {ctx.args.setup_runs} timed runs per variant" if setups
+           else ""),
         "",
     ]
+    if datasets:
+        lines += ["## Data sets", ""]
     for ds in datasets.values():
         lines.append(f"- **{ds.key}**: {ds.label}, {ds.total_bytes:,} bytes of random "
                      "(incompressible) data")
-    lines += [
-        "",
-        "## Results",
-        "",
-        "MiB/s = bytes of the data set / wall time. For p2p-transfer, TCP and magic-wormhole "
-        "the time starts with the sender (the receiver is started and listening before); "
-        "for `cp`, `scp` and `rsync` with the command. **Page cache**: the time ends when "
-        "the tool has exited (both ends); **on disk**: it ends when a `sync -f` of the "
-        "output file system, started right after that, has returned, i.e. when the data is "
-        "on the disk. `× local copy (on disk)` is the on-disk rate divided by that of "
-        "`cp -r` + `sync -f` of the same data in the same run, the ceiling for a tool that "
-        "writes to this disk; `× page-cache copy` is the page-cache rate divided by that "
-        "of a plain `cp -r` (no sync); `× TCP limit` is the page-cache rate divided by that "
-        "of a plain TCP copy over loopback into /dev/null. `—`: not part of this "
-        "measurement. `CPU s` is the user + system CPU time of each end (from the same "
-        "`wait4()` as the peak RSS): an end whose CPU time is close to the wall time is "
-        "bound by one core.",
-        "",
-        markdown_table(rows),
-        "",
-    ]
+    if datasets:
+        lines += results_section(rows)
     lines += resilience_report(ctx, throttle or [], resume, resume_ds)
+    lines += setup_report(ctx, setups or [])
+    lines += targets_section(targets)
     lines += [
-        "## Targets",
-        "",
-        "The throughput targets are evaluated on the fastest window measured for each data "
-        "set (by the measure the target uses). The local-copy target compares on-disk "
-        "rates; the targets against scp and rsync, and small files against big, compare "
-        "page-cache rates (each tool's own speed, which the disk would otherwise hide), and "
-        "the verdict refers to those; the on-disk comparison is given alongside. The last "
-        "two rows are the throttle and resume measurements above.",
-        "",
-        "| target | verdict | evidence |",
-        "|---|---|---|",
-    ]
-    for t in targets:
-        lines.append(f"| {t.name} | **{t.verdict}** | {t.detail} |")
-    lines += [
-        "",
         "## How it is measured",
         "",
         "- Everything runs on 127.0.0.1. `p2p-transfer receive --output OUT --port 0 --bind "
-        "127.0.0.1` is started first; its `listening on` line gives the address for "
-        "`p2p-transfer send DATA --peer ADDR --window-size N`.",
+        f"127.0.0.1{code}` is started first"
+        + (" (C: a fresh one-time code for every run)" if code else "")
+        + "; its `listening on` line gives the address for "
+        f"`p2p-transfer send DATA --peer ADDR{code} --window-size N`.",
         "- Every received file's SHA-256 is compared with the source after every run (after "
         "the timed `sync -f`); a mismatch fails the run. The output is deleted between runs, "
         "and `sync` is run, untimed, just before each run starts.",
@@ -2630,8 +3060,12 @@ def write_report(path: Path, *, command: str, started: datetime.datetime, machin
         "(adaptive zstd) settings unless extra send flags are listed above (they, and "
         "`--chunk-size`, apply to the throughput runs only, not to the throttle and resume "
         "runs, which use the defaults).",
-        "- p2p-transfer keeps its history in `WORKDIR/p2p-data` (`P2P_TRANSFER_DATA_DIR`), "
-        "not in the user's data folder.",
+        "- p2p-transfer keeps its device key, trusted devices and history in `WORKDIR/"
+        f"{P2P_DATA_DIRS['send']}` (sender) and `WORKDIR/{P2P_DATA_DIRS['receive']}` "
+        "(receiver), given as `P2P_TRANSFER_DATA_DIR`, not in the user's data folder: "
+        "two devices, each session let in by its code"
+        + (" (the session set-up variant without a code shares one folder, `WORKDIR/"
+           f"{P2P_DATA_DIRS['shared']}`)" if setups else "") + ".",
     ]
     write_markdown(ctx, path, lines)
 
@@ -2716,9 +3150,11 @@ def write_slow_report(path: Path, *, command: str, started: datetime.datetime, m
         f"- **net.ipv4.tcp_congestion_control:** {congestion} (of every socket here: the "
         "tools', and the shaped link's own on both of its sides)",
         f"- **p2p-transfer:** {binary}",
+        f"- **p2p-transfer runs** {security_line(ctx, ctx.args.binary)}",
     ]
     if baseline:
-        lines.append(f"- **p2p-transfer (baseline):** {baseline}")
+        lines.append(f"- **p2p-transfer (baseline):** {baseline}; runs "
+                     f"{security_line(ctx, ctx.args.baseline_binary)}")
     for k, v in extras.items():
         lines.append(f"- **{k}:** {v}")
     lines += [
@@ -2794,8 +3230,12 @@ def write_slow_report(path: Path, *, command: str, started: datetime.datetime, m
         "- Plain TCP: a Python sender calling `socket.sendfile()` through the link and a "
         "receiver discarding what it reads; the link's own ceiling for one TCP connection.",
         "- p2p-transfer runs with its defaults (window 16, chunk 1 MiB, adaptive zstd, which "
-        "gives up on random data) and keeps its history in `WORKDIR/p2p-data` "
-        "(`P2P_TRANSFER_DATA_DIR`). The data are random (incompressible) files generated by "
+        "gives up on random data) and keeps its device key and history in `WORKDIR/"
+        f"{P2P_DATA_DIRS['send']}` (sender) and `WORKDIR/{P2P_DATA_DIRS['receive']}` "
+        "(receiver) (`P2P_TRANSFER_DATA_DIR`): two devices, each run paired by a fresh code "
+        "when the binary has `--code`; the commands above show both. The TLS records and "
+        "the handshakes cross the link too. The data are random (incompressible) files "
+        "generated by "
         f"the script: {human_size(SLOW_SIZE)} through the link, "
         f"{human_size(SLOW_THROTTLE_SIZE)} with `--max-speed {SLOW_THROTTLE_RATE}`.",
     ]
@@ -2805,6 +3245,64 @@ def write_slow_report(path: Path, *, command: str, started: datetime.datetime, m
 # --------------------------------------------------------------------------------------
 # main
 # --------------------------------------------------------------------------------------
+
+def write_setup_report(path: Path, *, command: str, started: datetime.datetime,
+                       machine: dict, congestion: str, binary: str,
+                       setups: list[SetupResult], ctx: Context) -> None:
+    """The report of `--setup`: the session set-up measurement alone."""
+    try:
+        load_end = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        load_end = "unknown"
+    lines = [
+        "# Benchmarks: session set-up with TLS and one-time codes",
+        "",
+        "Produced by `benchmark.py --setup`; rerun it to refresh this page (it overwrites "
+        "it). The throughput benchmarks are in [benchmarks.md](benchmarks.md), whose run "
+        "measures this too.",
+        "",
+        "Issue 11: every p2p-transfer connection is TLS 1.3 between device keys, and a new "
+        "peer is let in by a one-time code (SPAKE2). This page measures what that costs "
+        "when a session is set up: a 1-byte send between two devices paired by a code; "
+        "the same between two programs sharing one data folder (one device key: TLS, but "
+        "no code exchange); and, with `--baseline-binary`, an older build.",
+        "",
+        f"- **Date:** {started.strftime('%Y-%m-%d %H:%M %Z').strip()}",
+        f"- **Command:** `{command}`",
+        f"- **Machine:** {machine['nproc']} CPUs ({machine['cpu']}), {machine['memory']} RAM, "
+        f"Linux {machine['kernel']}, data and output on {machine['filesystem']}; "
+        f"load average (1, 5, 15 min) at the start {machine['load']}, at the end "
+        f"{load_end} (other work on the machine skews every figure)",
+        f"- **net.ipv4.tcp_congestion_control:** {congestion}",
+        f"- **p2p-transfer:** {binary}",
+        f"- **p2p-transfer runs** {security_line(ctx, ctx.args.binary)}, except in the "
+        "variant without a code, which shares one data folder",
+        *security_baseline_lines(ctx, setups),
+        f"- **Runs:** {ctx.args.setup_runs} timed runs per variant, after one warm-up run",
+        "",
+        *setup_report(ctx, setups),
+        *targets_section(setup_targets(setups), "The issue's target for setting up a "
+                         "session, on the median of the runs with a code."),
+        "## How it is measured",
+        "",
+        "- Everything runs on 127.0.0.1; the receiver listens on port 0 (a free port) and "
+        "ends after its one transfer.",
+        "- Each process is forked by a tiny `sh` that exits at once (the script is a child "
+        "subreaper and reaps the process itself, with `wait4()`); the clock starts just "
+        "before that `sh` is launched and stops when the sender's pidfd reports its exit. "
+        "The `--version` row is the same launch of a process that only prints its version: "
+        "what every row pays for starting and ending a process.",
+        "- Before each run the output folder is made empty and `sync` is run, untimed.",
+        "- Data folders (`P2P_TRANSFER_DATA_DIR`: device key, trusted devices, history): "
+        f"with a code, `WORKDIR/{P2P_DATA_DIRS['send']}` for the sender and `WORKDIR/"
+        f"{P2P_DATA_DIRS['receive']}` for the receiver, two devices that trust nobody, so "
+        "only the code lets the sender in (the control above checks it); without a code, "
+        f"both use `WORKDIR/{P2P_DATA_DIRS['shared']}`, one device key, which admission "
+        "lets in as the same device. `--remember` is never given: nothing is trusted "
+        "between runs. The warm-up run creates the keys.",
+    ]
+    write_markdown(ctx, path, lines)
+
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(
@@ -2836,7 +3334,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--repeat", type=int, default=1, help="runs per measurement; median reported")
     p.add_argument("--output", type=Path, default=None,
                    help=f"the Markdown report to write (default: {DEFAULT_OUTPUT.relative_to(REPO)}"
-                        f", with --slow-link {DEFAULT_SLOW_OUTPUT.relative_to(REPO)})"
+                        f", with --slow-link {DEFAULT_SLOW_OUTPUT.relative_to(REPO)}, with "
+                        f"--setup {DEFAULT_SETUP_OUTPUT.relative_to(REPO)})"
                         "%(default).0s")  # renders as nothing: no "(default: None)"
     p.add_argument("--skip-big", action="store_true", help="skip the big-file data set")
     p.add_argument("--skip-small", action="store_true", help="skip the small-files data set")
@@ -2848,9 +3347,21 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         "a shaped link on 127.0.0.1 (see --link-rate, --link-rtt), and a "
                         "20 MiB file with --max-speed 512K; with --compare, rsync through "
                         "the same link")
+    p.add_argument("--setup", action="store_true",
+                   help="measure session set-up only (nothing else): a 1-byte send to a "
+                        "listening receiver, with a code (two data folders), without one "
+                        "(one data folder) and, with --baseline-binary, with that binary; "
+                        f"written to {DEFAULT_SETUP_OUTPUT.relative_to(REPO)}. The default "
+                        "run measures it too, unless --skip-setup")
+    p.add_argument("--skip-setup", action="store_true",
+                   help="skip the session set-up measurement of the default run")
+    p.add_argument("--setup-runs", type=int, default=SETUP_RUNS, metavar="N",
+                   help="timed runs per variant of the session set-up measurement")
     p.add_argument("--baseline-binary", type=Path, default=None, metavar="PATH",
-                   help="with --slow-link: another p2p-transfer binary (e.g. built from an "
-                        "older commit) measured the same way in the same run")
+                   help="with --slow-link, and for the session set-up measurement: another "
+                        "p2p-transfer binary (e.g. built from an older commit) measured the "
+                        "same way in the same run; it gets --code only if its `receive "
+                        "--help` mentions it")
     p.add_argument("--link-rate", type=float, default=LINK_MBIT, metavar="MBIT",
                    help="with --slow-link: the shaped link's rate each way, Mbit/s")
     p.add_argument("--link-rtt", type=float, default=LINK_RTT_MS, metavar="MS",
@@ -2870,11 +3381,21 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
             parse_size(args.chunk_size)
         except argparse.ArgumentTypeError as e:
             p.error(f"--chunk-size: {e}")
-    if args.skip_big and args.skip_small and args.skip_resilience and not args.slow_link:
-        p.error("nothing to do with --skip-big, --skip-small and --skip-resilience")
-    if not args.slow_link and (args.baseline_binary is not None
-                               or args.link_rate != LINK_MBIT or args.link_rtt != LINK_RTT_MS):
-        p.error("--baseline-binary, --link-rate and --link-rtt go with --slow-link")
+    if args.setup_runs < 1:
+        p.error("--setup-runs must be >= 1")
+    if args.setup and args.slow_link:
+        p.error("--setup and --slow-link are two separate runs")
+    if args.setup and args.skip_setup:
+        p.error("--setup and --skip-setup contradict each other")
+    if (args.skip_big and args.skip_small and args.skip_resilience and args.skip_setup
+            and not args.slow_link):
+        p.error("nothing to do with --skip-big, --skip-small, --skip-resilience and "
+                "--skip-setup")
+    if not args.slow_link and (args.link_rate != LINK_MBIT or args.link_rtt != LINK_RTT_MS):
+        p.error("--link-rate and --link-rtt go with --slow-link")
+    if args.baseline_binary is not None and not args.slow_link and args.skip_setup:
+        p.error("--baseline-binary goes with --slow-link or the session set-up measurement "
+                "(not with --skip-setup)")
     if args.link_rate <= 0 or args.link_rtt < 0:
         p.error("--link-rate must be > 0 and --link-rtt >= 0")
     if args.baseline_binary is not None:
@@ -2882,7 +3403,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         if not args.baseline_binary.is_file():
             p.error(f"--baseline-binary: {args.baseline_binary} does not exist")
     if args.output is None:
-        args.output = DEFAULT_SLOW_OUTPUT if args.slow_link else DEFAULT_OUTPUT
+        args.output = (DEFAULT_SLOW_OUTPUT if args.slow_link
+                       else DEFAULT_SETUP_OUTPUT if args.setup else DEFAULT_OUTPUT)
     args.binary = args.binary.resolve() if args.binary != DEFAULT_BINARY else args.binary
     return args
 
@@ -2930,6 +3452,24 @@ def slow_link_main(ctx: Context, *, command: str, started: datetime.datetime,
     return 0
 
 
+def setup_main(ctx: Context, *, command: str, started: datetime.datetime,
+               machine: dict, congestion: str, binary: str) -> int:
+    """--setup: the session set-up measurement alone, printed and written to --output."""
+    setups = run_setup(ctx)
+    print_setup(setups)
+    for t in setup_targets(setups):
+        print(f"  {t.verdict:<5} {t.name}: {t.detail}")
+    output = ctx.args.output if ctx.args.output.is_absolute() else Path.cwd() / ctx.args.output
+    write_setup_report(output, command=command, started=started, machine=machine,
+                       congestion=congestion, binary=binary, setups=setups, ctx=ctx)
+    print(f"\nwrote {output}")
+    if ctx.failures:
+        print(f"\n!!! {len(ctx.failures)} run(s) FAILED; see above and the logs in "
+              f"{ctx.log_dir}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
 
@@ -2962,6 +3502,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.slow_link:
             return slow_link_main(ctx, command=command, started=started, machine=machine,
                                   congestion=congestion, binary=binary)
+        if args.setup:
+            return setup_main(ctx, command=command, started=started, machine=machine,
+                              congestion=congestion, binary=binary)
         if not args.skip_big:
             datasets["big"] = make_big_dataset(ctx.data_dir, args.big_size)
         if not args.skip_small:
@@ -3012,9 +3555,12 @@ def main(argv: list[str] | None = None) -> int:
             for rate, ds in throttle_files.items():
                 throttle.append(measure_throttle(ctx, ds, rate))
             resume = measure_resume(ctx, resume_ds, DEFAULT_CHUNK)
+        setups = [] if args.skip_setup else run_setup(ctx)
 
         targets = evaluate_targets(results, datasets, chunk_size, args.compare)
         targets += resilience_targets(throttle, resume, resume_ds)
+        if setups:
+            targets += setup_targets(setups)
         if results:
             print("\n" + text_table(table_rows(results, datasets)))
         if throttle:
@@ -3026,6 +3572,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"{resume.bound_how}):")
             for row in resume_rows(resume):
                 print("  " + "  ".join(c.replace("**", "") for c in row if c))
+        if setups:
+            print_setup(setups)
         print("\nTargets (fastest window per data set):")
         for t in targets:
             print(f"  {t.verdict:<5} {t.name}: {t.detail}")
@@ -3033,7 +3581,7 @@ def main(argv: list[str] | None = None) -> int:
         write_report(output, command=command, started=started, machine=machine,
                      congestion=congestion, binary=binary, datasets=datasets, results=results,
                      targets=targets, ctx=ctx, chunk_size=chunk_size, extras=extras,
-                     throttle=throttle, resume=resume, resume_ds=resume_ds)
+                     throttle=throttle, resume=resume, resume_ds=resume_ds, setups=setups)
         print(f"\nwrote {output}")
         if ctx.failures:
             print(f"\n!!! {len(ctx.failures)} run(s) FAILED; see above and the logs in "
