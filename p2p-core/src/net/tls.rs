@@ -1,4 +1,4 @@
-//! TLS 1.3 on every connection (rustls, ring provider): both sides present their device
+//! TLS 1.3 on every connection (rustls, aws-lc-rs provider): both sides present their device
 //! certificate, ALPN names the protocol version, and what comes out is a stream plus
 //! the facts the admission step needs — the peer's key [`Fingerprint`] and an exporter
 //! value that binds the code's key confirmation to this very TLS session.
@@ -44,11 +44,10 @@ pub struct TlsConfigs {
     pub server: Arc<rustls::ServerConfig>,
 }
 
-/// The ring provider. (rustls deprecates its `default_provider` because ring has no
-/// post-quantum key exchange; see docs/architecture.md for the choice.)
-#[allow(deprecated)]
+/// The aws-lc-rs provider: X25519MLKEM768 (post-quantum hybrid) key exchange first,
+/// X25519 and the NIST curves after it (see docs/architecture.md for the choice).
 fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
 impl TlsConfigs {
