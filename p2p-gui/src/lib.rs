@@ -54,6 +54,18 @@ pub fn admitted(admitted: &p2p_core::net::Admitted) -> String {
     }
 }
 
+/// How a peer got in, in a word or two (the status bar).
+pub fn admitted_short(admitted: &p2p_core::net::Admitted) -> &'static str {
+    use p2p_core::net::Admitted;
+    match admitted {
+        Admitted::Code => "proved the one-time code",
+        Admitted::Trusted { .. } => "trusted",
+        Admitted::SameDevice => "this device",
+        Admitted::Pinned => "the pinned device",
+        Admitted::Unknown => "NOT trusted",
+    }
+}
+
 /// The theme of the window.
 pub fn theme(_app: &App) -> iced::Theme {
     iced::Theme::Light

@@ -62,7 +62,12 @@ impl App {
             Tab::History => self.history_tab(),
         };
         let mut page = column![tabs, rule::horizontal(1)].spacing(SPACING);
-        page = page.push(scrollable(container(body).padding([0, 4])).height(Fill));
+        // The scrollbar beside the tab, not over the ends of its lines.
+        page = page.push(
+            scrollable(container(body).padding([0, 4]))
+                .spacing(6)
+                .height(Fill),
+        );
         if let Some(panel) = self.transfer_panel() {
             page = page.push(rule::horizontal(1)).push(panel);
         }
@@ -883,9 +888,9 @@ impl App {
                     }
                     if let Some(identity) = &peer.identity {
                         let how = if peer.accepted {
-                            "accepted by you".to_owned()
+                            "accepted by you"
                         } else {
-                            crate::admitted(&identity.admitted)
+                            crate::admitted_short(&identity.admitted)
                         };
                         status.push_str(&format!(
                             " · device {}… · {how}",

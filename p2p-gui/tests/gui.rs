@@ -1447,3 +1447,56 @@ async fn an_unknown_devices_offer_says_not_trusted_and_is_never_auto_accepted() 
     assert_eq!(store.devices()[0].id, key.device_id());
     assert_eq!(store.devices()[0].name, "stranger");
 }
+
+/// Connecting by address without a code lets in trusted devices only: an unknown one is
+/// refused in the window's words (not the command line's), and the other side is told.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connecting_to_an_unknown_device_without_a_code_is_refused_plainly() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = Identity::generate_shared();
+    let endpoint = Endpoint::listen("127.0.0.1:0").await.unwrap();
+    let addr = endpoint.local_addr().unwrap().to_string();
+    // A listener that would let anyone in: the window's own rules must refuse it.
+    let listener = tokio::spawn({
+        let key = key.clone();
+        async move {
+            let options = SessionOptions {
+                security: Security::new(key, Admission::default().accepting_unknown(true)).unwrap(),
+                ..SessionOptions::default()
+            };
+            P2PSession::open(&endpoint, &options).await.map(|_| ())
+        }
+    });
+    let mut h = Harness::new(own_key(&dir.path().join("config")));
+    h.update(Message::PeerAddressChanged(addr));
+    h.click("Connect");
+    h.run_until("the refusal", |app| app.worker.is_none()).await;
+    let text = format!(
+        "refused unknown device {}: it is not one of your trusted devices. Pair with a \
+         one-time code (Send or Receive tab), or add it to the trusted devices",
+        key.device_id()
+    );
+    assert!(h.shows(&text), "{:?}", h.app.notice);
+    listener.abort();
+}
+
+/// A code whose peer is not on the network: said plainly once the search gives up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_code_nobody_waits_for_is_said_plainly() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = Harness::new(Launch {
+        discovery: Some(loopback_discovery()),
+        ..own_key(&dir.path().join("config"))
+    });
+    h.click("Receive");
+    h.type_into("code", "42-quiet-harbor");
+    h.click("Connect to the sender");
+    assert!(h.shows("Looking for the peer of code 42-… on this network…"));
+    h.run_until("the search to give up", |app| app.worker.is_none())
+        .await;
+    let shown = format!("{:?}", h.app.notice);
+    assert!(
+        shown.contains("Nobody waiting for code 42-… was found on this network within 5 s"),
+        "{shown}"
+    );
+}
