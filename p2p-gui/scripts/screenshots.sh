@@ -60,13 +60,19 @@ shot() {
     echo "$OUT/$name.png"
 }
 
-# A CLI receiver on a free port; prints its address.
+# A CLI receiver (a device of its own) on a free port, waiting for the one-time code $2;
+# prints its address.
 cli_receiver() {
-    "$BIN/p2p-transfer" receive --bind 127.0.0.1 --port 0 --output "$1" \
-        >/dev/null 2>"$work/receiver.err" &
+    P2P_TRANSFER_DATA_DIR="$work/data-$3" "$BIN/p2p-transfer" receive --bind 127.0.0.1 \
+        --port 0 --code "$2" --name "$3" --output "$1" >/dev/null 2>"$work/receiver.err" &
     pids+=($!)
     wait_for "$work/receiver.err" "listening on" >/dev/null
     sed -n 's/^listening on //p' "$work/receiver.err"
+}
+
+# The device id of the data folder data-NAME (created on first use).
+device_id() {
+    P2P_TRANSFER_DATA_DIR="$work/data-$1" "$BIN/p2p-transfer" id 2>/dev/null
 }
 
 mkdir -p "$work/photos/2024" "$work/in-cli" "$work/in-gui"
@@ -75,34 +81,45 @@ head -c $((1 << 20)) /dev/urandom >"$work/photos/cover.jpg"
 head -c $((1 << 30)) /dev/urandom >"$work/film.mkv"
 printf 'minutes of the meeting\n' >"$work/notes.txt"
 
-# Connection: a receiver waits on this network (a CLI announcing itself); the window
-# has found it.
+# The window's own device (its key in $work/data), and a device it trusts.
+window_id=$(P2P_TRANSFER_DATA_DIR="$work/data" "$BIN/p2p-transfer" id 2>/dev/null)
+"$BIN/p2p-transfer" trust add "$(device_id laptop)" --name laptop 2>/dev/null
+
+# Connection: the window waits with a new one-time code (--code ''), and has found a
+# receiver waiting on this network (a CLI, a device of its own, announcing itself).
 mkdir -p "$work/in-announced"
-"$BIN/p2p-transfer" receive --bind 127.0.0.1 --port 0 --name living-room \
-    --output "$work/in-announced" >/dev/null 2>"$work/announced.err" &
+P2P_TRANSFER_DATA_DIR="$work/data-living-room" "$BIN/p2p-transfer" receive --bind 127.0.0.1 \
+    --port 0 --name living-room --output "$work/in-announced" >/dev/null 2>"$work/announced.err" &
 pids+=($!)
 wait_for "$work/announced.err" "listening on"
-gui connection --find-peers
+gui connection --listen 127.0.0.1:0 --code '' --find-peers
+wait_for "$work/connection.err" "^code: "
 sleep 1.5
 shot connection
 
-# Send: connected to a CLI receiver, sending a folder and a large file (caught mid-way).
-addr=$(cli_receiver "$work/in-cli")
-gui send --connect "$addr" --send "$work/photos" "$work/film.mkv"
+# Send: paired by a one-time code with a CLI receiver, sending a folder and a large file
+# (caught mid-way).
+addr=$(cli_receiver "$work/in-cli" 5-cobalt-harbor desk)
+gui send --connect "$addr" --code 5-cobalt-harbor --send "$work/photos" "$work/film.mkv"
 wait_for "$work/send.err" "connected to"
 shot send 0.7
 
-# Receive: listening, asking first; the CLI offers a folder, which waits for an answer.
+# Receive: listening, asking first; a device the window does not know (no code, not
+# trusted; it pins the window's id) offers a folder, which waits for an answer.
 gui receive --listen 127.0.0.1:0 --tab receive --output "$work/in-gui"
 wait_for "$work/receive.err" "listening on"
 addr=$(sed -n 's/^listening on //p' "$work/receive.err")
-"$BIN/p2p-transfer" send "$work/photos" --peer "$addr" --name laptop >/dev/null 2>&1 &
+P2P_TRANSFER_DATA_DIR="$work/data-phone" "$BIN/p2p-transfer" send "$work/photos" \
+    --peer "$addr" --name phone --peer-id "$window_id" >/dev/null 2>&1 &
 pids+=($!)
 wait_for "$work/receive.err" "offer from"
 shot receive
 
-# Settings.
+# Settings, scrolled to the trusted devices at its end.
 gui settings --tab settings
+id=$(xdotool search --sync --onlyvisible --name 'p2p-transfer' | head -1)
+sleep 0.5
+xdotool mousemove --window "$id" 380 360 click --repeat 15 --delay 30 5
 shot settings
 
 # History: two transfers and one refused (the file is already there).

@@ -13,7 +13,7 @@ use iced::task;
 use iced::Task;
 use p2p_core::discovery::{DiscoveryConfig, PeerInfo};
 use p2p_core::fs::source::SourceManifest;
-use p2p_core::net::{Admission, Code, DeviceId, Identity, PeerIdentity, Security, TrustStore};
+use p2p_core::net::{Admission, Admitted, Code, DeviceId, Identity, PeerIdentity, Security};
 use p2p_core::settings::{Settings, DEFAULT_LISTEN_PORT};
 use p2p_core::{Direction, IncomingOffer, ReceiveOptions, SessionOptions, TransferEvent};
 use uuid::Uuid;
@@ -22,6 +22,7 @@ use crate::history::{DirectionFilter, History, OutcomeFilter};
 use crate::peers;
 use crate::progress::{TransferProgress, TransferState};
 use crate::settings_form::{SettingsForm, SettingsMessage};
+use crate::trust::{self, Edit, TrustMessage, Trusted};
 use crate::worker::{self, Plan, Policy, SessionHandle, WorkerEvent};
 use p2p_core::history::{History as HistoryFile, Record, Status, Tracker};
 
@@ -55,6 +56,10 @@ pub struct Launch {
     /// use), as the CLI does; embedders and tests may hand one in
     /// (`Security::default().identity` is the key of the whole process).
     pub identity: Option<Arc<Identity>>,
+    /// A one-time code, as if typed: with `listen`, wait for the peer that knows it;
+    /// with `connect`, connect to that address with it; alone, find the peer waiting
+    /// for it on the local network and connect.
+    pub code: Option<String>,
 }
 
 /// The tabs, in order.
@@ -112,6 +117,20 @@ pub enum Message {
     PeersFound(Result<Vec<PeerInfo>, String>),
     /// Connect to a peer found on the local network.
     ConnectTo(SocketAddr),
+    /// The one-time code field (Send and Receive tabs).
+    CodeChanged(String),
+    /// Listen for the peer that knows the typed code, or a new one when none is typed.
+    WaitWithCode,
+    /// Connect with the typed code: to the typed address, else to the peer found on the
+    /// local network waiting for it.
+    ConnectWithCode,
+    /// Add the peer to the trusted devices after a session with a code (or an unknown
+    /// device whose offer was accepted).
+    RememberToggled(bool),
+    /// Put this text on the clipboard.
+    Copy(String),
+    /// The trusted devices on the Settings tab.
+    Trust(TrustMessage),
     /// A report from the session worker with this id.
     Worker(u64, WorkerEvent),
     // Send
@@ -191,7 +210,21 @@ pub struct Peer {
     pub addr: Option<SocketAddr>,
     /// The device the connection proved, and how it was let in.
     pub identity: Option<PeerIdentity>,
+    /// An unknown device whose offer the person accepted in this session: sending to
+    /// it is allowed from then on.
+    pub accepted: bool,
     pub handle: SessionHandle,
+}
+
+impl Peer {
+    /// Let in as an unknown device (no code, not trusted) and not accepted by the person.
+    pub fn is_unvouched(&self) -> bool {
+        !self.accepted
+            && self
+                .identity
+                .as_ref()
+                .is_some_and(|i| i.admitted == Admitted::Unknown)
+    }
 }
 
 /// A line for the status bar.
@@ -243,10 +276,21 @@ pub struct App {
     /// This device's key, with no admission rules: each worker gets its own rules
     /// ([`App::security`]).
     security: Security,
+    /// This device's id as shown (and copied).
+    pub device_id_text: String,
     /// Where this device's key lives, when it was loaded from a file.
     pub key_file: Option<PathBuf>,
-    /// Folder of the trust store (the data folder); `None`: no trusted devices.
-    trust_dir: Option<PathBuf>,
+    /// Why this device's key could not be loaded (a key for this run is used).
+    pub identity_error: Option<String>,
+    /// The trusted devices (Settings tab; let in without a code).
+    pub trusted: Trusted,
+    /// The one-time code field, and what is wrong with what was typed.
+    pub code_input: String,
+    pub code_error: Option<String>,
+    /// The code this window waits with, shown large until a peer has used it.
+    pub waiting_code: Option<Code>,
+    /// Remember the peer of a code session (or an accepted unknown device).
+    pub remember: bool,
     pub discovery: Option<DiscoveryConfig>,
     /// Workers closing their session cleanly after Stop/Disconnect, by id: each is
     /// aborted if it has not ended when the window goes.
@@ -304,9 +348,15 @@ impl App {
             history_file: launch.data_dir.as_deref().map(HistoryFile::in_dir),
             history_writes: 0,
             history_status: None,
+            device_id_text: security.device_id().to_string(),
             security,
             key_file,
-            trust_dir: launch.data_dir.clone(),
+            identity_error: identity_error.clone(),
+            trusted: Trusted::load(launch.data_dir.clone()),
+            code_input: String::new(),
+            code_error: None,
+            waiting_code: None,
+            remember: false,
             discovery: launch.discovery,
             closing: Vec::new(),
             browsing: None,
@@ -318,7 +368,15 @@ impl App {
         if let Some(file) = app.history_file.clone() {
             tasks.push(Task::perform(load_history(file), Message::HistoryLoaded));
         }
-        if let Some(bind) = launch.listen {
+        if let Some(code) = launch.code {
+            app.code_input = code;
+            if let Some(bind) = launch.listen {
+                tasks.push(app.wait_with_code(bind));
+            } else {
+                app.peer_address = launch.connect.unwrap_or_default();
+                tasks.push(app.connect_with_code());
+            }
+        } else if let Some(bind) = launch.listen {
             tasks.push(app.start_worker(Plan::Listen {
                 bind,
                 nameplate: None,
@@ -400,6 +458,18 @@ impl App {
                     announced,
                 );
             }
+            Message::CodeChanged(code) => {
+                self.code_input = code;
+                self.code_error = None;
+            }
+            Message::WaitWithCode => match self.listen_port() {
+                Some(port) => return self.wait_with_code(format!("0.0.0.0:{port}")),
+                None => return Task::none(),
+            },
+            Message::ConnectWithCode => return self.connect_with_code(),
+            Message::RememberToggled(on) => self.remember = on,
+            Message::Copy(text) => return iced::clipboard::write(text),
+            Message::Trust(message) => return self.on_trust(message),
             Message::Worker(id, event) => {
                 if self.worker.as_ref().is_some_and(|w| w.id == id) {
                     return self.on_worker(event);
@@ -485,6 +555,18 @@ impl App {
             }
             Message::AcceptOffer | Message::DeclineOffer => {
                 let accept = matches!(message, Message::AcceptOffer);
+                let mut remember = Task::none();
+                if accept && self.offer.is_some() {
+                    if let Some(peer) = self.worker.as_mut().and_then(|w| w.peer.as_mut()) {
+                        // The person vouches for an unknown device by accepting.
+                        if peer.is_unvouched() {
+                            peer.accepted = true;
+                            if self.remember {
+                                remember = self.remember_peer();
+                            }
+                        }
+                    }
+                }
                 if let (Some(offer), Some(peer)) = (self.offer.take(), self.peer()) {
                     peer.handle.decide(offer.transfer_id, accept);
                     if !accept {
@@ -496,6 +578,7 @@ impl App {
                         return self.keep(Record::declined(&offer, "declined in this window"));
                     }
                 }
+                return remember;
             }
             Message::ResumeSend => self.resume_send(),
             Message::Settings(message) => {
@@ -558,7 +641,12 @@ impl App {
     /// Why Send is not possible right now, if it is not.
     pub fn send_blocker(&self) -> Option<&'static str> {
         if self.peer().is_none() {
-            Some("Connect to a peer on the Connection tab first.")
+            Some("Connect to a peer first: with a one-time code above, or on the Connection tab.")
+        } else if self.peer().is_some_and(Peer::is_unvouched) {
+            Some(
+                "This device is NOT trusted: it connected without a code and is not one of \
+                 your trusted devices. Pair with a one-time code to send to it.",
+            )
         } else if self.selection.is_empty() {
             Some("Add files or a folder to send.")
         } else if self.is_busy() {
@@ -576,25 +664,100 @@ impl App {
         }
     }
 
-    fn listen(&mut self) -> Task<Message> {
-        let port = match self.listen_port.trim().parse::<u16>() {
-            Ok(port) => port,
-            Err(_) => {
-                self.notice = Some(Notice::Error(format!(
-                    "{:?} is not a port number (1–65535, or 0 for any free port).",
-                    self.listen_port.trim()
-                )));
-                return Task::none();
-            }
+    /// The typed listening port (saved when it changed), or `None` after saying what
+    /// is wrong with it.
+    fn listen_port(&mut self) -> Option<u16> {
+        let Ok(port) = self.listen_port.trim().parse::<u16>() else {
+            self.notice = Some(Notice::Error(format!(
+                "{:?} is not a port number (1–65535, or 0 for any free port).",
+                self.listen_port.trim()
+            )));
+            return None;
         };
         if port != self.settings.listen_port {
             self.settings.listen_port = port;
             self.save_settings();
         }
+        Some(port)
+    }
+
+    fn listen(&mut self) -> Task<Message> {
+        let Some(port) = self.listen_port() else {
+            return Task::none();
+        };
         self.start_worker(Plan::Listen {
             bind: format!("0.0.0.0:{port}"),
             nameplate: None,
         })
+    }
+
+    /// The typed code; `None` after saying (next to the field) what is wrong with it.
+    /// An empty field is `Some(None)`.
+    fn typed_code(&mut self) -> Option<Option<Code>> {
+        let typed = self.code_input.trim();
+        if typed.is_empty() {
+            return Some(None);
+        }
+        match typed.parse::<Code>() {
+            Ok(code) => Some(Some(code)),
+            Err(e) => {
+                self.code_error = Some(format!("{e}."));
+                None
+            }
+        }
+    }
+
+    /// Listens on `bind` for the peer that knows the typed code, or a new code (shown
+    /// large) when none is typed; the beacon carries the code's nameplate.
+    fn wait_with_code(&mut self, bind: String) -> Task<Message> {
+        let Some(typed) = self.typed_code() else {
+            return Task::none();
+        };
+        let code = typed.unwrap_or_else(Code::generate);
+        let task = self.start_worker_with(
+            Plan::Listen {
+                bind,
+                nameplate: Some(code.nameplate()),
+            },
+            Some(code.clone()),
+            None,
+        );
+        self.code_error = None;
+        self.waiting_code = Some(code);
+        task
+    }
+
+    /// Connects with the typed code: to the typed address, else to the peer that waits
+    /// for it on the local network (found by the code's nameplate).
+    fn connect_with_code(&mut self) -> Task<Message> {
+        let code = match self.typed_code() {
+            None => return Task::none(),
+            Some(None) => {
+                self.code_error = Some(
+                    "Type the code the other side shows, for example 7-guitar-orbit.".to_owned(),
+                );
+                return Task::none();
+            }
+            Some(Some(code)) => code,
+        };
+        let plan = match self.peer_address.trim() {
+            "" if self.discovery.is_none() => {
+                self.code_error = Some(
+                    "Finding peers on this network is off: type the other side's address \
+                     too."
+                        .to_owned(),
+                );
+                return Task::none();
+            }
+            "" => Plan::FindCode {
+                nameplate: code.nameplate(),
+            },
+            addr => Plan::Connect {
+                addr: with_default_port(addr),
+            },
+        };
+        self.code_error = None;
+        self.start_worker_with(plan, Some(code), None)
     }
 
     fn connect(&mut self) -> Task<Message> {
@@ -605,12 +768,7 @@ impl App {
             ));
             return Task::none();
         }
-        // A bare host or IPv4 address gets the default port.
-        let addr = if addr.contains(':') {
-            addr.to_owned()
-        } else {
-            format!("{addr}:{DEFAULT_LISTEN_PORT}")
-        };
+        let addr = with_default_port(addr);
         self.start_worker(Plan::Connect { addr })
     }
 
@@ -670,17 +828,8 @@ impl App {
     /// This device's key with the rules a new worker lets peers in by: the trusted
     /// devices as the trust file has them now, and `code` if any.
     fn security(&mut self, code: Option<Code>, accept_unknown: bool) -> Security {
-        let trusted = match &self.trust_dir {
-            Some(dir) => match TrustStore::load(dir) {
-                Ok(store) => store.devices().to_vec(),
-                Err(e) => {
-                    // Nothing is trusted then; the file is left alone.
-                    self.notice = Some(Notice::Error(format!("{e}")));
-                    Vec::new()
-                }
-            },
-            None => Vec::new(),
-        };
+        // A damaged file trusts nobody (and is left alone); the Settings tab says why.
+        let trusted = self.trusted.reload();
         let mut admission = Admission::default()
             .with_trusted(&trusted)
             .accepting_unknown(accept_unknown);
@@ -695,10 +844,96 @@ impl App {
         self.security.device_id()
     }
 
+    /// Adds the connected peer to the trusted devices (in the background).
+    fn remember_peer(&mut self) -> Task<Message> {
+        let Some(peer) = self.peer() else {
+            return Task::none();
+        };
+        let Some(identity) = &peer.identity else {
+            return Task::none();
+        };
+        let edit = Edit::Add {
+            id: identity.device_id,
+            name: peer.name.clone(),
+            fingerprint: Some(identity.fingerprint),
+        };
+        self.edit_trust(edit)
+    }
+
+    fn edit_trust(&mut self, edit: Edit) -> Task<Message> {
+        let Some(dir) = self.trusted.dir().map(Path::to_path_buf) else {
+            let error = "Cannot remember devices: there is no data folder.".to_owned();
+            self.trusted.status = Some(Err(error.clone()));
+            self.notice = Some(Notice::Error(error));
+            return Task::none();
+        };
+        self.trusted.writes += 1;
+        Task::perform(trust::apply(dir, edit), |result| {
+            Message::Trust(TrustMessage::Saved(result))
+        })
+    }
+
+    fn on_trust(&mut self, message: TrustMessage) -> Task<Message> {
+        match message {
+            TrustMessage::Rename(id) => {
+                let name = self
+                    .trusted
+                    .get(&id)
+                    .map(|d| d.name.clone())
+                    .unwrap_or_default();
+                self.trusted.renaming = Some((id, name));
+            }
+            TrustMessage::NameChanged(name) => {
+                if let Some((_, typed)) = &mut self.trusted.renaming {
+                    *typed = name;
+                }
+            }
+            TrustMessage::CancelRename => self.trusted.renaming = None,
+            TrustMessage::SaveName => {
+                if let Some((id, name)) = self.trusted.renaming.take() {
+                    return self.edit_trust(Edit::Rename { id, name });
+                }
+            }
+            TrustMessage::Remove(id) => {
+                if self
+                    .trusted
+                    .renaming
+                    .as_ref()
+                    .is_some_and(|(r, _)| *r == id)
+                {
+                    self.trusted.renaming = None;
+                }
+                return self.edit_trust(Edit::Remove { id });
+            }
+            TrustMessage::Saved(result) => {
+                self.trusted.writes = self.trusted.writes.saturating_sub(1);
+                match result {
+                    Ok((devices, said)) => {
+                        self.trusted.devices = Ok(devices);
+                        self.trusted.status = Some(Ok(said.clone()));
+                        if self.notice.is_none() {
+                            self.notice = Some(Notice::Info(said));
+                        }
+                    }
+                    Err(error) => {
+                        // A damaged file stays as it is; reading it again shows why.
+                        self.trusted.reload();
+                        self.trusted.status = Some(Err(error.clone()));
+                        self.notice = Some(Notice::Error(format!(
+                            "Could not change the trusted devices: {error}"
+                        )));
+                    }
+                }
+            }
+        }
+        Task::none()
+    }
+
     /// Drops the worker. Between transfers its session is closed cleanly first (the
     /// peer sees the session end, not a broken connection); otherwise, or when that
     /// cannot be asked, aborting its task closes the listener and the connection.
     fn stop(&mut self) -> Task<Message> {
+        self.waiting_code = None;
         let Some(worker) = self.worker.take() else {
             return Task::none();
         };
@@ -827,19 +1062,34 @@ impl App {
                 handle,
             } => {
                 self.tracker.set_peer(peer.clone());
+                let by_code = identity
+                    .as_ref()
+                    .is_some_and(|i| i.admitted == Admitted::Code);
                 worker.peer = Some(Peer {
                     name: peer,
                     addr,
                     identity,
+                    accepted: false,
                     handle,
                 });
                 self.notice = None;
-                return self.send_if_ready();
+                let mut tasks = vec![self.send_if_ready()];
+                if by_code {
+                    // Used: it lets nobody else in.
+                    self.waiting_code = None;
+                    self.code_input.clear();
+                    if self.remember {
+                        tasks.push(self.remember_peer());
+                    }
+                }
+                return Task::batch(tasks);
             }
             WorkerEvent::Offer(offer) => {
+                let unvouched = worker.peer.as_ref().is_some_and(Peer::is_unvouched);
                 self.notice = Some(Notice::Info(format!(
-                    "{} wants to send you {} — accept or decline on the Receive tab.",
+                    "{}{} wants to send you {} — accept or decline on the Receive tab.",
                     offer.peer,
+                    if unvouched { " (NOT trusted)" } else { "" },
                     crate::format::files(offer.files())
                 )));
                 self.offer = Some(offer);
@@ -898,6 +1148,7 @@ impl App {
             }
             WorkerEvent::Stopped { error } => {
                 self.worker = None;
+                self.waiting_code = None;
                 self.send_pending = false;
                 if let Some(error) = error {
                     self.notice = Some(Notice::Error(error));
@@ -1009,6 +1260,15 @@ impl App {
             },
             Message::HistoryWritten,
         )
+    }
+}
+
+/// `addr` with the default port when it has none (a bare host or IPv4 address).
+fn with_default_port(addr: &str) -> String {
+    if addr.contains(':') {
+        addr.to_owned()
+    } else {
+        format!("{addr}:{DEFAULT_LISTEN_PORT}")
     }
 }
 

@@ -2,8 +2,9 @@
 //!
 //! The flags preselect what a person would click, so the window can be started
 //! ready to receive (`--listen 0.0.0.0:14567 --output ~/Downloads`) or ready to send
-//! (`--connect host:port --send FILE`). Notable events are also written to stderr, one
-//! line each (`listening on ADDR`, `connected to …`, `offer from …`, `finished: …`,
+//! (`--connect host:port --send FILE`), or paired with a one-time code (`--listen ADDR
+//! --code CODE`, `--code CODE`). Notable events are also written to stderr, one line each
+//! (`listening on ADDR`, `code: CODE`, `connected to …`, `offer from …`, `finished: …`,
 //! `failed: …`), so scripts and tests can follow the window without scraping pixels.
 
 use std::path::PathBuf;
@@ -27,6 +28,12 @@ struct Args {
     /// Connect to a peer at this address.
     #[arg(long, value_name = "HOST:PORT")]
     connect: Option<String>,
+    /// A one-time code (e.g. 7-guitar-orbit): with --listen, wait for the peer that
+    /// knows it; with --connect, connect there with it; alone, find the peer waiting for
+    /// it on the local network and connect. As if typed in the window: a malformed code
+    /// is shown there.
+    #[arg(long, value_name = "CODE")]
+    code: Option<String>,
     /// Save received files in this folder (this run only; the saved setting is kept).
     #[arg(long, short, value_name = "DIR")]
     output: Option<PathBuf>,
@@ -76,6 +83,7 @@ fn main() -> ExitCode {
         find_peers: args.find_peers,
         auto_accept: args.auto_accept,
         identity: None,
+        code: args.code,
         discovery: match p2p_core::discovery::DiscoveryConfig::from_env() {
             Ok(config) => Some(config),
             Err(e) => {
@@ -95,7 +103,12 @@ fn main() -> ExitCode {
             if let Some(ok) = ended {
                 failed_in_update.store(!ok, Ordering::Relaxed);
             }
+            let listening = matches!(message, Message::Worker(_, WorkerEvent::Listening(_)));
             let task = app.update(message);
+            if let Some(code) = app.waiting_code.as_ref().filter(|_| listening) {
+                // What the person reads to the peer; the CLI prints it the same way.
+                eprintln!("code: {code}");
+            }
             match ended {
                 Some(_) if exit_after_transfer => iced::Task::batch([task, iced::exit()]),
                 _ => task,
@@ -127,13 +140,29 @@ fn report(message: &Message) -> Option<bool> {
     };
     match event {
         WorkerEvent::Listening(addr) => eprintln!("listening on {addr}"),
-        WorkerEvent::Connected { peer, addr, .. } => match addr {
-            Some(addr) => eprintln!("connected to {peer} ({addr})"),
-            None => eprintln!("connected to {peer}"),
-        },
+        WorkerEvent::Connected {
+            peer,
+            addr,
+            identity,
+            ..
+        } => {
+            let peer = p2p_core::text::printable(peer);
+            let addr = addr.map(|a| format!(" ({a})")).unwrap_or_default();
+            let device = identity
+                .as_ref()
+                .map(|i| {
+                    format!(
+                        ", device {} ({})",
+                        i.device_id,
+                        p2p_gui::admitted(&i.admitted)
+                    )
+                })
+                .unwrap_or_default();
+            eprintln!("connected to {peer}{addr}{device}");
+        }
         WorkerEvent::Offer(offer) => eprintln!(
             "offer from {}: {} file(s), {} bytes; waiting for Accept or Decline",
-            offer.peer,
+            p2p_core::text::printable(&offer.peer),
             offer.files(),
             offer.total_bytes()
         ),

@@ -2,9 +2,11 @@
 //! status bar (always visible, whatever the tab).
 //!
 //! Whatever a peer chose — its name, a beacon's name, the paths it offers, its error
-//! messages, and the notices that quote them — is drawn through
-//! [`printable`](p2p_core::text::printable): control, bidi and invisible characters show
-//! as escapes, as on the command line.
+//! messages, the names of trusted devices, and the notices that quote them — is drawn
+//! through [`printable`](p2p_core::text::printable): control, bidi and invisible
+//! characters show as escapes, as on the command line. What a peer *proved* — its
+//! device id and how it was let in — is drawn next to its name wherever it offers
+//! something.
 
 use std::time::Instant;
 
@@ -14,6 +16,7 @@ use iced::widget::{
 };
 use iced::{Element, Fill, Theme};
 use p2p_core::config::COMPRESS_LEVELS;
+use p2p_core::net::{Admitted, Code};
 use p2p_core::text::printable;
 use p2p_core::{Direction, IncomingOffer};
 
@@ -22,11 +25,21 @@ use crate::format;
 use crate::history::{DirectionFilter, OutcomeFilter};
 use crate::progress::TransferState;
 use crate::settings_form::{SettingsForm, SettingsMessage};
+use crate::trust::TrustMessage;
 use crate::worker::Plan;
 use p2p_core::history::Status;
 
 const SPACING: f32 = 12.0;
 const NOTE_SIZE: f32 = 13.0;
+/// A code waiting to be read out: large enough to read across a desk.
+const CODE_SIZE: f32 = 34.0;
+
+/// Which flow a code panel belongs to: it names the other side.
+#[derive(Debug, Clone, Copy)]
+enum Side {
+    Send,
+    Receive,
+}
 
 impl App {
     pub fn view(&self) -> Element<'_, Message> {
@@ -49,7 +62,12 @@ impl App {
             Tab::History => self.history_tab(),
         };
         let mut page = column![tabs, rule::horizontal(1)].spacing(SPACING);
-        page = page.push(scrollable(container(body).padding([0, 4])).height(Fill));
+        // The scrollbar beside the tab, not over the ends of its lines.
+        page = page.push(
+            scrollable(container(body).padding([0, 4]))
+                .spacing(6)
+                .height(Fill),
+        );
         if let Some(panel) = self.transfer_panel() {
             page = page.push(rule::horizontal(1)).push(panel);
         }
@@ -63,9 +81,14 @@ impl App {
             self.worker.as_ref().map(|w| &w.plan),
             Some(Plan::Listen { .. })
         );
-        let listen = column![
+        let mut listen = column![
             heading("Wait for a peer"),
-            note("Your peer connects to this computer's address and the port below."),
+            note(
+                "A trusted device connects to this computer's address and the port below \
+                 without a code. Any other device may connect and offer transfers, shown as \
+                 NOT trusted, which you accept or decline. To pair with a new device, use a \
+                 one-time code on the Send or Receive tab."
+            ),
             row![
                 text("Port"),
                 text_input("14567", &self.listen_port)
@@ -83,9 +106,15 @@ impl App {
             .align_y(iced::Center),
         ]
         .spacing(6);
+        if let Some(code) = &self.waiting_code {
+            listen = listen.push(self.code_display(code, "your peer"));
+        }
         let connect = column![
             heading("Connect by address"),
-            note("The address your peer's window shows, like 192.168.1.20:14567."),
+            note(
+                "The address your peer's window shows, like 192.168.1.20:14567. Without a \
+                 code, only a trusted device (or this one) is let in."
+            ),
             row![
                 text_input("host:port", &self.peer_address)
                     .id("peer-address")
@@ -102,9 +131,148 @@ impl App {
             .align_y(iced::Center),
         ]
         .spacing(6);
-        column![listen, connect, self.peers_section()]
+        column![self.device_section(), listen, connect, self.peers_section()]
             .spacing(24)
             .into()
+    }
+
+    /// This device's id, selectable and copyable, and where its key lives.
+    fn device_section(&self) -> Element<'_, Message> {
+        let id = text_input("", &self.device_id_text)
+            .id("device-id")
+            .width(330)
+            // Read-only, but selectable (Ctrl+C copies): drawn as an active field.
+            .style(|theme: &Theme, status| {
+                let status = match status {
+                    text_input::Status::Disabled => text_input::Status::Active,
+                    other => other,
+                };
+                text_input::default(theme, status)
+            });
+        let mut section = column![
+            heading("This device"),
+            row![
+                id,
+                button("Copy id")
+                    .style(button::secondary)
+                    .on_press(Message::Copy(self.device_id_text.clone())),
+            ]
+            .spacing(SPACING)
+            .align_y(iced::Center),
+            note(
+                "Peers see this id when you connect: compare it with the one they show \
+                 (`p2p-transfer id` on the command line)."
+            ),
+        ]
+        .spacing(6);
+        match (&self.identity_error, &self.key_file) {
+            (Some(error), _) => section = section.push(text(printable(error)).style(text::danger)),
+            (None, Some(file)) => {
+                section = section.push(note(format!("Key: {}", file.display())));
+            }
+            (None, None) => {}
+        }
+        section.into()
+    }
+
+    /// Pairing with a new device by a one-time code, while no peer is connected: the
+    /// field, Wait and Connect, the address (optional), and "Remember this device". While
+    /// waiting, the code itself, large.
+    fn code_panel(&self, side: Side) -> Option<Element<'_, Message>> {
+        if self.peer().is_some() {
+            return None;
+        }
+        let (title, other) = match side {
+            Side::Send => ("Send to a new device with a one-time code", "receiver"),
+            Side::Receive => ("Receive from a new device with a one-time code", "sender"),
+        };
+        if let Some(code) = &self.waiting_code {
+            return Some(
+                column![
+                    heading(title),
+                    self.code_display(code, &format!("the {other}"))
+                ]
+                .spacing(6)
+                .into(),
+            );
+        }
+        let wait = button(text(format!("Wait for the {other}"))).on_press(Message::WaitWithCode);
+        let connect =
+            button(text(format!("Connect to the {other}"))).on_press(Message::ConnectWithCode);
+        let (explain, buttons) = match side {
+            Side::Send => (
+                "Leave the code empty and click Wait: a new code appears here for the \
+                 receiver to type. Or type the code the receiver shows and click Connect: it \
+                 is found on this network, or at the address you type.",
+                row![wait, connect.style(button::secondary)],
+            ),
+            Side::Receive => (
+                "Type the code the sender shows and click Connect: the sender is found on \
+                 this network, or at the address you type. Or leave the code empty and click \
+                 Wait: a new code appears here for the sender.",
+                row![connect, wait.style(button::secondary)],
+            ),
+        };
+        let mut panel = column![
+            heading(title),
+            note(explain),
+            row![
+                text_input("code, e.g. 7-guitar-orbit", &self.code_input)
+                    .id("code")
+                    .on_input(Message::CodeChanged)
+                    .on_submit(match side {
+                        Side::Send => Message::WaitWithCode,
+                        Side::Receive => Message::ConnectWithCode,
+                    })
+                    .width(240),
+                text_input("address (optional)", &self.peer_address)
+                    .id("code-address")
+                    .on_input(Message::PeerAddressChanged)
+                    .width(200),
+            ]
+            .spacing(SPACING),
+        ]
+        .spacing(6);
+        if let Some(error) = &self.code_error {
+            panel = panel.push(text(printable(error)).size(NOTE_SIZE).style(text::danger));
+        }
+        panel = panel
+            .push(buttons.spacing(SPACING))
+            .push(self.remember_checkbox("Remember this device: no code next time"));
+        Some(panel.into())
+    }
+
+    fn remember_checkbox<'a>(&self, label: &'a str) -> Element<'a, Message> {
+        checkbox(self.remember)
+            .label(label)
+            .on_toggle(Message::RememberToggled)
+            .into()
+    }
+
+    /// The code this window waits with, large, for the person to read out or copy.
+    fn code_display<'a>(&self, code: &Code, for_whom: &str) -> Element<'a, Message> {
+        let shown = code.to_string();
+        column![
+            text(format!("One-time code for {for_whom}:")),
+            row![
+                text(shown.clone()).size(CODE_SIZE),
+                button("Copy code")
+                    .style(button::secondary)
+                    .on_press(Message::Copy(shown.clone())),
+            ]
+            .spacing(SPACING)
+            .align_y(iced::Center),
+            note(format!(
+                "On the other device: type it on the Receive or Send tab and click Connect \
+                 (or run `p2p-transfer receive {shown}`). It works once; a wrong attempt \
+                 burns it."
+            )),
+            button("Stop waiting")
+                .style(button::secondary)
+                .on_press(Message::Stop),
+        ]
+        .spacing(6)
+        .into()
     }
 
     fn peers_section(&self) -> Element<'_, Message> {
@@ -143,11 +311,16 @@ impl App {
         let running = self.worker.is_some();
         for peer in &self.found_peers {
             let name = printable(&peer.name);
-            let label = if peer.is_compatible() {
-                format!("{name} at {}", peer.addr)
-            } else {
-                format!("{name} at {} (another protocol version)", peer.addr)
-            };
+            let mut label = format!("{name} at {} · {}", peer.addr, peer.short_id());
+            if let Some(trusted) = self.trusted.get(&peer.device_id) {
+                label.push_str(&format!(" · trusted as {}", printable(&trusted.name)));
+            }
+            if let Some(nameplate) = peer.nameplate {
+                label.push_str(&format!(" · waits for code {nameplate}-…"));
+            }
+            if !peer.is_compatible() {
+                label.push_str(" (another protocol version)");
+            }
             let connect =
                 (!running && peer.is_compatible()).then_some(Message::ConnectTo(peer.addr));
             section = section.push(
@@ -226,8 +399,16 @@ impl App {
                 .on_press_maybe(self.can_cancel().then_some(Message::Cancel)),
         ]
         .spacing(SPACING);
-        let mut tab =
-            column![heading("What to send"), pickers, list, total, actions].spacing(SPACING);
+        let mut tab = Column::new().spacing(SPACING);
+        if let Some(panel) = self.code_panel(Side::Send) {
+            tab = tab.push(panel).push(rule::horizontal(1));
+        }
+        tab = tab
+            .push(heading("What to send"))
+            .push(pickers)
+            .push(list)
+            .push(total)
+            .push(actions);
         if let Some(blocker) = blocker {
             tab = tab.push(note(blocker));
         }
@@ -282,7 +463,8 @@ impl App {
                 .label("Accept incoming transfers without asking")
                 .on_toggle(Message::AutoAcceptToggled),
             note(if self.auto_accept {
-                "Every transfer a connected peer sends is saved at once."
+                "Every transfer a connected peer sends is saved at once — except from a \
+                 device that is NOT trusted: you always decide on those."
             } else {
                 "Each incoming transfer waits here, with its files and size, until you \
                  accept or decline it."
@@ -295,11 +477,20 @@ impl App {
         let state = match (self.worker.as_ref(), self.peer()) {
             (_, Some(peer)) => format!("Ready to receive from {}.", printable(&peer.name)),
             (Some(w), None) if w.listening_on.is_some() => {
-                "Waiting for a peer to connect (see the Connection tab).".to_owned()
+                "Waiting for a peer to connect.".to_owned()
             }
-            _ => "Listen or connect on the Connection tab to receive.".to_owned(),
+            _ => "Connect with a one-time code above, or on the Connection tab, to receive."
+                .to_owned(),
         };
-        let mut tab = column![folder, accept, overwrite, note(state)].spacing(SPACING);
+        let mut tab = Column::new().spacing(SPACING);
+        if let Some(panel) = self.code_panel(Side::Receive) {
+            tab = tab.push(panel).push(rule::horizontal(1));
+        }
+        tab = tab
+            .push(folder)
+            .push(accept)
+            .push(overwrite)
+            .push(note(state));
         if let Some(offer) = &self.offer {
             tab = tab.push(self.offer_panel(offer));
         }
@@ -327,14 +518,36 @@ impl App {
         if offer.entries.len() > LISTED {
             list = list.push(note(format!("… and {} more", offer.entries.len() - LISTED)));
         }
+        let mut who = column![text(format!(
+            "{} wants to send {} · {}",
+            printable(&offer.peer),
+            format::files(offer.files()),
+            format::bytes(offer.total_bytes())
+        ))]
+        .spacing(4);
+        if let Some(identity) = self.peer().and_then(|p| p.identity.as_ref()) {
+            let line = text(format!(
+                "Device {} · {}",
+                identity.device_id,
+                crate::admitted(&identity.admitted)
+            ));
+            if identity.admitted == Admitted::Unknown {
+                who = who
+                    .push(line.style(text::danger))
+                    .push(note(
+                        "Nobody vouched for this device. Accept only if you expect these \
+                         files from it: compare its id with the one it shows.",
+                    ))
+                    .push(self.remember_checkbox(
+                        "Remember this device when I accept: no code next time",
+                    ));
+            } else {
+                who = who.push(line.size(NOTE_SIZE));
+            }
+        }
         column![
             heading("Incoming transfer"),
-            text(format!(
-                "{} wants to send {} · {}",
-                printable(&offer.peer),
-                format::files(offer.files()),
-                format::bytes(offer.total_bytes())
-            )),
+            who,
             list,
             row![
                 button("Accept").on_press(Message::AcceptOffer),
@@ -428,6 +641,7 @@ impl App {
             note("Changes apply to the next connection."),
         ]
         .spacing(SPACING);
+        tab = tab.push(self.trusted_section());
         match (&self.settings_status, &self.config_dir) {
             (Some(status), _) => tab = tab.push(notice_text(status)),
             (None, None) => {
@@ -436,6 +650,75 @@ impl App {
             (None, Some(_)) => {}
         }
         tab.into()
+    }
+
+    /// The trusted devices, each with Rename and Remove.
+    fn trusted_section(&self) -> Element<'_, Message> {
+        let trusted = &self.trusted;
+        let mut section = column![
+            heading("Trusted devices"),
+            note(
+                "They connect without a code — the list `p2p-transfer trust list` shows. \
+                 \"Remember this device\" adds the peer of a session with a code."
+            ),
+        ]
+        .spacing(6);
+        let devices = match &trusted.devices {
+            Ok(devices) => devices,
+            Err(error) => {
+                return section
+                    .push(text(printable(error)).style(text::danger))
+                    .into()
+            }
+        };
+        if devices.is_empty() {
+            section = section.push(note("No trusted devices yet."));
+        }
+        for device in devices {
+            let details = text(format!(
+                "{} · {}",
+                device.id,
+                crate::trust::added(device.added)
+            ))
+            .size(NOTE_SIZE);
+            let row = match &trusted.renaming {
+                Some((id, name)) if *id == device.id => row![
+                    column![
+                        text_input("name", name)
+                            .id("trust-rename")
+                            .on_input(|n| Message::Trust(TrustMessage::NameChanged(n)))
+                            .on_submit(Message::Trust(TrustMessage::SaveName)),
+                        details,
+                    ]
+                    .spacing(2)
+                    .width(Fill),
+                    button("Save name").on_press(Message::Trust(TrustMessage::SaveName)),
+                    button("Cancel")
+                        .style(button::secondary)
+                        .on_press(Message::Trust(TrustMessage::CancelRename)),
+                ],
+                _ => row![
+                    column![text(printable(&device.name)), details]
+                        .spacing(2)
+                        .width(Fill),
+                    button("Rename")
+                        .style(button::secondary)
+                        .on_press(Message::Trust(TrustMessage::Rename(device.id))),
+                    button("Remove")
+                        .style(button::danger)
+                        .on_press(Message::Trust(TrustMessage::Remove(device.id))),
+                ],
+            };
+            section = section.push(row.spacing(SPACING).align_y(iced::Center));
+        }
+        match &trusted.status {
+            Some(Ok(said)) => section = section.push(note(printable(said))),
+            Some(Err(error)) => {
+                section = section.push(text(printable(error)).style(text::danger));
+            }
+            None => {}
+        }
+        section.into()
     }
 
     fn history_tab(&self) -> Element<'_, Message> {
@@ -598,13 +881,30 @@ impl App {
         let status = match &self.worker {
             None => "Not connected".to_owned(),
             Some(w) => match (&w.peer, &w.plan, w.listening_on) {
-                (Some(peer), _, _) => match peer.addr {
-                    Some(addr) => format!("Connected to {} ({addr})", printable(&peer.name)),
-                    None => format!("Connected to {}", printable(&peer.name)),
-                },
-                (None, Plan::Listen { .. }, Some(addr)) => {
-                    format!("Listening on {addr}, waiting for a peer")
+                (Some(peer), _, _) => {
+                    let mut status = format!("Connected to {}", printable(&peer.name));
+                    if let Some(addr) = peer.addr {
+                        status.push_str(&format!(" ({addr})"));
+                    }
+                    if let Some(identity) = &peer.identity {
+                        let how = if peer.accepted {
+                            "accepted by you"
+                        } else {
+                            crate::admitted_short(&identity.admitted)
+                        };
+                        status.push_str(&format!(
+                            " · device {}… · {how}",
+                            identity.device_id.short()
+                        ));
+                    }
+                    status
                 }
+                (None, Plan::Listen { nameplate, .. }, Some(addr)) => match nameplate {
+                    Some(n) if self.waiting_code.is_some() => {
+                        format!("Listening on {addr}, waiting for the peer with code {n}-…")
+                    }
+                    _ => format!("Listening on {addr}, waiting for a peer"),
+                },
                 (None, Plan::Listen { bind, .. }, None) => {
                     format!("Starting to listen on {bind}…")
                 }

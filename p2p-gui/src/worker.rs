@@ -262,6 +262,23 @@ async fn find(
             options.security.admission.expect(Some(peer.device_id));
             Ok(peer)
         }
+        // The core words this for `receive NAME`; say it for a code.
+        Err(p2p_core::discovery::DiscoveryError::NotFound { timeout, .. }) => Err(format!(
+            "Nobody waiting for code {nameplate}-… was found on this network within {} s. \
+             Check that the other side waits with this code and is on the same network (a \
+             firewall may block UDP broadcast), or type its address next to the code.",
+            timeout.as_secs()
+        )),
+        Err(p2p_core::discovery::DiscoveryError::Ambiguous { candidates, .. }) => {
+            // `PeerInfo`'s Display shows the announced name escaped.
+            let seen: Vec<String> = candidates.iter().map(ToString::to_string).collect();
+            Err(format!(
+                "{} devices wait for a code {nameplate}-… on this network ({}): type the \
+                 address of yours next to the code.",
+                candidates.len(),
+                seen.join("; ")
+            ))
+        }
         Err(e) => Err(format!(
             "{e}. Check that the other side waits with this code, or type its address \
              next to the code."

@@ -12,7 +12,7 @@ use iced_test::futures::BoxStream;
 use iced_test::runtime::{task, Action};
 use iced_test::{selector, Simulator};
 use p2p_core::history::Status;
-use p2p_core::net::{Admission, Identity, Security, TrustStore};
+use p2p_core::net::{Admission, Admitted, Code, Endpoint, Identity, Security, TrustStore};
 use p2p_core::{Direction, NoEvents, P2PSession, ReceiveOptions, SessionOptions, TransferEvent};
 use p2p_gui::progress::TransferState;
 use p2p_gui::worker::WorkerEvent;
@@ -27,6 +27,8 @@ const WAIT: Duration = Duration::from_secs(30);
 struct Harness {
     app: App,
     tasks: SelectAll<BoxStream<Action<Message>>>,
+    /// The simulated window's size.
+    size: iced::Size,
 }
 
 impl Harness {
@@ -35,6 +37,7 @@ impl Harness {
         let mut harness = Self {
             app,
             tasks: SelectAll::new(),
+            size: iced::window::Settings::default().size,
         };
         harness.spawn(boot);
         harness
@@ -52,11 +55,12 @@ impl Harness {
     }
 
     fn ui(&self) -> Simulator<'_, Message> {
-        Simulator::with_settings(
+        Simulator::with_size(
             iced::Settings {
                 default_font: p2p_gui::FONT,
                 ..iced::Settings::default()
             },
+            self.size,
             self.app.view(),
         )
     }
@@ -105,6 +109,12 @@ impl Harness {
         self.ui().find(selector).is_ok()
     }
 
+    fn handle(&mut self, action: Action<Message>) {
+        if let Action::Output(message) = action {
+            self.update(message);
+        }
+    }
+
     /// Runs the started tasks, feeding their messages to `update`, until `done` holds.
     async fn run_until(&mut self, what: &str, done: impl Fn(&App) -> bool) {
         let run = async {
@@ -149,6 +159,32 @@ impl Harness {
 /// A window with its settings and data under `config`, holding this process's key: the
 /// peers these tests start with `SessionOptions::default()` let it in (and it them) as
 /// the same device.
+/// Runs the tasks of two windows side by side until `done` holds for both.
+async fn run_both_until(
+    a: &mut Harness,
+    b: &mut Harness,
+    what: &str,
+    done: impl Fn(&App, &App) -> bool,
+) {
+    let run = async {
+        while !done(&a.app, &b.app) {
+            let (first, action) = tokio::select! {
+                Some(action) = a.tasks.next() => (true, action),
+                Some(action) = b.tasks.next() => (false, action),
+                else => panic!("no task is left to run while waiting for {what}"),
+            };
+            if first {
+                a.handle(action);
+            } else {
+                b.handle(action);
+            }
+        }
+    };
+    if tokio::time::timeout(WAIT, run).await.is_err() {
+        panic!("timed out waiting for {what}");
+    }
+}
+
 fn launch(config: &Path) -> Launch {
     Launch {
         identity: Some(Security::default().identity),
@@ -1007,4 +1043,460 @@ async fn a_reconnection_that_fails_for_good_says_why() {
         }
         other => panic!("expected an error notice, got {other:?}"),
     }
+}
+
+/// Files directly in `dir` (none when it does not exist).
+fn entries(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default()
+}
+
+fn listening(app: &App) -> bool {
+    app.worker
+        .as_ref()
+        .is_some_and(|w| w.listening_on.is_some())
+}
+
+/// Issue 11, item 5: the window's device key comes from the data folder, its id is shown
+/// (selectable, with a Copy button) and stays the same across restarts; a damaged key
+/// file is reported, left alone, and the window runs with a key of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn this_devices_id_is_shown_and_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config");
+    let mut h = Harness::new(own_key(&config));
+    let id = Identity::load_or_create(&config.join("data"))
+        .unwrap()
+        .device_id()
+        .to_string();
+    assert_eq!(id.len(), 29, "five groups of five: {id}");
+    assert_eq!(h.app.tab, Tab::Connection);
+    assert!(h.shows("This device"));
+    assert!(h.shows(&id), "the id is in the Connection tab");
+    assert!(h.shows_part("device-key.pem"), "where the key lives");
+    assert_eq!(h.app.notice, None);
+    let copied: Vec<Message> = {
+        let mut ui = h.ui();
+        ui.click("Copy id").unwrap();
+        ui.into_messages().collect()
+    };
+    assert!(matches!(&copied[..], [Message::Copy(text)] if *text == id));
+    h.click("Copy id");
+    drop(h);
+
+    let h = Harness::new(own_key(&config));
+    assert!(h.shows(&id), "the same key after a restart");
+
+    // A damaged key: said in the status bar, the file kept, a key for this run used.
+    let broken = dir.path().join("broken");
+    let key_file = broken.join("data").join(p2p_core::net::identity::KEY_FILE);
+    std::fs::create_dir_all(key_file.parent().unwrap()).unwrap();
+    std::fs::write(&key_file, "-----BEGIN PRIVATE KEY-----\nnot a key\n").unwrap();
+    let h = Harness::new(own_key(&broken));
+    match &h.app.notice {
+        Some(p2p_gui::app::Notice::Error(text)) => {
+            assert!(text.contains("is damaged"), "{text}");
+            assert!(text.contains("a key of its own for this run"), "{text}");
+        }
+        other => panic!("expected the key error in the status bar, got {other:?}"),
+    }
+    assert!(h.shows_part("is damaged"));
+    let fallback = h.app.device_id().to_string();
+    assert_ne!(fallback, id);
+    assert!(h.shows(&fallback));
+    assert_eq!(
+        std::fs::read_to_string(&key_file).unwrap(),
+        "-----BEGIN PRIVATE KEY-----\nnot a key\n"
+    );
+}
+
+/// Two windows, each with its own key: the sender waits for a receiver with a new
+/// one-time code (found on the loopback network by its nameplate), the receiver types
+/// it, and the file arrives byte-identical; each side saw the other prove the code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_windows_pair_with_a_one_time_code_and_transfer_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let inbox = dir.path().join("inbox");
+    let file = dir.path().join("contract.pdf");
+    std::fs::write(&file, data(2 << 20, 21)).unwrap();
+    let discovery = loopback_discovery();
+    let mut sender = Harness::new(Launch {
+        discovery: Some(discovery.clone()),
+        ..own_key(&dir.path().join("sender"))
+    });
+    let mut receiver = Harness::new(Launch {
+        discovery: Some(discovery),
+        output: Some(inbox.clone()),
+        ..own_key(&dir.path().join("receiver"))
+    });
+    let (sender_id, receiver_id) = (sender.app.device_id(), receiver.app.device_id());
+    assert_ne!(sender_id, receiver_id);
+
+    // The sender: a file, then "Wait for the receiver" with the code field left empty.
+    sender.update(Message::ListenPortChanged("0".into()));
+    sender.click("Send");
+    sender.update(Message::Picked(vec![file.clone()]));
+    assert!(sender.shows("Send to a new device with a one-time code"));
+    sender.click("Wait for the receiver");
+    let code = sender.app.waiting_code.clone().expect("a new code");
+    assert!(sender.shows(&code.to_string()), "the code, large");
+    assert!(sender.shows("One-time code for the receiver:"));
+    sender.run_until("the listener", listening).await;
+    assert!(sender.shows_part(&format!(
+        "waiting for the peer with code {}-…",
+        code.nameplate()
+    )));
+    // The Connection tab shows it too, under this device's id.
+    sender.click("Connection");
+    assert!(sender.shows(&code.to_string()));
+    assert!(sender.shows(&sender_id.to_string()));
+    sender.click("Send");
+
+    // The receiver types the code and connects: found by the code's nameplate.
+    receiver.click("Receive");
+    assert!(receiver.shows("Receive from a new device with a one-time code"));
+    receiver.type_into("code", &code.to_string());
+    assert_eq!(receiver.app.code_input, code.to_string());
+    receiver.click("Connect to the sender");
+    run_both_until(
+        &mut sender,
+        &mut receiver,
+        "both windows connected",
+        |a, b| a.peer().is_some() && b.peer().is_some(),
+    )
+    .await;
+    let seen_by_sender = sender.app.peer().unwrap().identity.clone().unwrap();
+    let seen_by_receiver = receiver.app.peer().unwrap().identity.clone().unwrap();
+    assert_eq!(
+        (seen_by_sender.device_id, seen_by_sender.admitted),
+        (receiver_id, Admitted::Code)
+    );
+    assert_eq!(
+        (seen_by_receiver.device_id, seen_by_receiver.admitted),
+        (sender_id, Admitted::Code)
+    );
+    assert_eq!(sender.app.waiting_code, None, "a code works once");
+    assert!(sender.shows_part("proved the one-time code"), "status bar");
+
+    sender
+        .run_until("the file to be measured", |app| {
+            app.send_blocker().is_none()
+        })
+        .await;
+    sender.click("Start sending");
+    run_both_until(&mut sender, &mut receiver, "the offer", |_, b| {
+        b.offer.is_some()
+    })
+    .await;
+    assert!(receiver.shows_part("wants to send 1 file · 2.0 MiB"));
+    assert!(receiver.shows(&format!("Device {sender_id} · proved the one-time code")));
+    receiver.click("Accept");
+    run_both_until(&mut sender, &mut receiver, "the transfer", |a, b| {
+        [a, b].iter().all(|app| {
+            app.transfer
+                .as_ref()
+                .is_some_and(|t| matches!(t.state, TransferState::Finished { .. }))
+        })
+    })
+    .await;
+    assert_eq!(sha256(&inbox.join("contract.pdf")), sha256(&file));
+    // "Remember this device" was off: nothing became trusted.
+    let trust = TrustStore::load(&dir.path().join("receiver/data")).unwrap();
+    assert!(trust.devices().is_empty());
+}
+
+/// A mistyped code is refused next to the field; a wrong one fails on both sides with
+/// the core's plain words (the code is burnt) and nothing is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_code_fails_plainly_and_nothing_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let (inbox, config) = (dir.path().join("inbox"), dir.path().join("config"));
+    let file = dir.path().join("secret.txt");
+    std::fs::write(&file, b"for the right receiver only").unwrap();
+    // A p2p-core sender that waits with its code.
+    let code = Code::generate();
+    let wrong: Code = format!("{}-wrong-words", code.nameplate()).parse().unwrap();
+    let endpoint = Endpoint::listen("127.0.0.1:0").await.unwrap();
+    let addr = endpoint.local_addr().unwrap().to_string();
+    let sender = tokio::spawn(async move {
+        let options = SessionOptions {
+            security: Security::new(
+                Identity::generate_shared(),
+                Admission::default().with_code(code),
+            )
+            .unwrap(),
+            ..SessionOptions::default()
+        };
+        let mut session = P2PSession::open(&endpoint, &options).await?;
+        session.send(&[file], &NoEvents).await
+    });
+
+    let mut h = Harness::new(Launch {
+        output: Some(inbox.clone()),
+        auto_accept: true,
+        ..own_key(&config)
+    });
+    h.click("Receive");
+    h.click("Connect to the sender");
+    assert!(h.shows("Type the code the other side shows, for example 7-guitar-orbit."));
+    h.type_into("code", "guitar orbit");
+    assert!(h.app.code_error.is_none(), "typing clears the note");
+    h.click("Connect to the sender");
+    assert!(h.shows("a code starts with its number, then '-' and the words, e.g. 7-guitar-orbit."));
+    assert!(h.app.worker.is_none(), "nothing was started");
+    h.update(Message::CodeChanged("7-a;b".into()));
+    h.click("Connect to the sender");
+    assert!(h.shows("a code may contain letters, digits and '-' only."));
+
+    h.update(Message::CodeChanged(wrong.to_string()));
+    h.type_into("code-address", &addr);
+    h.click("Connect to the sender");
+    assert!(h.shows(&format!("Connecting to {addr}…")));
+    h.run_until("the worker to stop", |app| app.worker.is_none())
+        .await;
+    let shown = format!("{:?}", h.app.notice);
+    assert!(
+        shown.contains("wrong code: the peer does not know the same code"),
+        "{shown}"
+    );
+    assert!(shown.contains("Nothing was sent"), "{shown}");
+    assert!(h.shows_part("wrong code: the peer does not know the same code"));
+    assert!(h.shows("Not connected"));
+    let refused = sender.await.unwrap().unwrap_err().to_string();
+    assert!(refused.starts_with("wrong code"), "{refused}");
+    assert!(entries(&inbox).is_empty(), "{:?}", entries(&inbox));
+}
+
+/// "Remember this device" after a session with a code adds the peer to the trust file;
+/// the Settings tab lists it (id, name, date), renames it and removes it, each written
+/// to the file. A damaged trust file is reported and never written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_paired_with_a_code_is_remembered_listed_renamed_and_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (inbox, config) = (dir.path().join("inbox"), dir.path().join("config"));
+    let data_dir = config.join("data");
+    let file = dir.path().join("notes.txt");
+    std::fs::write(&file, data(10_000, 3)).unwrap();
+    let mut h = Harness::new(Launch {
+        output: Some(inbox.clone()),
+        auto_accept: true,
+        ..own_key(&config)
+    });
+    h.click("Settings");
+    assert!(h.shows("No trusted devices yet."));
+    h.update(Message::ListenPortChanged("0".into()));
+    h.click("Receive");
+    h.click("Remember this device: no code next time");
+    assert!(h.app.remember);
+    h.click("Wait for the sender");
+    let code = h.app.waiting_code.clone().expect("a new code");
+    h.run_until("the listener", listening).await;
+    let port = h.app.worker.as_ref().unwrap().listening_on.unwrap().port();
+
+    let key = Identity::generate_shared();
+    let sender = tokio::spawn({
+        let key = key.clone();
+        async move {
+            let options = SessionOptions {
+                device_name: "laptop".into(),
+                security: Security::new(key, Admission::default().with_code(code)).unwrap(),
+                ..SessionOptions::default()
+            };
+            let mut session = P2PSession::connect(&format!("127.0.0.1:{port}"), &options).await?;
+            session.send(&[file], &NoEvents).await?;
+            session.close().await
+        }
+    });
+    h.run_until("the transfer and the trust entry", |app| {
+        app.history.visible().any(|r| r.status == Status::Completed)
+            && app.trusted.devices.as_ref().is_ok_and(|d| d.len() == 1)
+    })
+    .await;
+    sender.await.unwrap().unwrap();
+    assert!(
+        inbox.join("notes.txt").is_file(),
+        "auto-accept applies to a code"
+    );
+    let id = key.device_id();
+    let store = TrustStore::load(&data_dir).unwrap();
+    assert_eq!(store.devices().len(), 1);
+    assert_eq!(store.devices()[0].id, id);
+    assert_eq!(store.devices()[0].name, "laptop");
+    assert!(
+        store.find(&key.fingerprint()).is_some(),
+        "bound to the full key"
+    );
+
+    // A window tall enough to show the whole Settings tab, the list at its end.
+    h.size = iced::Size::new(1024.0, 1600.0);
+    h.click("Settings");
+    assert!(h.shows("Trusted devices"));
+    assert!(h.shows_part(&format!(
+        "Remembered laptop ({id}): it connects without a code from now on."
+    )));
+    assert!(h.shows("laptop"));
+    let added = p2p_gui::trust::added(store.devices()[0].added);
+    assert!(h.shows(&format!("{id} · {added}")), "id and date");
+
+    h.click("Rename");
+    assert!(h.shows("laptop"), "the name, in its field");
+    h.update(Message::Trust(p2p_gui::trust::TrustMessage::NameChanged(
+        "desk\u{1b}[2J".into(),
+    )));
+    h.click("Save name");
+    h.run_until("the rename", |app| app.trusted.writes == 0)
+        .await;
+    assert_eq!(
+        TrustStore::load(&data_dir).unwrap().devices()[0].name,
+        r"desk\u{1b}[2J",
+        "stored escaped, like every peer text"
+    );
+    assert!(h.shows(r"desk\u{1b}[2J"));
+
+    h.click("Remove");
+    h.run_until("the removal", |app| app.trusted.writes == 0)
+        .await;
+    assert!(TrustStore::load(&data_dir).unwrap().devices().is_empty());
+    assert!(h.shows("No trusted devices yet."));
+    assert!(h.shows(&format!(
+        "{id} is no longer trusted: it needs a code again."
+    )));
+    drop(h);
+
+    // A damaged file: shown on the Settings tab, never overwritten by an edit.
+    let trust_file = data_dir.join(p2p_core::net::trust::TRUST_FILE);
+    std::fs::write(&trust_file, "{\"version\":1,\"devices\":[{").unwrap();
+    let mut h = Harness::new(own_key(&config));
+    h.size = iced::Size::new(1024.0, 1600.0);
+    h.click("Settings");
+    assert!(h.shows_part("is damaged"));
+    h.update(Message::Trust(p2p_gui::trust::TrustMessage::Remove(id)));
+    h.run_until("the failed edit", |app| app.trusted.writes == 0)
+        .await;
+    assert!(h.shows_part("Could not change the trusted devices"));
+    assert_eq!(
+        std::fs::read_to_string(&trust_file).unwrap(),
+        "{\"version\":1,\"devices\":[{"
+    );
+}
+
+/// A device that used no code and is not trusted gets into a listening window only as
+/// "NOT trusted": its offer shows its verified id and waits for the person even with
+/// auto-accept on; nothing can be sent to it until the person accepts; accepting with
+/// "Remember this device" trusts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_devices_offer_says_not_trusted_and_is_never_auto_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    let (inbox, config) = (dir.path().join("inbox"), dir.path().join("config"));
+    let file = dir.path().join("flyer.png");
+    std::fs::write(&file, data(500_000, 8)).unwrap();
+    let mut h = Harness::new(Launch {
+        output: Some(inbox.clone()),
+        auto_accept: true,
+        ..own_key(&config)
+    });
+    assert!(h.app.auto_accept);
+    let port = listen(&mut h).await;
+    let window = h.app.device_id();
+    // A stranger: its own key, no code; it lets in exactly this window's key.
+    let key = Identity::generate_shared();
+    let sender = tokio::spawn({
+        let (key, file) = (key.clone(), file.clone());
+        async move {
+            let options = SessionOptions {
+                device_name: "stranger".into(),
+                security: Security::new(key, Admission::default().with_pin(window)).unwrap(),
+                ..SessionOptions::default()
+            };
+            let mut session = P2PSession::connect(&format!("127.0.0.1:{port}"), &options).await?;
+            session.send(&[file], &NoEvents).await?;
+            session.close().await
+        }
+    });
+    h.run_until("the offer", |app| app.offer.is_some()).await;
+    assert_eq!(h.app.tab, Tab::Receive);
+    let peer = h.app.peer().unwrap();
+    assert_eq!(
+        peer.identity
+            .as_ref()
+            .map(|i| (i.device_id, i.admitted.clone())),
+        Some((key.device_id(), Admitted::Unknown))
+    );
+    assert!(h.shows_part("stranger wants to send 1 file"));
+    assert!(h.shows(&format!(
+        "Device {} · NOT trusted: no code, not one of your trusted devices",
+        key.device_id()
+    )));
+    assert!(h.shows_part("stranger (NOT trusted) wants to send you 1 file"));
+    assert!(h.shows_part("· NOT trusted"), "status bar");
+    assert!(entries(&inbox).is_empty(), "auto-accept did not apply");
+    let blocker = h.app.send_blocker().unwrap();
+    assert!(blocker.contains("NOT trusted"), "{blocker}");
+
+    h.click("Remember this device when I accept: no code next time");
+    h.click("Accept");
+    h.run_until("the file and the trust entry", |app| {
+        app.history.visible().any(|r| r.status == Status::Completed)
+            && app.trusted.devices.as_ref().is_ok_and(|d| d.len() == 1)
+    })
+    .await;
+    sender.await.unwrap().unwrap();
+    assert_eq!(sha256(&inbox.join("flyer.png")), sha256(&file));
+    let store = TrustStore::load(&config.join("data")).unwrap();
+    assert_eq!(store.devices()[0].id, key.device_id());
+    assert_eq!(store.devices()[0].name, "stranger");
+}
+
+/// Connecting by address without a code lets in trusted devices only: an unknown one is
+/// refused in the window's words (not the command line's), and the other side is told.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connecting_to_an_unknown_device_without_a_code_is_refused_plainly() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = Identity::generate_shared();
+    let endpoint = Endpoint::listen("127.0.0.1:0").await.unwrap();
+    let addr = endpoint.local_addr().unwrap().to_string();
+    // A listener that would let anyone in: the window's own rules must refuse it.
+    let listener = tokio::spawn({
+        let key = key.clone();
+        async move {
+            let options = SessionOptions {
+                security: Security::new(key, Admission::default().accepting_unknown(true)).unwrap(),
+                ..SessionOptions::default()
+            };
+            P2PSession::open(&endpoint, &options).await.map(|_| ())
+        }
+    });
+    let mut h = Harness::new(own_key(&dir.path().join("config")));
+    h.update(Message::PeerAddressChanged(addr));
+    h.click("Connect");
+    h.run_until("the refusal", |app| app.worker.is_none()).await;
+    let text = format!(
+        "refused unknown device {}: it is not one of your trusted devices. Pair with a \
+         one-time code (Send or Receive tab), or add it to the trusted devices",
+        key.device_id()
+    );
+    assert!(h.shows(&text), "{:?}", h.app.notice);
+    listener.abort();
+}
+
+/// A code whose peer is not on the network: said plainly once the search gives up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_code_nobody_waits_for_is_said_plainly() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = Harness::new(Launch {
+        discovery: Some(loopback_discovery()),
+        ..own_key(&dir.path().join("config"))
+    });
+    h.click("Receive");
+    h.type_into("code", "42-quiet-harbor");
+    h.click("Connect to the sender");
+    assert!(h.shows("Looking for the peer of code 42-… on this network…"));
+    h.run_until("the search to give up", |app| app.worker.is_none())
+        .await;
+    let shown = format!("{:?}", h.app.notice);
+    assert!(
+        shown.contains("Nobody waiting for code 42-… was found on this network within 5 s"),
+        "{shown}"
+    );
 }
