@@ -1500,3 +1500,31 @@ async fn a_code_nobody_waits_for_is_said_plainly() {
         "{shown}"
     );
 }
+
+/// Closing the window (or `--exit-after-transfer`) between transfers closes the session
+/// cleanly first: with TLS, a connection that just drops is an error for the peer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_the_window_ends_the_session_cleanly_for_the_peer() {
+    let dir = tempfile::tempdir().unwrap();
+    let (addr, receiver) = loopback_receiver(dir.path().join("inbox")).await;
+    let mut h = Harness::new(launch(&dir.path().join("config")));
+    h.update(Message::PeerAddressChanged(addr));
+    h.click("Connect");
+    h.run_until("the connection", |app| app.peer().is_some())
+        .await;
+    h.update(Message::Quit);
+    let exited = async {
+        while let Some(action) = h.tasks.next().await {
+            match action {
+                Action::Exit => return,
+                other => h.handle(other),
+            }
+        }
+        panic!("the tasks ended without exiting");
+    };
+    tokio::time::timeout(WAIT, exited)
+        .await
+        .expect("the window exits");
+    let received = receiver.await.unwrap().expect("the peer ends cleanly");
+    assert!(received.is_empty());
+}
