@@ -375,7 +375,6 @@ impl App {
             found_peers: Vec::new(),
             discovery_error: None,
         };
-        app.notice = identity_error.map(Notice::Error);
         let mut tasks = Vec::new();
         if let Some(file) = app.history_file.clone() {
             tasks.push(Task::perform(load_history(file), Message::HistoryLoaded));
@@ -406,6 +405,10 @@ impl App {
         }
         if launch.find_peers {
             tasks.push(app.update(Message::FindPeers));
+        }
+        // Last: starting a worker clears the status bar.
+        if let Some(error) = identity_error {
+            app.notice = Some(Notice::Error(error));
         }
         (app, Task::batch(tasks))
     }

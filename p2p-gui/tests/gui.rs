@@ -1093,7 +1093,10 @@ async fn this_devices_id_is_shown_and_survives_a_restart() {
     let key_file = broken.join("data").join(p2p_core::net::identity::KEY_FILE);
     std::fs::create_dir_all(key_file.parent().unwrap()).unwrap();
     std::fs::write(&key_file, "-----BEGIN PRIVATE KEY-----\nnot a key\n").unwrap();
-    let h = Harness::new(own_key(&broken));
+    let h = Harness::new(Launch {
+        listen: Some("127.0.0.1:0".into()),
+        ..own_key(&broken)
+    });
     match &h.app.notice {
         Some(p2p_gui::app::Notice::Error(text)) => {
             assert!(text.contains("is damaged"), "{text}");
