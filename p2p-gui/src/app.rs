@@ -26,6 +26,10 @@ use crate::trust::{self, Edit, TrustMessage, Trusted};
 use crate::worker::{self, Plan, Policy, SessionHandle, WorkerEvent};
 use p2p_core::history::{History as HistoryFile, Record, Status, Tracker};
 
+/// How long closing the window waits for a session to close cleanly and records to be
+/// written.
+pub const QUIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// What the command line preselects when the window opens.
 #[derive(Debug, Clone, Default)]
 pub struct Launch {
@@ -129,6 +133,11 @@ pub enum Message {
     RememberToggled(bool),
     /// Put this text on the clipboard.
     Copy(String),
+    /// Close the window: an idle session is closed cleanly first (its peer sees the
+    /// session end, not a broken connection), and pending records are written.
+    Quit,
+    /// Close the window now, whatever is still pending.
+    QuitNow,
     /// The trusted devices on the Settings tab.
     Trust(TrustMessage),
     /// A report from the session worker with this id.
@@ -295,6 +304,8 @@ pub struct App {
     /// Workers closing their session cleanly after Stop/Disconnect, by id: each is
     /// aborted if it has not ended when the window goes.
     closing: Vec<(u64, task::Handle)>,
+    /// The window closes once nothing is pending ([`Message::Quit`]).
+    quitting: bool,
     /// Aborts the browsing task when dropped; `Some` while looking for peers.
     browsing: Option<task::Handle>,
     pub found_peers: Vec<PeerInfo>,
@@ -359,11 +370,11 @@ impl App {
             remember: false,
             discovery: launch.discovery,
             closing: Vec::new(),
+            quitting: false,
             browsing: None,
             found_peers: Vec::new(),
             discovery_error: None,
         };
-        app.notice = identity_error.map(Notice::Error);
         let mut tasks = Vec::new();
         if let Some(file) = app.history_file.clone() {
             tasks.push(Task::perform(load_history(file), Message::HistoryLoaded));
@@ -394,6 +405,10 @@ impl App {
         }
         if launch.find_peers {
             tasks.push(app.update(Message::FindPeers));
+        }
+        // Last: starting a worker clears the status bar.
+        if let Some(error) = identity_error {
+            app.notice = Some(Notice::Error(error));
         }
         (app, Task::batch(tasks))
     }
@@ -469,6 +484,15 @@ impl App {
             Message::ConnectWithCode => return self.connect_with_code(),
             Message::RememberToggled(on) => self.remember = on,
             Message::Copy(text) => return iced::clipboard::write(text),
+            Message::Quit => {
+                self.quitting = true;
+                let stopped = self.stop();
+                // A peer that does not take the close must not keep the window open.
+                let deadline =
+                    Task::perform(tokio::time::sleep(QUIT_TIMEOUT), |()| Message::QuitNow);
+                return Task::batch([stopped, deadline, self.exit_when_done()]);
+            }
+            Message::QuitNow => return iced::exit(),
             Message::Trust(message) => return self.on_trust(message),
             Message::Worker(id, event) => {
                 if self.worker.as_ref().is_some_and(|w| w.id == id) {
@@ -476,6 +500,7 @@ impl App {
                 }
                 if matches!(event, WorkerEvent::Stopped { .. }) {
                     self.closing.retain(|(closing, _)| *closing != id);
+                    return self.exit_when_done();
                 }
             }
             Message::PickFiles => {
@@ -606,9 +631,24 @@ impl App {
                     self.history_status =
                         Some(Notice::Error(format!("Cannot record the transfer: {e}")));
                 }
+                return self.exit_when_done();
             }
         }
         Task::none()
+    }
+
+    /// After [`Message::Quit`]: exits once no session is being closed and no record is
+    /// being written.
+    fn exit_when_done(&self) -> Task<Message> {
+        if self.quitting
+            && self.closing.is_empty()
+            && self.history_writes == 0
+            && self.trusted.writes == 0
+        {
+            iced::exit()
+        } else {
+            Task::none()
+        }
     }
 
     /// Looking for peers on the local network.
@@ -907,6 +947,7 @@ impl App {
             }
             TrustMessage::Saved(result) => {
                 self.trusted.writes = self.trusted.writes.saturating_sub(1);
+                let exit = self.exit_when_done();
                 match result {
                     Ok((devices, said)) => {
                         self.trusted.devices = Ok(devices);
@@ -924,6 +965,7 @@ impl App {
                         )));
                     }
                 }
+                return exit;
             }
         }
         Task::none()

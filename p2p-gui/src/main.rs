@@ -110,12 +110,18 @@ fn main() -> ExitCode {
                 eprintln!("code: {code}");
             }
             match ended {
-                Some(_) if exit_after_transfer => iced::Task::batch([task, iced::exit()]),
+                // Closes the session cleanly first, so the peer ends without an error.
+                Some(_) if exit_after_transfer => {
+                    iced::Task::batch([task, app.update(Message::Quit)])
+                }
                 _ => task,
             }
         },
         App::view,
     )
+    // Closing the window closes an idle session cleanly before the program ends.
+    .exit_on_close_request(false)
+    .subscription(|_: &App| iced::window::close_requests().map(|_| Message::Quit))
     .title(App::title)
     .theme(p2p_gui::theme)
     .default_font(p2p_gui::FONT)
@@ -152,7 +158,7 @@ fn report(message: &Message) -> Option<bool> {
                 .as_ref()
                 .map(|i| {
                     format!(
-                        ", device {} ({})",
+                        ", device {}: {}",
                         i.device_id,
                         p2p_gui::admitted(&i.admitted)
                     )

@@ -130,6 +130,8 @@ pub struct SessionHandle {
     commands: mpsc::UnboundedSender<Command>,
     decisions: mpsc::UnboundedSender<(Uuid, bool)>,
     cancel: Arc<Notify>,
+    /// The worker's: set once the window closes it.
+    closing: Arc<AtomicBool>,
 }
 
 #[derive(Debug)]
@@ -174,9 +176,11 @@ impl SessionHandle {
 
     /// Closes the session cleanly between transfers (TLS `close_notify`, so the peer
     /// sees the end of the session, not a broken connection) and ends the worker, which
-    /// then reports [`WorkerEvent::Stopped`]. Taken only while no incoming transfer is
-    /// running or awaiting an answer; abort the worker's task to stop at once.
+    /// then reports [`WorkerEvent::Stopped`]. An offer arriving meanwhile is declined.
+    /// Taken only while no incoming transfer is running; abort the worker's task to
+    /// stop at once. Returns `false` when the session is gone already (abort then).
     pub fn close(&self) -> bool {
+        self.closing.store(true, Ordering::Release);
         self.commands.send(Command::Close).is_ok()
     }
 
@@ -204,7 +208,7 @@ pub fn run(
         let state = Arc::new(Mutex::new(State {
             policy,
             resend: None,
-            closed: false,
+            closing: Arc::new(AtomicBool::new(false)),
         }));
         let error = match plan {
             Plan::Listen { bind, nameplate } => {
@@ -235,7 +239,7 @@ struct State {
     /// The send under way, to start again after a reconnection.
     resend: Option<(Vec<PathBuf>, Uuid)>,
     /// The window closed the session: the worker ends.
-    closed: bool,
+    closing: Arc<AtomicBool>,
 }
 
 type Shared = Arc<Mutex<State>>;
@@ -385,7 +389,7 @@ async fn listen(
                 let _ = serve(session, state, out).await;
                 let mut state = lock(state);
                 state.resend = None;
-                if state.closed {
+                if state.closing.load(Ordering::Acquire) {
                     return None;
                 }
             }
@@ -438,6 +442,7 @@ async fn serve<S: ByteStream>(
     let (commands, mut command_rx) = mpsc::unbounded_channel();
     let (decisions, mut decision_rx) = mpsc::unbounded_channel();
     let cancel = Arc::new(Notify::new());
+    let closing = lock(state).closing.clone();
     let in_transfer = Arc::new(AtomicBool::new(false));
     let sink = Sink {
         out: out.clone(),
@@ -456,6 +461,7 @@ async fn serve<S: ByteStream>(
             commands,
             decisions,
             cancel: cancel.clone(),
+            closing: closing.clone(),
         },
     });
     let mut pending = lock(state)
@@ -474,11 +480,11 @@ async fn serve<S: ByteStream>(
         let command = match pending.take() {
             Some(command) => command,
             None => {
-                let (held, decisions) = (&*in_transfer, &mut decision_rx);
+                let (held, decisions, closing) = (&*in_transfer, &mut decision_rx, &*closing);
                 // Hold commands back while an offer awaits its answer.
                 let decide = once(move |offer| {
                     held.store(true, Ordering::Release);
-                    answer_offer(offer, auto_accept, decisions, out)
+                    answer_offer(offer, auto_accept, decisions, closing, out)
                 });
                 tokio::select! {
                     biased;
@@ -499,7 +505,7 @@ async fn serve<S: ByteStream>(
                     command = next_command(&mut command_rx, &in_transfer) => match command {
                         // The window dropped every handle: it is closing.
                         None => {
-                            lock(state).closed = true;
+                            closing.store(true, Ordering::Release);
                             break Ok(());
                         }
                         Some(command) => command,
@@ -508,10 +514,7 @@ async fn serve<S: ByteStream>(
             }
         };
         match command {
-            Command::Close => {
-                lock(state).closed = true;
-                break Ok(());
-            }
+            Command::Close => break Ok(()),
             Command::SetReceive(options, auto_accept) => {
                 let mut state = lock(state);
                 state.policy.receive = options;
@@ -551,7 +554,7 @@ async fn serve<S: ByteStream>(
             }
         }
     };
-    if result.is_ok() && lock(state).closed {
+    if result.is_ok() && closing.load(Ordering::Acquire) {
         // The peer's session loop ends cleanly on a TLS close_notify; a dropped
         // connection would be an error there.
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, session.close()).await;
@@ -570,13 +573,17 @@ fn once<F: FnOnce(IncomingOffer) -> R, R>(f: F) -> F {
 }
 
 /// The answer to an incoming offer: at once with auto-accept, else the window's. A
-/// window that went away declines.
+/// window that went away, or is closing the session, declines.
 async fn answer_offer(
     offer: IncomingOffer,
     auto_accept: bool,
     decisions: &mut mpsc::UnboundedReceiver<(Uuid, bool)>,
+    closing: &AtomicBool,
     out: &Output,
 ) -> Decision {
+    if closing.load(Ordering::Acquire) {
+        return Decision::Decline("the receiver disconnected".to_owned());
+    }
     if auto_accept {
         return Decision::Accept;
     }

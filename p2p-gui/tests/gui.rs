@@ -1093,7 +1093,10 @@ async fn this_devices_id_is_shown_and_survives_a_restart() {
     let key_file = broken.join("data").join(p2p_core::net::identity::KEY_FILE);
     std::fs::create_dir_all(key_file.parent().unwrap()).unwrap();
     std::fs::write(&key_file, "-----BEGIN PRIVATE KEY-----\nnot a key\n").unwrap();
-    let h = Harness::new(own_key(&broken));
+    let h = Harness::new(Launch {
+        listen: Some("127.0.0.1:0".into()),
+        ..own_key(&broken)
+    });
     match &h.app.notice {
         Some(p2p_gui::app::Notice::Error(text)) => {
             assert!(text.contains("is damaged"), "{text}");
@@ -1499,4 +1502,32 @@ async fn a_code_nobody_waits_for_is_said_plainly() {
         shown.contains("Nobody waiting for code 42-… was found on this network within 5 s"),
         "{shown}"
     );
+}
+
+/// Closing the window (or `--exit-after-transfer`) between transfers closes the session
+/// cleanly first: with TLS, a connection that just drops is an error for the peer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_the_window_ends_the_session_cleanly_for_the_peer() {
+    let dir = tempfile::tempdir().unwrap();
+    let (addr, receiver) = loopback_receiver(dir.path().join("inbox")).await;
+    let mut h = Harness::new(launch(&dir.path().join("config")));
+    h.update(Message::PeerAddressChanged(addr));
+    h.click("Connect");
+    h.run_until("the connection", |app| app.peer().is_some())
+        .await;
+    h.update(Message::Quit);
+    let exited = async {
+        while let Some(action) = h.tasks.next().await {
+            match action {
+                Action::Exit => return,
+                other => h.handle(other),
+            }
+        }
+        panic!("the tasks ended without exiting");
+    };
+    tokio::time::timeout(WAIT, exited)
+        .await
+        .expect("the window exits");
+    let received = receiver.await.unwrap().expect("the peer ends cleanly");
+    assert!(received.is_empty());
 }
