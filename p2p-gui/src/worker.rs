@@ -266,8 +266,11 @@ async fn find(
             options.security.admission.expect(Some(peer.device_id));
             Ok(peer)
         }
-        // The core words this for `receive NAME`; say it for a code.
-        Err(p2p_core::discovery::DiscoveryError::NotFound { timeout, .. }) => Err(format!(
+        // The core's words name CLI flags; say it for the window.
+        Err(
+            p2p_core::discovery::DiscoveryError::NoSender { timeout, .. }
+            | p2p_core::discovery::DiscoveryError::NotFound { timeout, .. },
+        ) => Err(format!(
             "Nobody waiting for code {nameplate}-… was found on this network within {} s. \
              Check that the other side waits with this code and is on the same network (a \
              firewall may block UDP broadcast), or type its address next to the code.",
