@@ -48,6 +48,8 @@ pub struct LocalPeer {
 /// What we learned about the peer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RemotePeer {
+    /// What the peer put in `Hello.device_id`: informational, unauthenticated. Who the
+    /// peer is comes from the connection ([`crate::P2PSession::peer_identity`]).
     pub device_id: Uuid,
     /// The peer's name made [`printable`](crate::text::printable) (control, bidi and
     /// invisible characters escaped) and cut to [`MAX_NAME_LEN`] bytes: for display only.
