@@ -27,7 +27,7 @@
 //!
 //! let config = DiscoveryConfig::from_env()?;
 //! // Receiver: announce while waiting for connections on TCP port 14567.
-//! let beacon = Beacon::new(uuid::DeviceId::random(), "living-room", 14567);
+//! let beacon = Beacon::new(p2p_core::net::DeviceId::random(), "living-room", 14567);
 //! let _announcer = Announcer::start(beacon, &config)?; // stops when dropped
 //!
 //! // Sender: find the one receiver called "living-room".
