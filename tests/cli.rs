@@ -884,3 +884,103 @@ fn peers_lists_a_bidi_beacon_name_escaped() {
     assert_shown_safely(&stdout);
     assert!(stdout.contains(r"living\u{202e}moor"), "{stdout}");
 }
+
+/// Trust on first use: a device nobody vouches for gets in only with `receive --ask`, for
+/// a person to decide; the question shows its verified id and says it is not trusted.
+/// Accepted with `--remember`, it is trusted from then on: the next transfer needs
+/// neither a code nor a question. (The sender pins the receiver's id: a script that
+/// knows it.)
+#[test]
+fn receive_ask_shows_an_unknown_devices_verified_id_and_remember_trusts_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (sender_data, receiver_data) = (tmp.path().join("s"), tmp.path().join("r"));
+    let id = |data: &Path| {
+        let shown = run(data, &["id"]);
+        assert!(shown.status.success(), "{}", text(&shown.stderr));
+        text(&shown.stdout).trim().to_owned()
+    };
+    let (sender_id, receiver_id) = (id(&sender_data), id(&receiver_data));
+    let src = tmp.path().join("hello.bin");
+    random_file(&src, 200_000, 31);
+
+    // Without --ask the stranger is refused, and told how to pair.
+    let out = tmp.path().join("refused");
+    let mut receiver = start_listening(&receiver_data, &["receive", "--output", path(&out)]);
+    let send = run(
+        &sender_data,
+        &[
+            "send",
+            path(&src),
+            "--peer",
+            &receiver.addr,
+            "--peer-id",
+            &receiver_id,
+        ],
+    );
+    assert_eq!(send.status.code(), Some(8), "{}", text(&send.stderr));
+    assert!(
+        text(&send.stderr).contains("pair with a one-time code"),
+        "{}",
+        text(&send.stderr)
+    );
+    // It keeps listening for someone it may let in: stop it.
+    receiver.child.kill().unwrap();
+    receiver.child.wait().unwrap();
+    assert!(!out.join("hello.bin").exists());
+
+    // With --ask: the person sees who it is and says yes; --remember keeps it.
+    let out = tmp.path().join("asked");
+    let mut receiver = start_listening(
+        &receiver_data,
+        &["receive", "--ask", "--remember", "--output", path(&out)],
+    );
+    {
+        use std::io::Write;
+        let mut stdin = receiver.child.stdin.take().unwrap();
+        stdin.write_all(b"y\n").unwrap();
+    }
+    let send = run(
+        &sender_data,
+        &[
+            "send",
+            path(&src),
+            "--peer",
+            &receiver.addr,
+            "--peer-id",
+            &receiver_id,
+        ],
+    );
+    assert!(send.status.success(), "{}", text(&send.stderr));
+    let (code, stdout, stderr) = receiver.finish();
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains(&format!("(device {sender_id}, NOT trusted, no code)")),
+        "the question must show the verified id: {stdout}"
+    );
+    assert_eq!(sha256_file(&out.join("hello.bin")), sha256_file(&src));
+    let listed = run(&receiver_data, &["trust", "list"]);
+    assert!(
+        text(&listed.stdout).contains(&sender_id),
+        "{}",
+        text(&listed.stdout)
+    );
+
+    // Now trusted: no --ask, no code.
+    let out = tmp.path().join("trusted");
+    let receiver = start_listening(&receiver_data, &["receive", "--output", path(&out)]);
+    let send = run(
+        &sender_data,
+        &[
+            "send",
+            path(&src),
+            "--peer",
+            &receiver.addr,
+            "--peer-id",
+            &receiver_id,
+        ],
+    );
+    assert!(send.status.success(), "{}", text(&send.stderr));
+    let (code, _, stderr) = receiver.finish();
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(sha256_file(&out.join("hello.bin")), sha256_file(&src));
+}
