@@ -984,3 +984,96 @@ fn receive_ask_shows_an_unknown_devices_verified_id_and_remember_trusts_it() {
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(sha256_file(&out.join("hello.bin")), sha256_file(&src));
 }
+
+/// Two devices paired by a one-time code: Ctrl+C on the sender prints a resume command
+/// with the follow-up code both sides derived (the first code is used up), and that
+/// command — with the receiver started on the same code — finishes the transfer.
+#[test]
+fn ctrl_c_after_a_code_session_prints_a_resume_command_with_a_code_that_works() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (sender_data, receiver_data) = (tmp.path().join("s"), tmp.path().join("r"));
+    let src = tmp.path().join("backup.tar");
+    random_file(&src, 12 << 20, 78);
+    let out = tmp.path().join("out");
+    let code = "9-first-try";
+
+    let mut receiver = start_listening(
+        &receiver_data,
+        &["receive", "--code", code, "--output", path(&out)],
+    );
+    let mut sender = p2p(&sender_data)
+        .args(["send", path(&src), "--peer", &receiver.addr, "--code", code])
+        .args(["--max-speed", "4M", "--chunk-size", "256K"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(receiver.child.stdout.take().unwrap()).lines();
+    loop {
+        let line = lines.next().expect("receiver output").unwrap();
+        if line.starts_with("progress") {
+            break;
+        }
+    }
+    let kill = Command::new("kill")
+        .args(["-INT", &sender.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let status = sender.wait().unwrap();
+    let mut stderr = String::new();
+    sender
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert_eq!(status.code(), Some(130), "{stderr}");
+    let (code_exit, _, receiver_err) = receiver.finish();
+    assert_eq!(code_exit, 3, "the receiver lost its peer: {receiver_err}");
+
+    let command = stderr
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("p2p-transfer resume "))
+        .unwrap_or_else(|| panic!("no resume command in: {stderr}"));
+    let args: Vec<&str> = command.split_whitespace().collect();
+    let follow_up = args
+        .windows(2)
+        .find(|w| w[0] == "--code")
+        .map(|w| w[1])
+        .unwrap_or_else(|| panic!("no --code in the resume command: {command}"));
+    assert_ne!(follow_up, code, "the used code cannot work again");
+    follow_up
+        .parse::<p2p_core::net::Code>()
+        .unwrap_or_else(|e| panic!("{follow_up}: {e}"));
+
+    // The receiver again on the follow-up code; the printed command, with the new
+    // receiver's address instead of the old one.
+    let receiver = start_listening(
+        &receiver_data,
+        &["receive", "--code", follow_up, "--output", path(&out)],
+    );
+    let old_peer = args
+        .windows(2)
+        .find(|w| w[0] == "--peer")
+        .map(|w| w[1])
+        .unwrap();
+    let resumed_args: Vec<&str> = args
+        .iter()
+        .map(|a| {
+            if *a == old_peer {
+                receiver.addr.as_str()
+            } else {
+                a
+            }
+        })
+        .collect();
+    let mut full = vec!["resume"];
+    full.extend(resumed_args);
+    let resumed = run(&sender_data, &full);
+    assert!(resumed.status.success(), "{}", text(&resumed.stderr));
+    let (code_exit, receiver_out, receiver_err) = receiver.finish();
+    assert_eq!(code_exit, 0, "{receiver_err}");
+    assert!(receiver_out.contains("resuming:"), "{receiver_out}");
+    assert_eq!(sha256_file(&out.join("backup.tar")), sha256_file(&src));
+}

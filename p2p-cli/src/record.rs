@@ -16,6 +16,8 @@ pub struct Recorder {
     tracker: Mutex<Tracker>,
     resume_hint: Mutex<Option<String>>,
     receive_hint: Mutex<Option<ReceiveHint>>,
+    /// The follow-up code of the last session let in by a code (its code is used up).
+    resume_code: Mutex<Option<String>>,
 }
 
 /// How an interrupted receive continues: this receiver started again, and the sender's
@@ -38,6 +40,7 @@ impl Recorder {
             tracker: Mutex::new(Tracker::default()),
             resume_hint: Mutex::new(None),
             receive_hint: Mutex::new(None),
+            resume_code: Mutex::new(None),
         }
     }
 
@@ -51,6 +54,12 @@ impl Recorder {
     }
 
     /// How the current receive continues if it is interrupted.
+    /// After a session let in by a one-time code: the code both sides derived for
+    /// continuing (see `PeerIdentity::resume_code`); the hints name it.
+    pub fn set_resume_code(&self, code: &p2p_core::net::Code) {
+        *self.resume_code.lock().unwrap_or_else(|p| p.into_inner()) = Some(code.to_string());
+    }
+
     pub fn set_receive_hint(&self, hint: ReceiveHint) {
         *self.receive_hint.lock().unwrap_or_else(|p| p.into_inner()) = Some(hint);
     }
@@ -93,10 +102,27 @@ impl Recorder {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
+        // The code that let the peer in is used up: both sides continue with the code
+        // they derived from it (the same on both), given on both command lines.
+        let code = self
+            .resume_code
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .map_or_else(String::new, |c| format!(" --code {c}"));
+        let receive_hint = receive_hint.map(|mut h| {
+            h.again.push_str(&code);
+            h
+        });
         match (record.direction, hint, receive_hint) {
             (Direction::Send, Some(command), _) => {
+                let receiver = if code.is_empty() {
+                    String::new()
+                } else {
+                    format!("\n(the receiver, if it stopped too, runs `p2p-transfer receive --output <its folder>{code}` with the same code)")
+                };
                 eprintln!(
-                    "interrupted; the receiver keeps what arrived. Resume with:\n  {command}"
+                    "interrupted; the receiver keeps what arrived. Resume with:\n  {command}{code}{receiver}"
                 );
             }
             (Direction::Receive, _, Some(hint)) => {
@@ -108,7 +134,7 @@ impl Recorder {
                 eprintln!(
                     "interrupted; what arrived is kept. To continue, start this receiver \
                      again:\n  {}\nand on the sending side:\n  \
-                     p2p-transfer resume {} {}{chunk} --path <what was sent>",
+                     p2p-transfer resume {} {}{chunk}{code} --path <what was sent>",
                     hint.again, record.transfer_id, hint.sender_reaches_us
                 )
             }

@@ -89,6 +89,9 @@ pub async fn run(args: ReceiveArgs, recorder: &Recorder) -> anyhow::Result<()> {
             loop {
                 let mut session = super::open_session(endpoint, options).await?;
                 progress.connected();
+                if let Some(code) = session.peer_identity().and_then(|p| p.resume_code.as_ref()) {
+                    recorder.set_resume_code(code);
+                }
                 recorder.set_peer(&session.peer().device_name);
                 recorder.set_receive_chunk_size(session.config().chunk_size);
                 let identity = session.peer_identity().cloned();

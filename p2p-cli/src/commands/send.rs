@@ -125,6 +125,9 @@ async fn send_as(
         async move {
             let mut session = super::open_session(endpoint, options).await?;
             progress.connected();
+            if let Some(code) = session.peer_identity().and_then(|p| p.resume_code.as_ref()) {
+                recorder.set_resume_code(code);
+            }
             if remember {
                 super::remember(&session, recorder.renderer());
             }

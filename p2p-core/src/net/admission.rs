@@ -45,6 +45,8 @@ pub const MAX_REASON_LEN: usize = 512;
 const SPAKE2_IDENTITY: &[u8] = b"p2p-transfer/2 admission";
 /// First input of the key confirmation.
 const CONFIRM_LABEL: &[u8] = b"p2p-transfer/2 confirm";
+/// Input of the follow-up code's derivation.
+const RESUME_LABEL: &[u8] = b"p2p-transfer/2 resume code";
 
 /// The admission messages (postcard-encoded; the variant index is the first byte).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -79,6 +81,10 @@ pub struct PeerIdentity {
     pub device_id: DeviceId,
     pub fingerprint: Fingerprint,
     pub admitted: Admitted,
+    /// After a code was proven in this connection: a follow-up code both sides derive
+    /// from the SPAKE2 key, for continuing an interrupted transfer in a new session (the
+    /// code itself is used up). The same on both sides, known to nobody else.
+    pub resume_code: Option<Code>,
 }
 
 #[derive(Debug, Clone)]
@@ -213,6 +219,7 @@ where
         AdmitMessage::Intro { pake } => pake,
         other => return Err(unexpected("Intro", &other)),
     };
+    let mut proven_key = None;
     let pake = match (spake, theirs) {
         (None, None) => Pake::NotRun,
         (Some(_), None) => Pake::PeerWithout,
@@ -230,7 +237,10 @@ where
                 other => return Err(unexpected("Confirm", &other)),
             };
             match key {
-                Some(k) if verify(&k, !channel.is_client, channel, &mac) => Pake::Proven,
+                Some(k) if verify(&k, !channel.is_client, channel, &mac) => {
+                    proven_key = Some(k);
+                    Pake::Proven
+                }
                 _ => Pake::Failed,
             }
         }
@@ -272,7 +282,23 @@ where
         device_id: channel.peer.device_id(),
         fingerprint: channel.peer,
         admitted,
+        resume_code: proven_key.as_deref().map(resume_code),
     })
+}
+
+/// The follow-up code of a proven SPAKE2 key `K`: `d = HMAC-SHA256(K, "p2p-transfer/2
+/// resume code")`; number `1 + d[0] % 99`; words `(d[1]·256 + d[2]) % 2048` and
+/// `(d[3]·256 + d[4]) % 2048` of the BIP-39 English list.
+pub fn resume_code(key: &[u8]) -> Code {
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key)
+        .unwrap_or_else(|_| unreachable!("HMAC accepts every key length"));
+    mac.update(RESUME_LABEL);
+    let d = mac.finalize().into_bytes();
+    let word = |hi: u8, lo: u8| (usize::from(hi) << 8 | usize::from(lo)) % 2048;
+    Code::from_parts(
+        1 + u16::from(d[0] % 99),
+        &[word(d[1], d[2]), word(d[3], d[4])],
+    )
 }
 
 /// This side's verdict on the peer, updating the code's state.
@@ -489,6 +515,23 @@ mod tests {
         })
         .unwrap();
         assert_eq!(hex(&verdict), "02 01 00");
+    }
+
+    #[test]
+    fn both_sides_derive_the_same_follow_up_code_from_the_same_key() {
+        let (a, msg_a) = Spake2::<Ed25519Group>::start_symmetric(
+            &Password::new(b"7-guitar-orbit"),
+            &SpakeIdentity::new(SPAKE2_IDENTITY),
+        );
+        let (b, msg_b) = Spake2::<Ed25519Group>::start_symmetric(
+            &Password::new(b"7-guitar-orbit"),
+            &SpakeIdentity::new(SPAKE2_IDENTITY),
+        );
+        let (ka, kb) = (a.finish(&msg_b).unwrap(), b.finish(&msg_a).unwrap());
+        assert_eq!(resume_code(&ka), resume_code(&kb));
+        assert_ne!(resume_code(&ka).to_string(), "7-guitar-orbit");
+        // Pinned for docs/protocol.md: K = 32 zero bytes.
+        assert_eq!(resume_code(&[0; 32]).to_string(), "48-stairs-plunge");
     }
 
     #[test]

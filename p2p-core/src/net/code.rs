@@ -46,6 +46,17 @@ impl Code {
         }
     }
 
+    /// A code of this number and these words of the BIP-39 English list (indices taken
+    /// modulo 2,048).
+    pub(crate) fn from_parts(nameplate: u16, words: &[usize]) -> Self {
+        let list = bip39::Language::English.word_list();
+        let secret: Vec<&str> = words.iter().map(|&i| list[i % list.len()]).collect();
+        Code {
+            nameplate: nameplate.max(1),
+            secret: secret.join("-"),
+        }
+    }
+
     /// The public part, which beacons carry.
     pub fn nameplate(&self) -> u16 {
         self.nameplate
