@@ -235,6 +235,21 @@ fn bad_flags_are_usage_errors() {
     let help = run(&tmp.path().join("data"), &["--help"]);
     assert!(help.status.success());
     assert!(text(&help.stdout).contains("Exit codes"));
+    // Waiting for the peer and connecting to it at once: a usage error, before anything
+    // is read, bound or dialled (port 1 would refuse).
+    for command in ["send", "receive"] {
+        let args = match command {
+            "send" => vec!["send", "x", "--role", "server", "--peer", "127.0.0.1:1"],
+            _ => vec!["receive", "--role", "server", "--peer", "127.0.0.1:1"],
+        };
+        let out = run(&tmp.path().join("data"), &args);
+        assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+        assert!(
+            text(&out.stderr).contains("--role server waits for the peer"),
+            "{}",
+            text(&out.stderr)
+        );
+    }
 }
 
 #[test]

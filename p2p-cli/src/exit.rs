@@ -18,6 +18,19 @@ Exit codes:
        unknown device, not the pinned device), or the connection was tampered with
   130  interrupted (Ctrl+C)";
 
+/// The command line asks for something contradictory (clap cannot tell): exit code 2,
+/// like any other command-line error.
+#[derive(Debug)]
+pub struct Usage(pub String);
+
+impl std::error::Error for Usage {}
+
+impl std::fmt::Display for Usage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// The user pressed Ctrl+C.
 #[derive(Debug)]
 pub struct Interrupted;
@@ -56,6 +69,9 @@ pub fn describe(error: &anyhow::Error) -> String {
 pub fn exit_code(error: &anyhow::Error) -> u8 {
     if error.downcast_ref::<Interrupted>().is_some() {
         return 130;
+    }
+    if error.downcast_ref::<Usage>().is_some() {
+        return 2;
     }
     let Some(core) = error.chain().find_map(|c| c.downcast_ref::<Error>()) else {
         return 1;

@@ -73,11 +73,11 @@ pub enum RoleArg {
 /// How to reach the peer.
 #[derive(Debug, Clone, Args)]
 pub struct SessionArgs {
-    /// Peer address (`host:port`) to connect to.
-    #[arg(long, value_name = "HOST:PORT")]
+    /// Peer address to connect to: `host:port`, or `host` for port 14567.
+    #[arg(long, value_name = "HOST[:PORT]")]
     pub peer: Option<String>,
     /// Port to listen on in server role (0 picks a free port).
-    #[arg(long, default_value_t = 14567)]
+    #[arg(long, default_value_t = p2p_core::net::tcp::DEFAULT_PORT)]
     pub port: u16,
     /// Address to listen on in server role.
     #[arg(long, default_value = "0.0.0.0")]

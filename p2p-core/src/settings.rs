@@ -38,7 +38,7 @@ pub const CONFIG_DIR_ENV: &str = "P2P_TRANSFER_CONFIG_DIR";
 /// Name of the settings file inside [`Settings::dir`].
 pub const SETTINGS_FILE: &str = "settings.json";
 /// Port a listening side uses unless told otherwise.
-pub const DEFAULT_LISTEN_PORT: u16 = 14567;
+pub const DEFAULT_LISTEN_PORT: u16 = crate::net::tcp::DEFAULT_PORT;
 
 /// Everything a user can set once and keep.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

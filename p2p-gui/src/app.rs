@@ -14,7 +14,7 @@ use iced::Task;
 use p2p_core::discovery::{DiscoveryConfig, PeerInfo};
 use p2p_core::fs::source::SourceManifest;
 use p2p_core::net::{Admission, Admitted, Code, DeviceId, Identity, PeerIdentity, Security};
-use p2p_core::settings::{Settings, DEFAULT_LISTEN_PORT};
+use p2p_core::settings::Settings;
 use p2p_core::{Direction, IncomingOffer, ReceiveOptions, SessionOptions, TransferEvent};
 use uuid::Uuid;
 
@@ -1307,11 +1307,7 @@ impl App {
 
 /// `addr` with the default port when it has none (a bare host or IPv4 address).
 fn with_default_port(addr: &str) -> String {
-    if addr.contains(':') {
-        addr.to_owned()
-    } else {
-        format!("{addr}:{DEFAULT_LISTEN_PORT}")
-    }
+    p2p_core::net::tcp::with_default_port(addr)
 }
 
 /// This device's key: the one handed in, else the one in the data folder (created on

@@ -124,12 +124,12 @@ pub async fn endpoint(
 ) -> anyhow::Result<Endpoint> {
     use anyhow::Context;
     match role {
-        crate::RoleArg::Client => Ok(Endpoint::dial(
+        crate::RoleArg::Client => Ok(Endpoint::dial(p2p_core::net::tcp::with_default_port(
             session
                 .peer
-                .clone()
+                .as_deref()
                 .context("--peer HOST:PORT is required to connect")?,
-        )),
+        ))),
         crate::RoleArg::Server => {
             let bind = format!("{}:{}", session.bind, session.port);
             let mut endpoint = Endpoint::listen(&bind).await?;
@@ -202,6 +202,20 @@ pub fn remember(session: &P2PSession<SecureTcp>, renderer: &crate::render::Rende
         )),
         Err(e) => renderer.line(&format!("warning: could not remember the peer: {e:#}")),
     }
+}
+
+/// `--role server` waits for the peer: an address to connect to contradicts it.
+pub fn check_role(role: crate::RoleArg, session: &SessionArgs) -> anyhow::Result<()> {
+    if role == crate::RoleArg::Server {
+        if let Some(peer) = &session.peer {
+            return Err(crate::exit::Usage(format!(
+                "--role server waits for the peer to connect, so --peer {peer} has no use: \
+                 drop one of them"
+            ))
+            .into());
+        }
+    }
+    Ok(())
 }
 
 /// Runs `attempt` until it succeeds, retrying transient failures with backoff when

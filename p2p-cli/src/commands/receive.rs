@@ -52,6 +52,7 @@ pub async fn run(args: ReceiveArgs, recorder: &Recorder) -> anyhow::Result<()> {
             RoleArg::Server
         },
     );
+    super::check_role(role, &args.session)?;
     let code = args.code_phrase.clone().or(args.session.code.clone());
     let nameplate = code.as_ref().map(p2p_core::net::Code::nameplate);
     let security = super::security(&args.session, code, args.ask)?;

@@ -77,6 +77,7 @@ async fn send_as(
         } else {
             RoleArg::Server
         });
+    super::check_role(role, &args.session)?;
     // Waiting for a receiver without --code: print a one-time code for it.
     let generated = (role == RoleArg::Server && args.session.code.is_none()).then(Code::generate);
     let code = args.session.code.clone().or(generated.clone());

@@ -7,6 +7,28 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::error::{Error, Result};
 
+/// The port p2p-transfer listens on unless told otherwise.
+pub const DEFAULT_PORT: u16 = 14567;
+
+/// `addr` as `host:port`, with [`DEFAULT_PORT`] when it names no port: `192.168.1.20`,
+/// `laptop.local`, `::1` and `[::1]` get it; `host:port` and `[v6]:port` are kept.
+pub fn with_default_port(addr: &str) -> String {
+    let addr = addr.trim();
+    if addr.parse::<std::net::SocketAddr>().is_ok() {
+        return addr.to_owned();
+    }
+    if let Ok(v6) = addr.parse::<std::net::Ipv6Addr>() {
+        return format!("[{v6}]:{DEFAULT_PORT}");
+    }
+    if addr.starts_with('[') && addr.ends_with(']') {
+        return format!("{addr}:{DEFAULT_PORT}");
+    }
+    match addr.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => addr.to_owned(),
+        _ => format!("{addr}:{DEFAULT_PORT}"),
+    }
+}
+
 /// How long a TCP connect may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -49,4 +71,20 @@ pub async fn accept(listener: &TcpListener) -> Result<(TcpStream, SocketAddr)> {
     let (stream, peer) = listener.accept().await.map_err(err)?;
     stream.set_nodelay(true).map_err(err)?;
     Ok((stream, peer))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_address_without_a_port_gets_the_default_one() {
+        assert_eq!(with_default_port("192.168.1.20"), "192.168.1.20:14567");
+        assert_eq!(with_default_port(" laptop.local "), "laptop.local:14567");
+        assert_eq!(with_default_port("::1"), "[::1]:14567");
+        assert_eq!(with_default_port("[fe80::1]"), "[fe80::1]:14567");
+        assert_eq!(with_default_port("192.168.1.20:9000"), "192.168.1.20:9000");
+        assert_eq!(with_default_port("laptop.local:9000"), "laptop.local:9000");
+        assert_eq!(with_default_port("[::1]:9000"), "[::1]:9000");
+    }
 }
