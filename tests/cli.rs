@@ -441,42 +441,8 @@ fn ctrl_c_on_the_sender_prints_a_resume_command_that_finishes_the_transfer() {
 
     // First attempt: throttled so that it is still running when interrupted.
     let mut receiver = start_listening(&data, &["receive", "--output", path(&out)]);
-    let mut sender = p2p(&data)
-        .args([
-            "send",
-            path(&src),
-            "--peer",
-            &receiver.addr,
-            "--max-speed",
-            "4M",
-        ])
-        .args(["--chunk-size", "256K"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Wait (by reading, not sleeping) until the receiver reports data arriving.
-    let mut lines = BufReader::new(receiver.child.stdout.take().unwrap()).lines();
-    loop {
-        let line = lines.next().expect("receiver output").unwrap();
-        if line.starts_with("progress") {
-            break;
-        }
-    }
-    let kill = Command::new("kill")
-        .args(["-INT", &sender.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
-    let status = sender.wait().unwrap();
-    let mut stderr = String::new();
-    sender
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
-    assert_eq!(status.code(), Some(130), "{stderr}");
+    let addr = receiver.addr.clone();
+    let stderr = interrupted_send(&data, &mut receiver, &["send", path(&src), "--peer", &addr]);
     let (code, _, receiver_err) = receiver.finish();
     assert_eq!(code, 3, "the receiver lost its peer: {receiver_err}");
     assert!(!out.join("backup.tar").exists());
@@ -501,6 +467,41 @@ fn ctrl_c_on_the_sender_prints_a_resume_command_that_finishes_the_transfer() {
         history.contains(&id[..8]) || history.contains("backup.tar"),
         "{history}"
     );
+}
+
+/// Runs `args` throttled (4M/s, 256 KiB chunks) so that it is still sending when
+/// interrupted; sends SIGINT once `receiver` reports data arriving (by reading its
+/// output, not sleeping); checks exit code 130 and returns the sender's stderr.
+fn interrupted_send(data: &Path, receiver: &mut Listening, args: &[&str]) -> String {
+    let mut sender = p2p(data)
+        .args(args)
+        .args(["--max-speed", "4M", "--chunk-size", "256K"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(receiver.child.stdout.take().unwrap()).lines();
+    loop {
+        let line = lines.next().expect("receiver output").unwrap();
+        if line.starts_with("progress") {
+            break;
+        }
+    }
+    let kill = Command::new("kill")
+        .args(["-INT", &sender.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let status = sender.wait().unwrap();
+    let mut stderr = String::new();
+    sender
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert_eq!(status.code(), Some(130), "{stderr}");
+    stderr
 }
 
 /// A TCP proxy on 127.0.0.1 that cuts each of its first `cuts` connections once
@@ -1016,34 +1017,12 @@ fn ctrl_c_after_a_code_session_prints_a_resume_command_with_a_code_that_works() 
         &receiver_data,
         &["receive", "--code", code, "--output", path(&out)],
     );
-    let mut sender = p2p(&sender_data)
-        .args(["send", path(&src), "--peer", &receiver.addr, "--code", code])
-        .args(["--max-speed", "4M", "--chunk-size", "256K"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(receiver.child.stdout.take().unwrap()).lines();
-    loop {
-        let line = lines.next().expect("receiver output").unwrap();
-        if line.starts_with("progress") {
-            break;
-        }
-    }
-    let kill = Command::new("kill")
-        .args(["-INT", &sender.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
-    let status = sender.wait().unwrap();
-    let mut stderr = String::new();
-    sender
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
-    assert_eq!(status.code(), Some(130), "{stderr}");
+    let addr = receiver.addr.clone();
+    let stderr = interrupted_send(
+        &sender_data,
+        &mut receiver,
+        &["send", path(&src), "--peer", &addr, "--code", code],
+    );
     let (code_exit, _, receiver_err) = receiver.finish();
     assert_eq!(code_exit, 3, "the receiver lost its peer: {receiver_err}");
 

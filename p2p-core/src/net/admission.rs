@@ -229,7 +229,12 @@ where
             let key = state.finish(&their_msg).ok();
             let ours = key
                 .as_deref()
-                .map(|k| confirmation(k, channel.is_client, channel))
+                .map(|k| {
+                    confirmation(k, channel.is_client, channel)
+                        .finalize()
+                        .into_bytes()
+                        .into()
+                })
                 .unwrap_or([0u8; 32]);
             write(stream, &AdmitMessage::Confirm { mac: ours }).await?;
             let mac = match read(stream).await? {
@@ -237,7 +242,11 @@ where
                 other => return Err(unexpected("Confirm", &other)),
             };
             match key {
-                Some(k) if verify(&k, !channel.is_client, channel, &mac) => {
+                Some(k)
+                    if confirmation(&k, !channel.is_client, channel)
+                        .verify_slice(&mac)
+                        .is_ok() =>
+                {
                     proven_key = Some(k);
                     Pake::Proven
                 }
@@ -290,8 +299,7 @@ where
 /// resume code")`; number `1 + d[0] % 99`; words `(d[1]·256 + d[2]) % 2048` and
 /// `(d[3]·256 + d[4]) % 2048` of the BIP-39 English list.
 pub fn resume_code(key: &[u8]) -> Code {
-    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key)
-        .unwrap_or_else(|_| unreachable!("HMAC accepts every key length"));
+    let mut mac = hmac(key);
     mac.update(RESUME_LABEL);
     let d = mac.finalize().into_bytes();
     let word = |hi: u8, lo: u8| (usize::from(hi) << 8 | usize::from(lo)) % 2048;
@@ -362,45 +370,27 @@ fn judge(admission: &Admission, channel: &Channel, pake: &Pake) -> Result<Admitt
     Err(SecurityError::UnknownDevice(peer.device_id()))
 }
 
-fn confirmation(key: &[u8], client_side: bool, channel: &Channel) -> [u8; 32] {
-    let (own, other) = if client_side == channel.is_client {
+/// The `Confirm` mac its sender computes: ours with `by_client == channel.is_client`,
+/// the peer's (to check it) with the other side.
+fn confirmation(key: &[u8], by_client: bool, channel: &Channel) -> Hmac<Sha256> {
+    let (sender, receiver) = if by_client == channel.is_client {
         (channel.local, channel.peer)
     } else {
         (channel.peer, channel.local)
     };
-    mac(key, client_side, &channel.exporter, &own, &other)
-        .finalize()
-        .into_bytes()
-        .into()
-}
-
-fn verify(key: &[u8], client_side: bool, channel: &Channel, tag: &[u8; 32]) -> bool {
-    let (own, other) = if client_side == channel.is_client {
-        (channel.local, channel.peer)
-    } else {
-        (channel.peer, channel.local)
-    };
-    mac(key, client_side, &channel.exporter, &own, &other)
-        .verify_slice(tag)
-        .is_ok()
-}
-
-fn mac(
-    key: &[u8],
-    client_side: bool,
-    exporter: &[u8; 32],
-    sender: &Fingerprint,
-    receiver: &Fingerprint,
-) -> Hmac<Sha256> {
-    // HMAC takes keys of any length; the SPAKE2 key is 32 bytes.
-    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key)
-        .unwrap_or_else(|_| unreachable!("HMAC accepts every key length"));
+    let mut mac = hmac(key);
     mac.update(CONFIRM_LABEL);
-    mac.update(if client_side { b"C" } else { b"S" });
-    mac.update(exporter);
+    mac.update(if by_client { b"C" } else { b"S" });
+    mac.update(&channel.exporter);
     mac.update(&sender.0);
     mac.update(&receiver.0);
     mac
+}
+
+fn hmac(key: &[u8]) -> Hmac<Sha256> {
+    // HMAC takes keys of any length; the SPAKE2 key is 32 bytes.
+    <Hmac<Sha256> as Mac>::new_from_slice(key)
+        .unwrap_or_else(|_| unreachable!("HMAC accepts every key length"))
 }
 
 fn truncate(text: &mut String, max: usize) {

@@ -192,13 +192,8 @@ pub async fn secure_client<S>(
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    deadline(async {
-        let (mut tls, channel) =
-            tls::client(stream, &security.tls, security.identity.fingerprint()).await?;
-        let peer = admission::admit(&mut tls, &channel, &security.admission).await?;
-        Ok((tls, peer))
-    })
-    .await
+    let local = security.identity.fingerprint();
+    secure(tls::client(stream, &security.tls, local), security).await
 }
 
 /// Secures an accepted TCP connection as the listening side; a plaintext client is told
@@ -207,13 +202,8 @@ pub async fn secure_server(
     stream: tokio::net::TcpStream,
     security: &Security,
 ) -> Result<(SecureTcp, PeerIdentity), SecurityError> {
-    deadline(async {
-        let (mut tls, channel) =
-            tls::server(stream, &security.tls, security.identity.fingerprint()).await?;
-        let peer = admission::admit(&mut tls, &channel, &security.admission).await?;
-        Ok((tls, peer))
-    })
-    .await
+    let local = security.identity.fingerprint();
+    secure(tls::server(stream, &security.tls, local), security).await
 }
 
 /// Secures any accepted stream as the listening side (no plaintext check).
@@ -224,9 +214,20 @@ pub async fn secure_server_stream<S>(
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
+    let local = security.identity.fingerprint();
+    secure(tls::server_tls(stream, &security.tls, local), security).await
+}
+
+/// Runs a TLS handshake, then admission, within [`SECURE_TIMEOUT`] together.
+async fn secure<S>(
+    handshake: impl std::future::Future<Output = Result<(TlsStream<S>, tls::Channel), SecurityError>>,
+    security: &Security,
+) -> Result<(TlsStream<S>, PeerIdentity), SecurityError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     deadline(async {
-        let (mut tls, channel) =
-            tls::server_tls(stream, &security.tls, security.identity.fingerprint()).await?;
+        let (mut tls, channel) = handshake.await?;
         let peer = admission::admit(&mut tls, &channel, &security.admission).await?;
         Ok((tls, peer))
     })
