@@ -49,7 +49,13 @@ impl std::fmt::Display for Interrupted {
 /// receivers ([`printable_lines`](p2p_core::text::printable_lines)).
 pub fn describe(error: &anyhow::Error) -> String {
     let mut line = String::new();
+    let mut explained = false;
     for cause in error.chain() {
+        // A connect failure already says what its OS error means, in words.
+        if std::mem::take(&mut explained) && cause.is::<std::io::Error>() {
+            continue;
+        }
+        explained = matches!(cause.downcast_ref::<Error>(), Some(Error::Connect { .. }));
         let text = cause.to_string();
         if line.contains(&text) {
             continue;

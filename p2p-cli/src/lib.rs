@@ -18,6 +18,7 @@
 //! | 130 | interrupted (Ctrl+C) |
 
 mod commands;
+mod countdown;
 mod exit;
 mod record;
 mod render;
@@ -96,10 +97,15 @@ pub struct SessionArgs {
     /// later transfers between the two need no code.
     #[arg(long)]
     pub remember: bool,
-    /// After a connection problem (reset, timeout, peer restarted), reconnect and resume
-    /// instead of failing. Permanent errors (disk full, refused, corrupted) still stop.
-    #[arg(long)]
+    /// Reconnect and resume after a connection problem (reset, timeout, the peer
+    /// restarted or was interrupted): the default, kept for older scripts.
+    #[arg(long, hide = true, overrides_with = "no_auto_reconnect")]
     pub auto_reconnect: bool,
+    /// Fail at the first connection problem instead of reconnecting and resuming (by
+    /// default a lost connection is retried, with a countdown, up to --max-retries
+    /// times in a row; disk full, refusals and corrupted data always stop at once).
+    #[arg(long)]
+    pub no_auto_reconnect: bool,
     /// Reconnection attempts in a row before giving up (0 = no limit).
     #[arg(long, default_value_t = 10)]
     pub max_retries: u32,
@@ -164,24 +170,81 @@ pub fn main() -> ExitCode {
     };
     let recorder = record::Recorder::new(p2p_core::history::History::default_location());
     let result = runtime.block_on(async {
+        let command = commands::run(cli.command, &recorder);
+        let mut command = std::pin::pin!(command);
         // Biased, Ctrl+C first: its handler is installed on the first poll, before the
         // command can print anything (a test sends SIGINT right after "listening on").
         tokio::select! {
             biased;
-            _ = tokio::signal::ctrl_c() => {
-                recorder.interrupted();
-                Err(anyhow::Error::new(exit::Interrupted))
-            }
-            result = commands::run(cli.command, &recorder) => result,
+            _ = tokio::signal::ctrl_c() => {}
+            result = &mut command => return result,
         }
+        // Stop on purpose: a running transfer tells the peer it was interrupted (so the
+        // peer keeps what arrived and waits for a resume) before it ends; waits end at
+        // once. A second Ctrl+C, or the grace period, cuts that short.
+        interrupt().trigger();
+        tokio::select! {
+            biased;
+            _ = tokio::signal::ctrl_c() => {}
+            _ = tokio::time::timeout(INTERRUPT_GRACE, &mut command) => {}
+        }
+        recorder.interrupted();
+        Err(anyhow::Error::new(exit::Interrupted))
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            if exit_code(&e) != 130 {
+                recorder.failed(&e);
+            }
             eprintln!("error: {}", exit::describe(&e));
             ExitCode::from(exit_code(&e))
         }
     }
+}
+
+/// How long Ctrl+C waits for a running transfer to tell the peer it stops.
+const INTERRUPT_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// The process's stop switch: Ctrl+C triggers it, every session of the command observes
+/// it (one command per process, so one switch).
+pub(crate) fn interrupt() -> p2p_core::Interrupt {
+    static INTERRUPT: std::sync::OnceLock<p2p_core::Interrupt> = std::sync::OnceLock::new();
+    INTERRUPT.get_or_init(p2p_core::Interrupt::new).clone()
+}
+
+/// How to run this program again in a printed command: `p2p-transfer` when that name
+/// on PATH is this very program, otherwise the path it was started with (after the
+/// quick start it is `./target/release/p2p-transfer`, not on PATH).
+pub(crate) fn program() -> &'static str {
+    static PROGRAM: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    PROGRAM.get_or_init(|| {
+        const NAME: &str = "p2p-transfer";
+        let started_as = std::env::args_os().next().map(std::path::PathBuf::from);
+        let this = std::env::current_exe().and_then(std::fs::canonicalize).ok();
+        let on_path = std::env::var_os("PATH").and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|dir| dir.join(NAME))
+                .find(|candidate| candidate.is_file())
+        });
+        let same = |p: &std::path::Path| std::fs::canonicalize(p).ok() == this;
+        match (on_path, started_as) {
+            (Some(found), _) if this.is_some() && same(&found) => NAME.to_owned(),
+            (_, Some(path)) if path.components().count() > 1 => {
+                commands::shell_quote(&path.display().to_string())
+            }
+            _ => match &this {
+                Some(exe) => commands::shell_quote(&exe.display().to_string()),
+                None => NAME.to_owned(),
+            },
+        }
+    })
+}
+
+/// Whether log lines may use colour: on a terminal, unless `NO_COLOR` is set to
+/// anything but an empty string (<https://no-color.org>).
+fn colour(no_color: Option<&std::ffi::OsStr>) -> bool {
+    no_color.is_none_or(|v| v.is_empty()) && std::io::IsTerminal::is_terminal(&std::io::stderr())
 }
 
 fn init_logging(verbose: u8) {
@@ -196,6 +259,6 @@ fn init_logging(verbose: u8) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_ansi(colour(std::env::var_os("NO_COLOR").as_deref()))
         .try_init();
 }

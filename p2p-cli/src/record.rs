@@ -14,10 +14,20 @@ pub struct Recorder {
     renderer: Renderer,
     history: Option<History>,
     tracker: Mutex<Tracker>,
-    resume_hint: Mutex<Option<String>>,
+    resume_hint: Mutex<Option<ResumeHint>>,
     receive_hint: Mutex<Option<ReceiveHint>>,
     /// The follow-up code of the last session let in by a code (its code is used up).
     resume_code: Mutex<Option<String>>,
+    /// The transfer that started and has not finished (it may be between attempts).
+    unfinished: Mutex<Option<(uuid::Uuid, Direction)>>,
+}
+
+/// The command that resumes the current send: `command`, then the code (if any), then
+/// `paths` (after the flags, so that a path cannot be taken for one).
+#[derive(Debug, Clone)]
+pub struct ResumeHint {
+    pub command: String,
+    pub paths: String,
 }
 
 /// How an interrupted receive continues: this receiver started again, and the sender's
@@ -41,6 +51,7 @@ impl Recorder {
             resume_hint: Mutex::new(None),
             receive_hint: Mutex::new(None),
             resume_code: Mutex::new(None),
+            unfinished: Mutex::new(None),
         }
     }
 
@@ -49,7 +60,7 @@ impl Recorder {
     }
 
     /// The command that resumes the current send, printed if it is interrupted.
-    pub fn set_resume_hint(&self, command: String) {
+    pub fn set_resume_hint(&self, command: ResumeHint) {
         *self.resume_hint.lock().unwrap_or_else(|p| p.into_inner()) = Some(command);
     }
 
@@ -84,67 +95,83 @@ impl Recorder {
     }
 
     /// Records the transfer in progress, if any, as interrupted, and tells the user how
-    /// to resume it.
+    /// to continue it — also when it is between two attempts (the connection was lost
+    /// and this side was waiting to reconnect).
     pub fn interrupted(&self) {
         let record = self
             .tracker()
             .end(Status::Interrupted, "interrupted by the user");
-        let Some(record) = record else {
+        if let Some(record) = &record {
+            self.write(record);
+        }
+        self.print_continue("interrupted; what arrived is kept");
+    }
+
+    /// The command failed for good: if a transfer it started can be resumed (the
+    /// connection was lost, the peer stopped it — not corrupted data or a protocol
+    /// violation), says how.
+    pub fn failed(&self, error: &anyhow::Error) {
+        let core = error
+            .chain()
+            .find_map(|c| c.downcast_ref::<p2p_core::Error>());
+        if core.is_some_and(|e| e.discards_partial_data()) {
+            return;
+        }
+        self.print_continue("stopped; what arrived is kept");
+    }
+
+    /// The peer stopped the transfer and this side waits for it: how to continue later
+    /// if this side is stopped too.
+    pub fn print_continue_later(&self) {
+        self.print_continue("if you stop here too (Ctrl+C), nothing is lost");
+    }
+
+    /// Prints how the unfinished transfer, if any, continues, under `headline`.
+    fn print_continue(&self, headline: &str) {
+        let Some((transfer_id, direction)) = *lock(&self.unfinished) else {
             return;
         };
-        let hint = self
-            .resume_hint
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        let receive_hint = self
-            .receive_hint
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let program = crate::program();
+        let hint = lock(&self.resume_hint).clone();
+        let receive_hint = lock(&self.receive_hint).clone();
         // The code that let the peer in is used up: both sides continue with the code
         // they derived from it (the same on both), given on both command lines.
-        let code = self
-            .resume_code
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        let code = lock(&self.resume_code)
             .clone()
             .map_or_else(String::new, |c| format!(" --code {c}"));
-        let receive_hint = receive_hint.map(|mut h| {
-            h.again.push_str(&code);
-            h
-        });
-        match (record.direction, hint, receive_hint) {
-            (Direction::Send, Some(command), _) => {
+        let text = match (direction, hint, receive_hint) {
+            (Direction::Send, Some(ResumeHint { command, paths }), _) => {
                 let receiver = if code.is_empty() {
                     String::new()
                 } else {
-                    format!("\n(the receiver, if it stopped too, runs `p2p-transfer receive --output <its folder>{code}` with the same code)")
+                    format!(
+                        "\n(if the receiver stopped too, it continues with the same code: \
+                         {program} receive --output <its folder>{code} --peer <this machine's address>)"
+                    )
                 };
-                eprintln!(
-                    "interrupted; the receiver keeps what arrived. Resume with:\n  {command}{code}{receiver}"
-                );
+                format!("{headline}. Resume with:\n  {command}{code} {paths}{receiver}")
             }
-            (Direction::Receive, _, Some(hint)) => {
+            (Direction::Receive, _, Some(mut hint)) => {
+                hint.again.push_str(&code);
                 let default = p2p_core::config::DEFAULT_CHUNK_SIZE;
                 let chunk = match hint.chunk_size {
                     Some(c) if c != default => format!(" --chunk-size {c}"),
                     _ => String::new(),
                 };
-                eprintln!(
-                    "interrupted; what arrived is kept. To continue, start this receiver \
-                     again:\n  {}\nand on the sending side:\n  \
-                     p2p-transfer resume {} {}{chunk}{code} --path <what was sent>",
-                    hint.again, record.transfer_id, hint.sender_reaches_us
+                format!(
+                    "{headline}. To continue, start this receiver again:\n  {}\n\
+                     and on the sending side (if it stopped too):\n  \
+                     {program} resume {transfer_id} {}{chunk}{code}",
+                    hint.again, hint.sender_reaches_us
                 )
             }
-            _ => eprintln!(
-                "interrupted; what arrived is kept. On the sending side, resume with:\n  \
-                 p2p-transfer resume {} --peer <this receiver's address> --path <what was sent>",
-                record.transfer_id
+            _ => format!(
+                "{headline}. On the sending side, resume with:\n  \
+                 {program} resume {transfer_id} --peer <this receiver's address>"
             ),
-        }
-        self.write(&record);
+        };
+        // On stderr, with what went wrong: stdout carries the transfer's own output.
+        eprintln!("{}", p2p_core::text::printable_lines(&text));
     }
 
     /// Records an incoming offer that was declined.
@@ -153,7 +180,7 @@ impl Recorder {
     }
 
     fn tracker(&self) -> std::sync::MutexGuard<'_, Tracker> {
-        self.tracker.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.tracker)
     }
 
     fn write(&self, record: &Record) {
@@ -167,8 +194,21 @@ impl Recorder {
     }
 }
 
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 impl EventSink for Recorder {
     fn emit(&self, event: TransferEvent) {
+        match &event {
+            TransferEvent::Started {
+                transfer_id,
+                direction,
+                ..
+            } => *lock(&self.unfinished) = Some((*transfer_id, *direction)),
+            TransferEvent::Finished { .. } => *lock(&self.unfinished) = None,
+            _ => {}
+        }
         let record = self.tracker().observe(&event);
         if let Some(record) = record {
             self.write(&record);

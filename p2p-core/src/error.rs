@@ -87,10 +87,7 @@ pub enum TransferError {
     },
     /// The peer aborted with a reason. `message` is the peer's own words, kept as they
     /// arrived; the error shows them [`printable`](crate::text::printable).
-    #[error(
-        "the peer refused or aborted the transfer: {}",
-        crate::text::printable(message)
-    )]
+    #[error("{}", peer_aborted(*code, message))]
     PeerAborted { code: ErrorCode, message: String },
     /// The connection closed before the transfer finished.
     #[error("the connection closed before the transfer finished")]
@@ -98,9 +95,17 @@ pub enum TransferError {
     /// The peer stopped answering.
     #[error("the peer stopped answering for {:.1} s", .0.as_secs_f64())]
     PeerSilent(std::time::Duration),
-    /// The local user cancelled.
-    #[error("the transfer was cancelled")]
+    /// The local user stopped (Ctrl+C, Cancel: see [`crate::Interrupt`]).
+    #[error("interrupted by the user")]
     Cancelled,
+}
+
+fn peer_aborted(code: ErrorCode, message: &str) -> String {
+    let message = crate::text::printable(message);
+    match code {
+        ErrorCode::Interrupted => format!("the peer stopped the transfer ({message})"),
+        _ => format!("the peer refused or aborted the transfer: {message}"),
+    }
 }
 
 fn already_exists(first: &str, count: usize) -> String {
@@ -152,8 +157,9 @@ pub enum Error {
     /// TLS, identity, or admission (codes, trusted devices) failed.
     #[error(transparent)]
     Security(#[from] crate::net::SecurityError),
-    /// Connecting, accepting or binding failed.
-    #[error("cannot {action} {addr}: {source}")]
+    /// Connecting, accepting or binding failed. Shown in words a person uses
+    /// ("nothing is listening at 10.0.0.5:14567"), not the OS's.
+    #[error("{}", connect_failure(action, addr, source))]
     Connect {
         action: &'static str,
         addr: String,
@@ -181,12 +187,29 @@ impl Error {
                 | TransferError::PeerSilent(_)
                 | TransferError::AckTimeout { .. },
             ) => true,
+            // The peer's user stopped it and may resume it: worth waiting for.
+            Error::Transfer(TransferError::PeerAborted {
+                code: ErrorCode::Interrupted,
+                ..
+            }) => true,
             Error::Transfer(_) => false,
             Error::Storage(_) => false,
             Error::Security(e) => e.is_transient(),
             Error::Connect { source, .. } => io_is_transient(source),
             Error::InvalidInput(_) => false,
         }
+    }
+
+    /// Whether the peer's user stopped the transfer (`Error { code: Interrupted }`):
+    /// it may come back to resume it.
+    pub fn peer_interrupted(&self) -> bool {
+        matches!(
+            self,
+            Error::Transfer(TransferError::PeerAborted {
+                code: ErrorCode::Interrupted,
+                ..
+            })
+        )
     }
 
     /// Whether data received before this error is untrustworthy and must not be resumed
@@ -219,7 +242,7 @@ impl Error {
                 TransferError::AlreadyExists { .. } => ErrorCode::AlreadyExists,
                 TransferError::InsufficientSpace { .. } => ErrorCode::InsufficientSpace,
                 TransferError::VerificationFailed { .. } => ErrorCode::VerificationFailed,
-                TransferError::Cancelled => ErrorCode::Cancelled,
+                TransferError::Cancelled => ErrorCode::Interrupted,
                 TransferError::Protocol(_) | TransferError::Decompress { .. } => {
                     ErrorCode::Protocol
                 }
@@ -244,6 +267,39 @@ impl Error {
             message: self.to_string(),
             version: PROTOCOL_VERSION,
         }
+    }
+}
+
+/// What a failed connect, accept or bind means, in plain words.
+fn connect_failure(action: &str, addr: &str, e: &io::Error) -> String {
+    use io::ErrorKind::*;
+    match (action, e.kind()) {
+        ("connect to", ConnectionRefused) => {
+            format!(
+                "nothing is listening at {addr} (is the other side started, and the port right?)"
+            )
+        }
+        ("connect to", TimedOut) => {
+            format!("no answer from {addr} (a firewall, or the wrong address?)")
+        }
+        ("connect to", HostUnreachable | NetworkUnreachable) => {
+            format!("{addr} cannot be reached from this network")
+        }
+        (_, AddrInUse) => format!("cannot {action} {addr}: the port is already in use"),
+        (_, AddrNotAvailable) => {
+            format!("cannot {action} {addr}: that address is not one of this machine's")
+        }
+        (_, PermissionDenied) => format!("cannot {action} {addr}: permission denied"),
+        _ => format!("cannot {action} {addr}: {}", os_words(e)),
+    }
+}
+
+/// An I/O error's text without the "(os error N)" tail.
+pub fn os_words(e: &io::Error) -> String {
+    let text = e.to_string();
+    match text.rfind(" (os error ") {
+        Some(at) if text.ends_with(')') => text[..at].to_owned(),
+        _ => text,
     }
 }
 

@@ -24,7 +24,7 @@
 //! | [`nat`] | STUN client (RFC 8489): public address and NAT mapping behaviour |
 //! | [`event`] | [`TransferEvent`] and [`EventSink`] |
 //! | [`history`] | the record of past transfers (JSON lines in the data directory) |
-//! | [`config`], [`error`], [`reconnect`] | defaults and limits; typed errors; retry policy |
+//! | [`config`], [`error`], [`reconnect`], [`interrupt`] | defaults and limits; typed errors; retry policy; stopping on purpose (Ctrl+C, Cancel) |
 //! | [`settings`] | the user's saved settings (JSON in the config folder), shared by the front ends |
 //! | [`text`] | showing what a peer chose (names, paths, error messages) with invisible and control characters escaped |
 //!
@@ -58,6 +58,7 @@ pub mod event;
 pub mod fs;
 pub mod handshake;
 pub mod history;
+pub mod interrupt;
 pub mod nat;
 pub mod net;
 pub mod reconnect;
@@ -72,6 +73,7 @@ pub mod wire;
 
 pub use error::{Error, Result};
 pub use event::{Direction, EventSink, NoEvents, TransferEvent};
+pub use interrupt::Interrupt;
 pub use session::{P2PSession, Role, SessionOptions};
 pub use transfer::{
     Decision, IncomingOffer, ReceiveOptions, Received, Receiver, Sender, TransferSummary,

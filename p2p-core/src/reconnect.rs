@@ -99,6 +99,10 @@ pub struct Reconnect {
     enabled: bool,
     backoff: Backoff,
     gave_up: bool,
+    interrupt: crate::Interrupt,
+    /// Retry only once an attempt has got as far as a session: a first connection
+    /// that fails (a typo in the address, nothing listening) is reported at once.
+    once_connected: bool,
 }
 
 impl Reconnect {
@@ -114,7 +118,23 @@ impl Reconnect {
             enabled,
             backoff,
             gave_up: false,
+            interrupt: crate::Interrupt::default(),
+            once_connected: false,
         }
+    }
+
+    /// Retries only after some attempt has established a session: reconnecting, not
+    /// connecting (the CLI's default, where a wrong address should fail at once).
+    pub fn once_connected(mut self) -> Self {
+        self.once_connected = true;
+        self
+    }
+
+    /// Ends the wait between two attempts as soon as `interrupt` is triggered, with
+    /// [`TransferError::Cancelled`](crate::error::TransferError::Cancelled).
+    pub fn interruptible(mut self, interrupt: crate::Interrupt) -> Self {
+        self.interrupt = interrupt;
+        self
     }
 
     /// Runs `attempt` until it succeeds, with the whole budget. A permanent error, or any error when retrying
@@ -132,17 +152,19 @@ impl Reconnect {
     {
         self.gave_up = false;
         self.backoff.reset();
+        let mut connected_once = false;
         loop {
             let progress = Progress::default();
             let error = match attempt(progress.clone()).await {
                 Ok(value) => return Ok(value),
                 Err(e) => e,
             };
-            if !self.enabled || !error.is_transient() {
-                return Err(error);
-            }
             if progress.was_connected() {
+                connected_once = true;
                 self.backoff.reset();
+            }
+            if !self.enabled || !error.is_transient() || (self.once_connected && !connected_once) {
+                return Err(error);
             }
             let Some(delay) = self.backoff.next_delay() else {
                 self.gave_up = true;
@@ -153,7 +175,11 @@ impl Reconnect {
                 delay,
                 attempt: self.backoff.retries(),
             });
-            tokio::time::sleep(delay).await;
+            let wait = async {
+                tokio::time::sleep(delay).await;
+                Ok(())
+            };
+            self.interrupt.guard(wait).await?;
         }
     }
 
@@ -249,6 +275,60 @@ mod tests {
             )
             .await;
         assert!(result.is_err() && !off.gave_up());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn once_connected_reports_a_first_failure_at_once_and_retries_after_a_session() {
+        // Nothing ever connected: no retry, whatever the budget.
+        let mut reconnect = Reconnect::new(true, 5).once_connected();
+        let mut calls = 0;
+        let result: Result<()> = reconnect
+            .run(
+                |_| {
+                    calls += 1;
+                    std::future::ready(Err(lost()))
+                },
+                |_| panic!("a first connection that fails is not retried"),
+            )
+            .await;
+        assert!(result.is_err() && calls == 1);
+        // Connected once, then lost, then refused twice: retried until it works.
+        let mut calls = 0;
+        let mut retries = Vec::new();
+        let result = reconnect
+            .run(
+                |progress| {
+                    calls += 1;
+                    let n = calls;
+                    async move {
+                        match n {
+                            1 => {
+                                progress.connected();
+                                Err(lost())
+                            }
+                            2 | 3 => Err(lost()),
+                            _ => Ok(n),
+                        }
+                    }
+                },
+                |r| retries.push(r.attempt),
+            )
+            .await;
+        assert_eq!(result.ok(), Some(4));
+        assert_eq!(retries, [1, 2, 3]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_interrupt_ends_the_wait_between_attempts() {
+        let interrupt = crate::Interrupt::new();
+        let mut reconnect = Reconnect::new(true, 0).interruptible(interrupt.clone());
+        let result: Result<()> = reconnect
+            .run(|_| std::future::ready(Err(lost())), |_| interrupt.trigger())
+            .await;
+        assert!(matches!(
+            result,
+            Err(Error::Transfer(TransferError::Cancelled))
+        ));
     }
 
     #[tokio::test(start_paused = true)]

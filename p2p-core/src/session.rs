@@ -52,6 +52,9 @@ pub struct SessionOptions {
     /// Most chunk data (`window × chunk`) a transfer may make this side hold; the
     /// negotiated configuration never exceeds it, whatever the peer asks.
     pub memory_budget: u64,
+    /// Stops the session on purpose (Ctrl+C, Cancel): waits end at once, and a running
+    /// transfer tells the peer it was interrupted (so it can be resumed) before it ends.
+    pub interrupt: crate::Interrupt,
 }
 
 impl Default for SessionOptions {
@@ -64,6 +67,7 @@ impl Default for SessionOptions {
             max_speed: None,
             idle_timeout: crate::transfer::IDLE_LIMIT,
             memory_budget: crate::config::DEFAULT_MEMORY_BUDGET,
+            interrupt: crate::Interrupt::default(),
         }
     }
 }
@@ -96,6 +100,7 @@ pub struct P2PSession<S> {
     identity: Option<PeerIdentity>,
     max_speed: Option<u64>,
     idle_timeout: std::time::Duration,
+    interrupt: crate::Interrupt,
 }
 
 impl P2PSession<SecureTcp> {
@@ -110,13 +115,16 @@ impl P2PSession<SecureTcp> {
     /// are dropped without ending the listener). For a listener that serves several
     /// peers, possibly at once, use an [`Endpoint`] and [`Self::open`].
     pub async fn accept(listener: &TcpListener, options: &SessionOptions) -> Result<Self> {
-        let connection = crate::net::endpoint::accept(listener, &options.security).await?;
+        let accepted =
+            async { Ok(crate::net::endpoint::accept(listener, &options.security).await?) };
+        let connection = options.interrupt.guard(accepted).await?;
         Self::establish(connection, options).await
     }
 
     /// Dials or accepts one peer through `endpoint` and establishes the session.
     pub async fn open(endpoint: &Endpoint, options: &SessionOptions) -> Result<Self> {
-        let connection = endpoint.connect(&options.security).await?;
+        let connected = async { Ok(endpoint.connect(&options.security).await?) };
+        let connection = options.interrupt.guard(connected).await?;
         Self::establish(connection, options).await
     }
 }
@@ -151,9 +159,12 @@ impl<S: Stream> P2PSession<S> {
                 Self::respond(stream, options).await
             }
         };
-        let mut session = tokio::time::timeout(HANDSHAKE_DEADLINE, handshake)
-            .await
-            .map_err(|_| HandshakeError::Timeout(HANDSHAKE_DEADLINE.as_secs()))??;
+        let deadline = async {
+            tokio::time::timeout(HANDSHAKE_DEADLINE, handshake)
+                .await
+                .map_err(|_| HandshakeError::Timeout(HANDSHAKE_DEADLINE.as_secs()))?
+        };
+        let mut session = options.interrupt.guard(deadline).await?;
         session.identity = Some(peer);
         session.peer_addr = remote_addr;
         Ok(session)
@@ -188,6 +199,7 @@ impl<S: Stream> P2PSession<S> {
             identity: None,
             max_speed: options.max_speed,
             idle_timeout: options.idle_timeout,
+            interrupt: options.interrupt.clone(),
         }
     }
 
@@ -279,6 +291,7 @@ impl<S: Stream> P2PSession<S> {
                 transfer_id,
                 max_speed: self.max_speed,
                 idle_limit: self.idle_timeout,
+                interrupt: self.interrupt.clone(),
             },
         )
         .await
@@ -317,7 +330,8 @@ impl<S: Stream> P2PSession<S> {
         F: Future<Output = Decision>,
     {
         let offer = loop {
-            match self.next_between_transfers().await? {
+            let interrupt = self.interrupt.clone();
+            match interrupt.guard(self.next_between_transfers()).await? {
                 None => return Ok(None),
                 Some(Err(e)) => return Err(e.into()),
                 Some(Ok(Message::Ping(v))) => self.framed.send(Message::Pong(v)).await?,
@@ -341,7 +355,9 @@ impl<S: Stream> P2PSession<S> {
         // Unsafe paths are refused by `receive_offer` without asking anybody.
         if validate_entries(&offer.entries).is_ok() {
             let incoming = IncomingOffer::new(&offer, &peer);
-            if let Decision::Decline(reason) = self.await_decision(decide(incoming)).await? {
+            let interrupt = self.interrupt.clone();
+            let decision = interrupt.guard(self.await_decision(decide(incoming)));
+            if let Decision::Decline(reason) = decision.await? {
                 let transfer_id = offer.transfer_id;
                 self.framed
                     .send(Message::Error {
@@ -361,7 +377,10 @@ impl<S: Stream> P2PSession<S> {
             options,
             &peer,
             events,
-            self.idle_timeout,
+            transfer::Watch {
+                idle_limit: self.idle_timeout,
+                interrupt: self.interrupt.clone(),
+            },
         )
         .await?;
         Ok(Some(Received::Completed(summary)))

@@ -236,6 +236,9 @@ pub enum ErrorCode {
     Cancelled,
     /// Anything else.
     Other,
+    /// The peer's user stopped a running transfer (Ctrl+C, Cancel). What arrived is
+    /// kept: the transfer can be resumed, and the other side may wait for that.
+    Interrupted,
 }
 
 /// Everything that crosses the wire. See `docs/protocol.md`.
@@ -645,6 +648,18 @@ mod tests {
         )
         .unwrap();
         assert_eq!(&buf[..], &[0, 0, 0, 4, 8, 1, 0xac, 0x02]);
+
+        buf.clear();
+        encode_frame(
+            &Message::Error {
+                code: ErrorCode::Interrupted,
+                message: "x".into(),
+                version: 2,
+            },
+            &mut buf,
+        )
+        .unwrap();
+        assert_eq!(&buf[..], &[0, 0, 0, 5, 2, 9, 1, b'x', 2]);
 
         let id = Uuid::from_u128(1);
         buf.clear();

@@ -58,6 +58,7 @@ pub fn session_options(
         config,
         max_speed: transfer.max_speed.0,
         memory_budget: transfer.memory_budget,
+        interrupt: crate::interrupt(),
         ..SessionOptions::default()
     };
     if let Some(name) = &session.name {
@@ -122,14 +123,20 @@ pub async fn endpoint(
     options: &SessionOptions,
     announce: Option<Option<u16>>,
 ) -> anyhow::Result<Endpoint> {
-    use anyhow::Context;
     match role {
-        crate::RoleArg::Client => Ok(Endpoint::dial(p2p_core::net::tcp::with_default_port(
-            session
-                .peer
-                .as_deref()
-                .context("--peer HOST:PORT is required to connect")?,
-        ))),
+        crate::RoleArg::Client => {
+            let peer = session.peer.as_deref().ok_or_else(|| {
+                crate::exit::Usage(
+                    "connecting needs the peer's address: add --peer HOST[:PORT] (or give \
+                     the code the other side printed)"
+                        .into(),
+                )
+            })?;
+            let addr = p2p_core::net::tcp::with_default_port(peer);
+            // Said at once: an unreachable address otherwise means seconds of silence.
+            eprintln!("connecting to {addr}…");
+            Ok(Endpoint::dial(addr))
+        }
         crate::RoleArg::Server => {
             let bind = format!("{}:{}", session.bind, session.port);
             let mut endpoint = Endpoint::listen(&bind).await?;
@@ -218,13 +225,15 @@ pub fn check_role(role: crate::RoleArg, session: &SessionArgs) -> anyhow::Result
     Ok(())
 }
 
-/// Runs `attempt` until it succeeds, retrying transient failures with backoff when
-/// `--auto-reconnect` is on (the loop is p2p-core's, shared with the GUI). The budget
+/// Runs `attempt` until it succeeds, retrying transient failures with backoff unless
+/// `--no-auto-reconnect` (the loop is p2p-core's, shared with the GUI). The budget
 /// counts consecutive failures: an attempt that got as far as a session resets it.
+/// `peer` names the other side in messages ("sender", "receiver").
 pub async fn with_reconnect<F, Fut>(
     session: &SessionArgs,
     endpoint: &Endpoint,
     recorder: &Recorder,
+    peer: &str,
     attempt: F,
 ) -> anyhow::Result<()>
 where
@@ -241,23 +250,33 @@ where
         p2p_core::reconnect::Backoff::new(session.max_retries)
     };
     let mut reconnect =
-        p2p_core::reconnect::Reconnect::with_backoff(session.auto_reconnect, backoff);
+        p2p_core::reconnect::Reconnect::with_backoff(!session.no_auto_reconnect, backoff)
+            .interruptible(crate::interrupt())
+            .once_connected();
+    let budget = session.max_retries;
     let result = reconnect
         .run(attempt, |retry| {
-            let line = if listening {
-                format!(
-                    "connection problem: {}; waiting for the peer to connect again (attempt {})",
-                    retry.error, retry.attempt
-                )
+            let interrupted = retry.error.peer_interrupted();
+            let what = if interrupted {
+                format!("the {peer} stopped the transfer; what arrived is kept")
             } else {
-                format!(
-                    "connection problem: {}; reconnecting in {} s (attempt {})",
-                    retry.error,
-                    retry.delay.as_secs(),
-                    retry.attempt
-                )
+                format!("connection lost ({})", retry.error)
             };
-            recorder.renderer().line(&line);
+            if listening {
+                let until = if interrupted {
+                    "waiting for it to resume"
+                } else {
+                    "waiting for it to connect again"
+                };
+                recorder
+                    .renderer()
+                    .line(&format!("{what} — {until} (Ctrl+C to stop)"));
+            } else {
+                crate::countdown::show(&what, retry.delay, retry.attempt, budget);
+            }
+            if interrupted {
+                recorder.print_continue_later();
+            }
         })
         .await;
     match result {

@@ -43,6 +43,9 @@ pub struct ReceiveArgs {
     pub transfer: TransferArgs,
 }
 
+/// The other side, in messages.
+const PEER: &str = "sender";
+
 pub async fn run(args: ReceiveArgs, recorder: &Recorder) -> anyhow::Result<()> {
     let ceilings = p2p_core::config::ceilings(true);
     let role = args.role.unwrap_or(
@@ -84,7 +87,7 @@ pub async fn run(args: ReceiveArgs, recorder: &Recorder) -> anyhow::Result<()> {
     let listening = endpoint.is_listening();
     let keep_listening = args.keep_listening;
     let remember = args.session.remember;
-    super::with_reconnect(&args.session, &endpoint, recorder, |progress| {
+    super::with_reconnect(&args.session, &endpoint, recorder, PEER, |progress| {
         let (endpoint, options, receive, done) = (&endpoint, &options, &receive, &done);
         async move {
             loop {
@@ -166,7 +169,8 @@ fn receive_hint(args: &ReceiveArgs, endpoint: &p2p_core::net::Endpoint) -> Recei
             };
             ReceiveHint {
                 again: format!(
-                    "p2p-transfer receive --output {output} --port {}{bind}",
+                    "{} receive --output {output} --port {}{bind}",
+                    crate::program(),
                     local.port()
                 ),
                 sender_reaches_us: format!("--peer {host}:{}", local.port()),
@@ -181,7 +185,8 @@ fn receive_hint(args: &ReceiveArgs, endpoint: &p2p_core::net::Endpoint) -> Recei
                 .to_owned();
             ReceiveHint {
                 again: format!(
-                    "p2p-transfer receive --output {output} --role client --peer {}",
+                    "{} receive --output {output} --role client --peer {}",
+                    crate::program(),
                     super::shell_quote(&peer)
                 ),
                 sender_reaches_us: format!("--role server --port {port}"),

@@ -36,9 +36,13 @@ pub struct SendArgs {
 pub struct ResumeArgs {
     /// The id printed when the transfer was interrupted (also in `p2p-transfer history`).
     pub transfer_id: Uuid,
-    /// The files and folders of the interrupted transfer.
-    #[arg(long = "path", required = true, num_args = 1.., value_name = "PATH")]
+    /// The files and folders of the interrupted transfer, as given to `send` (all of
+    /// them, unchanged).
+    #[arg(value_name = "PATH", required_unless_present = "path")]
     pub paths: Vec<PathBuf>,
+    /// The same, the way older versions printed it.
+    #[arg(long = "path", num_args = 1.., value_name = "PATH", hide = true)]
+    pub path: Vec<PathBuf>,
     /// Connect to the peer (client, the default with --peer) or wait for it to connect
     /// (server).
     #[arg(long, value_enum)]
@@ -50,8 +54,10 @@ pub struct ResumeArgs {
 }
 
 pub async fn resume(args: ResumeArgs, recorder: &Recorder) -> anyhow::Result<()> {
+    let mut paths = args.paths;
+    paths.extend(args.path);
     let send = SendArgs {
-        paths: args.paths,
+        paths,
         role: args.role,
         discover: None,
         session: args.session,
@@ -59,6 +65,9 @@ pub async fn resume(args: ResumeArgs, recorder: &Recorder) -> anyhow::Result<()>
     };
     send_as(send, Some(args.transfer_id), recorder).await
 }
+
+/// The other side, in messages.
+const PEER: &str = "receiver";
 
 pub async fn run(args: SendArgs, recorder: &Recorder) -> anyhow::Result<()> {
     send_as(args, None, recorder).await
@@ -95,7 +104,10 @@ async fn send_as(
     let endpoint = super::endpoint(role, &args.session, &options, Some(nameplate)).await?;
     if let Some(code) = &generated {
         println!("code: {code}");
-        eprintln!("on the receiving machine, run:  p2p-transfer receive {code}");
+        eprintln!(
+            "on the receiving machine, run:  {} receive {code}",
+            crate::program()
+        );
     }
     let transfer_id = transfer_id.unwrap_or_else(Uuid::new_v4);
     let peer = match (&args.session.peer, endpoint.local_addr()) {
@@ -106,7 +118,7 @@ async fn send_as(
     let paths: Vec<String> = args
         .paths
         .iter()
-        .map(|p| format!("--path {}", super::shell_quote(&p.display().to_string())))
+        .map(|p| super::shell_quote(&p.display().to_string()))
         .collect();
     // The same chunk size resumes every chunk held (another one loses the chunks that
     // only partly cover one of the new size): say so when it is not the default.
@@ -114,14 +126,20 @@ async fn send_as(
         c if c == defaults.chunk_size => String::new(),
         c => format!(" --chunk-size {c}"),
     };
-    recorder.set_resume_hint(format!(
-        "p2p-transfer resume {transfer_id} {peer} {}{chunk}",
-        paths.join(" ")
-    ));
+    // `--` keeps a path that starts with "-" from being taken for a flag.
+    let dashes = if paths.iter().any(|p| p.starts_with('-')) {
+        "-- "
+    } else {
+        ""
+    };
+    recorder.set_resume_hint(crate::record::ResumeHint {
+        command: format!("{} resume {transfer_id} {peer}{chunk}", crate::program()),
+        paths: format!("{dashes}{}", paths.join(" ")),
+    });
     // Every attempt offers the same transfer id: after a reconnection the receiver
     // resumes it, and only what is missing is sent.
     let remember = args.session.remember;
-    super::with_reconnect(&args.session, &endpoint, recorder, |progress| {
+    super::with_reconnect(&args.session, &endpoint, recorder, PEER, |progress| {
         let (endpoint, options, manifest) = (&endpoint, &options, &manifest);
         async move {
             let mut session = super::open_session(endpoint, options).await?;

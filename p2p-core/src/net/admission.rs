@@ -91,8 +91,12 @@ pub struct PeerIdentity {
 enum CodeState {
     None,
     Fresh(Code),
-    /// Used by a successful session; only the key that used it may come back.
-    Used,
+    /// Used by a successful session; only the key that used it may come back, with no
+    /// code or with the follow-up code both sides derived (`follow_up`, which a
+    /// restarted peer needs: it no longer knows it was paired).
+    Used {
+        follow_up: Option<Code>,
+    },
     /// A failed attempt burnt it.
     Burnt,
 }
@@ -177,7 +181,8 @@ impl Admission {
     fn code(&self) -> Option<Code> {
         match &self.state().code {
             CodeState::Fresh(code) => Some(code.clone()),
-            CodeState::None | CodeState::Used | CodeState::Burnt => None,
+            CodeState::Used { follow_up } => follow_up.clone(),
+            CodeState::None | CodeState::Burnt => None,
         }
     }
 }
@@ -254,7 +259,8 @@ where
             }
         }
     };
-    let verdict = judge(admission, channel, &pake);
+    let follow_up = proven_key.as_deref().map(resume_code);
+    let verdict = judge(admission, channel, &pake, follow_up.clone());
     let (accepted, reason) = match &verdict {
         Ok(_) => (true, String::new()),
         Err(e) => (false, e.to_string()),
@@ -291,7 +297,7 @@ where
         device_id: channel.peer.device_id(),
         fingerprint: channel.peer,
         admitted,
-        resume_code: proven_key.as_deref().map(resume_code),
+        resume_code: follow_up,
     })
 }
 
@@ -310,7 +316,12 @@ pub fn resume_code(key: &[u8]) -> Code {
 }
 
 /// This side's verdict on the peer, updating the code's state.
-fn judge(admission: &Admission, channel: &Channel, pake: &Pake) -> Result<Admitted, SecurityError> {
+fn judge(
+    admission: &Admission,
+    channel: &Channel,
+    pake: &Pake,
+    follow_up: Option<Code>,
+) -> Result<Admitted, SecurityError> {
     let mut state = admission.state();
     let peer = channel.peer;
     for pin in [state.pinned, state.expected].into_iter().flatten() {
@@ -326,9 +337,14 @@ fn judge(admission: &Admission, channel: &Channel, pake: &Pake) -> Result<Admitt
     let mut refusal = None;
     match pake {
         Pake::Proven => {
-            state.code = CodeState::Used;
+            state.code = CodeState::Used { follow_up };
             state.paired.push(peer);
             return Ok(Admitted::Code);
+        }
+        // A wrong try at the follow-up code burns it; the code itself was used.
+        Pake::Failed if matches!(state.code, CodeState::Used { .. }) => {
+            state.code = CodeState::Used { follow_up: None };
+            return Err(SecurityError::CodeUsed);
         }
         Pake::Failed => {
             state.code = CodeState::Burnt;
@@ -337,7 +353,7 @@ fn judge(admission: &Admission, channel: &Channel, pake: &Pake) -> Result<Admitt
         Pake::PeerWithout => refusal = Some(SecurityError::CodeMissing { here: false }),
         Pake::OursMissing => {
             refusal = Some(match state.code {
-                CodeState::Used => SecurityError::CodeUsed,
+                CodeState::Used { .. } => SecurityError::CodeUsed,
                 CodeState::Burnt => SecurityError::CodeBurnt,
                 _ => SecurityError::CodeMissing { here: true },
             })
@@ -364,7 +380,7 @@ fn judge(admission: &Admission, channel: &Channel, pake: &Pake) -> Result<Admitt
     if state.accept_unknown {
         return Ok(Admitted::Unknown);
     }
-    if matches!(state.code, CodeState::Used) {
+    if matches!(state.code, CodeState::Used { .. }) {
         return Err(SecurityError::CodeUsed);
     }
     Err(SecurityError::UnknownDevice(peer.device_id()))

@@ -139,7 +139,7 @@ impl Machine for Receiver {
 }
 
 /// How one send runs, beyond the session's agreed configuration.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct SendOptions {
     /// Reusing the id of an interrupted attempt lets the receiver resume it.
     pub transfer_id: Uuid,
@@ -147,6 +147,18 @@ pub struct SendOptions {
     pub max_speed: Option<u64>,
     /// Give up on a peer silent for this long.
     pub idle_limit: Duration,
+    /// Stop on purpose, telling the peer the transfer was interrupted.
+    pub interrupt: crate::Interrupt,
+}
+
+/// What ends a running transfer besides its own protocol: a silent peer, or this side's
+/// user.
+#[derive(Debug, Clone)]
+pub struct Watch {
+    /// Give up on a peer silent for this long.
+    pub idle_limit: Duration,
+    /// Stop on purpose, telling the peer the transfer was interrupted.
+    pub interrupt: crate::Interrupt,
 }
 
 /// Sends `manifest` over an established session stream.
@@ -165,7 +177,12 @@ where
         transfer_id,
         max_speed,
         idle_limit,
+        interrupt,
     } = send;
+    let watch = Watch {
+        idle_limit,
+        interrupt,
+    };
     for (path, reason) in &manifest.skipped {
         events.emit(TransferEvent::Skipped {
             path: path.display().to_string(),
@@ -198,7 +215,7 @@ where
         transfer_id,
         events,
         throttle.as_mut(),
-        idle_limit,
+        &watch,
         DiskIo::inline(|s: &mut Sender| {
             let Some(req) = s.poll_read() else {
                 return Ok(false);
@@ -229,7 +246,7 @@ pub async fn receive_offer<S>(
     options: &ReceiveOptions,
     peer: &str,
     events: &dyn EventSink,
-    idle_limit: Duration,
+    watch: Watch,
 ) -> Result<TransferSummary>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -306,7 +323,7 @@ where
         transfer_id,
         events,
         None,
-        idle_limit,
+        &watch,
         DiskIo {
             serve,
             background: Some(Background {
@@ -494,7 +511,7 @@ async fn drive<S, M>(
     transfer_id: Uuid,
     events: &dyn EventSink,
     throttle: Option<&mut TokenBucket>,
-    idle_limit: Duration,
+    watch: &Watch,
     mut io: DiskIo<impl FnMut(&mut M) -> Result<bool>>,
 ) -> Result<()>
 where
@@ -507,7 +524,7 @@ where
         transfer_id,
         events,
         throttle,
-        idle_limit,
+        watch,
         &mut io,
     )
     .await;
@@ -527,13 +544,14 @@ async fn drive_inner<S, M>(
     transfer_id: Uuid,
     events: &dyn EventSink,
     mut throttle: Option<&mut TokenBucket>,
-    idle_limit: Duration,
+    watch: &Watch,
     io: &mut DiskIo<impl FnMut(&mut M) -> Result<bool>>,
 ) -> Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin,
     M: Machine,
 {
+    let idle_limit = watch.idle_limit;
     let mut link = Link::new(Instant::now());
     let mut last_progress: Option<Instant> = None;
     let mut ping_seq = 0u64;
@@ -589,15 +607,20 @@ where
             .into_iter()
             .flatten()
             .fold(ping_at.min(idle_at), Instant::min);
-        let wake = link
-            .turn(
-                framed,
-                throttle.as_deref_mut(),
-                reading,
-                io.background.as_ref(),
-                deadline,
-            )
-            .await?;
+        // `turn` only ever hands whole frames to the stream, so stopping it midway
+        // leaves nothing half-written before the `Error` that tells the peer why.
+        let turn = link.turn(
+            framed,
+            throttle.as_deref_mut(),
+            reading,
+            io.background.as_ref(),
+            deadline,
+        );
+        let wake = tokio::select! {
+            biased;
+            () = watch.interrupt.triggered() => return Err(TransferError::Cancelled.into()),
+            wake = turn => wake?,
+        };
         match wake {
             Wake::Frame(frame) => {
                 let now = Instant::now();

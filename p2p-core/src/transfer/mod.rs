@@ -28,7 +28,7 @@ mod window;
 
 pub use crate::chunk::{ChunkSet, Layout, ResumeInfo};
 pub use driver::{
-    receive_offer, send_manifest, ReceiveOptions, SendOptions, TransferSummary, IDLE_LIMIT,
+    receive_offer, send_manifest, ReceiveOptions, SendOptions, TransferSummary, Watch, IDLE_LIMIT,
 };
 pub use incoming::{Decision, IncomingOffer, OfferedEntry, Received};
 pub use receiver::{IoRequest, Receiver};
