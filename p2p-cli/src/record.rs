@@ -33,9 +33,10 @@ pub struct ReceiveHint {
 }
 
 impl Recorder {
-    pub fn new(history: Option<History>) -> Self {
+    /// Renders through `renderer` (bars or plain lines, or JSON lines for `--json`).
+    pub fn new(history: Option<History>, renderer: Renderer) -> Self {
         Self {
-            renderer: Renderer::new(),
+            renderer,
             history,
             tracker: Mutex::new(Tracker::default()),
             resume_hint: Mutex::new(None),
@@ -83,6 +84,24 @@ impl Recorder {
         self.tracker().set_peer(peer);
     }
 
+    /// The peer of the session just opened: records name its address and the device id
+    /// the connection proved.
+    pub fn set_peer_details(&self, session: &p2p_core::P2PSession<p2p_core::net::SecureTcp>) {
+        let address = session.peer_addr().map(|a| a.to_string());
+        let device_id = session.peer_identity().map(|p| p.device_id.to_string());
+        self.tracker().set_peer_details(address, device_id);
+    }
+
+    /// What this side sends: records keep the absolute paths.
+    pub fn set_sent_paths(&self, paths: &[std::path::PathBuf]) {
+        self.tracker().set_sent_paths(paths);
+    }
+
+    /// Where this side receives into: records keep it (absolute) and the paths written.
+    pub fn set_output_dir(&self, dir: &std::path::Path) {
+        self.tracker().set_output_dir(dir);
+    }
+
     /// Records the transfer in progress, if any, as interrupted, and tells the user how
     /// to resume it.
     pub fn interrupted(&self) {
@@ -121,9 +140,9 @@ impl Recorder {
                 } else {
                     format!("\n(the receiver, if it stopped too, runs `p2p-transfer receive --output <its folder>{code}` with the same code)")
                 };
-                eprintln!(
+                self.renderer.eprintln(&format!(
                     "interrupted; the receiver keeps what arrived. Resume with:\n  {command}{code}{receiver}"
-                );
+                ));
             }
             (Direction::Receive, _, Some(hint)) => {
                 let default = p2p_core::config::DEFAULT_CHUNK_SIZE;
@@ -131,25 +150,26 @@ impl Recorder {
                     Some(c) if c != default => format!(" --chunk-size {c}"),
                     _ => String::new(),
                 };
-                eprintln!(
+                self.renderer.eprintln(&format!(
                     "interrupted; what arrived is kept. To continue, start this receiver \
                      again:\n  {}\nand on the sending side:\n  \
                      p2p-transfer resume {} {}{chunk}{code} --path <what was sent>",
                     hint.again, record.transfer_id, hint.sender_reaches_us
-                )
+                ))
             }
-            _ => eprintln!(
+            _ => self.renderer.eprintln(&format!(
                 "interrupted; what arrived is kept. On the sending side, resume with:\n  \
                  p2p-transfer resume {} --peer <this receiver's address> --path <what was sent>",
                 record.transfer_id
-            ),
+            )),
         }
         self.write(&record);
     }
 
     /// Records an incoming offer that was declined.
     pub fn declined(&self, offer: &IncomingOffer, reason: &str) {
-        self.write(&Record::declined(offer, reason));
+        let record = self.tracker().annotate(Record::declined(offer, reason));
+        self.write(&record);
     }
 
     fn tracker(&self) -> std::sync::MutexGuard<'_, Tracker> {
