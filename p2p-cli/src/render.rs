@@ -163,11 +163,13 @@ impl Renderer {
                 multi,
                 overall,
                 file,
+                current,
                 ..
             } if overall.is_some() || file.is_some() => {
                 // Dropped out of sight: nothing redraws (or clears) them any more.
                 multi.set_draw_target(ProgressDrawTarget::hidden());
                 drop([file.take(), overall.take()]);
+                current.clear();
                 multi.set_draw_target(ProgressDrawTarget::stdout());
                 // The cursor is at the end of the last bar, or after an echoed `^C`.
                 eprintln!("\n{text}");
