@@ -20,6 +20,7 @@
 mod commands;
 mod countdown;
 mod exit;
+mod json;
 mod record;
 mod render;
 mod size;
@@ -109,6 +110,10 @@ pub struct SessionArgs {
     /// Reconnection attempts in a row before giving up (0 = no limit).
     #[arg(long, default_value_t = 10)]
     pub max_retries: u32,
+    /// Print one JSON object per line on stdout for each event (started, progress,
+    /// file_done, done, error, …; see docs/json-events.md); other output goes to stderr.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// How to move the bytes.
@@ -154,8 +159,23 @@ pub fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
-            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+            let code = if e.use_stderr() { 2 } else { 0 };
+            // A script that asked for JSON gets its `error` line even for a bad command line.
+            if code != 0 && std::env::args_os().any(|a| a == "--json") {
+                let message = e.kind().to_string();
+                json::print(&json::Event::Error {
+                    exit_code: code,
+                    message: &message,
+                });
+            }
+            return ExitCode::from(code);
         }
+    };
+    let output = match &cli.command {
+        Command::Send(args) if args.session.json => render::Output::Json,
+        Command::Receive(args) if args.session.json => render::Output::Json,
+        Command::Resume(args) if args.session.json => render::Output::Json,
+        _ => render::Output::Human,
     };
     init_logging(cli.verbose);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -168,7 +188,10 @@ pub fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let recorder = record::Recorder::new(p2p_core::history::History::default_location());
+    let recorder = record::Recorder::new(
+        p2p_core::history::History::default_location(),
+        render::Renderer::with_output(output),
+    );
     let result = runtime.block_on(async {
         let command = commands::run(cli.command, &recorder);
         let mut command = std::pin::pin!(command);
@@ -194,11 +217,12 @@ pub fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            if exit_code(&e) != 130 {
+            let code = exit_code(&e);
+            recorder.renderer().error(code, &exit::describe(&e));
+            if code != 130 {
                 recorder.failed(&e);
             }
-            eprintln!("error: {}", exit::describe(&e));
-            ExitCode::from(exit_code(&e))
+            ExitCode::from(code)
         }
     }
 }

@@ -43,9 +43,10 @@ pub struct ReceiveHint {
 }
 
 impl Recorder {
-    pub fn new(history: Option<History>) -> Self {
+    /// Renders through `renderer` (bars or plain lines, or JSON lines for `--json`).
+    pub fn new(history: Option<History>, renderer: Renderer) -> Self {
         Self {
-            renderer: Renderer::new(),
+            renderer,
             history,
             tracker: Mutex::new(Tracker::default()),
             resume_hint: Mutex::new(None),
@@ -92,6 +93,24 @@ impl Recorder {
     /// that is refused before it starts.
     pub fn set_peer(&self, peer: &str) {
         self.tracker().set_peer(peer);
+    }
+
+    /// The peer of the session just opened: records name its address and the device id
+    /// the connection proved.
+    pub fn set_peer_details(&self, session: &p2p_core::P2PSession<p2p_core::net::SecureTcp>) {
+        let address = session.peer_addr().map(|a| a.to_string());
+        let device_id = session.peer_identity().map(|p| p.device_id.to_string());
+        self.tracker().set_peer_details(address, device_id);
+    }
+
+    /// What this side sends: records keep the absolute paths.
+    pub fn set_sent_paths(&self, paths: &[std::path::PathBuf]) {
+        self.tracker().set_sent_paths(paths);
+    }
+
+    /// Where this side receives into: records keep it (absolute) and the paths written.
+    pub fn set_output_dir(&self, dir: &std::path::Path) {
+        self.tracker().set_output_dir(dir);
     }
 
     /// Records the transfer in progress, if any, as interrupted, and tells the user how
@@ -171,12 +190,13 @@ impl Recorder {
             ),
         };
         // On stderr, with what went wrong: stdout carries the transfer's own output.
-        eprintln!("{}", p2p_core::text::printable_lines(&text));
+        self.renderer.eprintln(&text);
     }
 
     /// Records an incoming offer that was declined.
     pub fn declined(&self, offer: &IncomingOffer, reason: &str) {
-        self.write(&Record::declined(offer, reason));
+        let record = self.tracker().annotate(Record::declined(offer, reason));
+        self.write(&record);
     }
 
     fn tracker(&self) -> std::sync::MutexGuard<'_, Tracker> {

@@ -49,6 +49,31 @@ pub struct Record {
     pub status: Status,
     /// The error, for failed and interrupted transfers.
     pub error: Option<String>,
+    // Fields added later: `#[serde(default)]`, so that older lines still load (as
+    // `None` or empty: not known then).
+    /// Size of the whole transfer, what was already there included.
+    #[serde(default)]
+    pub total_bytes: Option<u64>,
+    /// Bytes this attempt actually moved over the connection (a resumed transfer does
+    /// not move what the receiver already held).
+    #[serde(default)]
+    pub moved_bytes: Option<u64>,
+    /// Bytes the receiver already held from an earlier attempt (0 when not resumed).
+    #[serde(default)]
+    pub skipped_bytes: Option<u64>,
+    /// The peer's socket address, when connected over TCP.
+    #[serde(default)]
+    pub peer_address: Option<String>,
+    /// The peer's device id as proven by the connection (not what it announced).
+    #[serde(default)]
+    pub peer_device_id: Option<String>,
+    /// Absolute paths on this machine: what was sent, or where each received top-level
+    /// entry was written.
+    #[serde(default)]
+    pub local_paths: Vec<String>,
+    /// The receiving side's output folder, absolute.
+    #[serde(default)]
+    pub output_dir: Option<String>,
 }
 
 impl Record {
@@ -78,6 +103,13 @@ impl Record {
             duration_secs: duration.as_secs_f64(),
             status,
             error,
+            total_bytes: None,
+            moved_bytes: None,
+            skipped_bytes: None,
+            peer_address: None,
+            peer_device_id: None,
+            local_paths: Vec::new(),
+            output_dir: None,
         }
     }
 }
@@ -129,10 +161,19 @@ pub fn utc(secs: u64) -> String {
 /// Follows the events of one transfer at a time and makes its history [`Record`] when
 /// it ends, so that every front end records transfers alike. Front ends write the
 /// records where they like (usually [`History::append`]).
+///
+/// What the events do not say — the peer's address and proven id, the local paths —
+/// the front end tells it beforehand ([`Tracker::set_peer_details`],
+/// [`Tracker::set_sent_paths`], [`Tracker::set_output_dir`]); records name them when
+/// known.
 #[derive(Debug, Default)]
 pub struct Tracker {
     current: Option<InFlight>,
     peer: String,
+    peer_address: Option<String>,
+    peer_device_id: Option<String>,
+    sent_paths: Vec<String>,
+    output_dir: Option<PathBuf>,
 }
 
 #[derive(Debug)]
@@ -143,7 +184,18 @@ struct InFlight {
     roots: Vec<String>,
     files_done: u64,
     done_bytes: u64,
+    total_bytes: u64,
+    skipped_bytes: u64,
     started: Instant,
+}
+
+/// `path` made absolute (against the current directory; symlinks are not resolved), as
+/// text.
+fn absolute(path: &Path) -> String {
+    std::path::absolute(path)
+        .unwrap_or_else(|_| path.to_path_buf())
+        .display()
+        .to_string()
 }
 
 impl Tracker {
@@ -153,9 +205,51 @@ impl Tracker {
         self.peer = peer.into();
     }
 
+    /// The peer of the session: its socket address and the device id the connection
+    /// proved, when known. Records of the transfers that follow name them.
+    pub fn set_peer_details(&mut self, address: Option<String>, device_id: Option<String>) {
+        self.peer_address = address;
+        self.peer_device_id = device_id;
+    }
+
+    /// What this side sends (made absolute): the local paths of send records.
+    pub fn set_sent_paths(&mut self, paths: &[PathBuf]) {
+        self.sent_paths = paths.iter().map(|p| absolute(p)).collect();
+    }
+
+    /// Where this side receives into (made absolute): receive records name it, and
+    /// each received top-level entry in it as a local path.
+    pub fn set_output_dir(&mut self, dir: &Path) {
+        self.output_dir = Some(std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf()));
+    }
+
     /// The transfer under way, if any.
     pub fn current(&self) -> Option<(Uuid, Direction)> {
         self.current.as_ref().map(|t| (t.transfer_id, t.direction))
+    }
+
+    /// Adds what this tracker knows about the session — the peer's address and proven
+    /// id, the local paths — to a record made elsewhere (e.g. [`Record::declined`]).
+    pub fn annotate(&self, mut record: Record) -> Record {
+        record.peer_address = self.peer_address.clone();
+        record.peer_device_id = self.peer_device_id.clone();
+        match record.direction {
+            Direction::Send => record.local_paths = self.sent_paths.clone(),
+            Direction::Receive => {
+                if let Some(dir) = &self.output_dir {
+                    record.output_dir = Some(dir.display().to_string());
+                    // A declined offer wrote nothing: it has no local paths.
+                    if record.status != Status::Declined {
+                        record.local_paths = record
+                            .files
+                            .iter()
+                            .map(|root| dir.join(root).display().to_string())
+                            .collect();
+                    }
+                }
+            }
+        }
+        record
     }
 
     /// Takes one event; returns the record when the event ends a transfer (`Finished`,
@@ -167,6 +261,7 @@ impl Tracker {
                 direction,
                 peer,
                 roots,
+                total_bytes,
                 ..
             } => {
                 self.current = Some(InFlight {
@@ -176,8 +271,23 @@ impl Tracker {
                     roots: roots.clone(),
                     files_done: 0,
                     done_bytes: 0,
+                    total_bytes: *total_bytes,
+                    skipped_bytes: 0,
                     started: Instant::now(),
                 });
+                None
+            }
+            TransferEvent::Resumed {
+                transfer_id,
+                skipped_bytes,
+            } => {
+                if let Some(t) = self
+                    .current
+                    .as_mut()
+                    .filter(|t| t.transfer_id == *transfer_id)
+                {
+                    t.skipped_bytes = *skipped_bytes;
+                }
                 None
             }
             TransferEvent::Progress { done_bytes, .. } => {
@@ -193,33 +303,29 @@ impl Tracker {
                 None
             }
             TransferEvent::Finished { files, bytes, .. } => {
-                let t = self.current.take()?;
-                Some(Record::now(
-                    t.transfer_id,
-                    t.direction,
-                    t.peer,
-                    t.roots,
-                    *files,
-                    *bytes,
-                    t.started.elapsed(),
-                    Status::Completed,
-                    None,
-                ))
+                let mut t = self.current.take()?;
+                t.files_done = *files;
+                t.done_bytes = *bytes;
+                Some(self.record(t, Status::Completed, None))
             }
             TransferEvent::Failed { transfer_id, error } => {
                 match self.current.take_if(|t| t.transfer_id == *transfer_id) {
-                    Some(t) => Some(t.record(Status::Failed, Some(error.clone()))),
-                    None => Some(Record::now(
-                        *transfer_id,
-                        Direction::Receive,
-                        self.peer.clone(),
-                        Vec::new(),
-                        0,
-                        0,
-                        Duration::ZERO,
-                        Status::Failed,
-                        Some(error.clone()),
-                    )),
+                    Some(t) => Some(self.record(t, Status::Failed, Some(error.clone()))),
+                    None => {
+                        let mut record = Record::now(
+                            *transfer_id,
+                            Direction::Receive,
+                            self.peer.clone(),
+                            Vec::new(),
+                            0,
+                            0,
+                            Duration::ZERO,
+                            Status::Failed,
+                            Some(error.clone()),
+                        );
+                        record.moved_bytes = Some(0);
+                        Some(self.annotate(record))
+                    }
                 }
             }
             _ => None,
@@ -230,23 +336,27 @@ impl Tracker {
     /// cancel, a dropped connection): its record, with what had been done by then.
     pub fn end(&mut self, status: Status, error: impl Into<String>) -> Option<Record> {
         let t = self.current.take()?;
-        Some(t.record(status, Some(error.into())))
+        Some(self.record(t, status, Some(error.into())))
     }
-}
 
-impl InFlight {
-    fn record(self, status: Status, error: Option<String>) -> Record {
-        Record::now(
-            self.transfer_id,
-            self.direction,
-            self.peer,
-            self.roots,
-            self.files_done,
-            self.done_bytes,
-            self.started.elapsed(),
+    fn record(&self, t: InFlight, status: Status, error: Option<String>) -> Record {
+        let mut record = Record::now(
+            t.transfer_id,
+            t.direction,
+            t.peer,
+            t.roots,
+            t.files_done,
+            t.done_bytes,
+            t.started.elapsed(),
             status,
             error,
-        )
+        );
+        record.total_bytes = Some(t.total_bytes);
+        record.skipped_bytes = Some(t.skipped_bytes);
+        // A sender counts what the receiver already held as it skips over it, so its
+        // count can trail the skipped total for a moment.
+        record.moved_bytes = Some(t.done_bytes.saturating_sub(t.skipped_bytes));
+        self.annotate(record)
     }
 }
 
@@ -444,5 +554,83 @@ mod tests {
             (refused.direction, refused.peer.as_str(), refused.status),
             (Direction::Receive, "desk", Status::Failed)
         );
+    }
+
+    #[test]
+    fn a_line_written_before_the_new_fields_still_loads() {
+        let tmp = tempfile::tempdir().unwrap();
+        let history = History::in_dir(tmp.path());
+        let old = r#"{"transfer_id":"6c4cf4a2-3a43-4f6e-9a0e-0a8d1b9f3c11","direction":"Send","peer":"box","files":["a"],"file_count":1,"bytes":10,"finished_at":1,"duration_secs":0.5,"status":"completed","error":null}"#;
+        fs::write(history.path(), format!("{old}\n")).unwrap();
+        let loaded = history.load().unwrap();
+        assert!(loaded.skipped.is_empty(), "{:?}", loaded.skipped);
+        let r = &loaded.records[0];
+        assert_eq!((r.bytes, r.moved_bytes, r.total_bytes), (10, None, None));
+        assert!(r.local_paths.is_empty() && r.peer_address.is_none());
+    }
+
+    #[test]
+    fn records_name_the_peer_the_local_paths_and_the_bytes_this_attempt_moved() {
+        let mut tracker = Tracker::default();
+        tracker.set_peer_details(Some("10.0.0.5:14567".into()), Some("ABCD-EFGH".into()));
+        tracker.set_sent_paths(&[PathBuf::from("photos")]);
+        tracker.set_output_dir(Path::new("/srv/in"));
+        let id = Uuid::new_v4();
+        tracker.observe(&started(id));
+        tracker.observe(&TransferEvent::Resumed {
+            transfer_id: id,
+            skipped_bytes: 200,
+        });
+        let done = tracker
+            .observe(&TransferEvent::Finished {
+                transfer_id: id,
+                files: 3,
+                bytes: 300,
+                elapsed: Duration::from_secs(1),
+            })
+            .unwrap();
+        assert_eq!(
+            (
+                done.bytes,
+                done.total_bytes,
+                done.moved_bytes,
+                done.skipped_bytes
+            ),
+            (300, Some(300), Some(100), Some(200))
+        );
+        assert_eq!(done.peer_address.as_deref(), Some("10.0.0.5:14567"));
+        assert_eq!(done.peer_device_id.as_deref(), Some("ABCD-EFGH"));
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(
+            done.local_paths,
+            vec![cwd.join("photos").display().to_string()]
+        );
+        assert_eq!(done.output_dir, None, "a send has no output folder");
+
+        // A receive names the output folder and each root in it; a sender still
+        // skipping over held data has moved nothing yet (not a negative count).
+        let mut received = started(id);
+        if let TransferEvent::Started { direction, .. } = &mut received {
+            *direction = Direction::Receive;
+        }
+        tracker.observe(&received);
+        tracker.observe(&TransferEvent::Resumed {
+            transfer_id: id,
+            skipped_bytes: 200,
+        });
+        tracker.observe(&TransferEvent::Progress {
+            transfer_id: id,
+            done_bytes: 150,
+            total_bytes: 300,
+            current_file: None,
+        });
+        let cut = tracker.end(Status::Interrupted, "Ctrl+C").unwrap();
+        assert_eq!((cut.bytes, cut.moved_bytes), (150, Some(0)));
+        assert_eq!(cut.output_dir.as_deref(), Some("/srv/in"));
+        assert_eq!(cut.local_paths, vec!["/srv/in/photos".to_owned()]);
+
+        // The file format keeps every field.
+        let line = serde_json::to_string(&cut).unwrap();
+        assert_eq!(serde_json::from_str::<Record>(&line).unwrap(), cut);
     }
 }

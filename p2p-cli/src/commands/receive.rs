@@ -69,6 +69,7 @@ pub async fn run(args: ReceiveArgs, recorder: &Recorder) -> anyhow::Result<()> {
         }
     }
     let endpoint = super::endpoint(role, &args.session, &options, Some(nameplate)).await?;
+    recorder.renderer().listening(endpoint.local_addr());
     if role == RoleArg::Server && nameplate.is_none() && !args.ask {
         eprintln!(
             "this device is {}: it lets in trusted devices only (see `p2p-transfer trust`); \
@@ -77,6 +78,7 @@ pub async fn run(args: ReceiveArgs, recorder: &Recorder) -> anyhow::Result<()> {
         );
     }
     recorder.set_receive_hint(receive_hint(&args, &endpoint));
+    recorder.set_output_dir(&args.output);
     let renderer = recorder.renderer();
     let receive = ReceiveOptions {
         output_dir: args.output.clone(),
@@ -97,6 +99,7 @@ pub async fn run(args: ReceiveArgs, recorder: &Recorder) -> anyhow::Result<()> {
                     recorder.set_resume_code(code);
                 }
                 recorder.set_peer(&session.peer().device_name);
+                recorder.set_peer_details(&session);
                 recorder.set_receive_chunk_size(session.config().chunk_size);
                 let identity = session.peer_identity().cloned();
                 // A code proves the peer now; an unknown device is remembered only once

@@ -102,8 +102,9 @@ async fn send_as(
         args.session.peer = Some(found.addr.to_string());
     }
     let endpoint = super::endpoint(role, &args.session, &options, Some(nameplate)).await?;
+    recorder.renderer().listening(endpoint.local_addr());
     if let Some(code) = &generated {
-        println!("code: {code}");
+        recorder.renderer().code(&code.to_string());
         eprintln!(
             "on the receiving machine, run:  {} receive {code}",
             crate::program()
@@ -139,11 +140,13 @@ async fn send_as(
     // Every attempt offers the same transfer id: after a reconnection the receiver
     // resumes it, and only what is missing is sent.
     let remember = args.session.remember;
+    recorder.set_sent_paths(&args.paths);
     super::with_reconnect(&args.session, &endpoint, recorder, PEER, |progress| {
         let (endpoint, options, manifest) = (&endpoint, &options, &manifest);
         async move {
             let mut session = super::open_session(endpoint, options).await?;
             progress.connected();
+            recorder.set_peer_details(&session);
             if let Some(code) = session.peer_identity().and_then(|p| p.resume_code.as_ref()) {
                 recorder.set_resume_code(code);
             }
