@@ -106,8 +106,10 @@ pub enum WorkerEvent {
     Transfer(TransferEvent),
     /// A send command failed. When the transfer had started, a `Failed` event with the
     /// same error came first; otherwise (nothing to send, unreadable file) this is the
-    /// only report.
-    SendFailed(String),
+    /// only report. `resumable`: the failure was transient (the connection), so
+    /// sending the same again resumes it; a refusal (files exist, declined, no space)
+    /// or a local problem is not.
+    SendFailed { error: String, resumable: bool },
     /// The user cancelled the running transfer; the session is being dropped.
     Cancelled,
     /// The session ended: closed on purpose by either side (`None`: the peer closed it,
@@ -128,7 +130,7 @@ pub enum WorkerEvent {
 #[derive(Debug, Clone)]
 pub struct SessionHandle {
     commands: mpsc::UnboundedSender<Command>,
-    decisions: mpsc::UnboundedSender<(Uuid, bool)>,
+    decisions: mpsc::UnboundedSender<(Uuid, Decision)>,
     cancel: Arc<Notify>,
     /// The worker's: set once the window closes it.
     closing: Arc<AtomicBool>,
@@ -171,7 +173,20 @@ impl SessionHandle {
     /// Accepts or declines the offered transfer `transfer_id` (a stale answer, for an
     /// offer no longer waiting, is ignored).
     pub fn decide(&self, transfer_id: Uuid, accept: bool) {
-        let _ = self.decisions.send((transfer_id, accept));
+        let decision = if accept {
+            Decision::Accept
+        } else {
+            Decision::Decline("the receiver declined the transfer".to_owned())
+        };
+        let _ = self.decisions.send((transfer_id, decision));
+    }
+
+    /// Accepts the offered transfer `transfer_id` with other options than the
+    /// session's, for this transfer only: another folder, or replacing files that exist.
+    pub fn accept_with(&self, transfer_id: Uuid, options: ReceiveOptions) {
+        let _ = self
+            .decisions
+            .send((transfer_id, Decision::AcceptWith(options)));
     }
 
     /// Closes the session cleanly between transfers (TLS `close_notify`, so the peer
@@ -529,7 +544,10 @@ async fn serve<S: ByteStream>(
                     Ok(manifest) => manifest,
                     Err(e) => {
                         lock(state).resend = None;
-                        out.send(WorkerEvent::SendFailed(e.to_string()));
+                        out.send(WorkerEvent::SendFailed {
+                            error: e.to_string(),
+                            resumable: false,
+                        });
                         continue;
                     }
                 };
@@ -546,7 +564,10 @@ async fn serve<S: ByteStream>(
                     lock(state).resend = None;
                 }
                 if let Err(e) = result {
-                    out.send(WorkerEvent::SendFailed(e.to_string()));
+                    out.send(WorkerEvent::SendFailed {
+                        error: e.to_string(),
+                        resumable: e.is_transient(),
+                    });
                     // A failure before the transfer started (nothing to send, an
                     // unreadable path) left the stream clean; after it, the
                     // stream's state is unknown and the session must go.
@@ -580,7 +601,7 @@ fn once<F: FnOnce(IncomingOffer) -> R, R>(f: F) -> F {
 async fn answer_offer(
     offer: IncomingOffer,
     auto_accept: bool,
-    decisions: &mut mpsc::UnboundedReceiver<(Uuid, bool)>,
+    decisions: &mut mpsc::UnboundedReceiver<(Uuid, Decision)>,
     closing: &AtomicBool,
     out: &Output,
 ) -> Decision {
@@ -594,10 +615,7 @@ async fn answer_offer(
     out.send(WorkerEvent::Offer(offer));
     loop {
         match decisions.recv().await {
-            Some((answered, true)) if answered == id => return Decision::Accept,
-            Some((answered, false)) if answered == id => {
-                return Decision::Decline("the receiver declined the transfer".to_owned())
-            }
+            Some((answered, decision)) if answered == id => return decision,
             Some(_) => continue,
             None => return Decision::Decline("the receiver closed its window".to_owned()),
         }
