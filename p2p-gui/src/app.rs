@@ -1588,12 +1588,18 @@ impl App {
             }
             TransferEvent::Warning { message } => self.notice = Some(Notice::Info(message.clone())),
             TransferEvent::Failed { transfer_id, error } => {
-                self.notice = Some(Notice::Error(format!("Transfer failed: {error}")));
-                // Refused before it started (the file exists, no space…): there is no
-                // progress to show, only the record and the reason.
-                if let Some(t) = &mut self.transfer {
-                    if t.transfer_id == *transfer_id {
+                match &mut self.transfer {
+                    // The panel says why, in red: the status bar does not repeat it.
+                    Some(t) if t.transfer_id == *transfer_id => {
                         t.apply(&event, now);
+                        self.notice = None;
+                    }
+                    // Refused before it started (the file exists, no space…): there is
+                    // no progress to show, and the last transfer's Done or Failed panel
+                    // would be stale; the status bar says why.
+                    _ => {
+                        self.transfer = None;
+                        self.notice = Some(Notice::Error(format!("Transfer failed: {error}")));
                     }
                 }
             }
@@ -1727,8 +1733,9 @@ enum Answer {
     Decline,
 }
 
-/// The window events the app reacts to, whatever the widgets did with them.
-fn window_event(
+/// The window events the app reacts to (its subscription), whatever the widgets did
+/// with them: dropped files and keys.
+pub fn window_event(
     event: iced::Event,
     status: iced::event::Status,
     _window: iced::window::Id,

@@ -1115,3 +1115,38 @@ fn field<'a>(
     }
     col.into()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// WCAG 2 contrast ratio of two opaque colours.
+    fn contrast(a: iced::Color, b: iced::Color) -> f32 {
+        let luminance = |c: iced::Color| {
+            let channel = |v: f32| {
+                if v <= 0.03928 {
+                    v / 12.92
+                } else {
+                    ((v + 0.055) / 1.055).powf(2.4)
+                }
+            };
+            0.2126 * channel(c.r) + 0.7152 * channel(c.g) + 0.0722 * channel(c.b)
+        };
+        let (la, lb) = (luminance(a), luminance(b));
+        (la.max(lb) + 0.05) / (la.min(lb) + 0.05)
+    }
+
+    #[test]
+    fn hint_text_has_at_least_4_5_to_1_contrast_in_light_and_dark() {
+        for theme in [Theme::Light, Theme::Dark] {
+            let ratio = contrast(hint_color(&theme), theme.palette().background);
+            assert!(ratio >= 4.5, "{theme:?}: {ratio:.2}:1");
+            // Still quieter than the body text.
+            assert!(ratio < contrast(theme.palette().text, theme.palette().background));
+        }
+        // iced's own secondary text, which the hints used before, fails it.
+        let light = Theme::Light;
+        let old = text::secondary(&light).color.unwrap_or(light.palette().text);
+        assert!(contrast(old, light.palette().background) < 4.5);
+    }
+}

@@ -445,7 +445,44 @@ pub fn describe(error: &p2p_core::Error) -> String {
         p2p_core::Error::Security(SecurityError::CodeMissing { here: false }) => {
             "the peer did not use the one-time code: give it the code shown here".to_owned()
         }
+        p2p_core::Error::Connect {
+            action,
+            addr,
+            source,
+        } => connect_words(action, addr, source),
         other => other.to_string(),
+    }
+}
+
+/// A failure to connect or listen, as a person would say it (not "os error 111").
+fn connect_words(action: &str, addr: &str, error: &std::io::Error) -> String {
+    use std::io::ErrorKind::*;
+    let listening = action != "connect to";
+    match error.kind() {
+        ConnectionRefused => format!(
+            "nothing is listening at {addr}: check the address and port, and that the \
+             other side is waiting (Listen, or `p2p-transfer receive`)"
+        ),
+        TimedOut => format!(
+            "{addr} did not answer: check the address, and that no firewall is in the way"
+        ),
+        HostUnreachable | NetworkUnreachable => {
+            format!("{addr} cannot be reached from this network: check the address")
+        }
+        AddrInUse if listening => format!(
+            "another program already uses {addr}: choose another port (0 picks a free one)"
+        ),
+        AddrNotAvailable if listening => {
+            format!("{addr} is not an address of this computer")
+        }
+        PermissionDenied if listening => format!(
+            "not allowed to listen on {addr}: ports below 1024 need administrator rights, \
+             choose a higher one"
+        ),
+        _ if error.to_string().contains("failed to lookup address") => {
+            format!("cannot find {addr}: check the name (or type its IP address)")
+        }
+        _ => format!("cannot {action} {addr}: {error}"),
     }
 }
 
@@ -500,9 +537,10 @@ async fn serve<S: ByteStream>(
             None => {
                 let (held, decisions, closing) = (&*in_transfer, &mut decision_rx, &*closing);
                 // Hold commands back while an offer awaits its answer.
+                let receiving = &receive;
                 let decide = once(move |offer| {
                     held.store(true, Ordering::Release);
-                    answer_offer(offer, auto_accept, decisions, closing, out)
+                    answer_offer(offer, auto_accept, receiving, decisions, closing, out)
                 });
                 tokio::select! {
                     biased;
@@ -601,6 +639,7 @@ fn once<F: FnOnce(IncomingOffer) -> R, R>(f: F) -> F {
 async fn answer_offer(
     offer: IncomingOffer,
     auto_accept: bool,
+    receive: &ReceiveOptions,
     decisions: &mut mpsc::UnboundedReceiver<(Uuid, Decision)>,
     closing: &AtomicBool,
     out: &Output,
@@ -608,7 +647,9 @@ async fn answer_offer(
     if closing.load(Ordering::Acquire) {
         return Decision::Decline("the receiver disconnected".to_owned());
     }
-    if auto_accept {
+    // Auto-accept takes what needs no choice: files that exist (and may not be
+    // replaced) are shown to the person, who replaces, picks another folder or declines.
+    if auto_accept && (receive.overwrite || !clashes(&offer, &receive.output_dir).await) {
         return Decision::Accept;
     }
     let id = offer.transfer_id;
@@ -620,6 +661,24 @@ async fn answer_offer(
             None => return Decision::Decline("the receiver closed its window".to_owned()),
         }
     }
+}
+
+/// Whether a file of `offer` exists in `dir` already.
+async fn clashes(offer: &IncomingOffer, dir: &std::path::Path) -> bool {
+    let dir = dir.to_path_buf();
+    let files: Vec<String> = offer
+        .entries
+        .iter()
+        .filter(|e| e.size.is_some())
+        .map(|e| e.path.clone())
+        .collect();
+    tokio::task::spawn_blocking(move || {
+        files
+            .iter()
+            .any(|f| std::fs::symlink_metadata(dir.join(f)).is_ok())
+    })
+    .await
+    .unwrap_or(false)
 }
 
 /// The next command, but only while no incoming transfer is under way: taking one then
