@@ -127,6 +127,9 @@ pub enum Message {
     PeersFound(Result<Vec<PeerInfo>, String>),
     /// Connect to a peer found on the local network.
     ConnectTo(SocketAddr),
+    /// Connect to a peer found on the local network and send the selection to it: one
+    /// click from the Send tab.
+    SendTo(SocketAddr),
     /// The one-time code field (Send and Receive tabs).
     CodeChanged(String),
     /// Listen for the peer that knows the typed code, or a new one when none is typed.
@@ -581,6 +584,13 @@ impl App {
                 self.browsing = None;
                 self.discovery_error = Some(e);
             }
+            Message::SendTo(addr) => {
+                if self.selection.is_empty() || self.worker.is_some() {
+                    return Task::none();
+                }
+                self.send_on_connect = true;
+                return self.update(Message::ConnectTo(addr));
+            }
             Message::ConnectTo(addr) => {
                 // The connection must prove the id the beacon announced (a beacon is
                 // only a hint; trust or a code still decide).
@@ -589,8 +599,8 @@ impl App {
                     .iter()
                     .find(|p| p.addr == addr)
                     .map(|p| p.device_id);
+                // Looking goes on: the list stays for the next transfer.
                 self.peer_address = addr.to_string();
-                self.browsing = None;
                 return self.start_worker_with(
                     Plan::Connect {
                         addr: addr.to_string(),
@@ -652,10 +662,8 @@ impl App {
                     .map(|p| p.display().to_string())
                     .collect();
                 if !missing.is_empty() {
-                    self.path_error = Some(format!(
-                        "No such file or folder: {}",
-                        missing.join(", ")
-                    ));
+                    self.path_error =
+                        Some(format!("No such file or folder: {}", missing.join(", ")));
                     return Task::none();
                 }
                 self.path_input.clear();
@@ -856,11 +864,7 @@ impl App {
     /// Files of the waiting offer exist where it would be saved, and replacing them is
     /// not allowed: the person chooses (replace, another folder, decline) before Accept.
     pub fn offer_needs_choice(&self) -> bool {
-        !self.settings.overwrite
-            && self
-                .clashes
-                .as_ref()
-                .is_some_and(|c| !c.names.is_empty())
+        !self.settings.overwrite && self.clashes.as_ref().is_some_and(|c| !c.names.is_empty())
     }
 
     /// Adds paths (dropped, typed, picked) to what is sent; while a transfer runs they

@@ -50,7 +50,10 @@ pub fn note_error(error: String) {
 }
 
 fn take_errors() -> Vec<String> {
-    ERRORS.lock().map(|mut e| std::mem::take(&mut *e)).unwrap_or_default()
+    ERRORS
+        .lock()
+        .map(|mut e| std::mem::take(&mut *e))
+        .unwrap_or_default()
 }
 
 /// What a dialog's "nothing" means: cancelled (`Ok(None)`) or could not open (`Err`,

@@ -27,7 +27,11 @@ pub fn missing() -> Option<String> {
 
 /// [`missing`] with the environment given (tests).
 pub fn missing_in(var: impl Fn(&str) -> Option<std::ffi::OsString>) -> Option<String> {
-    if !cfg!(all(unix, not(target_os = "macos"), not(target_os = "android"))) {
+    if !cfg!(all(
+        unix,
+        not(target_os = "macos"),
+        not(target_os = "android")
+    )) {
         return None;
     }
     let named = ["DISPLAY", "WAYLAND_DISPLAY", "WAYLAND_SOCKET"]
@@ -133,7 +137,10 @@ mod tests {
             missing_in(|name| (name == "WAYLAND_DISPLAY").then(|| "wayland-0".into())),
             None
         );
-        assert_eq!(missing_in(|name| (name == "DISPLAY").then(|| ":0".into())), None);
+        assert_eq!(
+            missing_in(|name| (name == "DISPLAY").then(|| ":0".into())),
+            None
+        );
     }
 
     #[test]
@@ -146,7 +153,9 @@ mod tests {
         );
         assert_eq!(display_words("Create window"), "Create window");
         assert_eq!(
-            display_words("Create event loop: Os(OsError { line: 1, error: XNotSupported(Other) })"),
+            display_words(
+                "Create event loop: Os(OsError { line: 1, error: XNotSupported(Other) })"
+            ),
             "XNotSupported(Other)"
         );
     }

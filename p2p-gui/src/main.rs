@@ -52,9 +52,12 @@ struct Args {
     /// Close the window after the first transfer ends (exit code 1 if it failed).
     #[arg(long)]
     exit_after_transfer: bool,
-    /// Start looking for peers on the local network at once.
-    #[arg(long)]
+    /// Start looking for peers on the local network at once (the default).
+    #[arg(long, hide = true, overrides_with = "no_find_peers")]
     find_peers: bool,
+    /// Do not look for peers on the local network when the window opens.
+    #[arg(long)]
+    no_find_peers: bool,
     /// Open on this tab: connection, send, receive, settings or history.
     #[arg(long, value_parser = parse_tab)]
     tab: Option<Tab>,
@@ -124,7 +127,7 @@ fn main() -> ExitCode {
         send: args.send,
         tab: args.tab,
         data_dir: p2p_core::history::data_dir(),
-        find_peers: args.find_peers,
+        find_peers: !args.no_find_peers,
         auto_accept: args.auto_accept,
         identity: None,
         code: args.code,

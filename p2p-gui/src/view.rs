@@ -95,7 +95,9 @@ impl App {
             column![
                 text(what),
                 row![
-                    button("Close and stop").style(button::danger).on_press(Message::Quit),
+                    button("Close and stop")
+                        .style(button::danger)
+                        .on_press(Message::Quit),
                     button("Keep the window open")
                         .style(button::secondary)
                         .on_press(Message::KeepOpen),
@@ -186,6 +188,11 @@ impl App {
             });
         let mut section = column![
             heading("This device"),
+            text(format!(
+                "{} · {}",
+                printable(&self.device_name),
+                self.addresses_text(None)
+            )),
             row![
                 id,
                 button("Copy id")
@@ -308,6 +315,64 @@ impl App {
         ]
         .spacing(6)
         .into()
+    }
+
+    /// This machine's addresses, each interface's, with the listening port when there
+    /// is one (a listener on one address: just that address).
+    pub(crate) fn addresses_text(&self, listening: Option<std::net::SocketAddr>) -> String {
+        if let Some(addr) = listening.filter(|a| !a.ip().is_unspecified()) {
+            return addr.to_string();
+        }
+        if self.addresses.is_empty() {
+            return "no network address found".to_owned();
+        }
+        let shown: Vec<String> = self
+            .addresses
+            .iter()
+            .map(|ip| match listening {
+                Some(l) => std::net::SocketAddr::new(*ip, l.port()).to_string(),
+                None => ip.to_string(),
+            })
+            .collect();
+        shown.join(", ")
+    }
+
+    /// One click sends: the devices found on this network, each with Send here.
+    fn send_here_section(&self) -> Option<Element<'_, Message>> {
+        if self.peer().is_some() || self.worker.is_some() || !self.is_browsing() {
+            return None;
+        }
+        let ready = !self.selection.is_empty()
+            && self
+                .selection
+                .iter()
+                .all(|s| matches!(s.measure, Some(Ok(_))));
+        let mut section = column![heading("Send to a device on this network")].spacing(6);
+        if self.found_peers.is_empty() {
+            section = section.push(note(
+                "Looking… a receiver waiting on this network (a window that listens, or \
+                 `p2p-transfer receive`) shows up here within a few seconds.",
+            ));
+        }
+        for peer in &self.found_peers {
+            let mut label = format!("{} at {}", printable(&peer.name), peer.addr);
+            if let Some(trusted) = self.trusted.get(&peer.device_id) {
+                label.push_str(&format!(" · trusted as {}", printable(&trusted.name)));
+            }
+            if let Some(nameplate) = peer.nameplate {
+                label.push_str(&format!(" · waits for code {nameplate}-…"));
+            }
+            let go = (ready && peer.is_compatible()).then_some(Message::SendTo(peer.addr));
+            section = section.push(
+                row![
+                    text(label).width(Fill),
+                    button("Send here").on_press_maybe(go),
+                ]
+                .spacing(SPACING)
+                .align_y(iced::Center),
+            );
+        }
+        Some(section.into())
     }
 
     fn peers_section(&self) -> Element<'_, Message> {
@@ -468,8 +533,13 @@ impl App {
             .push(list)
             .push(total)
             .push(actions);
-        if let Some(blocker) = blocker {
+        if let Some(blocker) =
+            blocker.filter(|_| self.peer().is_some() || self.send_here_section().is_none())
+        {
             tab = tab.push(note(blocker));
+        }
+        if let Some(section) = self.send_here_section() {
+            tab = tab.push(rule::horizontal(1)).push(section);
         }
         if let Some((paths, _)) = self.resumable.as_ref().filter(|_| self.shows_resume()) {
             let names: Vec<String> = paths
@@ -507,11 +577,7 @@ impl App {
     }
 
     fn receive_tab(&self) -> Element<'_, Message> {
-        let mut folder = column![
-            heading("Save received files in"),
-            self.folder_row(),
-        ]
-        .spacing(6);
+        let mut folder = column![heading("Save received files in"), self.folder_row(),].spacing(6);
         if let Some(error) = &self.dialog_error {
             folder = folder.push(text(printable(error)).size(NOTE_SIZE).style(text::danger));
         }
@@ -624,8 +690,12 @@ impl App {
             .on_press(Message::DeclineOffer);
         let (clash, answers) = match self.clashes.as_ref().filter(|_| self.offer_needs_choice()) {
             Some(clashes) => {
-                let names: Vec<String> =
-                    clashes.names.iter().take(3).map(|n| printable(n).into_owned()).collect();
+                let names: Vec<String> = clashes
+                    .names
+                    .iter()
+                    .take(3)
+                    .map(|n| printable(n).into_owned())
+                    .collect();
                 let more = clashes.names.len().saturating_sub(names.len());
                 let mut said = format!(
                     "{} already in {}: {}",
@@ -642,13 +712,7 @@ impl App {
                 }
                 said.push_str(". Replace them, save into another folder, or decline.");
                 (
-                    Some(
-                        column![
-                            text(said).style(text::danger),
-                            self.folder_row(),
-                        ]
-                        .spacing(6),
-                    ),
+                    Some(column![text(said).style(text::danger), self.folder_row(),].spacing(6)),
                     row![
                         button(text(if clashes.names.len() == 1 {
                             "Replace it and accept".to_owned()
@@ -673,8 +737,8 @@ impl App {
                 .align_y(iced::Center),
             ),
         };
-        let mut panel = column![heading("Incoming transfer"), who, answers.spacing(SPACING)]
-            .spacing(6);
+        let mut panel =
+            column![heading("Incoming transfer"), who, answers.spacing(SPACING)].spacing(6);
         if let Some(clash) = clash {
             panel = panel.push(clash);
         }
@@ -984,7 +1048,26 @@ impl App {
         .spacing(6);
         if let Some(file) = &t.current_file {
             if t.is_running() {
-                panel = panel.push(note(format!("Current file: {}", printable(file))));
+                let mut line = format!(
+                    "File {} of {}: {}",
+                    (t.files_done + 1).min(t.files),
+                    t.files,
+                    printable(file)
+                );
+                if let Some((done, size)) = t.current_file_bytes {
+                    line.push_str(&format!(
+                        " · {} of {}",
+                        format::bytes(done),
+                        format::bytes(size)
+                    ));
+                }
+                let fraction = match t.current_file_bytes {
+                    Some((done, size)) if size > 0 => (done as f32 / size as f32).clamp(0.0, 1.0),
+                    _ => 0.0,
+                };
+                panel = panel
+                    .push(note(line))
+                    .push(progress_bar(0.0..=1.0, fraction).girth(6));
             }
         }
         if let TransferState::Failed { error } = &t.state {
@@ -1038,10 +1121,16 @@ impl App {
                     status
                 }
                 (None, Plan::Listen { nameplate, .. }, Some(addr)) => match nameplate {
-                    Some(n) if self.waiting_code.is_some() => {
-                        format!("Listening on {addr}, waiting for the peer with code {n}-…")
-                    }
-                    _ => format!("Listening on {addr}, waiting for a peer"),
+                    Some(n) if self.waiting_code.is_some() => format!(
+                        "Waiting for the peer with code {n}-… · this computer is {} at {}",
+                        printable(&self.device_name),
+                        self.addresses_text(Some(addr))
+                    ),
+                    _ => format!(
+                        "Waiting for a peer · this computer is {} at {}",
+                        printable(&self.device_name),
+                        self.addresses_text(Some(addr))
+                    ),
                 },
                 (None, Plan::Listen { bind, .. }, None) => {
                     format!("Starting to listen on {bind}…")
@@ -1146,7 +1235,9 @@ mod tests {
         }
         // iced's own secondary text, which the hints used before, fails it.
         let light = Theme::Light;
-        let old = text::secondary(&light).color.unwrap_or(light.palette().text);
+        let old = text::secondary(&light)
+            .color
+            .unwrap_or(light.palette().text);
         assert!(contrast(old, light.palette().background) < 4.5);
     }
 }

@@ -463,15 +463,15 @@ fn connect_words(action: &str, addr: &str, error: &std::io::Error) -> String {
             "nothing is listening at {addr}: check the address and port, and that the \
              other side is waiting (Listen, or `p2p-transfer receive`)"
         ),
-        TimedOut => format!(
-            "{addr} did not answer: check the address, and that no firewall is in the way"
-        ),
+        TimedOut => {
+            format!("{addr} did not answer: check the address, and that no firewall is in the way")
+        }
         HostUnreachable | NetworkUnreachable => {
             format!("{addr} cannot be reached from this network: check the address")
         }
-        AddrInUse if listening => format!(
-            "another program already uses {addr}: choose another port (0 picks a free one)"
-        ),
+        AddrInUse if listening => {
+            format!("another program already uses {addr}: choose another port (0 picks a free one)")
+        }
         AddrNotAvailable if listening => {
             format!("{addr} is not an address of this computer")
         }

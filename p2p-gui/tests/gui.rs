@@ -396,7 +396,8 @@ async fn a_progress_event_moves_the_bar() {
     });
     assert_eq!(h.app.transfer.as_ref().unwrap().fraction(), 0.25);
     assert!(h.shows("25%"));
-    assert!(h.shows("Current file: movie.mkv"));
+    // Issue 15: per-file progress.
+    assert!(h.shows("File 1 of 1: movie.mkv · 64.0 MiB of 256.0 MiB"));
     assert!(!h.shows("0%"));
     // The drawn window changed (the saved image is the 0% frame).
     assert!(!snapshot(&h).matches_image(&before).unwrap());
@@ -672,7 +673,10 @@ async fn a_receiver_found_on_the_network_is_one_click_away() {
         .await;
     assert!(h.shows_part(&format!("living-room at {addr}")));
     h.click("Connect to this peer");
-    assert!(!h.app.is_browsing(), "connecting stops looking");
+    assert!(
+        h.app.is_browsing(),
+        "issue 15: looking goes on while connected"
+    );
     h.run_until("the connection", |app| app.peer().is_some())
         .await;
     assert_eq!(h.app.peer_address, addr.to_string());
@@ -685,6 +689,7 @@ async fn a_receiver_found_on_the_network_is_one_click_away() {
         }
     );
     h.click("Disconnect");
+    h.click("Stop looking");
     h.settle().await;
     receiver.await.unwrap().unwrap();
 }
@@ -1160,7 +1165,7 @@ async fn two_windows_pair_with_a_one_time_code_and_transfer_a_file() {
     assert!(sender.shows("One-time code for the receiver:"));
     sender.run_until("the listener", listening).await;
     assert!(sender.shows_part(&format!(
-        "waiting for the peer with code {}-…",
+        "Waiting for the peer with code {}-…",
         code.nameplate()
     )));
     // The Connection tab shows it too, under this device's id.
@@ -1587,7 +1592,10 @@ async fn files_are_added_by_dropping_or_pasting_a_path_and_dialog_errors_are_sho
     let uri = format!("file://{}", folder.display()).replace(' ', "%20");
     h.type_into("path", &uri);
     h.click("Add path");
-    assert!(h.app.path_input.is_empty(), "the field is emptied once added");
+    assert!(
+        h.app.path_input.is_empty(),
+        "the field is emptied once added"
+    );
     h.run_until("the pasted folder measured", |app| {
         app.selection.len() == 2 && app.selection.iter().all(|s| s.measure.is_some())
     })
@@ -1611,7 +1619,9 @@ async fn files_are_added_by_dropping_or_pasting_a_path_and_dialog_errors_are_sho
     h.update(Message::UseTypedOutput);
     assert_eq!(h.app.output_dir, other);
     assert_eq!(
-        p2p_core::settings::Settings::load(&config).unwrap().output_dir,
+        p2p_core::settings::Settings::load(&config)
+            .unwrap()
+            .output_dir,
         Some(other)
     );
 }
@@ -1674,7 +1684,10 @@ async fn a_name_clash_is_settled_in_the_offer_and_the_folder_opens_after() {
     assert!(h.shows_part("1 of these files is already in"));
     assert!(h.shows("Replace it and accept"));
     assert!(h.shows("Choose another folder…"));
-    assert!(!h.shows("Accept"), "no plain Accept while a choice is pending");
+    assert!(
+        !h.shows("Accept"),
+        "no plain Accept while a choice is pending"
+    );
     // Enter does not take it past the question.
     h.update(Message::Key(p2p_gui::app::KeyPress::Enter));
     assert!(h.app.offer.is_some());
@@ -1684,7 +1697,10 @@ async fn a_name_clash_is_settled_in_the_offer_and_the_folder_opens_after() {
     })
     .await;
     assert_eq!(sha256(&inbox.join("report.pdf")), sha256(&file));
-    assert!(!h.app.settings.overwrite, "replacing was for that transfer only");
+    assert!(
+        !h.app.settings.overwrite,
+        "replacing was for that transfer only"
+    );
     assert!(!h.shows_part("--overwrite"));
 
     // Open folder: the opener is run on the folder; one that is missing is said.
@@ -1705,8 +1721,10 @@ async fn a_name_clash_is_settled_in_the_offer_and_the_folder_opens_after() {
     h.type_into("output-dir", "");
     h.update(Message::OutputInputChanged(other.display().to_string()));
     h.update(Message::UseTypedOutput);
-    h.run_until("the clash to be looked at again", |app| app.clashes.is_some())
-        .await;
+    h.run_until("the clash to be looked at again", |app| {
+        app.clashes.is_some()
+    })
+    .await;
     assert!(!h.app.offer_needs_choice());
     assert!(h.shows("Accept"));
     h.update(Message::Key(p2p_gui::app::KeyPress::Enter));
@@ -1799,7 +1817,9 @@ async fn closing_mid_receive_asks_and_records_it_as_interrupted() {
     h.update(Message::CloseRequested);
     h.click("Close and stop");
     h.run_until("the interrupted record", |app| {
-        app.history.visible().any(|r| r.status == Status::Interrupted)
+        app.history
+            .visible()
+            .any(|r| r.status == Status::Interrupted)
     })
     .await;
     let record = h.app.history.visible().next().unwrap();
@@ -1817,7 +1837,9 @@ async fn closing_mid_receive_asks_and_records_it_as_interrupted() {
             }
         }
     };
-    tokio::time::timeout(WAIT, exited).await.expect("the window exits");
+    tokio::time::timeout(WAIT, exited)
+        .await
+        .expect("the window exits");
     let loaded = p2p_core::history::History::in_dir(&config.join("data"))
         .load()
         .unwrap();
@@ -1890,8 +1912,10 @@ async fn the_history_tab_shows_records_written_by_the_cli_while_open() {
         .unwrap();
     // The timer's tick (every HISTORY_POLL in the window).
     h.update(Message::HistoryTick);
-    h.run_until("the record to show", |app| app.history.visible().count() == 1)
-        .await;
+    h.run_until("the record to show", |app| {
+        app.history.visible().count() == 1
+    })
+    .await;
     assert!(h.shows("To desk: from-the-cli.txt"));
 }
 
@@ -1919,4 +1943,89 @@ async fn auto_accept_asks_when_files_would_clash() {
     h.run_until("the sender to end", |_| sender.is_finished())
         .await;
     assert_eq!(std::fs::read(inbox.join("a.bin")).unwrap(), b"mine");
+}
+
+/// Issue 15: one screen, one click — files picked on the Send tab, a trusted receiver
+/// found on the network, "Send here" connects and sends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_click_on_a_found_device_sends_the_selection() {
+    let dir = tempfile::tempdir().unwrap();
+    let (inbox, config) = (dir.path().join("inbox"), dir.path().join("config"));
+    let file = dir.path().join("slides.pdf");
+    std::fs::write(&file, data(500_000, 8)).unwrap();
+    let discovery = loopback_discovery();
+    let key = Identity::generate_shared();
+    let mut trust = TrustStore::load(&config.join("data")).unwrap();
+    trust.add(key.device_id(), "desk", Some(key.fingerprint()));
+    trust.save().unwrap();
+    let listener = p2p_core::net::tcp::listen("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let receiver = tokio::spawn({
+        let options = SessionOptions {
+            security: Security::new(
+                key.clone(),
+                Admission::default().with_pin(Security::default().device_id()),
+            )
+            .unwrap(),
+            ..SessionOptions::default()
+        };
+        let inbox = inbox.clone();
+        async move {
+            let mut session = P2PSession::accept(&listener, &options).await?;
+            let receive = ReceiveOptions {
+                output_dir: inbox,
+                overwrite: false,
+            };
+            session.run_event_loop(&receive, &NoEvents).await
+        }
+    });
+    let beacon = p2p_core::discovery::Beacon::new(key.device_id(), "desk", addr.port());
+    let _announcer = p2p_core::discovery::Announcer::start(beacon, &discovery).unwrap();
+
+    let mut h = Harness::new(Launch {
+        discovery: Some(discovery),
+        find_peers: true,
+        tab: Some(Tab::Send),
+        ..launch(&config)
+    });
+    assert!(h.app.is_browsing(), "looking from the start");
+    h.update(Message::Picked(vec![file.clone()]));
+    h.run_until("the beacon and the measure", |app| {
+        !app.found_peers.is_empty() && app.send_blocker() != Some("Still measuring the selection…")
+    })
+    .await;
+    assert!(h.shows("Send to a device on this network"));
+    assert!(h.shows_part(&format!("desk at {addr}")));
+    h.click("Send here");
+    h.run_until("the send to finish", |app| {
+        app.history.visible().any(|r| r.status == Status::Completed)
+    })
+    .await;
+    assert_eq!(sha256(&inbox.join("slides.pdf")), sha256(&file));
+    h.click("Connection");
+    h.click("Disconnect");
+    h.click("Stop looking");
+    h.settle().await;
+    receiver.await.unwrap().unwrap();
+}
+
+/// Issue 15: waiting shows this machine's name and its addresses, not 0.0.0.0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_shows_this_computers_name_and_addresses() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = Harness::new(launch(&dir.path().join("config")));
+    let port = listen(&mut h).await;
+    h.run_until("the addresses", |app| !app.addresses.is_empty())
+        .await;
+    let name = p2p_core::session::default_device_name();
+    assert!(
+        h.shows_part(&format!("this computer is {name} at ")),
+        "{:?}",
+        h.app.addresses
+    );
+    assert!(
+        h.shows_part(&format!("127.0.0.1:{port}")),
+        "loopback is listed too"
+    );
+    assert!(!h.shows_part("0.0.0.0"));
 }

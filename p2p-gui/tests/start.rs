@@ -29,7 +29,10 @@ fn without_a_display_it_says_so_and_exits_1_without_a_panic() {
         stderr.contains("cannot open the window: there is no display"),
         "{stderr}"
     );
-    assert!(stderr.contains("p2p-transfer send"), "points to the CLI: {stderr}");
+    assert!(
+        stderr.contains("p2p-transfer send"),
+        "points to the CLI: {stderr}"
+    );
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
 }
@@ -55,7 +58,12 @@ fn the_flags_have_the_clis_names() {
     let out = gui(&["--help"], None);
     assert!(out.status.success());
     let help = String::from_utf8_lossy(&out.stdout);
-    for flag in ["--peer <HOST[:PORT]>", "--port <PORT>", "--bind <ADDR>", "--code <CODE>"] {
+    for flag in [
+        "--peer <HOST[:PORT]>",
+        "--port <PORT>",
+        "--bind <ADDR>",
+        "--code <CODE>",
+    ] {
         assert!(help.contains(flag), "{flag} missing from:\n{help}");
     }
     assert!(!help.contains("--listen"), "{help}");
