@@ -595,7 +595,7 @@ impl App {
         ]
         .spacing(4);
         let overwrite = checkbox(self.settings.overwrite)
-            .label("Replace files that already exist (otherwise such a transfer is refused)")
+            .label("Replace files that already exist without asking (otherwise each offer asks)")
             .on_toggle(Message::OverwriteToggled);
         let state = match (self.worker.as_ref(), self.peer()) {
             (_, Some(peer)) => format!("Ready to receive from {}.", printable(&peer.name)),
