@@ -352,23 +352,29 @@ impl<S: Stream> P2PSession<S> {
             }
         };
         let peer = self.established.peer.device_name.clone();
+        let mut chosen_options = None;
         // Unsafe paths are refused by `receive_offer` without asking anybody.
         if validate_entries(&offer.entries).is_ok() {
             let incoming = IncomingOffer::new(&offer, &peer);
             let interrupt = self.interrupt.clone();
             let decision = interrupt.guard(self.await_decision(decide(incoming)));
-            if let Decision::Decline(reason) = decision.await? {
-                let transfer_id = offer.transfer_id;
-                self.framed
-                    .send(Message::Error {
-                        code: ErrorCode::Cancelled,
-                        message: reason,
-                        version: crate::wire::PROTOCOL_VERSION,
-                    })
-                    .await?;
-                return Ok(Some(Received::Declined { transfer_id }));
+            match decision.await? {
+                Decision::Decline(reason) => {
+                    let transfer_id = offer.transfer_id;
+                    self.framed
+                        .send(Message::Error {
+                            code: ErrorCode::Cancelled,
+                            message: reason,
+                            version: crate::wire::PROTOCOL_VERSION,
+                        })
+                        .await?;
+                    return Ok(Some(Received::Declined { transfer_id }));
+                }
+                Decision::AcceptWith(chosen) => chosen_options = Some(chosen),
+                Decision::Accept => {}
             }
         }
+        let options = chosen_options.as_ref().unwrap_or(options);
         let config = self.established.config;
         let summary = transfer::receive_offer(
             &mut self.framed,

@@ -198,19 +198,40 @@ impl Settings {
         config
     }
 
-    /// The folder to receive into: the saved one, else the user's download folder, else
-    /// the current folder.
+    /// The folder to receive into: the saved one, else [`downloads_dir`].
     pub fn output_dir_or_default(&self) -> PathBuf {
         self.output_dir
             .clone()
-            .or_else(dirs::download_dir)
-            .unwrap_or_else(|| PathBuf::from("."))
+            .unwrap_or_else(|| downloads_dir(dirs::download_dir(), dirs::home_dir()))
     }
+}
+
+/// Where received files go by default: the desktop's Downloads folder, else
+/// `~/Downloads` (created when the first transfer arrives) — a full path a person can
+/// find, never the working directory of whatever started the program. Only without a
+/// home folder: the current directory, as a full path when it can be read.
+pub fn downloads_dir(xdg_download: Option<PathBuf>, home: Option<PathBuf>) -> PathBuf {
+    xdg_download
+        .or_else(|| home.map(|home| home.join("Downloads")))
+        .or_else(|| std::env::current_dir().ok())
+        .unwrap_or_else(|| PathBuf::from("."))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn received_files_go_to_downloads_in_home_when_the_desktop_names_none() {
+        let home = PathBuf::from("/home/ada");
+        assert_eq!(
+            downloads_dir(None, Some(home.clone())),
+            home.join("Downloads")
+        );
+        let xdg = PathBuf::from("/home/ada/Téléchargements");
+        assert_eq!(downloads_dir(Some(xdg.clone()), Some(home)), xdg);
+        assert!(downloads_dir(None, None).is_absolute());
+    }
 
     #[test]
     fn missing_file_gives_defaults_and_saving_round_trips() {

@@ -7,7 +7,7 @@
 # Everything runs on 127.0.0.1 with temporary folders; the user's settings are not read.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-BIN=${BIN:-target/debug}
+BIN=${BIN:-${CARGO_TARGET_DIR:-target}/debug}
 OUT=docs/gui
 mkdir -p "$OUT"
 work=$(mktemp -d)
@@ -92,7 +92,7 @@ P2P_TRANSFER_DATA_DIR="$work/data-living-room" "$BIN/p2p-transfer" receive --bin
     --port 0 --name living-room --output "$work/in-announced" >/dev/null 2>"$work/announced.err" &
 pids+=($!)
 wait_for "$work/announced.err" "listening on"
-gui connection --listen 127.0.0.1:0 --code '' --find-peers
+gui connection --bind 127.0.0.1 --port 0 --code ''
 wait_for "$work/connection.err" "^code: "
 sleep 1.5
 shot connection
@@ -100,13 +100,13 @@ shot connection
 # Send: paired by a one-time code with a CLI receiver, sending a folder and a large file
 # (caught mid-way).
 addr=$(cli_receiver "$work/in-cli" 5-cobalt-harbor desk)
-gui send --connect "$addr" --code 5-cobalt-harbor --send "$work/photos" "$work/film.mkv"
+gui send --peer "$addr" --code 5-cobalt-harbor --send "$work/photos" "$work/film.mkv"
 wait_for "$work/send.err" "connected to"
 shot send 0.7
 
 # Receive: listening, asking first; a device the window does not know (no code, not
 # trusted; it pins the window's id) offers a folder, which waits for an answer.
-gui receive --listen 127.0.0.1:0 --tab receive --output "$work/in-gui"
+gui receive --bind 127.0.0.1 --port 0 --tab receive --output "$work/in-gui"
 wait_for "$work/receive.err" "listening on"
 addr=$(sed -n 's/^listening on //p' "$work/receive.err")
 P2P_TRANSFER_DATA_DIR="$work/data-phone" "$BIN/p2p-transfer" send "$work/photos" \
@@ -115,6 +115,27 @@ pids+=($!)
 wait_for "$work/receive.err" "offer from"
 shot receive
 
+# The same offer in the smallest window (720×480, its minimum) and dark: Accept and
+# Decline stay on screen. A file of the offer is in the folder already, so the offer
+# asks first (replace, another folder, decline).
+mkdir -p "$work/in-small/photos"
+cp "$work/photos/cover.jpg" "$work/in-small/photos/cover.jpg"
+gui small --bind 127.0.0.1 --port 0 --tab receive --output "$work/in-small" --theme dark
+wait_for "$work/small.err" "listening on"
+addr=$(sed -n 's/^listening on //p' "$work/small.err")
+P2P_TRANSFER_DATA_DIR="$work/data-phone" "$BIN/p2p-transfer" send "$work/photos" \
+    --peer "$addr" --name phone --peer-id "$window_id" >/dev/null 2>&1 &
+pids+=($!)
+wait_for "$work/small.err" "offer from"
+id=$(xdotool search --sync --onlyvisible --name 'p2p-transfer' | head -1)
+xdotool windowsize "$id" 720 480
+shot receive-small-dark
+
+# Send, nothing connected: files picked, a receiver found on this network, one click.
+gui send-here --tab send --send "$work/photos" "$work/notes.txt"
+sleep 2.5
+shot send-here
+
 # Settings, scrolled to the trusted devices at its end.
 gui settings --tab settings
 id=$(xdotool search --sync --onlyvisible --name 'p2p-transfer' | head -1)
@@ -122,13 +143,21 @@ sleep 0.5
 xdotool mousemove --window "$id" 380 360 click --repeat 15 --delay 30 5
 shot settings
 
-# History: two transfers and one refused (the file is already there).
+# History: two transfers, and one declined (the file is already there).
 rm -rf "$work/in-gui"
-gui history --listen 127.0.0.1:0 --auto-accept --tab history --output "$work/in-gui"
+gui history --bind 127.0.0.1 --port 0 --auto-accept --tab history --output "$work/in-gui"
 wait_for "$work/history.err" "listening on"
 addr=$(sed -n 's/^listening on //p' "$work/history.err")
 "$BIN/p2p-transfer" send "$work/photos" --peer "$addr" --name laptop >/dev/null
 "$BIN/p2p-transfer" send "$work/notes.txt" --peer "$addr" --name phone >/dev/null
-"$BIN/p2p-transfer" send "$work/notes.txt" --peer "$addr" --name phone >/dev/null 2>&1 || true
-wait_for "$work/history.err" "failed:"
+# The same file again: it exists, so even with auto-accept the window asks; Esc
+# declines it.
+"$BIN/p2p-transfer" send "$work/notes.txt" --peer "$addr" --name phone >/dev/null 2>&1 &
+again=$!
+wait_for "$work/history.err" "offer from"
+id=$(xdotool search --sync --onlyvisible --name 'p2p-transfer' | head -1)
+xdotool windowfocus --sync "$id" key Escape
+wait "$again" || true
+sleep 0.5
+xdotool mousemove --window "$id" 381 31 click 1
 shot history

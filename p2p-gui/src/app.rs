@@ -4,10 +4,10 @@
 //! a folder, file dialogs) runs in an iced [`Task`] and comes back as a [`Message`].
 //! `view.rs` draws the state.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant, SystemTime};
 
 use iced::task;
 use iced::Task;
@@ -18,6 +18,7 @@ use p2p_core::settings::Settings;
 use p2p_core::{Direction, IncomingOffer, ReceiveOptions, SessionOptions, TransferEvent};
 use uuid::Uuid;
 
+use crate::dialog::{self, Pick};
 use crate::history::{DirectionFilter, History, OutcomeFilter};
 use crate::peers;
 use crate::progress::{TransferProgress, TransferState};
@@ -29,6 +30,9 @@ use p2p_core::history::{History as HistoryFile, Record, Status, Tracker};
 /// How long closing the window waits for a session to close cleanly and records to be
 /// written.
 pub const QUIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// How often the history file is checked for records written elsewhere (the CLI).
+pub const HISTORY_POLL: Duration = Duration::from_secs(2);
 
 /// What the command line preselects when the window opens.
 #[derive(Debug, Clone, Default)]
@@ -64,6 +68,8 @@ pub struct Launch {
     /// with `connect`, connect to that address with it; alone, find the peer waiting
     /// for it on the local network and connect.
     pub code: Option<String>,
+    /// Light or dark; `None` follows the desktop's setting.
+    pub theme: Option<iced::Theme>,
 }
 
 /// The tabs, in order.
@@ -121,6 +127,9 @@ pub enum Message {
     PeersFound(Result<Vec<PeerInfo>, String>),
     /// Connect to a peer found on the local network.
     ConnectTo(SocketAddr),
+    /// Connect to a peer found on the local network and send the selection to it: one
+    /// click from the Send tab.
+    SendTo(SocketAddr),
     /// The one-time code field (Send and Receive tabs).
     CodeChanged(String),
     /// Listen for the peer that knows the typed code, or a new one when none is typed.
@@ -138,6 +147,41 @@ pub enum Message {
     Quit,
     /// Close the window now, whatever is still pending.
     QuitNow,
+    /// The window's close button: asks first while a transfer runs or an offer waits.
+    CloseRequested,
+    /// The answer "keep the window open" to that question.
+    KeepOpen,
+    /// A key no widget took: Tab moves the focus, Enter accepts and Esc declines an
+    /// offer.
+    Key(KeyPress),
+    /// A file or folder dropped onto the window: added to what is sent.
+    Dropped(PathBuf),
+    /// The path field (Send tab): typed or pasted paths, one per line.
+    PathInputChanged(String),
+    /// Add the paths in the path field.
+    AddTypedPaths,
+    /// A file dialog could not open (no portal, no zenity): said in the window.
+    PickFailed(String),
+    /// The output folder field (Receive tab).
+    OutputInputChanged(String),
+    /// Receive into the folder typed in the output folder field.
+    UseTypedOutput,
+    /// Which of the offer's files already exist in the folder it would go to.
+    OfferClashes(Uuid, PathBuf, Vec<String>),
+    /// Accept the waiting offer, replacing the files that exist (this transfer only).
+    AcceptReplacing,
+    /// Open the folder the last transfer was received into (file manager).
+    OpenFolder,
+    /// Opening it failed (no file manager, …), or worked.
+    FolderOpened(Result<(), String>),
+    /// Time to look whether the history file changed.
+    HistoryTick,
+    /// The history file's modification time and size (`None`: no file yet).
+    HistoryStat(Option<(SystemTime, u64)>),
+    /// The history file, read again after it changed.
+    HistoryReloaded(Result<(Vec<Record>, usize), String>),
+    /// This machine's network addresses (each interface).
+    Addresses(Vec<IpAddr>),
     /// The trusted devices on the Settings tab.
     Trust(TrustMessage),
     /// A report from the session worker with this id.
@@ -172,6 +216,17 @@ pub enum Message {
     HistoryLoaded(Result<(Vec<Record>, usize), String>),
     /// A record was appended to the history file (or could not be).
     HistoryWritten(Result<(), String>),
+}
+
+/// Keys the window handles itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyPress {
+    /// Tab: the next field.
+    Next,
+    /// Shift+Tab: the previous field.
+    Previous,
+    Enter,
+    Escape,
 }
 
 /// Size of one selected path, as the core's manifest scan sees it.
@@ -310,6 +365,45 @@ pub struct App {
     browsing: Option<task::Handle>,
     pub found_peers: Vec<PeerInfo>,
     pub discovery_error: Option<String>,
+    /// The path field of the Send tab, and what is wrong with what was typed.
+    pub path_input: String,
+    pub path_error: Option<String>,
+    /// Why the last file dialog could not open.
+    pub dialog_error: Option<String>,
+    /// The output folder field of the Receive tab.
+    pub output_input: String,
+    /// The files of the waiting offer that already exist in the folder it would go to.
+    pub clashes: Option<Clashes>,
+    /// The folder the running (or last) incoming transfer is written into.
+    pub received_into: Option<PathBuf>,
+    /// Why the folder could not be opened.
+    pub open_error: Option<String>,
+    /// The folder the person accepted the waiting offer into.
+    accepted_into: Option<PathBuf>,
+    /// The close button was pressed while a transfer runs: the window asks.
+    pub confirm_close: bool,
+    /// The device the resumable send went to: Resume is offered only to it.
+    resumable_peer: Option<Option<DeviceId>>,
+    /// The history file's modification time and size when it was last read.
+    history_stamp: Option<(SystemTime, u64)>,
+    /// The history file was read once (later reads replace what it showed).
+    history_read: bool,
+    /// Light or dark; `None` follows the desktop.
+    pub theme: Option<iced::Theme>,
+    /// This machine's name, as peers see it.
+    pub device_name: String,
+    /// This machine's addresses, one per interface (loopback last).
+    pub addresses: Vec<IpAddr>,
+    /// The program that opens a folder ([`OPENER`]).
+    pub opener: String,
+}
+
+/// Files of an offer that exist already where it would be saved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Clashes {
+    pub transfer_id: Uuid,
+    pub dir: PathBuf,
+    pub names: Vec<String>,
 }
 
 impl App {
@@ -374,8 +468,25 @@ impl App {
             browsing: None,
             found_peers: Vec::new(),
             discovery_error: None,
+            path_input: String::new(),
+            path_error: None,
+            dialog_error: None,
+            output_input: String::new(),
+            clashes: None,
+            received_into: None,
+            open_error: None,
+            accepted_into: None,
+            confirm_close: false,
+            resumable_peer: None,
+            history_stamp: None,
+            history_read: false,
+            theme: launch.theme,
+            device_name: p2p_core::session::default_device_name(),
+            addresses: Vec::new(),
+            opener: OPENER.to_owned(),
         };
-        let mut tasks = Vec::new();
+        app.output_input = app.output_dir.display().to_string();
+        let mut tasks = vec![Task::perform(local_addresses(), Message::Addresses)];
         if let Some(file) = app.history_file.clone() {
             tasks.push(Task::perform(load_history(file), Message::HistoryLoaded));
         }
@@ -423,6 +534,24 @@ impl App {
         }
     }
 
+    /// Light or dark: the choice given at start, else the desktop's (`None`).
+    pub fn theme(&self) -> Option<iced::Theme> {
+        self.theme.clone()
+    }
+
+    /// What the window listens to besides its widgets: the close button, dropped files,
+    /// keys, and (with a history file) a timer that keeps the History tab live.
+    pub fn subscription(&self) -> iced::Subscription<Message> {
+        let mut subscriptions = vec![
+            iced::window::close_requests().map(|_| Message::CloseRequested),
+            iced::event::listen_with(window_event),
+        ];
+        if self.history_file.is_some() {
+            subscriptions.push(iced::time::every(HISTORY_POLL).map(|_| Message::HistoryTick));
+        }
+        iced::Subscription::batch(subscriptions)
+    }
+
     pub fn update(&mut self, message: Message) -> Task<Message> {
         match message {
             Message::TabSelected(tab) => self.tab = tab,
@@ -455,6 +584,13 @@ impl App {
                 self.browsing = None;
                 self.discovery_error = Some(e);
             }
+            Message::SendTo(addr) => {
+                if self.selection.is_empty() || self.worker.is_some() {
+                    return Task::none();
+                }
+                self.send_on_connect = true;
+                return self.update(Message::ConnectTo(addr));
+            }
             Message::ConnectTo(addr) => {
                 // The connection must prove the id the beacon announced (a beacon is
                 // only a hint; trust or a code still decide).
@@ -463,8 +599,8 @@ impl App {
                     .iter()
                     .find(|p| p.addr == addr)
                     .map(|p| p.device_id);
+                // Looking goes on: the list stays for the next transfer.
                 self.peer_address = addr.to_string();
-                self.browsing = None;
                 return self.start_worker_with(
                     Plan::Connect {
                         addr: addr.to_string(),
@@ -486,13 +622,122 @@ impl App {
             Message::Copy(text) => return iced::clipboard::write(text),
             Message::Quit => {
                 self.quitting = true;
-                let stopped = self.stop();
+                self.confirm_close = false;
+                let stopped = self.stop_with(Ending::WindowClosed);
                 // A peer that does not take the close must not keep the window open.
                 let deadline =
                     Task::perform(tokio::time::sleep(QUIT_TIMEOUT), |()| Message::QuitNow);
                 return Task::batch([stopped, deadline, self.exit_when_done()]);
             }
             Message::QuitNow => return iced::exit(),
+            Message::CloseRequested => {
+                if self.is_busy() || self.offer.is_some() {
+                    self.confirm_close = true;
+                } else {
+                    return self.update(Message::Quit);
+                }
+            }
+            Message::KeepOpen => self.confirm_close = false,
+            Message::Key(key) => return self.on_key(key),
+            Message::Dropped(path) => {
+                if self.offer.is_none() && !self.confirm_close {
+                    self.tab = Tab::Send;
+                }
+                return self.add_paths(vec![path]);
+            }
+            Message::PathInputChanged(text) => {
+                self.path_input = text;
+                self.path_error = None;
+            }
+            Message::AddTypedPaths => {
+                let paths = dialog::typed_paths(&self.path_input);
+                if paths.is_empty() {
+                    self.path_error =
+                        Some("Type or paste the path of a file or folder.".to_owned());
+                    return Task::none();
+                }
+                let missing: Vec<String> = paths
+                    .iter()
+                    .filter(|p| std::fs::symlink_metadata(p).is_err())
+                    .map(|p| p.display().to_string())
+                    .collect();
+                if !missing.is_empty() {
+                    self.path_error =
+                        Some(format!("No such file or folder: {}", missing.join(", ")));
+                    return Task::none();
+                }
+                self.path_input.clear();
+                return self.add_paths(paths);
+            }
+            Message::PickFailed(error) => self.dialog_error = Some(error),
+            Message::OutputInputChanged(text) => self.output_input = text,
+            Message::UseTypedOutput => {
+                match dialog::typed_paths(&self.output_input).into_iter().next() {
+                    Some(dir) if dir.is_absolute() => return self.set_output_dir(dir),
+                    Some(dir) => {
+                        self.dialog_error = Some(format!(
+                            "{} is not a full path: type it from / (or ~/).",
+                            dir.display()
+                        ))
+                    }
+                    None => {}
+                }
+            }
+            Message::OfferClashes(id, dir, names) => {
+                let current = self.offer.as_ref().is_some_and(|o| o.transfer_id == id)
+                    && dir == self.output_dir;
+                if current {
+                    self.clashes = Some(Clashes {
+                        transfer_id: id,
+                        dir,
+                        names,
+                    });
+                }
+            }
+            Message::AcceptReplacing => return self.answer_offer(Answer::Replace),
+            Message::OpenFolder => {
+                if let Some(dir) = self.received_into.clone() {
+                    self.open_error = None;
+                    return Task::perform(
+                        open_folder(self.opener.clone(), dir),
+                        Message::FolderOpened,
+                    );
+                }
+            }
+            Message::FolderOpened(result) => self.open_error = result.err(),
+            Message::HistoryTick => {
+                if let (Some(file), 0, true) =
+                    (&self.history_file, self.history_writes, self.history_read)
+                {
+                    let path = file.path().to_path_buf();
+                    return Task::perform(
+                        async move {
+                            tokio::task::spawn_blocking(move || stamp(&path))
+                                .await
+                                .ok()
+                                .flatten()
+                        },
+                        Message::HistoryStat,
+                    );
+                }
+            }
+            Message::HistoryStat(seen) => {
+                if self.history_read && seen != self.history_stamp && self.history_writes == 0 {
+                    self.history_stamp = seen;
+                    if let Some(file) = self.history_file.clone() {
+                        return Task::perform(load_history(file), Message::HistoryReloaded);
+                    }
+                }
+            }
+            Message::HistoryReloaded(Ok((records, _))) => {
+                if self.history_writes == 0 {
+                    self.history.replace(records);
+                }
+            }
+            Message::HistoryReloaded(Err(e)) => {
+                self.history_status = Some(Notice::Error(format!("Cannot read the history: {e}")));
+            }
+            Message::Addresses(addresses) => self.addresses = addresses,
             Message::Trust(message) => return self.on_trust(message),
             Message::Worker(id, event) => {
                 if self.worker.as_ref().is_some_and(|w| w.id == id) {
@@ -503,33 +748,19 @@ impl App {
                     return self.exit_when_done();
                 }
             }
-            Message::PickFiles => {
-                return Task::perform(
-                    async {
-                        rfd::AsyncFileDialog::new()
-                            .set_title("Choose files to send")
-                            .pick_files()
-                            .await
-                            .map(|files| files.iter().map(|f| f.path().to_path_buf()).collect())
-                            .unwrap_or_default()
-                    },
-                    Message::Picked,
-                )
+            Message::PickFiles | Message::PickFolder => {
+                self.dialog_error = None;
+                let kind = if matches!(message, Message::PickFiles) {
+                    Pick::Files
+                } else {
+                    Pick::Folder
+                };
+                return Task::perform(dialog::pick(kind), |picked| match picked {
+                    Ok(paths) => Message::Picked(paths),
+                    Err(error) => Message::PickFailed(error),
+                });
             }
-            Message::PickFolder => {
-                return Task::perform(
-                    async {
-                        rfd::AsyncFileDialog::new()
-                            .set_title("Choose a folder to send")
-                            .pick_folder()
-                            .await
-                            .map(|f| vec![f.path().to_path_buf()])
-                            .unwrap_or_default()
-                    },
-                    Message::Picked,
-                )
-            }
-            Message::Picked(paths) => return self.select(paths),
+            Message::Picked(paths) => return self.add_paths(paths),
             Message::Measured(path, result) => {
                 if let Some(item) = self.selection.iter_mut().find(|s| s.path == path) {
                     item.measure = Some(result);
@@ -541,7 +772,11 @@ impl App {
                     self.selection.remove(index);
                 }
             }
-            Message::ClearSelection => self.selection.clear(),
+            Message::ClearSelection => {
+                self.selection.clear();
+                // What was interrupted is not what will be sent next.
+                self.resumable = None;
+            }
             Message::StartSend => self.start_send(),
             Message::Cancel => {
                 if let Some(peer) = self.peer() {
@@ -549,28 +784,19 @@ impl App {
                 }
             }
             Message::PickOutputDir => {
-                return Task::perform(
-                    async {
-                        rfd::AsyncFileDialog::new()
-                            .set_title("Choose where received files go")
-                            .pick_folder()
-                            .await
-                            .map(|f| f.path().to_path_buf())
-                    },
-                    Message::OutputDirPicked,
-                )
+                self.dialog_error = None;
+                return Task::perform(dialog::pick(Pick::OutputFolder), |picked| match picked {
+                    Ok(dirs) => Message::OutputDirPicked(dirs.into_iter().next()),
+                    Err(error) => Message::PickFailed(error),
+                });
             }
-            Message::OutputDirPicked(Some(dir)) => {
-                self.output_dir = dir.clone();
-                self.settings.output_dir = Some(dir);
-                self.save_settings();
-                self.push_receive_options();
-            }
+            Message::OutputDirPicked(Some(dir)) => return self.set_output_dir(dir),
             Message::OutputDirPicked(None) => {}
             Message::OverwriteToggled(on) => {
                 self.settings.overwrite = on;
                 self.save_settings();
                 self.push_receive_options();
+                return self.check_clashes();
             }
             Message::AutoAcceptToggled(on) => {
                 self.auto_accept = on;
@@ -578,33 +804,8 @@ impl App {
                 self.save_settings();
                 self.push_receive_options();
             }
-            Message::AcceptOffer | Message::DeclineOffer => {
-                let accept = matches!(message, Message::AcceptOffer);
-                let mut remember = Task::none();
-                if accept && self.offer.is_some() {
-                    if let Some(peer) = self.worker.as_mut().and_then(|w| w.peer.as_mut()) {
-                        // The person vouches for an unknown device by accepting.
-                        if peer.is_unvouched() {
-                            peer.accepted = true;
-                            if self.remember {
-                                remember = self.remember_peer();
-                            }
-                        }
-                    }
-                }
-                if let (Some(offer), Some(peer)) = (self.offer.take(), self.peer()) {
-                    peer.handle.decide(offer.transfer_id, accept);
-                    if !accept {
-                        self.notice = Some(Notice::Info(format!(
-                            "Declined {} from {}.",
-                            offer.roots().join(", "),
-                            offer.peer
-                        )));
-                        return self.keep(Record::declined(&offer, "declined in this window"));
-                    }
-                }
-                return remember;
-            }
+            Message::AcceptOffer => return self.answer_offer(Answer::Accept),
+            Message::DeclineOffer => return self.answer_offer(Answer::Decline),
             Message::ResumeSend => self.resume_send(),
             Message::Settings(message) => {
                 if self.form.apply(message, &mut self.settings) {
@@ -615,6 +816,11 @@ impl App {
             Message::HistoryOutcome(filter) => self.history.outcome = filter,
             Message::HistoryLoaded(Ok((records, unreadable))) => {
                 self.history.prepend(records);
+                // The file as read: later changes (the CLI's records) are read again.
+                self.history_read = true;
+                if let Some(file) = &self.history_file {
+                    self.history_stamp = stamp(file.path());
+                }
                 if unreadable > 0 {
                     self.history_status = Some(Notice::Error(format!(
                         "{unreadable} line(s) of the history file could not be read and are \
@@ -637,6 +843,117 @@ impl App {
         Task::none()
     }
 
+    fn on_key(&mut self, key: KeyPress) -> Task<Message> {
+        match key {
+            KeyPress::Next => iced::widget::operation::focus_next(),
+            KeyPress::Previous => iced::widget::operation::focus_previous(),
+            KeyPress::Escape if self.confirm_close => self.update(Message::KeepOpen),
+            KeyPress::Escape if self.offer.is_some() => self.answer_offer(Answer::Decline),
+            // Enter takes an offer only when nothing in it needs a choice first.
+            KeyPress::Enter if self.offer.is_some() && !self.confirm_close => {
+                if self.offer_needs_choice() {
+                    Task::none()
+                } else {
+                    self.answer_offer(Answer::Accept)
+                }
+            }
+            _ => Task::none(),
+        }
+    }
+
+    /// Files of the waiting offer exist where it would be saved, and replacing them is
+    /// not allowed: the person chooses (replace, another folder, decline) before Accept.
+    pub fn offer_needs_choice(&self) -> bool {
+        !self.settings.overwrite && self.clashes.as_ref().is_some_and(|c| !c.names.is_empty())
+    }
+
+    /// Adds paths (dropped, typed, picked) to what is sent; while a transfer runs they
+    /// wait for the next send.
+    fn add_paths(&mut self, paths: Vec<PathBuf>) -> Task<Message> {
+        self.dialog_error = None;
+        self.select(paths)
+    }
+
+    /// Receives into `dir` from now on (saved), the waiting offer included.
+    fn set_output_dir(&mut self, dir: PathBuf) -> Task<Message> {
+        self.dialog_error = None;
+        self.output_input = dir.display().to_string();
+        self.output_dir = dir.clone();
+        self.settings.output_dir = Some(dir);
+        self.save_settings();
+        self.push_receive_options();
+        self.check_clashes()
+    }
+
+    /// Looks (off the UI thread) which files of the waiting offer exist in the output
+    /// folder.
+    fn check_clashes(&mut self) -> Task<Message> {
+        self.clashes = None;
+        let Some(offer) = &self.offer else {
+            return Task::none();
+        };
+        let (id, dir) = (offer.transfer_id, self.output_dir.clone());
+        let files: Vec<String> = offer
+            .entries
+            .iter()
+            .filter(|e| e.size.is_some())
+            .map(|e| e.path.clone())
+            .collect();
+        Task::perform(
+            async move {
+                let look = dir.clone();
+                let names = tokio::task::spawn_blocking(move || existing(&look, &files))
+                    .await
+                    .unwrap_or_default();
+                (dir, names)
+            },
+            move |(dir, names)| Message::OfferClashes(id, dir, names),
+        )
+    }
+
+    /// Answers the waiting offer. Accepting uses the folder shown now (it may have been
+    /// changed while the offer waited).
+    fn answer_offer(&mut self, answer: Answer) -> Task<Message> {
+        let accept = !matches!(answer, Answer::Decline);
+        let mut remember = Task::none();
+        if accept && self.offer.is_some() {
+            if let Some(peer) = self.worker.as_mut().and_then(|w| w.peer.as_mut()) {
+                // The person vouches for an unknown device by accepting.
+                if peer.is_unvouched() {
+                    peer.accepted = true;
+                    if self.remember {
+                        remember = self.remember_peer();
+                    }
+                }
+            }
+        }
+        let mut options = self.receive_options();
+        if matches!(answer, Answer::Replace) {
+            options.overwrite = true;
+        }
+        let Some(offer) = self.offer.take() else {
+            return remember;
+        };
+        self.clashes = None;
+        self.confirm_close = false;
+        let Some(peer) = self.peer().cloned() else {
+            return remember;
+        };
+        if accept {
+            self.accepted_into = Some(options.output_dir.clone());
+            peer.handle.accept_with(offer.transfer_id, options);
+            remember
+        } else {
+            peer.handle.decide(offer.transfer_id, false);
+            self.notice = Some(Notice::Info(format!(
+                "Declined {} from {}.",
+                offer.roots().join(", "),
+                offer.peer
+            )));
+            self.keep(Record::declined(&offer, "declined in this window"))
+        }
+    }
+
     /// After [`Message::Quit`]: exits once no session is being closed and no record is
     /// being written.
     fn exit_when_done(&self) -> Task<Message> {
@@ -649,6 +966,30 @@ impl App {
         } else {
             Task::none()
         }
+    }
+
+    /// The connected peer's device id (`None` for a peer that proved none).
+    fn peer_device(&self) -> Option<DeviceId> {
+        self.peer()
+            .and_then(|p| p.identity.as_ref())
+            .map(|i| i.device_id)
+    }
+
+    /// The interrupted send can be resumed now: connected to the device it went to,
+    /// nothing running.
+    pub fn can_resume(&self) -> bool {
+        self.resumable.is_some()
+            && !self.is_busy()
+            && self.peer().is_some()
+            && self.resumable_peer == Some(self.peer_device())
+    }
+
+    /// The interrupted send is shown (Resume greyed out while not connected): not while
+    /// something runs, nor to another device.
+    pub fn shows_resume(&self) -> bool {
+        self.resumable.is_some()
+            && !self.is_busy()
+            && (self.peer().is_none() || self.resumable_peer == Some(self.peer_device()))
     }
 
     /// Looking for peers on the local network.
@@ -975,6 +1316,11 @@ impl App {
     /// peer sees the session end, not a broken connection); otherwise, or when that
     /// cannot be asked, aborting its task closes the listener and the connection.
     fn stop(&mut self) -> Task<Message> {
+        self.stop_with(Ending::Stopped)
+    }
+
+    /// [`App::stop`], recording a running transfer as ended by `ending`.
+    fn stop_with(&mut self, ending: Ending) -> Task<Message> {
         self.waiting_code = None;
         let Some(worker) = self.worker.take() else {
             return Task::none();
@@ -987,7 +1333,8 @@ impl App {
         }
         self.send_pending = false;
         self.offer = None;
-        self.end_transfer(Ending::Stopped)
+        self.clashes = None;
+        self.end_transfer(ending)
     }
 
     fn receive_options(&self) -> ReceiveOptions {
@@ -1056,7 +1403,7 @@ impl App {
 
     /// Sends the interrupted selection again under its transfer id.
     fn resume_send(&mut self) {
-        if self.is_busy() {
+        if !self.can_resume() {
             return;
         }
         let (Some((paths, id)), Some(peer)) = (self.resumable.clone(), self.peer()) else {
@@ -1135,7 +1482,9 @@ impl App {
                     crate::format::files(offer.files())
                 )));
                 self.offer = Some(offer);
+                self.accepted_into = None;
                 self.tab = Tab::Receive;
+                return self.check_clashes();
             }
             WorkerEvent::Reconnecting {
                 error,
@@ -1149,8 +1498,13 @@ impl App {
             }
             WorkerEvent::Transfer(event) => return self.on_transfer(event),
             WorkerEvent::Note(note) => self.notice = Some(Notice::Info(note)),
-            WorkerEvent::SendFailed(error) => {
+            WorkerEvent::SendFailed { error, resumable } => {
                 self.send_pending = false;
+                if !resumable {
+                    // Refused (the files exist, declined, no space…): sending the same
+                    // again under the same id would be refused the same way.
+                    self.resumable = None;
+                }
                 // After a started transfer the `Failed` event has said it already.
                 if !matches!(&self.transfer, Some(t) if matches!(&t.state, TransferState::Failed { error: e } if *e == error))
                 {
@@ -1214,9 +1568,14 @@ impl App {
             } => {
                 self.send_pending = false;
                 self.notice = None;
+                self.open_error = None;
                 if *direction == Direction::Send {
-                    // Offered for resume should it stop before the end.
+                    // Offered for resume, to this device, should it stop before the end.
                     self.resumable = Some((self.sending.clone(), *transfer_id));
+                    self.resumable_peer = Some(self.peer_device());
+                } else {
+                    self.received_into =
+                        Some(self.accepted_into.take().unwrap_or(self.output_dir.clone()));
                 }
                 self.transfer = Some(TransferProgress::started(
                     *transfer_id,
@@ -1233,12 +1592,18 @@ impl App {
             }
             TransferEvent::Warning { message } => self.notice = Some(Notice::Info(message.clone())),
             TransferEvent::Failed { transfer_id, error } => {
-                self.notice = Some(Notice::Error(format!("Transfer failed: {error}")));
-                // Refused before it started (the file exists, no space…): there is no
-                // progress to show, only the record and the reason.
-                if let Some(t) = &mut self.transfer {
-                    if t.transfer_id == *transfer_id {
+                match &mut self.transfer {
+                    // The panel says why, in red: the status bar does not repeat it.
+                    Some(t) if t.transfer_id == *transfer_id => {
                         t.apply(&event, now);
+                        self.notice = None;
+                    }
+                    // Refused before it started (the file exists, no space…): there is
+                    // no progress to show, and the last transfer's Done or Failed panel
+                    // would be stale; the status bar says why.
+                    _ => {
+                        self.transfer = None;
+                        self.notice = Some(Notice::Error(format!("Transfer failed: {error}")));
                     }
                 }
             }
@@ -1274,6 +1639,13 @@ impl App {
                 (
                     Status::Interrupted,
                     "the connection was stopped by the user".to_owned(),
+                )
+            }
+            Ending::WindowClosed => {
+                t.cancel();
+                (
+                    Status::Interrupted,
+                    "the window was closed during the transfer".to_owned(),
                 )
             }
             Ending::Failed(error) => {
@@ -1353,7 +1725,116 @@ fn load_identity(
 enum Ending {
     Cancelled,
     Stopped,
+    WindowClosed,
     Failed(String),
+}
+
+/// How the person answered an offer.
+enum Answer {
+    Accept,
+    /// Accept, replacing the files that exist.
+    Replace,
+    Decline,
+}
+
+/// The window events the app reacts to (its subscription), whatever the widgets did
+/// with them: dropped files and keys.
+pub fn window_event(
+    event: iced::Event,
+    status: iced::event::Status,
+    _window: iced::window::Id,
+) -> Option<Message> {
+    use iced::keyboard::{key::Named, Event as KeyEvent, Key};
+    match event {
+        iced::Event::Window(iced::window::Event::FileDropped(path)) => Some(Message::Dropped(path)),
+        iced::Event::Keyboard(KeyEvent::KeyPressed { key, modifiers, .. }) => {
+            let key = match key {
+                Key::Named(Named::Tab) if modifiers.shift() => KeyPress::Previous,
+                Key::Named(Named::Tab) => KeyPress::Next,
+                // A field that took Enter (its submit) or Esc keeps it.
+                Key::Named(Named::Enter) if status == iced::event::Status::Ignored => {
+                    KeyPress::Enter
+                }
+                Key::Named(Named::Escape) if status == iced::event::Status::Ignored => {
+                    KeyPress::Escape
+                }
+                _ => return None,
+            };
+            Some(Message::Key(key))
+        }
+        _ => None,
+    }
+}
+
+/// The relative paths (of `files`) that exist under `dir`.
+fn existing(dir: &Path, files: &[String]) -> Vec<String> {
+    files
+        .iter()
+        .filter(|f| std::fs::symlink_metadata(dir.join(f)).is_ok())
+        .cloned()
+        .collect()
+}
+
+/// A file's modification time and size, `None` when it cannot be read.
+fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.modified().ok()?, meta.len()))
+}
+
+/// This machine's addresses, one per interface: the ones a peer can reach first,
+/// loopback last.
+async fn local_addresses() -> Vec<IpAddr> {
+    let found = tokio::task::spawn_blocking(if_addrs::get_if_addrs)
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or_default();
+    let mut addresses: Vec<IpAddr> = found
+        .iter()
+        .map(|i| i.ip())
+        // Link-local IPv6 needs a scope a person cannot type.
+        .filter(|ip| !matches!(ip, IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80))
+        .collect();
+    addresses.sort_by_key(|ip| (ip.is_loopback(), ip.is_ipv6()));
+    addresses.dedup();
+    addresses
+}
+
+/// The program that opens a folder in the file manager.
+pub const OPENER: &str = if cfg!(target_os = "macos") {
+    "open"
+} else if cfg!(windows) {
+    "explorer"
+} else {
+    "xdg-open"
+};
+
+/// Opens `dir` in the file manager; the error in words when that fails.
+async fn open_folder(opener: String, dir: PathBuf) -> Result<(), String> {
+    let shown = dir.display().to_string();
+    let program = opener.clone();
+    let run = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(&program)
+            .arg(&dir)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+    })
+    .await
+    .map_err(|e| format!("Could not open {shown}: {e}."))?;
+    match run {
+        Ok(status) if status.success() => Ok(()),
+        Ok(status) => Err(format!(
+            "Could not open {shown}: {opener} found no program for folders ({status}). \
+             The files are there; open the folder in your file manager."
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(format!(
+            "Could not open {shown}: {opener} is not installed. The files are there; open \
+             the folder in your file manager."
+        )),
+        Err(e) => Err(format!("Could not open {shown}: {e}.")),
+    }
 }
 
 /// Reads the history file off the UI thread.

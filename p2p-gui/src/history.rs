@@ -82,6 +82,11 @@ impl History {
         self.records = older;
     }
 
+    /// Shows the records as the file holds them now (read again after it changed).
+    pub fn replace(&mut self, records: Vec<Record>) {
+        self.records = records;
+    }
+
     pub fn push(&mut self, record: Record) {
         self.records.push(record);
     }

@@ -24,6 +24,8 @@
 //! a second (the core coalesces it), so rendering cannot slow a transfer down.
 
 pub mod app;
+pub mod dialog;
+pub mod display;
 mod format;
 pub mod history;
 pub mod peers;
@@ -66,7 +68,60 @@ pub fn admitted_short(admitted: &p2p_core::net::Admitted) -> &'static str {
     }
 }
 
-/// The theme of the window.
-pub fn theme(_app: &App) -> iced::Theme {
-    iced::Theme::Light
+/// The window's class (X11 `WM_CLASS`) and app id (Wayland): what docks and window
+/// managers group it by, and the base name of a `.desktop` file.
+pub const APP_ID: &str = "p2p-transfer";
+
+/// The smallest window in which every tab's actions (an offer's Accept and Decline, a
+/// send's Start sending) stay on screen.
+pub const MIN_SIZE: iced::Size = iced::Size::new(720.0, 480.0);
+
+/// The size the window opens with.
+pub const DEFAULT_SIZE: iced::Size = iced::Size::new(900.0, 720.0);
+
+/// The window's settings: size, minimum size, icon and class name.
+pub fn window_settings() -> iced::window::Settings {
+    iced::window::Settings {
+        size: DEFAULT_SIZE,
+        min_size: Some(MIN_SIZE),
+        icon: icon(),
+        #[cfg(all(unix, not(target_os = "macos")))]
+        platform_specific: iced::window::settings::PlatformSpecific {
+            application_id: APP_ID.to_owned(),
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+/// The window icon, drawn here (no image files to ship): a blue disc with two white
+/// arrows passing each other, one each way.
+pub fn icon() -> Option<iced::window::Icon> {
+    const SIZE: u32 = 64;
+    let mut rgba = Vec::with_capacity((SIZE * SIZE * 4) as usize);
+    let c = (SIZE as f32 - 1.0) / 2.0;
+    for y in 0..SIZE {
+        for x in 0..SIZE {
+            let (fx, fy) = (x as f32, y as f32);
+            let d = ((fx - c).powi(2) + (fy - c).powi(2)).sqrt();
+            // Anti-aliased edge of the disc.
+            let alpha = (c + 0.5 - d).clamp(0.0, 1.0);
+            // Upper arrow to the right, lower arrow to the left.
+            let arrow = |row: f32, right: bool| {
+                let along = if right { fx } else { SIZE as f32 - 1.0 - fx };
+                let off = (fy - row).abs();
+                let shaft = (14.0..=40.0).contains(&along) && off <= 3.0;
+                let head = (38.0..=50.0).contains(&along) && off <= 50.0 - along;
+                shaft || head
+            };
+            let white = arrow(22.0, true) || arrow(41.0, false);
+            let (r, g, b) = if white {
+                (255, 255, 255)
+            } else {
+                (0x25, 0x63, 0xeb)
+            };
+            rgba.extend_from_slice(&[r, g, b, (alpha * 255.0) as u8]);
+        }
+    }
+    iced::window::icon::from_rgba(rgba, SIZE, SIZE).ok()
 }

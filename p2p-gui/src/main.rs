@@ -1,9 +1,9 @@
 //! The `p2p-gui` binary: parses a few flags, then opens the window.
 //!
-//! The flags preselect what a person would click, so the window can be started
-//! ready to receive (`--listen 0.0.0.0:14567 --output ~/Downloads`) or ready to send
-//! (`--connect host:port --send FILE`), or paired with a one-time code (`--listen ADDR
-//! --code CODE`, `--code CODE`). Notable events are also written to stderr, one line each
+//! The flags preselect what a person would click, and have the CLI's names: the window
+//! can be started ready to receive (`--port 14567 --output ~/Downloads`) or ready to send
+//! (`--peer host:port --send FILE`), or paired with a one-time code (`--port 0 --code
+//! CODE`, `--code CODE`). Notable events are also written to stderr, one line each
 //! (`listening on ADDR`, `code: CODE`, `connected to …`, `offer from …`, `finished: …`,
 //! `failed: …`), so scripts and tests can follow the window without scraping pixels.
 
@@ -22,16 +22,21 @@ use p2p_gui::{App, Launch, Message, Tab};
 #[derive(Debug, Parser)]
 #[command(name = "p2p-gui", version, about)]
 struct Args {
-    /// Start listening on this address (e.g. 0.0.0.0:14567; port 0 picks a free port).
-    #[arg(long, value_name = "HOST:PORT", conflicts_with = "connect")]
-    listen: Option<String>,
-    /// Connect to a peer at this address.
-    #[arg(long, value_name = "HOST:PORT")]
-    connect: Option<String>,
-    /// A one-time code (e.g. 7-guitar-orbit): with --listen, wait for the peer that
-    /// knows it; with --connect, connect there with it; alone, find the peer waiting for
-    /// it on the local network and connect. As if typed in the window: a malformed code
-    /// is shown there.
+    /// Connect to the peer at this address: `host:port`, or `host` for port 14567 (as
+    /// `p2p-transfer send --peer`).
+    #[arg(long, value_name = "HOST[:PORT]", alias = "connect", conflicts_with_all = ["port", "bind"])]
+    peer: Option<String>,
+    /// Wait for a peer: listen on this port (0 picks a free port; with --bind, 14567 when
+    /// not given).
+    #[arg(long)]
+    port: Option<u16>,
+    /// Wait for a peer: listen on this address (default 0.0.0.0, every interface).
+    #[arg(long, value_name = "ADDR")]
+    bind: Option<String>,
+    /// A one-time code (e.g. 7-guitar-orbit): with --port/--bind, wait for the peer that
+    /// knows it (an empty one makes a new code); with --peer, connect there with it;
+    /// alone, find the peer waiting for it on the local network and connect. As if typed
+    /// in the window: a malformed code is shown there.
     #[arg(long, value_name = "CODE")]
     code: Option<String>,
     /// Save received files in this folder (this run only; the saved setting is kept).
@@ -47,12 +52,25 @@ struct Args {
     /// Close the window after the first transfer ends (exit code 1 if it failed).
     #[arg(long)]
     exit_after_transfer: bool,
-    /// Start looking for peers on the local network at once.
-    #[arg(long)]
+    /// Start looking for peers on the local network at once (the default).
+    #[arg(long, hide = true, overrides_with = "no_find_peers")]
     find_peers: bool,
+    /// Do not look for peers on the local network when the window opens.
+    #[arg(long)]
+    no_find_peers: bool,
     /// Open on this tab: connection, send, receive, settings or history.
     #[arg(long, value_parser = parse_tab)]
     tab: Option<Tab>,
+    /// Light or dark window; by default it follows the desktop's setting.
+    #[arg(long, value_enum, default_value_t = ThemeArg::System)]
+    theme: ThemeArg,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ThemeArg {
+    System,
+    Light,
+    Dark,
 }
 
 fn parse_tab(name: &str) -> Result<Tab, String> {
@@ -61,29 +79,63 @@ fn parse_tab(name: &str) -> Result<Tab, String> {
     })
 }
 
+/// Where to listen, from `--bind` and `--port` (`None` when neither is given).
+fn listen_address(bind: Option<&str>, port: Option<u16>) -> Option<String> {
+    if bind.is_none() && port.is_none() {
+        return None;
+    }
+    let port = port.unwrap_or(p2p_core::net::tcp::DEFAULT_PORT);
+    let host = bind.unwrap_or("0.0.0.0");
+    Some(match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => std::net::SocketAddr::new(ip, port).to_string(),
+        Err(_) => format!("{host}:{port}"),
+    })
+}
+
+/// Exit code when the window cannot be shown (the README's "any other error").
+const NO_WINDOW: u8 = 1;
+
 fn main() -> ExitCode {
     let args = Args::parse();
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                // winit warns about harmless display quirks (Xvfb has no XSETTINGS).
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,winit=error")),
-        )
-        .with_writer(std::io::stderr)
-        .try_init();
+    if let Some(problem) = p2p_gui::display::missing() {
+        eprintln!("error: {problem}");
+        return ExitCode::from(NO_WINDOW);
+    }
+    {
+        use tracing_subscriber::layer::SubscriberExt;
+        use tracing_subscriber::util::SubscriberInitExt;
+        use tracing_subscriber::Layer;
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            // winit warns about harmless display quirks (Xvfb has no XSETTINGS).
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,winit=error"));
+        let _ = tracing_subscriber::registry()
+            // A file dialog that cannot open is said in the window, not only here.
+            .with(p2p_gui::dialog::DialogErrors)
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .with_filter(filter),
+            )
+            .try_init();
+    }
 
     let launch = Launch {
         config_dir: Settings::dir(),
-        listen: args.listen,
-        connect: args.connect,
+        listen: listen_address(args.bind.as_deref(), args.port),
+        connect: args.peer,
         output: args.output,
         send: args.send,
         tab: args.tab,
         data_dir: p2p_core::history::data_dir(),
-        find_peers: args.find_peers,
+        find_peers: !args.no_find_peers,
         auto_accept: args.auto_accept,
         identity: None,
         code: args.code,
+        theme: match args.theme {
+            ThemeArg::System => None,
+            ThemeArg::Light => Some(iced::Theme::Light),
+            ThemeArg::Dark => Some(iced::Theme::Dark),
+        },
         discovery: match p2p_core::discovery::DiscoveryConfig::from_env() {
             Ok(config) => Some(config),
             Err(e) => {
@@ -96,7 +148,7 @@ fn main() -> ExitCode {
     let failed = Arc::new(AtomicBool::new(false));
     let failed_in_update = failed.clone();
 
-    let result = iced::application(
+    let application = iced::application(
         move || App::new(launch.clone()),
         move |app: &mut App, message: Message| {
             let ended = report(&message);
@@ -117,25 +169,32 @@ fn main() -> ExitCode {
                 _ => task,
             }
         },
-        App::view,
+        view,
     )
+    .window(p2p_gui::window_settings())
     // Closing the window closes an idle session cleanly before the program ends.
     .exit_on_close_request(false)
-    .subscription(|_: &App| iced::window::close_requests().map(|_| Message::Quit))
+    .subscription(App::subscription)
     .title(App::title)
-    .theme(p2p_gui::theme)
-    .default_font(p2p_gui::FONT)
-    .window_size((760.0, 720.0))
-    .run();
+    .theme(App::theme)
+    .default_font(p2p_gui::FONT);
+    let result = p2p_gui::display::run_guarded(move || application.run());
 
     match result {
         Err(e) => {
-            eprintln!("error: cannot open the window: {e}");
-            ExitCode::from(1)
+            eprintln!("error: {e}");
+            ExitCode::from(NO_WINDOW)
         }
         Ok(()) if failed.load(Ordering::Relaxed) => ExitCode::from(1),
         Ok(()) => ExitCode::SUCCESS,
     }
+}
+
+/// Draws the window; the first call means the window is up (so a later panic is a
+/// bug, reported as such, not "cannot open the window").
+fn view(app: &App) -> iced::Element<'_, Message> {
+    p2p_gui::display::shown();
+    app.view()
 }
 
 /// Writes one stderr line for the notable worker events. Returns `Some(succeeded)` when
@@ -189,7 +248,7 @@ fn report(message: &Message) -> Option<bool> {
             return Some(true);
         }
         WorkerEvent::Transfer(TransferEvent::Failed { error, .. })
-        | WorkerEvent::SendFailed(error) => {
+        | WorkerEvent::SendFailed { error, .. } => {
             eprintln!("failed: {error}");
             return Some(false);
         }

@@ -37,6 +37,8 @@ pub struct TransferProgress {
     pub done_bytes: u64,
     /// Relative path of the file being worked on.
     pub current_file: Option<String>,
+    /// Bytes of the current file done, and its size.
+    pub current_file_bytes: Option<(u64, u64)>,
     /// Chunks sent again so far.
     pub retries: u64,
     /// Bytes the receiver already held from an interrupted attempt (not sent again).
@@ -69,6 +71,7 @@ impl TransferProgress {
             total_bytes,
             done_bytes: 0,
             current_file: None,
+            current_file_bytes: None,
             retries: 0,
             resumed_bytes: 0,
             state: TransferState::Running,
@@ -88,8 +91,9 @@ impl TransferProgress {
             } if *transfer_id == self.transfer_id => {
                 self.done_bytes = *done_bytes;
                 self.total_bytes = *total_bytes;
-                if let Some((path, _, _)) = current_file {
+                if let Some((path, done, size)) = current_file {
                     self.current_file = Some(path.clone());
+                    self.current_file_bytes = Some((*done, *size));
                 }
                 self.samples.push_back((now, *done_bytes));
                 while self
@@ -227,6 +231,7 @@ mod tests {
         assert_eq!(p.done_bytes, 500);
         assert_eq!(p.fraction(), 0.5);
         assert_eq!(p.current_file.as_deref(), Some("a/b.bin"));
+        assert_eq!(p.current_file_bytes, Some((500, 1000)), "per-file progress");
         let speed = p.speed(now).unwrap();
         assert!((speed - 500.0).abs() < 1.0, "{speed}");
         let eta = p.eta(now).unwrap();

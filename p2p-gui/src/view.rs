@@ -62,17 +62,54 @@ impl App {
             Tab::History => self.history_tab(),
         };
         let mut page = column![tabs, rule::horizontal(1)].spacing(SPACING);
-        // The scrollbar beside the tab, not over the ends of its lines.
+        if self.confirm_close {
+            page = page.push(self.close_question());
+        }
+        // As wide as the window, the scrollbar in a gutter of its own beside the tab,
+        // never over the ends of its lines.
         page = page.push(
-            scrollable(container(body).padding([0, 4]))
-                .spacing(6)
-                .height(Fill),
+            scrollable(container(body).padding(iced::Padding {
+                right: 8.0,
+                ..iced::Padding::ZERO
+            }))
+            .spacing(6)
+            .width(Fill)
+            .height(Fill),
         );
         if let Some(panel) = self.transfer_panel() {
             page = page.push(rule::horizontal(1)).push(panel);
         }
         page = page.push(rule::horizontal(1)).push(self.status_bar());
         container(page).padding(16).into()
+    }
+
+    /// The close button was pressed during a transfer: stop it, or keep the window.
+    fn close_question(&self) -> Element<'_, Message> {
+        let what = if self.offer.is_some() {
+            "An incoming transfer waits for your answer: closing declines it."
+        } else {
+            "A transfer is running: closing stops it (it is recorded as interrupted and \
+             can be resumed later)."
+        };
+        container(
+            column![
+                text(what),
+                row![
+                    button("Close and stop")
+                        .style(button::danger)
+                        .on_press(Message::Quit),
+                    button("Keep the window open")
+                        .style(button::secondary)
+                        .on_press(Message::KeepOpen),
+                ]
+                .spacing(SPACING),
+            ]
+            .spacing(6),
+        )
+        .padding(10)
+        .style(container::bordered_box)
+        .width(Fill)
+        .into()
     }
 
     fn connection_tab(&self) -> Element<'_, Message> {
@@ -151,6 +188,11 @@ impl App {
             });
         let mut section = column![
             heading("This device"),
+            text(format!(
+                "{} · {}",
+                printable(&self.device_name),
+                self.addresses_text(None)
+            )),
             row![
                 id,
                 button("Copy id")
@@ -275,6 +317,64 @@ impl App {
         .into()
     }
 
+    /// This machine's addresses, each interface's, with the listening port when there
+    /// is one (a listener on one address: just that address).
+    pub(crate) fn addresses_text(&self, listening: Option<std::net::SocketAddr>) -> String {
+        if let Some(addr) = listening.filter(|a| !a.ip().is_unspecified()) {
+            return addr.to_string();
+        }
+        if self.addresses.is_empty() {
+            return "no network address found".to_owned();
+        }
+        let shown: Vec<String> = self
+            .addresses
+            .iter()
+            .map(|ip| match listening {
+                Some(l) => std::net::SocketAddr::new(*ip, l.port()).to_string(),
+                None => ip.to_string(),
+            })
+            .collect();
+        shown.join(", ")
+    }
+
+    /// One click sends: the devices found on this network, each with Send here.
+    fn send_here_section(&self) -> Option<Element<'_, Message>> {
+        if self.peer().is_some() || self.worker.is_some() || !self.is_browsing() {
+            return None;
+        }
+        let ready = !self.selection.is_empty()
+            && self
+                .selection
+                .iter()
+                .all(|s| matches!(s.measure, Some(Ok(_))));
+        let mut section = column![heading("Send to a device on this network")].spacing(6);
+        if self.found_peers.is_empty() {
+            section = section.push(note(
+                "Looking… a receiver waiting on this network (a window that listens, or \
+                 `p2p-transfer receive`) shows up here within a few seconds.",
+            ));
+        }
+        for peer in &self.found_peers {
+            let mut label = format!("{} at {}", printable(&peer.name), peer.addr);
+            if let Some(trusted) = self.trusted.get(&peer.device_id) {
+                label.push_str(&format!(" · trusted as {}", printable(&trusted.name)));
+            }
+            if let Some(nameplate) = peer.nameplate {
+                label.push_str(&format!(" · waits for code {nameplate}-…"));
+            }
+            let go = (ready && peer.is_compatible()).then_some(Message::SendTo(peer.addr));
+            section = section.push(
+                row![
+                    text(label).width(Fill),
+                    button("Send here").on_press_maybe(go),
+                ]
+                .spacing(SPACING)
+                .align_y(iced::Center),
+            );
+        }
+        Some(section.into())
+    }
+
     fn peers_section(&self) -> Element<'_, Message> {
         let mut section = column![heading("Peers on this network")].spacing(6);
         if self.discovery.is_none() {
@@ -345,9 +445,32 @@ impl App {
             ),
         ]
         .spacing(SPACING);
+        let mut path_row = column![row![
+            text_input("or type or paste a path, then Enter", &self.path_input)
+                .id("path")
+                .on_input(Message::PathInputChanged)
+                .on_paste(Message::PathInputChanged)
+                .on_submit(Message::AddTypedPaths)
+                .width(Fill),
+            button("Add path")
+                .style(button::secondary)
+                .on_press(Message::AddTypedPaths),
+        ]
+        .spacing(SPACING)
+        .align_y(iced::Center)]
+        .spacing(4);
+        if let Some(error) = &self.path_error {
+            path_row = path_row.push(text(printable(error)).size(NOTE_SIZE).style(text::danger));
+        }
+        if let Some(error) = &self.dialog_error {
+            path_row = path_row.push(text(printable(error)).size(NOTE_SIZE).style(text::danger));
+        }
         let mut list = Column::new().spacing(6);
         if self.selection.is_empty() {
-            list = list.push(note("Nothing selected yet."));
+            list = list.push(note(
+                "Nothing selected yet: drop files or folders onto this window, or add them \
+                 above.",
+            ));
         }
         for (index, item) in self.selection.iter().enumerate() {
             let detail = match &item.measure {
@@ -406,13 +529,19 @@ impl App {
         tab = tab
             .push(heading("What to send"))
             .push(pickers)
+            .push(path_row)
             .push(list)
             .push(total)
             .push(actions);
-        if let Some(blocker) = blocker {
+        if let Some(blocker) =
+            blocker.filter(|_| self.peer().is_some() || self.send_here_section().is_none())
+        {
             tab = tab.push(note(blocker));
         }
-        if let Some((paths, _)) = self.resumable.as_ref().filter(|_| !busy) {
+        if let Some(section) = self.send_here_section() {
+            tab = tab.push(rule::horizontal(1)).push(section);
+        }
+        if let Some((paths, _)) = self.resumable.as_ref().filter(|_| self.shows_resume()) {
             let names: Vec<String> = paths
                 .iter()
                 .map(|p| {
@@ -430,7 +559,7 @@ impl App {
                     .size(NOTE_SIZE)
                     .width(Fill),
                     button("Resume")
-                        .on_press_maybe(self.peer().is_some().then_some(Message::ResumeSend)),
+                        .on_press_maybe(self.can_resume().then_some(Message::ResumeSend)),
                 ]
                 .spacing(SPACING)
                 .align_y(iced::Center),
@@ -448,16 +577,10 @@ impl App {
     }
 
     fn receive_tab(&self) -> Element<'_, Message> {
-        let folder = column![
-            heading("Save received files in"),
-            row![
-                text(self.output_dir.display().to_string()).width(Fill),
-                button("Choose folder…").on_press(Message::PickOutputDir),
-            ]
-            .spacing(SPACING)
-            .align_y(iced::Center),
-        ]
-        .spacing(6);
+        let mut folder = column![heading("Save received files in"), self.folder_row(),].spacing(6);
+        if let Some(error) = &self.dialog_error {
+            folder = folder.push(text(printable(error)).size(NOTE_SIZE).style(text::danger));
+        }
         let accept = column![
             checkbox(self.auto_accept)
                 .label("Accept incoming transfers without asking")
@@ -472,7 +595,7 @@ impl App {
         ]
         .spacing(4);
         let overwrite = checkbox(self.settings.overwrite)
-            .label("Replace files that already exist (otherwise such a transfer is refused)")
+            .label("Replace files that already exist without asking (otherwise each offer asks)")
             .on_toggle(Message::OverwriteToggled);
         let state = match (self.worker.as_ref(), self.peer()) {
             (_, Some(peer)) => format!("Ready to receive from {}.", printable(&peer.name)),
@@ -483,6 +606,10 @@ impl App {
                 .to_owned(),
         };
         let mut tab = Column::new().spacing(SPACING);
+        // An offer first: its Accept and Decline must be on screen without scrolling.
+        if let Some(offer) = &self.offer {
+            tab = tab.push(self.offer_panel(offer)).push(rule::horizontal(1));
+        }
         if let Some(panel) = self.code_panel(Side::Receive) {
             tab = tab.push(panel).push(rule::horizontal(1));
         }
@@ -491,10 +618,23 @@ impl App {
             .push(accept)
             .push(overwrite)
             .push(note(state));
-        if let Some(offer) = &self.offer {
-            tab = tab.push(self.offer_panel(offer));
-        }
         tab.into()
+    }
+
+    /// The output folder: a field (type or paste a path, Enter) and the dialog.
+    fn folder_row(&self) -> Element<'_, Message> {
+        row![
+            text_input("full path of a folder", &self.output_input)
+                .id("output-dir")
+                .on_input(Message::OutputInputChanged)
+                .on_paste(Message::OutputInputChanged)
+                .on_submit(Message::UseTypedOutput)
+                .width(Fill),
+            button("Choose folder…").on_press(Message::PickOutputDir),
+        ]
+        .spacing(SPACING)
+        .align_y(iced::Center)
+        .into()
     }
 
     /// An incoming transfer waiting for an answer: who, what, how big.
@@ -545,20 +685,64 @@ impl App {
                 who = who.push(line.size(NOTE_SIZE));
             }
         }
-        column![
-            heading("Incoming transfer"),
-            who,
-            list,
-            row![
-                button("Accept").on_press(Message::AcceptOffer),
-                button("Decline")
-                    .style(button::danger)
-                    .on_press(Message::DeclineOffer),
-            ]
-            .spacing(SPACING),
-        ]
-        .spacing(6)
-        .into()
+        let decline = button("Decline")
+            .style(button::danger)
+            .on_press(Message::DeclineOffer);
+        let (clash, answers) = match self.clashes.as_ref().filter(|_| self.offer_needs_choice()) {
+            Some(clashes) => {
+                let names: Vec<String> = clashes
+                    .names
+                    .iter()
+                    .take(3)
+                    .map(|n| printable(n).into_owned())
+                    .collect();
+                let more = clashes.names.len().saturating_sub(names.len());
+                let mut said = format!(
+                    "{} already in {}: {}",
+                    if clashes.names.len() == 1 {
+                        "1 of these files is".to_owned()
+                    } else {
+                        format!("{} of these files are", clashes.names.len())
+                    },
+                    clashes.dir.display(),
+                    names.join(", ")
+                );
+                if more > 0 {
+                    said.push_str(&format!(" and {more} more"));
+                }
+                said.push_str(". Replace them, save into another folder, or decline.");
+                (
+                    Some(column![text(said).style(text::danger), self.folder_row(),].spacing(6)),
+                    row![
+                        button(text(if clashes.names.len() == 1 {
+                            "Replace it and accept".to_owned()
+                        } else {
+                            format!("Replace {} files and accept", clashes.names.len())
+                        }))
+                        .on_press(Message::AcceptReplacing),
+                        button("Choose another folder…")
+                            .style(button::secondary)
+                            .on_press(Message::PickOutputDir),
+                        decline,
+                    ],
+                )
+            }
+            None => (
+                None,
+                row![
+                    button("Accept").on_press(Message::AcceptOffer),
+                    decline,
+                    note("Enter accepts, Esc declines."),
+                ]
+                .align_y(iced::Center),
+            ),
+        };
+        let mut panel =
+            column![heading("Incoming transfer"), who, answers.spacing(SPACING)].spacing(6);
+        if let Some(clash) = clash {
+            panel = panel.push(clash);
+        }
+        panel.push(list).into()
     }
 
     fn settings_tab(&self) -> Element<'_, Message> {
@@ -864,11 +1048,48 @@ impl App {
         .spacing(6);
         if let Some(file) = &t.current_file {
             if t.is_running() {
-                panel = panel.push(note(format!("Current file: {}", printable(file))));
+                let mut line = format!(
+                    "File {} of {}: {}",
+                    (t.files_done + 1).min(t.files),
+                    t.files,
+                    printable(file)
+                );
+                if let Some((done, size)) = t.current_file_bytes {
+                    line.push_str(&format!(
+                        " · {} of {}",
+                        format::bytes(done),
+                        format::bytes(size)
+                    ));
+                }
+                let fraction = match t.current_file_bytes {
+                    Some((done, size)) if size > 0 => (done as f32 / size as f32).clamp(0.0, 1.0),
+                    _ => 0.0,
+                };
+                panel = panel
+                    .push(note(line))
+                    .push(progress_bar(0.0..=1.0, fraction).girth(6));
             }
         }
         if let TransferState::Failed { error } = &t.state {
+            // Said once: the status bar does not repeat it.
             panel = panel.push(text(printable(error)).style(text::danger));
+        }
+        if let (Direction::Receive, TransferState::Finished { .. }, Some(dir)) =
+            (t.direction, &t.state, &self.received_into)
+        {
+            panel = panel.push(
+                row![
+                    note(format!("Saved in {}", dir.display())),
+                    button("Open folder")
+                        .style(button::secondary)
+                        .on_press(Message::OpenFolder),
+                ]
+                .spacing(SPACING)
+                .align_y(iced::Center),
+            );
+        }
+        if let Some(error) = &self.open_error {
+            panel = panel.push(text(printable(error)).size(NOTE_SIZE).style(text::danger));
         }
         Some(panel.into())
     }
@@ -900,10 +1121,16 @@ impl App {
                     status
                 }
                 (None, Plan::Listen { nameplate, .. }, Some(addr)) => match nameplate {
-                    Some(n) if self.waiting_code.is_some() => {
-                        format!("Listening on {addr}, waiting for the peer with code {n}-…")
-                    }
-                    _ => format!("Listening on {addr}, waiting for a peer"),
+                    Some(n) if self.waiting_code.is_some() => format!(
+                        "Waiting for the peer with code {n}-… · this computer is {} at {}",
+                        printable(&self.device_name),
+                        self.addresses_text(Some(addr))
+                    ),
+                    _ => format!(
+                        "Waiting for a peer · this computer is {} at {}",
+                        printable(&self.device_name),
+                        self.addresses_text(Some(addr))
+                    ),
                 },
                 (None, Plan::Listen { bind, .. }, None) => {
                     format!("Starting to listen on {bind}…")
@@ -938,7 +1165,23 @@ fn heading(label: &str) -> Element<'_, Message> {
 }
 
 fn note<'a>(label: impl text::IntoFragment<'a>) -> Element<'a, Message> {
-    text(label).size(NOTE_SIZE).style(text::secondary).into()
+    text(label).size(NOTE_SIZE).style(hint).into()
+}
+
+/// Hint text: quieter than the body text, yet at least 4.5:1 against the background
+/// (WCAG AA for small text) in the light and the dark theme.
+pub fn hint(theme: &Theme) -> text::Style {
+    text::Style {
+        color: Some(hint_color(theme)),
+    }
+}
+
+/// The hint colour: the text colour moved a third of the way towards the background.
+pub fn hint_color(theme: &Theme) -> iced::Color {
+    let palette = theme.palette();
+    let (t, b) = (palette.text, palette.background);
+    let mix = |t: f32, b: f32| t + (b - t) * 0.35;
+    iced::Color::from_rgb(mix(t.r, b.r), mix(t.g, b.g), mix(t.b, b.b))
 }
 
 /// A notice may quote a peer (its name, its error message): drawn escaped.
@@ -960,4 +1203,41 @@ fn field<'a>(
         col = col.push(text(error).size(NOTE_SIZE).style(text::danger));
     }
     col.into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// WCAG 2 contrast ratio of two opaque colours.
+    fn contrast(a: iced::Color, b: iced::Color) -> f32 {
+        let luminance = |c: iced::Color| {
+            let channel = |v: f32| {
+                if v <= 0.03928 {
+                    v / 12.92
+                } else {
+                    ((v + 0.055) / 1.055).powf(2.4)
+                }
+            };
+            0.2126 * channel(c.r) + 0.7152 * channel(c.g) + 0.0722 * channel(c.b)
+        };
+        let (la, lb) = (luminance(a), luminance(b));
+        (la.max(lb) + 0.05) / (la.min(lb) + 0.05)
+    }
+
+    #[test]
+    fn hint_text_has_at_least_4_5_to_1_contrast_in_light_and_dark() {
+        for theme in [Theme::Light, Theme::Dark] {
+            let ratio = contrast(hint_color(&theme), theme.palette().background);
+            assert!(ratio >= 4.5, "{theme:?}: {ratio:.2}:1");
+            // Still quieter than the body text.
+            assert!(ratio < contrast(theme.palette().text, theme.palette().background));
+        }
+        // iced's own secondary text, which the hints used before, fails it.
+        let light = Theme::Light;
+        let old = text::secondary(&light)
+            .color
+            .unwrap_or(light.palette().text);
+        assert!(contrast(old, light.palette().background) < 4.5);
+    }
 }

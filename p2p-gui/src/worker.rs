@@ -106,8 +106,10 @@ pub enum WorkerEvent {
     Transfer(TransferEvent),
     /// A send command failed. When the transfer had started, a `Failed` event with the
     /// same error came first; otherwise (nothing to send, unreadable file) this is the
-    /// only report.
-    SendFailed(String),
+    /// only report. `resumable`: the failure was transient (the connection), so
+    /// sending the same again resumes it; a refusal (files exist, declined, no space)
+    /// or a local problem is not.
+    SendFailed { error: String, resumable: bool },
     /// The user cancelled the running transfer; the session is being dropped.
     Cancelled,
     /// The session ended: closed on purpose by either side (`None`: the peer closed it,
@@ -128,7 +130,7 @@ pub enum WorkerEvent {
 #[derive(Debug, Clone)]
 pub struct SessionHandle {
     commands: mpsc::UnboundedSender<Command>,
-    decisions: mpsc::UnboundedSender<(Uuid, bool)>,
+    decisions: mpsc::UnboundedSender<(Uuid, Decision)>,
     cancel: Arc<Notify>,
     /// The worker's: set once the window closes it.
     closing: Arc<AtomicBool>,
@@ -171,7 +173,20 @@ impl SessionHandle {
     /// Accepts or declines the offered transfer `transfer_id` (a stale answer, for an
     /// offer no longer waiting, is ignored).
     pub fn decide(&self, transfer_id: Uuid, accept: bool) {
-        let _ = self.decisions.send((transfer_id, accept));
+        let decision = if accept {
+            Decision::Accept
+        } else {
+            Decision::Decline("the receiver declined the transfer".to_owned())
+        };
+        let _ = self.decisions.send((transfer_id, decision));
+    }
+
+    /// Accepts the offered transfer `transfer_id` with other options than the
+    /// session's, for this transfer only: another folder, or replacing files that exist.
+    pub fn accept_with(&self, transfer_id: Uuid, options: ReceiveOptions) {
+        let _ = self
+            .decisions
+            .send((transfer_id, Decision::AcceptWith(options)));
     }
 
     /// Closes the session cleanly between transfers (TLS `close_notify`, so the peer
@@ -430,7 +445,44 @@ pub fn describe(error: &p2p_core::Error) -> String {
         p2p_core::Error::Security(SecurityError::CodeMissing { here: false }) => {
             "the peer did not use the one-time code: give it the code shown here".to_owned()
         }
+        p2p_core::Error::Connect {
+            action,
+            addr,
+            source,
+        } => connect_words(action, addr, source),
         other => other.to_string(),
+    }
+}
+
+/// A failure to connect or listen, as a person would say it (not "os error 111").
+fn connect_words(action: &str, addr: &str, error: &std::io::Error) -> String {
+    use std::io::ErrorKind::*;
+    let listening = action != "connect to";
+    match error.kind() {
+        ConnectionRefused => format!(
+            "nothing is listening at {addr}: check the address and port, and that the \
+             other side is waiting (Listen, or `p2p-transfer receive`)"
+        ),
+        TimedOut => {
+            format!("{addr} did not answer: check the address, and that no firewall is in the way")
+        }
+        HostUnreachable | NetworkUnreachable => {
+            format!("{addr} cannot be reached from this network: check the address")
+        }
+        AddrInUse if listening => {
+            format!("another program already uses {addr}: choose another port (0 picks a free one)")
+        }
+        AddrNotAvailable if listening => {
+            format!("{addr} is not an address of this computer")
+        }
+        PermissionDenied if listening => format!(
+            "not allowed to listen on {addr}: ports below 1024 need administrator rights, \
+             choose a higher one"
+        ),
+        _ if error.to_string().contains("failed to lookup address") => {
+            format!("cannot find {addr}: check the name (or type its IP address)")
+        }
+        _ => format!("cannot {action} {addr}: {error}"),
     }
 }
 
@@ -485,9 +537,10 @@ async fn serve<S: ByteStream>(
             None => {
                 let (held, decisions, closing) = (&*in_transfer, &mut decision_rx, &*closing);
                 // Hold commands back while an offer awaits its answer.
+                let receiving = &receive;
                 let decide = once(move |offer| {
                     held.store(true, Ordering::Release);
-                    answer_offer(offer, auto_accept, decisions, closing, out)
+                    answer_offer(offer, auto_accept, receiving, decisions, closing, out)
                 });
                 tokio::select! {
                     biased;
@@ -529,7 +582,10 @@ async fn serve<S: ByteStream>(
                     Ok(manifest) => manifest,
                     Err(e) => {
                         lock(state).resend = None;
-                        out.send(WorkerEvent::SendFailed(e.to_string()));
+                        out.send(WorkerEvent::SendFailed {
+                            error: e.to_string(),
+                            resumable: false,
+                        });
                         continue;
                     }
                 };
@@ -546,7 +602,10 @@ async fn serve<S: ByteStream>(
                     lock(state).resend = None;
                 }
                 if let Err(e) = result {
-                    out.send(WorkerEvent::SendFailed(e.to_string()));
+                    out.send(WorkerEvent::SendFailed {
+                        error: e.to_string(),
+                        resumable: e.is_transient(),
+                    });
                     // A failure before the transfer started (nothing to send, an
                     // unreadable path) left the stream clean; after it, the
                     // stream's state is unknown and the session must go.
@@ -580,28 +639,46 @@ fn once<F: FnOnce(IncomingOffer) -> R, R>(f: F) -> F {
 async fn answer_offer(
     offer: IncomingOffer,
     auto_accept: bool,
-    decisions: &mut mpsc::UnboundedReceiver<(Uuid, bool)>,
+    receive: &ReceiveOptions,
+    decisions: &mut mpsc::UnboundedReceiver<(Uuid, Decision)>,
     closing: &AtomicBool,
     out: &Output,
 ) -> Decision {
     if closing.load(Ordering::Acquire) {
         return Decision::Decline("the receiver disconnected".to_owned());
     }
-    if auto_accept {
+    // Auto-accept takes what needs no choice: files that exist (and may not be
+    // replaced) are shown to the person, who replaces, picks another folder or declines.
+    if auto_accept && (receive.overwrite || !clashes(&offer, &receive.output_dir).await) {
         return Decision::Accept;
     }
     let id = offer.transfer_id;
     out.send(WorkerEvent::Offer(offer));
     loop {
         match decisions.recv().await {
-            Some((answered, true)) if answered == id => return Decision::Accept,
-            Some((answered, false)) if answered == id => {
-                return Decision::Decline("the receiver declined the transfer".to_owned())
-            }
+            Some((answered, decision)) if answered == id => return decision,
             Some(_) => continue,
             None => return Decision::Decline("the receiver closed its window".to_owned()),
         }
     }
+}
+
+/// Whether a file of `offer` exists in `dir` already.
+async fn clashes(offer: &IncomingOffer, dir: &std::path::Path) -> bool {
+    let dir = dir.to_path_buf();
+    let files: Vec<String> = offer
+        .entries
+        .iter()
+        .filter(|e| e.size.is_some())
+        .map(|e| e.path.clone())
+        .collect();
+    tokio::task::spawn_blocking(move || {
+        files
+            .iter()
+            .any(|f| std::fs::symlink_metadata(dir.join(f)).is_ok())
+    })
+    .await
+    .unwrap_or(false)
 }
 
 /// The next command, but only while no incoming transfer is under way: taking one then

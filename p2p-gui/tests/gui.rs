@@ -251,7 +251,7 @@ async fn a_selected_file_and_send_clicked_transfers_it_to_a_real_peer() {
 
     h.click("Send");
     assert_eq!(h.app.tab, Tab::Send);
-    assert!(h.shows("Nothing selected yet."));
+    assert!(h.shows_part("Nothing selected yet"));
     // What the file dialog hands back when the user picks the file.
     h.update(Message::Picked(vec![file.clone()]));
     h.run_until("the file to be measured", |app| {
@@ -396,7 +396,8 @@ async fn a_progress_event_moves_the_bar() {
     });
     assert_eq!(h.app.transfer.as_ref().unwrap().fraction(), 0.25);
     assert!(h.shows("25%"));
-    assert!(h.shows("Current file: movie.mkv"));
+    // Issue 15: per-file progress.
+    assert!(h.shows("File 1 of 1: movie.mkv · 64.0 MiB of 256.0 MiB"));
     assert!(!h.shows("0%"));
     // The drawn window changed (the saved image is the 0% frame).
     assert!(!snapshot(&h).matches_image(&before).unwrap());
@@ -423,9 +424,18 @@ async fn an_error_event_shows_its_message() {
         transfer_id: id,
         error: error.into(),
     });
-    assert!(h.shows(&format!("Transfer failed: {error}")));
     assert!(h.shows(error));
     assert!(h.shows("Transfer to desk failed"));
+    // Issue 15: said once, in the panel — not repeated in the status bar.
+    assert!(!h.shows(&format!("Transfer failed: {error}")));
+    // A later send refused before it starts: the old panel goes, the status bar says
+    // why.
+    h.inject(TransferEvent::Failed {
+        transfer_id: uuid::Uuid::new_v4(),
+        error: "the peer refused or aborted the transfer: declined".into(),
+    });
+    assert!(h.app.transfer.is_none(), "no stale Failed panel");
+    assert!(h.shows("Transfer failed: the peer refused or aborted the transfer: declined"));
     assert!(!h.app.is_busy());
     h.click("History");
     assert!(h.shows(&format!("failed: {error}")));
@@ -478,7 +488,6 @@ async fn a_peers_name_paths_and_error_are_shown_escaped() {
     });
     let forged = r"\u{1b}]0;pwned\u{7}\r\ntransfer complete, all files verified";
     assert!(h.shows(forged));
-    assert!(h.shows(&format!("Transfer failed: {forged}")));
     assert!(h.shows(r"Transfer from desk\u{202e}gpj.exe failed"));
     assert_eq!(raw_shown(&h), None);
     h.click("History");
@@ -584,8 +593,13 @@ async fn connecting_to_nobody_says_so_in_plain_words() {
     assert!(h.shows(&format!("Connecting to 127.0.0.1:{port}…")));
     h.run_until("the connect error", |app| app.worker.is_none())
         .await;
-    let text = format!("cannot connect to 127.0.0.1:{port}: Connection refused (os error 111)");
+    // Issue 15: in a person's words, not "Connection refused (os error 111)".
+    let text = format!(
+        "nothing is listening at 127.0.0.1:{port}: check the address and port, and that \
+         the other side is waiting (Listen, or `p2p-transfer receive`)"
+    );
     assert!(h.shows(&text), "{:?}", h.app.notice);
+    assert!(!h.shows_part("os error"));
     assert!(h.shows("Not connected"));
 }
 
@@ -659,7 +673,10 @@ async fn a_receiver_found_on_the_network_is_one_click_away() {
         .await;
     assert!(h.shows_part(&format!("living-room at {addr}")));
     h.click("Connect to this peer");
-    assert!(!h.app.is_browsing(), "connecting stops looking");
+    assert!(
+        h.app.is_browsing(),
+        "issue 15: looking goes on while connected"
+    );
     h.run_until("the connection", |app| app.peer().is_some())
         .await;
     assert_eq!(h.app.peer_address, addr.to_string());
@@ -672,6 +689,7 @@ async fn a_receiver_found_on_the_network_is_one_click_away() {
         }
     );
     h.click("Disconnect");
+    h.click("Stop looking");
     h.settle().await;
     receiver.await.unwrap().unwrap();
 }
@@ -1147,7 +1165,7 @@ async fn two_windows_pair_with_a_one_time_code_and_transfer_a_file() {
     assert!(sender.shows("One-time code for the receiver:"));
     sender.run_until("the listener", listening).await;
     assert!(sender.shows_part(&format!(
-        "waiting for the peer with code {}-…",
+        "Waiting for the peer with code {}-…",
         code.nameplate()
     )));
     // The Connection tab shows it too, under this device's id.
@@ -1530,4 +1548,484 @@ async fn closing_the_window_ends_the_session_cleanly_for_the_peer() {
         .expect("the window exits");
     let received = receiver.await.unwrap().expect("the peer ends cleanly");
     assert!(received.is_empty());
+}
+
+/// Issue 15: picking works without a file dialog — a drop onto the window, and a typed
+/// or pasted path (a `file://` URI as file managers copy it); a missing path is said
+/// next to the field; a dialog that could not open is said in the window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_are_added_by_dropping_or_pasting_a_path_and_dialog_errors_are_shown() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config");
+    let file = dir.path().join("notes.txt");
+    std::fs::write(&file, b"minutes").unwrap();
+    let folder = dir.path().join("my photos");
+    std::fs::create_dir_all(&folder).unwrap();
+    std::fs::write(folder.join("a.jpg"), data(1000, 3)).unwrap();
+
+    let mut h = Harness::new(launch(&config));
+    assert_eq!(h.app.tab, Tab::Connection);
+    // What the window subscription turns a drop into.
+    let dropped = p2p_gui::app::window_event(
+        iced::Event::Window(iced::window::Event::FileDropped(file.clone())),
+        iced::event::Status::Ignored,
+        iced::window::Id::unique(),
+    );
+    let Some(message @ Message::Dropped(_)) = dropped else {
+        panic!("a drop is not turned into Dropped: {dropped:?}");
+    };
+    h.update(message);
+    assert_eq!(h.app.tab, Tab::Send, "the drop is shown where it is sent");
+    h.run_until("the dropped file measured", |app| {
+        app.selection.iter().all(|s| s.measure.is_some())
+    })
+    .await;
+    assert!(h.shows("notes.txt"));
+
+    // A path that does not exist is refused next to the field.
+    h.type_into("path", "/no/such/place");
+    h.click("Add path");
+    assert!(h.shows("No such file or folder: /no/such/place"));
+    assert_eq!(h.app.selection.len(), 1);
+    // A pasted file:// URI with an escaped space.
+    h.update(Message::PathInputChanged(String::new()));
+    let uri = format!("file://{}", folder.display()).replace(' ', "%20");
+    h.type_into("path", &uri);
+    h.click("Add path");
+    assert!(
+        h.app.path_input.is_empty(),
+        "the field is emptied once added"
+    );
+    h.run_until("the pasted folder measured", |app| {
+        app.selection.len() == 2 && app.selection.iter().all(|s| s.measure.is_some())
+    })
+    .await;
+    assert!(h.shows("my photos"));
+    assert_eq!(h.app.selection[1].path, folder);
+
+    // A file dialog that could not open (no portal, no zenity) says so in the window.
+    h.update(Message::PickFailed(
+        "The file dialog could not open (OpenFile failed: no portal).".into(),
+    ));
+    assert!(h.shows_part("could not open (OpenFile failed: no portal)"));
+    h.click("Receive");
+    assert!(
+        h.shows_part("could not open (OpenFile failed: no portal)"),
+        "said where the folder is chosen too"
+    );
+    // The output folder can be typed as well.
+    let other = dir.path().join("elsewhere");
+    h.update(Message::OutputInputChanged(other.display().to_string()));
+    h.update(Message::UseTypedOutput);
+    assert_eq!(h.app.output_dir, other);
+    assert_eq!(
+        p2p_core::settings::Settings::load(&config)
+            .unwrap()
+            .output_dir,
+        Some(other)
+    );
+}
+
+/// Issue 15: without a saved folder, received files go to the Downloads folder — a
+/// full path, shown in the field — never ".".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_output_folder_is_a_full_path_never_dot() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = Harness::new(launch(&dir.path().join("config")));
+    assert!(h.app.output_dir.is_absolute(), "{:?}", h.app.output_dir);
+    assert_ne!(h.app.output_dir, Path::new("."));
+    assert_eq!(h.app.output_input, h.app.output_dir.display().to_string());
+}
+
+/// A core sender on its own session: offers `paths` once per entry of `rounds`, then
+/// closes; returns each send's result.
+fn send_rounds(
+    port: u16,
+    rounds: Vec<Vec<PathBuf>>,
+) -> tokio::task::JoinHandle<p2p_core::Result<Vec<p2p_core::Result<p2p_core::TransferSummary>>>> {
+    tokio::spawn(async move {
+        let options = SessionOptions {
+            device_name: "laptop".into(),
+            ..SessionOptions::default()
+        };
+        let mut session = P2PSession::connect(&format!("127.0.0.1:{port}"), &options).await?;
+        let mut results = Vec::new();
+        for paths in rounds {
+            results.push(session.send(&paths, &NoEvents).await);
+        }
+        session.close().await?;
+        Ok(results)
+    })
+}
+
+/// Issue 15: a name clash is settled inside the offer — Replace, another folder, or
+/// Decline — before anything is accepted, never reported afterwards in CLI words; once
+/// received, "Open folder" opens it, and a failure to open is said in the window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_clash_is_settled_in_the_offer_and_the_folder_opens_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let (inbox, config) = (dir.path().join("inbox"), dir.path().join("config"));
+    let other = dir.path().join("other");
+    let file = dir.path().join("report.pdf");
+    std::fs::write(&file, data(200_000, 9)).unwrap();
+    std::fs::create_dir_all(&inbox).unwrap();
+    std::fs::write(inbox.join("report.pdf"), b"an older report").unwrap();
+
+    let mut h = Harness::new(Launch {
+        output: Some(inbox.clone()),
+        ..launch(&config)
+    });
+    let port = listen(&mut h).await;
+    let sender = send_rounds(port, vec![vec![file.clone()], vec![file.clone()]]);
+
+    // First offer: the file exists; the offer asks before any Accept.
+    h.run_until("the clash to be found", |app| app.clashes.is_some())
+        .await;
+    assert!(h.shows_part("1 of these files is already in"));
+    assert!(h.shows("Replace it and accept"));
+    assert!(h.shows("Choose another folder…"));
+    assert!(
+        !h.shows("Accept"),
+        "no plain Accept while a choice is pending"
+    );
+    // Enter does not take it past the question.
+    h.update(Message::Key(p2p_gui::app::KeyPress::Enter));
+    assert!(h.app.offer.is_some());
+    h.click("Replace it and accept");
+    h.run_until("the replaced file", |app| {
+        app.history.visible().any(|r| r.status == Status::Completed)
+    })
+    .await;
+    assert_eq!(sha256(&inbox.join("report.pdf")), sha256(&file));
+    assert!(
+        !h.app.settings.overwrite,
+        "replacing was for that transfer only"
+    );
+    assert!(!h.shows_part("--overwrite"));
+
+    // Open folder: the opener is run on the folder; one that is missing is said.
+    assert!(h.shows("Open folder"));
+    h.app.opener = "/nonexistent/xdg-open".into();
+    h.click("Open folder");
+    h.run_until("the opener to fail", |app| app.open_error.is_some())
+        .await;
+    assert!(h.shows_part("is not installed"), "{:?}", h.app.open_error);
+    h.app.opener = "true".into();
+    h.click("Open folder");
+    h.run_until("the opener to succeed", |app| app.open_error.is_none())
+        .await;
+
+    // Second offer: the same clash; another folder (typed) lifts it, then Enter accepts.
+    h.run_until("the second clash", |app| app.clashes.is_some())
+        .await;
+    h.type_into("output-dir", "");
+    h.update(Message::OutputInputChanged(other.display().to_string()));
+    h.update(Message::UseTypedOutput);
+    h.run_until("the clash to be looked at again", |app| {
+        app.clashes.is_some()
+    })
+    .await;
+    assert!(!h.app.offer_needs_choice());
+    assert!(h.shows("Accept"));
+    h.update(Message::Key(p2p_gui::app::KeyPress::Enter));
+    h.run_until("the second file", |app| {
+        app.history
+            .visible()
+            .filter(|r| r.status == Status::Completed)
+            .count()
+            == 2
+    })
+    .await;
+    assert_eq!(sha256(&other.join("report.pdf")), sha256(&file));
+    let results = sender.await.unwrap().unwrap();
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+}
+
+/// Issue 15: Esc declines an offer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn escape_declines_an_offer() {
+    let dir = tempfile::tempdir().unwrap();
+    let (inbox, config) = (dir.path().join("inbox"), dir.path().join("config"));
+    let file = dir.path().join("a.bin");
+    std::fs::write(&file, data(1000, 1)).unwrap();
+    let mut h = Harness::new(Launch {
+        output: Some(inbox.clone()),
+        ..launch(&config)
+    });
+    let port = listen(&mut h).await;
+    let sender = send_rounds(port, vec![vec![file]]);
+    h.run_until("the offer", |app| app.offer.is_some()).await;
+    assert!(h.shows("Enter accepts, Esc declines."));
+    let escape = p2p_gui::app::window_event(
+        iced::Event::Keyboard(iced::keyboard::Event::KeyPressed {
+            key: iced::keyboard::Key::Named(iced::keyboard::key::Named::Escape),
+            modified_key: iced::keyboard::Key::Named(iced::keyboard::key::Named::Escape),
+            physical_key: iced::keyboard::key::Physical::Unidentified(
+                iced::keyboard::key::NativeCode::Unidentified,
+            ),
+            location: iced::keyboard::Location::Standard,
+            modifiers: iced::keyboard::Modifiers::default(),
+            text: None,
+            repeat: false,
+        }),
+        iced::event::Status::Ignored,
+        iced::window::Id::unique(),
+    )
+    .expect("Esc is handled");
+    h.update(escape);
+    assert!(h.app.offer.is_none());
+    h.run_until("the sender to end", |_| sender.is_finished())
+        .await;
+    let results = sender.await.unwrap().unwrap();
+    let declined = results[0].as_ref().unwrap_err().to_string();
+    assert!(declined.contains("declined"), "{declined}");
+    assert!(!inbox.join("a.bin").exists());
+}
+
+/// Issue 15: closing the window during a receive asks first; closing anyway records the
+/// transfer as interrupted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_mid_receive_asks_and_records_it_as_interrupted() {
+    let dir = tempfile::tempdir().unwrap();
+    let (inbox, config) = (dir.path().join("inbox"), dir.path().join("config"));
+    let file = dir.path().join("film.bin");
+    std::fs::write(&file, data(32 << 20, 4)).unwrap();
+    let mut h = Harness::new(Launch {
+        output: Some(inbox.clone()),
+        auto_accept: true,
+        ..launch(&config)
+    });
+    let port = listen(&mut h).await;
+    let sender = tokio::spawn(async move {
+        let options = SessionOptions {
+            max_speed: Some(4 << 20),
+            ..SessionOptions::default()
+        };
+        let mut session = P2PSession::connect(&format!("127.0.0.1:{port}"), &options).await?;
+        session.send(&[&file], &NoEvents).await
+    });
+    h.run_until("some bytes received", |app| {
+        app.transfer.as_ref().is_some_and(|t| t.done_bytes > 0)
+    })
+    .await;
+    h.update(Message::CloseRequested);
+    assert!(h.app.confirm_close, "asks instead of closing");
+    assert!(h.shows("Close and stop"));
+    h.click("Keep the window open");
+    assert!(!h.app.confirm_close);
+    assert!(h.app.transfer.as_ref().unwrap().is_running());
+    h.update(Message::CloseRequested);
+    h.click("Close and stop");
+    h.run_until("the interrupted record", |app| {
+        app.history
+            .visible()
+            .any(|r| r.status == Status::Interrupted)
+    })
+    .await;
+    let record = h.app.history.visible().next().unwrap();
+    assert_eq!(record.direction, Direction::Receive);
+    assert_eq!(
+        record.error.as_deref(),
+        Some("the window was closed during the transfer")
+    );
+    // And it is in the file, for the next window and the CLI.
+    let exited = async {
+        while let Some(action) = h.tasks.next().await {
+            match action {
+                Action::Exit => return,
+                other => h.handle(other),
+            }
+        }
+    };
+    tokio::time::timeout(WAIT, exited)
+        .await
+        .expect("the window exits");
+    let loaded = p2p_core::history::History::in_dir(&config.join("data"))
+        .load()
+        .unwrap();
+    assert!(loaded
+        .records
+        .iter()
+        .any(|r| r.status == Status::Interrupted && r.direction == Direction::Receive));
+    assert!(sender.await.unwrap().is_err());
+}
+
+/// Issue 15: a refused send is not offered for resume; Clear forgets an interrupted one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_send_is_not_offered_for_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let (inbox, config) = (dir.path().join("inbox"), dir.path().join("config"));
+    let file = dir.path().join("taken.bin");
+    std::fs::write(&file, data(100_000, 2)).unwrap();
+    std::fs::create_dir_all(&inbox).unwrap();
+    std::fs::write(inbox.join("taken.bin"), b"already here").unwrap();
+    let (addr, _receiver) = loopback_receiver(inbox.clone()).await;
+    let mut h = Harness::new(Launch {
+        connect: Some(addr),
+        send: vec![file.clone()],
+        ..launch(&config)
+    });
+    h.run_until("the refusal", |app| {
+        app.history.visible().any(|r| r.status == Status::Failed)
+    })
+    .await;
+    // The worker's last word on the send (`SendFailed`) takes the resume offer back.
+    h.run_until("the resume offer to go", |app| app.resumable.is_none())
+        .await;
+    assert!(!h.app.is_busy());
+    assert!(!h.shows_part("stopped before the end"));
+
+    // Clear forgets an interrupted send too (it is not what will be sent next).
+    h.update(Message::Picked(vec![file.clone()]));
+    h.update(Message::ClearSelection);
+    assert!(h.app.resumable.is_none());
+}
+
+/// Issue 15: the History tab is live — a record the CLI appends shows up without a
+/// restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_history_tab_shows_records_written_by_the_cli_while_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config");
+    let mut h = Harness::new(Launch {
+        tab: Some(Tab::History),
+        ..launch(&config)
+    });
+    h.run_until("the history read", |app| app.history_status.is_none())
+        .await;
+    h.settle().await;
+    assert!(h.shows("No transfers yet"));
+    // What `p2p-transfer send` appends when it ends.
+    let record = p2p_core::history::Record::now(
+        uuid::Uuid::new_v4(),
+        Direction::Send,
+        "desk".into(),
+        vec!["from-the-cli.txt".into()],
+        1,
+        10,
+        Duration::from_secs(1),
+        Status::Completed,
+        None,
+    );
+    p2p_core::history::History::in_dir(&config.join("data"))
+        .append(&record)
+        .unwrap();
+    // The timer's tick (every HISTORY_POLL in the window).
+    h.update(Message::HistoryTick);
+    h.run_until("the record to show", |app| {
+        app.history.visible().count() == 1
+    })
+    .await;
+    assert!(h.shows("To desk: from-the-cli.txt"));
+}
+
+/// Issue 15: auto-accept does not take an offer whose files exist (and may not be
+/// replaced): it waits for the person's choice instead of failing with CLI words.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_accept_asks_when_files_would_clash() {
+    let dir = tempfile::tempdir().unwrap();
+    let (inbox, config) = (dir.path().join("inbox"), dir.path().join("config"));
+    let file = dir.path().join("a.bin");
+    std::fs::write(&file, data(1000, 1)).unwrap();
+    std::fs::create_dir_all(&inbox).unwrap();
+    std::fs::write(inbox.join("a.bin"), b"mine").unwrap();
+    let mut h = Harness::new(Launch {
+        output: Some(inbox.clone()),
+        auto_accept: true,
+        ..launch(&config)
+    });
+    let port = listen(&mut h).await;
+    let sender = send_rounds(port, vec![vec![file.clone()]]);
+    h.run_until("the clash to be shown", |app| app.offer_needs_choice())
+        .await;
+    assert!(h.shows("Replace it and accept"));
+    h.click("Decline");
+    h.run_until("the sender to end", |_| sender.is_finished())
+        .await;
+    assert_eq!(std::fs::read(inbox.join("a.bin")).unwrap(), b"mine");
+}
+
+/// Issue 15: one screen, one click — files picked on the Send tab, a trusted receiver
+/// found on the network, "Send here" connects and sends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_click_on_a_found_device_sends_the_selection() {
+    let dir = tempfile::tempdir().unwrap();
+    let (inbox, config) = (dir.path().join("inbox"), dir.path().join("config"));
+    let file = dir.path().join("slides.pdf");
+    std::fs::write(&file, data(500_000, 8)).unwrap();
+    let discovery = loopback_discovery();
+    let key = Identity::generate_shared();
+    let mut trust = TrustStore::load(&config.join("data")).unwrap();
+    trust.add(key.device_id(), "desk", Some(key.fingerprint()));
+    trust.save().unwrap();
+    let listener = p2p_core::net::tcp::listen("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let receiver = tokio::spawn({
+        let options = SessionOptions {
+            security: Security::new(
+                key.clone(),
+                Admission::default().with_pin(Security::default().device_id()),
+            )
+            .unwrap(),
+            ..SessionOptions::default()
+        };
+        let inbox = inbox.clone();
+        async move {
+            let mut session = P2PSession::accept(&listener, &options).await?;
+            let receive = ReceiveOptions {
+                output_dir: inbox,
+                overwrite: false,
+            };
+            session.run_event_loop(&receive, &NoEvents).await
+        }
+    });
+    let beacon = p2p_core::discovery::Beacon::new(key.device_id(), "desk", addr.port());
+    let _announcer = p2p_core::discovery::Announcer::start(beacon, &discovery).unwrap();
+
+    let mut h = Harness::new(Launch {
+        discovery: Some(discovery),
+        find_peers: true,
+        tab: Some(Tab::Send),
+        ..launch(&config)
+    });
+    assert!(h.app.is_browsing(), "looking from the start");
+    h.update(Message::Picked(vec![file.clone()]));
+    h.run_until("the beacon and the measure", |app| {
+        !app.found_peers.is_empty() && app.send_blocker() != Some("Still measuring the selection…")
+    })
+    .await;
+    assert!(h.shows("Send to a device on this network"));
+    assert!(h.shows_part(&format!("desk at {addr}")));
+    h.click("Send here");
+    h.run_until("the send to finish", |app| {
+        app.history.visible().any(|r| r.status == Status::Completed)
+    })
+    .await;
+    assert_eq!(sha256(&inbox.join("slides.pdf")), sha256(&file));
+    h.click("Connection");
+    h.click("Disconnect");
+    h.click("Stop looking");
+    h.settle().await;
+    receiver.await.unwrap().unwrap();
+}
+
+/// Issue 15: waiting shows this machine's name and its addresses, not 0.0.0.0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_shows_this_computers_name_and_addresses() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = Harness::new(launch(&dir.path().join("config")));
+    let port = listen(&mut h).await;
+    h.run_until("the addresses", |app| !app.addresses.is_empty())
+        .await;
+    let name = p2p_core::session::default_device_name();
+    assert!(
+        h.shows_part(&format!("this computer is {name} at ")),
+        "{:?}",
+        h.app.addresses
+    );
+    assert!(
+        h.shows_part(&format!("127.0.0.1:{port}")),
+        "loopback is listed too"
+    );
+    assert!(!h.shows_part("0.0.0.0"));
 }

@@ -145,8 +145,10 @@ fn the_gui_receives_a_file_sent_by_the_cli_under_xvfb() {
     let (_xvfb, display) = start_xvfb(&xvfb);
     let mut gui = Command::new(env!("CARGO_BIN_EXE_p2p-gui"))
         .args([
-            "--listen",
-            "127.0.0.1:0",
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            "0",
             "--auto-accept",
             "--exit-after-transfer",
         ])

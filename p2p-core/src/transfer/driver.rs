@@ -42,7 +42,7 @@ use crate::wire::{FrameCodec, Message, Offer, SessionConfig, WireError};
 pub const IDLE_LIMIT: Duration = Duration::from_secs(30);
 
 /// Where and how to receive.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReceiveOptions {
     /// Folder everything is written into (created if missing).
     pub output_dir: PathBuf,

@@ -75,6 +75,9 @@ impl IncomingOffer {
 pub enum Decision {
     /// Receive it.
     Accept,
+    /// Receive it with these options instead of the session's: another folder, or
+    /// replacing files that exist (what a person chose while looking at the offer).
+    AcceptWith(crate::ReceiveOptions),
     /// Refuse it; the sender is told this reason (and nothing is written).
     Decline(String),
 }
