@@ -9,11 +9,12 @@ use std::thread::JoinHandle;
 
 use common::*;
 
-/// A process that is listening: its address, the child, and its stderr collector.
+/// A process that is listening: its address, the child, and its stderr, read as it
+/// comes.
 struct Listening {
     addr: String,
     child: Child,
-    stderr: JoinHandle<String>,
+    stderr: Lines,
 }
 
 impl Listening {
@@ -24,8 +25,7 @@ impl Listening {
             out.read_to_string(&mut stdout).unwrap();
         }
         let status = self.child.wait().unwrap();
-        let stderr = self.stderr.join().unwrap();
-        (status.code().unwrap_or(-1), stdout, stderr)
+        (status.code().unwrap_or(-1), stdout, self.stderr.rest())
     }
 }
 
@@ -40,23 +40,13 @@ fn start_listening(data: &Path, args: &[&str]) -> Listening {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut seen = String::new();
-    let addr = loop {
-        let mut line = String::new();
-        if stderr.read_line(&mut line).unwrap() == 0 {
-            panic!("exited before listening: {seen}");
-        }
-        seen.push_str(&line);
-        if let Some(addr) = line.trim().strip_prefix("listening on ") {
-            break addr.to_owned();
-        }
-    };
-    let stderr = std::thread::spawn(move || {
-        let mut rest = String::new();
-        let _ = stderr.read_to_string(&mut rest);
-        seen + &rest
-    });
+    let mut stderr = Lines::new(child.stderr.take().unwrap());
+    let seen = stderr.until("listening on ");
+    let addr = seen
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("listening on "))
+        .unwrap()
+        .to_owned();
     Listening {
         addr,
         child,
@@ -200,8 +190,18 @@ fn connection_refused_is_exit_code_3_with_one_readable_line() {
     assert_eq!(out.status.code(), Some(3));
     let stderr = text(&out.stderr);
     assert_readable_error(&stderr);
-    assert!(stderr.contains("cannot connect to 127.0.0.1"), "{stderr}");
-    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    // Said at once, then what happened in words (not "os error 111"), and no retrying:
+    // nothing was ever connected.
+    assert!(
+        stderr.starts_with(&format!("connecting to 127.0.0.1:{port}…\n")),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("nothing is listening at 127.0.0.1:{port}")),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("os error") && !stderr.contains("retrying"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 2, "{stderr}");
 }
 
 #[test]
@@ -345,46 +345,104 @@ fn history_records_completed_and_failed_transfers_and_filters_them() {
     assert_eq!(last.lines().count(), 2, "{last}");
 }
 
-/// Runs `p2p-transfer resume ID --path SRC --chunk-size CHUNK` against a new receiver
-/// writing into `out`; both must succeed. Returns the sender's output and the
-/// receiver's stdout.
-fn resume_into(data: &Path, out: &Path, id: &str, src: &Path, chunk: &str) -> (Output, String) {
-    let receiver = start_listening(data, &["receive", "--output", path(out)]);
-    let resumed = run(
-        data,
-        &[
-            "resume",
-            id,
-            "--peer",
-            &receiver.addr,
-            "--path",
-            path(src),
-            "--chunk-size",
-            chunk,
-        ],
+/// The command printed on the line after the one that contains `intro`, exactly as a
+/// person would copy it.
+fn printed_command(output: &str, intro: &str) -> String {
+    let mut lines = output.lines();
+    lines
+        .find(|l| l.contains(intro))
+        .unwrap_or_else(|| panic!("no {intro:?} in:\n{output}"));
+    let command = lines
+        .next()
+        .unwrap_or_else(|| panic!("nothing after {intro:?} in:\n{output}"))
+        .trim()
+        .to_owned();
+    // Not `p2p-transfer`: that is not on PATH here. The program as it was started.
+    let program = binary();
+    assert!(
+        command.starts_with(&format!("{} ", program.display())),
+        "the printed command names the program as started ({}): {command}",
+        program.display()
     );
-    let (code, receiver_out, receiver_err) = receiver.finish();
-    assert!(resumed.status.success(), "{}", text(&resumed.stderr));
-    assert_eq!(code, 0, "{receiver_err}");
-    (resumed, receiver_out)
+    command
+}
+
+/// A printed command, run the way a person pastes it into a shell (history kept in
+/// `data`).
+fn follow(data: &Path, command: &str) -> Command {
+    let mut sh = Command::new("sh");
+    sh.args(["-c", &format!("exec {command}")])
+        .env("P2P_TRANSFER_DATA_DIR", data);
+    sh
+}
+
+/// Reads a child's stream line by line on a thread, so a test can wait for a line and
+/// still get everything at the end.
+struct Lines {
+    rx: std::sync::mpsc::Receiver<String>,
+    seen: String,
+}
+
+impl Lines {
+    fn new(stream: impl Read + Send + 'static) -> Self {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self {
+            rx,
+            seen: String::new(),
+        }
+    }
+
+    /// Waits for a line containing `needle` (the stream ending first fails the test);
+    /// returns everything read so far.
+    fn until(&mut self, needle: &str) -> &str {
+        loop {
+            let line = self
+                .rx
+                .recv()
+                .unwrap_or_else(|_| panic!("ended before {needle:?}:\n{}", self.seen));
+            self.seen.push_str(&line);
+            self.seen.push('\n');
+            if line.contains(needle) {
+                return &self.seen;
+            }
+        }
+    }
+
+    /// Everything, once the stream has ended.
+    fn rest(mut self) -> String {
+        while let Ok(line) = self.rx.recv() {
+            self.seen.push_str(&line);
+            self.seen.push('\n');
+        }
+        self.seen
+    }
 }
 
 #[test]
-fn ctrl_c_on_the_receiver_says_how_both_sides_continue() {
+fn ctrl_c_on_the_receiver_the_sender_waits_and_the_printed_command_finishes_it() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     let src = tmp.path().join("photos.tar");
     random_file(&src, 12 << 20, 78);
     let out = tmp.path().join("out");
     let mut receiver = start_listening(&data, &["receive", "--output", path(&out)]);
-    let port = receiver.addr.rsplit(':').next().unwrap().to_owned();
+    // Auto-reconnect is on by default: the sender is not told to.
     let mut sender = p2p(&data)
         .args(["send", path(&src), "--peer", &receiver.addr])
         .args(["--max-speed", "4M", "--chunk-size", "256K"])
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let mut sender_err = Lines::new(sender.stderr.take().unwrap());
     // Wait (by reading, not sleeping) until the receiver reports data arriving.
     let mut lines = BufReader::new(receiver.child.stdout.take().unwrap()).lines();
     while !lines
@@ -401,72 +459,151 @@ fn ctrl_c_on_the_receiver_says_how_both_sides_continue() {
         .success());
     let (code, _, stderr) = receiver.finish();
     assert_eq!(code, 130, "{stderr}");
-    let _ = sender.wait();
     assert!(!out.join("photos.tar").exists());
 
-    // This receiver again, on the port it had (not 0), and the sender's command.
-    let again = format!(
-        "p2p-transfer receive --output {} --port {port} --bind 127.0.0.1",
-        path(&out)
-    );
-    assert!(stderr.lines().any(|l| l.trim() == again), "{stderr}");
-    let resume = stderr
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("p2p-transfer resume "))
-        .unwrap_or_else(|| panic!("no resume command in: {stderr}"));
-    let id = resume.split_whitespace().next().unwrap().to_owned();
-    assert_eq!(
-        resume,
-        format!("{id} --peer 127.0.0.1:{port} --chunk-size 262144 --path <what was sent>")
+    // The sender heard why (not a lost connection), keeps trying, and says how to
+    // resume should it be stopped too.
+    let seen = sender_err.until("Resume with:").to_owned();
+    assert!(seen.contains("the receiver stopped the transfer"), "{seen}");
+    let resume = printed_command(&sender_err.until(" resume "), "Resume with:");
+    assert!(
+        resume.contains(path(&src)) && resume.contains("--chunk-size 262144"),
+        "{resume}"
     );
 
-    // Following it (on a fresh port: a fixed one could be taken by a parallel test).
-    let (resumed, _) = resume_into(&data, &out, &id, &src, "262144");
+    // The receiver's own words, followed literally: it starts again on the port it
+    // had, and the sender (still retrying) finishes the transfer by itself.
+    let again = printed_command(&stderr, "start this receiver again:");
+    assert!(again.contains("--port ") && again.contains(path(&out)), "{again}");
+    let restarted = follow(&data, &again)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert!(restarted.status.success(), "{}", text(&restarted.stderr));
+    assert!(
+        text(&restarted.stdout).contains("resuming:"),
+        "{}",
+        text(&restarted.stdout)
+    );
+    let status = sender.wait().unwrap();
+    let sender_seen = sender_err.rest();
+    assert!(status.success(), "{sender_seen}");
+    assert!(sender_seen.contains("retrying in"), "{sender_seen}");
+    assert_eq!(sha256_file(&out.join("photos.tar")), sha256_file(&src));
+    assert!(partial_files(&out).is_empty());
+}
+
+#[test]
+fn ctrl_c_on_the_sender_the_receiver_waits_and_the_printed_resume_finishes_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let src = tmp.path().join("backup.tar");
+    random_file(&src, 12 << 20, 77);
+    let out = tmp.path().join("out");
+
+    let mut receiver = start_listening(&data, &["receive", "--output", path(&out)]);
+    let addr = receiver.addr.clone();
+    let stderr = interrupted_send(&data, &mut receiver, &["send", path(&src), "--peer", &addr]);
+    assert!(!out.join("backup.tar").exists());
+
+    // Followed literally, against the receiver that is still waiting.
+    let command = printed_command(&stderr, "Resume with:");
+    assert!(
+        command.contains("--chunk-size 262144") && command.contains(path(&src)),
+        "{command}"
+    );
+    let id = command
+        .split_whitespace()
+        .nth(2)
+        .expect("resume ID …")
+        .to_owned();
+    let resumed = follow(&data, &command).output().unwrap();
+    assert!(resumed.status.success(), "{}", text(&resumed.stderr));
     assert!(
         text(&resumed.stdout).contains("resuming:"),
         "{}",
         text(&resumed.stdout)
     );
-    assert_eq!(sha256_file(&out.join("photos.tar")), sha256_file(&src));
+    let (code, _, receiver_err) = receiver.finish();
+    assert_eq!(code, 0, "{receiver_err}");
+    assert!(
+        receiver_err.contains("the sender stopped the transfer")
+            && receiver_err.contains("waiting for it to resume"),
+        "{receiver_err}"
+    );
+    assert_eq!(sha256_file(&out.join("backup.tar")), sha256_file(&src));
+    assert!(partial_files(&out).is_empty());
+    let history = text(&run(&data, &["history", "--interrupted"]).stdout);
+    assert!(history.contains(&id), "{history}");
 }
 
 #[test]
-fn ctrl_c_on_the_sender_prints_a_resume_command_that_finishes_the_transfer() {
+fn with_no_auto_reconnect_a_stopped_receiver_ends_the_send_with_a_resume_command() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    let src = tmp.path().join("backup.tar");
-    let len = 12 << 20;
-    random_file(&src, len, 77);
+    let src = tmp.path().join("clip.mov");
+    random_file(&src, 12 << 20, 79);
     let out = tmp.path().join("out");
-
-    // First attempt: throttled so that it is still running when interrupted.
     let mut receiver = start_listening(&data, &["receive", "--output", path(&out)]);
-    let addr = receiver.addr.clone();
-    let stderr = interrupted_send(&data, &mut receiver, &["send", path(&src), "--peer", &addr]);
-    let (code, _, receiver_err) = receiver.finish();
-    assert_eq!(code, 3, "the receiver lost its peer: {receiver_err}");
-    assert!(!out.join("backup.tar").exists());
+    let sender = p2p(&data)
+        .args(["send", path(&src), "--peer", &receiver.addr, "--no-auto-reconnect"])
+        .args(["--max-speed", "4M", "--chunk-size", "256K"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(receiver.child.stdout.take().unwrap()).lines();
+    while !lines.next().expect("receiver output").unwrap().starts_with("progress") {}
+    let pid = receiver.child.id().to_string();
+    assert!(Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
+    let (code, _, _) = receiver.finish();
+    assert_eq!(code, 130);
+    let sent = sender.wait_with_output().unwrap();
+    let stderr = text(&sent.stderr);
+    assert_eq!(sent.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("the peer stopped the transfer"), "{stderr}");
+    assert!(!stderr.contains("retrying"), "{stderr}");
+    let command = printed_command(&stderr, "Resume with:");
+    assert!(command.contains(path(&src)), "{command}");
+}
 
-    // The printed command, against a new receiver on the same folder.
-    let command = stderr
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("p2p-transfer resume "))
-        .unwrap_or_else(|| panic!("no resume command in: {stderr}"));
-    let id = command.split_whitespace().next().unwrap().to_owned();
-    assert!(command.contains("--chunk-size 262144"), "{command}");
-    let (resume, receiver_out) = resume_into(&data, &out, &id, &src, "256K");
-    assert_eq!(sha256_file(&out.join("backup.tar")), sha256_file(&src));
-    assert!(
-        text(&resume.stdout).contains("resuming:") && receiver_out.contains("resuming:"),
-        "both sides say what was skipped: {} / {receiver_out}",
-        text(&resume.stdout)
+#[test]
+fn the_receiver_checks_its_folder_at_start_and_prints_a_send_command_that_works() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (sender_data, receiver_data) = (tmp.path().join("s"), tmp.path().join("r"));
+    // A folder it cannot write into: said at once, exit 7, and nothing listens.
+    let not_a_folder = tmp.path().join("notes.txt");
+    std::fs::write(&not_a_folder, "x").unwrap();
+    let refused = run(
+        &receiver_data,
+        &["receive", "--output", path(&not_a_folder), "--port", "0"],
     );
-    assert!(partial_files(&out).is_empty());
-    let history = text(&run(&data, &["history", "--interrupted"]).stdout);
-    assert!(
-        history.contains(&id[..8]) || history.contains("backup.tar"),
-        "{history}"
-    );
+    let stderr = text(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(7), "{stderr}");
+    assert_readable_error(&stderr);
+    assert!(stderr.contains("notes.txt") && !stderr.contains("listening on"), "{stderr}");
+
+    // A good one: the addresses and a ready-to-copy command with a fresh code; the
+    // sender (another device: its own data folder) types it with its files.
+    let src = tmp.path().join("report.pdf");
+    random_file(&src, 300_000, 80);
+    let out = tmp.path().join("in");
+    let mut receiver = start_listening(&receiver_data, &["receive", "--output", path(&out)]);
+    let seen = receiver.stderr.until("on the sending machine, run:").to_owned();
+    assert!(seen.contains("this machine: 127.0.0.1"), "{seen}");
+    let line = seen.lines().last().unwrap();
+    let command = line
+        .split_once("run:")
+        .map(|(_, c)| c.trim().to_owned())
+        .unwrap();
+    assert!(command.contains("--code "), "{command}");
+    let command = command.replace("<files or folders>", path(&src));
+    let sent = follow(&sender_data, &command).output().unwrap();
+    assert!(sent.status.success(), "{command}: {}", text(&sent.stderr));
+    let (code, _, _) = receiver.finish();
+    assert_eq!(code, 0);
+    assert_eq!(sha256_file(&out.join("report.pdf")), sha256_file(&src));
 }
 
 /// Runs `args` throttled (4M/s, 256 KiB chunks) so that it is still sending when
@@ -487,6 +624,8 @@ fn interrupted_send(data: &Path, receiver: &mut Listening, args: &[&str]) -> Str
             break;
         }
     }
+    // The receiver goes on (it waits for the resume): keep reading what it prints.
+    std::thread::spawn(move || lines.for_each(drop));
     let kill = Command::new("kill")
         .args(["-INT", &sender.id().to_string()])
         .status()
@@ -558,10 +697,8 @@ fn a_connection_cut_mid_chunk_several_times_completes_with_no_user_action() {
     let len = 6 << 20;
     random_file(&src, len, 31);
     let out = tmp.path().join("out");
-    let receiver = start_listening(
-        &data,
-        &["receive", "--output", path(&out), "--auto-reconnect"],
-    );
+    // Reconnecting is the default: neither side is told to.
+    let receiver = start_listening(&data, &["receive", "--output", path(&out)]);
     // Cut every 1.3 MiB of sender traffic (256 KiB chunks: always mid-chunk), 3 times.
     let (proxy, proxy_thread) = flaky_proxy(receiver.addr.clone(), 3, 1_300_000 + 1234);
     let send = run(
@@ -571,7 +708,6 @@ fn a_connection_cut_mid_chunk_several_times_completes_with_no_user_action() {
             path(&src),
             "--peer",
             &proxy,
-            "--auto-reconnect",
             "--chunk-size",
             "256K",
         ],
@@ -590,10 +726,11 @@ fn a_connection_cut_mid_chunk_several_times_completes_with_no_user_action() {
         "three cut connections and a good one"
     );
     assert_eq!(sha256_file(&out.join("dataset.bin")), sha256_file(&src));
+    let sender_err = text(&send.stderr);
     assert_eq!(
-        sender_out.matches("reconnecting in").count(),
+        sender_err.matches("retrying in").count(),
         3,
-        "{sender_out}"
+        "one countdown per cut: {sender_err}"
     );
     assert!(
         receiver_out.matches("resuming:").count() >= 2,
@@ -935,7 +1072,7 @@ fn receive_ask_shows_an_unknown_devices_verified_id_and_remember_trusts_it() {
     );
     assert_eq!(send.status.code(), Some(8), "{}", text(&send.stderr));
     assert!(
-        text(&send.stderr).contains("pair with a one-time code"),
+        text(&send.stderr).contains("no one-time code came with the connection"),
         "{}",
         text(&send.stderr)
     );
@@ -1023,13 +1160,7 @@ fn ctrl_c_after_a_code_session_prints_a_resume_command_with_a_code_that_works() 
         &mut receiver,
         &["send", path(&src), "--peer", &addr, "--code", code],
     );
-    let (code_exit, _, receiver_err) = receiver.finish();
-    assert_eq!(code_exit, 3, "the receiver lost its peer: {receiver_err}");
-
-    let command = stderr
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("p2p-transfer resume "))
-        .unwrap_or_else(|| panic!("no resume command in: {stderr}"));
+    let command = printed_command(&stderr, "Resume with:");
     let args: Vec<&str> = command.split_whitespace().collect();
     let follow_up = args
         .windows(2)
@@ -1041,33 +1172,63 @@ fn ctrl_c_after_a_code_session_prints_a_resume_command_with_a_code_that_works() 
         .parse::<p2p_core::net::Code>()
         .unwrap_or_else(|e| panic!("{follow_up}: {e}"));
 
-    // The receiver again on the follow-up code; the printed command, with the new
-    // receiver's address instead of the old one.
-    let receiver = start_listening(
-        &receiver_data,
-        &["receive", "--code", follow_up, "--output", path(&out)],
-    );
-    let old_peer = args
-        .windows(2)
-        .find(|w| w[0] == "--peer")
-        .map(|w| w[1])
-        .unwrap();
-    let resumed_args: Vec<&str> = args
-        .iter()
-        .map(|a| {
-            if *a == old_peer {
-                receiver.addr.as_str()
-            } else {
-                a
-            }
-        })
-        .collect();
-    let mut full = vec!["resume"];
-    full.extend(resumed_args);
-    let resumed = run(&sender_data, &full);
+    // Followed literally (a new process: it proves the follow-up code to the receiver
+    // still waiting, which derived the same one).
+    let resumed = follow(&sender_data, &command).output().unwrap();
     assert!(resumed.status.success(), "{}", text(&resumed.stderr));
-    let (code_exit, receiver_out, receiver_err) = receiver.finish();
+    let (code_exit, _, receiver_err) = receiver.finish();
     assert_eq!(code_exit, 0, "{receiver_err}");
-    assert!(receiver_out.contains("resuming:"), "{receiver_out}");
     assert_eq!(sha256_file(&out.join("backup.tar")), sha256_file(&src));
+}
+
+#[test]
+fn a_waiting_sender_stopped_mid_transfer_resumes_as_printed_and_the_receiver_reconnects() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (sender_data, receiver_data) = (tmp.path().join("s"), tmp.path().join("r"));
+    let src = tmp.path().join("video.mkv");
+    random_file(&src, 12 << 20, 81);
+    let out = tmp.path().join("out");
+    // The sender waits and prints a code; the receiver dials it with that code.
+    let mut sender = start_listening(
+        &sender_data,
+        &["send", path(&src), "--max-speed", "4M", "--chunk-size", "256K"],
+    );
+    let seen = sender.stderr.until("receive ").to_owned();
+    let code = seen
+        .split_whitespace()
+        .find(|w| w.parse::<p2p_core::net::Code>().is_ok() && w.contains('-'))
+        .unwrap_or_else(|| panic!("no code in: {seen}"))
+        .to_owned();
+    let mut receiver = p2p(&receiver_data)
+        .args(["receive", &code, "--peer", &sender.addr, "--output", path(&out)])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut receiver_out = Lines::new(receiver.stdout.take().unwrap());
+    let receiver_err = Lines::new(receiver.stderr.take().unwrap());
+    receiver_out.until("progress");
+    let pid = sender.child.id().to_string();
+    assert!(Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
+    let (exit, _, stderr) = sender.finish();
+    assert_eq!(exit, 130, "{stderr}");
+
+    // The sender's command, literally: it waits on the same port with the follow-up
+    // code; the receiver, retrying meanwhile, gets back in with the same one.
+    let command = printed_command(&stderr, "Resume with:");
+    assert!(
+        command.contains("--role server --port ") && command.contains("--code "),
+        "{command}"
+    );
+    let resumed = follow(&sender_data, &command).output().unwrap();
+    assert!(resumed.status.success(), "{command}: {}", text(&resumed.stderr));
+    let status = receiver.wait().unwrap();
+    let receiver_seen = receiver_err.rest();
+    assert!(status.success(), "{receiver_seen}");
+    assert!(
+        receiver_seen.contains("the sender stopped the transfer"),
+        "{receiver_seen}"
+    );
+    assert_eq!(sha256_file(&out.join("video.mkv")), sha256_file(&src));
+    assert!(partial_files(&out).is_empty());
 }

@@ -1784,20 +1784,9 @@ fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
 /// This machine's addresses, one per interface: the ones a peer can reach first,
 /// loopback last.
 async fn local_addresses() -> Vec<IpAddr> {
-    let found = tokio::task::spawn_blocking(if_addrs::get_if_addrs)
+    tokio::task::spawn_blocking(p2p_core::net::tcp::local_addresses)
         .await
-        .ok()
-        .and_then(Result::ok)
-        .unwrap_or_default();
-    let mut addresses: Vec<IpAddr> = found
-        .iter()
-        .map(|i| i.ip())
-        // Link-local IPv6 needs a scope a person cannot type.
-        .filter(|ip| !matches!(ip, IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80))
-        .collect();
-    addresses.sort_by_key(|ip| (ip.is_loopback(), ip.is_ipv6()));
-    addresses.dedup();
-    addresses
+        .unwrap_or_default()
 }
 
 /// The program that opens a folder in the file manager.

@@ -56,9 +56,20 @@ pub async fn run(args: ReceiveArgs, recorder: &Recorder) -> anyhow::Result<()> {
         },
     );
     super::check_role(role, &args.session)?;
-    let code = args.code_phrase.clone().or(args.session.code.clone());
+    // What can be checked before anyone connects is: a folder this side cannot write
+    // into is this side's problem, not a sender's.
+    p2p_core::fs::output::check_writable(&args.output)?;
+    // Waiting for a sender with neither a code nor --ask: make a code, so that a new
+    // sender gets in (trusted devices need none).
+    let generated = (role == RoleArg::Server && args.session.code.is_none() && !args.ask)
+        .then(p2p_core::net::Code::generate);
+    let code = args
+        .code_phrase
+        .clone()
+        .or(args.session.code.clone())
+        .or(generated.clone());
     let nameplate = code.as_ref().map(p2p_core::net::Code::nameplate);
-    let security = super::security(&args.session, code, args.ask)?;
+    let security = super::security(&args.session, code.clone(), args.ask)?;
     let options = super::session_options(&args.session, &args.transfer, &ceilings, security)?;
     let mut args = args;
     if role == RoleArg::Client && args.session.peer.is_none() {
@@ -70,12 +81,8 @@ pub async fn run(args: ReceiveArgs, recorder: &Recorder) -> anyhow::Result<()> {
     }
     let endpoint = super::endpoint(role, &args.session, &options, Some(nameplate)).await?;
     recorder.renderer().listening(endpoint.local_addr());
-    if role == RoleArg::Server && nameplate.is_none() && !args.ask {
-        eprintln!(
-            "this device is {}: it lets in trusted devices only (see `p2p-transfer trust`); \
-             for a new sender, run `p2p-transfer receive CODE` with the code it prints",
-            options.security.device_id()
-        );
+    if let Some(local) = endpoint.local_addr() {
+        how_to_reach(recorder, local, code.as_ref(), generated.is_some(), args.ask);
     }
     recorder.set_receive_hint(receive_hint(&args, &endpoint));
     recorder.set_output_dir(&args.output);
@@ -152,6 +159,52 @@ pub async fn run(args: ReceiveArgs, recorder: &Recorder) -> anyhow::Result<()> {
         ));
     }
     Ok(())
+}
+
+/// Tells the person at this listening receiver what the sender should type: this
+/// machine's addresses and a ready-to-copy `send` command (with the code, if any).
+fn how_to_reach(
+    recorder: &Recorder,
+    local: std::net::SocketAddr,
+    code: Option<&p2p_core::net::Code>,
+    generated: bool,
+    ask: bool,
+) {
+    let ips = if local.ip().is_unspecified() {
+        p2p_core::net::tcp::local_addresses()
+            .into_iter()
+            .filter(|ip| ip.is_ipv4() || local.ip().is_ipv6())
+            .collect()
+    } else {
+        vec![local.ip()]
+    };
+    let port = local.port();
+    let host = |ip: &std::net::IpAddr| match ip {
+        std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+        v4 => v4.to_string(),
+    };
+    let peer = match ips.first() {
+        Some(ip) if port == p2p_core::net::tcp::DEFAULT_PORT => host(ip),
+        Some(ip) => format!("{}:{port}", host(ip)),
+        None => format!("<this machine's address>:{port}"),
+    };
+    if !ips.is_empty() {
+        let shown: Vec<String> = ips.iter().map(host).collect();
+        eprintln!("this machine: {} (port {port})", shown.join(", "));
+    }
+    if generated {
+        if let Some(code) = code {
+            recorder.renderer().code(&code.to_string());
+        }
+    }
+    let with_code = code.map_or_else(String::new, |c| format!(" --code {c}"));
+    eprintln!(
+        "on the sending machine, run:  {} send <files or folders> --peer {peer}{with_code}",
+        crate::program()
+    );
+    if ask {
+        eprintln!("(unknown devices are shown with their verified id for you to accept)");
+    }
 }
 
 /// How an interrupted receive continues: the same folder, the same port (the one

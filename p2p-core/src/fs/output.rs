@@ -100,6 +100,29 @@ impl Drop for OutputDir {
     }
 }
 
+/// Checks, before anyone connects, that files can be written into `root` (created if
+/// missing): a receiver reports an unusable folder at start, not to a sender later.
+/// Writes and removes one empty, uniquely named file.
+pub fn check_writable(root: &Path) -> Result<()> {
+    std::fs::create_dir_all(root)
+        .map_err(|e| StorageError::new("cannot create output folder", root, e))?;
+    let meta = std::fs::metadata(root)
+        .map_err(|e| StorageError::new("cannot open output folder", root, e))?;
+    if !meta.is_dir() {
+        let e = io::Error::new(io::ErrorKind::NotADirectory, "it is not a folder");
+        return Err(StorageError::new("cannot write into output folder", root, e).into());
+    }
+    let probe = root.join(format!(".p2p-write-check-{}", Uuid::new_v4().simple()));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)
+        .map_err(|e| StorageError::new("cannot write into output folder", root, e))?;
+    // Written: the check passed. Removing it can only fail if someone else did.
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
+}
+
 impl OutputDir {
     /// Opens (creating if needed) the output folder for `offer` and runs every pre-flight
     /// check. Nothing is written unless all checks pass.

@@ -69,7 +69,8 @@ pub enum SecurityError {
     #[error("{}", if *here {
         "the peer connected with a code, but none was given here: use the code the peer printed (--code)"
     } else {
-        "the peer did not use the code: give it the code this side printed"
+        "no one-time code came with the connection: give the code printed on the other \
+         device (--code CODE), or pair the devices once (--remember)"
     })]
     CodeMissing { here: bool },
     /// Nobody vouches for the peer's key.

@@ -88,3 +88,19 @@ mod tests {
         assert_eq!(with_default_port("[::1]:9000"), "[::1]:9000");
     }
 }
+
+/// This machine's addresses, one per interface, for a person to give a peer: the ones
+/// a peer can reach first (IPv4 before IPv6), loopback last; link-local IPv6 left out
+/// (it needs a scope a person cannot type). Blocking: it asks the OS.
+pub fn local_addresses() -> Vec<std::net::IpAddr> {
+    use std::net::IpAddr;
+    let found = if_addrs::get_if_addrs().unwrap_or_default();
+    let mut addresses: Vec<IpAddr> = found
+        .iter()
+        .map(|i| i.ip())
+        .filter(|ip| !matches!(ip, IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80))
+        .collect();
+    addresses.sort_by_key(|ip| (ip.is_loopback(), ip.is_ipv6()));
+    addresses.dedup();
+    addresses
+}
