@@ -753,6 +753,12 @@ mod tests {
         expected.extend_from_slice(&id.into_bytes());
         expected.extend_from_slice(&[2, b'h', b'i']);
         assert_eq!(&buf[..], &expected[..]);
+        // …answered by Done { id 00…01 }.
+        buf.clear();
+        encode_frame(&Message::Done { transfer_id: id }, &mut buf).unwrap();
+        let mut expected = vec![0u8, 0, 0, 18, 12, 16];
+        expected.extend_from_slice(&id.into_bytes());
+        assert_eq!(&buf[..], &expected[..]);
 
         // The capability bits, as the `Hello` of this build announces them.
         assert_eq!(Capabilities::TEXT.bits(), 64);
