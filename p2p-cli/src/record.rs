@@ -18,6 +18,8 @@ pub struct Recorder {
     receive_hint: Mutex<Option<ReceiveHint>>,
     /// The follow-up code of the last session let in by a code (its code is used up).
     resume_code: Mutex<Option<String>>,
+    /// Why the current transfer cannot be resumed, when it cannot (`commands::stream`).
+    no_resume: Mutex<Option<String>>,
 }
 
 /// How an interrupted receive continues: this receiver started again, and the sender's
@@ -41,6 +43,7 @@ impl Recorder {
             resume_hint: Mutex::new(None),
             receive_hint: Mutex::new(None),
             resume_code: Mutex::new(None),
+            no_resume: Mutex::new(None),
         }
     }
 
@@ -51,6 +54,12 @@ impl Recorder {
     /// The command that resumes the current send, printed if it is interrupted.
     pub fn set_resume_hint(&self, command: String) {
         *self.resume_hint.lock().unwrap_or_else(|p| p.into_inner()) = Some(command);
+    }
+
+    /// The current transfer cannot be resumed (standard input sent, standard output
+    /// received): an interruption says `why` instead of printing a resume command.
+    pub fn set_no_resume(&self, why: &str) {
+        *self.no_resume.lock().unwrap_or_else(|p| p.into_inner()) = Some(why.to_owned());
     }
 
     /// How the current receive continues if it is interrupted.
@@ -92,6 +101,16 @@ impl Recorder {
         let Some(record) = record else {
             return;
         };
+        if let Some(why) = self
+            .no_resume
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        {
+            eprintln!("interrupted; {why}");
+            self.write(&record);
+            return;
+        }
         let hint = self
             .resume_hint
             .lock()
