@@ -409,8 +409,8 @@ impl Output {
         self.to_stdout.as_ref()?;
         let what = match offer.entries.as_slice() {
             [one] if one.size.is_some() => return None,
-            [_] => "a folder".to_owned(),
-            many => format!("{} files and folders", many.len()),
+            entries if entries.iter().any(|e| e.size.is_none()) => "a folder".to_owned(),
+            _ => format!("{} files", offer.files()),
         };
         let reason = format!(
             "the receiver writes to its standard output (receive --stdout), which takes \
