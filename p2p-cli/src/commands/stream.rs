@@ -18,7 +18,6 @@ use std::os::fd::AsFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use clap::Args;
@@ -352,7 +351,7 @@ pub struct Output {
 
 struct StdoutSink {
     /// The real standard output (file descriptor 1 now goes to standard error).
-    out: Mutex<File>,
+    out: File,
     /// Private folder the file is received into before it is copied out.
     dir: tempfile::TempDir,
 }
@@ -377,10 +376,7 @@ impl Output {
                 "nothing was kept: `receive --stdout` receives into a temporary folder, \
                  removed now, so this transfer cannot be resumed; run both commands again",
             );
-            Some(StdoutSink {
-                out: Mutex::new(out),
-                dir,
-            })
+            Some(StdoutSink { out, dir })
         } else {
             None
         };
@@ -432,8 +428,8 @@ impl Output {
         };
         for root in &summary.roots {
             let path = sink.dir.path().join(root);
-            let out = sink.out.lock().unwrap_or_else(|p| p.into_inner());
-            let out = out
+            let out = sink
+                .out
                 .try_clone()
                 .map_err(|e| storage("cannot write to", Path::new("standard output"), e))?;
             let from = path.clone();
@@ -514,10 +510,7 @@ impl Output {
             indicatif::HumanBytes(text.text.len() as u64)
         );
         let written = match &self.to_stdout {
-            Some(sink) => {
-                let mut out = sink.out.lock().unwrap_or_else(|p| p.into_inner());
-                write_text(&mut *out, &text.text)
-            }
+            Some(sink) => write_text(&mut &sink.out, &text.text),
             None => write_text(&mut std::io::stdout().lock(), &text.text),
         };
         written.map_err(|e| storage("cannot write to", Path::new("standard output"), e))?;
