@@ -583,3 +583,40 @@ fn p2p_qr(command: &str) -> String {
     let _ = sender.child.wait();
     seen
 }
+
+#[test]
+fn on_a_terminal_a_text_cannot_act_on_it() {
+    // The receiver's standard output is a terminal (a pseudo-terminal from `script`,
+    // util-linux): the text is shown escaped, not as the bytes that would clear the
+    // screen or reorder what follows.
+    let dirs = Dirs::new();
+    let message = "before\u{1b}[2J\u{1b}]0;title\u{7}\u{202e}after";
+    let sender = Listening::start(
+        dirs.p2p("a"),
+        &["send", "--text", message, "--code", "8-tty-test"],
+        Stdio::null(),
+    );
+    let receive = format!(
+        "'{}' receive --code 8-tty-test --peer {}",
+        binary().display(),
+        sender.addr
+    );
+    let shown = Command::new("script")
+        .args(["-qec", &receive, "/dev/null"])
+        .env("P2P_TRANSFER_DATA_DIR", dirs.path("b"))
+        .env("TMPDIR", dirs.path("tmp"))
+        .current_dir(dirs.path("cwd"))
+        .stdin(Stdio::null())
+        .output()
+        .expect("`script` (util-linux) runs the receiver on a terminal");
+    let terminal = text(&shown.stdout);
+    assert!(shown.status.success(), "{terminal}");
+    assert!(
+        terminal.contains(r"before\u{1b}[2J\u{1b}]0;title\u{7}\u{202e}after"),
+        "{terminal:?}"
+    );
+    assert!(!terminal.contains('\u{1b}'), "{terminal:?}");
+    assert!(!terminal.contains('\u{202e}'), "{terminal:?}");
+    let (code, _, stderr) = sender.finish();
+    assert_eq!(code, 0, "{stderr}");
+}
