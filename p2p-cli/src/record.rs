@@ -18,6 +18,8 @@ pub struct Recorder {
     receive_hint: Mutex<Option<ReceiveHint>>,
     /// The follow-up code of the last session let in by a code (its code is used up).
     resume_code: Mutex<Option<String>>,
+    /// Why the current transfer cannot be resumed, when it cannot (`commands::stream`).
+    no_resume: Mutex<Option<String>>,
     /// The transfer that started and has not finished (it may be between attempts).
     unfinished: Mutex<Option<(uuid::Uuid, Direction)>>,
 }
@@ -53,6 +55,7 @@ impl Recorder {
             receive_hint: Mutex::new(None),
             resume_code: Mutex::new(None),
             unfinished: Mutex::new(None),
+            no_resume: Mutex::new(None),
         }
     }
 
@@ -63,6 +66,12 @@ impl Recorder {
     /// The command that resumes the current send, printed if it is interrupted.
     pub fn set_resume_hint(&self, command: ResumeHint) {
         *self.resume_hint.lock().unwrap_or_else(|p| p.into_inner()) = Some(command);
+    }
+
+    /// The current transfer cannot be resumed (standard input sent, standard output
+    /// received): an interruption says `why` instead of printing a resume command.
+    pub fn set_no_resume(&self, why: &str) {
+        *self.no_resume.lock().unwrap_or_else(|p| p.into_inner()) = Some(why.to_owned());
     }
 
     /// How the current receive continues if it is interrupted.
@@ -150,6 +159,11 @@ impl Recorder {
         let Some((transfer_id, direction)) = *lock(&self.unfinished) else {
             return;
         };
+        if let Some(why) = lock(&self.no_resume).clone() {
+            let first = headline.split(';').next().unwrap_or(headline);
+            self.renderer.eprintln(&format!("{first}; {why}"));
+            return;
+        }
         let program = crate::program();
         let hint = lock(&self.resume_hint).clone();
         let receive_hint = lock(&self.receive_hint).clone();

@@ -10,6 +10,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
 
+use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use tokio::net::TcpListener;
 use tokio_util::codec::Framed;
@@ -24,7 +25,35 @@ use crate::handshake::{self, Established, LocalPeer, RemotePeer};
 use crate::net::{Connection, Endpoint, PeerIdentity, SecureTcp, Security};
 use crate::transfer::{self, Decision, IncomingOffer, ReceiveOptions, Received, TransferSummary};
 use crate::transport::Stream;
-use crate::wire::{Capabilities, ErrorCode, FrameCodec, Message, SessionConfig, WireError};
+use crate::wire::{
+    Capabilities, ErrorCode, FrameCodec, Message, SessionConfig, WireError, MAX_TEXT_LEN,
+};
+
+/// A text the peer offers, as a receiver decides on it ([`P2PSession::receive_any_with`]).
+/// The text itself has arrived, been checked (UTF-8, at most [`MAX_TEXT_LEN`] bytes) and
+/// is held; it is shown only once taken.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IncomingText {
+    pub transfer_id: Uuid,
+    /// Device name of the sender, as it announced itself (not authenticated).
+    pub peer: String,
+    /// Length of the text in bytes.
+    pub len: usize,
+}
+
+/// A text that was taken: the peer's words, to be shown (escaped, on a terminal: see
+/// [`crate::text::printable_lines`]), never saved by the session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReceivedText {
+    pub transfer_id: Uuid,
+    /// Device name of the sender, as it announced itself (not authenticated).
+    pub peer: String,
+    /// Valid UTF-8 of at most [`MAX_TEXT_LEN`] bytes, exactly as sent.
+    pub text: String,
+}
+
+/// Why [`P2PSession::receive_with`] declines a text (its caller shows none).
+pub const TEXT_NOT_SHOWN: &str = "this receiver does not show text; send it as a file";
 
 /// Which side opened the connection. Informational only: it does not restrict what the
 /// session can do.
@@ -297,6 +326,57 @@ impl<S: Stream> P2PSession<S> {
         .await
     }
 
+    /// Sends a short text for the peer to show (protocol section 5.5): at most
+    /// [`MAX_TEXT_LEN`] bytes, checked before anything is sent. Returns once the peer
+    /// took it (`Done`), or with the peer's refusal. Emits no transfer events: a front end
+    /// that keeps history records the text itself.
+    pub async fn send_text(&mut self, text: &str, transfer_id: Uuid) -> Result<()> {
+        if text.len() > MAX_TEXT_LEN {
+            return Err(Error::InvalidInput(format!(
+                "the text is {} bytes, more than the {MAX_TEXT_LEN} bytes a text may have: \
+                 send it as a file, or as a stream (`send -` reads standard input)",
+                text.len()
+            )));
+        }
+        if !self.capabilities().contains(Capabilities::TEXT) {
+            return Err(Error::InvalidInput(
+                "the peer cannot receive text (its p2p-transfer predates it): update it, \
+                 or send the text as a file"
+                    .into(),
+            ));
+        }
+        self.framed
+            .send(Message::Text {
+                transfer_id,
+                text: Bytes::copy_from_slice(text.as_bytes()),
+            })
+            .await?;
+        loop {
+            match self.next_between_transfers().await? {
+                None => return Err(TransferError::ConnectionClosed.into()),
+                Some(Err(e)) => return Err(e.into()),
+                Some(Ok(Message::Ping(v))) => self.framed.send(Message::Pong(v)).await?,
+                Some(Ok(
+                    Message::Pong(_) | Message::Chunk(_) | Message::Ack(_) | Message::Nack(_),
+                )) => {}
+                Some(Ok(Message::Done { transfer_id: done })) if done == transfer_id => {
+                    return Ok(())
+                }
+                Some(Ok(Message::Error { code, message, .. })) => {
+                    return Err(TransferError::PeerAborted { code, message }.into())
+                }
+                Some(Ok(other)) => {
+                    let error = Error::protocol(format!(
+                        "expected Done or Error for the text, got {}",
+                        other.kind()
+                    ));
+                    let _ = self.framed.send(error.to_message()).await;
+                    return Err(error);
+                }
+            }
+        }
+    }
+
     /// Waits for the peer's next transfer and receives it. Returns `Ok(None)` when the
     /// peer closed the session cleanly instead.
     pub async fn receive(
@@ -309,7 +389,7 @@ impl<S: Stream> P2PSession<S> {
             match self.receive_with(options, events, accept).await? {
                 None => return Ok(None),
                 Some(Received::Completed(summary)) => return Ok(Some(summary)),
-                Some(Received::Declined { .. }) => {}
+                Some(Received::Declined { .. } | Received::Text(_)) => {}
             }
         }
     }
@@ -319,6 +399,9 @@ impl<S: Stream> P2PSession<S> {
     /// the session answers the sender's pings, so it may wait for a person. A declined
     /// offer leaves the session usable. Returns `Ok(None)` when the peer closed the
     /// session cleanly instead of offering anything.
+    ///
+    /// A text the peer sends instead is declined ([`TEXT_NOT_SHOWN`]): a front end that
+    /// shows text calls [`Self::receive_any_with`].
     pub async fn receive_with<D, F>(
         &mut self,
         options: &ReceiveOptions,
@@ -329,11 +412,46 @@ impl<S: Stream> P2PSession<S> {
         D: FnOnce(IncomingOffer) -> F,
         F: Future<Output = Decision>,
     {
+        let no_text = |_| std::future::ready(Decision::Decline(TEXT_NOT_SHOWN.into()));
+        self.receive_any_with(options, events, decide, no_text)
+            .await
+    }
+
+    /// Like [`Self::receive_with`], but the peer may also send a text (protocol section
+    /// 5.5): `decide_text` is asked about it once it has arrived and passed its checks
+    /// (the TEXT capability agreed, at most [`MAX_TEXT_LEN`] bytes, valid UTF-8; a text
+    /// that fails one is a protocol error), and a text taken is returned as
+    /// [`Received::Text`] for the caller to show. Nothing is written.
+    pub async fn receive_any_with<D, F, T, G>(
+        &mut self,
+        options: &ReceiveOptions,
+        events: &dyn EventSink,
+        decide: D,
+        decide_text: T,
+    ) -> Result<Option<Received>>
+    where
+        D: FnOnce(IncomingOffer) -> F,
+        F: Future<Output = Decision>,
+        T: FnOnce(IncomingText) -> G,
+        G: Future<Output = Decision>,
+    {
         let offer = loop {
             let interrupt = self.interrupt.clone();
             match interrupt.guard(self.next_between_transfers()).await? {
                 None => return Ok(None),
-                Some(Err(e)) => return Err(e.into()),
+                Some(Err(e)) => {
+                    if let WireError::TextTooLong { .. } = e {
+                        let refusal = Error::protocol(e.to_string());
+                        let _ = self.framed.send(refusal.to_message()).await;
+                    }
+                    return Err(e.into());
+                }
+                Some(Ok(Message::Text { transfer_id, text })) => {
+                    return self
+                        .receive_text(transfer_id, text, decide_text)
+                        .await
+                        .map(Some);
+                }
                 Some(Ok(Message::Ping(v))) => self.framed.send(Message::Pong(v)).await?,
                 // Late duplicates from the previous transfer (a retransmission that
                 // crossed its acknowledgement) carry nothing new.
@@ -390,6 +508,61 @@ impl<S: Stream> P2PSession<S> {
         )
         .await?;
         Ok(Some(Received::Completed(summary)))
+    }
+
+    /// Checks a `Text`, asks `decide`, answers `Done` or `Error`.
+    async fn receive_text<T, G>(
+        &mut self,
+        transfer_id: Uuid,
+        text: Bytes,
+        decide: T,
+    ) -> Result<Received>
+    where
+        T: FnOnce(IncomingText) -> G,
+        G: Future<Output = Decision>,
+    {
+        let checked = if !self.capabilities().contains(Capabilities::TEXT) {
+            Err("a Text message, but the TEXT capability was not agreed".to_owned())
+        } else if text.len() > MAX_TEXT_LEN {
+            Err(format!(
+                "a text of {} bytes; a text has at most {MAX_TEXT_LEN}",
+                text.len()
+            ))
+        } else {
+            std::str::from_utf8(&text)
+                .map(str::to_owned)
+                .map_err(|e| format!("a text that is not valid UTF-8 ({e})"))
+        };
+        let text = match checked {
+            Ok(text) => text,
+            Err(why) => {
+                let error = Error::protocol(format!("the peer sent {why}"));
+                let _ = self.framed.send(error.to_message()).await;
+                return Err(error);
+            }
+        };
+        let peer = self.established.peer.device_name.clone();
+        let incoming = IncomingText {
+            transfer_id,
+            peer: peer.clone(),
+            len: text.len(),
+        };
+        if let Decision::Decline(reason) = self.await_decision(decide(incoming)).await? {
+            self.framed
+                .send(Message::Error {
+                    code: ErrorCode::Cancelled,
+                    message: reason,
+                    version: crate::wire::PROTOCOL_VERSION,
+                })
+                .await?;
+            return Ok(Received::Declined { transfer_id });
+        }
+        self.framed.send(Message::Done { transfer_id }).await?;
+        Ok(Received::Text(ReceivedText {
+            transfer_id,
+            peer,
+            text,
+        }))
     }
 
     /// The peer's next message while no transfer runs. A live peer answers the `Ping`
@@ -493,5 +666,232 @@ fn local(options: &SessionOptions) -> LocalPeer {
         capabilities: options.capabilities,
         config: options.config,
         memory_budget: options.memory_budget,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! `Text` (protocol section 5.5) between two sessions over an in-memory stream, and
+    //! against a hand-driven peer that breaks the rules.
+    use super::*;
+    use crate::event::NoEvents;
+    use crate::wire::MAX_TEXT_FRAME_LEN;
+    use tokio::io::{AsyncWriteExt, DuplexStream};
+
+    type Session = P2PSession<DuplexStream>;
+
+    fn options(capabilities: Capabilities) -> SessionOptions {
+        SessionOptions {
+            device_name: "peer".into(),
+            capabilities,
+            ..SessionOptions::default()
+        }
+    }
+
+    async fn pair(a: Capabilities, b: Capabilities) -> (Session, Session) {
+        let (x, y) = tokio::io::duplex(1 << 20);
+        let (a, b) = (options(a), options(b));
+        let (a, b) = tokio::join!(P2PSession::initiate(x, &a), P2PSession::respond(y, &b));
+        (a.unwrap(), b.unwrap())
+    }
+
+    fn receive_options() -> ReceiveOptions {
+        ReceiveOptions {
+            output_dir: "/nonexistent/never-written".into(),
+            overwrite: false,
+        }
+    }
+
+    async fn take_text(b: &mut Session, seen: &std::sync::Mutex<Vec<IncomingText>>) -> Received {
+        let offer = |_| std::future::ready(Decision::Decline("no files".into()));
+        let text = |incoming| {
+            seen.lock().unwrap().push(incoming);
+            std::future::ready(Decision::Accept)
+        };
+        b.receive_any_with(&receive_options(), &NoEvents, offer, text)
+            .await
+            .unwrap()
+            .expect("a text")
+    }
+
+    #[tokio::test]
+    async fn a_text_arrives_exactly_and_the_session_goes_on() {
+        let all = Capabilities::supported();
+        let (mut a, mut b) = pair(all, all).await;
+        assert!(a.capabilities().contains(Capabilities::TEXT));
+        let text = "héllo 日本\n\u{1b}]0;title\u{7}\r\nend";
+        let id = Uuid::from_u128(7);
+        let seen = std::sync::Mutex::new(Vec::new());
+        let (sent, received) = tokio::join!(a.send_text(text, id), take_text(&mut b, &seen));
+        sent.unwrap();
+        let Received::Text(got) = received else {
+            panic!("expected a text, got {received:?}");
+        };
+        assert_eq!(got.text, text, "exactly the bytes sent");
+        assert_eq!((got.transfer_id, got.peer.as_str()), (id, "peer"));
+        let asked = seen.lock().unwrap().pop().unwrap();
+        assert_eq!((asked.transfer_id, asked.len), (id, text.len()));
+
+        // The longest text, then the session still carries another one.
+        let longest = "x".repeat(MAX_TEXT_LEN);
+        let (sent, received) = tokio::join!(
+            a.send_text(&longest, Uuid::from_u128(8)),
+            take_text(&mut b, &seen)
+        );
+        sent.unwrap();
+        assert!(matches!(received, Received::Text(t) if t.text == longest));
+    }
+
+    #[tokio::test]
+    async fn a_receiver_that_shows_no_text_declines_it_and_stays_usable() {
+        let all = Capabilities::supported();
+        let (mut a, mut b) = pair(all, all).await;
+        let accept = |_| std::future::ready(Decision::Accept);
+        let id = Uuid::from_u128(9);
+        let receive = receive_options();
+        let (sent, received) = tokio::join!(
+            a.send_text("hi", id),
+            b.receive_with(&receive, &NoEvents, accept)
+        );
+        let err = sent.unwrap_err();
+        assert!(
+            matches!(&err, Error::Transfer(TransferError::PeerAborted {
+                code: ErrorCode::Cancelled, message }) if message == TEXT_NOT_SHOWN),
+            "{err}"
+        );
+        assert_eq!(
+            received.unwrap(),
+            Some(Received::Declined { transfer_id: id })
+        );
+        let seen = std::sync::Mutex::new(Vec::new());
+        let (sent, received) = tokio::join!(
+            a.send_text("again", Uuid::from_u128(10)),
+            take_text(&mut b, &seen)
+        );
+        sent.unwrap();
+        assert!(matches!(received, Received::Text(t) if t.text == "again"));
+    }
+
+    #[tokio::test]
+    async fn a_peer_without_the_capability_is_never_sent_text() {
+        let (mut a, mut b) = pair(
+            Capabilities::supported(),
+            Capabilities::supported() - Capabilities::TEXT,
+        )
+        .await;
+        let err = a.send_text("hi", Uuid::nil()).await.unwrap_err();
+        assert!(matches!(err, Error::InvalidInput(_)), "{err}");
+        assert!(err.to_string().contains("cannot receive text"), "{err}");
+        // Nothing crossed: the receiver sees the session end cleanly.
+        a.close().await.unwrap();
+        let got = b.receive(&receive_options(), &NoEvents).await.unwrap();
+        assert_eq!(got, None);
+    }
+
+    #[tokio::test]
+    async fn a_text_longer_than_the_limit_is_refused_before_sending() {
+        let all = Capabilities::supported();
+        let (mut a, mut b) = pair(all, all).await;
+        let err = a
+            .send_text(&"x".repeat(MAX_TEXT_LEN + 1), Uuid::nil())
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("send -"), "{err}");
+        a.close().await.unwrap();
+        assert_eq!(
+            b.receive(&receive_options(), &NoEvents).await.unwrap(),
+            None
+        );
+    }
+
+    /// A hand-driven initiator: the handshake by the book, then whatever the test sends.
+    async fn raw_peer(capabilities: Capabilities) -> (Framed<DuplexStream, FrameCodec>, Session) {
+        let (x, y) = tokio::io::duplex(1 << 20);
+        let mut framed = Framed::new(x, FrameCodec);
+        let (raw, b) = (
+            local(&options(capabilities)),
+            options(Capabilities::supported()),
+        );
+        let (established, b) = tokio::join!(
+            handshake::initiate(&mut framed, &raw),
+            P2PSession::respond(y, &b)
+        );
+        established.unwrap();
+        (framed, b.unwrap())
+    }
+
+    async fn refusal(framed: &mut Framed<DuplexStream, FrameCodec>) -> (ErrorCode, String) {
+        loop {
+            match framed.next().await {
+                Some(Ok(Message::Error { code, message, .. })) => return (code, message),
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                other => panic!("expected an Error, got {other:?}"),
+            }
+        }
+    }
+
+    async fn hostile_text(capabilities: Capabilities, text: &'static [u8]) -> (Error, String) {
+        let (mut framed, mut b) = raw_peer(capabilities).await;
+        framed
+            .send(Message::Text {
+                transfer_id: Uuid::nil(),
+                text: Bytes::from_static(text),
+            })
+            .await
+            .unwrap();
+        let seen = std::sync::Mutex::new(Vec::new());
+        let offer = |_| std::future::ready(Decision::Accept);
+        let text = |incoming| {
+            seen.lock().unwrap().push(incoming);
+            std::future::ready(Decision::Accept)
+        };
+        let err = b
+            .receive_any_with(&receive_options(), &NoEvents, offer, text)
+            .await
+            .unwrap_err();
+        assert!(seen.lock().unwrap().is_empty(), "nobody is asked");
+        let (code, message) = refusal(&mut framed).await;
+        assert_eq!(code, ErrorCode::Protocol);
+        (err, message)
+    }
+
+    #[tokio::test]
+    async fn text_that_is_not_utf8_is_a_protocol_error_the_peer_is_told() {
+        let (err, told) = hostile_text(Capabilities::supported(), b"ok \xff\xfe").await;
+        assert!(err.to_string().contains("not valid UTF-8"), "{err}");
+        assert!(told.contains("not valid UTF-8"), "{told}");
+    }
+
+    #[tokio::test]
+    async fn text_without_the_agreed_capability_is_a_protocol_error() {
+        let caps = Capabilities::supported() - Capabilities::TEXT;
+        let (err, told) = hostile_text(caps, b"hi").await;
+        assert!(err.to_string().contains("TEXT capability"), "{err}");
+        assert!(told.contains("TEXT capability"), "{told}");
+    }
+
+    #[tokio::test]
+    async fn an_oversized_text_frame_is_refused_from_its_header() {
+        let (mut framed, mut b) = raw_peer(Capabilities::supported()).await;
+        // Only the header and the variant byte: the receiver must not wait for (or make
+        // room for) the rest.
+        let len = (MAX_TEXT_FRAME_LEN + 1) as u32;
+        let stream = framed.get_mut();
+        stream.write_all(&len.to_be_bytes()).await.unwrap();
+        stream.write_all(&[15]).await.unwrap();
+        stream.flush().await.unwrap();
+        let offer = |_| std::future::ready(Decision::Accept);
+        let text = |_| std::future::ready(Decision::Accept);
+        let err = b
+            .receive_any_with(&receive_options(), &NoEvents, offer, text)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::Wire(WireError::TextTooLong { .. })),
+            "{err}"
+        );
+        let (code, message) = refusal(&mut framed).await;
+        assert_eq!(code, ErrorCode::Protocol);
+        assert!(message.contains("text frame"), "{message}");
     }
 }

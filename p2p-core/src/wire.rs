@@ -31,12 +31,28 @@ pub const MAX_FRAME_LEN: usize = 32 * 1024 * 1024;
 /// Length of the frame header (big-endian `u32` payload length).
 pub const FRAME_HEADER_LEN: usize = 4;
 
+/// Most bytes of UTF-8 one [`Message::Text`] carries. Longer text goes as a file
+/// (`send -` streams standard input).
+pub const MAX_TEXT_LEN: usize = 64 * 1024;
+
+/// Longest frame payload a [`Message::Text`] can have: its variant byte, the transfer id
+/// (a 17-byte byte string) and the text's length (at most a 3-byte varint) around at
+/// most [`MAX_TEXT_LEN`] bytes of text. A frame that starts with the `Text` variant and
+/// announces more is refused from its first five bytes, before anything is allocated.
+pub const MAX_TEXT_FRAME_LEN: usize = 1 + 17 + 3 + MAX_TEXT_LEN;
+
 /// Framing and encoding failures.
 #[derive(Debug, thiserror::Error)]
 pub enum WireError {
     /// A frame header announced more bytes than any valid message has.
     #[error("frame of {len} bytes is too large (limit {max})")]
     Oversized { len: u64, max: usize },
+    /// A `Text` frame announced more bytes than a text may have.
+    #[error(
+        "the peer sent a text frame of {len} bytes; a text frame has at most {max} \
+         (longer text goes as a file or stream)"
+    )]
+    TextTooLong { len: u64, max: usize },
     /// The stream ended in the middle of a frame.
     #[error("connection closed in the middle of a frame ({buffered} bytes unread)")]
     Truncated { buffered: usize },
@@ -90,13 +106,21 @@ bitflags::bitflags! {
         const WINDOWED = 1 << 4;
         /// Unix permission bits and modification times are applied by the receiver.
         const METADATA = 1 << 5;
+        /// The peer understands `Text` (a short UTF-8 text shown instead of saved) and
+        /// answers it with `Done` or `Error`. Never sent to a peer without it.
+        const TEXT = 1 << 6;
     }
 }
 
 impl Capabilities {
     /// Everything this build implements.
     pub fn supported() -> Self {
-        Self::COMPRESSION | Self::RESUME | Self::FOLDER | Self::WINDOWED | Self::METADATA
+        Self::COMPRESSION
+            | Self::RESUME
+            | Self::FOLDER
+            | Self::WINDOWED
+            | Self::METADATA
+            | Self::TEXT
     }
 }
 
@@ -279,6 +303,14 @@ pub enum Message {
     Ping(u64),
     /// 14 — answer to `Ping`.
     Pong(u64),
+    /// 15 — the side that wants to send offers a short text to be shown, not saved
+    /// (only when [`Capabilities::TEXT`] was agreed). `text` is UTF-8, at most
+    /// [`MAX_TEXT_LEN`] bytes; the receiver checks both and answers `Done` or `Error`.
+    Text {
+        transfer_id: Uuid,
+        #[serde(with = "serde_bytes_compat")]
+        text: Bytes,
+    },
 }
 
 impl Message {
@@ -300,6 +332,7 @@ impl Message {
             Message::Done { .. } => "Done",
             Message::Ping(_) => "Ping",
             Message::Pong(_) => "Pong",
+            Message::Text { .. } => "Text",
         }
     }
 }
@@ -336,6 +369,28 @@ mod serde_bytes_compat {
 
 /// Variant index of [`Message::Chunk`] (a one-byte varint).
 const CHUNK_VARIANT: u8 = 7;
+
+/// Variant index of [`Message::Text`] (a one-byte varint).
+const TEXT_VARIANT: u8 = 15;
+
+/// A header announcing `len` bytes that the decoder refuses without waiting for them:
+/// more than any frame, or a `Text` frame (its variant byte `variant` is known once the
+/// payload has started) longer than any text.
+fn refused_len(len: usize, variant: Option<&u8>) -> Option<WireError> {
+    if len > MAX_FRAME_LEN {
+        Some(WireError::Oversized {
+            len: len as u64,
+            max: MAX_FRAME_LEN,
+        })
+    } else if len > MAX_TEXT_FRAME_LEN && variant == Some(&TEXT_VARIANT) {
+        Some(WireError::TextTooLong {
+            len: len as u64,
+            max: MAX_TEXT_FRAME_LEN,
+        })
+    } else {
+        None
+    }
+}
 
 /// Decodes a `Chunk` payload without copying its data: the returned `data` is a slice of
 /// the frame buffer. Produces exactly what serde would, or the same errors.
@@ -403,7 +458,8 @@ impl FrameCodec {
         match buf.first_chunk::<FRAME_HEADER_LEN>() {
             Some(header) => {
                 let len = u32::from_be_bytes(*header) as usize;
-                len > MAX_FRAME_LEN || buf.len() - FRAME_HEADER_LEN >= len
+                refused_len(len, buf.get(FRAME_HEADER_LEN)).is_some()
+                    || buf.len() - FRAME_HEADER_LEN >= len
             }
             None => false,
         }
@@ -419,14 +475,15 @@ impl Decoder for FrameCodec {
             return Ok(None);
         }
         let len = u32::from_be_bytes([src[0], src[1], src[2], src[3]]) as usize;
-        if len > MAX_FRAME_LEN {
-            return Err(WireError::Oversized {
-                len: len as u64,
-                max: MAX_FRAME_LEN,
-            });
+        if let Some(refused) = refused_len(len, src.get(FRAME_HEADER_LEN)) {
+            return Err(refused);
         }
         if src.len() < FRAME_HEADER_LEN + len {
-            src.reserve(FRAME_HEADER_LEN + len - src.len());
+            // Room for the whole frame only once its variant is known (a `Text` frame
+            // has a lower limit than the others).
+            if src.len() > FRAME_HEADER_LEN {
+                src.reserve(FRAME_HEADER_LEN + len - src.len());
+            }
             return Ok(None);
         }
         src.advance(FRAME_HEADER_LEN);
@@ -539,6 +596,10 @@ mod tests {
             Message::Done { transfer_id: id },
             Message::Ping(u64::MAX),
             Message::Pong(0),
+            Message::Text {
+                transfer_id: id,
+                text: Bytes::from_static("héllo\n\u{1b}[2J".as_bytes()),
+            },
         ]
     }
 
@@ -691,5 +752,100 @@ mod tests {
         )
         .unwrap();
         assert_eq!(&buf[4..], &[7, 0, 1, 0, 1, 2, 9, 9]);
+
+        // Text { id 00…01, "hi" }: variant 15, the id as a 16-byte byte string, then the
+        // text as a byte string.
+        buf.clear();
+        encode_frame(
+            &Message::Text {
+                transfer_id: id,
+                text: Bytes::from_static(b"hi"),
+            },
+            &mut buf,
+        )
+        .unwrap();
+        let mut expected = vec![0u8, 0, 0, 21, 15, 16];
+        expected.extend_from_slice(&id.into_bytes());
+        expected.extend_from_slice(&[2, b'h', b'i']);
+        assert_eq!(&buf[..], &expected[..]);
+        // …answered by Done { id 00…01 }.
+        buf.clear();
+        encode_frame(&Message::Done { transfer_id: id }, &mut buf).unwrap();
+        let mut expected = vec![0u8, 0, 0, 18, 12, 16];
+        expected.extend_from_slice(&id.into_bytes());
+        assert_eq!(&buf[..], &expected[..]);
+
+        // The capability bits, as the `Hello` of this build announces them.
+        assert_eq!(Capabilities::TEXT.bits(), 64);
+        assert_eq!(
+            postcard::to_allocvec(&Capabilities::supported()).unwrap(),
+            [0x77]
+        );
+    }
+
+    fn text_frame(len: usize) -> BytesMut {
+        let mut buf = BytesMut::new();
+        encode_frame(
+            &Message::Text {
+                transfer_id: Uuid::from_u128(u128::MAX),
+                text: Bytes::from(vec![b'a'; len]),
+            },
+            &mut buf,
+        )
+        .unwrap();
+        buf
+    }
+
+    #[test]
+    fn the_longest_text_fits_its_frame_limit_exactly() {
+        let mut buf = text_frame(MAX_TEXT_LEN);
+        assert_eq!(buf.len() - FRAME_HEADER_LEN, MAX_TEXT_FRAME_LEN);
+        let Some(Message::Text { text, .. }) = FrameCodec.decode(&mut buf).unwrap() else {
+            panic!("expected a Text");
+        };
+        assert_eq!(text.len(), MAX_TEXT_LEN);
+    }
+
+    #[test]
+    fn a_long_text_frame_is_refused_from_its_first_five_bytes() {
+        let whole = text_frame(MAX_TEXT_LEN + 1);
+        // The header alone says nothing about the variant: wait, without room for the
+        // announced payload.
+        let mut header = BytesMut::from(&whole[..FRAME_HEADER_LEN]);
+        assert_eq!(FrameCodec.decode(&mut header).unwrap(), None);
+        assert!(
+            header.capacity() < 1024,
+            "must not reserve the claimed length"
+        );
+        assert!(!FrameCodec::holds_frame(&header));
+        // The variant byte: refused at once, nothing reserved.
+        let mut five = BytesMut::from(&whole[..FRAME_HEADER_LEN + 1]);
+        assert!(FrameCodec::holds_frame(&five));
+        let err = FrameCodec.decode(&mut five).unwrap_err();
+        assert!(
+            matches!(err, WireError::TextTooLong { len, max }
+                if len == (MAX_TEXT_FRAME_LEN + 1) as u64 && max == MAX_TEXT_FRAME_LEN),
+            "{err}"
+        );
+        assert!(
+            five.capacity() < 1024,
+            "must not reserve the claimed length"
+        );
+        // Other messages keep the frame limit: a chunk frame of the same length is fine.
+        let mut chunk = BytesMut::new();
+        encode_frame(
+            &Message::Chunk(Chunk {
+                at: ChunkRef { file: 0, index: 0 },
+                flags: ChunkFlags::empty(),
+                crc32: 0,
+                data: Bytes::from(vec![0; MAX_TEXT_FRAME_LEN]),
+            }),
+            &mut chunk,
+        )
+        .unwrap();
+        assert!(matches!(
+            FrameCodec.decode(&mut chunk).unwrap(),
+            Some(Message::Chunk(_))
+        ));
     }
 }

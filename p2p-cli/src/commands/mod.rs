@@ -5,6 +5,7 @@ pub mod nat_test;
 pub mod peers;
 pub mod receive;
 pub mod send;
+pub mod stream;
 pub mod trust;
 
 use p2p_core::net::{

@@ -38,6 +38,8 @@ pub struct ReceiveArgs {
     #[arg(long)]
     pub keep_listening: bool,
     #[command(flatten)]
+    pub stream: super::stream::ReceiveStreamArgs,
+    #[command(flatten)]
     pub session: SessionArgs,
     #[command(flatten)]
     pub transfer: TransferArgs,
@@ -47,6 +49,8 @@ pub struct ReceiveArgs {
 const PEER: &str = "sender";
 
 pub async fn run(args: ReceiveArgs, recorder: &Recorder) -> anyhow::Result<()> {
+    // First: with --stdout, nothing printed from here on reaches standard output.
+    let out = super::stream::Output::new(&args.stream, recorder)?;
     let ceilings = p2p_core::config::ceilings(true);
     let role = args.role.unwrap_or(
         if args.session.peer.is_some() || args.code_phrase.is_some() {
@@ -88,7 +92,7 @@ pub async fn run(args: ReceiveArgs, recorder: &Recorder) -> anyhow::Result<()> {
     recorder.set_output_dir(&args.output);
     let renderer = recorder.renderer();
     let receive = ReceiveOptions {
-        output_dir: args.output.clone(),
+        output_dir: out.output_dir(&args.output),
         overwrite: args.overwrite,
     };
     let done = std::sync::Mutex::new(Vec::new());
@@ -97,7 +101,7 @@ pub async fn run(args: ReceiveArgs, recorder: &Recorder) -> anyhow::Result<()> {
     let keep_listening = args.keep_listening;
     let remember = args.session.remember;
     super::with_reconnect(&args.session, &endpoint, recorder, PEER, |progress| {
-        let (endpoint, options, receive, done) = (&endpoint, &options, &receive, &done);
+        let (endpoint, options, receive, done, out) = (&endpoint, &options, &receive, &done, &out);
         async move {
             loop {
                 let mut session = super::open_session(endpoint, options).await?;
@@ -120,15 +124,22 @@ pub async fn run(args: ReceiveArgs, recorder: &Recorder) -> anyhow::Result<()> {
                 }
                 let mut transfers = 0usize;
                 loop {
-                    let answer = |offer| decide(offer, ask, identity.as_ref(), recorder);
-                    match session.receive_with(receive, recorder, answer).await? {
+                    let answer = |offer| decide(offer, ask, identity.as_ref(), recorder, out);
+                    let text = |text| out.decide_text(text, ask, identity.as_ref(), recorder);
+                    match session
+                        .receive_any_with(receive, recorder, answer, text)
+                        .await?
+                    {
                         None => break,
                         Some(Received::Completed(summary)) => {
                             if remember && unknown && transfers == 0 {
                                 super::remember(&session, recorder.renderer());
                             }
-                            done.lock().unwrap_or_else(|p| p.into_inner()).push(summary)
+                            if let Some(summary) = out.deliver(summary).await? {
+                                done.lock().unwrap_or_else(|p| p.into_inner()).push(summary)
+                            }
                         }
+                        Some(Received::Text(text)) => out.show_text(&text).await?,
                         Some(Received::Declined { .. }) => {
                             recorder.renderer().line("declined; nothing was written")
                         }
@@ -148,7 +159,7 @@ pub async fn run(args: ReceiveArgs, recorder: &Recorder) -> anyhow::Result<()> {
     })
     .await?;
     let done = done.into_inner().unwrap_or_else(|p| p.into_inner());
-    if done.is_empty() {
+    if done.is_empty() && !out.delivered_any() {
         renderer.line("the peer closed the session without sending anything");
     }
     for summary in &done {
@@ -263,8 +274,12 @@ async fn decide(
     ask: bool,
     identity: Option<&PeerIdentity>,
     recorder: &Recorder,
+    out: &super::stream::Output,
 ) -> Decision {
     use p2p_core::text::printable;
+    if let Some(refused) = out.refusal(&offer, recorder) {
+        return refused;
+    }
     if !ask {
         return Decision::Accept;
     }

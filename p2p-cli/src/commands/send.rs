@@ -12,8 +12,8 @@ use crate::{RoleArg, SessionArgs, TransferArgs};
 
 #[derive(Debug, Args)]
 pub struct SendArgs {
-    /// Files and folders to send.
-    #[arg(required = true, value_name = "PATH")]
+    /// Files and folders to send; `-` alone sends standard input (as a file named stdin).
+    #[arg(required_unless_present = "text", value_name = "PATH")]
     pub paths: Vec<PathBuf>,
     /// Connect to the peer (client) or wait for it to connect (server). Default: client
     /// with --peer or --discover; otherwise wait, printing a one-time code for the
@@ -25,6 +25,8 @@ pub struct SendArgs {
     #[arg(long, value_name = "NAME", num_args = 0..=1, default_missing_value = "",
           conflicts_with = "peer")]
     pub discover: Option<String>,
+    #[command(flatten)]
+    pub stream: super::stream::SendStreamArgs,
     #[command(flatten)]
     pub session: SessionArgs,
     #[command(flatten)]
@@ -60,6 +62,7 @@ pub async fn resume(args: ResumeArgs, recorder: &Recorder) -> anyhow::Result<()>
         paths,
         role: args.role,
         discover: None,
+        stream: Default::default(),
         session: args.session,
         transfer: args.transfer,
     };
@@ -94,7 +97,9 @@ async fn send_as(
     let security = super::security(&args.session, code, false)?;
     let options = super::session_options(&args.session, &args.transfer, &defaults, security)?;
     // Scan first: a missing file is reported before any connection is made.
-    let manifest = p2p_core::fs::source::SourceManifest::scan(&args.paths)?;
+    let text = args.stream.text.as_deref();
+    let payload =
+        super::stream::Payload::prepare(&args.paths, text, transfer_id.is_some(), recorder).await?;
     if let Some(query) = &args.discover {
         anyhow::ensure!(role == RoleArg::Client, "--discover needs --role client");
         let found = super::peers::discover(Some(query)).await?;
@@ -109,6 +114,9 @@ async fn send_as(
             "on the receiving machine, run:  {} receive {code}",
             crate::program()
         );
+    }
+    if args.stream.qr {
+        super::stream::print_qr(args.session.code.as_ref().or(generated.as_ref()));
     }
     let transfer_id = transfer_id.unwrap_or_else(Uuid::new_v4);
     let peer = match (&args.session.peer, endpoint.local_addr()) {
@@ -142,7 +150,7 @@ async fn send_as(
     let remember = args.session.remember;
     recorder.set_sent_paths(&args.paths);
     super::with_reconnect(&args.session, &endpoint, recorder, PEER, |progress| {
-        let (endpoint, options, manifest) = (&endpoint, &options, &manifest);
+        let (endpoint, options, payload) = (&endpoint, &options, &payload);
         async move {
             let mut session = super::open_session(endpoint, options).await?;
             progress.connected();
@@ -153,9 +161,7 @@ async fn send_as(
             if remember {
                 super::remember(&session, recorder.renderer());
             }
-            session
-                .send_manifest_as(manifest, transfer_id, recorder)
-                .await?;
+            payload.deliver(&mut session, transfer_id, recorder).await?;
             session.close().await
         }
     })

@@ -89,6 +89,9 @@ pub enum Received {
     Completed(super::TransferSummary),
     /// The transfer was declined; the session stays usable.
     Declined { transfer_id: Uuid },
+    /// The peer sent a text, which was taken (see
+    /// [`crate::P2PSession::receive_any_with`]): it is to be shown, nothing was written.
+    Text(crate::session::ReceivedText),
 }
 
 #[cfg(test)]
