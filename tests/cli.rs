@@ -200,7 +200,10 @@ fn connection_refused_is_exit_code_3_with_one_readable_line() {
         stderr.contains(&format!("nothing is listening at 127.0.0.1:{port}")),
         "{stderr}"
     );
-    assert!(!stderr.contains("os error") && !stderr.contains("retrying"), "{stderr}");
+    assert!(
+        !stderr.contains("os error") && !stderr.contains("retrying"),
+        "{stderr}"
+    );
     assert_eq!(stderr.trim().lines().count(), 2, "{stderr}");
 }
 
@@ -474,7 +477,10 @@ fn ctrl_c_on_the_receiver_the_sender_waits_and_the_printed_command_finishes_it()
     // The receiver's own words, followed literally: it starts again on the port it
     // had, and the sender (still retrying) finishes the transfer by itself.
     let again = printed_command(&stderr, "start this receiver again:");
-    assert!(again.contains("--port ") && again.contains(path(&out)), "{again}");
+    assert!(
+        again.contains("--port ") && again.contains(path(&out)),
+        "{again}"
+    );
     let restarted = follow(&data, &again)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -547,16 +553,31 @@ fn with_no_auto_reconnect_a_stopped_receiver_ends_the_send_with_a_resume_command
     let out = tmp.path().join("out");
     let mut receiver = start_listening(&data, &["receive", "--output", path(&out)]);
     let sender = p2p(&data)
-        .args(["send", path(&src), "--peer", &receiver.addr, "--no-auto-reconnect"])
+        .args([
+            "send",
+            path(&src),
+            "--peer",
+            &receiver.addr,
+            "--no-auto-reconnect",
+        ])
         .args(["--max-speed", "4M", "--chunk-size", "256K"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(receiver.child.stdout.take().unwrap()).lines();
-    while !lines.next().expect("receiver output").unwrap().starts_with("progress") {}
+    while !lines
+        .next()
+        .expect("receiver output")
+        .unwrap()
+        .starts_with("progress")
+    {}
     let pid = receiver.child.id().to_string();
-    assert!(Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
+    assert!(Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap()
+        .success());
     let (code, _, _) = receiver.finish();
     assert_eq!(code, 130);
     let sent = sender.wait_with_output().unwrap();
@@ -566,6 +587,134 @@ fn with_no_auto_reconnect_a_stopped_receiver_ends_the_send_with_a_resume_command
     assert!(!stderr.contains("retrying"), "{stderr}");
     let command = printed_command(&stderr, "Resume with:");
     assert!(command.contains(path(&src)), "{command}");
+}
+
+/// Starts a printed receiver command and waits until it listens.
+fn follow_listening(data: &Path, command: &str) -> (Child, Lines) {
+    let mut child = follow(data, command)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = Lines::new(child.stderr.take().unwrap());
+    stderr.until("listening on ");
+    (child, stderr)
+}
+
+#[test]
+fn both_sides_stopped_each_follows_the_receivers_printed_commands() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let src = tmp.path().join("photos.tar");
+    random_file(&src, 12 << 20, 82);
+    let out = tmp.path().join("out");
+    let mut receiver = start_listening(&data, &["receive", "--output", path(&out)]);
+    let sender = p2p(&data)
+        .args([
+            "send",
+            path(&src),
+            "--peer",
+            &receiver.addr,
+            "--no-auto-reconnect",
+        ])
+        .args(["--max-speed", "4M", "--chunk-size", "256K"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(receiver.child.stdout.take().unwrap()).lines();
+    while !lines
+        .next()
+        .expect("receiver output")
+        .unwrap()
+        .starts_with("progress")
+    {}
+    let pid = receiver.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let (code, _, stderr) = receiver.finish();
+    assert_eq!(code, 130, "{stderr}");
+    assert_eq!(sender.wait_with_output().unwrap().status.code(), Some(3));
+
+    // Both stopped. The receiver's two commands, literally: itself again, and the
+    // sender's resume (which finds its paths in the sender's history).
+    let again = printed_command(&stderr, "start this receiver again:");
+    let resume = printed_command(&stderr, "and on the sending side");
+    assert!(!resume.contains('<'), "nothing to fill in: {resume}");
+    let (mut restarted, restarted_err) = follow_listening(&data, &again);
+    let resumed = follow(&data, &resume).output().unwrap();
+    assert!(
+        resumed.status.success(),
+        "{resume}: {}",
+        text(&resumed.stderr)
+    );
+    assert!(
+        restarted.wait().unwrap().success(),
+        "{}",
+        restarted_err.rest()
+    );
+    assert_eq!(sha256_file(&out.join("photos.tar")), sha256_file(&src));
+    assert!(partial_files(&out).is_empty());
+}
+
+#[test]
+fn resuming_with_only_some_of_the_paths_is_refused_and_loses_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let (a, b) = (tmp.path().join("a.bin"), tmp.path().join("b.bin"));
+    random_file(&a, 6 << 20, 83);
+    random_file(&b, 6 << 20, 84);
+    let out = tmp.path().join("out");
+    let mut receiver = start_listening(&data, &["receive", "--output", path(&out)]);
+    let addr = receiver.addr.clone();
+    let stderr = interrupted_send(
+        &data,
+        &mut receiver,
+        &["send", path(&a), path(&b), "--peer", &addr],
+    );
+    let command = printed_command(&stderr, "Resume with:");
+    assert!(
+        command.ends_with(&format!(" {} {}", path(&a), path(&b))),
+        "{command}"
+    );
+
+    // Only a.bin: refused on both sides, with the real reason.
+    let partial = command.replace(&format!(" {}", path(&b)), "");
+    let refused = follow(&data, &partial).output().unwrap();
+    let refused_err = text(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(5), "{refused_err}");
+    assert!(
+        refused_err.contains("not with the same files"),
+        "{refused_err}"
+    );
+    assert!(
+        !refused_err.contains("the files changed);"),
+        "{refused_err}"
+    );
+    let (code, _, receiver_err) = receiver.finish();
+    assert_eq!(code, 5, "{receiver_err}");
+
+    // What arrived is still there: the receiver's command and the full resume finish
+    // it, and only the missing part moves.
+    let again = printed_command(&receiver_err, "start this receiver again:");
+    let (mut restarted, restarted_err) = follow_listening(&data, &again);
+    let resumed = follow(&data, &command).output().unwrap();
+    assert!(resumed.status.success(), "{}", text(&resumed.stderr));
+    assert!(
+        text(&resumed.stdout).contains("resuming:"),
+        "{}",
+        text(&resumed.stdout)
+    );
+    assert!(
+        restarted.wait().unwrap().success(),
+        "{}",
+        restarted_err.rest()
+    );
+    assert_eq!(sha256_file(&out.join("a.bin")), sha256_file(&a));
+    assert_eq!(sha256_file(&out.join("b.bin")), sha256_file(&b));
 }
 
 #[test]
@@ -582,7 +731,10 @@ fn the_receiver_checks_its_folder_at_start_and_prints_a_send_command_that_works(
     let stderr = text(&refused.stderr);
     assert_eq!(refused.status.code(), Some(7), "{stderr}");
     assert_readable_error(&stderr);
-    assert!(stderr.contains("notes.txt") && !stderr.contains("listening on"), "{stderr}");
+    assert!(
+        stderr.contains("notes.txt") && !stderr.contains("listening on"),
+        "{stderr}"
+    );
 
     // A good one: the addresses and a ready-to-copy command with a fresh code; the
     // sender (another device: its own data folder) types it with its files.
@@ -590,7 +742,10 @@ fn the_receiver_checks_its_folder_at_start_and_prints_a_send_command_that_works(
     random_file(&src, 300_000, 80);
     let out = tmp.path().join("in");
     let mut receiver = start_listening(&receiver_data, &["receive", "--output", path(&out)]);
-    let seen = receiver.stderr.until("on the sending machine, run:").to_owned();
+    let seen = receiver
+        .stderr
+        .until("on the sending machine, run:")
+        .to_owned();
     assert!(seen.contains("this machine: 127.0.0.1"), "{seen}");
     let line = seen.lines().last().unwrap();
     let command = line
@@ -703,14 +858,7 @@ fn a_connection_cut_mid_chunk_several_times_completes_with_no_user_action() {
     let (proxy, proxy_thread) = flaky_proxy(receiver.addr.clone(), 3, 1_300_000 + 1234);
     let send = run(
         &data,
-        &[
-            "send",
-            path(&src),
-            "--peer",
-            &proxy,
-            "--chunk-size",
-            "256K",
-        ],
+        &["send", path(&src), "--peer", &proxy, "--chunk-size", "256K"],
     );
     let (code, receiver_out, receiver_err) = receiver.finish();
     let sender_out = text(&send.stdout);
@@ -1191,7 +1339,14 @@ fn a_waiting_sender_stopped_mid_transfer_resumes_as_printed_and_the_receiver_rec
     // The sender waits and prints a code; the receiver dials it with that code.
     let mut sender = start_listening(
         &sender_data,
-        &["send", path(&src), "--max-speed", "4M", "--chunk-size", "256K"],
+        &[
+            "send",
+            path(&src),
+            "--max-speed",
+            "4M",
+            "--chunk-size",
+            "256K",
+        ],
     );
     let seen = sender.stderr.until("receive ").to_owned();
     let code = seen
@@ -1200,7 +1355,14 @@ fn a_waiting_sender_stopped_mid_transfer_resumes_as_printed_and_the_receiver_rec
         .unwrap_or_else(|| panic!("no code in: {seen}"))
         .to_owned();
     let mut receiver = p2p(&receiver_data)
-        .args(["receive", &code, "--peer", &sender.addr, "--output", path(&out)])
+        .args([
+            "receive",
+            &code,
+            "--peer",
+            &sender.addr,
+            "--output",
+            path(&out),
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -1209,7 +1371,11 @@ fn a_waiting_sender_stopped_mid_transfer_resumes_as_printed_and_the_receiver_rec
     let receiver_err = Lines::new(receiver.stderr.take().unwrap());
     receiver_out.until("progress");
     let pid = sender.child.id().to_string();
-    assert!(Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
+    assert!(Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap()
+        .success());
     let (exit, _, stderr) = sender.finish();
     assert_eq!(exit, 130, "{stderr}");
 
@@ -1221,7 +1387,11 @@ fn a_waiting_sender_stopped_mid_transfer_resumes_as_printed_and_the_receiver_rec
         "{command}"
     );
     let resumed = follow(&sender_data, &command).output().unwrap();
-    assert!(resumed.status.success(), "{command}: {}", text(&resumed.stderr));
+    assert!(
+        resumed.status.success(),
+        "{command}: {}",
+        text(&resumed.stderr)
+    );
     let status = receiver.wait().unwrap();
     let receiver_seen = receiver_err.rest();
     assert!(status.success(), "{receiver_seen}");

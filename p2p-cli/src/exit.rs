@@ -95,9 +95,12 @@ pub fn exit_code(error: &anyhow::Error) -> u8 {
             TransferError::Protocol(_) | TransferError::Decompress { .. } => 4,
             TransferError::UnsafePath { .. }
             | TransferError::AlreadyExists { .. }
+            | TransferError::ResumeMismatch
             | TransferError::InsufficientSpace { .. }
             | TransferError::PeerAborted { .. } => match core.code() {
                 p2p_core::wire::ErrorCode::VerificationFailed => 6,
+                // The peer's user stopped it: like a lost connection, it can resume.
+                p2p_core::wire::ErrorCode::Interrupted => 3,
                 p2p_core::wire::ErrorCode::Storage => 7,
                 p2p_core::wire::ErrorCode::Protocol
                 | p2p_core::wire::ErrorCode::VersionMismatch => 4,

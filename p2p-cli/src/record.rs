@@ -243,7 +243,14 @@ impl EventSink for Recorder {
             TransferEvent::Finished { .. } => *lock(&self.unfinished) = None,
             _ => {}
         }
-        let record = self.tracker().observe(&event);
+        // A transfer that stops because this side's user pressed Ctrl+C was interrupted,
+        // not failed (and can be resumed).
+        let record = match &event {
+            TransferEvent::Failed { .. } if crate::interrupt().is_triggered() => self
+                .tracker()
+                .end(Status::Interrupted, "interrupted by the user"),
+            _ => self.tracker().observe(&event),
+        };
         if let Some(record) = record {
             self.write(&record);
         }

@@ -57,6 +57,13 @@ pub enum TransferError {
     /// A destination file exists and overwriting was not allowed.
     #[error("{}", already_exists(first, *count))]
     AlreadyExists { first: String, count: usize },
+    /// An offer resumes a transfer id whose earlier attempt had other entries.
+    #[error(
+        "this resumes an interrupted transfer, but not with the same files: some paths were \
+         left out or added, or the files changed since; the receiver keeps what arrived — \
+         resume with all the original paths, unchanged, or send them as a new transfer"
+    )]
+    ResumeMismatch,
     /// The declared sizes do not fit on the receiver's disk.
     #[error("not enough free space: the transfer needs {needed} bytes, {available} are free")]
     InsufficientSpace { needed: u64, available: u64 },
@@ -239,7 +246,9 @@ impl Error {
             Error::Handshake(HandshakeError::VersionMismatch { .. }) => ErrorCode::VersionMismatch,
             Error::Transfer(t) => match t {
                 TransferError::UnsafePath { .. } => ErrorCode::UnsafePath,
-                TransferError::AlreadyExists { .. } => ErrorCode::AlreadyExists,
+                TransferError::AlreadyExists { .. } | TransferError::ResumeMismatch => {
+                    ErrorCode::AlreadyExists
+                }
                 TransferError::InsufficientSpace { .. } => ErrorCode::InsufficientSpace,
                 TransferError::VerificationFailed { .. } => ErrorCode::VerificationFailed,
                 TransferError::Cancelled => ErrorCode::Interrupted,

@@ -271,7 +271,7 @@ where
                 };
                 recorder
                     .renderer()
-                    .line(&format!("{what} — {until} (Ctrl+C to stop)"));
+                    .eprintln(&format!("{what} — {until} (Ctrl+C to stop)"));
             } else {
                 crate::countdown::show(&what, retry.delay, retry.attempt, budget);
             }

@@ -86,7 +86,13 @@ pub async fn run(args: ReceiveArgs, recorder: &Recorder) -> anyhow::Result<()> {
     let endpoint = super::endpoint(role, &args.session, &options, Some(nameplate)).await?;
     recorder.renderer().listening(endpoint.local_addr());
     if let Some(local) = endpoint.local_addr() {
-        how_to_reach(recorder, local, code.as_ref(), generated.is_some(), args.ask);
+        how_to_reach(
+            recorder,
+            local,
+            code.as_ref(),
+            generated.is_some(),
+            args.ask,
+        );
     }
     recorder.set_receive_hint(receive_hint(&args, &endpoint));
     recorder.set_output_dir(&args.output);

@@ -38,9 +38,9 @@ pub struct SendArgs {
 pub struct ResumeArgs {
     /// The id printed when the transfer was interrupted (also in `p2p-transfer history`).
     pub transfer_id: Uuid,
-    /// The files and folders of the interrupted transfer, as given to `send` (all of
-    /// them, unchanged).
-    #[arg(value_name = "PATH", required_unless_present = "path")]
+    /// The files and folders of the interrupted transfer (all of them, unchanged).
+    /// Default: the ones this machine's history recorded for that transfer.
+    #[arg(value_name = "PATH")]
     pub paths: Vec<PathBuf>,
     /// The same, the way older versions printed it.
     #[arg(long = "path", num_args = 1.., value_name = "PATH", hide = true)]
@@ -55,9 +55,39 @@ pub struct ResumeArgs {
     pub transfer: TransferArgs,
 }
 
+/// What this machine sent under `transfer_id`, from its history.
+fn sent_paths(transfer_id: Uuid) -> anyhow::Result<Vec<PathBuf>> {
+    let usage = |why: String| crate::exit::Usage(why).into();
+    let Some(history) = p2p_core::history::History::default_location() else {
+        return Err(usage(format!(
+            "no history to find what {transfer_id} sent: give the paths (resume ID PATH...)"
+        )));
+    };
+    let loaded = history.load()?;
+    let found = loaded
+        .records
+        .iter()
+        .rev()
+        .find(|r| {
+            r.transfer_id == transfer_id
+                && r.direction == p2p_core::Direction::Send
+                && !r.local_paths.is_empty()
+        })
+        .map(|r| r.local_paths.iter().map(PathBuf::from).collect());
+    found.ok_or_else(|| {
+        usage(format!(
+            "this machine's history has no send {transfer_id} with its paths: give them \
+             (resume ID PATH...), as they were given to send"
+        ))
+    })
+}
+
 pub async fn resume(args: ResumeArgs, recorder: &Recorder) -> anyhow::Result<()> {
     let mut paths = args.paths;
     paths.extend(args.path);
+    if paths.is_empty() {
+        paths = sent_paths(args.transfer_id)?;
+    }
     let send = SendArgs {
         paths,
         role: args.role,

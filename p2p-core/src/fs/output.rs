@@ -166,9 +166,9 @@ impl OutputDir {
             notes: Vec::new(),
             saved_once: false,
         };
-        out.load_resume();
         let checked = out
-            .check_conflicts()
+            .load_resume()
+            .and_then(|()| out.check_conflicts())
             .and_then(|()| out.check_space())
             .and_then(|()| out.check_writable());
         if let Err(e) = checked {
@@ -624,16 +624,18 @@ impl OutputDir {
         format!(".p2p-{}.resume", self.transfer_id.simple())
     }
 
-    /// Loads, checks and adopts a resume state left by an earlier attempt.
-    fn load_resume(&mut self) {
+    /// Loads, checks and adopts a resume state left by an earlier attempt. An offer under
+    /// the same id with other entries (paths left out or added, files changed since) is
+    /// refused: taking it would throw away what arrived.
+    fn load_resume(&mut self) -> Result<()> {
         let name = self.state_name();
         let bytes = match self.dir.read(&name) {
             Ok(b) => b,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
             Err(e) => {
                 self.notes
                     .push(format!("cannot read resume state {name}: {e}"));
-                return;
+                return Ok(());
             }
         };
         let body = match StateBody::decode(&bytes) {
@@ -641,15 +643,11 @@ impl OutputDir {
             Err(why) => {
                 self.notes
                     .push(format!("resume state {name} ignored: {why}"));
-                return;
+                return Ok(());
             }
         };
         if body.transfer_id != self.transfer_id || body.manifest_digest != self.digest {
-            self.notes.push(format!(
-                "resume state {name} ignored: it belongs to another version of this transfer \
-                 (the files changed); starting afresh"
-            ));
-            return;
+            return Err(TransferError::ResumeMismatch.into());
         }
         let (mut info, flushed) = body.believable(boot_id());
         let layout = Layout::new(&self.entries, self.chunk_size);
@@ -699,6 +697,7 @@ impl OutputDir {
         }
         self.resume = info;
         self.saved_once = true;
+        Ok(())
     }
 
     /// Collects what a state save needs (the encoded state and a handle of the folder),
