@@ -1402,3 +1402,47 @@ fn a_waiting_sender_stopped_mid_transfer_resumes_as_printed_and_the_receiver_rec
     assert_eq!(sha256_file(&out.join("video.mkv")), sha256_file(&src));
     assert!(partial_files(&out).is_empty());
 }
+
+#[test]
+fn help_describes_the_tool_every_command_has_examples_and_receive_lists_no_send_flags() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let top = text(&run(&data, &["--help"]).stdout);
+    assert!(
+        top.contains("Send files and folders straight to another device"),
+        "{top}"
+    );
+    assert!(
+        !top.contains("front end") && top.contains("Exit codes:"),
+        "{top}"
+    );
+    for command in [
+        "send", "receive", "resume", "history", "peers", "nat-test", "id", "trust",
+    ] {
+        let help = run(&data, &[command, "--help"]);
+        assert!(help.status.success(), "{command}");
+        let help = text(&help.stdout);
+        assert!(
+            help.contains("Example") && help.contains(&format!("p2p-transfer {command}")),
+            "{command} --help has no examples:\n{help}"
+        );
+    }
+    let receive = text(&run(&data, &["receive", "--help"]).stdout);
+    for send_only in [
+        "--compress",
+        "--no-compress",
+        "--compress-level",
+        "--adaptive",
+        "--max-speed",
+    ] {
+        assert!(
+            !receive.contains(send_only),
+            "{send_only} under receive:\n{receive}"
+        );
+    }
+    let refused = run(&data, &["receive", "--max-speed", "1M"]);
+    assert_eq!(refused.status.code(), Some(2));
+    // `resume` takes paths as `send` does: positionally.
+    let resume = text(&run(&data, &["resume", "--help"]).stdout);
+    assert!(resume.contains("<TRANSFER_ID> [PATH]..."), "{resume}");
+}

@@ -31,9 +31,18 @@ use clap::{Args, Parser, Subcommand};
 
 pub use exit::exit_code;
 
-/// Peer-to-peer file and folder transfer.
+/// Send files and folders straight from one device to another: end-to-end encrypted
+/// (TLS 1.3), paired with a one-time code or as trusted devices, verified (SHA-256),
+/// resumable after any interruption. No cloud, no account.
 #[derive(Debug, Parser)]
-#[command(name = "p2p-transfer", version, about, after_help = exit::EXIT_CODES_HELP)]
+#[command(
+    name = "p2p-transfer",
+    version,
+    about = "Send files and folders straight to another device: encrypted, verified, resumable",
+    long_about = None,
+    before_help = None,
+    after_help = TOP_EXAMPLES,
+)]
 pub struct Cli {
     /// More log output (-v info, -vv debug, -vvv trace). RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
@@ -43,23 +52,75 @@ pub struct Cli {
     pub command: Command,
 }
 
+const TOP_EXAMPLES: &str = "\
+Examples:
+  p2p-transfer send photos/ notes.txt      # prints a code, e.g. 7-guitar-orbit
+  p2p-transfer receive 7-guitar-orbit      # on the other device (same network)
+  p2p-transfer receive                     # or wait here: prints a code and a send command
+
+Run `p2p-transfer help COMMAND` for a command's options and examples.";
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Send files or folders to a peer.
+    /// Send files or folders (or a text, or standard input) to another device.
+    #[command(after_help = "\
+Examples:
+  p2p-transfer send photos/ notes.txt              # wait, print a code for the receiver
+  p2p-transfer send big.iso --peer 192.168.1.20    # to a receiver that waits (port 14567)
+  p2p-transfer send big.iso --peer 192.168.1.20:5000 --code 42-apple-tree
+  p2p-transfer send photos/ --discover             # the one receiver on this network
+  p2p-transfer send --text \"the wifi password is …\"
+  tar c project/ | p2p-transfer send -             # standard input, as a file named stdin
+  p2p-transfer send video.mkv --max-speed 5M --qr  # limit the rate; show the code as QR")]
     Send(commands::send::SendArgs),
-    /// Receive files or folders from a peer.
+    /// Receive files or folders from another device.
+    #[command(after_help = "\
+Examples:
+  p2p-transfer receive 7-guitar-orbit              # the code a waiting sender printed
+  p2p-transfer receive 7-guitar-orbit --peer 203.0.113.5   # that sender, at an address
+  p2p-transfer receive -o ~/Downloads              # wait: prints a code and a send command
+  p2p-transfer receive -o ~/Downloads --ask        # show each offer, answer y/N
+  p2p-transfer receive -o in/ --keep-listening     # serve senders until Ctrl+C
+  p2p-transfer receive 7-guitar-orbit --stdout | tar x    # to standard output")]
     Receive(commands::receive::ReceiveArgs),
     /// Resume an interrupted send: only what the receiver does not have yet is sent.
+    #[command(after_help = "\
+Examples (an interrupted transfer prints its own resume command):
+  p2p-transfer resume 1f0c2a9e-… --peer 192.168.1.20              # the paths from history
+  p2p-transfer resume 1f0c2a9e-… --peer 192.168.1.20 photos/ notes.txt
+  p2p-transfer resume 1f0c2a9e-… --role server --port 14567 --code 48-stairs-plunge")]
     Resume(commands::send::ResumeArgs),
     /// Show past transfers (kept in $P2P_TRANSFER_DATA_DIR or the user's data folder).
+    #[command(after_help = "\
+Examples:
+  p2p-transfer history                     # the latest transfers, with their ids
+  p2p-transfer history --failed --interrupted -n 5
+  p2p-transfer history --json | jq .       # one JSON object per record")]
     History(commands::history::HistoryArgs),
     /// List receivers announcing themselves on the local network.
+    #[command(after_help = "\
+Examples:
+  p2p-transfer peers
+  p2p-transfer peers --timeout 5")]
     Peers(commands::peers::PeersArgs),
     /// Ask STUN servers for the public address and the NAT's mapping behaviour.
+    #[command(after_help = "\
+Examples:
+  p2p-transfer nat-test --stun-server stun.example.org          # port 3478
+  p2p-transfer nat-test --stun-server 192.0.2.1:3478 --stun-server 198.51.100.7")]
     NatTest(commands::nat_test::NatTestArgs),
     /// Show this device's id (what peers see and pin; created on first use).
+    #[command(after_help = "\
+Example:
+  p2p-transfer id        # e.g. 7K3QD-M2XWA-0B9ZT-4RHCE-P1VNF")]
     Id,
     /// List, add or remove trusted devices (peers let in without a code).
+    #[command(after_help = "\
+Examples:
+  p2p-transfer trust list
+  p2p-transfer trust add 7K3QD-M2XWA-0B9ZT-4RHCE-P1VNF --name laptop
+  p2p-transfer trust rename 7K3QD-M2XWA-0B9ZT-4RHCE-P1VNF work-laptop
+  p2p-transfer trust remove 7K3QD-M2XWA-0B9ZT-4RHCE-P1VNF")]
     Trust(commands::trust::TrustArgs),
 }
 
@@ -116,17 +177,26 @@ pub struct SessionArgs {
     pub json: bool,
 }
 
-/// How to move the bytes.
+/// How to move the bytes (both sides: a receiver's sizes are ceilings on the sender's).
 #[derive(Debug, Clone, Args)]
 pub struct TransferArgs {
-    /// Raw bytes per chunk, e.g. 64K, 1M, 4M [default: 1M when sending; when receiving,
-    /// whatever the sender asks, up to this].
+    /// Raw bytes per chunk, e.g. 64K, 1M, 4M (K/M/G are powers of 1024) [default: 1M
+    /// when sending; when receiving, whatever the sender asks, up to this].
     #[arg(long, value_parser = size::parse_size)]
     pub chunk_size: Option<u64>,
     /// Chunks in flight at once, 1 = wait for each acknowledgement [default: 16 when
     /// sending; when receiving, whatever the sender asks, up to this].
     #[arg(long)]
     pub window_size: Option<u32>,
+    /// Most chunk data one transfer may make this side hold in memory (chunk size ×
+    /// window, whatever the peer asks): 64M by default, at most 1G.
+    #[arg(long, value_name = "SIZE", default_value = "64M", value_parser = size::parse_size)]
+    pub memory_budget: u64,
+}
+
+/// How the sender treats the bytes it sends (not offered on `receive`).
+#[derive(Debug, Clone, Args)]
+pub struct SendTuning {
     /// Compress chunks with zstd (default).
     #[arg(long, overrides_with = "no_compress")]
     pub compress: bool,
@@ -144,18 +214,36 @@ pub struct TransferArgs {
     /// Compress every chunk, even when it does not pay.
     #[arg(long)]
     pub no_adaptive: bool,
-    /// Limit what this side sends: 10M, 512K, 1G (bytes per second), or unlimited.
+    /// Limit the sending rate: 10M, 512K, 1.5M, 1G (bytes per second; K/M/G are powers
+    /// of 1024), or unlimited.
     #[arg(long, value_name = "RATE", default_value = "unlimited", value_parser = size::parse_rate)]
     pub max_speed: size::Rate,
-    /// Most chunk data one transfer may make this side hold in memory (chunk size ×
-    /// window, whatever the peer asks): 64M by default, at most 1G.
-    #[arg(long, value_name = "SIZE", default_value = "64M", value_parser = size::parse_size)]
-    pub memory_budget: u64,
+}
+
+impl Default for SendTuning {
+    /// What a side that does not send uses: compression allowed (the sender decides),
+    /// no rate limit.
+    fn default() -> Self {
+        Self {
+            compress: true,
+            no_compress: false,
+            compress_level: p2p_core::config::DEFAULT_COMPRESS_LEVEL,
+            adaptive: true,
+            no_adaptive: false,
+            max_speed: size::Rate(None),
+        }
+    }
 }
 
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    // `--help` adds the exit codes to the examples.
+    let command = <Cli as clap::CommandFactory>::command()
+        .after_long_help(format!("{TOP_EXAMPLES}\n\n{}", exit::EXIT_CODES_HELP));
+    let parsed = command
+        .try_get_matches()
+        .and_then(|m| <Cli as clap::FromArgMatches>::from_arg_matches(&m));
+    let cli = match parsed {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();

@@ -14,7 +14,7 @@ use p2p_core::net::{
 use p2p_core::{P2PSession, SessionConfig, SessionOptions};
 
 use crate::record::Recorder;
-use crate::{Command, SessionArgs, TransferArgs};
+use crate::{Command, SendTuning, SessionArgs, TransferArgs};
 
 /// Runs a parsed command; transfers report to `recorder`.
 pub async fn run(command: Command, recorder: &Recorder) -> anyhow::Result<()> {
@@ -37,6 +37,7 @@ pub async fn run(command: Command, recorder: &Recorder) -> anyhow::Result<()> {
 pub fn session_options(
     session: &SessionArgs,
     transfer: &TransferArgs,
+    tuning: &SendTuning,
     defaults: &SessionConfig,
     security: Security,
 ) -> anyhow::Result<SessionOptions> {
@@ -49,15 +50,15 @@ pub fn session_options(
     let config = SessionConfig {
         chunk_size,
         window_size: transfer.window_size.unwrap_or(defaults.window_size),
-        compress: !transfer.no_compress,
-        compress_level: transfer.compress_level,
-        adaptive: !transfer.no_adaptive,
+        compress: !tuning.no_compress,
+        compress_level: tuning.compress_level,
+        adaptive: !tuning.no_adaptive,
     };
     p2p_core::config::validate(&config).map_err(p2p_core::Error::from)?;
     let mut options = SessionOptions {
         security,
         config,
-        max_speed: transfer.max_speed.0,
+        max_speed: tuning.max_speed.0,
         memory_budget: transfer.memory_budget,
         interrupt: crate::interrupt(),
         ..SessionOptions::default()

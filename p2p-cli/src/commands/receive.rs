@@ -74,7 +74,9 @@ pub async fn run(args: ReceiveArgs, recorder: &Recorder) -> anyhow::Result<()> {
         .or(generated.clone());
     let nameplate = code.as_ref().map(p2p_core::net::Code::nameplate);
     let security = super::security(&args.session, code.clone(), args.ask)?;
-    let options = super::session_options(&args.session, &args.transfer, &ceilings, security)?;
+    let tuning = crate::SendTuning::default();
+    let options =
+        super::session_options(&args.session, &args.transfer, &tuning, &ceilings, security)?;
     let mut args = args;
     if role == RoleArg::Client && args.session.peer.is_none() {
         if let Some(nameplate) = nameplate {

@@ -8,7 +8,7 @@ use uuid::Uuid;
 use crate::record::Recorder;
 use p2p_core::net::Code;
 
-use crate::{RoleArg, SessionArgs, TransferArgs};
+use crate::{RoleArg, SendTuning, SessionArgs, TransferArgs};
 
 #[derive(Debug, Args)]
 pub struct SendArgs {
@@ -31,6 +31,8 @@ pub struct SendArgs {
     pub session: SessionArgs,
     #[command(flatten)]
     pub transfer: TransferArgs,
+    #[command(flatten)]
+    pub tuning: SendTuning,
 }
 
 /// Resumes an interrupted send: the same paths, under the interrupted transfer's id.
@@ -53,6 +55,8 @@ pub struct ResumeArgs {
     pub session: SessionArgs,
     #[command(flatten)]
     pub transfer: TransferArgs,
+    #[command(flatten)]
+    pub tuning: SendTuning,
 }
 
 /// What this machine sent under `transfer_id`, from its history.
@@ -95,6 +99,7 @@ pub async fn resume(args: ResumeArgs, recorder: &Recorder) -> anyhow::Result<()>
         stream: Default::default(),
         session: args.session,
         transfer: args.transfer,
+        tuning: args.tuning,
     };
     send_as(send, Some(args.transfer_id), recorder).await
 }
@@ -125,7 +130,13 @@ async fn send_as(
     let code = args.session.code.clone().or(generated.clone());
     let nameplate = code.as_ref().map(Code::nameplate);
     let security = super::security(&args.session, code, false)?;
-    let options = super::session_options(&args.session, &args.transfer, &defaults, security)?;
+    let options = super::session_options(
+        &args.session,
+        &args.transfer,
+        &args.tuning,
+        &defaults,
+        security,
+    )?;
     // Scan first: a missing file is reported before any connection is made.
     let text = args.stream.text.as_deref();
     let payload =
