@@ -468,7 +468,7 @@ fn ctrl_c_on_the_receiver_the_sender_waits_and_the_printed_command_finishes_it()
     // resume should it be stopped too.
     let seen = sender_err.until("Resume with:").to_owned();
     assert!(seen.contains("the receiver stopped the transfer"), "{seen}");
-    let resume = printed_command(&sender_err.until(" resume "), "Resume with:");
+    let resume = printed_command(sender_err.until(" resume "), "Resume with:");
     assert!(
         resume.contains(path(&src)) && resume.contains("--chunk-size 262144"),
         "{resume}"

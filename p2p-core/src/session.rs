@@ -144,15 +144,14 @@ impl P2PSession<SecureTcp> {
     /// are dropped without ending the listener). For a listener that serves several
     /// peers, possibly at once, use an [`Endpoint`] and [`Self::open`].
     pub async fn accept(listener: &TcpListener, options: &SessionOptions) -> Result<Self> {
-        let accepted =
-            async { Ok(crate::net::endpoint::accept(listener, &options.security).await?) };
+        let accepted = crate::net::endpoint::accept(listener, &options.security);
         let connection = options.interrupt.guard(accepted).await?;
         Self::establish(connection, options).await
     }
 
     /// Dials or accepts one peer through `endpoint` and establishes the session.
     pub async fn open(endpoint: &Endpoint, options: &SessionOptions) -> Result<Self> {
-        let connected = async { Ok(endpoint.connect(&options.security).await?) };
+        let connected = endpoint.connect(&options.security);
         let connection = options.interrupt.guard(connected).await?;
         Self::establish(connection, options).await
     }

@@ -73,22 +73,6 @@ pub async fn accept(listener: &TcpListener) -> Result<(TcpStream, SocketAddr)> {
     Ok((stream, peer))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn an_address_without_a_port_gets_the_default_one() {
-        assert_eq!(with_default_port("192.168.1.20"), "192.168.1.20:14567");
-        assert_eq!(with_default_port(" laptop.local "), "laptop.local:14567");
-        assert_eq!(with_default_port("::1"), "[::1]:14567");
-        assert_eq!(with_default_port("[fe80::1]"), "[fe80::1]:14567");
-        assert_eq!(with_default_port("192.168.1.20:9000"), "192.168.1.20:9000");
-        assert_eq!(with_default_port("laptop.local:9000"), "laptop.local:9000");
-        assert_eq!(with_default_port("[::1]:9000"), "[::1]:9000");
-    }
-}
-
 /// This machine's addresses, one per interface, for a person to give a peer: the ones
 /// a peer can reach first (IPv4 before IPv6), loopback last; link-local IPv6 left out
 /// (it needs a scope a person cannot type). Blocking: it asks the OS.
@@ -103,4 +87,20 @@ pub fn local_addresses() -> Vec<std::net::IpAddr> {
     addresses.sort_by_key(|ip| (ip.is_loopback(), ip.is_ipv6()));
     addresses.dedup();
     addresses
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_address_without_a_port_gets_the_default_one() {
+        assert_eq!(with_default_port("192.168.1.20"), "192.168.1.20:14567");
+        assert_eq!(with_default_port(" laptop.local "), "laptop.local:14567");
+        assert_eq!(with_default_port("::1"), "[::1]:14567");
+        assert_eq!(with_default_port("[fe80::1]"), "[fe80::1]:14567");
+        assert_eq!(with_default_port("192.168.1.20:9000"), "192.168.1.20:9000");
+        assert_eq!(with_default_port("laptop.local:9000"), "laptop.local:9000");
+        assert_eq!(with_default_port("[::1]:9000"), "[::1]:9000");
+    }
 }
