@@ -1320,6 +1320,19 @@ fn ctrl_c_after_a_code_session_prints_a_resume_command_with_a_code_that_works() 
         .parse::<p2p_core::net::Code>()
         .unwrap_or_else(|e| panic!("{follow_up}: {e}"));
 
+    // Meanwhile a third device tries the used code: told so, and it burns nothing (the
+    // follow-up code is offered only to the key that proved the first one).
+    let stranger = run(
+        &tmp.path().join("stranger"),
+        &["send", path(&src), "--peer", &addr, "--code", code],
+    );
+    assert_eq!(stranger.status.code(), Some(8));
+    assert!(
+        text(&stranger.stderr).contains("used already"),
+        "{}",
+        text(&stranger.stderr)
+    );
+
     // Followed literally (a new process: it proves the follow-up code to the receiver
     // still waiting, which derived the same one).
     let resumed = follow(&sender_data, &command).output().unwrap();

@@ -347,20 +347,20 @@ fn an_unwritable_output_folder_is_a_clear_error_before_any_data_moves() {
     let Some(_mount) = Tmpfs::mount(&out, "size=4m,ro") else {
         return;
     };
-    let src = tmp.path().join("photo.jpg");
-    random_file(&src, 100_000, 3);
-    let (mut rx, addr, _lines, rx_err) = p2p_receiver_once(&data, &out);
-    let send = p2p(&data)
-        .args(["send", src.to_str().unwrap(), "--peer", &addr])
+    // Said by the receiver at start, before it listens: the folder is its problem, not
+    // a sender's (which used to get exit 7, "local file system error", for it).
+    let receive = p2p(&data)
+        .args(["receive", "--output", out.to_str().unwrap()])
+        .args(["--port", "0", "--bind", "127.0.0.1"])
         .output()
         .unwrap();
-    let status = rx.wait().unwrap();
-    let stderr = rx_err.join().unwrap();
-    assert!(stderr.contains("not writable"), "{stderr}");
-    let sender_err = String::from_utf8_lossy(&send.stderr);
-    assert_eq!(send.status.code(), Some(7), "{sender_err}");
-    assert!(sender_err.contains("not writable"), "{sender_err}");
-    assert_eq!(status.code(), Some(7));
+    let stderr = String::from_utf8_lossy(&receive.stderr);
+    assert_eq!(receive.status.code(), Some(7), "{stderr}");
+    assert!(
+        stderr.contains("cannot write into output folder") && stderr.contains("readonly"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("listening on"), "{stderr}");
     assert!(
         std::fs::read_dir(&out).unwrap().next().is_none(),
         "nothing written"

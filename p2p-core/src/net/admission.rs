@@ -178,11 +178,15 @@ impl Admission {
         self.state().expected = id;
     }
 
-    fn code(&self) -> Option<Code> {
-        match &self.state().code {
+    /// The code to prove to `peer`: a fresh one to anybody; after a session, the
+    /// follow-up code only to the key that proved the first one (anybody else meets a
+    /// used code, and cannot burn the follow-up).
+    fn code_for(&self, peer: &Fingerprint) -> Option<Code> {
+        let state = self.state();
+        match &state.code {
             CodeState::Fresh(code) => Some(code.clone()),
-            CodeState::Used { follow_up } => follow_up.clone(),
-            CodeState::None | CodeState::Burnt => None,
+            CodeState::Used { follow_up } if state.paired.contains(peer) => follow_up.clone(),
+            CodeState::Used { .. } | CodeState::None | CodeState::Burnt => None,
         }
     }
 }
@@ -209,7 +213,7 @@ pub async fn admit<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let code = admission.code();
+    let code = admission.code_for(&channel.peer);
     let spake = code.as_ref().map(|code| {
         Spake2::<Ed25519Group>::start_symmetric(
             &Password::new(code.password()),
@@ -351,12 +355,14 @@ fn judge(
             return Err(SecurityError::WrongCode);
         }
         Pake::PeerWithout => refusal = Some(SecurityError::CodeMissing { here: false }),
+        // Never had a code here: the peer is judged like any other device (an unknown
+        // one is told how to pair, a code included).
         Pake::OursMissing => {
-            refusal = Some(match state.code {
-                CodeState::Used { .. } => SecurityError::CodeUsed,
-                CodeState::Burnt => SecurityError::CodeBurnt,
-                _ => SecurityError::CodeMissing { here: true },
-            })
+            refusal = match state.code {
+                CodeState::Used { .. } => Some(SecurityError::CodeUsed),
+                CodeState::Burnt => Some(SecurityError::CodeBurnt),
+                _ => None,
+            }
         }
         Pake::NotRun => {}
     }

@@ -75,9 +75,10 @@ pub enum SecurityError {
     CodeMissing { here: bool },
     /// Nobody vouches for the peer's key.
     #[error(
-        "refused unknown device {0}: pair with a one-time code first (`p2p-transfer send PATH` \
-         prints one; `p2p-transfer receive CODE` uses it; add --remember to skip codes next \
-         time), trust it with `p2p-transfer trust add {0}`, or receive with --ask"
+        "refused unknown device {0}: pair with a one-time code first (if the other side \
+         printed one, give it here with --code; `p2p-transfer send PATH` prints one, \
+         `p2p-transfer receive CODE` uses it; add --remember to skip codes next time), trust \
+         it with `p2p-transfer trust add {0}`, or receive with --ask"
     )]
     UnknownDevice(DeviceId),
     /// The peer's key is not the pinned (or announced) one.
