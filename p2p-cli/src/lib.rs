@@ -355,8 +355,8 @@ pub(crate) fn program() -> &'static str {
 
 /// Whether log lines may use colour: on a terminal, unless `NO_COLOR` is set to
 /// anything but an empty string (<https://no-color.org>).
-fn colour(no_color: Option<&std::ffi::OsStr>) -> bool {
-    no_color.is_none_or(|v| v.is_empty()) && std::io::IsTerminal::is_terminal(&std::io::stderr())
+fn colour(no_color: Option<&std::ffi::OsStr>, terminal: bool) -> bool {
+    no_color.is_none_or(|v| v.is_empty()) && terminal
 }
 
 fn init_logging(verbose: u8) {
@@ -371,6 +371,24 @@ fn init_logging(verbose: u8) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(colour(std::env::var_os("NO_COLOR").as_deref()))
+        .with_ansi(colour(
+            std::env::var_os("NO_COLOR").as_deref(),
+            std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        ))
         .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_colour_only_on_a_terminal_and_never_with_no_color_set() {
+        use std::ffi::OsStr;
+        assert!(colour(None, true));
+        assert!(!colour(None, false));
+        assert!(!colour(Some(OsStr::new("1")), true));
+        // https://no-color.org: set "to any value but an empty string".
+        assert!(colour(Some(OsStr::new("")), true));
+    }
 }
