@@ -109,8 +109,15 @@ pub fn exit_code(error: &anyhow::Error) -> u8 {
         },
         Error::Storage(_) => 7,
         Error::Security(s) => match s {
-            SecurityError::Io(_) | SecurityError::Closed | SecurityError::Timeout => 3,
-            SecurityError::NotAPeer(_) | SecurityError::Tls(_) | SecurityError::Protocol(_) => 4,
+            SecurityError::Io(_)
+            | SecurityError::Closed
+            | SecurityError::Timeout
+            | SecurityError::Silent { .. }
+            | SecurityError::HungUp { .. } => 3,
+            SecurityError::NotAPeer(_)
+            | SecurityError::Stranger { .. }
+            | SecurityError::Tls(_)
+            | SecurityError::Protocol(_) => 4,
             SecurityError::Identity(_) | SecurityError::Trust(_) => 7,
             _ => 8,
         },

@@ -75,7 +75,12 @@ pub fn check_transfer_flags(transfer: &crate::TransferArgs) -> Result<(), crate:
     }
     let (low, high) = (u64::from(MIN_CHUNK_SIZE), MAX_IN_FLIGHT_BYTES);
     if !(low..=high).contains(&transfer.memory_budget) {
-        return Err(out_of_range("--memory-budget", transfer.memory_budget, low, high));
+        return Err(out_of_range(
+            "--memory-budget",
+            transfer.memory_budget,
+            low,
+            high,
+        ));
     }
     Ok(())
 }
@@ -86,7 +91,10 @@ fn shown(bytes: u64) -> String {
     UNITS
         .iter()
         .find(|(unit, _)| bytes >= *unit && bytes % unit == 0)
-        .map_or_else(|| bytes.to_string(), |(unit, suffix)| format!("{}{suffix}", bytes / unit))
+        .map_or_else(
+            || bytes.to_string(),
+            |(unit, suffix)| format!("{}{suffix}", bytes / unit),
+        )
 }
 
 #[cfg(test)]

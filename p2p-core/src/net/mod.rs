@@ -41,6 +41,36 @@ pub enum SecurityError {
     /// The other end does not speak TLS with this protocol's ALPN.
     #[error("not a p2p-transfer peer, or an old version: {0}")]
     NotAPeer(String),
+    /// The dialed address answered with something that is not TLS at all: another
+    /// program listens there (judged by the first bytes it sent).
+    #[error("{} answered, but not as p2p-transfer: {what}", Shown(addr))]
+    Stranger {
+        /// The address dialed, when known.
+        addr: Option<String>,
+        /// What it seems to be.
+        what: Stranger,
+    },
+    /// The dialed address accepted the connection and then sent nothing for
+    /// [`SECURE_TIMEOUT`].
+    #[error(
+        "{} accepted the connection but did not answer within {} s: is p2p-transfer \
+         listening there?",
+        Shown(addr),
+        SECURE_TIMEOUT.as_secs()
+    )]
+    Silent {
+        /// The address dialed, when known.
+        addr: Option<String>,
+    },
+    /// The dialed address closed the connection without sending a byte.
+    #[error(
+        "{} closed the connection without answering: is p2p-transfer listening there?",
+        Shown(addr)
+    )]
+    HungUp {
+        /// The address dialed, when known.
+        addr: Option<String>,
+    },
     /// The TLS layer failed (a tampered record, a refused handshake, …).
     #[error("secure connection failed: {0}")]
     Tls(String),
@@ -108,8 +138,81 @@ impl SecurityError {
                 e.kind(),
                 std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::InvalidInput
             ),
-            SecurityError::Closed | SecurityError::Timeout => true,
+            SecurityError::Closed
+            | SecurityError::Timeout
+            | SecurityError::Silent { .. }
+            | SecurityError::HungUp { .. } => true,
             _ => false,
+        }
+    }
+
+    /// The same error naming the address dialed (`host:port` as the user gave it), for
+    /// the errors that are about what answered there.
+    pub fn at(mut self, dialed: &str) -> Self {
+        if let SecurityError::Stranger { addr, .. }
+        | SecurityError::Silent { addr }
+        | SecurityError::HungUp { addr } = &mut self
+        {
+            *addr = Some(dialed.to_owned());
+        }
+        self
+    }
+}
+
+/// What answered at a dialed address instead of p2p-transfer, judged by the first bytes
+/// it sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stranger {
+    /// It answered `HTTP/…`: a web server.
+    Http,
+    /// It greeted with `SSH-…`: an SSH server.
+    Ssh,
+    /// Something else: the start of what it sent, escaped for a terminal.
+    Other(String),
+}
+
+impl Stranger {
+    /// Judges the first bytes a peer sent, which are not a TLS record.
+    pub fn from_first_bytes(first: &[u8]) -> Self {
+        if first.starts_with(b"HTTP/") {
+            return Stranger::Http;
+        }
+        if first.starts_with(b"SSH-") {
+            return Stranger::Ssh;
+        }
+        let line = first
+            .split(|&b| b == b'\r' || b == b'\n')
+            .next()
+            .unwrap_or_default();
+        let line = &line[..line.len().min(40)];
+        if !line.is_empty() && line.iter().all(|b| (0x20..0x7f).contains(b)) {
+            // Printable ASCII only: nothing to escape.
+            Stranger::Other(format!("\"{}\"", String::from_utf8_lossy(line)))
+        } else {
+            let hex: Vec<String> = first.iter().take(8).map(|b| format!("{b:02x}")).collect();
+            Stranger::Other(format!("bytes {}", hex.join(" ")))
+        }
+    }
+}
+
+impl std::fmt::Display for Stranger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Stranger::Http => f.write_str("it looks like an HTTP server"),
+            Stranger::Ssh => f.write_str("it looks like an SSH server"),
+            Stranger::Other(start) => write!(f, "it sent {start} instead of a TLS handshake"),
+        }
+    }
+}
+
+/// An address in a message, or "the peer" when it is not known.
+struct Shown<'a>(&'a Option<String>);
+
+impl std::fmt::Display for Shown<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(addr) => f.write_str(&crate::text::printable(addr)),
+            None => f.write_str("the peer"),
         }
     }
 }
@@ -184,7 +287,10 @@ pub struct Connection<S> {
 /// A TLS-secured TCP connection.
 pub type SecureTcp = TlsStream<tokio::net::TcpStream>;
 
-/// Secures an opened stream as the connecting side: TLS client, then admission.
+/// Secures an opened stream as the connecting side: TLS client, then admission. When
+/// what answered is not p2p-transfer (another program, silence, a hang-up), the error
+/// says so ([`SecurityError::Stranger`], [`Silent`](SecurityError::Silent),
+/// [`HungUp`](SecurityError::HungUp)); [`SecurityError::at`] adds the address.
 pub async fn secure_client<S>(
     stream: S,
     security: &Security,
@@ -192,8 +298,14 @@ pub async fn secure_client<S>(
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
+    let until = tokio::time::Instant::now() + SECURE_TIMEOUT;
     let local = security.identity.fingerprint();
-    secure(tls::client(stream, &security.tls, local), security).await
+    secure(
+        tls::client_until(stream, &security.tls, local, until),
+        security,
+        until,
+    )
+    .await
 }
 
 /// Secures an accepted TCP connection as the listening side; a plaintext client is told
@@ -202,8 +314,10 @@ pub async fn secure_server(
     stream: tokio::net::TcpStream,
     security: &Security,
 ) -> Result<(SecureTcp, PeerIdentity), SecurityError> {
+    let until = tokio::time::Instant::now() + SECURE_TIMEOUT;
     let local = security.identity.fingerprint();
-    secure(tls::server(stream, &security.tls, local), security).await
+    let handshake = deadline(until, tls::server(stream, &security.tls, local));
+    secure(handshake, security, until).await
 }
 
 /// Secures any accepted stream as the listening side (no plaintext check).
@@ -214,30 +328,36 @@ pub async fn secure_server_stream<S>(
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
+    let until = tokio::time::Instant::now() + SECURE_TIMEOUT;
     let local = security.identity.fingerprint();
-    secure(tls::server_tls(stream, &security.tls, local), security).await
+    let handshake = deadline(until, tls::server_tls(stream, &security.tls, local));
+    secure(handshake, security, until).await
 }
 
-/// Runs a TLS handshake, then admission, within [`SECURE_TIMEOUT`] together.
+/// Runs a TLS handshake (which keeps the deadline `until` itself), then admission,
+/// together within [`SECURE_TIMEOUT`].
 async fn secure<S>(
     handshake: impl std::future::Future<Output = Result<(TlsStream<S>, tls::Channel), SecurityError>>,
     security: &Security,
+    until: tokio::time::Instant,
 ) -> Result<(TlsStream<S>, PeerIdentity), SecurityError>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    deadline(async {
-        let (mut tls, channel) = handshake.await?;
-        let peer = admission::admit(&mut tls, &channel, &security.admission).await?;
-        Ok((tls, peer))
-    })
-    .await
+    let (mut tls, channel) = handshake.await?;
+    let peer = deadline(
+        until,
+        admission::admit(&mut tls, &channel, &security.admission),
+    )
+    .await?;
+    Ok((tls, peer))
 }
 
 async fn deadline<T>(
+    until: tokio::time::Instant,
     work: impl std::future::Future<Output = Result<T, SecurityError>>,
 ) -> Result<T, SecurityError> {
-    tokio::time::timeout(SECURE_TIMEOUT, work)
+    tokio::time::timeout_at(until, work)
         .await
         .unwrap_or(Err(SecurityError::Timeout))
 }
