@@ -180,12 +180,14 @@ impl Stranger {
         if first.starts_with(b"SSH-") {
             return Stranger::Ssh;
         }
-        let line = first
-            .split(|&b| b == b'\r' || b == b'\n')
-            .next()
-            .unwrap_or_default();
-        let line = &line[..line.len().min(40)];
-        if !line.is_empty() && line.iter().all(|b| (0x20..0x7f).contains(b)) {
+        // The text it starts with, up to the end of the line or the first byte that is
+        // not printable ASCII (a banner, a greeting), if there is enough to read.
+        let text = first
+            .iter()
+            .take_while(|b| (0x20..0x7f).contains(*b))
+            .count();
+        let line = &first[..text.min(40)];
+        if line.len() >= 3 {
             // Printable ASCII only: nothing to escape.
             Stranger::Other(format!("\"{}\"", String::from_utf8_lossy(line)))
         } else {
@@ -360,4 +362,56 @@ async fn deadline<T>(
     tokio::time::timeout_at(until, work)
         .await
         .unwrap_or(Err(SecurityError::Timeout))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_answered_is_judged_by_its_first_bytes() {
+        let judged = |bytes: &[u8]| Stranger::from_first_bytes(bytes).to_string();
+        assert_eq!(
+            judged(b"HTTP/1.1 400 Bad Request\r\n"),
+            "it looks like an HTTP server"
+        );
+        assert_eq!(
+            judged(b"SSH-2.0-OpenSSH_9.6\r\n"),
+            "it looks like an SSH server"
+        );
+        assert_eq!(
+            judged(b"220 mail ESMTP\x1b[2J\r\n"),
+            "it sent \"220 mail ESMTP\" instead of a TLS handshake"
+        );
+        assert_eq!(
+            judged(&[0, 0, 0, 9, 0xff, 0x1b, 1, 2, 3, 4]),
+            "it sent bytes 00 00 00 09 ff 1b 01 02 instead of a TLS handshake"
+        );
+    }
+
+    #[test]
+    fn the_address_dialed_is_named_in_what_answered_there() {
+        let stranger = SecurityError::Stranger {
+            addr: None,
+            what: Stranger::Http,
+        };
+        assert_eq!(
+            stranger.to_string(),
+            "the peer answered, but not as p2p-transfer: it looks like an HTTP server"
+        );
+        assert_eq!(
+            stranger.at("10.0.0.5:14567").to_string(),
+            "10.0.0.5:14567 answered, but not as p2p-transfer: it looks like an HTTP server"
+        );
+        let hung_up = SecurityError::HungUp { addr: None }.at("laptop.local:14567");
+        assert!(hung_up
+            .to_string()
+            .starts_with("laptop.local:14567 closed the connection"));
+        assert!(hung_up.is_transient());
+        // Other errors are about the peer, not the address: unchanged.
+        assert!(matches!(
+            SecurityError::WrongCode.at("10.0.0.5:14567"),
+            SecurityError::WrongCode
+        ));
+    }
 }
