@@ -167,6 +167,9 @@ pub enum Stranger {
     Http,
     /// It greeted with `SSH-…`: an SSH server.
     Ssh,
+    /// It sent a plaintext p2p-transfer frame: an older version, from before every
+    /// connection was TLS (with the version it names, if it did).
+    OldVersion(Option<u32>),
     /// Something else: the start of what it sent, escaped for a terminal.
     Other(String),
 }
@@ -179,6 +182,19 @@ impl Stranger {
         }
         if first.starts_with(b"SSH-") {
             return Stranger::Ssh;
+        }
+        if let Some(header) = first.first_chunk::<{ crate::wire::FRAME_HEADER_LEN }>() {
+            let len = u32::from_be_bytes(*header) as usize;
+            let payload = first
+                .get(crate::wire::FRAME_HEADER_LEN..)
+                .and_then(|rest| rest.get(..len));
+            match payload.map(crate::wire::decode_payload) {
+                Some(Ok(crate::wire::Message::Error { version, .. })) => {
+                    return Stranger::OldVersion(Some(version))
+                }
+                Some(Ok(_)) => return Stranger::OldVersion(None),
+                _ => {}
+            }
         }
         // The text it starts with, up to the end of the line or the first byte that is
         // not printable ASCII (a banner, a greeting), if there is enough to read.
@@ -202,6 +218,13 @@ impl std::fmt::Display for Stranger {
         match self {
             Stranger::Http => f.write_str("it looks like an HTTP server"),
             Stranger::Ssh => f.write_str("it looks like an SSH server"),
+            Stranger::OldVersion(version) => {
+                f.write_str("it speaks the unencrypted protocol of an older p2p-transfer")?;
+                if let Some(version) = version {
+                    write!(f, " (version {version})")?;
+                }
+                f.write_str(": update p2p-transfer there")
+            }
             Stranger::Other(start) => write!(f, "it sent {start} instead of a TLS handshake"),
         }
     }
@@ -382,6 +405,18 @@ mod tests {
         assert_eq!(
             judged(b"220 mail ESMTP\x1b[2J\r\n"),
             "it sent \"220 mail ESMTP\" instead of a TLS handshake"
+        );
+        let old = crate::wire::Message::Error {
+            code: crate::wire::ErrorCode::Protocol,
+            message: "expected a Hello".into(),
+            version: 1,
+        };
+        let mut frame = bytes::BytesMut::new();
+        crate::wire::encode_frame(&old, &mut frame).unwrap();
+        assert_eq!(
+            judged(&frame),
+            "it speaks the unencrypted protocol of an older p2p-transfer (version 1): update \
+             p2p-transfer there"
         );
         assert_eq!(
             judged(&[0, 0, 0, 9, 0xff, 0x1b, 1, 2, 3, 4]),

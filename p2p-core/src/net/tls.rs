@@ -419,7 +419,8 @@ struct Tap<S> {
 }
 
 impl<S> Tap<S> {
-    const KEEP: usize = 64;
+    /// Enough for a banner, or a whole refusal frame of the plaintext protocol.
+    const KEEP: usize = 512;
 
     fn new(inner: S) -> Self {
         Tap {
