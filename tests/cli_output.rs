@@ -194,7 +194,9 @@ fn json_send_and_receive_print_one_event_per_line_and_nothing_else_on_stdout() {
     // A waiting receiver prints a code for new senders first (this sender, of the same
     // device, needs none).
     assert_eq!(received[0]["event"], "code", "{receiver_lines:?}");
-    assert!(received[0]["code"].as_str().is_some_and(|c| c.contains('-')));
+    assert!(received[0]["code"]
+        .as_str()
+        .is_some_and(|c| c.contains('-')));
     received.remove(0);
     for (side, events) in [("send", &sent), ("receive", &received)] {
         // started, progress…, file_done, progress…, done.
@@ -305,7 +307,10 @@ fn json_error_when_nothing_listens_is_an_error_event_with_exit_code_3() {
     assert_eq!(events[0]["event"], "error");
     assert_eq!(events[0]["exit_code"], 3);
     let message = events[0]["message"].as_str().unwrap();
-    assert!(message.contains("nothing is listening at 127.0.0.1"), "{message}");
+    assert!(
+        message.contains("nothing is listening at 127.0.0.1"),
+        "{message}"
+    );
     // People still read it on stderr.
     let stderr = text(&out.stderr);
     assert!(stderr.contains(&format!("error: {message}")), "{stderr}");

@@ -1186,8 +1186,8 @@ fn a_plaintext_v1_peer_is_told_to_update_and_the_receiver_carries_on() {
 }
 
 /// Issue 11, 4: `send` dialing a plaintext server (an old version, which reads the
-/// ClientHello as junk and answers with a v1 frame) fails with exit 4, "not a
-/// p2p-transfer peer, or an old version".
+/// ClientHello as junk and answers with a v1 frame) fails with exit 4, "the
+/// unencrypted protocol of an older p2p-transfer".
 #[test]
 fn the_client_refuses_a_plaintext_server_with_exit_4() {
     let lab = Lab::new();
@@ -1223,7 +1223,7 @@ fn the_client_refuses_a_plaintext_server_with_exit_4() {
         "the client must open with a TLS handshake record"
     );
     sender.assert_code(4, "a plaintext server");
-    sender.assert_error_says("not a p2p-transfer peer, or an old version");
+    sender.assert_error_says("the unencrypted protocol of an older p2p-transfer (version 1)");
 }
 
 /// A copy of `base` offering (client) or accepting (server) `alpn` instead.

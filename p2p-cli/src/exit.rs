@@ -1,6 +1,8 @@
 //! Errors at the edge: one readable line, and a documented exit code.
 
+use p2p_core::discovery::DiscoveryError;
 use p2p_core::error::{HandshakeError, TransferError, WireError};
+use p2p_core::nat::NatError;
 use p2p_core::net::SecurityError;
 use p2p_core::Error;
 
@@ -8,9 +10,11 @@ pub const EXIT_CODES_HELP: &str = "\
 Exit codes:
   0    success
   1    any other error
-  2    bad command line
-  3    could not connect, or the connection was lost
-  4    the peer is incompatible or broke the protocol
+  2    bad command line (also: --discover finds several receivers; name one)
+  3    could not connect, or the connection was lost (also: discovery found
+       nobody; nat-test got no answer from any STUN server)
+  4    the peer is incompatible or broke the protocol (also: what answered is
+       not p2p-transfer; a STUN server answered, but not usably)
   5    the transfer was refused (unsafe path, file exists, no space, peer declined)
   6    data failed verification
   7    local file system error (read, write, permission, disk full)
@@ -26,6 +30,19 @@ pub struct Usage(pub String);
 impl std::error::Error for Usage {}
 
 impl std::fmt::Display for Usage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Something answered, but not in a way this program can use (a STUN server's bad
+/// reply): exit code 4, like an incompatible peer.
+#[derive(Debug)]
+pub struct Incompatible(pub String);
+
+impl std::error::Error for Incompatible {}
+
+impl std::fmt::Display for Incompatible {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.0)
     }
@@ -79,6 +96,29 @@ pub fn exit_code(error: &anyhow::Error) -> u8 {
     if error.downcast_ref::<Usage>().is_some() {
         return 2;
     }
+    if error.downcast_ref::<Incompatible>().is_some() {
+        return 4;
+    }
+    if let Some(discovery) = error
+        .chain()
+        .find_map(|c| c.downcast_ref::<DiscoveryError>())
+    {
+        return match discovery {
+            // Nobody (matching) there: could not connect.
+            DiscoveryError::NotFound { .. } | DiscoveryError::NoSender { .. } => 3,
+            // Several match: the command line has to say which.
+            DiscoveryError::Ambiguous { .. } => 2,
+            DiscoveryError::Incompatible { .. } => 4,
+            _ => 1,
+        };
+    }
+    if let Some(nat) = error.chain().find_map(|c| c.downcast_ref::<NatError>()) {
+        return match nat {
+            // No server could be asked: names that do not resolve, no route.
+            NatError::NoServerUsable { .. } => 3,
+            _ => 1,
+        };
+    }
     let Some(core) = error.chain().find_map(|c| c.downcast_ref::<Error>()) else {
         return 1;
     };
@@ -112,8 +152,15 @@ pub fn exit_code(error: &anyhow::Error) -> u8 {
         },
         Error::Storage(_) => 7,
         Error::Security(s) => match s {
-            SecurityError::Io(_) | SecurityError::Closed | SecurityError::Timeout => 3,
-            SecurityError::NotAPeer(_) | SecurityError::Tls(_) | SecurityError::Protocol(_) => 4,
+            SecurityError::Io(_)
+            | SecurityError::Closed
+            | SecurityError::Timeout
+            | SecurityError::Silent { .. }
+            | SecurityError::HungUp { .. } => 3,
+            SecurityError::NotAPeer(_)
+            | SecurityError::Stranger { .. }
+            | SecurityError::Tls(_)
+            | SecurityError::Protocol(_) => 4,
             SecurityError::Identity(_) | SecurityError::Trust(_) => 7,
             _ => 8,
         },

@@ -1055,7 +1055,7 @@ async fn a_reconnection_that_fails_for_good_says_why() {
         Some(p2p_gui::app::Notice::Error(text)) => {
             // The HTTP reply where a TLS handshake was expected.
             assert!(
-                text.starts_with("not a p2p-transfer peer, or an old version: no TLS handshake"),
+                text.ends_with("answered, but not as p2p-transfer: it looks like an HTTP server"),
                 "{text}"
             )
         }

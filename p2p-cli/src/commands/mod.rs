@@ -41,6 +41,7 @@ pub fn session_options(
     defaults: &SessionConfig,
     security: Security,
 ) -> anyhow::Result<SessionOptions> {
+    crate::size::check_transfer_flags(transfer)?;
     let chunk_size = match transfer.chunk_size {
         Some(size) => {
             u32::try_from(size).map_err(|_| anyhow::anyhow!("--chunk-size {size} is too large"))?

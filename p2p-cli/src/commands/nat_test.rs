@@ -8,13 +8,16 @@
 use std::time::Duration;
 
 use clap::Args;
-use p2p_core::nat::{probe_nat, NatBehaviour, NatProbeConfig, RetransmitSchedule};
+use p2p_core::nat::{
+    probe_nat, NatBehaviour, NatProbeConfig, RetransmitSchedule, ServerAttempt, StunError,
+};
 
 #[derive(Debug, Args)]
 pub struct NatTestArgs {
-    /// STUN server to ask; repeat to give fallbacks (and a second address for the
-    /// mapping test). Default: well-known public servers.
-    #[arg(long = "stun-server", value_name = "HOST:PORT")]
+    /// STUN server to ask (`host`, or `host:port`; the port defaults to 3478); repeat
+    /// to give fallbacks (and a second address for the mapping test). Default:
+    /// well-known public servers.
+    #[arg(long = "stun-server", value_name = "HOST[:PORT]")]
     pub stun_servers: Vec<String>,
     /// Seconds to wait for each server before trying the next.
     #[arg(long, default_value_t = 2.0, value_name = "SECONDS",
@@ -59,6 +62,20 @@ pub async fn run(args: NatTestArgs) -> anyhow::Result<()> {
     println!("answered in      {} ms", report.elapsed.as_millis());
 
     if report.behaviour == NatBehaviour::UdpBlocked {
+        // Exit code 4: a server answered, but nothing usable came of it.
+        if let Some(attempt) = report.attempts.iter().find(|a| answered_badly(a)) {
+            let server = attempt
+                .addr
+                .map_or_else(|| attempt.server.clone(), |a| a.to_string());
+            let why = match &attempt.outcome {
+                Err(e) => e.to_string(),
+                Ok(_) => String::new(),
+            };
+            return Err(crate::exit::Incompatible(format!(
+                "the STUN server {server} answered, but not with this host's address: {why}"
+            ))
+            .into());
+        }
         // Exit code 3 ("could not connect"): nobody answered.
         return Err(p2p_core::Error::Connect {
             action: "get an answer from",
@@ -71,4 +88,13 @@ pub async fn run(args: NatTestArgs) -> anyhow::Result<()> {
         .into());
     }
     Ok(())
+}
+
+/// Whether a server answered, but not usably: an error response, an answer without an
+/// address, or only datagrams that were no answer to the request.
+fn answered_badly(attempt: &ServerAttempt) -> bool {
+    matches!(
+        attempt.outcome,
+        Err(StunError::Response(_)) | Err(StunError::Timeout { ignored: 1.., .. })
+    )
 }

@@ -2,8 +2,10 @@
 //! beacon a waiting `receive` sends, and the receiver lookup behind `send --discover`.
 //!
 //! Beacons, probes and the choice among receivers are `p2p_core::discovery`; this file
-//! reads flags and the environment (`P2P_DISCOVERY_PORT`, `P2P_DISCOVERY_TARGETS`) and
-//! prints. A beacon's name is whatever its sender chose: it is shown escaped
+//! reads flags and the environment (`P2P_DISCOVERY_PORT`, `P2P_DISCOVERY_TARGETS`, and
+//! [`TIMEOUT_ENV`] for how long `send --discover` and `receive CODE` look) and prints.
+//! Finding nobody is exit code 3 (could not connect), several matching receivers 2
+//! (name one), see `crate::exit`. A beacon's name is whatever its sender chose: it is shown escaped
 //! (`p2p_core::text`), here and in `PeerInfo`'s `Display`.
 
 use std::time::Duration;
@@ -18,6 +20,21 @@ use p2p_core::SessionOptions;
 /// margin, although a receiver normally answers the opening probe within milliseconds.
 pub const DISCOVER_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Seconds `send --discover` and `receive CODE` look before giving up, instead of
+/// [`DISCOVER_TIMEOUT`] (a fraction such as `0.5` is fine; tests use short ones).
+pub const TIMEOUT_ENV: &str = "P2P_DISCOVERY_TIMEOUT";
+
+/// How long to look for a receiver or sender: [`TIMEOUT_ENV`], or the default.
+fn discover_timeout() -> anyhow::Result<Duration> {
+    match std::env::var(TIMEOUT_ENV) {
+        Err(std::env::VarError::NotPresent) => Ok(DISCOVER_TIMEOUT),
+        Ok(text) => parse_seconds(&text)
+            .map(Duration::from_secs_f64)
+            .map_err(|e| crate::exit::Usage(format!("{TIMEOUT_ENV}={text:?}: {e}")).into()),
+        Err(e) => Err(crate::exit::Usage(format!("{TIMEOUT_ENV}: {e}")).into()),
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct PeersArgs {
     /// Seconds to listen for receivers.
@@ -27,7 +44,10 @@ pub struct PeersArgs {
 }
 
 fn parse_seconds(s: &str) -> Result<f64, String> {
-    let seconds: f64 = s.parse().map_err(|e| format!("{e}"))?;
+    let seconds: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
     if seconds.is_finite() && (0.0..=3600.0).contains(&seconds) {
         Ok(seconds)
     } else {
@@ -96,7 +116,7 @@ pub async fn discover(query: Option<&str>) -> anyhow::Result<PeerInfo> {
         query.map_or("a receiver".to_owned(), |q| format!("receiver {q:?}"))
     );
     let config = DiscoveryConfig::from_env()?;
-    let peer = discovery::find_with(&config, query, DISCOVER_TIMEOUT)
+    let peer = discovery::find_with(&config, query, discover_timeout()?)
         .await
         .context("discovery failed")?;
     eprintln!("found {peer}");
@@ -107,7 +127,7 @@ pub async fn discover(query: Option<&str>) -> anyhow::Result<PeerInfo> {
 pub async fn discover_code(nameplate: u16) -> anyhow::Result<PeerInfo> {
     eprintln!("looking for the sender of code {nameplate}-… on the local network …");
     let config = DiscoveryConfig::from_env()?;
-    let peer = discovery::find_nameplate(&config, nameplate, DISCOVER_TIMEOUT)
+    let peer = discovery::find_nameplate(&config, nameplate, discover_timeout()?)
         .await
         .context("discovery failed")?;
     eprintln!("found {peer}");

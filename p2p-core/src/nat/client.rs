@@ -101,6 +101,7 @@ pub struct BindingTransaction<I = std::time::Instant> {
     deadline: I,
     started: I,
     finished: bool,
+    ignored: u32,
     outcome: Option<Result<BindingResponse, StunError>>,
 }
 
@@ -148,6 +149,7 @@ impl<I: Clock> BindingTransaction<I> {
             deadline: now + budget,
             started: now,
             finished: false,
+            ignored: 0,
             outcome: None,
         }
     }
@@ -204,6 +206,7 @@ impl<I: Clock> BindingTransaction<I> {
             self.finish(Err(StunError::Timeout {
                 after: now.since(self.started),
                 sends: self.sends,
+                ignored: self.ignored,
             }));
         }
     }
@@ -219,6 +222,7 @@ impl<I: Clock> BindingTransaction<I> {
             Ok(response) => self.finish(Ok(response)),
             Err(e) if e.is_ignorable() => {
                 tracing::debug!(server = %self.server, "ignoring datagram: {e}");
+                self.ignored = self.ignored.saturating_add(1);
             }
             Err(e) => self.finish(Err(StunError::Response(e))),
         }
@@ -309,10 +313,14 @@ impl Default for NatProbeConfig {
 }
 
 impl NatProbeConfig {
-    /// The defaults with another server list.
+    /// The defaults with another server list; a server named without a port gets
+    /// [`STUN_PORT`](super::STUN_PORT).
     pub fn with_servers<S: Into<String>>(servers: impl IntoIterator<Item = S>) -> Self {
         NatProbeConfig {
-            servers: servers.into_iter().map(Into::into).collect(),
+            servers: servers
+                .into_iter()
+                .map(|s| super::with_default_stun_port(&s.into()))
+                .collect(),
             ..Self::default()
         }
     }
@@ -574,7 +582,7 @@ mod tests {
                 sent_at.push(now.duration_since(t0).as_millis());
             }
             if let Some(outcome) = tx.poll_outcome() {
-                let Err(StunError::Timeout { after, sends }) = outcome else {
+                let Err(StunError::Timeout { after, sends, .. }) = outcome else {
                     panic!("expected a timeout, got {outcome:?}");
                 };
                 assert_eq!((after, sends), (ms(39_500), 7));

@@ -31,6 +31,29 @@ use std::time::Duration;
 pub use client::{probe_nat, NatProbeConfig, RetransmitSchedule};
 pub use stun::{BindingResponse, BindingResponseError, StunParseError};
 
+/// The port STUN servers listen on (RFC 8489 §9), used when a server is named without
+/// one.
+pub const STUN_PORT: u16 = 3478;
+
+/// `server` as `host:port`, with [`STUN_PORT`] when it names no port: `1.2.3.4`,
+/// `stun.example.org`, `::1` and `[::1]` get it; `host:port` and `[v6]:port` are kept.
+pub fn with_default_stun_port(server: &str) -> String {
+    let server = server.trim();
+    if server.parse::<SocketAddr>().is_ok() {
+        return server.to_owned();
+    }
+    if let Ok(v6) = server.parse::<std::net::Ipv6Addr>() {
+        return format!("[{v6}]:{STUN_PORT}");
+    }
+    if server.starts_with('[') && server.ends_with(']') {
+        return format!("{server}:{STUN_PORT}");
+    }
+    match server.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => server.to_owned(),
+        _ => format!("{server}:{STUN_PORT}"),
+    }
+}
+
 /// Public STUN servers asked when the user names none. Two operators, and within
 /// Google's pool two hosts on different IPs, so that the mapping test has a second
 /// address even without RFC 5780 support. Tests never use these: they run their own
@@ -125,12 +148,15 @@ pub enum StunError {
         reason: String,
     },
     /// No valid answer before the per-server timeout.
-    #[error("no answer within {after:.1?} ({} sent)", requests(*sends))]
+    #[error("{}", timeout_message(*after, *sends, *ignored))]
     Timeout {
         /// Time spent on this server.
         after: Duration,
         /// Requests sent (first one and retransmissions).
         sends: u32,
+        /// Datagrams that came from the server but were no answer to our request (not
+        /// STUN, another transaction, not a Binding response): it answers, badly.
+        ignored: u32,
     },
     /// The server answered, but not with a usable mapping.
     #[error(transparent)]
@@ -170,6 +196,19 @@ pub enum NatError {
         /// The OS error.
         source: io::Error,
     },
+}
+
+fn timeout_message(after: Duration, sends: u32, ignored: u32) -> String {
+    match ignored {
+        0 => format!("no answer within {after:.1?} ({} sent)", requests(sends)),
+        n => format!(
+            "no usable answer within {after:.1?} ({} sent; {n} {} that {} not a STUN answer \
+             to it)",
+            requests(sends),
+            if n == 1 { "reply" } else { "replies" },
+            if n == 1 { "was" } else { "were" },
+        ),
+    }
 }
 
 fn requests(n: u32) -> String {
@@ -263,4 +302,49 @@ pub struct NatReport {
     pub attempts: Vec<ServerAttempt>,
     /// Wall time of the whole probe.
     pub elapsed: Duration,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_server_without_a_port_gets_the_stun_port() {
+        assert_eq!(with_default_stun_port("1.2.3.4"), "1.2.3.4:3478");
+        assert_eq!(
+            with_default_stun_port(" stun.example.org "),
+            "stun.example.org:3478"
+        );
+        assert_eq!(with_default_stun_port("::1"), "[::1]:3478");
+        assert_eq!(with_default_stun_port("[::1]"), "[::1]:3478");
+        assert_eq!(with_default_stun_port("1.2.3.4:19302"), "1.2.3.4:19302");
+        assert_eq!(
+            with_default_stun_port("stun.example.org:5349"),
+            "stun.example.org:5349"
+        );
+        assert_eq!(with_default_stun_port("[::1]:19302"), "[::1]:19302");
+    }
+
+    #[test]
+    fn a_timeout_says_when_the_server_answered_badly() {
+        let silent = StunError::Timeout {
+            after: Duration::from_secs(2),
+            sends: 3,
+            ignored: 0,
+        };
+        assert_eq!(
+            silent.to_string(),
+            "no answer within 2.0s (3 requests sent)"
+        );
+        let garbled = StunError::Timeout {
+            after: Duration::from_secs(2),
+            sends: 3,
+            ignored: 2,
+        };
+        assert_eq!(
+            garbled.to_string(),
+            "no usable answer within 2.0s (3 requests sent; 2 replies that were not a STUN \
+             answer to it)"
+        );
+    }
 }

@@ -120,7 +120,7 @@ impl Endpoint {
             Endpoint::Dial { addr } => {
                 let tcp = super::tcp::connect(addr).await?;
                 let remote_addr = tcp.peer_addr().ok();
-                let (stream, peer) = secure_client(tcp, security).await?;
+                let (stream, peer) = secure_client(tcp, security).await.map_err(|e| e.at(addr))?;
                 Ok(Connection {
                     stream,
                     peer,

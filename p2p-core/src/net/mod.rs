@@ -41,6 +41,36 @@ pub enum SecurityError {
     /// The other end does not speak TLS with this protocol's ALPN.
     #[error("not a p2p-transfer peer, or an old version: {0}")]
     NotAPeer(String),
+    /// The dialed address answered with something that is not TLS at all: another
+    /// program listens there (judged by the first bytes it sent).
+    #[error("{} answered, but not as p2p-transfer: {what}", Shown(addr))]
+    Stranger {
+        /// The address dialed, when known.
+        addr: Option<String>,
+        /// What it seems to be.
+        what: Stranger,
+    },
+    /// The dialed address accepted the connection and then sent nothing for
+    /// [`SECURE_TIMEOUT`].
+    #[error(
+        "{} accepted the connection but did not answer within {} s: is p2p-transfer \
+         listening there?",
+        Shown(addr),
+        SECURE_TIMEOUT.as_secs()
+    )]
+    Silent {
+        /// The address dialed, when known.
+        addr: Option<String>,
+    },
+    /// The dialed address closed the connection without sending a byte.
+    #[error(
+        "{} closed the connection without answering: is p2p-transfer listening there?",
+        Shown(addr)
+    )]
+    HungUp {
+        /// The address dialed, when known.
+        addr: Option<String>,
+    },
     /// The TLS layer failed (a tampered record, a refused handshake, …).
     #[error("secure connection failed: {0}")]
     Tls(String),
@@ -110,8 +140,106 @@ impl SecurityError {
                 e.kind(),
                 std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::InvalidInput
             ),
-            SecurityError::Closed | SecurityError::Timeout => true,
+            SecurityError::Closed
+            | SecurityError::Timeout
+            | SecurityError::Silent { .. }
+            | SecurityError::HungUp { .. } => true,
             _ => false,
+        }
+    }
+
+    /// The same error naming the address dialed (`host:port` as the user gave it), for
+    /// the errors that are about what answered there.
+    pub fn at(mut self, dialed: &str) -> Self {
+        if let SecurityError::Stranger { addr, .. }
+        | SecurityError::Silent { addr }
+        | SecurityError::HungUp { addr } = &mut self
+        {
+            *addr = Some(dialed.to_owned());
+        }
+        self
+    }
+}
+
+/// What answered at a dialed address instead of p2p-transfer, judged by the first bytes
+/// it sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stranger {
+    /// It answered `HTTP/…`: a web server.
+    Http,
+    /// It greeted with `SSH-…`: an SSH server.
+    Ssh,
+    /// It sent a plaintext p2p-transfer frame: an older version, from before every
+    /// connection was TLS (with the version it names, if it did).
+    OldVersion(Option<u32>),
+    /// Something else: the start of what it sent, escaped for a terminal.
+    Other(String),
+}
+
+impl Stranger {
+    /// Judges the first bytes a peer sent, which are not a TLS record.
+    pub fn from_first_bytes(first: &[u8]) -> Self {
+        if first.starts_with(b"HTTP/") {
+            return Stranger::Http;
+        }
+        if first.starts_with(b"SSH-") {
+            return Stranger::Ssh;
+        }
+        if let Some(header) = first.first_chunk::<{ crate::wire::FRAME_HEADER_LEN }>() {
+            let len = u32::from_be_bytes(*header) as usize;
+            let payload = first
+                .get(crate::wire::FRAME_HEADER_LEN..)
+                .and_then(|rest| rest.get(..len));
+            match payload.map(crate::wire::decode_payload) {
+                Some(Ok(crate::wire::Message::Error { version, .. })) => {
+                    return Stranger::OldVersion(Some(version))
+                }
+                Some(Ok(_)) => return Stranger::OldVersion(None),
+                _ => {}
+            }
+        }
+        // The text it starts with, up to the end of the line or the first byte that is
+        // not printable ASCII (a banner, a greeting), if there is enough to read.
+        let text = first
+            .iter()
+            .take_while(|b| (0x20..0x7f).contains(*b))
+            .count();
+        let line = &first[..text.min(40)];
+        if line.len() >= 3 {
+            // Printable ASCII only: nothing to escape.
+            Stranger::Other(format!("\"{}\"", String::from_utf8_lossy(line)))
+        } else {
+            let hex: Vec<String> = first.iter().take(8).map(|b| format!("{b:02x}")).collect();
+            Stranger::Other(format!("bytes {}", hex.join(" ")))
+        }
+    }
+}
+
+impl std::fmt::Display for Stranger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Stranger::Http => f.write_str("it looks like an HTTP server"),
+            Stranger::Ssh => f.write_str("it looks like an SSH server"),
+            Stranger::OldVersion(version) => {
+                f.write_str("it speaks the unencrypted protocol of an older p2p-transfer")?;
+                if let Some(version) = version {
+                    write!(f, " (version {version})")?;
+                }
+                f.write_str(": update p2p-transfer there")
+            }
+            Stranger::Other(start) => write!(f, "it sent {start} instead of a TLS handshake"),
+        }
+    }
+}
+
+/// An address in a message, or "the peer" when it is not known.
+struct Shown<'a>(&'a Option<String>);
+
+impl std::fmt::Display for Shown<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(addr) => f.write_str(&crate::text::printable(addr)),
+            None => f.write_str("the peer"),
         }
     }
 }
@@ -186,7 +314,10 @@ pub struct Connection<S> {
 /// A TLS-secured TCP connection.
 pub type SecureTcp = TlsStream<tokio::net::TcpStream>;
 
-/// Secures an opened stream as the connecting side: TLS client, then admission.
+/// Secures an opened stream as the connecting side: TLS client, then admission. When
+/// what answered is not p2p-transfer (another program, silence, a hang-up), the error
+/// says so ([`SecurityError::Stranger`], [`Silent`](SecurityError::Silent),
+/// [`HungUp`](SecurityError::HungUp)); [`SecurityError::at`] adds the address.
 pub async fn secure_client<S>(
     stream: S,
     security: &Security,
@@ -194,8 +325,14 @@ pub async fn secure_client<S>(
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
+    let until = tokio::time::Instant::now() + SECURE_TIMEOUT;
     let local = security.identity.fingerprint();
-    secure(tls::client(stream, &security.tls, local), security).await
+    secure(
+        tls::client_until(stream, &security.tls, local, until),
+        security,
+        until,
+    )
+    .await
 }
 
 /// Secures an accepted TCP connection as the listening side; a plaintext client is told
@@ -204,8 +341,10 @@ pub async fn secure_server(
     stream: tokio::net::TcpStream,
     security: &Security,
 ) -> Result<(SecureTcp, PeerIdentity), SecurityError> {
+    let until = tokio::time::Instant::now() + SECURE_TIMEOUT;
     let local = security.identity.fingerprint();
-    secure(tls::server(stream, &security.tls, local), security).await
+    let handshake = deadline(until, tls::server(stream, &security.tls, local));
+    secure(handshake, security, until).await
 }
 
 /// Secures any accepted stream as the listening side (no plaintext check).
@@ -216,30 +355,100 @@ pub async fn secure_server_stream<S>(
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
+    let until = tokio::time::Instant::now() + SECURE_TIMEOUT;
     let local = security.identity.fingerprint();
-    secure(tls::server_tls(stream, &security.tls, local), security).await
+    let handshake = deadline(until, tls::server_tls(stream, &security.tls, local));
+    secure(handshake, security, until).await
 }
 
-/// Runs a TLS handshake, then admission, within [`SECURE_TIMEOUT`] together.
+/// Runs a TLS handshake (which keeps the deadline `until` itself), then admission,
+/// together within [`SECURE_TIMEOUT`].
 async fn secure<S>(
     handshake: impl std::future::Future<Output = Result<(TlsStream<S>, tls::Channel), SecurityError>>,
     security: &Security,
+    until: tokio::time::Instant,
 ) -> Result<(TlsStream<S>, PeerIdentity), SecurityError>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    deadline(async {
-        let (mut tls, channel) = handshake.await?;
-        let peer = admission::admit(&mut tls, &channel, &security.admission).await?;
-        Ok((tls, peer))
-    })
-    .await
+    let (mut tls, channel) = handshake.await?;
+    let peer = deadline(
+        until,
+        admission::admit(&mut tls, &channel, &security.admission),
+    )
+    .await?;
+    Ok((tls, peer))
 }
 
 async fn deadline<T>(
+    until: tokio::time::Instant,
     work: impl std::future::Future<Output = Result<T, SecurityError>>,
 ) -> Result<T, SecurityError> {
-    tokio::time::timeout(SECURE_TIMEOUT, work)
+    tokio::time::timeout_at(until, work)
         .await
         .unwrap_or(Err(SecurityError::Timeout))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_answered_is_judged_by_its_first_bytes() {
+        let judged = |bytes: &[u8]| Stranger::from_first_bytes(bytes).to_string();
+        assert_eq!(
+            judged(b"HTTP/1.1 400 Bad Request\r\n"),
+            "it looks like an HTTP server"
+        );
+        assert_eq!(
+            judged(b"SSH-2.0-OpenSSH_9.6\r\n"),
+            "it looks like an SSH server"
+        );
+        assert_eq!(
+            judged(b"220 mail ESMTP\x1b[2J\r\n"),
+            "it sent \"220 mail ESMTP\" instead of a TLS handshake"
+        );
+        let old = crate::wire::Message::Error {
+            code: crate::wire::ErrorCode::Protocol,
+            message: "expected a Hello".into(),
+            version: 1,
+        };
+        let mut frame = bytes::BytesMut::new();
+        crate::wire::encode_frame(&old, &mut frame).unwrap();
+        assert_eq!(
+            judged(&frame),
+            "it speaks the unencrypted protocol of an older p2p-transfer (version 1): update \
+             p2p-transfer there"
+        );
+        assert_eq!(
+            judged(&[0, 0, 0, 9, 0xff, 0x1b, 1, 2, 3, 4]),
+            "it sent bytes 00 00 00 09 ff 1b 01 02 instead of a TLS handshake"
+        );
+    }
+
+    #[test]
+    fn the_address_dialed_is_named_in_what_answered_there() {
+        let stranger = SecurityError::Stranger {
+            addr: None,
+            what: Stranger::Http,
+        };
+        assert_eq!(
+            stranger.to_string(),
+            "the peer answered, but not as p2p-transfer: it looks like an HTTP server"
+        );
+        assert_eq!(
+            stranger.at("10.0.0.5:14567").to_string(),
+            "10.0.0.5:14567 answered, but not as p2p-transfer: it looks like an HTTP server"
+        );
+        let hung_up = SecurityError::HungUp { addr: None }.at("laptop.local:14567");
+        assert!(hung_up
+            .to_string()
+            .starts_with("laptop.local:14567 closed the connection"));
+        assert!(hung_up.is_transient());
+        // Other errors are about the peer, not the address: unchanged.
+        assert!(matches!(
+            SecurityError::WrongCode.at("10.0.0.5:14567"),
+            SecurityError::WrongCode
+        ));
+    }
 }

@@ -13,9 +13,14 @@
 //! A client that does not start with a TLS record (an older, plaintext p2p-transfer,
 //! or anything else) is answered with one frame of the version-1 protocol,
 //! `Error { VersionMismatch, version: 2 }`, so an old peer tells its user to update,
-//! and the connection is closed.
+//! and the connection is closed; an HTTP client gets an HTTP 400 that says what the
+//! port is. The other way round, a client keeps the first bytes the server sends
+//! during the handshake: when they are not TLS, the error says what answered instead
+//! ("it looks like an HTTP server").
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -23,7 +28,7 @@ use rustls::crypto::{verify_tls13_signature, CryptoProvider};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use super::identity::{Fingerprint, Identity};
 use super::SecurityError;
@@ -248,7 +253,7 @@ fn handshake_error(e: std::io::Error) -> SecurityError {
     }
 }
 
-/// Runs the client side of the TLS handshake on `stream`.
+/// Runs the client side of the TLS handshake on `stream`, within [`super::SECURE_TIMEOUT`].
 pub async fn client<S>(
     stream: S,
     configs: &TlsConfigs,
@@ -257,10 +262,48 @@ pub async fn client<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let until = tokio::time::Instant::now() + super::SECURE_TIMEOUT;
+    client_until(stream, configs, local, until).await
+}
+
+/// Runs the client side of the TLS handshake on `stream`, until `until` at the latest.
+///
+/// The server speaks first after our ClientHello, so its first bytes tell what it is:
+/// the handshake reads through a [`Tap`] that keeps a copy of them. When they are not a
+/// TLS record, the error is [`SecurityError::Stranger`] (an HTTP or SSH server, or what
+/// it sent); a peer that sends nothing until the deadline is
+/// [`SecurityError::Silent`], one that hangs up without a byte
+/// [`SecurityError::HungUp`]. Once the handshake is done the tap is gone: the
+/// connection continues on the bare stream.
+pub(super) async fn client_until<S>(
+    stream: S,
+    configs: &TlsConfigs,
+    local: Fingerprint,
+    until: tokio::time::Instant,
+) -> Result<(TlsStream<S>, Channel), SecurityError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let connector = tokio_rustls::TlsConnector::from(configs.client.clone());
     let name = ServerName::try_from(SERVER_NAME).map_err(|e| SecurityError::Tls(e.to_string()))?;
+    let tap = Tap::new(stream);
+    let first = tap.first.clone();
+    let handshake = tokio::time::timeout_at(until, connector.connect(name.clone(), tap)).await;
+    let first_bytes = || first.lock().map(|b| b.clone()).unwrap_or_default();
+    let tapped = match handshake {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => return Err(client_handshake_error(e, &first_bytes())),
+        Err(_elapsed) if first_bytes().is_empty() => {
+            return Err(SecurityError::Silent { addr: None })
+        }
+        Err(_elapsed) => return Err(SecurityError::Timeout),
+    };
+    // Hand the finished connection to a TLS stream over the bare stream: the fresh
+    // connection `connect_with` makes is replaced before it sends anything, and the
+    // future only flushes what the finished one still has to write.
+    let (tap, finished) = tapped.into_inner();
     let tls = connector
-        .connect(name, stream)
+        .connect_with(name, tap.inner, move |fresh| *fresh = finished)
         .await
         .map_err(handshake_error)?;
     let (_, conn) = tls.get_ref();
@@ -277,13 +320,15 @@ where
 }
 
 /// Runs the server side of the TLS handshake on `stream`. A client whose first byte is
-/// not a TLS handshake record gets the version-1 refusal frame and the connection ends.
+/// not a TLS handshake record is refused and the connection ends: an HTTP client (a
+/// browser, curl) gets an HTTP answer saying what this port is, anything else the
+/// version-1 refusal frame (so an old p2p-transfer tells its user to update).
 pub async fn server(
     mut stream: tokio::net::TcpStream,
     configs: &TlsConfigs,
     local: Fingerprint,
 ) -> Result<(TlsStream<tokio::net::TcpStream>, Channel), SecurityError> {
-    let mut first = [0u8; 1];
+    let mut first = [0u8; 8];
     let n = stream.peek(&mut first).await.map_err(SecurityError::Io)?;
     if n == 0 {
         return Err(SecurityError::NotAPeer(
@@ -291,18 +336,148 @@ pub async fn server(
         ));
     }
     if first[0] != TLS_HANDSHAKE_RECORD {
+        let http = looks_like_http_request(&first[..n]);
+        let refusal = if http {
+            HTTP_REFUSAL.to_vec()
+        } else {
+            plaintext_refusal()
+        };
         let _ = tokio::time::timeout(Duration::from_secs(2), async {
-            stream.write_all(&plaintext_refusal()).await?;
+            stream.write_all(&refusal).await?;
             stream.shutdown().await
         })
         .await;
-        return Err(SecurityError::NotAPeer(
+        return Err(SecurityError::NotAPeer(if http {
+            "it sent an HTTP request (a web browser or another HTTP client), not a TLS \
+             handshake"
+                .into()
+        } else {
             "it sent no TLS handshake: an older p2p-transfer (which got told to update) or \
              another program"
-                .into(),
-        ));
+                .into()
+        }));
     }
     server_tls(stream, configs, local).await
+}
+
+/// What an HTTP client that knocks on a listening port is told.
+const HTTP_REFUSAL: &[u8] = b"HTTP/1.0 400 Bad Request\r\n\
+Content-Type: text/plain; charset=utf-8\r\n\
+Connection: close\r\n\
+\r\n\
+This port belongs to p2p-transfer, which speaks TLS 1.3 only; it is not a web server.\n";
+
+/// Whether a client's first bytes start an HTTP/1 request line (`GET /`, `POST /`, …).
+fn looks_like_http_request(first: &[u8]) -> bool {
+    const METHODS: [&[u8]; 9] = [
+        b"GET ",
+        b"HEAD ",
+        b"POST ",
+        b"PUT ",
+        b"DELETE ",
+        b"OPTIONS ",
+        b"PATCH ",
+        b"CONNECT ",
+        b"TRACE ",
+    ];
+    METHODS
+        .iter()
+        .any(|m| first.starts_with(m) || (first.len() < m.len() && m.starts_with(first)))
+}
+
+/// Turns a failed client handshake into what the user should hear, judging the server
+/// by `first`, the first bytes it sent (possibly none).
+fn client_handshake_error(e: std::io::Error, first: &[u8]) -> SecurityError {
+    use std::io::ErrorKind;
+    match first.first() {
+        // Not a TLS record (change_cipher_spec, alert, handshake, application_data):
+        // another program answered.
+        Some(&byte) if !(0x14..=0x17).contains(&byte) => SecurityError::Stranger {
+            addr: None,
+            what: super::Stranger::from_first_bytes(first),
+        },
+        None if matches!(
+            e.kind(),
+            ErrorKind::UnexpectedEof
+                | ErrorKind::ConnectionReset
+                | ErrorKind::ConnectionAborted
+                | ErrorKind::BrokenPipe
+                | ErrorKind::NotConnected
+        ) =>
+        {
+            SecurityError::HungUp { addr: None }
+        }
+        _ => handshake_error(e),
+    }
+}
+
+/// A stream that keeps a copy of the first [`Tap::KEEP`] bytes read through it (shared,
+/// so they can be looked at after the handshake future is gone).
+struct Tap<S> {
+    inner: S,
+    first: Arc<std::sync::Mutex<Vec<u8>>>,
+}
+
+impl<S> Tap<S> {
+    /// Enough for a banner, or a whole refusal frame of the plaintext protocol.
+    const KEEP: usize = 512;
+
+    fn new(inner: S) -> Self {
+        Tap {
+            inner,
+            first: Arc::default(),
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Tap<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let this = &mut *self;
+        std::task::ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
+        let read = &buf.filled()[before..];
+        if !read.is_empty() {
+            if let Ok(mut first) = this.first.lock() {
+                let room = Self::KEEP.saturating_sub(first.len());
+                first.extend_from_slice(&read[..read.len().min(room)]);
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Tap<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 /// The server side of the TLS handshake on any stream (no plaintext check).
