@@ -2870,14 +2870,14 @@ def resilience_report(ctx: Context, throttle: list[ThrottleResult],
             f"p2p-transfer resume UUID --path DATA/{resume_ds.path.name if resume_ds else 'FILE'}"
             f" --peer PROXY{code} --max-speed {RESUME_SPEED}M",
             f"# the receiver's progress line reports ≥ {RESUME_AT:g}%: SIGINT to the sender "
-            "(expected: exit 130, receiver exit 3)",
-            f"p2p-transfer receive --output OUT --port 0 --bind 127.0.0.1{code.replace('C', 'C2')}"
-            "        # same OUT → ADDR2; proxy → ADDR2",
+            "(expected: exit 130; the receiver is told and waits)",
             f"p2p-transfer resume UUID --path DATA/{resume_ds.path.name if resume_ds else 'FILE'}"
-            f" --peer PROXY{code.replace('C', 'C2')}                    # no throttle; must exit 0",
+            f" --peer PROXY{code.replace('C', 'F')}                    # no throttle; must exit 0",
             "```",
-            *(["", "Each attempt's receiver is a new process and waits for a new code (C, "
-               "then C2); the sender's data folder, and so its device key, stays the same."]
+            *(["", "The 2nd attempt is the command the interrupted sender printed, against the "
+               "receiver still waiting: F is the follow-up code both sides derived from the "
+               "first session (C is used up). A build from before issue 15, whose receiver "
+               "exits with 3, gets a new receiver on the same OUT and a new code instead."]
               if code else []),
             "",
             "The receiver prints a plain progress line about once a second, so the SIGINT "
