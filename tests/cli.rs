@@ -233,7 +233,8 @@ fn bad_flags_are_usage_errors() {
         &tmp.path().join("data"),
         &["send", "x", "--peer", "127.0.0.1:1", "--chunk-size", "64G"],
     );
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    // A size out of range is a command-line error, said before anything else happens.
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
     assert_readable_error(&text(&out.stderr));
     let help = run(&tmp.path().join("data"), &["--help"]);
     assert!(help.status.success());
