@@ -12,6 +12,8 @@
 //! - An incomplete decode consumes nothing; a decoded frame consumes exactly its header
 //!   and announced length, which is at most `MAX_FRAME_LEN` (32 MiB). An oversized
 //!   header is refused without growing the buffer, and no buffer grows past one frame.
+//!   A `Text` frame (variant byte 15) announcing more than `MAX_TEXT_FRAME_LEN` is
+//!   refused from its first five bytes, without waiting for (or buffering) its payload.
 //! - Every frame's payload decodes the same through `wire::decode_payload`, and every
 //!   message passes [`check_message`] (re-encoding, round trip, and `validate_entries`
 //!   with its oracle for an `Offer`).
@@ -20,7 +22,9 @@
 
 use bytes::BytesMut;
 use p2p_core::error::WireError;
-use p2p_core::wire::{self, FrameCodec, Message, FRAME_HEADER_LEN, MAX_FRAME_LEN};
+use p2p_core::wire::{
+    self, FrameCodec, Message, FRAME_HEADER_LEN, MAX_FRAME_LEN, MAX_TEXT_FRAME_LEN,
+};
 use tokio_util::codec::Decoder;
 
 use super::message::check_message;
@@ -65,7 +69,19 @@ pub fn run(data: &[u8]) {
         let offset = whole.messages.last().map_or(0, |(_, o, l)| o + l);
         let header = &stream[offset..offset + FRAME_HEADER_LEN];
         let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
-        if len <= MAX_FRAME_LEN {
+        let is_text = stream.get(offset + FRAME_HEADER_LEN) == Some(&15);
+        if is_text && len > MAX_TEXT_FRAME_LEN && len <= MAX_FRAME_LEN {
+            // Refused from the header and the variant byte: the payload need not be there.
+            let expected = WireError::TextTooLong {
+                len: len as u64,
+                max: MAX_TEXT_FRAME_LEN,
+            };
+            assert_eq!(
+                &expected.to_string(),
+                text,
+                "a long Text frame was refused for another reason"
+            );
+        } else if len <= MAX_FRAME_LEN {
             let payload = &stream[offset + FRAME_HEADER_LEN..offset + FRAME_HEADER_LEN + len];
             let direct = wire::decode_payload(payload)
                 .expect_err("decode_payload accepts a frame the codec refused");
@@ -120,6 +136,15 @@ fn decode_stream(stream: &[u8], step: usize) -> Outcome {
                         assert_eq!(*max, MAX_FRAME_LEN);
                         assert!(*len > MAX_FRAME_LEN as u64);
                         assert_eq!(buf.capacity(), capacity, "grew for an oversized frame");
+                    }
+                    if let WireError::TextTooLong { len, max } = &e {
+                        assert_eq!(*max, MAX_TEXT_FRAME_LEN);
+                        assert!(*len > MAX_TEXT_FRAME_LEN as u64);
+                        assert!(
+                            buf.len() <= FRAME_HEADER_LEN + step.max(1) + FRAME_HEADER_LEN,
+                            "buffered {} bytes of a refused text frame",
+                            buf.len()
+                        );
                     }
                     assert!(
                         !matches!(e, WireError::Truncated { .. } | WireError::Io(_)),
