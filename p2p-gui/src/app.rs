@@ -1344,7 +1344,8 @@ impl App {
         }
     }
 
-    fn push_receive_options(&self) {
+    fn push_receive_options(&mut self) {
+        self.tracker.set_output_dir(&self.output_dir);
         if let Some(peer) = self.peer() {
             peer.handle
                 .set_receive(self.receive_options(), self.auto_accept);
@@ -1391,6 +1392,7 @@ impl App {
         };
         let paths: Vec<PathBuf> = self.selection.iter().map(|s| s.path.clone()).collect();
         if peer.handle.send(paths.clone()) {
+            self.tracker.set_sent_paths(&paths);
             self.sending = paths;
             self.send_pending = true;
             self.resumable = None;
@@ -1410,6 +1412,7 @@ impl App {
             return;
         };
         if peer.handle.resume(paths.clone(), id) {
+            self.tracker.set_sent_paths(&paths);
             self.sending = paths;
             self.send_pending = true;
             self.skipped.clear();
@@ -1451,6 +1454,12 @@ impl App {
                 handle,
             } => {
                 self.tracker.set_peer(peer.clone());
+                // History names the peer by address and proven id, and where files went.
+                self.tracker.set_peer_details(
+                    addr.map(|a| a.to_string()),
+                    identity.as_ref().map(|i| i.device_id.to_string()),
+                );
+                self.tracker.set_output_dir(&self.output_dir);
                 let by_code = identity
                     .as_ref()
                     .is_some_and(|i| i.admitted == Admitted::Code);

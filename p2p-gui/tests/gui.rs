@@ -283,6 +283,17 @@ async fn a_selected_file_and_send_clicked_transfers_it_to_a_real_peer() {
     let record = h.app.history.visible().next().unwrap();
     assert_eq!(record.status, Status::Completed);
     assert_eq!(record.files, ["report.bin"]);
+    // The local path sent (absolute), as the CLI records it: `resume ID` can find it.
+    assert_eq!(
+        record.local_paths,
+        [file.display().to_string()],
+        "{record:?}"
+    );
+    assert_eq!(
+        record.peer_address.as_deref(),
+        Some(addr.as_str()),
+        "{record:?}"
+    );
     assert_eq!(sha256(&inbox.join("report.bin")), sha256(&file));
 
     // Disconnecting closes the session cleanly: the peer's event loop ends without error.
@@ -339,6 +350,22 @@ async fn listening_receives_what_a_peer_sends_into_the_output_folder() {
     assert_eq!(record.peer, "laptop");
     assert_eq!(record.status, Status::Completed);
     assert_eq!(record.file_count, 2);
+    // Like the CLI's: the peer's address and proven id, where the files went.
+    assert!(
+        record
+            .peer_address
+            .as_deref()
+            .is_some_and(|a| a.starts_with("127.0.0.1:")),
+        "{record:?}"
+    );
+    assert!(record.peer_device_id.is_some(), "{record:?}");
+    assert!(
+        record
+            .local_paths
+            .iter()
+            .any(|p| p.ends_with("inbox/photos")),
+        "{record:?}"
+    );
     assert!(inbox.join("photos/2024/b.jpg").is_file());
     assert_eq!(
         sha256(&inbox.join("photos/a.jpg")),
