@@ -2017,8 +2017,15 @@ async fn one_click_on_a_found_device_sends_the_selection() {
     });
     assert!(h.app.is_browsing(), "looking from the start");
     h.update(Message::Picked(vec![file.clone()]));
+    // (Not connected yet, so `send_blocker` names that first: wait for the measure
+    // itself, which enables "Send here".)
     h.run_until("the beacon and the measure", |app| {
-        !app.found_peers.is_empty() && app.send_blocker() != Some("Still measuring the selection…")
+        !app.found_peers.is_empty()
+            && !app.selection.is_empty()
+            && app
+                .selection
+                .iter()
+                .all(|s| matches!(s.measure, Some(Ok(_))))
     })
     .await;
     assert!(h.shows("Send to a device on this network"));
