@@ -2,20 +2,8 @@
 //! `p2p-core`, and renders its [`TransferEvent`](p2p_core::TransferEvent)s. No protocol or
 //! file logic lives here.
 //!
-//! Exit codes (also in `p2p-transfer --help` and README.md):
-//!
-//! | code | meaning |
-//! |---|---|
-//! | 0 | success |
-//! | 1 | any other error |
-//! | 2 | bad command line |
-//! | 3 | could not connect, or the connection was lost |
-//! | 4 | the peer is incompatible or broke the protocol |
-//! | 5 | the transfer was refused (unsafe path, file exists, no space, peer declined) |
-//! | 6 | data failed verification |
-//! | 7 | local file system error (read, write, permission, disk full) |
-//! | 8 | the peer was not let in, or did not let us in (wrong or used code, unknown device, not the pinned device), or the connection was tampered with |
-//! | 130 | interrupted (Ctrl+C) |
+//! Exit codes: see `EXIT_CODES_HELP` in `exit.rs` (also in `p2p-transfer --help` and README.md,
+//! which says what falls under each).
 
 mod commands;
 mod countdown;

@@ -231,6 +231,13 @@ impl<S: Stream> P2PSession<S> {
         }
     }
 
+    /// Stops this session on purpose when `interrupt` is triggered (instead of the one in
+    /// the options it was opened with): a front end with a Cancel per session (the GUI)
+    /// gives each session its own, so that cancelling one leaves the next untouched.
+    pub fn set_interrupt(&mut self, interrupt: crate::Interrupt) {
+        self.interrupt = interrupt;
+    }
+
     /// Changes the local send-rate limit for the following transfers.
     pub fn set_max_speed(&mut self, max_speed: Option<u64>) {
         self.max_speed = max_speed;

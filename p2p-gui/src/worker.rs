@@ -497,11 +497,17 @@ async fn serve<S: ByteStream>(
     let (commands, mut command_rx) = mpsc::unbounded_channel();
     let (decisions, mut decision_rx) = mpsc::unbounded_channel();
     let cancel = Arc::new(Notify::new());
+    // Cancel stops a running transfer through the session's own interrupt: the peer is
+    // told (`Error{Interrupted}`), keeps what arrived and may wait for a resume.
+    let interrupt = p2p_core::Interrupt::new();
+    session.set_interrupt(interrupt.clone());
     let closing = lock(state).closing.clone();
     let in_transfer = Arc::new(AtomicBool::new(false));
+    let cancelling = Arc::new(AtomicBool::new(false));
     let sink = Sink {
         out: out.clone(),
         in_transfer: in_transfer.clone(),
+        cancelling: cancelling.clone(),
     };
     let identity = session.peer_identity().cloned();
     // Nobody vouches for an unknown device: a person decides on each of its offers.
@@ -542,16 +548,21 @@ async fn serve<S: ByteStream>(
                     held.store(true, Ordering::Release);
                     answer_offer(offer, auto_accept, receiving, decisions, closing, out)
                 });
+                let receiving = session.receive_with(&receive, &sink, decide);
+                tokio::pin!(receiving);
                 tokio::select! {
                     biased;
                     () = cancel.notified() => {
                         if in_transfer.load(Ordering::Acquire) {
+                            cancelling.store(true, Ordering::Release);
+                            interrupt.trigger();
+                            let _ = tokio::time::timeout(TELL_PEER, &mut receiving).await;
                             out.send(WorkerEvent::Cancelled);
                             break Ok(());
                         }
                         continue;
                     }
-                    result = session.receive_with(&receive, &sink, decide) => match result {
+                    result = &mut receiving => match result {
                         // The `Finished` event (or the window's own decline) has told
                         // the window.
                         Ok(Some(_)) => continue,
@@ -590,10 +601,15 @@ async fn serve<S: ByteStream>(
                     }
                 };
                 lock(state).resend = Some((paths, transfer_id));
+                let sending = session.send_manifest_as(&manifest, transfer_id, &sink);
+                tokio::pin!(sending);
                 let result = tokio::select! {
-                    result = session.send_manifest_as(&manifest, transfer_id, &sink) => result,
+                    result = &mut sending => result,
                     () = cancel.notified() => {
                         lock(state).resend = None;
+                        cancelling.store(true, Ordering::Release);
+                        interrupt.trigger();
+                        let _ = tokio::time::timeout(TELL_PEER, &mut sending).await;
                         out.send(WorkerEvent::Cancelled);
                         break Ok(());
                     }
@@ -626,6 +642,10 @@ async fn serve<S: ByteStream>(
     });
     result
 }
+
+/// How long a Cancel lets the running transfer tell the peer it stops (it sends
+/// `Error{Interrupted}` and waits at most 2 s for the peer to read it).
+const TELL_PEER: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Makes the compiler see a closure as `FnOnce` (it moves a `&mut` into the future it
 /// returns, so it can run only once); a closure bound to a `let` is otherwise inferred
@@ -710,12 +730,17 @@ impl Output {
 struct Sink {
     out: Output,
     in_transfer: Arc<AtomicBool>,
+    /// A Cancel is stopping the transfer: its `Failed` event is the cancel itself,
+    /// which the worker reports as `Cancelled`.
+    cancelling: Arc<AtomicBool>,
 }
 
 impl EventSink for Sink {
     fn emit(&self, event: TransferEvent) {
-        if let TransferEvent::Started { .. } = event {
-            self.in_transfer.store(true, Ordering::Release);
+        match event {
+            TransferEvent::Started { .. } => self.in_transfer.store(true, Ordering::Release),
+            TransferEvent::Failed { .. } if self.cancelling.load(Ordering::Acquire) => return,
+            _ => {}
         }
         self.out.send(WorkerEvent::Transfer(event));
     }

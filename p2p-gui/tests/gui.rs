@@ -558,9 +558,14 @@ async fn cancel_stops_a_running_send_and_no_file_appears() {
         Some(Status::Interrupted)
     );
     assert!(h.shows("Transfer cancelled; the connection was closed."));
-    // The peer saw the connection go, and the file did not appear (what arrived is kept
-    // in hidden `.part` and resume-state files, for a resumed send).
-    assert!(receiver.await.unwrap().is_err());
+    // The peer was told the transfer was interrupted (not a lost connection), and the
+    // file did not appear (what arrived is kept in hidden `.part` and resume-state
+    // files, for a resumed send).
+    let told = receiver
+        .await
+        .unwrap()
+        .expect_err("the peer's transfer stopped");
+    assert!(told.peer_interrupted(), "{told}");
     assert!(!inbox.join("big.bin").exists());
 }
 

@@ -142,7 +142,13 @@ async fn send_as(
     let payload =
         super::stream::Payload::prepare(&args.paths, text, transfer_id.is_some(), recorder).await?;
     if let Some(query) = &args.discover {
-        anyhow::ensure!(role == RoleArg::Client, "--discover needs --role client");
+        if role != RoleArg::Client {
+            return Err(crate::exit::Usage(
+                "--discover finds a receiver to connect to: it does not go with --role server"
+                    .into(),
+            )
+            .into());
+        }
         let found = super::peers::discover(Some(query)).await?;
         super::pin_discovered(&options, &found)?;
         args.session.peer = Some(found.addr.to_string());
