@@ -233,6 +233,9 @@ fn bad_flags_are_usage_errors() {
         &tmp.path().join("data"),
         &["send", "x", "--peer", "127.0.0.1:1", "--chunk-size", "64G"],
     );
+    // A size out of range is a command-line error, said before anything else happens.
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert_readable_error(&text(&out.stderr));
     // Finding a receiver to connect to, while waiting for one: contradictory, exit 2.
     let src = tmp.path().join("file.txt");
     std::fs::write(&src, "x").unwrap();
@@ -240,8 +243,6 @@ fn bad_flags_are_usage_errors() {
         &tmp.path().join("data"),
         &["send", path(&src), "--discover", "--role", "server"],
     );
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
-    // A size out of range is a command-line error, said before anything else happens.
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
     assert_readable_error(&text(&out.stderr));
     let help = run(&tmp.path().join("data"), &["--help"]);
