@@ -439,24 +439,24 @@ impl Lines {
     }
 }
 
-#[test]
-fn ctrl_c_on_the_receiver_the_sender_waits_and_the_printed_command_finishes_it() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    let src = tmp.path().join("photos.tar");
-    random_file(&src, 12 << 20, 78);
-    let out = tmp.path().join("out");
-    let mut receiver = start_listening(&data, &["receive", "--output", path(&out)]);
-    // Auto-reconnect is on by default: the sender is not told to.
-    let mut sender = p2p(&data)
-        .args(["send", path(&src), "--peer", &receiver.addr])
+/// Starts `send SRC --peer (receiver) EXTRA…` throttled (4M/s, 256 KiB chunks, stderr
+/// piped), waits (by reading, not sleeping) until the receiver reports data arriving,
+/// then Ctrl+C's the receiver. Returns the sender, still running or ending, and the
+/// receiver's stderr; the receiver exited with 130.
+fn interrupted_receive(
+    data: &Path,
+    mut receiver: Listening,
+    src: &Path,
+    extra: &[&str],
+) -> (Child, String) {
+    let sender = p2p(data)
+        .args(["send", path(src), "--peer", &receiver.addr])
+        .args(extra)
         .args(["--max-speed", "4M", "--chunk-size", "256K"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut sender_err = Lines::new(sender.stderr.take().unwrap());
-    // Wait (by reading, not sleeping) until the receiver reports data arriving.
     let mut lines = BufReader::new(receiver.child.stdout.take().unwrap()).lines();
     while !lines
         .next()
@@ -472,6 +472,20 @@ fn ctrl_c_on_the_receiver_the_sender_waits_and_the_printed_command_finishes_it()
         .success());
     let (code, _, stderr) = receiver.finish();
     assert_eq!(code, 130, "{stderr}");
+    (sender, stderr)
+}
+
+#[test]
+fn ctrl_c_on_the_receiver_the_sender_waits_and_the_printed_command_finishes_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let src = tmp.path().join("photos.tar");
+    random_file(&src, 12 << 20, 78);
+    let out = tmp.path().join("out");
+    let receiver = start_listening(&data, &["receive", "--output", path(&out)]);
+    // Auto-reconnect is on by default: the sender is not told to.
+    let (mut sender, stderr) = interrupted_receive(&data, receiver, &src, &[]);
+    let mut sender_err = Lines::new(sender.stderr.take().unwrap());
     assert!(!out.join("photos.tar").exists());
 
     // The sender heard why (not a lost connection), keeps trying, and says how to
@@ -561,35 +575,8 @@ fn with_no_auto_reconnect_a_stopped_receiver_ends_the_send_with_a_resume_command
     let src = tmp.path().join("clip.mov");
     random_file(&src, 12 << 20, 79);
     let out = tmp.path().join("out");
-    let mut receiver = start_listening(&data, &["receive", "--output", path(&out)]);
-    let sender = p2p(&data)
-        .args([
-            "send",
-            path(&src),
-            "--peer",
-            &receiver.addr,
-            "--no-auto-reconnect",
-        ])
-        .args(["--max-speed", "4M", "--chunk-size", "256K"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(receiver.child.stdout.take().unwrap()).lines();
-    while !lines
-        .next()
-        .expect("receiver output")
-        .unwrap()
-        .starts_with("progress")
-    {}
-    let pid = receiver.child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-INT", &pid])
-        .status()
-        .unwrap()
-        .success());
-    let (code, _, _) = receiver.finish();
-    assert_eq!(code, 130);
+    let receiver = start_listening(&data, &["receive", "--output", path(&out)]);
+    let (sender, _) = interrupted_receive(&data, receiver, &src, &["--no-auto-reconnect"]);
     let sent = sender.wait_with_output().unwrap();
     let stderr = text(&sent.stderr);
     assert_eq!(sent.status.code(), Some(3), "{stderr}");
@@ -618,35 +605,8 @@ fn both_sides_stopped_each_follows_the_receivers_printed_commands() {
     let src = tmp.path().join("photos.tar");
     random_file(&src, 12 << 20, 82);
     let out = tmp.path().join("out");
-    let mut receiver = start_listening(&data, &["receive", "--output", path(&out)]);
-    let sender = p2p(&data)
-        .args([
-            "send",
-            path(&src),
-            "--peer",
-            &receiver.addr,
-            "--no-auto-reconnect",
-        ])
-        .args(["--max-speed", "4M", "--chunk-size", "256K"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(receiver.child.stdout.take().unwrap()).lines();
-    while !lines
-        .next()
-        .expect("receiver output")
-        .unwrap()
-        .starts_with("progress")
-    {}
-    let pid = receiver.child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-INT", &pid])
-        .status()
-        .unwrap()
-        .success());
-    let (code, _, stderr) = receiver.finish();
-    assert_eq!(code, 130, "{stderr}");
+    let receiver = start_listening(&data, &["receive", "--output", path(&out)]);
+    let (sender, stderr) = interrupted_receive(&data, receiver, &src, &["--no-auto-reconnect"]);
     assert_eq!(sender.wait_with_output().unwrap().status.code(), Some(3));
 
     // Both stopped. The receiver's two commands, literally: itself again, and the
