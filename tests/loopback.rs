@@ -24,8 +24,8 @@ use tokio_util::codec::Framed;
 use uuid::Uuid;
 
 type Session = P2PSession<TcpStream>;
-type SecureSession = P2PSession<SecureTcp>;
-use p2p_core::net::{SecureTcp, Security};
+type SecureSession = P2PSession<PeerStream>;
+use p2p_core::net::{PeerStream, SecureTcp, Security, Transport, TransportChoice};
 
 fn options(chunk_size: u32, window_size: u32) -> SessionOptions {
     SessionOptions {
@@ -48,6 +48,29 @@ async fn pair(opts: &SessionOptions) -> (SecureSession, SecureSession) {
     };
     let accept = tokio::spawn(async move { P2PSession::accept(&listener, &responder_opts).await });
     let initiator = P2PSession::connect(&addr, opts).await.unwrap();
+    let responder = accept.await.unwrap().unwrap();
+    (initiator, responder)
+}
+
+/// A connected pair over `transport`: an endpoint listening on 127.0.0.1 (TCP and UDP on
+/// one port as `transport` allows) and one dialing it.
+async fn pair_over(
+    opts: &SessionOptions,
+    transport: TransportChoice,
+) -> (SecureSession, SecureSession) {
+    use p2p_core::net::Endpoint;
+    let listening = Endpoint::listen_with("127.0.0.1:0", transport)
+        .await
+        .unwrap();
+    let addr = listening.local_addr().unwrap().to_string();
+    let responder_opts = SessionOptions {
+        config: p2p_core::config::ceilings(true),
+        ..SessionOptions::default()
+    };
+    let accept = tokio::spawn(async move { P2PSession::open(&listening, &responder_opts).await });
+    let initiator = P2PSession::open(&Endpoint::dial_with(addr, transport), opts)
+        .await
+        .unwrap();
     let responder = accept.await.unwrap().unwrap();
     (initiator, responder)
 }
@@ -155,6 +178,69 @@ async fn a_folder_of_1000_small_files_arrives_identical() {
     assert_eq!(sent.unwrap().files, 1000);
     assert_eq!(received.unwrap().unwrap().files, 1000);
     assert_eq!(tree_digest(&out.join("many")), tree_digest(&root));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_big_file_and_a_folder_of_small_files_cross_over_quic_identical() {
+    let tmp = tempfile::tempdir().unwrap();
+    let big = tmp.path().join("big.bin");
+    random_file(&big, 48 << 20, 7);
+    let root = tmp.path().join("many");
+    for i in 0..300u64 {
+        random_file(
+            &root.join(format!("d{}/f{i:03}.bin", i % 7)),
+            (i * 7919 % 9000) as usize,
+            i,
+        );
+    }
+    let out = tmp.path().join("out");
+    let (mut a, mut b) = pair_over(&options(1 << 20, 16), TransportChoice::Quic).await;
+    assert_eq!(
+        (a.transport(), b.transport()),
+        (Some(Transport::Quic), Some(Transport::Quic))
+    );
+    let (sent, received) = transfer(&mut a, &mut b, &[&big, &root], &out).await;
+    assert_eq!(sent.unwrap().files, 301);
+    assert_eq!(received.unwrap().unwrap().files, 301);
+    assert_eq!(sha256_file(&out.join("big.bin")), sha256_file(&big));
+    assert_eq!(tree_digest(&out.join("many")), tree_digest(&root));
+    // The other way on the same QUIC connection, then a clean close ends the peer's loop.
+    let back = tmp.path().join("back");
+    let (sent, received) = transfer(&mut b, &mut a, &[&big], &back).await;
+    assert_eq!(sent.unwrap().bytes, 48 << 20);
+    assert_eq!(received.unwrap().unwrap().bytes, 48 << 20);
+    assert_eq!(sha256_file(&back.join("big.bin")), sha256_file(&big));
+    let more = recv_opts(&back);
+    let (closed, ended) = tokio::join!(a.close(), b.receive(&more, &NoEvents));
+    closed.unwrap();
+    assert!(
+        ended.unwrap().is_none(),
+        "the peer's close ends the event loop"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_dials_this_machine_over_tcp_and_a_listener_takes_either() {
+    let (a, b) = pair_over(&options(1 << 20, 16), TransportChoice::Auto).await;
+    assert_eq!(
+        (a.transport(), b.transport()),
+        (Some(Transport::Tcp), Some(Transport::Tcp))
+    );
+    // One `auto` listener accepts QUIC as well, on the same port number.
+    use p2p_core::net::Endpoint;
+    let listening = Endpoint::listen("127.0.0.1:0").await.unwrap();
+    let addr = listening.local_addr().unwrap().to_string();
+    let accept =
+        tokio::spawn(async move { P2PSession::open(&listening, &SessionOptions::default()).await });
+    let dialer = P2PSession::open(
+        &Endpoint::dial_with(addr, TransportChoice::Quic),
+        &SessionOptions::default(),
+    )
+    .await
+    .unwrap();
+    let listener_side = accept.await.unwrap().unwrap();
+    assert_eq!(dialer.transport(), Some(Transport::Quic));
+    assert_eq!(listener_side.transport(), Some(Transport::Quic));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -768,14 +854,28 @@ async fn an_interrupted_receive_saves_resume_state_and_leaves_nothing_at_the_fin
 /// or a crash), then sends again under the same transfer id: only the rest moves.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_interrupted_transfer_resumes_where_it_stopped() {
-    interrupted_at_a_quarter_then_resumed(256 * 1024).await;
+    interrupted_at_a_quarter_then_resumed(256 * 1024, TransportChoice::Tcp, TransportChoice::Tcp)
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transfer_interrupted_over_quic_resumes_over_tcp() {
+    interrupted_at_a_quarter_then_resumed(256 * 1024, TransportChoice::Quic, TransportChoice::Tcp)
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transfer_interrupted_over_tcp_resumes_over_quic() {
+    interrupted_at_a_quarter_then_resumed(256 * 1024, TransportChoice::Tcp, TransportChoice::Quic)
+        .await;
 }
 
 /// The second attempt agrees on another chunk size (the sender restarted with other
 /// options): the chunks held are re-expressed in it rather than thrown away.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resume_with_another_chunk_size_keeps_what_arrived() {
-    interrupted_at_a_quarter_then_resumed(1024 * 1024).await;
+    interrupted_at_a_quarter_then_resumed(1024 * 1024, TransportChoice::Tcp, TransportChoice::Tcp)
+        .await;
 }
 
 /// Sends `manifest` under `transfer_id` over a new session to a receiver writing into
@@ -786,8 +886,9 @@ async fn send_again(
     transfer_id: Uuid,
     out: &Path,
     opts: &SessionOptions,
+    transport: TransportChoice,
 ) -> Option<u64> {
-    let (mut a, mut b) = pair(opts).await;
+    let (mut a, mut b) = pair_over(opts, transport).await;
     let skipped = Arc::new(Mutex::new(None));
     let sink = {
         let skipped = skipped.clone();
@@ -808,9 +909,14 @@ async fn send_again(
     skipped
 }
 
-/// Interrupts a transfer (256 KiB chunks) at about a quarter, then sends again under the
-/// same transfer id with `second_chunk`: only the rest moves.
-async fn interrupted_at_a_quarter_then_resumed(second_chunk: u32) {
+/// Interrupts a transfer (256 KiB chunks, over `first`) at about a quarter, then sends
+/// again under the same transfer id with `second_chunk` (over `second`): only the rest
+/// moves.
+async fn interrupted_at_a_quarter_then_resumed(
+    second_chunk: u32,
+    first: TransportChoice,
+    second: TransportChoice,
+) {
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("video.mkv");
     let len = 24 << 20;
@@ -824,7 +930,7 @@ async fn interrupted_at_a_quarter_then_resumed(second_chunk: u32) {
     };
 
     // First attempt, stopped once the receiver reports a quarter written.
-    let (mut a, mut b) = pair(&throttled).await;
+    let (mut a, mut b) = pair_over(&throttled, first).await;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let opts = recv_opts(&out);
     let receiving = tokio::spawn(async move { b.receive(&opts, &tx).await });
@@ -848,9 +954,15 @@ async fn interrupted_at_a_quarter_then_resumed(second_chunk: u32) {
     assert!(!partial_files(&out).is_empty(), "the partial data is kept");
 
     // Second attempt with the same transfer id.
-    let skipped = send_again(&manifest, transfer_id, &out, &options(second_chunk, 8))
-        .await
-        .expect("the sender was told what to skip");
+    let skipped = send_again(
+        &manifest,
+        transfer_id,
+        &out,
+        &options(second_chunk, 8),
+        second,
+    )
+    .await
+    .expect("the sender was told what to skip");
     assert_eq!(sha256_file(&out.join("video.mkv")), sha256_file(&src));
     assert!(partial_files(&out).is_empty(), "{:?}", partial_files(&out));
     // What was reported written, less one window, and less what only partly covers a
@@ -900,7 +1012,14 @@ async fn after_a_reboot_only_what_was_flushed_is_resumed() {
         )
         .unwrap();
 
-        let skipped = send_again(&manifest, transfer_id, &out, &options(CHUNK as u32, 4)).await;
+        let skipped = send_again(
+            &manifest,
+            transfer_id,
+            &out,
+            &options(CHUNK as u32, 4),
+            TransportChoice::Tcp,
+        )
+        .await;
         assert_eq!(sha256_file(&out.join("notes.tar")), sha256_file(&src));
         assert_eq!(
             skipped,

@@ -159,6 +159,12 @@ pub struct SessionArgs {
     /// Reconnection attempts in a row before giving up (0 = no limit).
     #[arg(long, default_value_t = 10)]
     pub max_retries: u32,
+    /// What to connect over: `quic` (UDP, its own congestion control: fast on long or
+    /// lossy links), `tcp` (for networks that block UDP), or `auto`: both, keeping QUIC
+    /// when both connect (TCP to this same machine). A listener accepts what it allows
+    /// on one port number (TCP and UDP).
+    #[arg(long, value_name = "auto|quic|tcp", default_value = "auto")]
+    pub transport: p2p_core::net::TransportChoice,
     /// Print one JSON object per line on stdout for each event (started, progress,
     /// file_done, done, error, …; see docs/json-events.md); other output goes to stderr.
     #[arg(long)]

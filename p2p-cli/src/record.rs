@@ -104,11 +104,18 @@ impl Recorder {
         self.tracker().set_peer(peer);
     }
 
-    /// The peer of the session just opened: records name its address and the device id
-    /// the connection proved.
-    pub fn set_peer_details(&self, session: &p2p_core::P2PSession<p2p_core::net::SecureTcp>) {
+    /// The session just opened: says what it runs on (`connected to ADDR over QUIC`),
+    /// and records name its address, the device id the connection proved and the
+    /// transport.
+    pub fn connected(&self, session: &p2p_core::P2PSession<p2p_core::net::PeerStream>) {
         let address = session.peer_addr().map(|a| a.to_string());
         let device_id = session.peer_identity().map(|p| p.device_id.to_string());
+        if let Some(transport) = session.transport() {
+            let peer = address.as_deref().unwrap_or("the peer");
+            self.renderer()
+                .eprintln(&format!("connected to {peer} over {transport}"));
+            self.tracker().set_transport(transport);
+        }
         self.tracker().set_peer_details(address, device_id);
     }
 

@@ -74,6 +74,10 @@ pub struct Record {
     /// The receiving side's output folder, absolute.
     #[serde(default)]
     pub output_dir: Option<String>,
+    /// What the transfer ran on (`tcp`, `quic`), in order: more than one when it was
+    /// resumed over another transport after a reconnection.
+    #[serde(default)]
+    pub transports: Vec<crate::net::Transport>,
 }
 
 impl Record {
@@ -110,6 +114,7 @@ impl Record {
             peer_device_id: None,
             local_paths: Vec::new(),
             output_dir: None,
+            transports: Vec::new(),
         }
     }
 }
@@ -174,6 +179,7 @@ pub struct Tracker {
     peer_device_id: Option<String>,
     sent_paths: Vec<String>,
     output_dir: Option<PathBuf>,
+    transports: Vec<crate::net::Transport>,
 }
 
 #[derive(Debug)]
@@ -212,6 +218,14 @@ impl Tracker {
         self.peer_device_id = device_id;
     }
 
+    /// The transport of the session now under way: records list each transport their
+    /// transfer ran on, in order.
+    pub fn set_transport(&mut self, transport: crate::net::Transport) {
+        if self.transports.last() != Some(&transport) {
+            self.transports.push(transport);
+        }
+    }
+
     /// What this side sends (made absolute): the local paths of send records.
     pub fn set_sent_paths(&mut self, paths: &[PathBuf]) {
         self.sent_paths = paths.iter().map(|p| absolute(p)).collect();
@@ -233,6 +247,7 @@ impl Tracker {
     pub fn annotate(&self, mut record: Record) -> Record {
         record.peer_address = self.peer_address.clone();
         record.peer_device_id = self.peer_device_id.clone();
+        record.transports = self.transports.clone();
         match record.direction {
             Direction::Send => record.local_paths = self.sent_paths.clone(),
             Direction::Receive => {

@@ -22,7 +22,7 @@ use crate::event::EventSink;
 use crate::fs::safe_path::validate_entries;
 use crate::fs::source::SourceManifest;
 use crate::handshake::{self, Established, LocalPeer, RemotePeer};
-use crate::net::{Connection, Endpoint, PeerIdentity, SecureTcp, Security};
+use crate::net::{Connection, Endpoint, PeerIdentity, PeerStream, Security, Transport};
 use crate::transfer::{self, Decision, IncomingOffer, ReceiveOptions, Received, TransferSummary};
 use crate::transport::Stream;
 use crate::wire::{
@@ -130,9 +130,10 @@ pub struct P2PSession<S> {
     max_speed: Option<u64>,
     idle_timeout: std::time::Duration,
     interrupt: crate::Interrupt,
+    transport: Option<Transport>,
 }
 
-impl P2PSession<SecureTcp> {
+impl P2PSession<PeerStream> {
     /// Connects to `addr` (`host:port`): TLS, admission by `options.security`, then the
     /// handshake as initiator.
     pub async fn connect(addr: &str, options: &SessionOptions) -> Result<Self> {
@@ -179,6 +180,7 @@ impl<S: Stream> P2PSession<S> {
             peer,
             remote_addr,
             is_client,
+            transport,
         } = connection;
         let handshake = async {
             if is_client {
@@ -195,6 +197,7 @@ impl<S: Stream> P2PSession<S> {
         let mut session = options.interrupt.guard(deadline).await?;
         session.identity = Some(peer);
         session.peer_addr = remote_addr;
+        session.transport = Some(transport);
         Ok(session)
     }
 
@@ -228,6 +231,7 @@ impl<S: Stream> P2PSession<S> {
             max_speed: options.max_speed,
             idle_timeout: options.idle_timeout,
             interrupt: options.interrupt.clone(),
+            transport: None,
         }
     }
 
@@ -261,9 +265,16 @@ impl<S: Stream> P2PSession<S> {
         self.identity.as_ref()
     }
 
-    /// The peer's socket address, for TCP sessions.
+    /// The peer's socket address (TCP or UDP), for sessions opened through
+    /// [`crate::net`].
     pub fn peer_addr(&self) -> Option<SocketAddr> {
         self.peer_addr
+    }
+
+    /// What the session runs on (TCP or QUIC), for sessions opened through
+    /// [`crate::net`].
+    pub fn transport(&self) -> Option<Transport> {
+        self.transport
     }
 
     /// The agreed transfer parameters.

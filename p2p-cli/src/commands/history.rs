@@ -135,10 +135,14 @@ fn row(r: &Record) -> String {
     let moved = r
         .moved_bytes
         .map_or_else(|| "-".to_owned(), |m| m.to_string());
-    let peer = match &r.peer_address {
+    let mut peer = match &r.peer_address {
         Some(address) => format!("{} ({address})", Printable(&r.peer)),
         None => Printable(&r.peer).to_string(),
     };
+    if !r.transports.is_empty() {
+        let over: Vec<String> = r.transports.iter().map(|t| t.to_string()).collect();
+        peer = format!("{peer} over {}", over.join(", then "));
+    }
     // Where it is on this machine when known (newer records), else the names moved.
     let names = if r.local_paths.is_empty() {
         &r.files

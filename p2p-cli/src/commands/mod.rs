@@ -9,7 +9,7 @@ pub mod stream;
 pub mod trust;
 
 use p2p_core::net::{
-    Admission, Admitted, Code, Endpoint, Identity, SecureTcp, Security, SecurityError, TrustStore,
+    Admission, Admitted, Code, Endpoint, Identity, PeerStream, Security, SecurityError, TrustStore,
 };
 use p2p_core::{P2PSession, SessionConfig, SessionOptions};
 
@@ -138,11 +138,11 @@ pub async fn endpoint(
             let addr = p2p_core::net::tcp::with_default_port(peer);
             // Said at once: an unreachable address otherwise means seconds of silence.
             eprintln!("connecting to {addr}…");
-            Ok(Endpoint::dial(addr))
+            Ok(Endpoint::dial_with(addr, session.transport))
         }
         crate::RoleArg::Server => {
             let bind = format!("{}:{}", session.bind, session.port);
-            let mut endpoint = Endpoint::listen(&bind).await?;
+            let mut endpoint = Endpoint::listen_with(&bind, session.transport).await?;
             if let Some(local) = endpoint.local_addr() {
                 eprintln!("listening on {local}");
             }
@@ -177,7 +177,7 @@ pub fn pin_discovered(
 pub async fn open_session(
     endpoint: &Endpoint,
     options: &SessionOptions,
-) -> p2p_core::Result<P2PSession<SecureTcp>> {
+) -> p2p_core::Result<P2PSession<PeerStream>> {
     let session = P2PSession::open(endpoint, options).await?;
     if let (Some(addr), Some(peer)) = (session.peer_addr(), session.peer_identity()) {
         tracing::info!("peer {addr} connected: device {}", peer.device_id);
@@ -186,7 +186,7 @@ pub async fn open_session(
 }
 
 /// Adds the session's peer to the trust store (`--remember`), once per device.
-pub fn remember(session: &P2PSession<SecureTcp>, renderer: &crate::render::Renderer) {
+pub fn remember(session: &P2PSession<PeerStream>, renderer: &crate::render::Renderer) {
     let Some(peer) = session.peer_identity() else {
         return;
     };

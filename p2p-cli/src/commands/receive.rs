@@ -118,7 +118,7 @@ pub async fn run(args: ReceiveArgs, recorder: &Recorder) -> anyhow::Result<()> {
                     recorder.set_resume_code(code);
                 }
                 recorder.set_peer(&session.peer().device_name);
-                recorder.set_peer_details(&session);
+                recorder.connected(&session);
                 recorder.set_receive_chunk_size(session.config().chunk_size);
                 let identity = session.peer_identity().cloned();
                 // A code proves the peer now; an unknown device is remembered only once

@@ -201,7 +201,7 @@ async fn send_as(
         async move {
             let mut session = super::open_session(endpoint, options).await?;
             progress.connected();
-            recorder.set_peer_details(&session);
+            recorder.connected(&session);
             if let Some(code) = session.peer_identity().and_then(|p| p.resume_code.as_ref()) {
                 recorder.set_resume_code(code);
             }

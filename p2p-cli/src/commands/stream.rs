@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use p2p_core::fs::source::SourceManifest;
 use p2p_core::history::{History, Record, Status};
-use p2p_core::net::{Admitted, Code, PeerIdentity, SecureTcp};
+use p2p_core::net::{Admitted, Code, PeerIdentity, PeerStream};
 use p2p_core::session::{IncomingText, ReceivedText};
 use p2p_core::text::{printable, printable_lines};
 use p2p_core::wire::MAX_TEXT_LEN;
@@ -130,7 +130,7 @@ impl Payload {
     /// Sends it over `session`, under `transfer_id`.
     pub async fn deliver(
         &self,
-        session: &mut P2PSession<SecureTcp>,
+        session: &mut P2PSession<PeerStream>,
         transfer_id: Uuid,
         recorder: &Recorder,
     ) -> p2p_core::Result<()> {

@@ -1,26 +1,41 @@
 //! [`Endpoint`]: where connections come from — a peer to dial, or a listening socket
-//! that stays open across reconnections and may announce itself on the LAN.
+//! (TCP and UDP on one port number) that stays open across reconnections and may
+//! announce itself on the LAN.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use futures::StreamExt;
 use tokio::net::TcpListener;
+use tokio::time::Instant;
 
-use super::{secure_client, secure_server, Connection, SecureTcp, Security, SecurityError};
+use super::quic::{self, QuicListener};
+use super::stream::{PeerStream, Transport, TransportChoice};
+use super::{tls, Connection, PeerIdentity, Security, SecurityError, SECURE_TIMEOUT};
 use crate::discovery::{Announcer, Beacon, DiscoveryConfig, DiscoveryError};
 use crate::error::{Error, Result};
 
 /// Connections a listener secures at once; further ones wait in the kernel's backlog.
 pub const MAX_PENDING: usize = 16;
 
+/// When TCP has its TLS handshake done first, how long `auto` still waits for QUIC
+/// (at least; longer on a slow path: as long again as TCP took). QUIC's handshake is one
+/// round trip shorter than TCP's plus TLS, so where UDP passes it is usually first.
+pub const QUIC_GRACE: Duration = Duration::from_millis(100);
+
 /// A peer to dial, or a listener to accept from.
 #[derive(Debug)]
 pub enum Endpoint {
     Dial {
         addr: String,
+        transport: TransportChoice,
     },
     Listen {
-        listener: TcpListener,
+        /// The TCP listener (absent when only QUIC is accepted).
+        listener: Option<TcpListener>,
+        /// The QUIC listener on the same port number (absent when only TCP is accepted,
+        /// or UDP could not be bound).
+        quic: Option<QuicListener>,
         announcer: Option<Announcer>,
         /// Connections being secured, kept across calls of [`Endpoint::connect`]: when
         /// one completes, the others go on instead of being dropped.
@@ -33,7 +48,7 @@ type Securing = std::pin::Pin<
         dyn std::future::Future<
                 Output = (
                     SocketAddr,
-                    std::result::Result<(SecureTcp, super::PeerIdentity), SecurityError>,
+                    std::result::Result<(PeerStream, PeerIdentity), SecurityError>,
                 ),
             > + Send,
     >,
@@ -50,26 +65,113 @@ impl std::fmt::Debug for Pending {
 }
 
 impl Endpoint {
-    /// Dials `addr` (`host:port`) for every connection.
+    /// Dials `addr` (`host:port`) for every connection, over TCP or QUIC
+    /// ([`TransportChoice::Auto`]).
     pub fn dial(addr: impl Into<String>) -> Self {
-        Endpoint::Dial { addr: addr.into() }
+        Self::dial_with(addr, TransportChoice::Auto)
     }
 
-    /// Binds a listener on `bind` (`host:port`; port 0 picks one).
+    /// Dials `addr` (`host:port`) for every connection over the transports `transport`
+    /// allows.
+    pub fn dial_with(addr: impl Into<String>, transport: TransportChoice) -> Self {
+        Endpoint::Dial {
+            addr: addr.into(),
+            transport,
+        }
+    }
+
+    /// Binds a listener on `bind` (`host:port`; port 0 picks one) for TCP and QUIC.
     pub async fn listen(bind: &str) -> Result<Self> {
+        Self::listen_with(bind, TransportChoice::Auto).await
+    }
+
+    /// Binds a listener on `bind` for the transports `transport` allows: TCP and UDP on
+    /// the same port number (with port 0, one free for both). When UDP cannot be bound
+    /// beside TCP, `auto` listens on TCP only and says so in the log.
+    pub async fn listen_with(bind: &str, transport: TransportChoice) -> Result<Self> {
+        let udp_error = |addr: SocketAddr, source| Error::Connect {
+            action: "listen (UDP, for QUIC) on",
+            addr: addr.to_string(),
+            source,
+        };
+        let (listener, quic) = match transport {
+            TransportChoice::Tcp => (Some(super::tcp::listen(bind).await?), None),
+            TransportChoice::Quic => {
+                let addr = resolve(bind).await?;
+                let quic = QuicListener::bind(addr).map_err(|e| udp_error(addr, e))?;
+                (None, Some(quic))
+            }
+            TransportChoice::Auto => {
+                // With port 0 the kernel picks TCP's port; UDP's same number is almost
+                // always free too, and another pick fixes the rare clash.
+                let mut tries = 0;
+                loop {
+                    let listener = super::tcp::listen(bind).await?;
+                    let addr = listener.local_addr().map_err(|e| Error::Connect {
+                        action: "listen on",
+                        addr: bind.to_owned(),
+                        source: e,
+                    })?;
+                    match QuicListener::bind(addr) {
+                        Ok(quic) => break (Some(listener), Some(quic)),
+                        Err(e)
+                            if e.kind() == std::io::ErrorKind::AddrInUse
+                                && resolve(bind).await?.port() == 0
+                                && tries < 8 =>
+                        {
+                            tries += 1;
+                        }
+                        Err(e) => {
+                            tracing::warn!(
+                                "QUIC is not available on {addr} ({e}): listening on TCP only"
+                            );
+                            break (Some(listener), None);
+                        }
+                    }
+                }
+            }
+        };
         Ok(Endpoint::Listen {
-            listener: super::tcp::listen(bind).await?,
+            listener,
+            quic,
             announcer: None,
             pending: Pending::default(),
         })
     }
 
-    /// Wraps a bound listener.
+    /// Wraps a bound TCP listener (TCP only).
     pub fn from_listener(listener: TcpListener) -> Self {
         Endpoint::Listen {
-            listener,
+            listener: Some(listener),
+            quic: None,
             announcer: None,
             pending: Pending::default(),
+        }
+    }
+
+    /// The transports this endpoint dials or accepts.
+    pub fn transports(&self) -> Vec<Transport> {
+        match self {
+            Endpoint::Dial { transport, .. } => {
+                let mut all = Vec::new();
+                if transport.quic() {
+                    all.push(Transport::Quic);
+                }
+                if transport.tcp() {
+                    all.push(Transport::Tcp);
+                }
+                all
+            }
+            Endpoint::Listen { listener, quic, .. } => {
+                let mut all = Vec::new();
+                if quic.is_some() {
+                    all.push(Transport::Quic);
+                }
+                if listener.is_some() {
+                    all.push(Transport::Tcp);
+                }
+                all
+            }
         }
     }
 
@@ -80,16 +182,14 @@ impl Endpoint {
         mut beacon: Beacon,
         config: &DiscoveryConfig,
     ) -> std::result::Result<(), DiscoveryError> {
-        if let Endpoint::Listen {
-            listener,
-            announcer,
-            ..
-        } = self
-        {
-            let local = listener
-                .local_addr()
-                .map_err(|e| DiscoveryError::Config(e.to_string()))?;
-            beacon.listen_port = local.port();
+        if !self.is_listening() {
+            return Ok(());
+        }
+        let local = self
+            .local_addr()
+            .ok_or_else(|| DiscoveryError::Config("the listener has no address".into()))?;
+        beacon.listen_port = local.port();
+        if let Endpoint::Listen { announcer, .. } = self {
             *announcer = Some(Announcer::for_listener(beacon, local, config)?);
         }
         Ok(())
@@ -99,7 +199,11 @@ impl Endpoint {
     pub fn local_addr(&self) -> Option<SocketAddr> {
         match self {
             Endpoint::Dial { .. } => None,
-            Endpoint::Listen { listener, .. } => listener.local_addr().ok(),
+            Endpoint::Listen { listener, quic, .. } => match (listener, quic) {
+                (Some(listener), _) => listener.local_addr().ok(),
+                (None, Some(quic)) => quic.local_addr().ok(),
+                (None, None) => None,
+            },
         }
     }
 
@@ -115,45 +219,207 @@ impl Endpoint {
     /// fails — a port scan, an HTTP request, an old plaintext peer, an unknown device —
     /// is logged and dropped without ending the listener. A wrong code ends it: the code
     /// is burnt, and the person must start again.
-    pub async fn connect(&self, security: &Security) -> Result<Connection<SecureTcp>> {
+    pub async fn connect(&self, security: &Security) -> Result<Connection<PeerStream>> {
         match self {
-            Endpoint::Dial { addr } => {
-                let tcp = super::tcp::connect(addr).await?;
-                let remote_addr = tcp.peer_addr().ok();
-                let (stream, peer) = secure_client(tcp, security).await.map_err(|e| e.at(addr))?;
-                Ok(Connection {
-                    stream,
-                    peer,
-                    remote_addr,
-                    is_client: true,
-                })
-            }
+            Endpoint::Dial { addr, transport } => dial(addr, *transport, security).await,
             Endpoint::Listen {
-                listener, pending, ..
+                listener,
+                quic,
+                pending,
+                ..
             } => {
+                if let Some(quic) = quic {
+                    quic.serve_as(security)?;
+                }
                 let mut pending = pending.0.lock().await;
-                accept_into(listener, security, &mut pending).await
+                accept_into(listener.as_ref(), quic.as_ref(), security, &mut pending).await
             }
         }
+    }
+}
+
+/// The first address `addr` (`host:port`) resolves to.
+async fn resolve(addr: &str) -> Result<SocketAddr> {
+    let err = |source| Error::Connect {
+        action: "resolve",
+        addr: addr.to_owned(),
+        source,
+    };
+    tokio::net::lookup_host(addr)
+        .await
+        .map_err(err)?
+        .next()
+        .ok_or_else(|| err(std::io::ErrorKind::NotFound.into()))
+}
+
+/// A connection whose TLS or QUIC handshake is done, waiting for admission.
+struct Handshaken {
+    stream: PeerStream,
+    channel: tls::Channel,
+    remote_addr: Option<SocketAddr>,
+    until: Instant,
+}
+
+async fn handshake_tcp(addr: &str, security: &Security) -> Result<Handshaken> {
+    let tcp = super::tcp::connect(addr).await?;
+    let remote_addr = tcp.peer_addr().ok();
+    let until = Instant::now() + SECURE_TIMEOUT;
+    let local = security.identity.fingerprint();
+    let (stream, channel) = tls::client_until(tcp, &security.tls, local, until)
+        .await
+        .map_err(|e| e.at(addr))?;
+    Ok(Handshaken {
+        stream: PeerStream::Tcp(Box::new(stream)),
+        channel,
+        remote_addr,
+        until,
+    })
+}
+
+async fn handshake_quic(addr: &str, target: SocketAddr, security: &Security) -> Result<Handshaken> {
+    let until = Instant::now() + SECURE_TIMEOUT;
+    let (stream, channel) = tokio::time::timeout_at(until, quic::connect(target, security))
+        .await
+        .unwrap_or(Err(SecurityError::NoQuicAnswer { addr: None }))
+        .map_err(|e| e.at(addr))?;
+    Ok(Handshaken {
+        stream: PeerStream::Quic(Box::new(stream)),
+        channel,
+        remote_addr: Some(target),
+        until,
+    })
+}
+
+/// Admission on the connection the dialer keeps.
+async fn admit(chosen: Handshaken, security: &Security) -> Result<Connection<PeerStream>> {
+    let transport = chosen.stream.transport();
+    let (stream, peer) =
+        super::admit(chosen.stream, &chosen.channel, security, chosen.until).await?;
+    Ok(Connection {
+        stream,
+        peer,
+        remote_addr: chosen.remote_addr,
+        is_client: true,
+        transport,
+    })
+}
+
+/// Dials `addr` over the transports `choice` allows. With both (`auto`), TCP and QUIC
+/// handshakes run at once and admission — which may spend a one-time code — runs on
+/// the one kept only: QUIC when it completes first or within [`QUIC_GRACE`] (or as long
+/// again as TCP took) after TCP; TCP when QUIC fails or is late. A peer on this very
+/// machine (a loopback address) is dialed over TCP only: there the kernel's TCP is
+/// faster than QUIC (docs/benchmarks-wan.md). When both fail, TCP's error is the one
+/// reported (it says best what answered, or that nothing did).
+async fn dial(
+    addr: &str,
+    choice: TransportChoice,
+    security: &Security,
+) -> Result<Connection<PeerStream>> {
+    let started = Instant::now();
+    let target = match choice {
+        TransportChoice::Tcp => None,
+        TransportChoice::Quic => Some(resolve(addr).await?),
+        TransportChoice::Auto => match resolve(addr).await {
+            Ok(target) if !target.ip().is_loopback() => Some(target),
+            // Loopback, or unresolvable: TCP says best what is wrong.
+            _ => None,
+        },
+    };
+    let Some(target) = target else {
+        let chosen = handshake_tcp(addr, security).await?;
+        return admit(chosen, security).await;
+    };
+    if choice == TransportChoice::Quic {
+        let chosen = handshake_quic(addr, target, security).await?;
+        return admit(chosen, security).await;
+    }
+    let tcp = handshake_tcp(addr, security);
+    let quic = handshake_quic(addr, target, security);
+    tokio::pin!(tcp, quic);
+    let (mut tcp_done, mut quic_failed) = (None::<Result<Handshaken>>, false);
+    let mut grace: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            quic_result = &mut quic, if !quic_failed => match quic_result {
+                Ok(chosen) => return admit(chosen, security).await,
+                Err(e) => {
+                    tracing::info!("QUIC to {addr} failed: {e}");
+                    quic_failed = true;
+                    match tcp_done.take() {
+                        Some(Ok(chosen)) => return admit(chosen, security).await,
+                        Some(Err(tcp_error)) => return Err(tcp_error),
+                        None => {}
+                    }
+                }
+            },
+            tcp_result = &mut tcp, if tcp_done.is_none() => {
+                match (tcp_result, quic_failed) {
+                    (Ok(chosen), true) => return admit(chosen, security).await,
+                    (Err(e), true) => return Err(e),
+                    (Ok(chosen), false) => {
+                        grace = Some(Instant::now() + QUIC_GRACE.max(started.elapsed()));
+                        tcp_done = Some(Ok(chosen));
+                    }
+                    (Err(e), false) => {
+                        tracing::info!("TCP to {addr} failed: {e}");
+                        tcp_done = Some(Err(e));
+                    }
+                }
+            },
+            _ = sleep_until(grace), if grace.is_some() => {
+                tracing::info!("QUIC to {addr} was slower than TCP: using TCP");
+                if let Some(Ok(chosen)) = tcp_done.take() {
+                    return admit(chosen, security).await;
+                }
+                grace = None;
+            },
+        }
+    }
+}
+
+async fn sleep_until(when: Option<Instant>) {
+    match when {
+        Some(when) => tokio::time::sleep_until(when).await,
+        None => std::future::pending().await,
     }
 }
 
 /// Accepts on `listener` until one connection is secured and admitted. Connections still
 /// being secured when one completes are dropped: a listener that serves several peers
 /// should be an [`Endpoint`], which keeps them.
-pub async fn accept(listener: &TcpListener, security: &Security) -> Result<Connection<SecureTcp>> {
+pub async fn accept(listener: &TcpListener, security: &Security) -> Result<Connection<PeerStream>> {
     let mut pending = futures::stream::FuturesUnordered::new();
-    accept_into(listener, security, &mut pending).await
+    accept_into(Some(listener), None, security, &mut pending).await
+}
+
+async fn accept_tcp(listener: Option<&TcpListener>) -> Result<(tokio::net::TcpStream, SocketAddr)> {
+    match listener {
+        Some(listener) => super::tcp::accept(listener).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn accept_quic(quic: Option<&QuicListener>) -> quinn::Incoming {
+    match quic {
+        Some(quic) => match quic.accept().await {
+            Some(incoming) => incoming,
+            // Closed: only when the endpoint goes, which is not while it is used here.
+            None => std::future::pending().await,
+        },
+        None => std::future::pending().await,
+    }
 }
 
 async fn accept_into(
-    listener: &TcpListener,
+    listener: Option<&TcpListener>,
+    quic: Option<&QuicListener>,
     security: &Security,
     pending: &mut futures::stream::FuturesUnordered<Securing>,
-) -> Result<Connection<SecureTcp>> {
+) -> Result<Connection<PeerStream>> {
     loop {
         tokio::select! {
-            accepted = super::tcp::accept(listener), if pending.len() < MAX_PENDING => {
+            accepted = accept_tcp(listener), if pending.len() < MAX_PENDING => {
                 let (tcp, remote) = match accepted {
                     Ok(a) => a,
                     // A connection that died between SYN and accept is its own problem.
@@ -167,11 +433,31 @@ async fn accept_into(
                     Err(e) => return Err(e),
                 };
                 let security = security.clone();
-                pending.push(Box::pin(async move { (remote, secure_server(tcp, &security).await) }));
+                pending.push(Box::pin(async move {
+                    let secured = super::secure_server(tcp, &security)
+                        .await
+                        .map(|(stream, peer)| (PeerStream::Tcp(Box::new(stream)), peer));
+                    (remote, secured)
+                }));
+            }
+            incoming = accept_quic(quic), if pending.len() < MAX_PENDING => {
+                let remote = incoming.remote_address();
+                let security = security.clone();
+                pending.push(Box::pin(async move {
+                    let until = Instant::now() + SECURE_TIMEOUT;
+                    let secured = async {
+                        let (stream, channel) = tokio::time::timeout_at(until, quic::accept(incoming, &security))
+                            .await
+                            .unwrap_or(Err(SecurityError::Timeout))?;
+                        super::admit(PeerStream::Quic(Box::new(stream)), &channel, &security, until).await
+                    };
+                    (remote, secured.await)
+                }));
             }
             Some((remote, result)) = pending.next(), if !pending.is_empty() => match result {
                 Ok((stream, peer)) => {
-                    return Ok(Connection { stream, peer, remote_addr: Some(remote), is_client: false });
+                    let transport = stream.transport();
+                    return Ok(Connection { stream, peer, remote_addr: Some(remote), is_client: false, transport });
                 }
                 Err(e @ (SecurityError::WrongCode | SecurityError::CodeBurnt)) => {
                     return Err(e.into());

@@ -7,16 +7,23 @@
 //! session's business (`crate::session`), which runs on any stream.
 //!
 //! ```text
-//! TCP connect/accept ─▶ TLS 1.3 (mutual, ALPN p2p-transfer/2) ─▶ admission ─▶ Connection
+//! TCP connect/accept ─▶ TLS 1.3 (mutual, ALPN p2p-transfer/2) ─┐
+//!                                                             ├─▶ admission ─▶ Connection
+//! QUIC connect/accept (TLS 1.3 inside, same ALPN) ─▶ stream ──┘
 //! ```
 //!
-//! There is no plaintext mode and no fallback to one. QUIC, hole punching and relays
-//! (later) plug in here and hand out the same `Connection`.
+//! The two transports ([`Transport`]) carry the same admission and the same session
+//! bytes; [`Endpoint`] listens on both (one port number, TCP and UDP) and dials the one
+//! the caller chooses ([`TransportChoice`], both by default). There is no plaintext
+//! mode and no fallback to one. Hole punching and relays (later) plug in here and hand
+//! out the same `Connection`.
 
 pub mod admission;
 pub mod code;
 pub mod endpoint;
 pub mod identity;
+pub mod quic;
+pub mod stream;
 pub mod tcp;
 pub mod tls;
 pub mod trust;
@@ -29,6 +36,8 @@ pub use admission::{Admission, Admitted, PeerIdentity};
 pub use code::{Code, CodeError};
 pub use endpoint::Endpoint;
 pub use identity::{DeviceId, DeviceIdError, Fingerprint, Identity, IdentityError};
+pub use quic::QuicStream;
+pub use stream::{PeerStream, Transport, TransportChoice};
 pub use tls::{TlsConfigs, TlsStream};
 pub use trust::{TrustError, TrustStore, TrustedDevice};
 
@@ -68,6 +77,17 @@ pub enum SecurityError {
         Shown(addr)
     )]
     HungUp {
+        /// The address dialed, when known.
+        addr: Option<String>,
+    },
+    /// Nothing answered over QUIC: no listener on the UDP port, or UDP blocked on the way.
+    #[error(
+        "{} did not answer over QUIC (UDP) within {} s: is p2p-transfer listening there, or \
+         does the network block UDP? (--transport tcp uses TCP only)",
+        Shown(addr),
+        SECURE_TIMEOUT.as_secs()
+    )]
+    NoQuicAnswer {
         /// The address dialed, when known.
         addr: Option<String>,
     },
@@ -143,6 +163,7 @@ impl SecurityError {
             SecurityError::Closed
             | SecurityError::Timeout
             | SecurityError::Silent { .. }
+            | SecurityError::NoQuicAnswer { .. }
             | SecurityError::HungUp { .. } => true,
             _ => false,
         }
@@ -153,6 +174,7 @@ impl SecurityError {
     pub fn at(mut self, dialed: &str) -> Self {
         if let SecurityError::Stranger { addr, .. }
         | SecurityError::Silent { addr }
+        | SecurityError::NoQuicAnswer { addr }
         | SecurityError::HungUp { addr } = &mut self
         {
             *addr = Some(dialed.to_owned());
@@ -309,6 +331,8 @@ pub struct Connection<S> {
     pub remote_addr: Option<SocketAddr>,
     /// Whether this side opened the connection (TLS client, session initiator).
     pub is_client: bool,
+    /// What the connection runs on.
+    pub transport: Transport,
 }
 
 /// A TLS-secured TCP connection.
@@ -371,13 +395,27 @@ async fn secure<S>(
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    let (mut tls, channel) = handshake.await?;
+    let (tls, channel) = handshake.await?;
+    admit(tls, &channel, security, until).await
+}
+
+/// Admission on a stream whose handshake (TLS over TCP, or QUIC) proved `channel`,
+/// until `until` at the latest.
+async fn admit<S>(
+    mut stream: S,
+    channel: &tls::Channel,
+    security: &Security,
+    until: tokio::time::Instant,
+) -> Result<(S, PeerIdentity), SecurityError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let peer = deadline(
         until,
-        admission::admit(&mut tls, &channel, &security.admission),
+        admission::admit(&mut stream, channel, &security.admission),
     )
     .await?;
-    Ok((tls, peer))
+    Ok((stream, peer))
 }
 
 async fn deadline<T>(
