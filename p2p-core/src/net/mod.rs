@@ -20,6 +20,7 @@
 
 pub mod admission;
 pub mod code;
+pub mod congestion;
 pub mod endpoint;
 pub mod identity;
 pub mod quic;

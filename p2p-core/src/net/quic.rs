@@ -48,23 +48,28 @@ pub const CLOSE_LINGER: Duration = Duration::from_secs(5);
 /// The server name the client asks for; not sent (SNI is off), not checked.
 const SERVER_NAME: &str = "p2p-transfer";
 
-/// Which congestion controller QUIC connections use. BBR (the default) paces at the
-/// measured bottleneck rate and does not read random loss as congestion; Cubic and
-/// NewReno are there to measure against (`P2P_QUIC_CONGESTION=cubic`).
+/// Which congestion controller QUIC connections use: ours by default (see
+/// [`super::congestion`]); quinn's BBR, Cubic and NewReno are there to measure against
+/// (`P2P_QUIC_CONGESTION=bbr`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Congestion {
+    /// Ours ([`super::congestion::SteadyBbr`]): BBR's model, random loss ignored.
+    Steady,
+    /// quinn's BBR (an experimental BBRv1).
     Bbr,
     Cubic,
     NewReno,
 }
 
 impl Congestion {
-    /// From `P2P_QUIC_CONGESTION` (`bbr`, `cubic`, `newreno`), BBR when unset or unknown.
+    /// From `P2P_QUIC_CONGESTION` (`steady`, `bbr`, `cubic`, `newreno`); ours
+    /// (`steady`) when unset or unknown.
     pub fn from_env() -> Self {
         match std::env::var("P2P_QUIC_CONGESTION").as_deref() {
+            Ok("bbr") => Congestion::Bbr,
             Ok("cubic") => Congestion::Cubic,
             Ok("newreno") => Congestion::NewReno,
-            _ => Congestion::Bbr,
+            _ => Congestion::Steady,
         }
     }
 }
@@ -83,6 +88,9 @@ pub fn transport_config(congestion: Congestion) -> Arc<quinn::TransportConfig> {
         t.max_idle_timeout(Some(idle));
     }
     match congestion {
+        Congestion::Steady => {
+            t.congestion_controller_factory(Arc::new(super::congestion::SteadyBbrConfig))
+        }
         Congestion::Bbr => {
             t.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()))
         }
