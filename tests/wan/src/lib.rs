@@ -131,16 +131,29 @@ fn build(prefix: &str) -> Result<()> {
         )?;
         netns::run(
             "ip",
-            ["-n", host, "addr", "add", &format!("{ip}/24"), "dev", "eth0"],
+            [
+                "-n",
+                host,
+                "addr",
+                "add",
+                &format!("{ip}/24"),
+                "dev",
+                "eth0",
+            ],
         )?;
-        let offloads = ["-K", "", "tso", "off", "gso", "off", "gro", "off", "tx", "off"];
+        let offloads = [
+            "-K", "", "tso", "off", "gso", "off", "gro", "off", "tx", "off",
+        ];
         for (ns, dev) in [(host.as_str(), "eth0"), (wire.as_str(), wire_end)] {
             let mut args = offloads;
             args[1] = dev;
             netns::exec_in(ns, "ethtool", &args)
                 .with_context(|| format!("cannot turn offloads off on {dev} in {ns}"))?;
         }
-        netns::run("ip", ["-n", &wire, "link", "set", wire_end, "promisc", "on"])?;
+        netns::run(
+            "ip",
+            ["-n", &wire, "link", "set", wire_end, "promisc", "on"],
+        )?;
         netns::run("ip", ["-n", &wire, "link", "set", wire_end, "up"])?;
         netns::run("ip", ["-n", host, "link", "set", "eth0", "up"])?;
     }

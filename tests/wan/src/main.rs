@@ -15,7 +15,10 @@ use clap::{Parser, Subcommand};
 use p2p_wan::{DirectionStats, Profile, Wan};
 
 #[derive(Parser)]
-#[command(name = "p2p-wan", about = "User-space WAN emulator between two network namespaces")]
+#[command(
+    name = "p2p-wan",
+    about = "User-space WAN emulator between two network namespaces"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
