@@ -166,6 +166,7 @@ pub struct Wan {
     prefix: String,
     profile: Profile,
     forwarder: Option<forward::Forwarder>,
+    final_stats: Option<[DirectionStats; 2]>,
 }
 
 impl Wan {
@@ -195,6 +196,7 @@ impl Wan {
             prefix: prefix.to_string(),
             profile,
             forwarder: None,
+            final_stats: None,
         };
         build(prefix).context("cannot build the namespaces")?;
         let [_, _, wire] = namespaces(prefix);
@@ -256,20 +258,27 @@ impl Wan {
         netns::spawn_in(&self.netns(host), f)
     }
 
-    /// Counters of both directions: `[h1->h2, h2->h1]`.
+    /// Counters of both directions: `[h1->h2, h2->h1]` (the final ones after [`Wan::stop`]).
     pub fn stats(&self) -> [DirectionStats; 2] {
-        match &self.forwarder {
-            Some(f) => f.stats(),
-            None => Default::default(),
+        match (&self.forwarder, &self.final_stats) {
+            (Some(f), _) => f.stats(),
+            (None, Some(stats)) => *stats,
+            (None, None) => Default::default(),
         }
     }
 
-    /// Tears down now, reporting errors (Drop does the same silently).
+    /// Stops the forwarder (the link goes dark; the namespaces stay until drop or
+    /// [`Wan::down`]) and returns the final counters.
+    pub fn stop(&mut self) -> [DirectionStats; 2] {
+        if let Some(forwarder) = self.forwarder.take() {
+            self.final_stats = Some(forwarder.stop());
+        }
+        self.stats()
+    }
+
+    /// Tears down now, reporting errors (Drop does the same, printing them).
     pub fn down(mut self) -> Result<[DirectionStats; 2]> {
-        let stats = match self.forwarder.take() {
-            Some(forwarder) => forwarder.stop(),
-            None => Default::default(),
-        };
+        let stats = self.stop();
         let prefix = std::mem::take(&mut self.prefix);
         teardown(&prefix)?;
         Ok(stats)
