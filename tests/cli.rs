@@ -1429,3 +1429,69 @@ fn help_describes_the_tool_every_command_has_examples_and_receive_lists_no_send_
     let resume = text(&run(&data, &["resume", "--help"]).stdout);
     assert!(resume.contains("<TRANSFER_ID> [PATH]..."), "{resume}");
 }
+
+#[test]
+fn transport_quic_carries_a_folder_and_history_and_the_header_say_so() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("photos");
+    random_file(&src.join("a.jpg"), 3_000_000, 11);
+    random_file(&src.join("sub/b.txt"), 10, 12);
+    let out = tmp.path().join("out");
+    let data = tmp.path().join("data");
+    // The receiver listens on TCP and UDP (auto); the sender asks for QUIC.
+    let receiver = start_listening(&data, &["receive", "--output", path(&out)]);
+    let send = run(
+        &data,
+        &[
+            "send",
+            path(&src),
+            "--peer",
+            &receiver.addr,
+            "--transport",
+            "quic",
+        ],
+    );
+    let (code, _, receiver_err) = receiver.finish();
+    let sender_err = text(&send.stderr);
+    assert!(send.status.success(), "{sender_err}");
+    assert_eq!(code, 0, "{receiver_err}");
+    assert_eq!(tree_digest(&out.join("photos")), tree_digest(&src));
+    assert!(
+        sender_err.contains(&format!("connected to {} over QUIC", receiver.addr)),
+        "{sender_err}"
+    );
+    assert!(receiver_err.contains("over QUIC"), "{receiver_err}");
+    let history = text(&run(&data, &["history"]).stdout);
+    assert_eq!(history.matches("over QUIC").count(), 2, "{history}");
+    let json = text(&run(&data, &["history", "--json"]).stdout);
+    assert!(json.contains("\"transports\":[\"quic\"]"), "{json}");
+
+    // To this same machine, auto picks TCP (faster here than QUIC).
+    let again = tmp.path().join("again");
+    let receiver = start_listening(&data, &["receive", "--output", path(&again)]);
+    let send = run(&data, &["send", path(&src), "--peer", &receiver.addr]);
+    let (code, _, receiver_err) = receiver.finish();
+    assert!(send.status.success(), "{}", text(&send.stderr));
+    assert_eq!(code, 0, "{receiver_err}");
+    assert!(
+        text(&send.stderr).contains("over TCP"),
+        "{}",
+        text(&send.stderr)
+    );
+    assert_eq!(tree_digest(&again.join("photos")), tree_digest(&src));
+}
+
+#[test]
+fn an_unknown_transport_is_a_usage_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = run(
+        tmp.path(),
+        &["send", "x", "--peer", "127.0.0.1:9", "--transport", "udp"],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("auto, quic or tcp"),
+        "{}",
+        text(&out.stderr)
+    );
+}
