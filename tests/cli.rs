@@ -1440,16 +1440,10 @@ fn transport_quic_carries_a_folder_and_history_and_the_header_say_so() {
     let data = tmp.path().join("data");
     // The receiver listens on TCP and UDP (auto); the sender asks for QUIC.
     let receiver = start_listening(&data, &["receive", "--output", path(&out)]);
+    let addr = receiver.addr.clone();
     let send = run(
         &data,
-        &[
-            "send",
-            path(&src),
-            "--peer",
-            &receiver.addr,
-            "--transport",
-            "quic",
-        ],
+        &["send", path(&src), "--peer", &addr, "--transport", "quic"],
     );
     let (code, _, receiver_err) = receiver.finish();
     let sender_err = text(&send.stderr);
@@ -1457,7 +1451,7 @@ fn transport_quic_carries_a_folder_and_history_and_the_header_say_so() {
     assert_eq!(code, 0, "{receiver_err}");
     assert_eq!(tree_digest(&out.join("photos")), tree_digest(&src));
     assert!(
-        sender_err.contains(&format!("connected to {} over QUIC", receiver.addr)),
+        sender_err.contains(&format!("connected to {addr} over QUIC")),
         "{sender_err}"
     );
     assert!(receiver_err.contains("over QUIC"), "{receiver_err}");

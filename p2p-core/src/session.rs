@@ -158,6 +158,9 @@ impl P2PSession<PeerStream> {
     }
 }
 
+/// How long closing this side may take once the peer has closed the session.
+const CLOSE_AFTER_PEER: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Handshakes a listener secures at once (see [`crate::net::endpoint::MAX_PENDING`]).
 pub const MAX_PENDING_HANDSHAKES: usize = crate::net::endpoint::MAX_PENDING;
 
@@ -455,7 +458,13 @@ impl<S: Stream> P2PSession<S> {
         let offer = loop {
             let interrupt = self.interrupt.clone();
             match interrupt.guard(self.next_between_transfers()).await? {
-                None => return Ok(None),
+                None => {
+                    // The peer closed the session: close this side too. Its close may
+                    // be waiting for that (over QUIC, for this side to acknowledge).
+                    let closing = SinkExt::<Message>::close(&mut self.framed);
+                    let _ = tokio::time::timeout(CLOSE_AFTER_PEER, closing).await;
+                    return Ok(None);
+                }
                 Some(Err(e)) => {
                     if let WireError::TextTooLong { .. } = e {
                         let refusal = Error::protocol(e.to_string());

@@ -69,6 +69,9 @@ pub struct Settings {
     /// Take incoming transfers without asking (off: show each offer's files and size,
     /// and wait for Accept or Decline).
     pub auto_accept: bool,
+    /// What to connect over and listen on: `auto` (QUIC where it connects, TCP
+    /// otherwise), `quic` or `tcp` ([`crate::net::TransportChoice`]).
+    pub transport: crate::net::TransportChoice,
 }
 
 impl Default for Settings {
@@ -87,6 +90,7 @@ impl Default for Settings {
             output_dir: None,
             overwrite: false,
             auto_accept: false,
+            transport: crate::net::TransportChoice::Auto,
         }
     }
 }
@@ -251,8 +255,11 @@ mod tests {
             output_dir: Some("/tmp/in".into()),
             overwrite: true,
             auto_accept: true,
+            transport: crate::net::TransportChoice::Quic,
         };
         settings.save(&nested).unwrap();
+        let saved = std::fs::read_to_string(nested.join(SETTINGS_FILE)).unwrap();
+        assert!(saved.contains("\"transport\": \"quic\""), "{saved}");
         assert_eq!(Settings::load(&nested).unwrap(), settings);
         assert!(!nested.join(format!(".{SETTINGS_FILE}.tmp")).exists());
     }

@@ -13,3 +13,4 @@ mod lab;
 mod lan;
 mod loopback;
 mod nat;
+mod wan;

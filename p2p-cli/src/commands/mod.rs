@@ -282,6 +282,9 @@ where
             }
         })
         .await;
+    // A QUIC close needs this process alive until it has left (TCP's kernel sends its
+    // FIN alone): bounded, and only for connections this side accepted.
+    endpoint.shut_down().await;
     match result {
         Ok(()) => Ok(()),
         Err(e) if reconnect.gave_up() => Err(anyhow::Error::new(e).context(format!(

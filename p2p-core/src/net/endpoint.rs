@@ -149,6 +149,18 @@ impl Endpoint {
         }
     }
 
+    /// Before the process exits: waits (at most 1 s) until the connections this
+    /// listener accepted over QUIC are closed and their peers told, which a QUIC close
+    /// needs the process alive for (TCP's kernel does it alone).
+    pub async fn shut_down(&self) {
+        if let Endpoint::Listen {
+            quic: Some(quic), ..
+        } = self
+        {
+            quic.wait_idle(std::time::Duration::from_secs(1)).await;
+        }
+    }
+
     /// The transports this endpoint dials or accepts.
     pub fn transports(&self) -> Vec<Transport> {
         match self {

@@ -11,7 +11,10 @@
 //! Closing: a QUIC connection that is closed drops whatever is not yet acknowledged,
 //! where a TCP close delivers it. [`QuicStream`] therefore finishes its send side and
 //! waits (boundedly) for the peer to acknowledge everything before the connection is
-//! closed — on `shutdown`, and in the background when it is dropped.
+//! closed — on `shutdown`, and in the background when it is dropped. A side whose peer
+//! has finished already (it read the end of the stream) closes at once: the peer is
+//! waiting for exactly that, and a listener that exits right after flushes the close
+//! with [`QuicListener::wait_idle`].
 
 use std::future::Future;
 use std::io;
@@ -178,6 +181,13 @@ impl QuicListener {
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.endpoint.local_addr()
     }
+
+    /// Waits (at most `limit`) until every connection of this listener is closed and
+    /// its `CONNECTION_CLOSE` sent: what a process does before it exits, so that its
+    /// peers learn at once that it went.
+    pub async fn wait_idle(&self, limit: Duration) {
+        let _ = tokio::time::timeout(limit, self.endpoint.wait_idle()).await;
+    }
 }
 
 /// Turns a failed QUIC handshake into what the user should hear.
@@ -281,6 +291,8 @@ pub struct QuicStream {
     /// Set by `poll_shutdown`: waits until the peer has acknowledged everything sent.
     closing: Option<Closing>,
     closed: bool,
+    /// The peer finished its side (a read returned the end of the stream).
+    peer_finished: bool,
 }
 
 impl std::fmt::Debug for QuicStream {
@@ -305,6 +317,7 @@ impl QuicStream {
             endpoint,
             closing: None,
             closed: false,
+            peer_finished: false,
         }
     }
 
@@ -318,12 +331,19 @@ impl QuicStream {
         self.connection.stats()
     }
 
-    /// Waits until the peer acknowledged everything sent on the stream (or stopped
-    /// it), at most [`CLOSE_LINGER`].
-    fn acknowledged(&self) -> Closing {
-        let stopped = self.send.stopped();
+    /// Finishes the send side and closes the connection once the peer has
+    /// acknowledged everything (at most [`CLOSE_LINGER`]); at once when the peer has
+    /// finished already.
+    fn close(&mut self) -> Closing {
+        // Finishing twice, or after the peer stopped the stream, is not an error here.
+        let _ = self.send.finish();
+        let stopped = (!self.peer_finished).then(|| self.send.stopped());
+        let connection = self.connection.clone();
         Box::pin(async move {
-            let _ = tokio::time::timeout(CLOSE_LINGER, stopped).await;
+            if let Some(stopped) = stopped {
+                let _ = tokio::time::timeout(CLOSE_LINGER, stopped).await;
+            }
+            connection.close(0u32.into(), b"done");
         })
     }
 }
@@ -334,7 +354,16 @@ impl AsyncRead for QuicStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        AsyncRead::poll_read(Pin::new(&mut self.get_mut().recv), cx, buf)
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let read = AsyncRead::poll_read(Pin::new(&mut this.recv), cx, buf);
+        if matches!(read, Poll::Ready(Ok(())))
+            && buf.filled().len() == before
+            && buf.remaining() > 0
+        {
+            this.peer_finished = true;
+        }
+        read
     }
 }
 
@@ -359,9 +388,7 @@ impl AsyncWrite for QuicStream {
             return Poll::Ready(Ok(()));
         }
         if this.closing.is_none() {
-            // Finishing twice, or after the peer stopped the stream, is not an error here.
-            let _ = this.send.finish();
-            this.closing = Some(this.acknowledged());
+            this.closing = Some(this.close());
         }
         match this.closing.as_mut().map(|c| c.as_mut().poll(cx)) {
             Some(Poll::Pending) => Poll::Pending,
@@ -375,19 +402,15 @@ impl AsyncWrite for QuicStream {
 
 impl Drop for QuicStream {
     /// Closes the connection once the peer has what was sent: at once when the stream
-    /// was shut down, else in the background (when a runtime is there to run it).
+    /// was shut down or the peer finished, else in the background (when a runtime is
+    /// there to run it).
     fn drop(&mut self) {
-        let connection = self.connection.clone();
         let endpoint = self.endpoint.take();
-        let waiting = if self.closed {
-            None
-        } else {
-            let _ = self.send.finish();
-            Some(self.acknowledged())
-        };
+        let close = (!self.closed).then(|| self.close());
+        let connection = self.connection.clone();
         let close = async move {
-            if let Some(waiting) = waiting {
-                waiting.await;
+            if let Some(close) = close {
+                close.await;
             }
             connection.close(0u32.into(), b"done");
             if let Some(endpoint) = endpoint {
