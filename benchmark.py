@@ -49,6 +49,23 @@ ceiling, a 20 MiB `send --max-speed 512K` on plain loopback, with --compare rsyn
 through the same link, and with --baseline-binary the same p2p-transfer runs with another
 binary, for a before/after in one run.
 
+With --wan PROFILE (issue 12) it measures across the project's WAN emulator instead, and
+nothing else (written to docs/benchmarks-wan.md): `p2p-wan up --profile PROFILE` (tests/wan;
+built with cargo build --release -p p2p-wan if missing) makes two network namespaces joined
+through a user-space link with the profile's rate, delay and random loss; every receiver
+and server (p2p-transfer receive, sshd, the magic-wormhole mailbox and transit relay, the
+iperf3 server) runs in the second, every sender and client in the first. Rows, for a
+--wan-size random file (200 MiB) and the small files, under the OS's TCP BBR and then
+Cubic (set in both namespaces): p2p-transfer --transport quic and --transport tcp (a
+binary without --transport: TCP only, QUIC rows "not available"), scp, rsync over ssh,
+magic-wormhole; each with seconds, MiB/s, fraction of the link, SHA-256 check, exit codes
+and the emulator's counters for that run; a run still going after --wan-timeout is
+killed and reported with the bytes that had arrived. Then (unless --no-wan-share) a share
+test: p2p-transfer and one `iperf3 -C cubic` flow on the same link for --share-seconds.
+The issue's targets are computed from the same run. --wan-smoke is a quick manual check:
+8 MiB over `lossy`, p2p-transfer only, verified, printed. Namespaces, servers and the
+emulator are torn down at the end, on Ctrl+C and on errors.
+
 Typical use:
 
     python3 benchmark.py                                   # full data sets, no comparison
@@ -57,8 +74,12 @@ Typical use:
     python3 benchmark.py --skip-big --skip-small --output /tmp/r.md  # throttle, resume, set-up
     python3 benchmark.py --slow-link --compare --baseline-binary OLD/target/release/p2p-transfer
     python3 benchmark.py --setup --baseline-binary OLD/target/release/p2p-transfer
+    python3 benchmark.py --wan intercontinental,lossy,satellite,dsl  # docs/benchmarks-wan.md
+    python3 benchmark.py --wan lossy --skip-small --wan-timeout 120 --share-seconds 20
+    python3 benchmark.py --wan-smoke
 
-Python 3.11, standard library only. Linux only (pidfd_open, wait4, /proc).
+Python 3.11, standard library only. Linux only (pidfd_open, wait4, /proc); --wan needs
+root (ip netns, sysctl) and iperf3 for the share test.
 """
 
 from __future__ import annotations
@@ -3343,6 +3364,7 @@ WAN_MAILBOX_PORT = 4000
 WAN_TRANSIT_PORT = 4001
 WAN_IPERF_PORT = 5201
 WAN_VETH_H1, WAN_VETH_H2 = "10.201.0.1", "10.201.0.2"  # what p2p-wan uses too
+CONNECTED_RE = re.compile(r"connected to \S+ over (\w+)")  # the sender, on stderr
 WAN_READY_RE = re.compile(r"^ready h1=(\S+) h2=(\S+) netns1=(\S+) netns2=(\S+)", re.M)
 WAN_SYSCTLS = ["net.ipv4.tcp_congestion_control", "net.ipv4.tcp_rmem", "net.ipv4.tcp_wmem",
                "net.core.rmem_max", "net.core.wmem_max"]
@@ -3696,7 +3718,8 @@ class WanLink:
                 known = {"forwarded_frames", "forwarded_bytes", "dropped_loss_frames",
                          "dropped_loss_bytes", "dropped_queue_frames", "dropped_queue_bytes",
                          *WAN_GAUGES}
-                rest = [f"{k} {v:,}" for k, v in c.items() if k not in known and v]
+                rest = [f"{k} {v:,}" for k, v in c.items()
+                        if k not in known and isinstance(v, int) and v]
                 text += "".join(f", {r}" for r in rest)
             else:
                 text = ", ".join(f"{k} {v:,}" for k, v in c.items() if v) or "nothing"
@@ -3745,6 +3768,21 @@ def wan_p2p_label(transport: str | None, has_transport: bool) -> str:
     if transport == "quic":
         return "p2p-transfer --transport quic"
     return "p2p-transfer --transport tcp" if has_transport else "p2p-transfer (TCP only)"
+
+
+def check_transport(child: Child, asked: str, has_transport: bool) -> tuple[str, str | None]:
+    """(what the sender says it connected over, or "?"; a problem, or None): a row must
+    run over the transport it is labelled with."""
+    try:
+        m = CONNECTED_RE.search(child.err.read_text(errors="replace"))
+    except OSError:
+        m = None
+    seen = m.group(1).upper() if m else "?"
+    if m and seen != asked.upper():
+        return seen, f"asked for {asked.upper()}, the sender connected over {seen}"
+    if not m and has_transport:
+        return seen, None  # it may have failed before connecting: the exit codes say so
+    return seen, None
 
 
 def finish_wan_run(ctx: "Context", wan: WanLink, run: WanRun, ds: Dataset, out: Path,
@@ -3837,9 +3875,14 @@ def measure_wan_p2p(ctx: "Context", wan: WanLink, ds: Dataset, transport: str,
         send = ctx.procs.start(f"{name}-send", wan.in1(send_argv), env=p2p_env(ctx, "send"))
         exits = wait_ends(ctx, [send, recv], ctx.args.wan_timeout)
         finish_wan_run(ctx, wan, run, ds, out, [exits[send.name], exits[recv.name]], t0, before)
+        seen, problem = check_transport(send, transport, has_transport)
+        if problem:
+            run.done = False
+            run.verified += f"; {problem}"
         m = DONE_RE.search(send.out.read_text(errors="replace"))
         if run.done:
-            run.note = f"sender: `{m.group(0)}`" if m else "no `done:` line from the sender"
+            run.note = (f"over {seen}; sender: `{m.group(0)}`" if m
+                        else f"over {seen}; no `done:` line from the sender")
         elif not run.timed_out:
             for who, child in (("sender", send), ("receiver", recv)):
                 line = last_line(child.err, "error") or last_line(child.err)
@@ -4076,6 +4119,10 @@ def measure_wan_share(ctx: "Context", wan: WanLink, ds: Dataset, transport: str,
         notes = [f"both moving from {ta - t0:.1f} s to {tb - t0:.1f} s after the start"]
         if ended:
             notes.append(ended)
+        seen, problem = check_transport(send, transport, has_transport)
+        if problem:
+            raise BenchError(problem)
+        notes.insert(0, f"p2p-transfer over {seen}")
         e = exits[client.name]
         if e.timed_out or e.returncode != 0:
             notes.append(f"iperf3 client exit {fmt_exit(e)}: {last_line(e.err) or ''}")
@@ -4168,7 +4215,7 @@ def run_wan_profile(ctx: "Context", profile: WanProfile, datasets: dict[str, Dat
     finally:
         wan.down()
         if wan.latest:
-            res.emulator_stats = wan.fmt_stats(wan.latest)
+            res.emulator_stats = wan.fmt_stats(wan.stats_diff({}, wan.latest))
     return res
 
 
