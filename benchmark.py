@@ -4985,6 +4985,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: the benchmark ran past --total-timeout={args.total_timeout:.0f}s; "
               "stopped", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted: stopping every process, namespace and server started",
+              file=sys.stderr)
+        return 130
     finally:
         signal.alarm(0)
         ctx.procs.stop_all()
