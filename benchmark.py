@@ -3777,11 +3777,11 @@ def check_transport(child: Child, asked: str, has_transport: bool) -> tuple[str,
         m = CONNECTED_RE.search(child.err.read_text(errors="replace"))
     except OSError:
         m = None
-    seen = m.group(1).upper() if m else "?"
-    if m and seen != asked.upper():
+    if m is None:  # a failure before connecting (the exit codes say so), or an old build
+        return "?" if has_transport else "TCP", None
+    seen = m.group(1).upper()
+    if seen != asked.upper():
         return seen, f"asked for {asked.upper()}, the sender connected over {seen}"
-    if not m and has_transport:
-        return seen, None  # it may have failed before connecting: the exit codes say so
     return seen, None
 
 
@@ -4313,8 +4313,8 @@ def wan_rows(runs: list[WanRun]) -> list[list[str]]:
         if rate is not None:
             shown = f"{rate:.2f}"
         elif r.timed_out:
-            shown = (f"did not finish in {fmt_num(r.seconds, '.0f')} s "
-                     f"({(r.arrived or 0) / MiB:.1f} MiB arrived)")
+            shown = (f"did not finish (killed after {fmt_num(r.seconds, '.0f')} s; "
+                     f"{(r.arrived or 0) / MiB:.1f} MiB arrived)")
         else:
             shown = "— (failed)"
         rows.append([str(i), r.tool, r.dataset_label, r.cc, r.exits, fmt_num(r.seconds),
@@ -4504,7 +4504,9 @@ def wan_main(ctx: Context, *, command: str, started: datetime.datetime,
     big = make_random_file(ctx.data_dir, "wan-" + human_size(args.wan_size).replace(" ", ""),
                            args.wan_size)
     datasets: dict[str, Dataset] = {"big": dataclasses.replace(big, key="big")}
-    WAN_SIZE_LABEL = f"the {human_size(args.wan_size)} file"
+    WAN_SIZE_LABEL = f"the {human_size(args.wan_size)} file" + (
+        "" if args.wan_size == parse_size(WAN_SIZE) else
+        f" (the issue's targets are for {human_size(parse_size(WAN_SIZE))})")
     if not args.skip_small:
         datasets["small"] = make_small_dataset(ctx.data_dir, args.small_count)
     share_ds = None
@@ -4724,7 +4726,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         "magic-wormhole, the --wan-size file and the small files, and a "
                         "share test. Repeatable or comma-separated; profiles: "
                         + ", ".join(WAN_PROFILES) + " (veth: no emulator, to check the "
-                        "script)")
+                        "script)%(default).0s")
     p.add_argument("--wan-size", type=parse_size, default=WAN_SIZE,
                    help="with --wan: size of the random file sent across the link")
     p.add_argument("--wan-timeout", type=float, default=WAN_TIMEOUT, metavar="SECS",
@@ -4749,8 +4751,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         "p2p-transfer only, verified; prints, writes no report")
     p.add_argument("--timeout", type=float, default=600,
                    help="seconds one run may take before it is killed and marked FAILED")
-    p.add_argument("--total-timeout", type=float, default=3 * 3600,
-                   help="seconds the whole script may take before it stops itself")
+    p.add_argument("--total-timeout", type=float, default=None,
+                   help="seconds the whole script may take before it stops itself "
+                        "(default: 3 hours; with --wan, 12 hours: a run that collapses "
+                        "may take all of --wan-timeout, and there are many rows)%(default).0s")
     args = p.parse_args(argv)
     if args.repeat < 1:
         p.error("--repeat must be >= 1")
@@ -4773,6 +4777,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if args.wan_timeout <= 0 or args.share_seconds < 5:
         p.error("--wan-timeout must be > 0 and --share-seconds >= 5")
     args.wan = list(dict.fromkeys(args.wan))  # each profile once, in the order given
+    if args.total_timeout is None:
+        args.total_timeout = (12 if args.wan else 3) * 3600
     if args.setup and args.skip_setup:
         p.error("--setup and --skip-setup contradict each other")
     if (args.skip_big and args.skip_small and args.skip_resilience and args.skip_setup
