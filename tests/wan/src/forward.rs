@@ -192,7 +192,12 @@ fn cvt(rc: libc::c_int) -> io::Result<libc::c_int> {
     }
 }
 
-fn set_int_opt(fd: RawFd, level: libc::c_int, name: libc::c_int, value: libc::c_int) -> io::Result<()> {
+fn set_int_opt(
+    fd: RawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
     // SAFETY: a pointer to a live c_int and its size.
     cvt(unsafe {
         libc::setsockopt(
@@ -223,13 +228,8 @@ fn packet_socket(ifname: &str, protocol: u16, nonblocking: bool) -> io::Result<O
         flags |= libc::SOCK_NONBLOCK;
     }
     // SAFETY: plain socket(2); the fd is owned right away.
-    let fd = cvt(unsafe {
-        libc::socket(
-            libc::AF_PACKET,
-            flags,
-            libc::c_int::from(protocol.to_be()),
-        )
-    })?;
+    let fd =
+        cvt(unsafe { libc::socket(libc::AF_PACKET, flags, libc::c_int::from(protocol.to_be())) })?;
     // SAFETY: fd is a fresh descriptor nobody else owns.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
     // SAFETY: sockaddr_ll is plain old data; zero is a valid start.
@@ -266,12 +266,26 @@ fn open_direction(plan: &Plan) -> Result<(OwnedFd, OwnedFd)> {
         libc::PACKET_IGNORE_OUTGOING,
         1,
     );
-    if set_int_opt(rx.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, RCVBUF).is_err() {
+    if set_int_opt(
+        rx.as_raw_fd(),
+        libc::SOL_SOCKET,
+        libc::SO_RCVBUFFORCE,
+        RCVBUF,
+    )
+    .is_err()
+    {
         let _ = set_int_opt(rx.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVBUF, RCVBUF);
     }
     let tx = packet_socket(&plan.to, 0, false)
         .with_context(|| format!("cannot open a packet socket on {}", plan.to))?;
-    if set_int_opt(tx.as_raw_fd(), libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, SNDBUF).is_err() {
+    if set_int_opt(
+        tx.as_raw_fd(),
+        libc::SOL_SOCKET,
+        libc::SO_SNDBUFFORCE,
+        SNDBUF,
+    )
+    .is_err()
+    {
         let _ = set_int_opt(tx.as_raw_fd(), libc::SOL_SOCKET, libc::SO_SNDBUF, SNDBUF);
     }
     Ok((rx, tx))
@@ -414,9 +428,7 @@ fn run(
         let t = now();
         while let Some(frame) = link.pop_due(t) {
             // SAFETY: a live buffer and its length; tx is bound to its interface.
-            let sent = unsafe {
-                libc::send(tx.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0)
-            };
+            let sent = unsafe { libc::send(tx.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
             if sent < 0 {
                 local.send_errors += 1;
             }

@@ -131,16 +131,29 @@ fn build(prefix: &str) -> Result<()> {
         )?;
         netns::run(
             "ip",
-            ["-n", host, "addr", "add", &format!("{ip}/24"), "dev", "eth0"],
+            [
+                "-n",
+                host,
+                "addr",
+                "add",
+                &format!("{ip}/24"),
+                "dev",
+                "eth0",
+            ],
         )?;
-        let offloads = ["-K", "", "tso", "off", "gso", "off", "gro", "off", "tx", "off"];
+        let offloads = [
+            "-K", "", "tso", "off", "gso", "off", "gro", "off", "tx", "off",
+        ];
         for (ns, dev) in [(host.as_str(), "eth0"), (wire.as_str(), wire_end)] {
             let mut args = offloads;
             args[1] = dev;
             netns::exec_in(ns, "ethtool", &args)
                 .with_context(|| format!("cannot turn offloads off on {dev} in {ns}"))?;
         }
-        netns::run("ip", ["-n", &wire, "link", "set", wire_end, "promisc", "on"])?;
+        netns::run(
+            "ip",
+            ["-n", &wire, "link", "set", wire_end, "promisc", "on"],
+        )?;
         netns::run("ip", ["-n", &wire, "link", "set", wire_end, "up"])?;
         netns::run("ip", ["-n", host, "link", "set", "eth0", "up"])?;
     }
@@ -153,6 +166,7 @@ pub struct Wan {
     prefix: String,
     profile: Profile,
     forwarder: Option<forward::Forwarder>,
+    final_stats: Option<[DirectionStats; 2]>,
 }
 
 impl Wan {
@@ -182,6 +196,7 @@ impl Wan {
             prefix: prefix.to_string(),
             profile,
             forwarder: None,
+            final_stats: None,
         };
         build(prefix).context("cannot build the namespaces")?;
         let [_, _, wire] = namespaces(prefix);
@@ -243,20 +258,27 @@ impl Wan {
         netns::spawn_in(&self.netns(host), f)
     }
 
-    /// Counters of both directions: `[h1->h2, h2->h1]`.
+    /// Counters of both directions: `[h1->h2, h2->h1]` (the final ones after [`Wan::stop`]).
     pub fn stats(&self) -> [DirectionStats; 2] {
-        match &self.forwarder {
-            Some(f) => f.stats(),
-            None => Default::default(),
+        match (&self.forwarder, &self.final_stats) {
+            (Some(f), _) => f.stats(),
+            (None, Some(stats)) => *stats,
+            (None, None) => Default::default(),
         }
     }
 
-    /// Tears down now, reporting errors (Drop does the same silently).
+    /// Stops the forwarder (the link goes dark; the namespaces stay until drop or
+    /// [`Wan::down`]) and returns the final counters.
+    pub fn stop(&mut self) -> [DirectionStats; 2] {
+        if let Some(forwarder) = self.forwarder.take() {
+            self.final_stats = Some(forwarder.stop());
+        }
+        self.stats()
+    }
+
+    /// Tears down now, reporting errors (Drop does the same, printing them).
     pub fn down(mut self) -> Result<[DirectionStats; 2]> {
-        let stats = match self.forwarder.take() {
-            Some(forwarder) => forwarder.stop(),
-            None => Default::default(),
-        };
+        let stats = self.stop();
         let prefix = std::mem::take(&mut self.prefix);
         teardown(&prefix)?;
         Ok(stats)

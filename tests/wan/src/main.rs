@@ -15,7 +15,10 @@ use clap::{Parser, Subcommand};
 use p2p_wan::{DirectionStats, Profile, Wan};
 
 #[derive(Parser)]
-#[command(name = "p2p-wan", about = "User-space WAN emulator between two network namespaces")]
+#[command(
+    name = "p2p-wan",
+    about = "User-space WAN emulator between two network namespaces"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -112,9 +115,10 @@ fn up(prefix: &str, profile: Profile, seed: u64, stats_every: f64) -> Result<()>
             }
         }
     }
-    let elapsed = started.elapsed();
-    let stats = wan.down().context("teardown")?;
-    print_stats(&stats, elapsed, true);
+    let mut wan = wan;
+    let stats = wan.stop();
+    print_stats(&stats, started.elapsed(), true);
+    wan.down().context("teardown")?;
     Ok(())
 }
 

@@ -371,7 +371,10 @@ mod tests {
         }
         assert_eq!(accepted, delivered);
         let stats = link.stats();
-        assert!(stats.dropped_queue_frames > 0, "the test should fill the queue");
+        assert!(
+            stats.dropped_queue_frames > 0,
+            "the test should fill the queue"
+        );
         assert!(stats.max_queue_bytes <= 64 * 1024);
     }
 }

@@ -57,7 +57,11 @@ pub fn exists(ns: &str) -> bool {
 pub fn add(ns: &str) -> Result<()> {
     run("ip", ["netns", "add", ns])?;
     exec_in(ns, "sysctl", &["-qw", "net.ipv6.conf.all.disable_ipv6=1"])?;
-    exec_in(ns, "sysctl", &["-qw", "net.ipv6.conf.default.disable_ipv6=1"])?;
+    exec_in(
+        ns,
+        "sysctl",
+        &["-qw", "net.ipv6.conf.default.disable_ipv6=1"],
+    )?;
     run("ip", ["-n", ns, "link", "set", "lo", "up"])
 }
 

@@ -315,23 +315,53 @@ mod tests {
             ("", ProfileError::Empty),
             ("rtt=30ms", ProfileError::Missing("rate")),
             ("rate=50mbit", ProfileError::Missing("rtt")),
-            ("rate=50mbit,rtt=30ms,rate=1gbit", ProfileError::Duplicate("rate".into())),
-            ("rate=50mbit,rtt=30ms,jitter=1ms", ProfileError::UnknownKey("jitter".into())),
+            (
+                "rate=50mbit,rtt=30ms,rate=1gbit",
+                ProfileError::Duplicate("rate".into()),
+            ),
+            (
+                "rate=50mbit,rtt=30ms,jitter=1ms",
+                ProfileError::UnknownKey("jitter".into()),
+            ),
             ("rate=50mbit,rtt", ProfileError::NotKeyValue("rtt".into())),
             ("rate=50,rtt=30ms", ProfileError::Rate("50".into())),
             ("rate=50mb,rtt=30ms", ProfileError::Rate("50mb".into())),
             ("rate=-5mbit,rtt=30ms", ProfileError::Rate("-5mbit".into())),
-            ("rate=1e3mbit,rtt=30ms", ProfileError::Rate("1e3mbit".into())),
+            (
+                "rate=1e3mbit,rtt=30ms",
+                ProfileError::Rate("1e3mbit".into()),
+            ),
             ("rate=0mbit,rtt=30ms", ProfileError::Rate("0mbit".into())),
             ("rate=50mbit,rtt=30", ProfileError::Rtt("30".into())),
             ("rate=50mbit,rtt=11s", ProfileError::Rtt("11s".into())),
-            ("rate=50mbit,rtt=30ms,loss=2", ProfileError::Loss("2".into())),
-            ("rate=50mbit,rtt=30ms,loss=100%", ProfileError::Loss("100%".into())),
-            ("rate=50mbit,rtt=30ms,loss=1.2.3%", ProfileError::Loss("1.2.3%".into())),
-            ("rate=50mbit,rtt=30ms,queue=1000", ProfileError::Queue("1000".into())),
-            ("rate=50mbit,rtt=30ms,queue=1.5m", ProfileError::Queue("1.5m".into())),
-            ("rate=50mbit,rtt=30ms,queue=4g", ProfileError::Queue("4g".into())),
-            ("lossy,satellite", ProfileError::NotKeyValue("satellite".into())),
+            (
+                "rate=50mbit,rtt=30ms,loss=2",
+                ProfileError::Loss("2".into()),
+            ),
+            (
+                "rate=50mbit,rtt=30ms,loss=100%",
+                ProfileError::Loss("100%".into()),
+            ),
+            (
+                "rate=50mbit,rtt=30ms,loss=1.2.3%",
+                ProfileError::Loss("1.2.3%".into()),
+            ),
+            (
+                "rate=50mbit,rtt=30ms,queue=1000",
+                ProfileError::Queue("1000".into()),
+            ),
+            (
+                "rate=50mbit,rtt=30ms,queue=1.5m",
+                ProfileError::Queue("1.5m".into()),
+            ),
+            (
+                "rate=50mbit,rtt=30ms,queue=4g",
+                ProfileError::Queue("4g".into()),
+            ),
+            (
+                "lossy,satellite",
+                ProfileError::NotKeyValue("satellite".into()),
+            ),
         ];
         for (spec, expected) in cases {
             assert_eq!(Profile::parse(spec).as_ref(), Err(expected), "{spec}");
