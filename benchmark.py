@@ -49,6 +49,23 @@ ceiling, a 20 MiB `send --max-speed 512K` on plain loopback, with --compare rsyn
 through the same link, and with --baseline-binary the same p2p-transfer runs with another
 binary, for a before/after in one run.
 
+With --wan PROFILE (issue 12) it measures across the project's WAN emulator instead, and
+nothing else (written to docs/benchmarks-wan.md): `p2p-wan up --profile PROFILE` (tests/wan;
+built with cargo build --release -p p2p-wan if missing) makes two network namespaces joined
+through a user-space link with the profile's rate, delay and random loss; every receiver
+and server (p2p-transfer receive, sshd, the magic-wormhole mailbox and transit relay, the
+iperf3 server) runs in the second, every sender and client in the first. Rows, for a
+--wan-size random file (200 MiB) and the small files, under the OS's TCP BBR and then
+Cubic (set in both namespaces): p2p-transfer --transport quic and --transport tcp (a
+binary without --transport: TCP only, QUIC rows "not available"), scp, rsync over ssh,
+magic-wormhole; each with seconds, MiB/s, fraction of the link, SHA-256 check, exit codes
+and the emulator's counters for that run; a run still going after --wan-timeout is
+killed and reported with the bytes that had arrived. Then (unless --no-wan-share) a share
+test: p2p-transfer and one `iperf3 -C cubic` flow on the same link for --share-seconds.
+The issue's targets are computed from the same run. --wan-smoke is a quick manual check:
+8 MiB over `lossy`, p2p-transfer only, verified, printed. Namespaces, servers and the
+emulator are torn down at the end, on Ctrl+C and on errors.
+
 Typical use:
 
     python3 benchmark.py                                   # full data sets, no comparison
@@ -57,13 +74,18 @@ Typical use:
     python3 benchmark.py --skip-big --skip-small --output /tmp/r.md  # throttle, resume, set-up
     python3 benchmark.py --slow-link --compare --baseline-binary OLD/target/release/p2p-transfer
     python3 benchmark.py --setup --baseline-binary OLD/target/release/p2p-transfer
+    python3 benchmark.py --wan intercontinental,lossy,satellite,dsl  # docs/benchmarks-wan.md
+    python3 benchmark.py --wan lossy --skip-small --wan-timeout 120 --share-seconds 20
+    python3 benchmark.py --wan-smoke
 
-Python 3.11, standard library only. Linux only (pidfd_open, wait4, /proc).
+Python 3.11, standard library only. Linux only (pidfd_open, wait4, /proc); --wan needs
+root (ip netns, sysctl) and iperf3 for the share test.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import getpass
 import hashlib
@@ -94,6 +116,7 @@ DEFAULT_BINARY = REPO / "target" / "release" / "p2p-transfer"
 DEFAULT_OUTPUT = REPO / "docs" / "benchmarks.md"
 DEFAULT_SLOW_OUTPUT = REPO / "docs" / "benchmarks-slow-link.md"
 DEFAULT_SETUP_OUTPUT = REPO / "docs" / "benchmarks-security.md"
+DEFAULT_WAN_OUTPUT = REPO / "docs" / "benchmarks-wan.md"
 DEFAULT_CHUNK = 1 * MiB  # p2p-transfer's default chunk size (p2p-core config.rs)
 LOOPBACK = "127.0.0.1"
 LISTEN_RE = re.compile(r"listening on (\S+)")
@@ -125,6 +148,17 @@ def parse_size(text: str) -> int:
     if value <= 0:
         raise argparse.ArgumentTypeError("size must be positive")
     return value
+
+
+def parse_wan_profiles(text: str) -> list[str]:
+    """'lossy,dsl' -> ['lossy', 'dsl'] (names of WAN_PROFILES)."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in WAN_PROFILES]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown WAN profile {', '.join(unknown) or repr(text)} (known: "
+            f"{', '.join(WAN_PROFILES)})")
+    return names
 
 
 def parse_windows(text: str) -> list[int]:
@@ -723,8 +757,9 @@ def check_output(ctx: Context, ds: Dataset, out: Path, result: Result, what: str
             ctx.warnings.append(note)
 
 
-def wait_listening(proc: Child, timeout: float) -> str:
-    """Reads `listening on <ip>:<port>` from a freshly started receiver's stderr (or stdout)."""
+def wait_listening(proc: Child, timeout: float, expect_host: str = LOOPBACK) -> str:
+    """Reads `listening on <ip>:<port>` from a freshly started receiver's stderr (or
+    stdout); the address must be on `expect_host` (127.0.0.1, or a WAN emulator host)."""
     deadline = time.monotonic() + timeout
     while True:
         for log in (proc.err, proc.out):
@@ -735,8 +770,9 @@ def wait_listening(proc: Child, timeout: float) -> str:
             if m:
                 addr = m.group(1).rstrip(".,;")
                 host = addr.rsplit(":", 1)[0].strip("[]")
-                if host != LOOPBACK:
-                    raise BenchError(f"receiver listens on {addr}, not on {LOOPBACK}; refusing")
+                if host != expect_host:
+                    raise BenchError(f"receiver listens on {addr}, not on {expect_host}; "
+                                     "refusing")
                 return addr
         if proc.exited():
             raise BenchError(f"{proc.name} exited before listening\n"
@@ -907,6 +943,7 @@ class Sshd:
     port: int
     key: Path
     user: str
+    host: str = LOOPBACK
 
     def ssh_options(self) -> list[str]:
         return ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
@@ -938,8 +975,9 @@ def ensure_apt_packages(packages: dict[str, str]) -> None:
                          + "\n".join(lines[-10:]))
 
 
-def start_sshd(ctx: Context) -> Sshd:
-    """A private sshd on 127.0.0.1:<free port> with generated host and client keys."""
+def start_sshd(ctx: Context, wan: "WanLink | None" = None) -> Sshd:
+    """A private sshd on 127.0.0.1:<free port> with generated host and client keys; with
+    `wan`, on port 22 of the emulated link's second host (inside its namespace)."""
     ensure_apt_packages({"openssh-server": "/usr/sbin/sshd", "rsync": "/usr/bin/rsync"})
     for tool in ("ssh-keygen", "scp", "ssh", "rsync"):
         if not shutil.which(tool):
@@ -957,11 +995,12 @@ def start_sshd(ctx: Context) -> Sshd:
     os.chmod(client_key, 0o600)
     authorized = ssh_dir / "authorized_keys"
     authorized.write_text((client_key.with_suffix(".pub")).read_text())
-    port = free_port()
+    host = wan.ip2 if wan else LOOPBACK
+    port = WAN_SSH_PORT if wan else free_port()
     config = ssh_dir / "sshd_config"
     config.write_text(f"""\
 # generated by benchmark.py; used only for this run
-ListenAddress {LOOPBACK}
+ListenAddress {host}
 Port {port}
 HostKey {host_key}
 PidFile {ssh_dir / 'sshd.pid'}
@@ -977,19 +1016,22 @@ PrintMotd no
 Subsystem sftp internal-sftp
 """)
     Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege-separation dir
-    sshd = ctx.procs.start("sshd", ["/usr/sbin/sshd", "-D", "-e", "-p", str(port),
-                                    "-f", str(config)])
+    argv = ["/usr/sbin/sshd", "-D", "-e", "-p", str(port), "-f", str(config)]
+    sshd = ctx.procs.start("sshd", wan.in2(argv) if wan else argv)
     try:
-        wait_for_port(port, 20, sshd, expect=b"SSH-")
+        if wan:  # not reachable from here: sshd says when it listens (-e: on stderr)
+            wait_for_line(sshd, "Server listening on", 20)
+        else:
+            wait_for_port(port, 20, sshd, expect=b"SSH-")
     except BenchError as e:
         raise BenchError(f"sshd did not start: {e}\n{tail(sshd.err)}")
-    server = Sshd(port, client_key, getpass.getuser())
-    r = run_quiet(["ssh", *server.ssh_options(), "-p", str(port),
-                   f"{server.user}@{LOOPBACK}", "true"], timeout=30)
+    server = Sshd(port, client_key, getpass.getuser(), host)
+    argv = ["ssh", *server.ssh_options(), "-p", str(port), f"{server.user}@{host}", "true"]
+    r = run_quiet(wan.in1(argv) if wan else argv, timeout=30)
     if r.returncode != 0:
-        raise BenchError(f"cannot log in to the local sshd: {r.stderr.strip()}\n"
+        raise BenchError(f"cannot log in to the sshd on {host}: {r.stderr.strip()}\n"
                          f"{tail(sshd.err)}")
-    print(f"sshd listening on {LOOPBACK}:{port}", flush=True)
+    print(f"sshd listening on {host}:{port}" + (f" (in {wan.ns2})" if wan else ""), flush=True)
     return server
 
 
@@ -1082,32 +1124,43 @@ def ensure_wormhole(ctx: Context) -> Path:
     return venv / "bin"
 
 
-def start_wormhole_servers(ctx: Context) -> Wormhole:
-    """`twist wormhole-mailbox` and `twist transitrelay`, both on 127.0.0.1 only."""
+def start_wormhole_servers(ctx: Context, wan: "WanLink | None" = None) -> Wormhole:
+    """`twist wormhole-mailbox` and `twist transitrelay`, both on 127.0.0.1 only; with
+    `wan`, on the emulated link's second host (inside its namespace)."""
     bin_dir = ensure_wormhole(ctx)
     state = ctx.workdir / "wormhole"
-    state.mkdir(exist_ok=True)
-    mailbox_port, transit_port = free_port(), free_port()
+    drop_tree(state)  # the mailbox's database of an earlier run or profile
+    state.mkdir()
+    host = wan.ip2 if wan else LOOPBACK
+    if wan:
+        mailbox_port, transit_port = WAN_MAILBOX_PORT, WAN_TRANSIT_PORT
+    else:
+        mailbox_port, transit_port = free_port(), free_port()
     while transit_port == mailbox_port:
         transit_port = free_port()
-    mailbox = ctx.procs.start("wormhole-mailbox", [
+    wrap = wan.in2 if wan else (lambda argv: argv)
+    mailbox = ctx.procs.start("wormhole-mailbox", wrap([
         bin_dir / "twist", "wormhole-mailbox",
-        f"--port=tcp:{mailbox_port}:interface={LOOPBACK}",
-        f"--channel-db={state / 'relay.sqlite'}"], cwd=state)
-    relay = ctx.procs.start("wormhole-transit", [
+        f"--port=tcp:{mailbox_port}:interface={host}",
+        f"--channel-db={state / 'relay.sqlite'}"]), cwd=state)
+    relay = ctx.procs.start("wormhole-transit", wrap([
         bin_dir / "twist", "transitrelay",
-        f"--port=tcp:{transit_port}:interface={LOOPBACK}"], cwd=state)
+        f"--port=tcp:{transit_port}:interface={host}"]), cwd=state)
     for proc, port in ((mailbox, mailbox_port), (relay, transit_port)):
         try:
-            wait_for_port(port, 30, proc)
+            if wan:
+                wan.wait_for_port(port, 30, proc)
+            else:
+                wait_for_port(port, 30, proc)
         except BenchError as e:
             raise BenchError(f"{proc.name}: {e}\n{tail(proc.out)}\n{tail(proc.err)}")
     r = run_quiet([str(bin_dir / "wormhole"), "--version"], timeout=60)
     version = (r.stdout or r.stderr).strip().splitlines()[-1] if r.returncode == 0 else "?"
-    print(f"wormhole mailbox on {LOOPBACK}:{mailbox_port}, transit relay on "
-          f"{LOOPBACK}:{transit_port} ({version})", flush=True)
-    return Wormhole(bin_dir, f"ws://{LOOPBACK}:{mailbox_port}/v1",
-                    f"tcp:{LOOPBACK}:{transit_port}", version)
+    print(f"wormhole mailbox on {host}:{mailbox_port}, transit relay on "
+          f"{host}:{transit_port} ({version})" + (f" (in {wan.ns2})" if wan else ""),
+          flush=True)
+    return Wormhole(bin_dir, f"ws://{host}:{mailbox_port}/v1",
+                    f"tcp:{host}:{transit_port}", version)
 
 
 def measure_wormhole(ctx: Context, ds: Dataset, wh: Wormhole | None, why: str) -> Result:
@@ -3260,6 +3313,1286 @@ def write_slow_report(path: Path, *, command: str, started: datetime.datetime, m
 
 
 # --------------------------------------------------------------------------------------
+# WAN: two network namespaces joined through the project's emulator (tests/wan, p2p-wan)
+# --------------------------------------------------------------------------------------
+
+@dataclass
+class WanProfile:
+    name: str
+    mbit: float | None  # Mbit/s (10^6 bit/s) each way; None: not limited (plain veth)
+    rtt_ms: float       # round trip the link adds
+    loss_pct: float     # random loss, % of packets, each direction
+
+    @property
+    def mibps(self) -> float | None:
+        """The link's rate in MiB/s (the reference of every `fraction of link`)."""
+        return self.mbit * 1e6 / 8 / MiB if self.mbit else None
+
+    @property
+    def label(self) -> str:
+        if self.mbit is None:
+            return f"`{self.name}`: a plain veth pair (no emulator: no rate limit, delay or loss)"
+        return (f"`{self.name}`: {self.mbit:g} Mbit/s ({self.mibps:.2f} MiB/s) each way, "
+                f"{self.rtt_ms:g} ms round trip, {self.loss_pct:g}% random loss each way")
+
+
+# The emulator's profiles (issue 12, point 4), as the p2p-wan binary defines them; here
+# only for the report and for `fraction of link`. `veth` is this script's own: two
+# namespaces joined by a plain veth pair, to check the script without the emulator.
+WAN_PROFILES = {p.name: p for p in [
+    WanProfile("dsl", 20, 40, 0.1),
+    WanProfile("intercontinental", 100, 150, 0.5),
+    WanProfile("lossy", 50, 30, 2.0),
+    WanProfile("satellite", 50, 600, 0.5),
+    WanProfile("lan", 1000, 1, 0.0),
+    WanProfile("veth", None, 0, 0.0),
+]}
+WAN_TARGETS = {"intercontinental": 0.85, "lossy": 0.90, "satellite": 0.75, "dsl": 0.90}
+WAN_VS_OTHERS = {"bbr": 1.5, "cubic": 30.0}  # intercontinental: × the best of the others
+WAN_CCS = ["bbr", "cubic"]          # the OS's TCP congestion control of each group of rows
+WAN_SIZE = "200M"                   # --wan-size default
+WAN_TIMEOUT = 600.0                 # s: one run, then "did not finish" (--wan-timeout)
+WAN_SHARE_SECONDS = 60              # --share-seconds default
+WAN_SHARE_TICK = 0.5                # s between two samples of the share test
+WAN_SHARE_FILE_MAX = 2 << 30        # the share test's file: link rate × (time + 15 s), capped
+WAN_SMOKE_PROFILE = "lossy"
+WAN_SMOKE_SIZE = 8 * MiB
+WAN_STATS_EVERY = 0.5               # s: p2p-wan --stats-every
+WAN_GAUGES = {"queue_bytes", "max_queue_bytes"}  # p2p-wan's stats that are not counters
+WAN_SSH_PORT = 22                   # inside the second host's namespace: nothing else there
+WAN_MAILBOX_PORT = 4000
+WAN_TRANSIT_PORT = 4001
+WAN_IPERF_PORT = 5201
+WAN_VETH_H1, WAN_VETH_H2 = "10.201.0.1", "10.201.0.2"  # what p2p-wan uses too
+CONNECTED_RE = re.compile(r"connected to \S+ over (\w+)")  # the sender, on stderr
+WAN_READY_RE = re.compile(r"^ready h1=(\S+) h2=(\S+) netns1=(\S+) netns2=(\S+)", re.M)
+WAN_SYSCTLS = ["net.ipv4.tcp_congestion_control", "net.ipv4.tcp_rmem", "net.ipv4.tcp_wmem",
+               "net.core.rmem_max", "net.core.wmem_max"]
+QUIC_NA = "not available in this binary"
+
+
+def default_wan_emulator() -> Path:
+    """Where `cargo build --release -p p2p-wan` puts the emulator (CARGO_TARGET_DIR too)."""
+    target = os.environ.get("CARGO_TARGET_DIR")
+    return (Path(target) if target else REPO / "target") / "release" / "p2p-wan"
+
+
+def ensure_wan_emulator(path: Path) -> None:
+    if path.exists():
+        return
+    if path != default_wan_emulator():
+        raise SystemExit(f"error: {path} does not exist")
+    print(f"{path} missing: running cargo build --release -p p2p-wan…", flush=True)
+    try:
+        r = subprocess.run(["cargo", "build", "--release", "-p", "p2p-wan"], cwd=REPO,
+                           stdin=subprocess.DEVNULL, timeout=3600)
+    except subprocess.TimeoutExpired:
+        raise SystemExit("error: cargo build --release -p p2p-wan timed out")
+    if r.returncode != 0 or not path.exists():
+        raise SystemExit("error: cargo build --release -p p2p-wan failed (is tests/wan in "
+                         "this work tree?)")
+
+
+def supports_transport(ctx: "Context", binary: Path) -> bool:
+    """Whether `binary send --help` and `receive --help` mention `--transport` (issue 12:
+    QUIC). Asked once per binary; without it only the TCP rows run."""
+    key = f"transport:{binary}"
+    if key not in ctx.code_support:
+        ok = True
+        for sub in ("send", "receive"):
+            try:
+                r = run_quiet([str(binary), sub, "--help"], timeout=30)
+                ok = ok and "--transport" in (r.stdout + r.stderr)
+            except (OSError, subprocess.TimeoutExpired):
+                ok = False
+        ctx.code_support[key] = ok
+    return ctx.code_support[key]
+
+
+ALLOWED_SYSCTL = Path("/proc/sys/net/ipv4/tcp_allowed_congestion_control")
+
+
+def allow_congestion(ctx: "Context", cc: str) -> None:
+    """Adds `cc` to the host's tcp_allowed_congestion_control (remembering the old list
+    once, in ctx.allowed_old) so that a network namespace may choose it."""
+    try:
+        allowed = ALLOWED_SYSCTL.read_text().split()
+    except OSError:
+        return
+    if cc in allowed:
+        return
+    if getattr(ctx, "allowed_old", None) is None:
+        ctx.allowed_old = " ".join(allowed)
+    try:
+        ALLOWED_SYSCTL.write_text(" ".join(allowed + [cc]) + "\n")
+    except OSError as e:
+        raise BenchError(f"cannot add {cc} to tcp_allowed_congestion_control: {e}")
+
+
+def restore_allowed_congestion(ctx: "Context") -> None:
+    old = getattr(ctx, "allowed_old", None)
+    if old is None:
+        return
+    try:
+        ALLOWED_SYSCTL.write_text(old + "\n")
+        ctx.allowed_old = None
+    except OSError as e:
+        print(f"warning: could not restore tcp_allowed_congestion_control to {old!r}: {e}",
+              file=sys.stderr)
+
+
+def bytes_under(path: Path) -> int:
+    """Bytes in the regular files under `path` (what arrived, finished or not)."""
+    total = 0
+    for dirpath, _, filenames in os.walk(path):
+        for name in filenames:
+            try:
+                st = os.lstat(os.path.join(dirpath, name))
+            except OSError:
+                continue
+            if not os.path.islink(os.path.join(dirpath, name)):
+                total += st.st_size
+    return total
+
+
+def wait_for_text(child: Child, path: Path, needle: str, timeout: float) -> None:
+    """Waits until `needle` appears in one of `child`'s logs (`path`)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if needle in path.read_text(errors="replace"):
+                return
+        except OSError:
+            pass
+        if child.exited():
+            raise BenchError(f"{child.name} exited early:\n{tail(child.err)}\n{tail(child.out)}")
+        if time.monotonic() > deadline:
+            raise BenchError(f"{child.name} did not print {needle!r} within {timeout:.0f}s\n"
+                             f"{tail(child.err)}")
+        time.sleep(0.02)
+
+
+class WanLink:
+    """Two network namespaces, h1 (the sender's, the client's) and h2 (the receiver's,
+    the server's), joined through `p2p-wan up --profile NAME` (or, for the `veth`
+    profile, a plain veth pair made here). Everything measured runs inside them with
+    `ip netns exec`: the data cross the emulated link once, from h1 to h2."""
+
+    def __init__(self, ctx: "Context", profile: WanProfile, emulator: Path | None, seed: int):
+        self.ctx = ctx
+        self.profile = profile
+        self.emulator = emulator if profile.mbit is not None else None
+        self.seed = seed
+        # Short (interface names have 15 characters at most), starts with "bw", unique.
+        self.prefix = f"bw{uuid.uuid4().hex[:5]}"
+        self.ns1 = self.ns2 = ""
+        self.ip1, self.ip2 = WAN_VETH_H1, WAN_VETH_H2
+        self.child: Child | None = None
+        self.made: list[str] = []        # namespaces made here (the veth profile)
+        self.commands: list[str] = []    # how the link was made, for the report
+        self.ready_line = ""
+        self.latest: dict[str, dict] = {}  # direction -> the emulator's last stats object
+        self.stats_lines = 0
+        self.first_stats: dict | None = None
+        self._offset = 0
+        self._partial = b""
+        self.started = 0                 # index in ctx.procs.started at up()
+
+    # -- commands inside the hosts -----------------------------------------------------
+
+    @staticmethod
+    def inside(ns: str, argv: list) -> list[str]:
+        return ["ip", "netns", "exec", ns, *map(str, argv)]
+
+    def in1(self, argv: list) -> list[str]:
+        return self.inside(self.ns1, argv)
+
+    def in2(self, argv: list) -> list[str]:
+        return self.inside(self.ns2, argv)
+
+    def _ip(self, *argv: str) -> None:
+        self.commands.append(shlex.join(["ip", *argv]))
+        r = run_quiet(["ip", *argv], timeout=30)
+        if r.returncode != 0:
+            raise BenchError(f"ip {' '.join(argv)} failed: {r.stderr.strip()}")
+
+    # -- up / down ---------------------------------------------------------------------
+
+    def up(self) -> None:
+        self.started = len(self.ctx.procs.started)
+        if self.emulator is not None:
+            argv = [self.emulator, "up", "--prefix", self.prefix, "--profile",
+                    self.profile.name, "--seed", str(self.seed),
+                    "--stats-every", str(WAN_STATS_EVERY)]
+            self.commands.append(shlex.join(map(str, argv)))
+            self.child = self.ctx.procs.start(f"wan-{self.profile.name}", argv)
+            deadline = time.monotonic() + 60
+            while True:
+                m = WAN_READY_RE.search(self.child.out.read_text(errors="replace"))
+                if m:
+                    break
+                if self.child.exited() or time.monotonic() > deadline:
+                    raise BenchError(f"p2p-wan up --profile {self.profile.name} printed no "
+                                     f"`ready` line:\n{tail(self.child.err)}")
+                time.sleep(0.05)
+            self.ready_line = m.group(0)
+            self.ip1, self.ip2, self.ns1, self.ns2 = m.groups()
+            said = last_line(self.child.err, "p2p-wan:")
+            if said:
+                self.ready_line += f"  (stderr: {said})"
+        else:
+            self.ns1, self.ns2 = f"{self.prefix}-h1", f"{self.prefix}-h2"
+            for ns in (self.ns1, self.ns2):
+                self._ip("netns", "add", ns)
+                self.made.append(ns)
+            a, b = f"{self.prefix}-a", f"{self.prefix}-b"
+            self._ip("link", "add", a, "netns", self.ns1, "type", "veth", "peer", "name", b,
+                     "netns", self.ns2)
+            for ns, dev, ip in ((self.ns1, a, self.ip1), (self.ns2, b, self.ip2)):
+                self._ip("-n", ns, "addr", "add", f"{ip}/24", "dev", dev)
+                self._ip("-n", ns, "link", "set", dev, "up")
+            self.ready_line = f"veth {a} ({self.ns1}, {self.ip1}) ↔ {b} ({self.ns2}, {self.ip2})"
+        for ns in (self.ns1, self.ns2):  # local connections inside a host (wormhole, sshd)
+            self._ip("-n", ns, "link", "set", "lo", "up")
+        print(f"WAN link up: {self.ready_line}", flush=True)
+
+    def down(self) -> None:
+        """Stops what runs inside the hosts, then the emulator (SIGTERM: it tears its
+        namespaces down), then `p2p-wan down` for leftovers; deletes namespaces made here."""
+        procs = self.ctx.procs
+        for child in reversed(procs.started[self.started:]):
+            if child is not self.child:
+                procs.stop(child, grace=2.0)
+        if self.child is not None:
+            procs.stop(self.child, grace=15.0)
+            self._read_stats()
+            if self.child.returncode not in (0, None):
+                note = (f"p2p-wan ({self.profile.name}) exited with status "
+                        f"{self.child.returncode} when stopped: {tail(self.child.err, 3)}")
+                self.ctx.warnings.append(note)
+        if self.emulator is not None and self.prefix:
+            try:
+                run_quiet([str(self.emulator), "down", "--prefix", self.prefix], timeout=60)
+            except (OSError, subprocess.TimeoutExpired):
+                pass
+        for ns in self.made:
+            run_quiet(["ip", "netns", "del", ns], timeout=30)
+        self.made = []
+        try:
+            left = [ns for ns in run_quiet(["ip", "netns", "list"], timeout=30).stdout.split()
+                    if ns.startswith(self.prefix)]
+        except (OSError, subprocess.TimeoutExpired):
+            left = []
+        if left:
+            self.ctx.warnings.append(f"namespaces left after tearing down: {', '.join(left)}")
+
+    # -- inside the hosts ----------------------------------------------------------------
+
+    def sysctl(self, ns: str, key: str, value: str | None = None) -> str:
+        argv = ["sysctl", "-n", key] if value is None else ["sysctl", "-w", f"{key}={value}"]
+        r = run_quiet(self.inside(ns, argv), timeout=30)
+        if r.returncode != 0:
+            raise BenchError(f"sysctl {key} in {ns}: {(r.stderr or r.stdout).strip()}")
+        return run_quiet(self.inside(ns, ["sysctl", "-n", key]), timeout=30).stdout.strip()
+
+    def set_congestion(self, cc: str) -> str:
+        """net.ipv4.tcp_congestion_control (per namespace) = cc in both hosts. A namespace
+        other than the first may only choose an algorithm of the (global)
+        net.ipv4.tcp_allowed_congestion_control, so `cc` is added there first (and the
+        list restored at the end: restore_allowed_congestion). Raises BenchError if
+        either host does not end up with `cc`."""
+        allow_congestion(self.ctx, cc)
+        got = []
+        for ns in (self.ns1, self.ns2):
+            try:
+                got.append(self.sysctl(ns, "net.ipv4.tcp_congestion_control", cc))
+            except BenchError as e:
+                raise BenchError(f"cannot set the TCP congestion control to {cc}: {e}")
+        if got[0] == got[1] == cc:
+            return cc
+        raise BenchError(f"asked both hosts for tcp_congestion_control={cc}, got "
+                         f"{got[0]} / {got[1]}")
+
+    def sysctls(self) -> dict[str, str]:
+        out = {}
+        for key in WAN_SYSCTLS:
+            vals = []
+            for ns in (self.ns1, self.ns2):
+                try:
+                    vals.append(self.sysctl(ns, key).replace("\t", " "))
+                except BenchError:
+                    vals.append("?")
+            out[key] = vals[0] if vals[0] == vals[1] else f"{vals[0]} (h1) / {vals[1]} (h2)"
+        return out
+
+    def wait_for_port(self, port: int, timeout: float, proc: Child | None = None) -> None:
+        """Waits until ip2:port accepts a connection made inside h2 (not across the link)."""
+        probe = ("import socket,sys\n"
+                 "socket.create_connection((sys.argv[1], int(sys.argv[2])), 2).close()")
+        deadline = time.monotonic() + timeout
+        while True:
+            r = run_quiet(self.in2([sys.executable, "-I", "-S", "-c", probe, self.ip2,
+                                    str(port)]), timeout=30)
+            if r.returncode == 0:
+                return
+            if proc is not None and proc.exited():
+                raise BenchError(f"{proc.name} exited before listening")
+            if time.monotonic() > deadline:
+                raise BenchError(f"nothing listening on {self.ip2}:{port} in {self.ns2} "
+                                 f"after {timeout:.0f}s")
+            time.sleep(0.1)
+
+    # -- the emulator's statistics ---------------------------------------------------------
+
+    def _read_stats(self) -> None:
+        """Parses the JSON lines the emulator printed since the last call (one per
+        direction every WAN_STATS_EVERY s, cumulative counters)."""
+        if self.child is None:
+            return
+        try:
+            with open(self.child.out, "rb") as f:
+                f.seek(self._offset)
+                data = f.read()
+        except OSError:
+            return
+        self._offset += len(data)
+        *lines, self._partial = (self._partial + data).split(b"\n")
+        for line in lines:
+            line = line.strip()
+            if not line.startswith(b"{"):
+                continue
+            try:
+                obj = json.loads(line)
+            except ValueError:
+                continue
+            if not isinstance(obj, dict):
+                continue
+            if self.first_stats is None:
+                self.first_stats = obj
+            key = str(next((obj[k] for k in ("direction", "dir", "from", "name") if k in obj),
+                           "link"))
+            self.latest[key] = obj
+            self.stats_lines += 1
+
+    def snapshot(self) -> dict[str, dict]:
+        """The emulator's counters now: waits for the next line of every direction (at
+        most a few seconds), so that a snapshot taken while the link is idle is exact."""
+        if self.child is None:
+            return {}
+        self._read_stats()
+        wanted = self.stats_lines + max(2, len(self.latest))
+        deadline = time.monotonic() + 3 * WAN_STATS_EVERY + 2
+        while self.stats_lines < wanted and time.monotonic() < deadline:
+            if self.child.exited():
+                break
+            time.sleep(0.05)
+            self._read_stats()
+        return json.loads(json.dumps(self.latest))
+
+    @staticmethod
+    def stats_diff(before: dict[str, dict], after: dict[str, dict]) -> dict[str, dict]:
+        """Per direction: every counter's increase between two snapshots (the gauges,
+        WAN_GAUGES, as they are in `after`)."""
+        diff = {}
+        for direction, obj in after.items():
+            old = before.get(direction, {})
+            diff[direction] = {k: v if k in WAN_GAUGES else v - old.get(k, 0)
+                               for k, v in obj.items()
+                               if isinstance(v, int) and not isinstance(v, bool)}
+        return diff
+
+    @staticmethod
+    def fmt_stats(diff: dict[str, dict]) -> str:
+        """`h1->h2: forwarded 1,234 frames (1.8 MiB), dropped by loss 6, by the queue 0`
+        per direction; the emulator's other counters only when not zero; a field it
+        does not name as expected, as it names it."""
+        if not diff:
+            return NOT_MEASURED
+        parts = []
+        for direction, c in sorted(diff.items()):
+            if "forwarded_frames" in c:
+                text = (f"forwarded {c['forwarded_frames']:,} frames "
+                        f"({c.get('forwarded_bytes', 0) / MiB:.1f} MiB), dropped by loss "
+                        f"{c.get('dropped_loss_frames', 0):,}, by the queue "
+                        f"{c.get('dropped_queue_frames', 0):,}")
+                known = {"forwarded_frames", "forwarded_bytes", "dropped_loss_frames",
+                         "dropped_loss_bytes", "dropped_queue_frames", "dropped_queue_bytes",
+                         *WAN_GAUGES}
+                rest = [f"{k} {v:,}" for k, v in c.items()
+                        if k not in known and isinstance(v, int) and v]
+                text += "".join(f", {r}" for r in rest)
+            else:
+                text = ", ".join(f"{k} {v:,}" for k, v in c.items() if v) or "nothing"
+            parts.append(f"{direction}: {text}")
+        return "; ".join(parts)
+
+
+# ---- the rows ------------------------------------------------------------------------
+
+@dataclass
+class WanRun:
+    profile: str
+    tool: str                  # the row's label
+    key: str                   # "quic", "tcp", "scp", "rsync", "wormhole"
+    dataset: str               # "big" / "small"
+    dataset_label: str
+    cc: str                    # the OS's TCP congestion control in both hosts
+    file_bytes: int
+    link_mibps: float | None
+    commands: list[str] = field(default_factory=list)
+    exits: str = "n/a"
+    seconds: float | None = None   # start of the sender → every end exited
+    done: bool = False             # every process exited 0 and the data are intact
+    verified: str = "n/a"
+    arrived: int | None = None     # bytes in the output when it did not finish
+    timed_out: bool = False
+    stats: str = NOT_MEASURED
+    note: str = ""
+    status: str = "ok"             # or why it was not run
+
+    def mibps(self) -> float | None:
+        return self.file_bytes / MiB / self.seconds if self.done and self.seconds else None
+
+    def partial_mibps(self) -> float | None:
+        """For a run that did not finish: what arrived ÷ the time it had."""
+        if self.done or not self.seconds or self.arrived is None:
+            return None
+        return self.arrived / MiB / self.seconds
+
+    def fraction(self) -> float | None:
+        rate = self.mibps()
+        return rate / self.link_mibps if rate is not None and self.link_mibps else None
+
+
+def wan_p2p_label(transport: str | None, has_transport: bool) -> str:
+    if transport == "quic":
+        return "p2p-transfer --transport quic"
+    return "p2p-transfer --transport tcp" if has_transport else "p2p-transfer (TCP only)"
+
+
+def check_transport(child: Child, asked: str, has_transport: bool) -> tuple[str, str | None]:
+    """(what the sender says it connected over, or "?"; a problem, or None): a row must
+    run over the transport it is labelled with."""
+    try:
+        m = CONNECTED_RE.search(child.err.read_text(errors="replace"))
+    except OSError:
+        m = None
+    if m is None:  # a failure before connecting (the exit codes say so), or an old build
+        return "?" if has_transport else "TCP", None
+    seen = m.group(1).upper()
+    if seen != asked.upper():
+        return seen, f"asked for {asked.upper()}, the sender connected over {seen}"
+    return seen, None
+
+
+def finish_wan_run(ctx: "Context", wan: WanLink, run: WanRun, ds: Dataset, out: Path,
+                   exits: list[Exit], t0: float, before: dict) -> None:
+    """Fills in a run from its processes' exits, the output and the emulator's counters."""
+    run.seconds = max(e.end for e in exits) - t0
+    run.exits = " / ".join(fmt_exit(e) for e in exits)
+    run.timed_out = any(e.timed_out for e in exits)
+    clean = all(e.returncode == 0 and not e.timed_out for e in exits)
+    errors, extras = verify_output(ds, out)
+    if not errors:
+        run.verified = "yes" + (f" ({len(extras)} other file(s) left)" if extras else "")
+    elif run.timed_out:
+        run.verified = f"no: did not finish ({len(errors)} of {len(ds.hashes)} file(s) missing or short)"
+    else:
+        run.verified = f"NO: {errors[0]}" + (f" (+{len(errors) - 1} more)" if len(errors) > 1 else "")
+    run.done = clean and not errors
+    if not run.done:
+        run.arrived = bytes_under(out)
+    run.stats = wan.fmt_stats(wan.stats_diff(before, wan.snapshot()))
+    if run.timed_out:
+        run.note = (f"did not finish in {ctx.args.wan_timeout:.0f} s: "
+                    f"{(run.arrived or 0) / MiB:.1f} of {ds.total_bytes / MiB:.1f} MiB arrived"
+                    + (f"; {run.note}" if run.note else ""))
+
+
+def wan_failed(ctx: "Context", run: WanRun, e: BenchError) -> WanRun:
+    run.status = f"could not be run: {str(e).splitlines()[0]}"
+    print(f"\n!!! {run.tool} / {run.profile} / {run.dataset}: {e}\n", file=sys.stderr,
+          flush=True)
+    ctx.failures.append(f"{run.tool} / {run.profile} / {run.dataset} ({run.cc}): {e}")
+    return run
+
+
+def report_wan_run(ctx: "Context", run: WanRun) -> None:
+    if run.status != "ok":
+        print(f"  {run.tool:<32} {run.dataset:<5} {run.cc:<5} {run.status}", flush=True)
+        return
+    rate, frac = run.mibps(), run.fraction()
+    what = (f"{rate:8.2f} MiB/s" + (f" ({frac:.0%} of link)" if frac is not None else "")
+            if rate is not None else f"did not complete ({run.note or run.verified})")
+    print(f"  {run.tool:<32} {run.dataset:<5} {run.cc:<5} exit {run.exits}, "
+          f"{fmt_num(run.seconds)} s, {what}, verified: {run.verified}", flush=True)
+    if not run.done and not run.timed_out:  # a run that ran out of time is a finding
+        ctx.failures.append(f"{run.tool} / {run.profile} / {run.dataset} ({run.cc}): exit "
+                            f"{run.exits} after {fmt_num(run.seconds)} s, verified: "
+                            f"{run.verified}")
+
+
+def new_wan_run(ctx: "Context", wan: WanLink, tool: str, key: str, ds: Dataset,
+                cc: str) -> WanRun:
+    return WanRun(wan.profile.name, tool, key, ds.key, ds.label, cc, ds.total_bytes,
+                  wan.profile.mibps)
+
+
+def measure_wan_p2p(ctx: "Context", wan: WanLink, ds: Dataset, transport: str,
+                    cc: str) -> WanRun:
+    """receive in h2 (--bind h2 --port 0, --code, --transport), send in h1 to the address
+    it prints; time: start of the sender → both ends exited (the other gets SLOW_GRACE
+    s once one has exited; both are killed at --wan-timeout)."""
+    binary = ctx.args.binary
+    has_transport = supports_transport(ctx, binary)
+    run = new_wan_run(ctx, wan, wan_p2p_label(transport, has_transport), transport, ds, cc)
+    if transport == "quic" and not has_transport:
+        run.status = QUIC_NA
+        report_wan_run(ctx, run)
+        return run
+    name = ctx.log_name(f"wan-{wan.profile.name}-{transport}-{cc}-{ds.key}")
+    targs = ["--transport", transport] if has_transport else []
+    try:
+        out = ctx.fresh_output()
+        code = next_code(ctx) if supports_code(ctx, binary) else None
+        pair = ["--code", code] if code else []
+        recv_argv = [str(binary), "receive", "--output", str(out), "--port", "0",
+                     "--bind", wan.ip2, *pair, *targs]
+        recv = ctx.procs.start(f"{name}-receive", wan.in2(recv_argv),
+                               env=p2p_env(ctx, "receive"))
+        try:
+            addr = wait_listening(recv, 30, wan.ip2)
+        except BenchError:
+            ctx.procs.stop(recv)
+            raise
+        send_argv = [str(binary), "send", str(ds.path), "--peer", addr, *pair, *targs]
+        run.commands += [env_prefix(ctx, "receive") + shlex.join(wan.in2(recv_argv))
+                         + f"    # → listening on {addr}",
+                         env_prefix(ctx, "send") + shlex.join(wan.in1(send_argv))]
+        os.sync()
+        before = wan.snapshot()
+        t0 = time.perf_counter()
+        send = ctx.procs.start(f"{name}-send", wan.in1(send_argv), env=p2p_env(ctx, "send"))
+        exits = wait_ends(ctx, [send, recv], ctx.args.wan_timeout)
+        finish_wan_run(ctx, wan, run, ds, out, [exits[send.name], exits[recv.name]], t0, before)
+        seen, problem = check_transport(send, transport, has_transport)
+        if problem:
+            run.done = False
+            run.verified += f"; {problem}"
+        m = DONE_RE.search(send.out.read_text(errors="replace"))
+        if run.done:
+            run.note = (f"over {seen}; sender: `{m.group(0)}`" if m
+                        else f"over {seen}; no `done:` line from the sender")
+        elif not run.timed_out:
+            for who, child in (("sender", send), ("receiver", recv)):
+                line = last_line(child.err, "error") or last_line(child.err)
+                if line:
+                    run.note += f"{who}: `{line}`; "
+    except BenchError as e:
+        return wan_failed(ctx, run, e)
+    finally:
+        ctx.clear_output()
+    report_wan_run(ctx, run)
+    return run
+
+
+def measure_wan_ssh(ctx: "Context", wan: WanLink, ds: Dataset, tool: str, cc: str,
+                    sshd: Sshd | None, why: str) -> WanRun:
+    """scp -r, or rsync -a over ssh, from h1 to the sshd in h2."""
+    label = "scp" if tool == "scp" else "rsync -a over ssh"
+    run = new_wan_run(ctx, wan, label, tool, ds, cc)
+    if sshd is None:
+        run.status = f"unavailable: {why}"
+        report_wan_run(ctx, run)
+        return run
+    name = ctx.log_name(f"wan-{wan.profile.name}-{tool}-{cc}-{ds.key}")
+    try:
+        out = ctx.fresh_output()
+        dest = f"{sshd.user}@{sshd.host}:{out}/"
+        if tool == "scp":
+            argv = ["scp", "-q", "-r", *sshd.ssh_options(), "-P", str(sshd.port),
+                    str(ds.path), dest]
+        else:
+            rsh = shlex.join(["ssh", *sshd.ssh_options(), "-p", str(sshd.port)])
+            argv = ["rsync", "-a", "-e", rsh, str(ds.path), dest]
+        run.commands.append(shlex.join(wan.in1(argv)))
+        os.sync()
+        before = wan.snapshot()
+        t0 = time.perf_counter()
+        p = ctx.procs.start(name, wan.in1(argv))
+        exits = ctx.procs.wait([p], ctx.args.wan_timeout)
+        finish_wan_run(ctx, wan, run, ds, out, [exits[name]], t0, before)
+        if not run.done and not run.timed_out and (line := last_line(p.err)):
+            run.note = f"{tool}: `{line}`"
+    except BenchError as e:
+        return wan_failed(ctx, run, e)
+    finally:
+        ctx.clear_output()
+    report_wan_run(ctx, run)
+    return run
+
+
+def measure_wan_wormhole(ctx: "Context", wan: WanLink, ds: Dataset, cc: str,
+                         wh: Wormhole | None, why: str) -> WanRun:
+    """wormhole send in h1, wormhole receive in h2, mailbox and transit relay in h2
+    (--no-listen on both sides: every byte goes through the relay)."""
+    run = new_wan_run(ctx, wan, "magic-wormhole (via relay)", "wormhole", ds, cc)
+    if wh is None:
+        run.status = f"unavailable: {why}"
+        report_wan_run(ctx, run)
+        return run
+    name = ctx.log_name(f"wan-{wan.profile.name}-wormhole-{cc}-{ds.key}")
+    tmp = ctx.workdir / "wormhole-tmp"  # the sender zips folders into TMPDIR
+    try:
+        out = ctx.fresh_output()
+        ctx.wormhole_runs += 1
+        code = f"{6 + ctx.wormhole_runs}-test-code"
+        common = [str(wh.bin_dir / "wormhole"), "--relay-url", wh.relay_url,
+                  "--transit-helper", wh.transit]
+        tmp.mkdir(exist_ok=True)
+        env = dict(os.environ, TMPDIR=str(tmp))
+        recv_argv = [*common, "receive", "--accept-file", "--hide-progress", "--no-listen",
+                     code]
+        send_argv = [*common, "send", "--code", code, "--hide-progress", "--no-listen",
+                     "--no-qr", str(ds.path)]
+        run.commands += [f"cd {shlex.quote(str(out))} && " + shlex.join(wan.in2(recv_argv)),
+                         f"TMPDIR={shlex.quote(str(tmp))} " + shlex.join(wan.in1(send_argv))]
+        recv = ctx.procs.start(f"{name}-receive", wan.in2(recv_argv), cwd=out, env=env)
+        time.sleep(0.3)  # let it claim the nameplate; it waits for the sender anyway
+        os.sync()
+        before = wan.snapshot()
+        t0 = time.perf_counter()
+        send = ctx.procs.start(f"{name}-send", wan.in1(send_argv), env=env)
+        exits = wait_ends(ctx, [send, recv], ctx.args.wan_timeout)
+        finish_wan_run(ctx, wan, run, ds, out, [exits[send.name], exits[recv.name]], t0,
+                       before)
+        if not run.done and not run.timed_out:
+            for who, child in (("sender", send), ("receiver", recv)):
+                line = last_line(child.err)
+                if line:
+                    run.note += f"{who}: `{line}`; "
+    except BenchError as e:
+        return wan_failed(ctx, run, e)
+    finally:
+        drop_tree(tmp)
+        ctx.clear_output()
+    report_wan_run(ctx, run)
+    return run
+
+
+# ---- the share test ------------------------------------------------------------------
+
+@dataclass
+class ShareRun:
+    profile: str
+    tool: str                 # p2p-transfer's label
+    cc: str                   # OS TCP congestion control in both hosts
+    seconds: float            # asked
+    link_mibps: float | None
+    commands: list[str] = field(default_factory=list)
+    overlap: float | None = None   # seconds both flows were measured moving
+    ours: int | None = None        # bytes p2p-transfer moved within the overlap
+    theirs: int | None = None      # bytes the Cubic iperf3 flow moved within it
+    stats: str = NOT_MEASURED
+    note: str = ""
+    status: str = "ok"
+
+    def share(self) -> float | None:
+        total = (self.ours or 0) + (self.theirs or 0)
+        return self.ours / total if self.ours is not None and total else None
+
+    def rate(self, n: int | None) -> float | None:
+        return n / MiB / self.overlap if n is not None and self.overlap else None
+
+
+def p2p_json_done(path: Path) -> int:
+    """The last `done_bytes` (or `bytes` of `done`) of a --json receiver so far."""
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return 0
+    for line in reversed(lines):
+        if '"progress"' not in line and '"done"' not in line:
+            continue
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            continue
+        if obj.get("event") == "progress":
+            return int(obj.get("done_bytes") or 0)
+        if obj.get("event") == "done":
+            return int(obj.get("bytes") or 0)
+    return 0
+
+
+def iperf_received(wan: WanLink) -> int:
+    """bytes_received of the iperf3 server's data connection in h2 (`ss -ti`: the kernel's
+    own count, exact at the moment it is read)."""
+    r = run_quiet(wan.in2(["ss", "-tinH", "state", "established",
+                           f"( sport = :{WAN_IPERF_PORT} )"]), timeout=30)
+    found = [int(n) for n in re.findall(r"bytes_received:(\d+)", r.stdout)]
+    return max(found, default=0)
+
+
+def measure_wan_share(ctx: "Context", wan: WanLink, ds: Dataset, transport: str,
+                      cc: str) -> ShareRun:
+    """p2p-transfer (receive in h2 with --json, send in h1 of a file longer than the
+    test) and one iperf3 flow with -C cubic (server in h2, client in h1) started
+    together, for --share-seconds. Every WAN_SHARE_TICK s: p2p-transfer's bytes from the
+    receiver's last `progress` event, iperf3's from its connection's bytes_received.
+    Each one's share is over the overlap: from the first sample where both have moved
+    bytes to the last one within the time asked."""
+    binary = ctx.args.binary
+    has_transport = supports_transport(ctx, binary)
+    seconds = ctx.args.share_seconds
+    run = ShareRun(wan.profile.name, wan_p2p_label(transport, has_transport), cc, seconds,
+                   wan.profile.mibps)
+    if transport == "quic" and not has_transport:
+        run.status = QUIC_NA
+        print(f"  share {run.tool}: {run.status}", flush=True)
+        return run
+    name = ctx.log_name(f"wan-{wan.profile.name}-share-{transport}-{cc}")
+    targs = ["--transport", transport] if has_transport else []
+    children: list[Child] = []
+    try:
+        out = ctx.fresh_output()
+        code = next_code(ctx) if supports_code(ctx, binary) else None
+        pair = ["--code", code] if code else []
+        recv_argv = [str(binary), "receive", "--json", "--output", str(out), "--port", "0",
+                     "--bind", wan.ip2, *pair, *targs]
+        recv = ctx.procs.start(f"{name}-receive", wan.in2(recv_argv),
+                               env=p2p_env(ctx, "receive"))
+        children.append(recv)
+        addr = wait_listening(recv, 30, wan.ip2)
+        server_argv = ["iperf3", "-s", "-1", "--forceflush", "-B", wan.ip2, "-p",
+                       str(WAN_IPERF_PORT)]
+        server = ctx.procs.start(f"{name}-iperf3-server", wan.in2(server_argv))
+        children.append(server)
+        wait_for_text(server, server.out, "Server listening", 20)
+        client_argv = ["iperf3", "-c", wan.ip2, "-p", str(WAN_IPERF_PORT), "-C", "cubic",
+                       "-t", str(seconds + 2), "-i", "0"]
+        send_argv = [str(binary), "send", str(ds.path), "--peer", addr, *pair, *targs]
+        run.commands += [
+            env_prefix(ctx, "receive") + shlex.join(wan.in2(recv_argv))
+            + f"    # → listening on {addr}",
+            shlex.join(wan.in2(server_argv)),
+            "# then together:",
+            shlex.join(wan.in1(client_argv)),
+            env_prefix(ctx, "send") + shlex.join(wan.in1(send_argv))
+            + f"    # stopped (SIGTERM) after {seconds} s",
+        ]
+        before = wan.snapshot()
+        t0 = time.perf_counter()
+        client = ctx.procs.start(f"{name}-iperf3-client", wan.in1(client_argv))
+        children.append(client)
+        send = ctx.procs.start(f"{name}-send", wan.in1(send_argv), env=p2p_env(ctx, "send"))
+        children.append(send)
+        samples: list[tuple[float, int, int]] = []
+        ended = ""
+        tick = t0
+        while True:
+            tick += WAN_SHARE_TICK
+            if tick > t0 + seconds:
+                break
+            sleep_until(tick)
+            now = time.perf_counter()
+            samples.append((now, p2p_json_done(recv.out), iperf_received(wan)))
+            if send.exited() or recv.exited():
+                ended = f"p2p-transfer ended after {now - t0:.1f} s"
+                break
+            if client.exited():
+                ended = f"iperf3 ended after {now - t0:.1f} s"
+                break
+        for c in (send, recv):
+            ctx.procs.stop(c, grace=5.0)
+        exits = ctx.procs.wait([client], 30)
+        ctx.procs.wait([server], 10)
+        run.stats = wan.fmt_stats(wan.stats_diff(before, wan.snapshot()))
+        both = [i for i, (_, a, b) in enumerate(samples) if a > 0 and b > 0]
+        if not both or both[0] == len(samples) - 1:
+            raise BenchError("the two flows were never seen moving bytes together"
+                             + (f" ({ended})" if ended else "")
+                             + f"\niperf3 client:\n{tail(client.err)}\n"
+                               f"receiver:\n{tail(recv.err)}")
+        (ta, pa, ia), (tb, pb, ib) = samples[both[0]], samples[-1]
+        run.overlap, run.ours, run.theirs = tb - ta, pb - pa, ib - ia
+        notes = [f"both moving from {ta - t0:.1f} s to {tb - t0:.1f} s after the start"]
+        if ended:
+            notes.append(ended)
+        seen, problem = check_transport(send, transport, has_transport)
+        if problem:
+            raise BenchError(problem)
+        notes.insert(0, f"p2p-transfer over {seen}")
+        e = exits[client.name]
+        if e.timed_out or e.returncode != 0:
+            notes.append(f"iperf3 client exit {fmt_exit(e)}: {last_line(e.err) or ''}")
+        run.note = "; ".join(notes)
+        share = run.share()
+        print(f"  share {run.tool} vs iperf3 -C cubic ({cc}): "
+              f"{fmt_num(run.rate(run.ours), '.2f')} vs {fmt_num(run.rate(run.theirs), '.2f')} "
+              f"MiB/s over {run.overlap:.1f} s; p2p-transfer's share "
+              f"{fmt_num(share * 100 if share is not None else None)}%", flush=True)
+    except BenchError as e:
+        run.status = f"could not be run: {str(e).splitlines()[0]}"
+        print(f"\n!!! share {run.tool} / {run.profile}: {e}\n", file=sys.stderr, flush=True)
+        ctx.failures.append(f"share {run.tool} / {run.profile}: {e}")
+    finally:
+        for c in children:
+            if c.returncode is None:
+                ctx.procs.stop(c, grace=2.0)
+        ctx.clear_output()
+    return run
+
+
+# ---- one profile -----------------------------------------------------------------------
+
+@dataclass
+class WanProfileResult:
+    profile: WanProfile
+    link_line: str = ""
+    link_commands: list[str] = field(default_factory=list)
+    sysctls: dict[str, str] = field(default_factory=dict)
+    runs: list[WanRun] = field(default_factory=list)
+    shares: list[ShareRun] = field(default_factory=list)
+    emulator_stats: str = ""   # its last counters, over the whole profile
+    error: str = ""
+
+
+def run_wan_profile(ctx: "Context", profile: WanProfile, datasets: dict[str, Dataset],
+                    share_ds: Dataset | None, extras: dict[str, str]) -> WanProfileResult:
+    """Brings the link up, runs every row of the profile across it, tears it down."""
+    args = ctx.args
+    res = WanProfileResult(profile)
+    wan = WanLink(ctx, profile, args.wan_emulator, args.wan_seed)
+    try:
+        print(f"\n== WAN profile {profile.label}", flush=True)
+        wan.up()
+        res.link_line, res.link_commands = wan.ready_line, wan.commands
+        res.sysctls = wan.sysctls()
+        sshd, sshd_why, wh, wh_why = None, "", None, ""
+        if not args.wan_p2p_only:
+            try:
+                sshd = start_sshd(ctx, wan)
+                r = run_quiet(["ssh", "-V"], timeout=30)
+                extras["OpenSSH"] = (r.stderr or r.stdout).strip()
+                r = run_quiet(["rsync", "--version"], timeout=30)
+                extras["rsync"] = r.stdout.splitlines()[0] if r.stdout else "?"
+            except (BenchError, OSError, subprocess.TimeoutExpired) as e:
+                sshd_why = str(e).splitlines()[0]
+                print(f"scp/rsync unavailable: {e}", file=sys.stderr, flush=True)
+            try:
+                wh = start_wormhole_servers(ctx, wan)
+                extras["magic-wormhole"] = wh.version
+            except (BenchError, OSError, subprocess.TimeoutExpired) as e:
+                wh_why = str(e).splitlines()[0]
+                print(f"magic-wormhole unavailable: {e}", file=sys.stderr, flush=True)
+        for ds in datasets.values():
+            for i in range(args.repeat):
+                for cc in WAN_CCS:
+                    print(f"\n-- {profile.name}, {ds.label}, TCP congestion control "
+                          f"{cc}" + (f" (run {i + 1} of {args.repeat})"
+                                     if args.repeat > 1 else ""), flush=True)
+                    in_force = wan.set_congestion(cc)
+                    res.runs.append(measure_wan_p2p(ctx, wan, ds, "quic", in_force))
+                    res.runs.append(measure_wan_p2p(ctx, wan, ds, "tcp", in_force))
+                    if not args.wan_p2p_only:
+                        res.runs.append(measure_wan_ssh(ctx, wan, ds, "scp", in_force,
+                                                        sshd, sshd_why))
+                        res.runs.append(measure_wan_ssh(ctx, wan, ds, "rsync", in_force,
+                                                        sshd, sshd_why))
+                        res.runs.append(measure_wan_wormhole(ctx, wan, ds, in_force, wh,
+                                                             wh_why))
+        if share_ds is not None:
+            in_force = wan.set_congestion("cubic")
+            print(f"\n-- {profile.name}, share test: {args.share_seconds} s against one "
+                  f"iperf3 -C cubic flow (TCP congestion control {in_force})", flush=True)
+            for transport in ("quic", "tcp"):
+                res.shares.append(measure_wan_share(ctx, wan, share_ds, transport, in_force))
+    except BenchError as e:
+        res.error = str(e).splitlines()[0]
+        print(f"\n!!! WAN profile {profile.name}: {e}\n", file=sys.stderr, flush=True)
+        ctx.failures.append(f"WAN profile {profile.name}: {e}")
+    finally:
+        wan.down()
+        if wan.latest:
+            res.emulator_stats = wan.fmt_stats(wan.stats_diff({}, wan.latest))
+    return res
+
+
+# ---- targets and report ----------------------------------------------------------------
+
+def wan_rate(runs: list[WanRun]) -> tuple[float | None, bool]:
+    """(MiB/s, finished): the median of the runs that completed, else the best of what
+    those that did not finish moved per second (finished=False), else None."""
+    done = [r.mibps() for r in runs if r.mibps() is not None]
+    if done:
+        return statistics.median(done), True
+    partial = [r.partial_mibps() for r in runs if r.partial_mibps() is not None]
+    return (max(partial), False) if partial else (None, False)
+
+
+def wan_ours(res: WanProfileResult, cc: str, ds_key: str = "big") -> tuple[list[WanRun], str]:
+    """p2p-transfer's rows that the targets use: QUIC where the binary has it, else TCP."""
+    ran = [r for r in res.runs if r.dataset == ds_key and r.cc == cc and r.status == "ok"]
+    quic = [r for r in ran if r.key == "quic"]
+    if quic:
+        return quic, "QUIC"
+    return [r for r in ran if r.key == "tcp"], f"TCP (QUIC {QUIC_NA})"
+
+
+def wan_targets(results: list[WanProfileResult]) -> list[Target]:
+    by_name = {res.profile.name: res for res in results}
+    targets: list[Target] = []
+    for name, need in WAN_TARGETS.items():
+        profile = WAN_PROFILES[name]
+        title = (f"{name}: p2p-transfer ≥ {need:.0%} of the link (≥ {need * profile.mibps:.1f} "
+                 f"MiB/s) on {WAN_SIZE_LABEL}, whatever the OS's TCP congestion control")
+        res = by_name.get(name)
+        if res is None:
+            targets.append(Target(title, "n.a.", "profile not run (--wan " + name + ")"))
+            continue
+        parts, verdicts = [], []
+        for cc in WAN_CCS:
+            runs, what = wan_ours(res, cc)
+            rate, finished = wan_rate(runs)
+            if rate is None or not finished:
+                verdicts.append("FAIL" if runs else "n.a.")
+                parts.append(f"{cc}: {what} " + ("did not complete" if runs else "not run"))
+                continue
+            verdicts.append("PASS" if rate >= need * profile.mibps else "FAIL")
+            parts.append(f"{cc}: {what} {rate:.2f} MiB/s = {rate / profile.mibps:.0%}")
+        verdict = ("FAIL" if "FAIL" in verdicts else "n.a." if "n.a." in verdicts
+                   else "PASS")
+        targets.append(Target(title, verdict, "; ".join(parts)))
+        if name != "intercontinental":
+            continue
+        for cc, factor in WAN_VS_OTHERS.items():
+            title = (f"{name}: p2p-transfer ≥ {factor:g}× the best of scp / rsync / "
+                     f"magic-wormhole with the OS's {cc}")
+            runs, what = wan_ours(res, cc)
+            ours, ours_done = wan_rate(runs)
+            best, best_name, best_done = None, "", True
+            for key, label in (("scp", "scp"), ("rsync", "rsync"),
+                               ("wormhole", "magic-wormhole")):
+                rate, done = wan_rate([r for r in res.runs if r.key == key and r.cc == cc
+                                       and r.dataset == "big" and r.status == "ok"])
+                if rate is not None and (best is None or rate > best):
+                    best, best_name, best_done = rate, label, done
+            if ours is None or not ours_done or best is None:
+                targets.append(Target(title, "n.a." if best is None else "FAIL",
+                                      f"p2p-transfer ({what}): "
+                                      + (f"{ours:.2f} MiB/s" if ours_done and ours
+                                         else "did not complete")
+                                      + f"; best other: {fmt_num(best, '.3f')}"))
+                continue
+            detail = (f"{what} {ours:.2f} MiB/s vs {best_name} {best:.3f} MiB/s"
+                      + ("" if best_done else " (did not finish: what arrived ÷ the time "
+                         "it had)") + f" = {ours / best:.1f}× (need ≥ {factor:g}×)")
+            targets.append(Target(title, "PASS" if ours >= factor * best else "FAIL", detail))
+    return targets
+
+
+WAN_SIZE_LABEL = "the big file"
+WAN_HEADERS = ["#", "tool", "data set", "OS TCP CC (both hosts)", "exit", "seconds", "MiB/s",
+               "fraction of link", "SHA-256 verified", "emulator, this run", "notes"]
+WAN_ALIGN = ["---:", "---", "---", "---", "---:", "---:", "---:", "---:", "---", "---", "---"]
+SHARE_HEADERS = ["p2p-transfer", "OS TCP CC (both hosts)", "overlap s", "p2p-transfer MiB/s",
+                 "iperf3 -C cubic MiB/s", "p2p-transfer's share", "sum ÷ link",
+                 "emulator, this test", "notes"]
+SHARE_ALIGN = ["---", "---", "---:", "---:", "---:", "---:", "---:", "---", "---"]
+
+
+def wan_rows(runs: list[WanRun]) -> list[list[str]]:
+    rows = []
+    for i, r in enumerate(runs, 1):
+        if r.status != "ok":
+            rows.append([str(i), r.tool, r.dataset_label, r.cc, NOT_MEASURED, NOT_MEASURED,
+                         NOT_MEASURED, NOT_MEASURED, NOT_MEASURED, NOT_MEASURED, r.status])
+            continue
+        rate, frac = r.mibps(), r.fraction()
+        if rate is not None:
+            shown = f"{rate:.2f}"
+        elif r.timed_out:
+            shown = (f"did not finish (killed after {fmt_num(r.seconds, '.0f')} s; "
+                     f"{(r.arrived or 0) / MiB:.1f} MiB arrived)")
+        else:
+            shown = "— (failed)"
+        rows.append([str(i), r.tool, r.dataset_label, r.cc, r.exits, fmt_num(r.seconds),
+                     shown, f"{frac:.1%}" if frac is not None else NOT_MEASURED,
+                     r.verified, r.stats, r.note.rstrip("; ")])
+    return rows
+
+
+def share_rows(shares: list[ShareRun]) -> list[list[str]]:
+    rows = []
+    for s in shares:
+        if s.status != "ok":
+            rows.append([s.tool, s.cc, *([NOT_MEASURED] * 6), s.status])
+            continue
+        ours, theirs = s.rate(s.ours), s.rate(s.theirs)
+        share = s.share()
+        total = (ours or 0) + (theirs or 0)
+        rows.append([s.tool, s.cc, fmt_num(s.overlap), fmt_num(ours, ".2f"),
+                     fmt_num(theirs, ".2f"), f"{share:.1%}" if share is not None else "n/a",
+                     f"{total / s.link_mibps:.1%}" if s.link_mibps else NOT_MEASURED,
+                     s.stats, s.note])
+    return rows
+
+
+def md_table(headers: list[str], align: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(headers) + " |", "|" + "|".join(align) + "|",
+            *("| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in r) + " |"
+              for r in rows)]
+
+
+def write_wan_report(path: Path, *, command: str, started: datetime.datetime, machine: dict,
+                     binary: str, emulator: str, extras: dict[str, str],
+                     datasets: dict[str, Dataset], share_ds: Dataset | None,
+                     results: list[WanProfileResult], targets: list[Target],
+                     ctx: Context) -> None:
+    args = ctx.args
+    try:
+        load_end = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        load_end = "unknown"
+    has_transport = supports_transport(ctx, args.binary)
+    lines = [
+        "# Benchmarks: WAN links (emulated)",
+        "",
+        "Produced by `benchmark.py --wan PROFILE`; rerun it to refresh this page (it "
+        "overwrites it). The loopback benchmarks are in [benchmarks.md](benchmarks.md), the "
+        "slow-link ones in [benchmarks-slow-link.md](benchmarks-slow-link.md).",
+        "",
+        "Issue 12 (\"Full speed over long, lossy links\"): over a long link p2p-transfer was "
+        "only as fast as the operating system's TCP — about half the link with BBR and about "
+        "1% of it with Cubic on a 100 Mbit/s, 150 ms, 0.5% loss link. This page runs "
+        "p2p-transfer over QUIC and over TCP (with the OS's BBR and Cubic) side by side "
+        "with scp, rsync over ssh and magic-wormhole across the same emulated link, and a "
+        "share test against one Cubic TCP flow.",
+        "",
+        f"- **Date:** {started.strftime('%Y-%m-%d %H:%M %Z').strip()}",
+        f"- **Command:** `{command}`",
+        f"- **Machine:** {machine['nproc']} CPUs ({machine['cpu']}), {machine['memory']} RAM, "
+        f"Linux {machine['kernel']}, data and output on {machine['filesystem']}; "
+        f"load average (1, 5, 15 min) at the start {machine['load']}, at the end "
+        f"{load_end} (the emulator forwards every packet in user space on the same CPUs: "
+        "other work on the machine skews every figure)",
+        f"- **p2p-transfer:** {binary}; "
+        + ("has `--transport auto|quic|tcp`" if has_transport else
+           f"has no `--transport` (QUIC rows: {QUIC_NA}; its TCP rows run without the "
+           "option)"),
+        f"- **p2p-transfer runs** {security_line(ctx, args.binary)}",
+        f"- **WAN emulator:** {emulator}",
+    ]
+    for k, v in extras.items():
+        lines.append(f"- **{k}:** {v}")
+    lines += [
+        "- **Data sets:** " + "; ".join(ds.label for ds in datasets.values())
+        + (f"; share test: {share_ds.label} (longer than the test)" if share_ds else ""),
+        f"- **Repeats:** {args.repeat}; every run is a row of its own; the targets use the "
+        "median of the runs that completed",
+        f"- **Time limit per run:** {args.wan_timeout:.0f} s (`--wan-timeout`); a run "
+        "still going then is killed and reported as \"did not finish\", with the bytes "
+        "that had arrived",
+        "",
+        "## Targets",
+        "",
+        "The issue's targets, computed from this run (the big file; p2p-transfer's QUIC "
+        "rows where the binary has QUIC, else its TCP rows). `n.a.`: not measured in this "
+        "run.",
+        "",
+        *(f"- **{t.verdict}** {t.name}: {t.detail}" for t in targets),
+        "",
+    ]
+    for res in results:
+        p = res.profile
+        lines += [f"## Profile {p.label}", ""]
+        if res.link_line:
+            lines.append(f"- **Link:** `{res.link_line}`")
+        if res.emulator_stats:
+            lines.append(f"- **Emulator's counters at the end of the profile** (every run "
+                         f"and set-up): {res.emulator_stats}")
+        for key, value in res.sysctls.items():
+            lines.append(f"- **{key}** in the hosts (at the start): `{value}`")
+        lines.append("- **OS TCP congestion control:** set in both hosts' namespaces "
+                     "(`sysctl -w net.ipv4.tcp_congestion_control=…` inside each) before "
+                     "each group of rows; the column shows what was read back")
+        if res.error:
+            lines.append(f"- **Stopped early:** {res.error}")
+        lines += ["", "### Transfers", "",
+                  "Seconds: from the start of the sender (the receiver or server is ready "
+                  "before) until every end has exited (once one end has exited, the other "
+                  f"gets {SLOW_GRACE:.0f} s). MiB/s = data set size ÷ seconds, only for runs "
+                  "that completed (every process exited 0 and every file's SHA-256 matches "
+                  "the source); fraction of link = MiB/s ÷ the link's rate in MiB/s. "
+                  "`emulator, this run`: the emulator's counters (per direction) over the "
+                  "run (set-up and handshakes included).", "",
+                  *md_table(WAN_HEADERS, WAN_ALIGN, wan_rows(res.runs)), ""]
+        if res.shares:
+            lines += ["### Share test", "",
+                      f"p2p-transfer and one `iperf3 -C cubic` flow started together on the "
+                      f"same link for {args.share_seconds} s (both from h1 to h2). Bytes: "
+                      "p2p-transfer's from the receiver's last `progress` event "
+                      "(`done_bytes`: verified chunks), iperf3's from its connection's "
+                      "`bytes_received` (`ss -ti` in h2), sampled every "
+                      f"{WAN_SHARE_TICK:g} s; the overlap runs from the first sample where "
+                      "both had moved bytes to the last one. Reported, not a target.", "",
+                      *md_table(SHARE_HEADERS, SHARE_ALIGN, share_rows(res.shares)), ""]
+        lines += ["### Commands", "",
+                  "How the link was made, then the exact command lines of each row (paths "
+                  "are those of this run's work directory).", "", "```",
+                  *res.link_commands, "```", ""]
+        for i, r in enumerate(res.runs, 1):
+            if r.commands:
+                lines += [f"{i}. {r.tool}, {r.dataset}, {r.cc}:", "", "   ```",
+                          *(f"   {c}" for c in r.commands), "   ```", ""]
+        for s in res.shares:
+            if s.commands:
+                lines += [f"- share test, {s.tool}, {s.cc}:", "", "   ```",
+                          *(f"   {c}" for c in s.commands), "   ```", ""]
+    lines += [
+        "## How it is measured",
+        "",
+        "- The link: `p2p-wan up --prefix P --profile NAME` (the project's own emulator, "
+        "`tests/wan`) makes two network namespaces, `P-h1` (10.201.0.1) and `P-h2` "
+        "(10.201.0.2), joined through a forwarder in user space that applies per direction "
+        "the profile's bottleneck rate with a tail-drop queue, one-way delay (half the "
+        "round trip) and random loss, and prints its counters (forwarded, dropped by loss, "
+        "dropped by the queue) every second. A fresh link is made for each profile and torn "
+        "down after it (also on Ctrl+C or an error). The `veth` profile is two namespaces "
+        "with a plain veth pair, no emulator: it only checks the script.",
+        "- Everything runs inside the two hosts (`ip netns exec`): the receiving or serving "
+        "end in h2 (p2p-transfer `receive --bind 10.201.0.2`, sshd, the magic-wormhole "
+        "mailbox server and transit relay, `wormhole receive`, the iperf3 server), the "
+        "sending end in h1. The data cross the emulated link once, h1 → h2.",
+        "- The OS's TCP congestion control is a per-namespace setting: it is set in both "
+        "hosts for each group of rows (BBR, then Cubic); p2p-transfer's QUIC rows do not "
+        "use it and run under both only so that each group is complete.",
+        "- p2p-transfer: `--transport quic` and `--transport tcp` where the binary has the "
+        "option; its sender and receiver keep device keys and history in separate data "
+        f"folders (`WORKDIR/{P2P_DATA_DIRS['send']}`, `WORKDIR/{P2P_DATA_DIRS['receive']}`), "
+        "each run paired by a fresh one-time code, as two machines would be.",
+        "- scp (`scp -q -r`) and rsync (`rsync -a -e ssh`) log in with generated keys to an "
+        "sshd started for the run inside h2 (OpenSSH default cipher, no compression).",
+        "- magic-wormhole: `--no-listen` on both ends, so every byte goes through the "
+        "transit relay in h2 (the sender in h1 zips a folder into its TMPDIR first).",
+        "- Every run gets an empty output folder; `sync` runs (untimed) before it starts. "
+        "The files are random (incompressible), generated by the script.",
+    ]
+    write_markdown(ctx, path, lines)
+
+
+def wan_profiles(args: argparse.Namespace) -> list[WanProfile]:
+    return [WAN_PROFILES[name] for name in args.wan]
+
+
+def emulator_info(args: argparse.Namespace, profiles: list[WanProfile]) -> str:
+    if all(p.mbit is None for p in profiles):
+        return "none (the `veth` profile: a plain veth pair)"
+    return f"`{args.wan_emulator}` ({binary_info(args.wan_emulator)})"
+
+
+def wan_main(ctx: Context, *, command: str, started: datetime.datetime,
+             machine: dict, binary: str) -> int:
+    """--wan PROFILE…: every profile's rows and share test, printed and written to
+    --output (default docs/benchmarks-wan.md)."""
+    global WAN_SIZE_LABEL
+    args = ctx.args
+    profiles = wan_profiles(args)
+    if any(p.mbit is not None for p in profiles):
+        ensure_wan_emulator(args.wan_emulator)
+    big = make_random_file(ctx.data_dir, "wan-" + human_size(args.wan_size).replace(" ", ""),
+                           args.wan_size)
+    datasets: dict[str, Dataset] = {"big": dataclasses.replace(big, key="big")}
+    WAN_SIZE_LABEL = f"the {human_size(args.wan_size)} file" + (
+        "" if args.wan_size == parse_size(WAN_SIZE) else
+        f" (the issue's targets are for {human_size(parse_size(WAN_SIZE))})")
+    if not args.skip_small:
+        datasets["small"] = make_small_dataset(ctx.data_dir, args.small_count)
+    share_ds = None
+    if args.wan_share:
+        rates = [p.mibps for p in profiles if p.mibps] or [WAN_SHARE_FILE_MAX / MiB / 60]
+        size = min(WAN_SHARE_FILE_MAX,
+                   int(max(rates) * MiB * (args.share_seconds + 15)) // MiB * MiB)
+        share_ds = make_random_file(ctx.data_dir, f"wan-share-{size // MiB}M", size)
+    extras: dict[str, str] = {}
+    if share_ds is not None:
+        try:
+            ensure_apt_packages({"iperf3": "/usr/bin/iperf3"})
+        except BenchError as e:
+            print(f"share test skipped: {e}", file=sys.stderr, flush=True)
+            ctx.failures.append(f"share test skipped: {e}")
+            share_ds = None
+    if shutil.which("iperf3"):
+        r = run_quiet(["iperf3", "--version"], timeout=30)
+        extras["iperf3"] = r.stdout.splitlines()[0] if r.stdout else "?"
+    extras["Host's own tcp_congestion_control (not used: each namespace has its own)"] = \
+        read_congestion()
+    results = [run_wan_profile(ctx, p, datasets, share_ds, extras) for p in profiles]
+    targets = wan_targets(results)
+    for res in results:
+        print(f"\n{res.profile.label}")
+        rows = wan_rows(res.runs)
+        headers = WAN_HEADERS[:9]
+        widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h)
+                  for i, h in enumerate(headers)]
+        print("  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip())
+        for row in rows:
+            print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+        for row in share_rows(res.shares):
+            print("  share: " + "  ".join(row[:7]))
+    print("\nTargets:")
+    for t in targets:
+        print(f"  {t.verdict:<5} {t.name}: {t.detail}")
+    output = args.output if args.output.is_absolute() else Path.cwd() / args.output
+    write_wan_report(output, command=command, started=started, machine=machine,
+                     binary=binary, emulator=emulator_info(args, profiles), extras=extras,
+                     datasets=datasets, share_ds=share_ds, results=results,
+                     targets=targets, ctx=ctx)
+    print(f"\nwrote {output}")
+    if ctx.failures:
+        print(f"\n!!! {len(ctx.failures)} run(s) FAILED; see above and the logs in "
+              f"{ctx.log_dir}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def wan_smoke_main(ctx: Context) -> int:
+    """--wan-smoke: a few MiB over `lossy` (or the one --wan profile given), p2p-transfer
+    only (QUIC where the binary has it, and TCP under Cubic), each verified. Prints the
+    rates; writes no report. Exit 0 only if every run completed and verified."""
+    args = ctx.args
+    profile = wan_profiles(args)[0] if args.wan else WAN_PROFILES[WAN_SMOKE_PROFILE]
+    if profile.mbit is not None:
+        ensure_wan_emulator(args.wan_emulator)
+    ds = make_random_file(ctx.data_dir, f"wan-smoke-{WAN_SMOKE_SIZE // MiB}M", WAN_SMOKE_SIZE)
+    wan = WanLink(ctx, profile, args.wan_emulator, args.wan_seed)
+    runs: list[WanRun] = []
+    try:
+        print(f"\n== WAN smoke test: {ds.label} over {profile.label}", flush=True)
+        wan.up()
+        cc = wan.set_congestion("cubic")
+        for transport in ("quic", "tcp"):
+            runs.append(measure_wan_p2p(ctx, wan, ds, transport, cc))
+    except BenchError as e:
+        print(f"\n!!! WAN smoke test: {e}\n", file=sys.stderr, flush=True)
+        ctx.failures.append(f"WAN smoke test: {e}")
+    finally:
+        wan.down()
+    for r in runs:
+        if r.status == QUIC_NA:
+            continue
+        if not r.done:
+            ctx.failures.append(f"{r.tool}: did not complete ({r.note or r.verified})")
+        print(f"{'PASS' if r.done else 'FAIL'}  {r.tool} over {profile.name}: "
+              + (f"{r.mibps():.2f} MiB/s" + (f" ({r.fraction():.0%} of link)"
+                                             if r.fraction() is not None else "")
+                 if r.done else "did not complete")
+              + f", verified: {r.verified}; emulator: {r.stats}")
+    return 1 if ctx.failures or not any(r.done for r in runs) else 0
+
+
+# --------------------------------------------------------------------------------------
 # main
 # --------------------------------------------------------------------------------------
 
@@ -3352,7 +4685,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--output", type=Path, default=None,
                    help=f"the Markdown report to write (default: {DEFAULT_OUTPUT.relative_to(REPO)}"
                         f", with --slow-link {DEFAULT_SLOW_OUTPUT.relative_to(REPO)}, with "
-                        f"--setup {DEFAULT_SETUP_OUTPUT.relative_to(REPO)})"
+                        f"--setup {DEFAULT_SETUP_OUTPUT.relative_to(REPO)}, with --wan "
+                        f"{DEFAULT_WAN_OUTPUT.relative_to(REPO)})"
                         "%(default).0s")  # renders as nothing: no "(default: None)"
     p.add_argument("--skip-big", action="store_true", help="skip the big-file data set")
     p.add_argument("--skip-small", action="store_true", help="skip the small-files data set")
@@ -3384,10 +4718,43 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--link-rtt", type=float, default=LINK_RTT_MS, metavar="MS",
                    help="with --slow-link: the round trip the shaped link adds, ms (half "
                         "each way)")
+    p.add_argument("--wan", type=parse_wan_profiles, action="extend", default=[],
+                   metavar="PROFILE",
+                   help="measure across the project's WAN emulator only (nothing else; "
+                        f"written to {DEFAULT_WAN_OUTPUT.relative_to(REPO)}): p2p-transfer "
+                        "over QUIC and TCP (OS BBR and Cubic), scp, rsync and "
+                        "magic-wormhole, the --wan-size file and the small files, and a "
+                        "share test. Repeatable or comma-separated; profiles: "
+                        + ", ".join(WAN_PROFILES) + " (veth: no emulator, to check the "
+                        "script)%(default).0s")
+    p.add_argument("--wan-size", type=parse_size, default=WAN_SIZE,
+                   help="with --wan: size of the random file sent across the link")
+    p.add_argument("--wan-timeout", type=float, default=WAN_TIMEOUT, metavar="SECS",
+                   help="with --wan: seconds one run may take; then it is killed and "
+                        "reported as did-not-finish with the bytes that arrived")
+    p.add_argument("--wan-share", action=argparse.BooleanOptionalAction, default=True,
+                   help="with --wan: the share test (p2p-transfer and one iperf3 -C cubic "
+                        "flow on the same link)")
+    p.add_argument("--share-seconds", type=int, default=WAN_SHARE_SECONDS, metavar="SECS",
+                   help="with --wan: how long the share test runs")
+    p.add_argument("--wan-p2p-only", action="store_true",
+                   help="with --wan: only p2p-transfer's rows (no scp, rsync, wormhole)")
+    p.add_argument("--wan-emulator", type=Path, default=default_wan_emulator(),
+                   metavar="PATH",
+                   help="the p2p-wan binary (the default is built with cargo build "
+                        "--release -p p2p-wan if missing)")
+    p.add_argument("--wan-seed", type=int, default=1, metavar="N",
+                   help="with --wan: p2p-wan --seed (its random loss pattern)")
+    p.add_argument("--wan-smoke", action="store_true",
+                   help=f"a quick manual check: {human_size(WAN_SMOKE_SIZE)} over "
+                        f"`{WAN_SMOKE_PROFILE}` (or the one --wan profile given) with "
+                        "p2p-transfer only, verified; prints, writes no report")
     p.add_argument("--timeout", type=float, default=600,
                    help="seconds one run may take before it is killed and marked FAILED")
-    p.add_argument("--total-timeout", type=float, default=3 * 3600,
-                   help="seconds the whole script may take before it stops itself")
+    p.add_argument("--total-timeout", type=float, default=None,
+                   help="seconds the whole script may take before it stops itself "
+                        "(default: 3 hours; with --wan, 12 hours: a run that collapses "
+                        "may take all of --wan-timeout, and there are many rows)%(default).0s")
     args = p.parse_args(argv)
     if args.repeat < 1:
         p.error("--repeat must be >= 1")
@@ -3402,10 +4769,20 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         p.error("--setup-runs must be >= 1")
     if args.setup and args.slow_link:
         p.error("--setup and --slow-link are two separate runs")
+    wan = bool(args.wan) or args.wan_smoke
+    if wan and (args.setup or args.slow_link):
+        p.error("--wan / --wan-smoke, --setup and --slow-link are separate runs")
+    if args.wan_smoke and len(args.wan) > 1:
+        p.error("--wan-smoke takes at most one --wan profile")
+    if args.wan_timeout <= 0 or args.share_seconds < 5:
+        p.error("--wan-timeout must be > 0 and --share-seconds >= 5")
+    args.wan = list(dict.fromkeys(args.wan))  # each profile once, in the order given
+    if args.total_timeout is None:
+        args.total_timeout = (12 if args.wan else 3) * 3600
     if args.setup and args.skip_setup:
         p.error("--setup and --skip-setup contradict each other")
     if (args.skip_big and args.skip_small and args.skip_resilience and args.skip_setup
-            and not args.slow_link):
+            and not args.slow_link and not wan):
         p.error("nothing to do with --skip-big, --skip-small, --skip-resilience and "
                 "--skip-setup")
     if not args.slow_link and (args.link_rate != LINK_MBIT or args.link_rtt != LINK_RTT_MS):
@@ -3420,7 +4797,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         if not args.baseline_binary.is_file():
             p.error(f"--baseline-binary: {args.baseline_binary} does not exist")
     if args.output is None:
-        args.output = (DEFAULT_SLOW_OUTPUT if args.slow_link
+        args.output = (DEFAULT_WAN_OUTPUT if wan else DEFAULT_SLOW_OUTPUT if args.slow_link
                        else DEFAULT_SETUP_OUTPUT if args.setup else DEFAULT_OUTPUT)
     args.binary = args.binary.resolve() if args.binary != DEFAULT_BINARY else args.binary
     return args
@@ -3522,6 +4899,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.setup:
             return setup_main(ctx, command=command, started=started, machine=machine,
                               congestion=congestion, binary=binary)
+        if args.wan_smoke:
+            return wan_smoke_main(ctx)
+        if args.wan:
+            return wan_main(ctx, command=command, started=started, machine=machine,
+                            binary=binary)
         if not args.skip_big:
             datasets["big"] = make_big_dataset(ctx.data_dir, args.big_size)
         if not args.skip_small:
@@ -3609,10 +4991,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: the benchmark ran past --total-timeout={args.total_timeout:.0f}s; "
               "stopped", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted: stopping every process, namespace and server started",
+              file=sys.stderr)
+        return 130
     finally:
         signal.alarm(0)
         ctx.procs.stop_all()
         restore_congestion(old_congestion)
+        restore_allowed_congestion(ctx)
         ctx.clear_output()
         ctx.empty_trash()
         if own_workdir:
