@@ -959,6 +959,30 @@ fn cli_a_wrong_code_is_refused_on_both_sides_with_exit_8() {
     assert_nothing_written(&out, "a wrong code");
 }
 
+/// The same over QUIC: admission and its code run on the QUIC stream exactly as on the
+/// TLS stream (protocol.md §0.4), so a wrong code burns both sides and writes nothing.
+#[test]
+fn cli_a_wrong_code_over_quic_is_refused_on_both_sides_with_exit_8() {
+    let lab = Lab::new();
+    let src = lab.file("private.txt", 50_000, 16);
+    let out = lab.path("out");
+    let (sender, _, code) = lab.send_waiting(&lab.device("sender"), &src, &[]);
+    let wrong = wrong_code_for(&code);
+    let receiver = lab.run(
+        &lab.device("receiver"),
+        &["receive", &wrong, "-o", path(&out), "--transport", "quic"],
+    );
+    let sender = sender.finish();
+    receiver.assert_code(8, "a wrong code over QUIC");
+    receiver.assert_error_says("wrong code");
+    sender.assert_code(
+        8,
+        "a wrong code over QUIC burns the sender's code and ends it",
+    );
+    sender.assert_error_says("wrong code");
+    assert_nothing_written(&out, "a wrong code over QUIC");
+}
+
 /// Issue 11, 3: a code used by a successful session is refused for the next device
 /// (the listener keeps going with --keep-listening; the late device exits 8, nothing of
 /// it is written).

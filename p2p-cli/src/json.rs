@@ -134,6 +134,7 @@ pub struct HistoryRecord<'a> {
     pub moved_bytes: Option<u64>,
     pub skipped_bytes: Option<u64>,
     pub error: Option<&'a str>,
+    pub transports: &'a [p2p_core::net::Transport],
 }
 
 pub fn status_name(status: Status) -> &'static str {
@@ -166,6 +167,7 @@ impl<'a> From<&'a Record> for HistoryRecord<'a> {
             moved_bytes: r.moved_bytes,
             skipped_bytes: r.skipped_bytes,
             error: r.error.as_deref(),
+            transports: &r.transports,
         }
     }
 }
