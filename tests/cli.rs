@@ -1489,3 +1489,36 @@ fn an_unknown_transport_is_a_usage_error() {
         text(&out.stderr)
     );
 }
+
+#[test]
+fn quic_to_a_listener_that_only_takes_tcp_is_a_connection_problem_in_words() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("note.txt");
+    random_file(&src, 1000, 21);
+    let data = tmp.path().join("data");
+    let receiver = start_listening(
+        &data,
+        &[
+            "receive",
+            "--output",
+            path(&tmp.path().join("out")),
+            "--transport",
+            "tcp",
+        ],
+    );
+    let addr = receiver.addr.clone();
+    let send = run(
+        &data,
+        &["send", path(&src), "--peer", &addr, "--transport", "quic"],
+    );
+    let mut receiver = receiver;
+    let _ = receiver.child.kill();
+    let said = text(&send.stderr);
+    assert_eq!(send.status.code(), Some(3), "{said}");
+    assert_readable_error(&said);
+    assert!(
+        said.contains(&format!("{addr} did not answer over QUIC"))
+            && said.contains("--transport tcp"),
+        "{said}"
+    );
+}

@@ -156,6 +156,7 @@ pub fn exit_code(error: &anyhow::Error) -> u8 {
             | SecurityError::Closed
             | SecurityError::Timeout
             | SecurityError::Silent { .. }
+            | SecurityError::NoQuicAnswer { .. }
             | SecurityError::HungUp { .. } => 3,
             SecurityError::NotAPeer(_)
             | SecurityError::Stranger { .. }

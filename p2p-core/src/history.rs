@@ -180,6 +180,9 @@ pub struct Tracker {
     sent_paths: Vec<String>,
     output_dir: Option<PathBuf>,
     transports: Vec<crate::net::Transport>,
+    /// The transfer `transports` belongs to (a new one starts from the current
+    /// transport only).
+    transports_of: Option<Uuid>,
 }
 
 #[derive(Debug)]
@@ -279,6 +282,13 @@ impl Tracker {
                 total_bytes,
                 ..
             } => {
+                if self.transports_of != Some(*transfer_id) {
+                    // Another transfer (a long-lived front end): only the session's
+                    // current transport is its own; a resume of the same one keeps
+                    // the list.
+                    self.transports = self.transports.last().copied().into_iter().collect();
+                    self.transports_of = Some(*transfer_id);
+                }
                 self.current = Some(InFlight {
                     transfer_id: *transfer_id,
                     direction: *direction,
@@ -582,6 +592,38 @@ mod tests {
         let r = &loaded.records[0];
         assert_eq!((r.bytes, r.moved_bytes, r.total_bytes), (10, None, None));
         assert!(r.local_paths.is_empty() && r.peer_address.is_none());
+    }
+
+    #[test]
+    fn a_record_lists_the_transports_of_its_own_transfer_only() {
+        use crate::net::Transport;
+        let finished = |id| TransferEvent::Finished {
+            transfer_id: id,
+            files: 1,
+            bytes: 10,
+            elapsed: Duration::from_secs(1),
+        };
+        let mut tracker = Tracker::default();
+        // One transfer, resumed over another transport after a reconnection.
+        let (first, second) = (Uuid::new_v4(), Uuid::new_v4());
+        tracker.set_transport(Transport::Quic);
+        tracker.observe(&started(first));
+        tracker.set_transport(Transport::Tcp);
+        tracker.observe(&started(first));
+        let record = tracker.observe(&finished(first)).unwrap();
+        assert_eq!(record.transports, [Transport::Quic, Transport::Tcp]);
+        // The next transfer of a long-lived front end, on the same TCP session.
+        tracker.observe(&started(second));
+        let record = tracker.observe(&finished(second)).unwrap();
+        assert_eq!(record.transports, [Transport::Tcp]);
+        // And one over a new QUIC session.
+        let third = Uuid::new_v4();
+        tracker.set_transport(Transport::Quic);
+        tracker.observe(&started(third));
+        assert_eq!(
+            tracker.observe(&finished(third)).unwrap().transports,
+            [Transport::Quic]
+        );
     }
 
     #[test]

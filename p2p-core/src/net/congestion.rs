@@ -40,6 +40,8 @@ pub const BW_ROUNDS: usize = 10;
 /// Loss per round above which loss is congestion, not noise (the lossiest
 /// profile has 2% random loss).
 pub const HIGH_LOSS: f64 = 0.10;
+/// The round trip the window is sized for at least (see [`Model::set_window`]).
+const MIN_WINDOW_RTT: Duration = Duration::from_millis(4);
 /// Shortest round, so that a sub-millisecond path (loopback) still samples over a
 /// stretch long enough to average its bursts.
 const MIN_ROUND: Duration = Duration::from_millis(2);
@@ -188,7 +190,10 @@ impl Model {
     }
 
     fn set_window(&mut self, min_rtt: Duration, gain: f64) {
-        let bdp = self.bandwidth() * min_rtt.as_secs_f64();
+        // Below a few milliseconds the round trip is the hosts' own scheduling and
+        // acknowledgement batching, not the path: a window of bandwidth × min RTT would
+        // starve a LAN or loopback path between two bursts of acknowledgements.
+        let bdp = self.bandwidth() * min_rtt.max(MIN_WINDOW_RTT).as_secs_f64();
         self.window = ((bdp * gain) as u64).max(self.min_window());
     }
 
