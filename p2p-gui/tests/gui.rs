@@ -374,7 +374,7 @@ async fn listening_receives_what_a_peer_sends_into_the_output_folder() {
         sha256(&dir.path().join("photos/a.jpg"))
     );
     h.click("History");
-    assert!(h.shows("From laptop: photos"));
+    assert!(h.shows("From laptop over TCP: photos"));
 
     // The peer closed its session; the window keeps listening for the next one.
     h.run_until("the peer to leave", |app| app.peer().is_none())
@@ -393,7 +393,7 @@ async fn listening_receives_what_a_peer_sends_into_the_output_folder() {
     h.run_until("the history to load", |app| !app.history.is_empty())
         .await;
     h.click("History");
-    assert!(h.shows("From laptop: photos"));
+    assert!(h.shows("From laptop over TCP: photos"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
