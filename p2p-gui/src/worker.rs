@@ -764,3 +764,22 @@ impl EventSink for Sink {
         self.out.send(WorkerEvent::Transfer(event));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_quic_peer_that_does_not_answer_is_said_in_the_windows_words() {
+        let error = p2p_core::Error::Security(SecurityError::NoQuicAnswer {
+            addr: Some("10.0.0.5:14567".into()),
+        });
+        let said = describe(&error);
+        assert!(
+            said.starts_with("10.0.0.5:14567 did not answer over QUIC (UDP)"),
+            "{said}"
+        );
+        assert!(said.contains("under Transport in Settings"), "{said}");
+        assert!(!said.contains("--transport"), "no CLI flag: {said}");
+    }
+}
