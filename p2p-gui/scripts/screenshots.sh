@@ -98,11 +98,15 @@ sleep 1.5
 shot connection
 
 # Send: paired by a one-time code with a CLI receiver, sending a folder and a large file
-# (caught mid-way).
+# (caught mid-way), over QUIC as chosen in Settings (automatic would take TCP to this
+# same machine).
+mkdir -p "$work/config"
+printf '{"transport": "quic"}\n' >"$work/config/settings.json"
 addr=$(cli_receiver "$work/in-cli" 5-cobalt-harbor desk)
 gui send --peer "$addr" --code 5-cobalt-harbor --send "$work/photos" "$work/film.mkv"
-wait_for "$work/send.err" "connected to"
+wait_for "$work/send.err" "connected to .* over QUIC"
 shot send 0.7
+rm "$work/config/settings.json"
 
 # Receive: listening, asking first; a device the window does not know (no code, not
 # trusted; it pins the window's id) offers a folder, which waits for an answer.
@@ -143,12 +147,12 @@ sleep 0.5
 xdotool mousemove --window "$id" 380 360 click --repeat 15 --delay 30 5
 shot settings
 
-# History: two transfers, and one declined (the file is already there).
+# History: two transfers (one over QUIC), and one declined (the file is already there).
 rm -rf "$work/in-gui"
 gui history --bind 127.0.0.1 --port 0 --auto-accept --tab history --output "$work/in-gui"
 wait_for "$work/history.err" "listening on"
 addr=$(sed -n 's/^listening on //p' "$work/history.err")
-"$BIN/p2p-transfer" send "$work/photos" --peer "$addr" --name laptop >/dev/null
+"$BIN/p2p-transfer" send "$work/photos" --peer "$addr" --name laptop --transport quic >/dev/null
 "$BIN/p2p-transfer" send "$work/notes.txt" --peer "$addr" --name phone >/dev/null
 # The same file again: it exists, so even with auto-accept the window asks; Esc
 # declines it.

@@ -13,7 +13,9 @@ use iced::task;
 use iced::Task;
 use p2p_core::discovery::{DiscoveryConfig, PeerInfo};
 use p2p_core::fs::source::SourceManifest;
-use p2p_core::net::{Admission, Admitted, Code, DeviceId, Identity, PeerIdentity, Security};
+use p2p_core::net::{
+    Admission, Admitted, Code, DeviceId, Identity, PeerIdentity, Security, Transport,
+};
 use p2p_core::settings::Settings;
 use p2p_core::{Direction, IncomingOffer, ReceiveOptions, SessionOptions, TransferEvent};
 use uuid::Uuid;
@@ -274,6 +276,8 @@ pub struct Peer {
     pub addr: Option<SocketAddr>,
     /// The device the connection proved, and how it was let in.
     pub identity: Option<PeerIdentity>,
+    /// What the session runs on (TCP or QUIC).
+    pub transport: Option<Transport>,
     /// An unknown device whose offer the person accepted in this session: sending to
     /// it is allowed from then on.
     pub accepted: bool,
@@ -330,6 +334,9 @@ pub struct App {
     pub resumable: Option<(Vec<PathBuf>, Uuid)>,
     /// Makes the history record of each transfer from its events.
     tracker: Tracker,
+    /// The last transfer that started, and every transport it ran on, in order (a
+    /// resume after a reconnection may run on another): its records list them.
+    transports: Option<(Uuid, Vec<Transport>)>,
     pub notice: Option<Notice>,
     pub history: History,
     history_file: Option<HistoryFile>,
@@ -448,6 +455,7 @@ impl App {
             sending: Vec::new(),
             resumable: None,
             tracker: Tracker::default(),
+            transports: None,
             notice: None,
             history: History::default(),
             history_file: launch.data_dir.as_deref().map(HistoryFile::in_dir),
@@ -1189,6 +1197,7 @@ impl App {
             auto_accept: self.auto_accept,
             auto_reconnect: self.settings.auto_reconnect,
             max_retries: self.settings.max_retries,
+            transport: self.settings.transport,
         };
         let (task, handle) = Task::run(
             worker::run(plan.clone(), options, policy, self.discovery.clone()),
@@ -1451,14 +1460,19 @@ impl App {
                 peer,
                 addr,
                 identity,
+                transport,
                 handle,
             } => {
                 self.tracker.set_peer(peer.clone());
-                // History names the peer by address and proven id, and where files went.
+                // History names the peer by address and proven id, the transport, and
+                // where files went.
                 self.tracker.set_peer_details(
                     addr.map(|a| a.to_string()),
                     identity.as_ref().map(|i| i.device_id.to_string()),
                 );
+                if let Some(transport) = transport {
+                    self.tracker.set_transport(transport);
+                }
                 self.tracker.set_output_dir(&self.output_dir);
                 let by_code = identity
                     .as_ref()
@@ -1467,6 +1481,7 @@ impl App {
                     name: peer,
                     addr,
                     identity,
+                    transport,
                     accepted: false,
                     handle,
                 });
@@ -1578,6 +1593,17 @@ impl App {
                 self.send_pending = false;
                 self.notice = None;
                 self.open_error = None;
+                let transport = self.peer().and_then(|p| p.transport);
+                self.transports = match self.transports.take() {
+                    // The same transfer again (resumed): on this transport too.
+                    Some((id, mut all)) if id == *transfer_id => {
+                        if let Some(t) = transport.filter(|t| all.last() != Some(t)) {
+                            all.push(t);
+                        }
+                        Some((id, all))
+                    }
+                    _ => Some((*transfer_id, transport.into_iter().collect())),
+                };
                 if *direction == Direction::Send {
                     // Offered for resume, to this device, should it stop before the end.
                     self.resumable = Some((self.sending.clone(), *transfer_id));
@@ -1586,7 +1612,7 @@ impl App {
                     self.received_into =
                         Some(self.accepted_into.take().unwrap_or(self.output_dir.clone()));
                 }
-                self.transfer = Some(TransferProgress::started(
+                let mut progress = TransferProgress::started(
                     *transfer_id,
                     *direction,
                     *files,
@@ -1594,7 +1620,9 @@ impl App {
                     peer.clone(),
                     roots.clone(),
                     now,
-                ));
+                );
+                progress.transport = transport;
+                self.transfer = Some(progress);
             }
             TransferEvent::Skipped { path, reason } => {
                 self.skipped.push((path.clone(), reason.clone()))
@@ -1669,7 +1697,14 @@ impl App {
     }
 
     /// Shows a record and appends it to the history file in the background.
-    fn keep(&mut self, record: Record) -> Task<Message> {
+    fn keep(&mut self, mut record: Record) -> Task<Message> {
+        // The tracker lists every transport since the window opened; a record names the
+        // ones its own transfer ran on (an offer refused before it started: the
+        // session's).
+        record.transports = match &self.transports {
+            Some((id, all)) if *id == record.transfer_id => all.clone(),
+            _ => self.peer().and_then(|p| p.transport).into_iter().collect(),
+        };
         self.history.push(record.clone());
         let Some(file) = self.history_file.clone() else {
             return Task::none();

@@ -2,7 +2,18 @@
 //! `p2p-transfer history` reads), newest first, and the tab's filters.
 
 use p2p_core::history::{Record, Status};
+use p2p_core::net::Transport;
 use p2p_core::Direction;
+
+/// The transports a transfer ran on, as `p2p-transfer history` says them: ` over QUIC`,
+/// ` over QUIC, then TCP`; empty when the record names none (older records).
+pub fn over(transports: &[Transport]) -> String {
+    if transports.is_empty() {
+        return String::new();
+    }
+    let all: Vec<String> = transports.iter().map(ToString::to_string).collect();
+    format!(" over {}", all.join(", then "))
+}
 
 /// Which directions the list shows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -121,6 +132,16 @@ mod tests {
             status,
             None,
         )
+    }
+
+    #[test]
+    fn transports_are_said_as_the_cli_says_them() {
+        assert_eq!(over(&[]), "");
+        assert_eq!(over(&[Transport::Quic]), " over QUIC");
+        assert_eq!(
+            over(&[Transport::Quic, Transport::Tcp]),
+            " over QUIC, then TCP"
+        );
     }
 
     #[test]

@@ -209,10 +209,12 @@ fn report(message: &Message) -> Option<bool> {
             peer,
             addr,
             identity,
+            transport,
             ..
         } => {
             let peer = p2p_core::text::printable(peer);
             let addr = addr.map(|a| format!(" ({a})")).unwrap_or_default();
+            let over = p2p_gui::history::over(transport.as_slice());
             let device = identity
                 .as_ref()
                 .map(|i| {
@@ -223,7 +225,7 @@ fn report(message: &Message) -> Option<bool> {
                     )
                 })
                 .unwrap_or_default();
-            eprintln!("connected to {peer}{addr}{device}");
+            eprintln!("connected to {peer}{addr}{over}{device}");
         }
         WorkerEvent::Offer(offer) => eprintln!(
             "offer from {}: {} file(s), {} bytes; waiting for Accept or Decline",

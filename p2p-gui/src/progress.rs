@@ -44,6 +44,8 @@ pub struct TransferProgress {
     /// Bytes the receiver already held from an interrupted attempt (not sent again).
     pub resumed_bytes: u64,
     pub state: TransferState,
+    /// What the session runs on, when known (set by the app from the session's).
+    pub transport: Option<p2p_core::net::Transport>,
     started: Instant,
     /// Recent `(time, done_bytes)` samples for the speed.
     samples: VecDeque<(Instant, u64)>,
@@ -75,6 +77,7 @@ impl TransferProgress {
             retries: 0,
             resumed_bytes: 0,
             state: TransferState::Running,
+            transport: None,
             started: now,
             samples: VecDeque::from([(now, 0)]),
         }

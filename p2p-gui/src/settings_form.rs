@@ -3,12 +3,35 @@
 //! field with a note under it and is not saved.
 
 use p2p_core::config::{COMPRESS_LEVELS, MAX_WINDOW_SIZE};
+use p2p_core::net::TransportChoice;
 use p2p_core::settings::Settings;
 
 use crate::format;
 
 /// Chunk sizes offered in the list.
 pub const CHUNK_SIZES: [u32; 5] = [64 << 10, 256 << 10, 1 << 20, 4 << 20, 16 << 20];
+
+/// The transports offered, each with its label and one line of help, in the order
+/// shown.
+pub const TRANSPORTS: [(TransportChoice, &str, &str); 3] = [
+    (
+        TransportChoice::Auto,
+        "Automatic (recommended)",
+        "QUIC where it connects, TCP otherwise — and TCP to this same machine, where it \
+         is faster.",
+    ),
+    (
+        TransportChoice::Quic,
+        "QUIC",
+        "Fast on long or lossy links (its own congestion control); needs UDP to get \
+         through.",
+    ),
+    (
+        TransportChoice::Tcp,
+        "TCP",
+        "For networks that block UDP; the operating system's congestion control.",
+    ),
+];
 
 /// A chunk size as the list shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,6 +57,8 @@ pub enum SettingsMessage {
     BandwidthLimit(String),
     AutoReconnect(bool),
     Retries(String),
+    /// Which transports to connect (and listen) with.
+    Transport(TransportChoice),
 }
 
 /// Text of the typed fields and what is wrong with them.
@@ -125,6 +150,7 @@ impl SettingsForm {
                 }
             }
             SettingsMessage::AutoReconnect(on) => settings.auto_reconnect = on,
+            SettingsMessage::Transport(choice) => settings.transport = choice,
             SettingsMessage::Retries(text) => {
                 let parsed = text.trim().parse::<u32>().ok();
                 self.retries = text;
@@ -184,6 +210,33 @@ mod tests {
         assert!(!form.apply(SettingsMessage::Level(40), &mut settings));
         assert_eq!(settings.compress_level, 22);
         assert!(form.apply(SettingsMessage::LevelReleased, &mut settings));
+    }
+
+    #[test]
+    fn the_transport_choice_reaches_the_settings_and_every_choice_is_offered() {
+        let mut settings = Settings::default();
+        let mut form = SettingsForm::new(&settings);
+        assert_eq!(settings.transport, TransportChoice::Auto);
+        for choice in [
+            TransportChoice::Quic,
+            TransportChoice::Tcp,
+            TransportChoice::Auto,
+        ] {
+            assert!(form.apply(SettingsMessage::Transport(choice), &mut settings));
+            assert_eq!(settings.transport, choice);
+        }
+        let offered: Vec<TransportChoice> = TRANSPORTS.iter().map(|(c, ..)| *c).collect();
+        assert_eq!(
+            offered,
+            [
+                TransportChoice::Auto,
+                TransportChoice::Quic,
+                TransportChoice::Tcp
+            ]
+        );
+        assert!(TRANSPORTS.iter().all(|(_, label, help)| !label.is_empty()
+            && help.ends_with('.')
+            && !help.contains('\n')));
     }
 
     #[test]

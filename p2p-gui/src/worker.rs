@@ -39,7 +39,7 @@ use std::time::Duration;
 use iced::futures::stream::{self, Stream, StreamExt};
 use p2p_core::discovery::{Beacon, DiscoveryConfig, PeerInfo};
 use p2p_core::fs::source::SourceManifest;
-use p2p_core::net::{Admitted, Endpoint, PeerIdentity, SecurityError};
+use p2p_core::net::{Admitted, Endpoint, PeerIdentity, SecurityError, Transport, TransportChoice};
 use p2p_core::reconnect::Reconnect;
 use p2p_core::transport::Stream as ByteStream;
 use p2p_core::{
@@ -81,6 +81,8 @@ pub struct Policy {
     pub auto_reconnect: bool,
     /// Reconnection attempts in a row before giving up (0 = no limit).
     pub max_retries: u32,
+    /// The transports to dial, or listen, with (the Settings tab's choice).
+    pub transport: TransportChoice,
 }
 
 /// What the worker reports to the window.
@@ -93,11 +95,13 @@ pub enum WorkerEvent {
     Note(String),
     /// The peer of a code was found on the local network; connecting to it.
     Found(PeerInfo),
-    /// A session is established with the device `identity` proved to be.
+    /// A session is established with the device `identity` proved to be, over
+    /// `transport`.
     Connected {
         peer: String,
         addr: Option<SocketAddr>,
         identity: Option<PeerIdentity>,
+        transport: Option<Transport>,
         handle: SessionHandle,
     },
     /// The peer offers a transfer and waits for [`SessionHandle::decide`].
@@ -317,7 +321,8 @@ async fn connect(
     state: &Shared,
     out: &Output,
 ) -> Option<String> {
-    let endpoint = &Endpoint::dial(addr);
+    let transport = lock(state).policy.transport;
+    let endpoint = &Endpoint::dial_with(addr, transport);
     let mut first = match P2PSession::open(endpoint, options).await {
         Ok(session) => Some(session),
         Err(e) => return Some(describe(&e)),
@@ -377,7 +382,8 @@ async fn listen(
     discovery: Option<DiscoveryConfig>,
     out: &Output,
 ) -> Option<String> {
-    let mut endpoint = match Endpoint::listen(bind).await {
+    let transport = lock(state).policy.transport;
+    let mut endpoint = match Endpoint::listen_with(bind, transport).await {
         Ok(endpoint) => endpoint,
         Err(e) => return Some(describe(&e)),
     };
@@ -405,9 +411,15 @@ async fn listen(
             // A listener does not resend: the peer that connected sends, or not.
             Ok(session) => {
                 let _ = serve(session, state, out).await;
-                let mut state = lock(state);
-                state.resend = None;
-                if state.closing.load(Ordering::Acquire) {
+                let closing = {
+                    let mut state = lock(state);
+                    state.resend = None;
+                    state.closing.load(Ordering::Acquire)
+                };
+                if closing {
+                    // A QUIC close is sent by this process, not the kernel: let it
+                    // leave before the listener goes (bounded).
+                    endpoint.shut_down().await;
                     return None;
                 }
             }
@@ -450,6 +462,12 @@ pub fn describe(error: &p2p_core::Error) -> String {
             addr,
             source,
         } => connect_words(action, addr, source),
+        p2p_core::Error::Security(SecurityError::NoQuicAnswer { addr }) => format!(
+            "{} did not answer over QUIC (UDP): check that the other side is waiting, and \
+             that this network lets UDP through — if it does not, choose TCP or Automatic \
+             under Transport in Settings",
+            addr.as_deref().unwrap_or("the peer")
+        ),
         other => other.to_string(),
     }
 }
@@ -518,6 +536,7 @@ async fn serve<S: ByteStream>(
         peer: session.peer().device_name.clone(),
         addr: session.peer_addr(),
         identity,
+        transport: session.transport(),
         handle: SessionHandle {
             commands,
             decisions,
@@ -743,5 +762,24 @@ impl EventSink for Sink {
             _ => {}
         }
         self.out.send(WorkerEvent::Transfer(event));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_quic_peer_that_does_not_answer_is_said_in_the_windows_words() {
+        let error = p2p_core::Error::Security(SecurityError::NoQuicAnswer {
+            addr: Some("10.0.0.5:14567".into()),
+        });
+        let said = describe(&error);
+        assert!(
+            said.starts_with("10.0.0.5:14567 did not answer over QUIC (UDP)"),
+            "{said}"
+        );
+        assert!(said.contains("under Transport in Settings"), "{said}");
+        assert!(!said.contains("--transport"), "no CLI flag: {said}");
     }
 }

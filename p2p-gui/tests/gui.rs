@@ -12,7 +12,9 @@ use iced_test::futures::BoxStream;
 use iced_test::runtime::{task, Action};
 use iced_test::{selector, Simulator};
 use p2p_core::history::Status;
-use p2p_core::net::{Admission, Admitted, Code, Endpoint, Identity, Security, TrustStore};
+use p2p_core::net::{
+    Admission, Admitted, Code, Endpoint, Identity, Security, Transport, TransportChoice, TrustStore,
+};
 use p2p_core::{Direction, NoEvents, P2PSession, ReceiveOptions, SessionOptions, TransferEvent};
 use p2p_gui::progress::TransferState;
 use p2p_gui::worker::WorkerEvent;
@@ -372,7 +374,7 @@ async fn listening_receives_what_a_peer_sends_into_the_output_folder() {
         sha256(&dir.path().join("photos/a.jpg"))
     );
     h.click("History");
-    assert!(h.shows("From laptop: photos"));
+    assert!(h.shows("From laptop over TCP: photos"));
 
     // The peer closed its session; the window keeps listening for the next one.
     h.run_until("the peer to leave", |app| app.peer().is_none())
@@ -391,7 +393,7 @@ async fn listening_receives_what_a_peer_sends_into_the_output_folder() {
     h.run_until("the history to load", |app| !app.history.is_empty())
         .await;
     h.click("History");
-    assert!(h.shows("From laptop: photos"));
+    assert!(h.shows("From laptop over TCP: photos"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -2067,4 +2069,356 @@ async fn waiting_shows_this_computers_name_and_addresses() {
         "loopback is listed too"
     );
     assert!(!h.shows_part("0.0.0.0"));
+}
+
+/// A p2p-core listener on 127.0.0.1:0 that accepts only `transport` and receives until
+/// the peer closes. Its task returns what the session ran on and the transfers received.
+async fn loopback_listener(
+    output: PathBuf,
+    transport: TransportChoice,
+    name: &str,
+) -> (
+    String,
+    tokio::task::JoinHandle<p2p_core::Result<(Option<Transport>, usize)>>,
+) {
+    let endpoint = Endpoint::listen_with("127.0.0.1:0", transport)
+        .await
+        .unwrap();
+    assert_eq!(
+        endpoint.transports(),
+        match transport {
+            TransportChoice::Quic => vec![Transport::Quic],
+            TransportChoice::Tcp => vec![Transport::Tcp],
+            TransportChoice::Auto => vec![Transport::Quic, Transport::Tcp],
+        }
+    );
+    let addr = endpoint.local_addr().unwrap().to_string();
+    let options = SessionOptions {
+        device_name: name.into(),
+        ..SessionOptions::default()
+    };
+    let receiver = tokio::spawn(async move {
+        let mut session = P2PSession::open(&endpoint, &options).await?;
+        let on = session.transport();
+        let options = ReceiveOptions {
+            output_dir: output,
+            overwrite: false,
+        };
+        let received = session.run_event_loop(&options, &NoEvents).await?;
+        // A QUIC close leaves from this process: let it go before the endpoint does.
+        endpoint.shut_down().await;
+        Ok((on, received.len()))
+    });
+    (addr, receiver)
+}
+
+/// Picks `file` on the Send tab, sends it to the connected peer and waits for its
+/// record; checks the headline names `peer` and `over` (the transport) while it runs
+/// and once it is done.
+async fn send_one(h: &mut Harness, file: &Path, peer: &str, over: &str) {
+    let records = h.app.history.visible().count();
+    h.click("Send");
+    h.update(Message::ClearSelection);
+    h.update(Message::Picked(vec![file.to_path_buf()]));
+    h.run_until("the file to be measured", |app| {
+        app.send_blocker().is_none()
+    })
+    .await;
+    h.click("Start sending");
+    h.run_until("the transfer to start", |app| {
+        app.transfer.as_ref().is_some_and(|t| t.is_running())
+    })
+    .await;
+    let running = format!("Sending 1 file to {peer}{over}");
+    assert!(h.shows(&running), "{running}: {:?}", h.app.transfer);
+    h.run_until("the transfer's record", |app| {
+        app.history.visible().count() > records
+    })
+    .await;
+    assert!(
+        matches!(
+            h.app.transfer.as_ref().unwrap().state,
+            TransferState::Finished { .. }
+        ),
+        "{:?}",
+        h.app.transfer
+    );
+    let done = format!("Done: 1 file to {peer}{over} in ");
+    assert!(h.shows_part(&done), "{done}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_transport_setting_is_saved_and_offered_with_help() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config");
+    {
+        let mut h = Harness::new(launch(&config));
+        assert_eq!(h.app.settings.transport, TransportChoice::Auto);
+        h.click("Settings");
+        for label in ["Transport", "Automatic (recommended)", "QUIC", "TCP"] {
+            assert!(h.shows(label), "{label}");
+        }
+        for help in [
+            "QUIC where it connects, TCP otherwise — and TCP to this same machine",
+            "Fast on long or lossy links",
+            "needs UDP",
+            "For networks that block UDP",
+        ] {
+            assert!(h.shows_part(help), "{help}");
+        }
+        h.click("QUIC");
+        assert_eq!(h.app.settings.transport, TransportChoice::Quic);
+        let saved = std::fs::read_to_string(config.join("settings.json")).unwrap();
+        assert!(saved.contains("\"transport\": \"quic\""), "{saved}");
+        h.click("TCP");
+        assert_eq!(h.app.settings.transport, TransportChoice::Tcp);
+    }
+    // Saved like the other settings, in the file the CLI reads too.
+    let loaded = p2p_core::settings::Settings::load(&config).unwrap();
+    assert_eq!(loaded.transport, TransportChoice::Tcp);
+    let mut h = Harness::new(launch(&config));
+    assert_eq!(h.app.settings.transport, TransportChoice::Tcp);
+    h.click("Settings");
+    h.click("Automatic (recommended)");
+    drop(h);
+    let h = Harness::new(launch(&config));
+    assert_eq!(h.app.settings.transport, TransportChoice::Auto);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_transport_setting_reaches_the_dialer_and_each_transfer_names_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let (inbox, config) = (dir.path().join("inbox"), dir.path().join("config"));
+    std::fs::create_dir_all(&inbox).unwrap();
+    let (first, second) = (dir.path().join("report.bin"), dir.path().join("notes.bin"));
+    std::fs::write(&first, data(3 << 20, 11)).unwrap();
+    std::fs::write(&second, data(1 << 20, 12)).unwrap();
+    let (addr, listener) = loopback_listener(inbox.clone(), TransportChoice::Quic, "far").await;
+
+    // Automatic dials a peer on this machine over TCP only: the QUIC-only peer is not
+    // reached, so what follows is the setting's doing.
+    let mut h = Harness::new(launch(&config));
+    h.type_into("peer-address", &addr);
+    h.click("Connect");
+    h.run_until("the connect error", |app| app.worker.is_none())
+        .await;
+    assert!(
+        h.shows_part(&format!("nothing is listening at {addr}")),
+        "{:?}",
+        h.app.notice
+    );
+
+    h.click("Settings");
+    h.click("QUIC");
+    h.click("Connection");
+    h.click("Connect");
+    h.run_until("the connection", |app| app.peer().is_some())
+        .await;
+    assert_eq!(h.app.peer().unwrap().transport, Some(Transport::Quic));
+    assert!(
+        h.shows_part(&format!("Connected to far ({addr}) over QUIC · ")),
+        "the status bar names the transport"
+    );
+    send_one(&mut h, &first, "far", " over QUIC").await;
+    let record = h.app.history.visible().next().unwrap().clone();
+    assert_eq!(record.status, Status::Completed);
+    assert_eq!(record.transports, [Transport::Quic], "{record:?}");
+    assert_eq!(sha256(&inbox.join("report.bin")), sha256(&first));
+    h.click("History");
+    assert!(h.shows("To far over QUIC: report.bin"));
+
+    h.click("Connection");
+    h.click("Disconnect");
+    h.settle().await;
+    let (on, received) = listener.await.unwrap().expect("the listener ends cleanly");
+    assert_eq!((on, received), (Some(Transport::Quic), 1));
+
+    // The next connection, over TCP: its record names TCP only, not the QUIC of the
+    // session before.
+    let (addr, listener) = loopback_listener(inbox.clone(), TransportChoice::Tcp, "near").await;
+    h.click("Settings");
+    h.click("TCP");
+    h.click("Connection");
+    h.update(Message::PeerAddressChanged(addr.clone()));
+    h.click("Connect");
+    h.run_until("the connection", |app| app.peer().is_some())
+        .await;
+    assert_eq!(h.app.peer().unwrap().transport, Some(Transport::Tcp));
+    send_one(&mut h, &second, "near", " over TCP").await;
+    let record = h.app.history.visible().next().unwrap().clone();
+    assert_eq!(record.transports, [Transport::Tcp], "{record:?}");
+    assert_eq!(sha256(&inbox.join("notes.bin")), sha256(&second));
+    h.click("History");
+    assert!(h.shows("To near over TCP: notes.bin"));
+    assert!(h.shows("To far over QUIC: report.bin"));
+    h.click("Connection");
+    h.click("Disconnect");
+    h.run_until("the records to be written", |app| app.history_writes == 0)
+        .await;
+    h.settle().await;
+    assert_eq!(
+        listener.await.unwrap().expect("the listener ends cleanly"),
+        (Some(Transport::Tcp), 1)
+    );
+
+    // In the file the CLI's `history` reads, in the same order.
+    let saved = p2p_core::history::History::in_dir(&config.join("data"))
+        .load()
+        .unwrap()
+        .records;
+    let transports: Vec<_> = saved.iter().map(|r| r.transports.clone()).collect();
+    assert_eq!(
+        transports,
+        [vec![Transport::Quic], vec![Transport::Tcp]],
+        "{saved:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listening_window_takes_only_the_chosen_transport() {
+    let dir = tempfile::tempdir().unwrap();
+    let (inbox, config) = (dir.path().join("inbox"), dir.path().join("config"));
+    let file = dir.path().join("clip.bin");
+    std::fs::write(&file, data(2 << 20, 13)).unwrap();
+    let mut h = Harness::new(Launch {
+        output: Some(inbox.clone()),
+        auto_accept: true,
+        ..launch(&config)
+    });
+    h.click("Settings");
+    h.click("QUIC");
+    h.click("Connection");
+    let port = listen(&mut h).await;
+    let addr = format!("127.0.0.1:{port}");
+    let options = SessionOptions {
+        device_name: "laptop".into(),
+        ..SessionOptions::default()
+    };
+
+    // Nothing takes TCP on that port.
+    let refused = P2PSession::open(&Endpoint::dial_with(&addr, TransportChoice::Tcp), &options)
+        .await
+        .err()
+        .expect("a QUIC-only window refuses TCP");
+    assert!(
+        matches!(&refused, p2p_core::Error::Connect { source, .. }
+            if source.kind() == std::io::ErrorKind::ConnectionRefused),
+        "{refused:?}"
+    );
+
+    let sender = {
+        let (addr, file) = (addr.clone(), file.clone());
+        tokio::spawn(async move {
+            let mut session =
+                P2PSession::open(&Endpoint::dial_with(&addr, TransportChoice::Quic), &options)
+                    .await?;
+            let on = session.transport();
+            session.send(&[file], &NoEvents).await?;
+            session.close().await?;
+            Ok::<_, p2p_core::Error>(on)
+        })
+    };
+    h.run_until("the connection", |app| app.peer().is_some())
+        .await;
+    assert!(h.shows_part(" over QUIC · "), "the status bar names QUIC");
+    h.run_until("the received file's record", |app| {
+        app.history.visible().next().is_some()
+    })
+    .await;
+    assert_eq!(sender.await.unwrap().unwrap(), Some(Transport::Quic));
+    let record = h.app.history.visible().next().unwrap().clone();
+    assert_eq!(
+        (record.status, record.direction),
+        (Status::Completed, Direction::Receive)
+    );
+    assert_eq!(record.transports, [Transport::Quic], "{record:?}");
+    assert!(h.shows_part("Done: 1 file from laptop over QUIC in "));
+    assert_eq!(sha256(&inbox.join("clip.bin")), sha256(&file));
+    h.click("History");
+    assert!(h.shows("From laptop over QUIC: clip.bin"));
+
+    // The peer closed its session; the window waits for the next one.
+    h.run_until("the peer to leave", |app| app.peer().is_none())
+        .await;
+    assert!(listening(&h.app));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_cancelled_over_quic_resumes_over_tcp_and_its_record_names_both() {
+    let dir = tempfile::tempdir().unwrap();
+    let (inbox, config) = (dir.path().join("inbox"), dir.path().join("config"));
+    std::fs::create_dir_all(&inbox).unwrap();
+    let file = dir.path().join("big.bin");
+    std::fs::write(&file, data(24 << 20, 14)).unwrap();
+    let (addr, listener) = loopback_listener(inbox.clone(), TransportChoice::Quic, "far").await;
+    // Limited, so that a Cancel clicked at 4 MiB lands well before the end (see
+    // `a_cancelled_send_is_offered_for_resume_and_resumes_where_it_stopped`).
+    p2p_core::settings::Settings {
+        bandwidth_limit: 16 << 20,
+        transport: TransportChoice::Quic,
+        ..small_steps()
+    }
+    .save(&config)
+    .unwrap();
+    let mut h = Harness::new(Launch {
+        connect: Some(addr),
+        send: vec![file.clone()],
+        ..launch(&config)
+    });
+    h.run_until("4 MiB acknowledged", |app| {
+        app.transfer
+            .as_ref()
+            .is_some_and(|t| t.done_bytes >= 4 << 20)
+    })
+    .await;
+    h.click("Cancel");
+    h.run_until("the worker to stop", |app| app.worker.is_none())
+        .await;
+    assert!(listener.await.unwrap().is_err(), "the peer saw it stop");
+    let (_, id) = h.app.resumable.clone().expect("offered for resume");
+    let record = h.app.history.visible().next().unwrap().clone();
+    assert_eq!(
+        (record.status, record.transports.clone()),
+        (Status::Interrupted, vec![Transport::Quic]),
+        "{record:?}"
+    );
+
+    // The same device again, now over TCP: Resume sends the rest of the same transfer.
+    let (addr, listener) = loopback_listener(inbox.clone(), TransportChoice::Tcp, "far").await;
+    h.click("Settings");
+    h.click("TCP");
+    h.click("Connection");
+    h.update(Message::PeerAddressChanged(addr));
+    h.click("Connect");
+    h.run_until("the connection", |app| app.peer().is_some())
+        .await;
+    h.click("Send");
+    h.click("Resume");
+    h.run_until("the resumed send to finish", |app| {
+        app.transfer
+            .as_ref()
+            .is_some_and(|t| matches!(t.state, TransferState::Finished { .. }))
+    })
+    .await;
+    let t = h.app.transfer.as_ref().unwrap();
+    assert_eq!(t.transfer_id, id, "the same transfer, resumed");
+    assert!(t.resumed_bytes > 0, "resumed {} bytes", t.resumed_bytes);
+    assert!(h.shows_part("Done: 1 file to far over TCP in "));
+    let record = h.app.history.visible().next().unwrap().clone();
+    assert_eq!(
+        (record.status, record.transports.clone()),
+        (Status::Completed, vec![Transport::Quic, Transport::Tcp]),
+        "{record:?}"
+    );
+    assert_eq!(sha256(&inbox.join("big.bin")), sha256(&file));
+    h.click("History");
+    assert!(h.shows("To far over QUIC, then TCP: big.bin"));
+    assert!(h.shows("To far over QUIC: big.bin"));
+    h.click("Connection");
+    h.click("Disconnect");
+    h.settle().await;
+    assert_eq!(
+        listener.await.unwrap().expect("the listener ends cleanly"),
+        (Some(Transport::Tcp), 1)
+    );
 }
