@@ -23,6 +23,10 @@ pub const MAX_PENDING: usize = 16;
 /// round trip shorter than TCP's plus TLS, so where UDP passes it is usually first.
 pub const QUIC_GRACE: Duration = Duration::from_millis(100);
 
+/// How long [`Endpoint::shut_down`] keeps a listening process alive for its QUIC
+/// closes to leave: they are sent at once; this covers a busy machine's scheduling.
+pub const CLOSE_FLUSH: Duration = Duration::from_millis(100);
+
 /// A peer to dial, or a listener to accept from.
 #[derive(Debug)]
 pub enum Endpoint {
@@ -149,15 +153,17 @@ impl Endpoint {
         }
     }
 
-    /// Before the process exits: waits (at most 1 s) until the connections this
-    /// listener accepted over QUIC are closed and their peers told, which a QUIC close
-    /// needs the process alive for (TCP's kernel does it alone).
+    /// Before the process exits: gives the connections this listener accepted over
+    /// QUIC [`CLOSE_FLUSH`] to send their `CONNECTION_CLOSE` (and the acknowledgement
+    /// of the peer's last bytes), which a QUIC close needs the process alive for (TCP's
+    /// kernel does it alone). It does not wait out the draining period (three probe
+    /// timeouts, most of a second on a long path): nothing the peer sends then matters.
     pub async fn shut_down(&self) {
         if let Endpoint::Listen {
             quic: Some(quic), ..
         } = self
         {
-            quic.wait_idle(std::time::Duration::from_secs(1)).await;
+            quic.wait_idle(CLOSE_FLUSH).await;
         }
     }
 
