@@ -58,6 +58,10 @@ pub struct Sender {
     window: Window,
     /// How fast the receiver acknowledges: sizes the window to the path.
     delivery: DeliveryRate,
+    /// The length of the chunks being sent (a moving average): the window holds
+    /// [`crate::transfer::window::IN_FLIGHT_TIME`] of data in chunks of this length,
+    /// not of the chunk size — small files make chunks far shorter than it.
+    chunk_len: u64,
     max_attempts: u32,
     phase: Phase,
     /// Next file (position in `files`) and chunk to read for the first time.
@@ -104,6 +108,7 @@ impl Sender {
             transfer_id,
             window: Window::new(config.window_size as usize, rto),
             delivery: DeliveryRate::default(),
+            chunk_len: layout.chunk_size(),
             max_attempts: max_attempts.max(1),
             phase: Phase::Offered,
             unconfirmed: files.len(),
@@ -417,10 +422,10 @@ impl Sender {
             let purpose = if self.skip.get(&file).is_some_and(|s| s.contains(at.index)) {
                 ReadPurpose::HashOnly
             } else if self.window.len() + self.reading
-                < self
-                    .delivery
-                    .window(self.window.capacity(), self.layout.chunk_size())
+                < self.delivery.window(self.window.capacity(), self.chunk_len)
             {
+                let len = self.layout.chunk_len(at).unwrap_or(0) as u64;
+                self.chunk_len = (self.chunk_len * 7 + len.max(1)) / 8;
                 ReadPurpose::Send
             } else {
                 return None;

@@ -372,6 +372,31 @@ fn window_overlaps_round_trips() {
 }
 
 #[test]
+fn small_files_on_a_long_path_keep_the_whole_window_in_flight() {
+    // 600 files of 4 KiB at 75 ms one way (150 ms round trips), chunk size 1 MiB,
+    // window 16: 16 files per round trip is ~6 s. The window was sized as two seconds
+    // of data in chunks of the *chunk size*: once the rate was measured, 2 s × a few
+    // hundred KiB/s made 1–2 chunks of 1 MiB, so two 4-KiB files per round trip
+    // (~45 s), and it never grew again (the issue-12 benchmark: 0.3 MiB/s for 5,000
+    // small files across an emulated intercontinental link).
+    let files = vec![vec![5u8; 4096]; 600];
+    let mut pair = Pair::new(
+        files,
+        config(1 << 20, 16, false),
+        Link {
+            latency: Duration::from_millis(75),
+            ..Link::default()
+        },
+        3,
+    );
+    let start = pair.now;
+    pair.drive().unwrap();
+    pair.assert_delivered();
+    let took = pair.now - start;
+    assert!(took < Duration::from_secs(10), "{took:?}");
+}
+
+#[test]
 fn loss_reorder_and_corruption_are_recovered() {
     let mut impaired = 0;
     for seed in 0..20 {
