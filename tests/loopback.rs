@@ -244,6 +244,34 @@ async fn auto_dials_this_machine_over_tcp_and_a_listener_takes_either() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quic_peer_that_arrives_before_the_listener_accepts_waits_as_over_tcp() {
+    // A peer finds a listener by its beacon and dials while the program is still busy
+    // (printing its code, say): a TCP connection waits in the kernel's backlog, and a
+    // QUIC one must wait in quinn's queue — not be refused because no identity was
+    // configured yet (CI caught this under load). The delay is the scenario, not a
+    // synchronisation: the dialer's handshake is under way before anyone accepts.
+    use p2p_core::net::Endpoint;
+    let listening = Endpoint::listen_with("127.0.0.1:0", TransportChoice::Quic)
+        .await
+        .unwrap();
+    let addr = listening.local_addr().unwrap().to_string();
+    let dialing = tokio::spawn(async move {
+        P2PSession::open(
+            &Endpoint::dial_with(addr, TransportChoice::Quic),
+            &SessionOptions::default(),
+        )
+        .await
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let accepted = P2PSession::open(&listening, &SessionOptions::default())
+        .await
+        .unwrap();
+    let dialer = dialing.await.unwrap().unwrap();
+    assert_eq!(dialer.transport(), Some(Transport::Quic));
+    assert_eq!(accepted.transport(), Some(Transport::Quic));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_nested_tree_keeps_structure_names_modes_and_times_and_skips_symlinks() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("tree");

@@ -246,9 +246,6 @@ impl Endpoint {
                 pending,
                 ..
             } => {
-                if let Some(quic) = quic {
-                    quic.serve_as(security)?;
-                }
                 let mut pending = pending.0.lock().await;
                 accept_into(listener.as_ref(), quic.as_ref(), security, &mut pending).await
             }

@@ -140,10 +140,13 @@ fn udp_socket(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
     Ok(socket.into())
 }
 
-fn endpoint_on(socket: std::net::UdpSocket) -> io::Result<quinn::Endpoint> {
+fn endpoint_on(
+    socket: std::net::UdpSocket,
+    server: Option<quinn::ServerConfig>,
+) -> io::Result<quinn::Endpoint> {
     quinn::Endpoint::new(
         quinn::EndpointConfig::default(),
-        None,
+        server,
         socket,
         Arc::new(quinn::TokioRuntime),
     )
@@ -151,25 +154,26 @@ fn endpoint_on(socket: std::net::UdpSocket) -> io::Result<quinn::Endpoint> {
 
 /// A QUIC listener: a UDP socket (on the TCP listener's port) that accepts connections
 /// for whichever identity the caller secures them with.
+///
+/// quinn refuses a connection at once when its endpoint has no server configuration,
+/// where a TCP listener's kernel keeps it in the backlog until it is accepted: a peer
+/// that found the listener by its beacon could be refused before the program got to
+/// accepting. The endpoint therefore has a configuration from the start (this
+/// process's in-memory identity, never used for a handshake), so that attempts wait
+/// in quinn's queue like TCP's; each is then accepted with the identity of the caller
+/// of [`accept`].
 #[derive(Debug)]
 pub struct QuicListener {
     endpoint: quinn::Endpoint,
 }
 
 impl QuicListener {
-    /// Binds a UDP socket on `addr`. No connection is accepted before
-    /// [`QuicListener::serve_as`] names who this side is.
+    /// Binds a UDP socket on `addr`; connection attempts queue until accepted.
     pub fn bind(addr: SocketAddr) -> io::Result<Self> {
+        let queueing = server_config(&Security::default()).map_err(io::Error::other)?;
         Ok(QuicListener {
-            endpoint: endpoint_on(udp_socket(addr)?)?,
+            endpoint: endpoint_on(udp_socket(addr)?, Some(queueing))?,
         })
-    }
-
-    /// Accepts connections as `security`'s identity from now on.
-    pub fn serve_as(&self, security: &Security) -> Result<(), SecurityError> {
-        self.endpoint
-            .set_server_config(Some(server_config(security)?));
-        Ok(())
     }
 
     /// The next connection attempt (`None` once the endpoint is closed).
@@ -247,7 +251,7 @@ pub async fn connect(
         (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
     };
     let endpoint = udp_socket(bind)
-        .and_then(endpoint_on)
+        .and_then(|socket| endpoint_on(socket, None))
         .map_err(SecurityError::Io)?;
     let connecting = endpoint
         .connect_with(client_config(security)?, addr, SERVER_NAME)
@@ -270,7 +274,11 @@ pub async fn accept(
     incoming: quinn::Incoming,
     security: &Security,
 ) -> Result<(QuicStream, Channel), SecurityError> {
-    let connection = incoming.await.map_err(handshake_error)?;
+    let connection = incoming
+        .accept_with(Arc::new(server_config(security)?))
+        .map_err(handshake_error)?
+        .await
+        .map_err(handshake_error)?;
     let channel = channel(&connection, security.identity.fingerprint(), false)?;
     let (send, recv) = connection
         .accept_bi()
