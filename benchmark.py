@@ -1163,6 +1163,30 @@ def start_wormhole_servers(ctx: Context, wan: "WanLink | None" = None) -> Wormho
                     f"tcp:{host}:{transit_port}", version)
 
 
+def start_comparison_servers(ctx: Context, extras: dict, wan: "WanLink | None" = None
+                             ) -> tuple["Sshd | None", str, "Wormhole | None", str]:
+    """sshd (for scp and rsync) and magic-wormhole's servers, on loopback or in the WAN
+    link's far namespace; records their versions in `extras`. A server that cannot start
+    is (None, why): its rows say so instead of failing the run."""
+    sshd, sshd_why, wh, wh_why = None, "", None, ""
+    try:
+        sshd = start_sshd(ctx, wan)
+        r = run_quiet(["ssh", "-V"], timeout=30)
+        extras["OpenSSH"] = (r.stderr or r.stdout).strip()
+        r = run_quiet(["rsync", "--version"], timeout=30)
+        extras["rsync"] = r.stdout.splitlines()[0] if r.stdout else "?"
+    except (BenchError, OSError, subprocess.TimeoutExpired) as e:
+        sshd_why = str(e).splitlines()[0]
+        print(f"scp/rsync unavailable: {e}", file=sys.stderr, flush=True)
+    try:
+        wh = start_wormhole_servers(ctx, wan)
+        extras["magic-wormhole"] = wh.version
+    except (BenchError, OSError, subprocess.TimeoutExpired) as e:
+        wh_why = str(e).splitlines()[0]
+        print(f"magic-wormhole unavailable: {e}", file=sys.stderr, flush=True)
+    return sshd, sshd_why, wh, wh_why
+
+
 def measure_wormhole(ctx: Context, ds: Dataset, wh: Wormhole | None, why: str) -> Result:
     result = Result("magic-wormhole (via relay)", "compare", ds.key)
     if wh is None:
@@ -4171,21 +4195,7 @@ def run_wan_profile(ctx: "Context", profile: WanProfile, datasets: dict[str, Dat
         res.sysctls = wan.sysctls()
         sshd, sshd_why, wh, wh_why = None, "", None, ""
         if not args.wan_p2p_only:
-            try:
-                sshd = start_sshd(ctx, wan)
-                r = run_quiet(["ssh", "-V"], timeout=30)
-                extras["OpenSSH"] = (r.stderr or r.stdout).strip()
-                r = run_quiet(["rsync", "--version"], timeout=30)
-                extras["rsync"] = r.stdout.splitlines()[0] if r.stdout else "?"
-            except (BenchError, OSError, subprocess.TimeoutExpired) as e:
-                sshd_why = str(e).splitlines()[0]
-                print(f"scp/rsync unavailable: {e}", file=sys.stderr, flush=True)
-            try:
-                wh = start_wormhole_servers(ctx, wan)
-                extras["magic-wormhole"] = wh.version
-            except (BenchError, OSError, subprocess.TimeoutExpired) as e:
-                wh_why = str(e).splitlines()[0]
-                print(f"magic-wormhole unavailable: {e}", file=sys.stderr, flush=True)
+            sshd, sshd_why, wh, wh_why = start_comparison_servers(ctx, extras, wan)
         for ds in datasets.values():
             for i in range(args.repeat):
                 for cc in WAN_CCS:
@@ -4919,21 +4929,7 @@ def main(argv: list[str] | None = None) -> int:
 
         sshd, sshd_why, wh, wh_why = None, "", None, ""
         if args.compare:
-            try:
-                sshd = start_sshd(ctx)
-                r = run_quiet(["ssh", "-V"], timeout=30)
-                extras["OpenSSH"] = (r.stderr or r.stdout).strip()
-                r = run_quiet(["rsync", "--version"], timeout=30)
-                extras["rsync"] = r.stdout.splitlines()[0] if r.stdout else "?"
-            except (BenchError, OSError, subprocess.TimeoutExpired) as e:
-                sshd_why = str(e).splitlines()[0]
-                print(f"scp/rsync unavailable: {e}", file=sys.stderr, flush=True)
-            try:
-                wh = start_wormhole_servers(ctx)
-                extras["magic-wormhole"] = wh.version
-            except (BenchError, OSError, subprocess.TimeoutExpired) as e:
-                wh_why = str(e).splitlines()[0]
-                print(f"magic-wormhole unavailable: {e}", file=sys.stderr, flush=True)
+            sshd, sshd_why, wh, wh_why = start_comparison_servers(ctx, extras)
 
         for ds in datasets.values():
             print(f"\n== {ds.key}: {ds.label}", flush=True)

@@ -204,6 +204,33 @@ fn own_key(config: &Path) -> Launch {
     }
 }
 
+/// Saves `settings`, opens a window that sends `file` to `addr`, clicks Cancel once
+/// `acknowledged` bytes are acknowledged and waits for the worker to stop.
+async fn send_and_cancel(
+    config: &std::path::Path,
+    settings: p2p_core::settings::Settings,
+    addr: String,
+    file: &std::path::Path,
+    acknowledged: u64,
+) -> Harness {
+    settings.save(config).unwrap();
+    let mut h = Harness::new(Launch {
+        connect: Some(addr),
+        send: vec![file.to_path_buf()],
+        ..launch(config)
+    });
+    h.run_until("enough acknowledged", |app| {
+        app.transfer
+            .as_ref()
+            .is_some_and(|t| t.done_bytes >= acknowledged)
+    })
+    .await;
+    h.click("Cancel");
+    h.run_until("the worker to stop", |app| app.worker.is_none())
+        .await;
+    h
+}
+
 /// Settings with small chunks and a small window: many steps per transfer, so a click
 /// or a cut lands mid-transfer.
 fn small_steps() -> p2p_core::settings::Settings {
@@ -869,27 +896,12 @@ async fn a_cancelled_send_is_offered_for_resume_and_resumes_where_it_stopped() {
     // Limited to 16 MiB/s, so that the Cancel clicked once the window has seen 8 MiB
     // acknowledged reaches the worker well before the 48 MiB are through (unlimited, a
     // fast machine could finish first: the window learns of progress after the fact).
-    p2p_core::settings::Settings {
+    let settings = p2p_core::settings::Settings {
         bandwidth_limit: 16 << 20,
         ..small_steps()
-    }
-    .save(&config)
-    .unwrap();
-    let mut h = Harness::new(Launch {
-        connect: Some(addr),
-        send: vec![file.clone()],
-        ..launch(&config)
-    });
+    };
     // Cancel once a good part has been acknowledged.
-    h.run_until("8 MiB acknowledged", |app| {
-        app.transfer
-            .as_ref()
-            .is_some_and(|t| t.done_bytes >= 8 << 20)
-    })
-    .await;
-    h.click("Cancel");
-    h.run_until("the worker to stop", |app| app.worker.is_none())
-        .await;
+    let mut h = send_and_cancel(&config, settings, addr, &file, 8 << 20).await;
     assert!(receiver.await.unwrap().is_err());
     let (paths, id) = h.app.resumable.clone().expect("offered for resume");
     assert_eq!(paths, std::slice::from_ref(&file));
@@ -2353,27 +2365,12 @@ async fn a_send_cancelled_over_quic_resumes_over_tcp_and_its_record_names_both()
     let (addr, listener) = loopback_listener(inbox.clone(), TransportChoice::Quic, "far").await;
     // Limited, so that a Cancel clicked at 4 MiB lands well before the end (see
     // `a_cancelled_send_is_offered_for_resume_and_resumes_where_it_stopped`).
-    p2p_core::settings::Settings {
+    let settings = p2p_core::settings::Settings {
         bandwidth_limit: 16 << 20,
         transport: TransportChoice::Quic,
         ..small_steps()
-    }
-    .save(&config)
-    .unwrap();
-    let mut h = Harness::new(Launch {
-        connect: Some(addr),
-        send: vec![file.clone()],
-        ..launch(&config)
-    });
-    h.run_until("4 MiB acknowledged", |app| {
-        app.transfer
-            .as_ref()
-            .is_some_and(|t| t.done_bytes >= 4 << 20)
-    })
-    .await;
-    h.click("Cancel");
-    h.run_until("the worker to stop", |app| app.worker.is_none())
-        .await;
+    };
+    let mut h = send_and_cancel(&config, settings, addr, &file, 4 << 20).await;
     assert!(listener.await.unwrap().is_err(), "the peer saw it stop");
     let (_, id) = h.app.resumable.clone().expect("offered for resume");
     let record = h.app.history.visible().next().unwrap().clone();

@@ -15,15 +15,7 @@ pub fn script() -> PathBuf {
 }
 
 /// True when running under CI (`CI=true`): missing prerequisites fail instead of skip.
-pub fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
-}
-
-fn effective_uid() -> Option<u32> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("Uid:"))?;
-    line.split_whitespace().nth(2)?.parse().ok()
-}
+pub use p2p_wan::in_ci;
 
 fn runs(program: &str, args: &[&str]) -> bool {
     Command::new(program)
@@ -37,7 +29,7 @@ fn runs(program: &str, args: &[&str]) -> bool {
 /// What this machine lacks to host a lab, if anything. `needs_coturn` for the
 /// topologies with a STUN server.
 pub fn missing_prerequisite(needs_coturn: bool) -> Option<String> {
-    if effective_uid() != Some(0) {
+    if !p2p_wan::running_as_root() {
         return Some("not running as root (network namespaces need it)".into());
     }
     if !runs("ip", &["netns", "list"]) {

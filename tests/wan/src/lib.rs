@@ -45,6 +45,11 @@ pub fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
 }
 
+/// Whether this process runs as root (what network namespaces need).
+pub fn running_as_root() -> bool {
+    effective_uid() == Some(0)
+}
+
 fn effective_uid() -> Option<u32> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("Uid:"))?;
@@ -63,7 +68,7 @@ fn runs(program: &str, args: &[&str]) -> bool {
 
 /// What this machine lacks to bring a WAN up, if anything.
 pub fn missing_prerequisite() -> Option<String> {
-    if effective_uid() != Some(0) {
+    if !running_as_root() {
         return Some("not running as root (network namespaces and packet sockets need it)".into());
     }
     if !runs("ip", &["netns", "list"]) {
