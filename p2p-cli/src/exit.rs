@@ -124,6 +124,9 @@ pub fn exit_code(error: &anyhow::Error) -> u8 {
     };
     match core {
         Error::Connect { .. } => 3,
+        // The rendezvous could not be reached, refused the code's number, or the peer
+        // left it: nothing connected.
+        Error::Rendezvous(_) => 3,
         Error::Wire(WireError::Io(_) | WireError::Truncated { .. }) => 3,
         Error::Wire(WireError::Tampered(_)) => 8,
         Error::Wire(_) => 4,

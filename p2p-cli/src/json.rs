@@ -19,6 +19,8 @@ use p2p_core::Direction;
 pub enum Event<'a> {
     /// The one-time code the receiver must give (a sender waiting without `--code`).
     Code { code: &'a str },
+    /// The path of a rendezvous connection, and each change of it.
+    Path { path: &'a str, address: String },
     /// This side waits for the peer at this address.
     Listening { address: String },
     /// A transfer's offer was accepted; bytes are about to move.
@@ -135,6 +137,7 @@ pub struct HistoryRecord<'a> {
     pub skipped_bytes: Option<u64>,
     pub error: Option<&'a str>,
     pub transports: &'a [p2p_core::net::Transport],
+    pub paths: &'a [p2p_core::net::ice::PathKind],
 }
 
 pub fn status_name(status: Status) -> &'static str {
@@ -168,6 +171,7 @@ impl<'a> From<&'a Record> for HistoryRecord<'a> {
             skipped_bytes: r.skipped_bytes,
             error: r.error.as_deref(),
             transports: &r.transports,
+            paths: &r.paths,
         }
     }
 }

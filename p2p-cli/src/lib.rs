@@ -61,6 +61,17 @@ Examples:
   tar c project/ | p2p-transfer send -             # standard input, as a file named stdin
   p2p-transfer send video.mkv --max-speed 5M --qr  # limit the rate; show the code as QR")]
     Send(commands::send::SendArgs),
+    /// Run a rendezvous server: codes work across the internet through it (see
+    /// docs/deploy.md; it keeps nothing on disk).
+    #[command(after_help = "\
+Examples:
+  p2p-transfer rendezvous --listen 0.0.0.0:4000
+  p2p-transfer rendezvous --listen 0.0.0.0:4000 --turn turn.example.net:3478 \\
+      --turn-secret-file /etc/p2p-transfer/turn-secret
+Then, on two machines anywhere:
+  p2p-transfer send photos/ --rendezvous rdv.example.net:4000
+  p2p-transfer receive 7-guitar-orbit --rendezvous rdv.example.net:4000")]
+    Rendezvous(commands::rendezvous::RendezvousArgs),
     /// Receive files or folders from another device.
     #[command(after_help = "\
 Examples:
@@ -165,6 +176,13 @@ pub struct SessionArgs {
     /// on one port number (TCP and UDP).
     #[arg(long, value_name = "auto|quic|tcp", default_value = "auto")]
     pub transport: p2p_core::net::TransportChoice,
+    /// A rendezvous server (HOST:PORT) that makes codes work across the internet: the
+    /// side without a code opens a mailbox there and prints a code; the side with the
+    /// code joins it; both punch through their NATs (or use the server's TURN relay).
+    /// Also from the environment variable P2P_RENDEZVOUS or the settings file's
+    /// `rendezvous`. Without one, codes find the peer on this network only.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub rendezvous: Option<String>,
     /// Print one JSON object per line on stdout for each event (started, progress,
     /// file_done, done, error, …; see docs/json-events.md); other output goes to stderr.
     #[arg(long)]

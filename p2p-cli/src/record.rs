@@ -110,13 +110,49 @@ impl Recorder {
     pub fn connected(&self, session: &p2p_core::P2PSession<p2p_core::net::PeerStream>) {
         let address = session.peer_addr().map(|a| a.to_string());
         let device_id = session.peer_identity().map(|p| p.device_id.to_string());
+        let path = session.path();
         if let Some(transport) = session.transport() {
             let peer = address.as_deref().unwrap_or("the peer");
+            let via = match &path {
+                Some(path) => format!(" ({})", path.borrow().kind),
+                None => String::new(),
+            };
             self.renderer()
-                .eprintln(&format!("connected to {peer} over {transport}"));
+                .eprintln(&format!("connected to {peer} over {transport}{via}"));
             self.tracker().set_transport(transport);
         }
         self.tracker().set_peer_details(address, device_id);
+        if let Some(mut path) = path {
+            let now = *path.borrow_and_update();
+            self.renderer().path(&now, false);
+            self.tracker().set_path(now.kind);
+        }
+    }
+
+    /// Runs `work` (the transfer), telling each change of the session's path (relay →
+    /// direct) as it happens: on stderr or as a `path` event, and in the record.
+    pub async fn following_path<T>(
+        &self,
+        path: Option<tokio::sync::watch::Receiver<p2p_core::net::ice::Path>>,
+        work: impl std::future::Future<Output = T>,
+    ) -> T {
+        let Some(mut path) = path else {
+            return work.await;
+        };
+        tokio::pin!(work);
+        loop {
+            tokio::select! {
+                out = &mut work => return out,
+                changed = path.changed() => {
+                    if changed.is_err() {
+                        return work.await;
+                    }
+                    let now = *path.borrow_and_update();
+                    self.renderer().path(&now, true);
+                    self.tracker().set_path(now.kind);
+                }
+            }
+        }
     }
 
     /// What this side sends: records keep the absolute paths.

@@ -198,6 +198,19 @@ impl Renderer {
         }
     }
 
+    /// The path of a rendezvous connection (`lan`, `direct`, `relay`), first and on
+    /// every change: a `path` event in JSON mode, a line on stderr otherwise.
+    pub fn path(&self, path: &p2p_core::net::ice::Path, changed: bool) {
+        if self.is_json() {
+            json::print(&Event::Path {
+                path: path.kind.label(),
+                address: path.addr.to_string(),
+            });
+        } else if changed {
+            self.eprintln(&format!("path: now {} ({})", path.kind, path.addr));
+        }
+    }
+
     /// Where this side waits for the peer: a `listening` event in JSON mode (people
     /// read `listening on …` on stderr, printed when the port opens).
     pub fn listening(&self, address: Option<std::net::SocketAddr>) {

@@ -176,6 +176,9 @@ pub enum Error {
     /// The caller passed something unusable (bad path to send, bad option).
     #[error("{0}")]
     InvalidInput(String),
+    /// The rendezvous server could not be reached, refused, or the peer left it.
+    #[error(transparent)]
+    Rendezvous(#[from] crate::rendezvous::client::RendezvousError),
 }
 
 impl Error {
@@ -204,6 +207,7 @@ impl Error {
             Error::Security(e) => e.is_transient(),
             Error::Connect { source, .. } => io_is_transient(source),
             Error::InvalidInput(_) => false,
+            Error::Rendezvous(_) => false,
         }
     }
 

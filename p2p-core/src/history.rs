@@ -78,6 +78,11 @@ pub struct Record {
     /// resumed over another transport after a reconnection.
     #[serde(default)]
     pub transports: Vec<crate::net::Transport>,
+    /// The paths a connection made through a rendezvous took (`relay`, `direct`,
+    /// `lan`), in order: `[relay, direct]` when it moved to a punched path mid-transfer.
+    /// Empty for a connection to a given address.
+    #[serde(default)]
+    pub paths: Vec<crate::net::ice::PathKind>,
 }
 
 impl Record {
@@ -115,6 +120,7 @@ impl Record {
             local_paths: Vec::new(),
             output_dir: None,
             transports: Vec::new(),
+            paths: Vec::new(),
         }
     }
 }
@@ -180,6 +186,7 @@ pub struct Tracker {
     sent_paths: Vec<String>,
     output_dir: Option<PathBuf>,
     transports: Vec<crate::net::Transport>,
+    paths: Vec<crate::net::ice::PathKind>,
     /// The transfer `transports` belongs to (a new one starts from the current
     /// transport only).
     transports_of: Option<Uuid>,
@@ -229,6 +236,14 @@ impl Tracker {
         }
     }
 
+    /// The path the connection takes now (a rendezvous connection): records list each
+    /// one their transfer ran on, in order.
+    pub fn set_path(&mut self, path: crate::net::ice::PathKind) {
+        if self.paths.last() != Some(&path) {
+            self.paths.push(path);
+        }
+    }
+
     /// What this side sends (made absolute): the local paths of send records.
     pub fn set_sent_paths(&mut self, paths: &[PathBuf]) {
         self.sent_paths = paths.iter().map(|p| absolute(p)).collect();
@@ -251,6 +266,7 @@ impl Tracker {
         record.peer_address = self.peer_address.clone();
         record.peer_device_id = self.peer_device_id.clone();
         record.transports = self.transports.clone();
+        record.paths = self.paths.clone();
         match record.direction {
             Direction::Send => record.local_paths = self.sent_paths.clone(),
             Direction::Receive => {
@@ -287,6 +303,7 @@ impl Tracker {
                     // current transport is its own; a resume of the same one keeps
                     // the list.
                     self.transports = self.transports.last().copied().into_iter().collect();
+                    self.paths = self.paths.last().copied().into_iter().collect();
                     self.transports_of = Some(*transfer_id);
                 }
                 self.current = Some(InFlight {

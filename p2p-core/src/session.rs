@@ -131,6 +131,7 @@ pub struct P2PSession<S> {
     idle_timeout: std::time::Duration,
     interrupt: crate::Interrupt,
     transport: Option<Transport>,
+    path: Option<tokio::sync::watch::Receiver<crate::net::ice::Path>>,
 }
 
 impl P2PSession<PeerStream> {
@@ -184,6 +185,7 @@ impl<S: Stream> P2PSession<S> {
             remote_addr,
             is_client,
             transport,
+            path,
         } = connection;
         let handshake = async {
             if is_client {
@@ -201,6 +203,7 @@ impl<S: Stream> P2PSession<S> {
         session.identity = Some(peer);
         session.peer_addr = remote_addr;
         session.transport = Some(transport);
+        session.path = path;
         Ok(session)
     }
 
@@ -235,6 +238,7 @@ impl<S: Stream> P2PSession<S> {
             idle_timeout: options.idle_timeout,
             interrupt: options.interrupt.clone(),
             transport: None,
+            path: None,
         }
     }
 
@@ -278,6 +282,12 @@ impl<S: Stream> P2PSession<S> {
     /// [`crate::net`].
     pub fn transport(&self) -> Option<Transport> {
         self.transport
+    }
+
+    /// The path the connection takes (lan, direct, relay) and its later changes, for
+    /// sessions opened through a rendezvous (`crate::net::traversal`).
+    pub fn path(&self) -> Option<tokio::sync::watch::Receiver<crate::net::ice::Path>> {
+        self.path.clone()
     }
 
     /// The agreed transfer parameters.

@@ -72,6 +72,9 @@ pub struct Settings {
     /// What to connect over and listen on: `auto` (QUIC where it connects, TCP
     /// otherwise), `quic` or `tcp` ([`crate::net::TransportChoice`]).
     pub transport: crate::net::TransportChoice,
+    /// The rendezvous server (`host:port`) that codes go through to reach a peer on
+    /// any network; `None`: codes work on this network only (LAN discovery).
+    pub rendezvous: Option<String>,
 }
 
 impl Default for Settings {
@@ -91,6 +94,7 @@ impl Default for Settings {
             overwrite: false,
             auto_accept: false,
             transport: crate::net::TransportChoice::Auto,
+            rendezvous: None,
         }
     }
 }

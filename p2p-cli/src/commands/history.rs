@@ -143,6 +143,10 @@ fn row(r: &Record) -> String {
         let over: Vec<String> = r.transports.iter().map(|t| t.to_string()).collect();
         peer = format!("{peer} over {}", over.join(", then "));
     }
+    if !r.paths.is_empty() {
+        let paths: Vec<&str> = r.paths.iter().map(|p| p.label()).collect();
+        peer = format!("{peer} ({})", paths.join(" → "));
+    }
     // Where it is on this machine when known (newer records), else the names moved.
     let names = if r.local_paths.is_empty() {
         &r.files

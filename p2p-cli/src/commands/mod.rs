@@ -4,10 +4,12 @@ pub mod history;
 pub mod nat_test;
 pub mod peers;
 pub mod receive;
+pub mod rendezvous;
 pub mod send;
 pub mod stream;
 pub mod trust;
 
+use p2p_core::net::traversal::Rendezvous;
 use p2p_core::net::{
     Admission, Admitted, Code, Endpoint, Identity, PeerStream, Security, SecurityError, TrustStore,
 };
@@ -20,6 +22,7 @@ use crate::{Command, SendTuning, SessionArgs, TransferArgs};
 pub async fn run(command: Command, recorder: &Recorder) -> anyhow::Result<()> {
     match command {
         Command::Send(args) => send::run(args, recorder).await,
+        Command::Rendezvous(args) => rendezvous::run(args).await,
         Command::Resume(args) => send::resume(args, recorder).await,
         Command::Receive(args) => receive::run(args, recorder).await,
         Command::History(args) => history::run(args),
@@ -152,6 +155,68 @@ pub async fn endpoint(
             Ok(endpoint)
         }
     }
+}
+
+/// Environment variable naming the rendezvous server.
+pub const RENDEZVOUS_ENV: &str = "P2P_RENDEZVOUS";
+
+/// The rendezvous server: `--rendezvous`, else `P2P_RENDEZVOUS`, else the settings
+/// file's `rendezvous`; `None` when none is set (or it is empty).
+pub fn rendezvous_server(session: &SessionArgs) -> Option<String> {
+    let from_settings = || {
+        p2p_core::settings::Settings::dir()
+            .and_then(|dir| p2p_core::settings::Settings::load(&dir).ok())
+            .and_then(|s| s.rendezvous)
+    };
+    session
+        .rendezvous
+        .clone()
+        .or_else(|| std::env::var(RENDEZVOUS_ENV).ok())
+        .or_else(from_settings)
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| with_default_rendezvous_port(s.trim()))
+}
+
+/// `host` with the default rendezvous port when none is given.
+fn with_default_rendezvous_port(server: &str) -> String {
+    if server.parse::<std::net::SocketAddr>().is_ok() || server.rsplit_once(':').is_some_and(|(h, p)| !h.contains(':') && p.parse::<u16>().is_ok()) {
+        server.to_owned()
+    } else {
+        format!("{server}:{}", p2p_core::net::traversal::DEFAULT_RENDEZVOUS_PORT)
+    }
+}
+
+/// Meets the peer through the rendezvous server (when one is set and no address was
+/// given): joins the mailbox of `code`, or, without a code, opens a mailbox and makes
+/// the code for it (returned second, to print).
+pub async fn rendezvous(
+    session: &SessionArgs,
+    code: Option<&Code>,
+) -> anyhow::Result<Option<(Rendezvous, Option<Code>)>> {
+    let Some(server) = rendezvous_server(session) else {
+        return Ok(None);
+    };
+    if session.peer.is_some() {
+        return Ok(None);
+    }
+    Ok(Some(match code {
+        Some(code) => {
+            eprintln!("joining the code's mailbox on {server}…");
+            (Rendezvous::claim(&server, code).await?, None)
+        }
+        None => {
+            let rendezvous = Rendezvous::allocate(&server).await?;
+            let nameplate = u16::try_from(rendezvous.nameplate()).map_err(|_| {
+                anyhow::anyhow!(
+                    "the rendezvous {server} gave mailbox number {}, too large for a code",
+                    rendezvous.nameplate()
+                )
+            })?;
+            let code = Code::generate_on(nameplate);
+            rendezvous.set_code(code.clone()).await;
+            (rendezvous, Some(code))
+        }
+    }))
 }
 
 /// Pins the id a discovered peer announced: the connection fails unless the peer proves

@@ -65,27 +65,50 @@ pub async fn run(args: ReceiveArgs, recorder: &Recorder) -> anyhow::Result<()> {
     p2p_core::fs::output::check_writable(&args.output)?;
     // Waiting for a sender with neither a code nor --ask: make a code, so that a new
     // sender gets in (trusted devices need none).
-    let generated = (role == RoleArg::Server && args.session.code.is_none() && !args.ask)
-        .then(p2p_core::net::Code::generate);
-    let code = args
-        .code_phrase
-        .clone()
-        .or(args.session.code.clone())
-        .or(generated.clone());
+    let given = args.code_phrase.clone().or(args.session.code.clone());
+    // With a rendezvous server: join the code's mailbox, or open one (its number
+    // starts the code) — not for --ask, which waits for devices without a code.
+    let rendezvous = if given.is_some() || !args.ask {
+        super::rendezvous(&args.session, given.as_ref()).await?
+    } else {
+        None
+    };
+    let generated = match &rendezvous {
+        Some((_, generated)) => generated.clone(),
+        None => (role == RoleArg::Server && given.is_none() && !args.ask)
+            .then(p2p_core::net::Code::generate),
+    };
+    let code = given.or(generated.clone());
     let nameplate = code.as_ref().map(p2p_core::net::Code::nameplate);
     let security = super::security(&args.session, code.clone(), args.ask)?;
     let tuning = crate::SendTuning::default();
     let options =
         super::session_options(&args.session, &args.transfer, &tuning, &ceilings, security)?;
     let mut args = args;
-    if role == RoleArg::Client && args.session.peer.is_none() {
+    if role == RoleArg::Client && args.session.peer.is_none() && rendezvous.is_none() {
         if let Some(nameplate) = nameplate {
             let found = super::peers::discover_code(nameplate).await?;
             super::pin_discovered(&options, &found)?;
             args.session.peer = Some(found.addr.to_string());
         }
     }
-    let endpoint = super::endpoint(role, &args.session, &options, Some(nameplate)).await?;
+    let endpoint = match rendezvous {
+        Some((rendezvous, _)) => {
+            if let Some(code) = &generated {
+                recorder.renderer().code(&code.to_string());
+                let via = match &args.session.rendezvous {
+                    Some(server) => format!(" --rendezvous {}", super::shell_quote(server)),
+                    None => String::new(),
+                };
+                eprintln!(
+                    "on the sending machine, run:  {} send <files or folders> --code {code}{via}",
+                    crate::program()
+                );
+            }
+            p2p_core::net::Endpoint::Rendezvous(Box::new(rendezvous))
+        }
+        None => super::endpoint(role, &args.session, &options, Some(nameplate)).await?,
+    };
     recorder.renderer().listening(endpoint.local_addr());
     if let Some(local) = endpoint.local_addr() {
         how_to_reach(
@@ -134,10 +157,9 @@ pub async fn run(args: ReceiveArgs, recorder: &Recorder) -> anyhow::Result<()> {
                 loop {
                     let answer = |offer| decide(offer, ask, identity.as_ref(), recorder, out);
                     let text = |text| out.decide_text(text, ask, identity.as_ref(), recorder);
-                    match session
-                        .receive_any_with(receive, recorder, answer, text)
-                        .await?
-                    {
+                    let path = session.path();
+                    let received = session.receive_any_with(receive, recorder, answer, text);
+                    match recorder.following_path(path, received).await? {
                         None => break,
                         Some(Received::Completed(summary)) => {
                             if remember && unknown && transfers == 0 {

@@ -6,7 +6,7 @@ use clap::Args;
 use uuid::Uuid;
 
 use crate::record::Recorder;
-use p2p_core::net::Code;
+use p2p_core::net::{Code, Endpoint};
 
 use crate::{RoleArg, SendTuning, SessionArgs, TransferArgs};
 
@@ -125,8 +125,21 @@ async fn send_as(
             RoleArg::Server
         });
     super::check_role(role, &args.session)?;
+    // Scan first: a missing file is reported before any connection is made.
+    let text = args.stream.text.as_deref();
+    let payload =
+        super::stream::Payload::prepare(&args.paths, text, transfer_id.is_some(), recorder).await?;
+    // With a rendezvous server: join the code's mailbox, or open one (its number
+    // starts the code).
+    let rendezvous = match &args.discover {
+        None => super::rendezvous(&args.session, args.session.code.as_ref()).await?,
+        Some(_) => None,
+    };
     // Waiting for a receiver without --code: print a one-time code for it.
-    let generated = (role == RoleArg::Server && args.session.code.is_none()).then(Code::generate);
+    let generated = match &rendezvous {
+        Some((_, generated)) => generated.clone(),
+        None => (role == RoleArg::Server && args.session.code.is_none()).then(Code::generate),
+    };
     let code = args.session.code.clone().or(generated.clone());
     let nameplate = code.as_ref().map(Code::nameplate);
     let security = super::security(&args.session, code, false)?;
@@ -137,10 +150,6 @@ async fn send_as(
         &defaults,
         security,
     )?;
-    // Scan first: a missing file is reported before any connection is made.
-    let text = args.stream.text.as_deref();
-    let payload =
-        super::stream::Payload::prepare(&args.paths, text, transfer_id.is_some(), recorder).await?;
     if let Some(query) = &args.discover {
         if role != RoleArg::Client {
             return Err(crate::exit::Usage(
@@ -153,12 +162,19 @@ async fn send_as(
         super::pin_discovered(&options, &found)?;
         args.session.peer = Some(found.addr.to_string());
     }
-    let endpoint = super::endpoint(role, &args.session, &options, Some(nameplate)).await?;
+    let endpoint = match rendezvous {
+        Some((rendezvous, _)) => Endpoint::Rendezvous(Box::new(rendezvous)),
+        None => super::endpoint(role, &args.session, &options, Some(nameplate)).await?,
+    };
     recorder.renderer().listening(endpoint.local_addr());
     if let Some(code) = &generated {
         recorder.renderer().code(&code.to_string());
+        let via = match &args.session.rendezvous {
+            Some(server) => format!(" --rendezvous {}", super::shell_quote(server)),
+            None => String::new(),
+        };
         eprintln!(
-            "on the receiving machine, run:  {} receive {code}",
+            "on the receiving machine, run:  {} receive {code}{via}",
             crate::program()
         );
     }
@@ -208,7 +224,10 @@ async fn send_as(
             if remember {
                 super::remember(&session, recorder.renderer());
             }
-            payload.deliver(&mut session, transfer_id, recorder).await?;
+            let path = session.path();
+            recorder
+                .following_path(path, payload.deliver(&mut session, transfer_id, recorder))
+                .await?;
             session.close().await
         }
     })

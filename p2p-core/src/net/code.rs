@@ -46,6 +46,13 @@ impl Code {
         }
     }
 
+    /// A new random code on a given nameplate (the one a rendezvous server allocated).
+    pub fn generate_on(nameplate: u16) -> Self {
+        let mut code = Self::generate();
+        code.nameplate = nameplate.max(1);
+        code
+    }
+
     /// A code of this number and these words of the BIP-39 English list (indices taken
     /// modulo 2,048).
     pub(crate) fn from_parts(nameplate: u16, words: &[usize]) -> Self {

@@ -45,6 +45,9 @@ pub enum Endpoint {
         /// one completes, the others go on instead of being dropped.
         pending: Pending,
     },
+    /// A peer met through a rendezvous server by a one-time code: punched, or relayed
+    /// ([`super::traversal`]).
+    Rendezvous(Box<super::traversal::Rendezvous>),
 }
 
 type Securing = std::pin::Pin<
@@ -165,6 +168,9 @@ impl Endpoint {
         {
             quic.wait_idle(CLOSE_FLUSH).await;
         }
+        if let Endpoint::Rendezvous(rendezvous) = self {
+            rendezvous.shut_down().await;
+        }
     }
 
     /// The transports this endpoint dials or accepts.
@@ -190,6 +196,7 @@ impl Endpoint {
                 }
                 all
             }
+            Endpoint::Rendezvous(_) => vec![Transport::Quic],
         }
     }
 
@@ -216,7 +223,7 @@ impl Endpoint {
     /// The address a listening endpoint is bound to.
     pub fn local_addr(&self) -> Option<SocketAddr> {
         match self {
-            Endpoint::Dial { .. } => None,
+            Endpoint::Dial { .. } | Endpoint::Rendezvous(_) => None,
             Endpoint::Listen { listener, quic, .. } => match (listener, quic) {
                 (Some(listener), _) => listener.local_addr().ok(),
                 (None, Some(quic)) => quic.local_addr().ok(),
@@ -249,6 +256,7 @@ impl Endpoint {
                 let mut pending = pending.0.lock().await;
                 accept_into(listener.as_ref(), quic.as_ref(), security, &mut pending).await
             }
+            Endpoint::Rendezvous(rendezvous) => rendezvous.connect(security).await,
         }
     }
 }
@@ -316,6 +324,7 @@ async fn admit(chosen: Handshaken, security: &Security) -> Result<Connection<Pee
         remote_addr: chosen.remote_addr,
         is_client: true,
         transport,
+        path: None,
     })
 }
 
@@ -472,7 +481,7 @@ async fn accept_into(
             Some((remote, result)) = pending.next(), if !pending.is_empty() => match result {
                 Ok((stream, peer)) => {
                     let transport = stream.transport();
-                    return Ok(Connection { stream, peer, remote_addr: Some(remote), is_client: false, transport });
+                    return Ok(Connection { stream, peer, remote_addr: Some(remote), is_client: false, transport, path: None });
                 }
                 Err(e @ (SecurityError::WrongCode | SecurityError::CodeBurnt)) => {
                     return Err(e.into());

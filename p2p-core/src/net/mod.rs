@@ -22,11 +22,14 @@ pub mod admission;
 pub mod code;
 pub mod congestion;
 pub mod endpoint;
+pub mod ice;
 pub mod identity;
+pub mod mux;
 pub mod quic;
 pub mod stream;
 pub mod tcp;
 pub mod tls;
+pub mod traversal;
 pub mod trust;
 
 use std::net::SocketAddr;
@@ -334,6 +337,9 @@ pub struct Connection<S> {
     pub is_client: bool,
     /// What the connection runs on.
     pub transport: Transport,
+    /// The path (lan, direct, relay) and its changes, for connections made through a
+    /// rendezvous ([`traversal`]); `None` for a dialed or accepted address.
+    pub path: Option<tokio::sync::watch::Receiver<ice::Path>>,
 }
 
 /// A TLS-secured TCP connection.

@@ -107,7 +107,7 @@ pub fn transport_config(congestion: Congestion) -> Arc<quinn::TransportConfig> {
     Arc::new(t)
 }
 
-fn server_config(security: &Security) -> Result<quinn::ServerConfig, SecurityError> {
+pub(crate) fn server_config(security: &Security) -> Result<quinn::ServerConfig, SecurityError> {
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(security.tls.server.clone())
         .map_err(|e| SecurityError::Tls(e.to_string()))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
@@ -126,7 +126,7 @@ fn client_config(security: &Security) -> Result<quinn::ClientConfig, SecurityErr
 }
 
 /// A UDP socket with large kernel buffers, bound to `addr`.
-fn udp_socket(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
+pub(crate) fn udp_socket(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     if addr.is_ipv6() {
@@ -264,6 +264,28 @@ pub async fn connect(
         .map_err(|_| SecurityError::Closed)?;
     Ok((
         QuicStream::new(send, recv, connection, Some(endpoint)),
+        channel,
+    ))
+}
+
+/// Dials `addr` over QUIC from an existing endpoint (the rendezvous' mux socket) and
+/// opens the session's stream.
+pub(crate) async fn connect_on(
+    endpoint: &quinn::Endpoint,
+    addr: SocketAddr,
+    security: &Security,
+) -> Result<(QuicStream, Channel), SecurityError> {
+    let connecting = endpoint
+        .connect_with(client_config(security)?, addr, SERVER_NAME)
+        .map_err(|e| SecurityError::Tls(format!("cannot dial {addr} over QUIC: {e}")))?;
+    let connection = connecting.await.map_err(handshake_error)?;
+    let channel = channel(&connection, security.identity.fingerprint(), true)?;
+    let (send, recv) = connection
+        .open_bi()
+        .await
+        .map_err(|_| SecurityError::Closed)?;
+    Ok((
+        QuicStream::new(send, recv, connection, Some(endpoint.clone())),
         channel,
     ))
 }
