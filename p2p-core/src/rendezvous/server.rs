@@ -47,8 +47,10 @@ pub struct Limits {
     pub max_mailboxes: usize,
     /// `Hello` must arrive within this long of the connection. Default 10 s.
     pub handshake_timeout: Duration,
-    /// Messages waiting for one side (not yet joined, or not reading); one more is an
-    /// `Error` for the side that adds it. Default 16.
+    /// Messages waiting for a side that has not joined yet; one more is an `Error` for
+    /// the side that adds it. Also the size of each side's inbox once joined: a side that
+    /// reads slowly slows the sender down (the server stops reading from it) instead of
+    /// making the server buffer. Default 16.
     pub max_queued: usize,
     /// A frame the client does not take within this long ends the connection (a client
     /// that stops reading cannot hold a task forever). Default 10 s.
@@ -608,28 +610,14 @@ async fn session(
     let expiry = tokio::time::sleep(limits.mailbox_lifetime);
     tokio::pin!(expiry);
     let mut member: Option<Member> = None;
+    // A message on its way into the other side's inbox. While it waits (the other side
+    // reads slowly), this connection reads nothing more from its client, but still
+    // delivers its own inbox — so two sides that both send bursts cannot block each other.
+    let mut forward: Option<Forward> = None;
     loop {
         tokio::select! {
             biased;
             () = &mut expiry => return End::Error(expired_reason(member.as_ref(), limits)),
-            message = next_message(reader) => {
-                let message = match message {
-                    Ok(message) => message,
-                    Err(end) => return end,
-                };
-                let replies = match handle(shared, &mut member, message) {
-                    Ok(replies) => replies,
-                    Err(reason) => return End::Error(reason),
-                };
-                if let Some(m) = &member {
-                    expiry.as_mut().reset(m.expires);
-                }
-                for reply in replies {
-                    if write_message(write, &reply, limits.write_timeout).await.is_err() {
-                        return End::Quiet;
-                    }
-                }
-            }
             delivered = recv_inbox(&mut member), if member.is_some() => match delivered {
                 Some(message) => {
                     if write_message(write, &message, limits.write_timeout).await.is_err() {
@@ -648,8 +636,42 @@ async fn session(
                     return End::Quiet;
                 }
             },
+            // If the other side is gone, its leaving closes our inbox: nothing to do here.
+            _ = async { forward.as_mut()?.await.ok() }, if forward.is_some() => forward = None,
+            message = next_message(reader), if forward.is_none() => {
+                let message = match message {
+                    Ok(message) => message,
+                    Err(end) => return end,
+                };
+                let step = match handle(shared, &mut member, message) {
+                    Ok(step) => step,
+                    Err(reason) => return End::Error(reason),
+                };
+                if let Some(m) = &member {
+                    expiry.as_mut().reset(m.expires);
+                }
+                forward = step.forward.map(|(outbox, message)| -> Forward {
+                    Box::pin(async move { outbox.send(message).await.map_err(drop) })
+                });
+                for reply in step.replies {
+                    if write_message(write, &reply, limits.write_timeout).await.is_err() {
+                        return End::Quiet;
+                    }
+                }
+            }
         }
     }
+}
+
+type Forward = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), ()>> + Send>>;
+
+/// What one client message leads to.
+#[derive(Default)]
+struct Step {
+    /// Frames for this client, in order.
+    replies: Vec<ServerMessage>,
+    /// A message for the other side's inbox.
+    forward: Option<(Outbox, ServerMessage)>,
 }
 
 async fn recv_inbox(member: &mut Option<Member>) -> Option<ServerMessage> {
@@ -674,12 +696,12 @@ fn expired_reason(member: Option<&Member>, limits: &Limits) -> String {
 }
 
 /// Applies one message to the shared state. `Ok` carries what to write back to this
-/// client, in order; `Err` a reason to close with.
+/// client and what to forward to the other side; `Err` a reason to close with.
 fn handle(
     shared: &Arc<Shared>,
     member: &mut Option<Member>,
     message: ClientMessage,
-) -> Result<Vec<ServerMessage>, String> {
+) -> Result<Step, String> {
     let limits = &shared.limits;
     match message {
         ClientMessage::Hello { .. } => Err("Hello was already received".to_owned()),
@@ -726,7 +748,10 @@ fn handle(
                 inbox,
                 expires,
             });
-            Ok(vec![ServerMessage::Allocated { nameplate }])
+            Ok(Step {
+                replies: vec![ServerMessage::Allocated { nameplate }],
+                forward: None,
+            })
         }
         ClientMessage::Claim { nameplate } => {
             let (outbox, inbox) = mpsc::channel(limits.max_queued + 1);
@@ -761,7 +786,10 @@ fn handle(
             let mut replies = Vec::with_capacity(1 + pending.len());
             replies.push(ServerMessage::Claimed);
             replies.extend(pending.into_iter().map(|body| ServerMessage::Message { body }));
-            Ok(replies)
+            Ok(Step {
+                replies,
+                forward: None,
+            })
         }
         ClientMessage::Add { body } => {
             if body.len() > MAX_BODY {
@@ -774,29 +802,22 @@ fn handle(
             let Some(slot) = state.mailboxes.get_mut(&m.nameplate).filter(|s| s.id == m.id)
             else {
                 // Destroyed an instant ago; the inbox will say PeerLeft.
-                return Ok(Vec::new());
-            };
-            let too_many = || {
-                format!(
-                    "too many messages waiting for the other side (the limit is {})",
-                    limits.max_queued
-                )
+                return Ok(Step::default());
             };
             match &slot.sides[1 - m.side] {
-                Some(other) => match other.try_send(ServerMessage::Message { body }) {
-                    Ok(()) => {}
-                    Err(mpsc::error::TrySendError::Full(_)) => return Err(too_many()),
-                    // The other side is gone; its Member drop will close our inbox.
-                    Err(mpsc::error::TrySendError::Closed(_)) => {}
-                },
+                Some(other) => Ok(Step {
+                    replies: Vec::new(),
+                    forward: Some((other.clone(), ServerMessage::Message { body })),
+                }),
+                None if slot.pending.len() >= limits.max_queued => Err(format!(
+                    "too many messages waiting for the other side (the limit is {})",
+                    limits.max_queued
+                )),
                 None => {
-                    if slot.pending.len() >= limits.max_queued {
-                        return Err(too_many());
-                    }
                     slot.pending.push_back(body);
+                    Ok(Step::default())
                 }
             }
-            Ok(Vec::new())
         }
     }
 }
