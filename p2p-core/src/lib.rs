@@ -22,6 +22,7 @@
 //! | [`compress`], [`verify`], [`throttle`] | adaptive zstd, CRC-32 and SHA-256, token bucket |
 //! | [`discovery`] | LAN beacons: announcing a receiver, finding one by name or id |
 //! | [`nat`] | STUN client (RFC 8489): public address and NAT mapping behaviour |
+//! | [`rendezvous`] | the rendezvous server (mailboxes by nameplate, STUN, TURN credentials) and its client |
 //! | [`event`] | [`TransferEvent`] and [`EventSink`] |
 //! | [`history`] | the record of past transfers (JSON lines in the data directory) |
 //! | [`config`], [`error`], [`reconnect`], [`interrupt`] | defaults and limits; typed errors; retry policy; stopping on purpose (Ctrl+C, Cancel) |
@@ -62,6 +63,7 @@ pub mod interrupt;
 pub mod nat;
 pub mod net;
 pub mod reconnect;
+pub mod rendezvous;
 pub mod session;
 pub mod settings;
 pub mod text;

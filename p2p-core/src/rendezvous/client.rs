@@ -1,0 +1,222 @@
+//! The client side: one [`Mailbox`] per transfer attempt.
+//!
+//! [`Mailbox::recv`] is cancel-safe (it only awaits the next frame of a `FramedRead`),
+//! so it can sit in a `tokio::select!` next to timers and other sockets.
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures::StreamExt;
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
+
+use super::protocol::{
+    self, ClientMessage, ServerMessage, TurnGrant, MAX_BODY, PROTOCOL_VERSION,
+};
+
+/// How long resolving and connecting may take, and each answer to `Hello`, `Allocate`
+/// and `Claim`.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What went wrong talking to the rendezvous server.
+#[derive(Debug, thiserror::Error)]
+pub enum RendezvousError {
+    /// The server could not be resolved or connected to.
+    #[error("cannot reach the rendezvous server {server}: {source}")]
+    Unreachable {
+        /// The `host:port` as given.
+        server: String,
+        /// Why.
+        source: io::Error,
+    },
+    /// The server refused: its `Error` reason, escaped for showing.
+    #[error("the rendezvous server refused: {0}")]
+    Refused(String),
+    /// The other side's connection closed.
+    #[error("the other side left the rendezvous")]
+    PeerLeft,
+    /// The server closed the connection without a reason.
+    #[error("the rendezvous server closed the connection")]
+    Closed,
+    /// No answer in time.
+    #[error("the rendezvous server did not answer within {}s", CONNECT_TIMEOUT.as_secs())]
+    Timeout,
+    /// The server said something this client does not expect.
+    #[error("rendezvous protocol error: {0}")]
+    Protocol(String),
+    /// The connection failed.
+    #[error("rendezvous connection failed: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// A connection to the rendezvous server holding one mailbox.
+#[derive(Debug)]
+pub struct Mailbox {
+    reader: FramedRead<OwnedReadHalf, LengthDelimitedCodec>,
+    writer: OwnedWriteHalf,
+    server: SocketAddr,
+    turn: Option<TurnGrant>,
+}
+
+impl Mailbox {
+    /// Connects to `server` (`host:port`) and opens a new mailbox; returns it and its
+    /// nameplate.
+    pub async fn allocate(server: &str) -> Result<(Mailbox, u32), RendezvousError> {
+        let mut mailbox = Mailbox::connect(server).await?;
+        mailbox.write(&ClientMessage::Allocate).await?;
+        match mailbox.answer().await? {
+            ServerMessage::Allocated { nameplate } => Ok((mailbox, nameplate)),
+            other => Err(unexpected("Allocated", &other)),
+        }
+    }
+
+    /// Connects to `server` and joins the mailbox waiting on `nameplate`.
+    pub async fn claim(server: &str, nameplate: u32) -> Result<Mailbox, RendezvousError> {
+        let mut mailbox = Mailbox::connect(server).await?;
+        mailbox.write(&ClientMessage::Claim { nameplate }).await?;
+        match mailbox.answer().await? {
+            ServerMessage::Claimed => Ok(mailbox),
+            other => Err(unexpected("Claimed", &other)),
+        }
+    }
+
+    /// The TURN credentials the server handed out, if it has a TURN server.
+    pub fn turn(&self) -> Option<&TurnGrant> {
+        self.turn.as_ref()
+    }
+
+    /// The server's address as connected; its UDP port answers STUN Binding requests.
+    pub fn server_addr(&self) -> SocketAddr {
+        self.server
+    }
+
+    /// Sends `body` (at most [`MAX_BODY`] bytes) to the other side; queued by the server
+    /// until it joins.
+    pub async fn send(&mut self, body: &[u8]) -> Result<(), RendezvousError> {
+        if body.len() > MAX_BODY {
+            return Err(RendezvousError::Protocol(format!(
+                "message of {} bytes is longer than the {MAX_BODY} a rendezvous message may be",
+                body.len()
+            )));
+        }
+        self.write(&ClientMessage::Add {
+            body: body.to_vec(),
+        })
+        .await
+    }
+
+    /// The next body from the other side. Skips `PeerJoined`; the other side's leaving is
+    /// `Err(PeerLeft)`. Cancel-safe.
+    pub async fn recv(&mut self) -> Result<Vec<u8>, RendezvousError> {
+        loop {
+            match self.read().await? {
+                ServerMessage::Message { body } => return Ok(body),
+                ServerMessage::PeerJoined => {}
+                other => return Err(unexpected("Message", &other)),
+            }
+        }
+    }
+
+    async fn connect(server: &str) -> Result<Mailbox, RendezvousError> {
+        let unreachable = |source| RendezvousError::Unreachable {
+            server: server.to_owned(),
+            source,
+        };
+        let stream = tokio::time::timeout(CONNECT_TIMEOUT, connect_any(server))
+            .await
+            .map_err(|_| unreachable(io::Error::new(io::ErrorKind::TimedOut, "timed out")))?
+            .map_err(unreachable)?;
+        let _ = stream.set_nodelay(true);
+        let server_addr = stream.peer_addr()?;
+        let (read, writer) = stream.into_split();
+        let mut mailbox = Mailbox {
+            reader: FramedRead::with_capacity(read, protocol::codec(), 256),
+            writer,
+            server: server_addr,
+            turn: None,
+        };
+        mailbox
+            .write(&ClientMessage::Hello {
+                version: PROTOCOL_VERSION,
+            })
+            .await?;
+        match mailbox.answer().await? {
+            ServerMessage::Welcome { version, turn } if version == PROTOCOL_VERSION => {
+                mailbox.turn = turn;
+                Ok(mailbox)
+            }
+            ServerMessage::Welcome { version, .. } => Err(RendezvousError::Protocol(format!(
+                "the server speaks version {version}, this client {PROTOCOL_VERSION}"
+            ))),
+            other => Err(unexpected("Welcome", &other)),
+        }
+    }
+
+    async fn answer(&mut self) -> Result<ServerMessage, RendezvousError> {
+        tokio::time::timeout(CONNECT_TIMEOUT, self.read())
+            .await
+            .map_err(|_| RendezvousError::Timeout)?
+    }
+
+    /// The next frame; `Error` and `PeerLeft` become errors. Cancel-safe.
+    async fn read(&mut self) -> Result<ServerMessage, RendezvousError> {
+        match self.reader.next().await {
+            None => Err(RendezvousError::Closed),
+            Some(Err(e)) if e.kind() == io::ErrorKind::InvalidData => Err(
+                RendezvousError::Protocol("the server sent an oversized frame".to_owned()),
+            ),
+            Some(Err(e)) => Err(match e.kind() {
+                io::ErrorKind::ConnectionReset | io::ErrorKind::UnexpectedEof => {
+                    RendezvousError::Closed
+                }
+                _ => RendezvousError::Io(e),
+            }),
+            Some(Ok(payload)) => match protocol::decode::<ServerMessage>(&payload) {
+                Ok(ServerMessage::Error { reason }) => Err(RendezvousError::Refused(
+                    crate::text::printable(&reason).into_owned(),
+                )),
+                Ok(ServerMessage::PeerLeft) => Err(RendezvousError::PeerLeft),
+                Ok(message) => Ok(message),
+                Err(e) => Err(RendezvousError::Protocol(format!(
+                    "the server sent a {e}"
+                ))),
+            },
+        }
+    }
+
+    async fn write(&mut self, message: &ClientMessage) -> Result<(), RendezvousError> {
+        let frame = protocol::encode_frame(message)
+            .ok_or_else(|| RendezvousError::Protocol("message exceeds a frame".to_owned()))?;
+        self.writer.write_all(&frame).await?;
+        Ok(())
+    }
+}
+
+async fn connect_any(server: &str) -> io::Result<TcpStream> {
+    let mut last = None;
+    for addr in tokio::net::lookup_host(server).await? {
+        match TcpStream::connect(addr).await {
+            Ok(stream) => return Ok(stream),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        io::Error::new(io::ErrorKind::NotFound, "the name resolved to no address")
+    }))
+}
+
+fn unexpected(wanted: &str, got: &ServerMessage) -> RendezvousError {
+    let name = match got {
+        ServerMessage::Welcome { .. } => "Welcome",
+        ServerMessage::Allocated { .. } => "Allocated",
+        ServerMessage::Claimed => "Claimed",
+        ServerMessage::PeerJoined => "PeerJoined",
+        ServerMessage::Message { .. } => "Message",
+        ServerMessage::PeerLeft => "PeerLeft",
+        ServerMessage::Error { .. } => "Error",
+    };
+    RendezvousError::Protocol(format!("expected {wanted}, the server sent {name}"))
+}

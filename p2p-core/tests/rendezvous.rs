@@ -1,0 +1,590 @@
+//! The rendezvous server and its client over real sockets on loopback: pairing, the
+//! messages both ways, the refusals and their reasons, every limit, hostile input, STUN
+//! on the same port over UDP, and the TURN credentials.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use p2p_core::nat::client::{binding, RetransmitSchedule};
+use p2p_core::rendezvous::protocol::{self, ClientMessage, ServerMessage, MAX_BODY, MAX_FRAME};
+use p2p_core::rendezvous::{
+    turn_credentials, Limits, Mailbox, RendezvousError, Server, ServerConfig, ServerStats,
+    TurnSecret,
+};
+use rand::rngs::StdRng;
+use rand::{Rng, RngCore, SeedableRng};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UdpSocket};
+use tokio::task::JoinHandle;
+
+/// A server on 127.0.0.1:0, stopped when dropped.
+struct Running {
+    addr: SocketAddr,
+    server: String,
+    stats: Arc<ServerStats>,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn start_with(limits: Limits, turn: Option<TurnSecret>) -> Running {
+    let server = Server::bind(ServerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        turn,
+        limits,
+    })
+    .await
+    .unwrap();
+    let addr = server.local_addr();
+    let stats = server.stats();
+    Running {
+        addr,
+        server: addr.to_string(),
+        stats,
+        task: tokio::spawn(server.run()),
+    }
+}
+
+async fn start() -> Running {
+    start_with(Limits::default(), None).await
+}
+
+/// Pairs two clients and checks that a message goes each way.
+async fn assert_pair_works(server: &str) {
+    let (mut a, nameplate) = Mailbox::allocate(server).await.unwrap();
+    let mut b = Mailbox::claim(server, nameplate).await.unwrap();
+    a.send(b"ping").await.unwrap();
+    assert_eq!(b.recv().await.unwrap(), b"ping");
+    b.send(b"pong").await.unwrap();
+    assert_eq!(a.recv().await.unwrap(), b"pong");
+}
+
+fn refused(result: Result<impl std::fmt::Debug, RendezvousError>) -> String {
+    match result {
+        Err(RendezvousError::Refused(reason)) => reason,
+        other => panic!("expected Refused, got {other:?}"),
+    }
+}
+
+// Raw connections, for what the client would never send.
+
+async fn raw(server: &Running) -> TcpStream {
+    TcpStream::connect(server.addr).await.unwrap()
+}
+
+async fn send_message(stream: &mut TcpStream, message: &ClientMessage) {
+    let frame = protocol::encode_frame(message).unwrap();
+    stream.write_all(&frame).await.unwrap();
+}
+
+/// The next frame from the server, `None` at EOF (or a reset).
+async fn read_frame(stream: &mut TcpStream) -> Option<ServerMessage> {
+    let read = async {
+        let mut head = [0u8; 2];
+        stream.read_exact(&mut head).await.ok()?;
+        let mut payload = vec![0u8; usize::from(u16::from_be_bytes(head))];
+        assert!(payload.len() <= MAX_FRAME);
+        stream.read_exact(&mut payload).await.ok()?;
+        Some(protocol::decode::<ServerMessage>(&payload).unwrap())
+    };
+    tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .expect("the server neither answered nor closed within 10 s")
+}
+
+/// Reads frames up to the server's `Error`, returns its reason, and checks that the
+/// server closes after it.
+async fn expect_error(stream: &mut TcpStream) -> String {
+    loop {
+        match read_frame(stream).await {
+            Some(ServerMessage::Error { reason }) => {
+                assert_eq!(read_frame(stream).await, None, "nothing after Error");
+                return reason;
+            }
+            Some(_) => continue,
+            None => panic!("closed without Error"),
+        }
+    }
+}
+
+async fn hello(stream: &mut TcpStream) {
+    send_message(stream, &ClientMessage::Hello { version: 1 }).await;
+    assert!(matches!(
+        read_frame(stream).await,
+        Some(ServerMessage::Welcome {
+            version: 1,
+            turn: None
+        })
+    ));
+}
+
+#[tokio::test]
+async fn two_clients_pair_and_exchange_messages_both_ways() {
+    let server = start().await;
+    let (mut a, nameplate) = Mailbox::allocate(&server.server).await.unwrap();
+    assert_eq!(nameplate, 1, "the first nameplate is 1");
+    assert_eq!(a.server_addr(), server.addr);
+    assert!(a.turn().is_none());
+    // Sent before the other side is there: queued.
+    a.send(b"first").await.unwrap();
+    a.send(b"second").await.unwrap();
+
+    let mut b = Mailbox::claim(&server.server, nameplate).await.unwrap();
+    assert_eq!(b.recv().await.unwrap(), b"first");
+    assert_eq!(b.recv().await.unwrap(), b"second");
+    a.send(b"third").await.unwrap();
+    assert_eq!(b.recv().await.unwrap(), b"third");
+
+    // The other way (a skips PeerJoined), with every byte value and the largest body.
+    let all: Vec<u8> = (0..=255u8).cycle().take(MAX_BODY).collect();
+    b.send(&all).await.unwrap();
+    b.send(b"").await.unwrap();
+    assert_eq!(a.recv().await.unwrap(), all);
+    assert_eq!(a.recv().await.unwrap(), b"");
+
+    // A second pair gets the next nameplate and does not see the first pair's traffic.
+    let (mut c, second) = Mailbox::allocate(&server.server).await.unwrap();
+    assert_eq!(second, 2);
+    let mut d = Mailbox::claim(&server.server, second).await.unwrap();
+    c.send(b"other pair").await.unwrap();
+    assert_eq!(d.recv().await.unwrap(), b"other pair");
+    a.send(b"still first").await.unwrap();
+    assert_eq!(b.recv().await.unwrap(), b"still first");
+    assert_eq!(server.stats.mailboxes(), 2);
+    assert_eq!(server.stats.panics(), 0);
+}
+
+#[tokio::test]
+async fn claiming_an_unknown_nameplate_says_no_one_is_waiting() {
+    let server = start().await;
+    let reason = refused(Mailbox::claim(&server.server, 12).await);
+    assert_eq!(
+        reason,
+        "no one is waiting on nameplate 12: check the code, or the sender stopped"
+    );
+    assert_pair_works(&server.server).await;
+}
+
+#[tokio::test]
+async fn claiming_a_nameplate_that_has_two_sides_says_it_is_taken() {
+    let server = start().await;
+    let (mut a, nameplate) = Mailbox::allocate(&server.server).await.unwrap();
+    let mut b = Mailbox::claim(&server.server, nameplate).await.unwrap();
+    let reason = refused(Mailbox::claim(&server.server, nameplate).await);
+    assert_eq!(reason, "nameplate 1 is taken by another transfer");
+    // The pair is untouched.
+    a.send(b"ok").await.unwrap();
+    assert_eq!(b.recv().await.unwrap(), b"ok");
+}
+
+#[tokio::test]
+async fn when_one_side_leaves_the_other_gets_peer_left_and_the_nameplate_is_free_again() {
+    let server = start().await;
+    let (_one, first) = Mailbox::allocate(&server.server).await.unwrap();
+    let (mut a, nameplate) = Mailbox::allocate(&server.server).await.unwrap();
+    let (_three, _) = Mailbox::allocate(&server.server).await.unwrap();
+    assert_eq!((first, nameplate), (1, 2));
+
+    let mut b = Mailbox::claim(&server.server, nameplate).await.unwrap();
+    b.send(b"bye").await.unwrap();
+    drop(b);
+    // What b sent before leaving still arrives, then PeerLeft.
+    assert_eq!(a.recv().await.unwrap(), b"bye");
+    assert!(matches!(a.recv().await, Err(RendezvousError::PeerLeft)));
+    // The mailbox is gone: 2 is the smallest free nameplate again.
+    let (mut c, again) = Mailbox::allocate(&server.server).await.unwrap();
+    assert_eq!(again, 2);
+
+    // The other direction: side 0 leaves, side 1 is told.
+    let mut d = Mailbox::claim(&server.server, again).await.unwrap();
+    drop(a);
+    c.send(b"x").await.unwrap();
+    assert_eq!(d.recv().await.unwrap(), b"x");
+    drop(c);
+    assert!(matches!(d.recv().await, Err(RendezvousError::PeerLeft)));
+}
+
+#[tokio::test]
+async fn recv_is_cancel_safe() {
+    let server = start().await;
+    let (mut a, nameplate) = Mailbox::allocate(&server.server).await.unwrap();
+    let mut b = Mailbox::claim(&server.server, nameplate).await.unwrap();
+    let sender = tokio::spawn(async move {
+        for i in 0..200u32 {
+            b.send(&i.to_be_bytes()).await.unwrap();
+        }
+        b
+    });
+    // recv is dropped whenever the yield wins, often in the middle of a frame.
+    let mut got = Vec::new();
+    let mut cancelled = 0;
+    while got.len() < 200 {
+        tokio::select! {
+            biased;
+            () = tokio::task::yield_now() => cancelled += 1,
+            body = a.recv() => got.push(u32::from_be_bytes(body.unwrap().try_into().unwrap())),
+        }
+    }
+    assert_eq!(got, (0..200).collect::<Vec<_>>());
+    assert!(cancelled > 0, "the test must really cancel recv");
+    drop(sender.await.unwrap());
+}
+
+#[tokio::test]
+async fn bursts_in_both_directions_arrive_whole_and_in_order() {
+    // Far more than an inbox holds: a side that reads late slows the sender down, it is
+    // not an error (only messages for a side that has not joined are capped).
+    let server = start().await;
+    let (mut a, nameplate) = Mailbox::allocate(&server.server).await.unwrap();
+    let mut b = Mailbox::claim(&server.server, nameplate).await.unwrap();
+    let n = 20 * Limits::default().max_queued as u32;
+    for i in 0..n {
+        a.send(&i.to_be_bytes()).await.unwrap();
+        b.send(&(i + n).to_be_bytes()).await.unwrap();
+    }
+    for i in 0..n {
+        assert_eq!(b.recv().await.unwrap(), i.to_be_bytes());
+        assert_eq!(a.recv().await.unwrap(), (i + n).to_be_bytes());
+    }
+}
+
+#[tokio::test]
+async fn the_per_address_limit_refuses_the_next_connection_at_once() {
+    let server = start_with(
+        Limits {
+            per_ip: 3,
+            ..Limits::default()
+        },
+        None,
+    )
+    .await;
+    let (mut a, nameplate) = Mailbox::allocate(&server.server).await.unwrap();
+    let mut b = Mailbox::claim(&server.server, nameplate).await.unwrap();
+    let _c = raw(&server).await;
+    let reason = refused(Mailbox::allocate(&server.server).await);
+    assert_eq!(
+        reason,
+        "too many connections from your address (the limit is 3)"
+    );
+    // A raw connection is refused before it says anything.
+    let mut e = raw(&server).await;
+    assert!(expect_error(&mut e).await.starts_with("too many connections"));
+    // The three that are in still work.
+    a.send(b"in").await.unwrap();
+    assert_eq!(b.recv().await.unwrap(), b"in");
+    assert_eq!(server.stats.connections(), 3);
+    assert_eq!(Limits::default().per_ip, 32);
+}
+
+#[tokio::test]
+async fn the_server_refuses_mailboxes_beyond_its_limit() {
+    let server = start_with(
+        Limits {
+            max_mailboxes: 2,
+            ..Limits::default()
+        },
+        None,
+    )
+    .await;
+    let (_a, _) = Mailbox::allocate(&server.server).await.unwrap();
+    let (_b, _) = Mailbox::allocate(&server.server).await.unwrap();
+    let reason = refused(Mailbox::allocate(&server.server).await);
+    assert_eq!(
+        reason,
+        "the rendezvous server is full (2 mailboxes open); try again later"
+    );
+    assert_eq!(Limits::default().max_mailboxes, 100_000);
+}
+
+#[tokio::test]
+async fn a_side_may_queue_only_so_many_messages_for_an_absent_peer() {
+    let server = start().await;
+    let limit = Limits::default().max_queued;
+    assert_eq!(limit, 16);
+    let (mut a, _) = Mailbox::allocate(&server.server).await.unwrap();
+    for i in 0..=limit {
+        a.send(&[i as u8]).await.unwrap();
+    }
+    let reason = refused(a.recv().await);
+    assert_eq!(
+        reason,
+        "too many messages waiting for the other side (the limit is 16)"
+    );
+
+    // Exactly the limit is fine, and all of it arrives.
+    let (mut a, nameplate) = Mailbox::allocate(&server.server).await.unwrap();
+    for i in 0..limit {
+        a.send(&[i as u8]).await.unwrap();
+    }
+    let mut b = Mailbox::claim(&server.server, nameplate).await.unwrap();
+    for i in 0..limit {
+        assert_eq!(b.recv().await.unwrap(), [i as u8]);
+    }
+}
+
+#[tokio::test]
+async fn a_mailbox_expires_after_its_lifetime() {
+    let server = start_with(
+        Limits {
+            mailbox_lifetime: Duration::from_millis(300),
+            ..Limits::default()
+        },
+        None,
+    )
+    .await;
+    // Waiting alone.
+    let (mut alone, _) = Mailbox::allocate(&server.server).await.unwrap();
+    // And paired.
+    let (mut a, nameplate) = Mailbox::allocate(&server.server).await.unwrap();
+    let mut b = Mailbox::claim(&server.server, nameplate).await.unwrap();
+    for side in [&mut alone, &mut a, &mut b] {
+        let reason = refused(side.recv().await);
+        assert!(
+            reason.starts_with("the mailbox on nameplate") && reason.contains("expired"),
+            "{reason}"
+        );
+    }
+    assert_eq!(
+        Limits::default().mailbox_lifetime,
+        Duration::from_secs(600)
+    );
+    assert_pair_works(&server.server).await;
+}
+
+#[tokio::test]
+async fn hello_must_arrive_within_the_handshake_timeout() {
+    let server = start_with(
+        Limits {
+            handshake_timeout: Duration::from_millis(200),
+            ..Limits::default()
+        },
+        None,
+    )
+    .await;
+    let mut silent = raw(&server).await;
+    assert_eq!(expect_error(&mut silent).await, "no Hello within 200ms");
+    // A half frame does not count as Hello either.
+    let mut half = raw(&server).await;
+    half.write_all(&[0x00, 0x02, 0x00]).await.unwrap();
+    assert_eq!(expect_error(&mut half).await, "no Hello within 200ms");
+    assert_eq!(Limits::default().handshake_timeout, Duration::from_secs(10));
+    assert_pair_works(&server.server).await;
+}
+
+#[tokio::test]
+async fn bad_frames_get_an_error_and_the_server_serves_on() {
+    let server = start().await;
+
+    // A frame longer than MAX_FRAME, announced by its header alone.
+    let mut oversize = raw(&server).await;
+    oversize.write_all(&[0x10, 0x01]).await.unwrap();
+    assert_eq!(
+        expect_error(&mut oversize).await,
+        "frame longer than 4096 bytes"
+    );
+    // The same after Hello, with the bytes really sent.
+    let mut oversize = raw(&server).await;
+    hello(&mut oversize).await;
+    let mut frame = vec![0xFF, 0xFF];
+    frame.extend(std::iter::repeat_n(0x03, 0xFFFF));
+    oversize.write_all(&frame).await.unwrap();
+    assert_eq!(
+        expect_error(&mut oversize).await,
+        "frame longer than 4096 bytes"
+    );
+
+    // Not postcard, or a message with bytes after it.
+    for payload in [&[0x09][..], &[0x01, 0x00], &[], &[0x03, 0x05, 1]] {
+        let mut bad = raw(&server).await;
+        hello(&mut bad).await;
+        let mut frame = (payload.len() as u16).to_be_bytes().to_vec();
+        frame.extend_from_slice(payload);
+        bad.write_all(&frame).await.unwrap();
+        let reason = expect_error(&mut bad).await;
+        assert!(
+            reason.ends_with("this is not a p2p-transfer rendezvous client"),
+            "{reason}"
+        );
+    }
+
+    // Not Hello first; an unknown version; Hello twice; Add without a mailbox; a body
+    // over MAX_BODY; a second mailbox on one connection.
+    let cases: [(&[ClientMessage], &str); 6] = [
+        (&[ClientMessage::Allocate], "the first message must be Hello"),
+        (
+            &[ClientMessage::Hello { version: 2 }],
+            "unsupported rendezvous protocol version 2 (this server speaks 1); update \
+             p2p-transfer",
+        ),
+        (
+            &[
+                ClientMessage::Hello { version: 1 },
+                ClientMessage::Hello { version: 1 },
+            ],
+            "Hello was already received",
+        ),
+        (
+            &[
+                ClientMessage::Hello { version: 1 },
+                ClientMessage::Add { body: vec![1] },
+            ],
+            "no mailbox on this connection: send Allocate or Claim first",
+        ),
+        (
+            &[
+                ClientMessage::Hello { version: 1 },
+                ClientMessage::Allocate,
+                ClientMessage::Add {
+                    body: vec![0; MAX_BODY + 1],
+                },
+            ],
+            "message body longer than 2048 bytes",
+        ),
+        (
+            &[
+                ClientMessage::Hello { version: 1 },
+                ClientMessage::Allocate,
+                ClientMessage::Claim { nameplate: 1 },
+            ],
+            "this connection already has a mailbox",
+        ),
+    ];
+    for (messages, expected) in cases {
+        let mut stream = raw(&server).await;
+        for message in messages {
+            send_message(&mut stream, message).await;
+        }
+        assert_eq!(expect_error(&mut stream).await, expected);
+    }
+
+    // The client refuses to send an oversize body at all.
+    let (mut a, _) = Mailbox::allocate(&server.server).await.unwrap();
+    assert!(matches!(
+        a.send(&[0; MAX_BODY + 1]).await,
+        Err(RendezvousError::Protocol(_))
+    ));
+
+    assert_pair_works(&server.server).await;
+    assert_eq!(server.stats.panics(), 0);
+}
+
+#[tokio::test]
+async fn random_bytes_never_break_the_server() {
+    let server = start_with(
+        Limits {
+            handshake_timeout: Duration::from_millis(300),
+            per_ip: 1000,
+            ..Limits::default()
+        },
+        None,
+    )
+    .await;
+    let seed: u64 = rand::rng().random();
+    println!("seed {seed}");
+    let mut rng = StdRng::seed_from_u64(seed);
+
+    // Keep a pair waiting through it all: it must be untouched.
+    let (mut a, nameplate) = Mailbox::allocate(&server.server).await.unwrap();
+    let mut b = Mailbox::claim(&server.server, nameplate).await.unwrap();
+
+    for round in 0..300 {
+        let mut stream = raw(&server).await;
+        if round % 2 == 1 {
+            // Past the handshake, into the mailbox logic: valid headers, random payloads.
+            hello(&mut stream).await;
+            for _ in 0..rng.random_range(1..8) {
+                let mut payload = vec![0u8; rng.random_range(0..64)];
+                rng.fill_bytes(&mut payload);
+                if let Some(tag) = payload.first_mut() {
+                    *tag %= 5;
+                }
+                let mut frame = (payload.len() as u16).to_be_bytes().to_vec();
+                frame.extend_from_slice(&payload);
+                if stream.write_all(&frame).await.is_err() {
+                    break;
+                }
+            }
+        } else {
+            let mut junk = vec![0u8; rng.random_range(0..600)];
+            rng.fill_bytes(&mut junk);
+            let _ = stream.write_all(&junk).await;
+        }
+        let _ = stream.shutdown().await;
+        // Whatever the server answers, it ends the connection (EOF, Error or timeout).
+        let mut sink = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut sink))
+            .await
+            .expect("the server closes every connection it cannot use")
+            .ok();
+    }
+
+    a.send(b"survived").await.unwrap();
+    assert_eq!(b.recv().await.unwrap(), b"survived");
+    assert_pair_works(&server.server).await;
+    assert_eq!(server.stats.panics(), 0);
+}
+
+#[tokio::test]
+async fn stun_binding_over_udp_answers_with_the_clients_address() {
+    let server = start().await;
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let response = binding(&socket, server.addr, &RetransmitSchedule::default())
+        .await
+        .unwrap();
+    assert_eq!(response.mapped, socket.local_addr().unwrap());
+    assert!(response.xor_mapped);
+    assert!(response
+        .software
+        .unwrap()
+        .starts_with("p2p-transfer rendezvous"));
+    assert_eq!(server.stats.stun_answers(), 1);
+
+    // Garbage on the UDP port is ignored, and STUN still answers after it.
+    socket.send_to(b"not stun at all", server.addr).await.unwrap();
+    let response = binding(&socket, server.addr, &RetransmitSchedule::default())
+        .await
+        .unwrap();
+    assert_eq!(response.mapped, socket.local_addr().unwrap());
+}
+
+#[test]
+fn turn_credentials_match_a_known_hmac_sha1_vector() {
+    // python3 -c "import hmac,hashlib,base64; print(base64.b64encode(hmac.new(
+    //   b'north-sea-secret', b'1700003600:p2p', hashlib.sha1).digest()).decode())"
+    // echo -n 1700003600:p2p | openssl dgst -sha1 -hmac north-sea-secret -binary | base64
+    let (username, password) =
+        turn_credentials("north-sea-secret", Duration::from_secs(3600), 1_700_000_000);
+    assert_eq!(username, "1700003600:p2p");
+    assert_eq!(password, "gyJ5sF7fU4pRybYu0y3rubPesyU=");
+}
+
+#[tokio::test]
+async fn welcome_carries_turn_credentials_when_configured() {
+    let secret = TurnSecret::new(
+        vec!["turn.example.net:3478".into(), "[2001:db8::1]:3478".into()],
+        "s3cret".into(),
+    );
+    assert_eq!(secret.lifetime, Duration::from_secs(3600));
+    let server = start_with(Limits::default(), Some(secret.clone())).await;
+    let before = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let (a, _) = Mailbox::allocate(&server.server).await.unwrap();
+    let after = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let grant = a.turn().expect("a grant").clone();
+    assert_eq!(grant.servers, secret.servers);
+    assert!((before + 3600..=after + 3600).contains(&grant.expires_unix));
+    assert_eq!(grant.username, format!("{}:p2p", grant.expires_unix));
+    let (username, password) =
+        turn_credentials("s3cret", secret.lifetime, grant.expires_unix - 3600);
+    assert_eq!((grant.username, grant.password), (username, password));
+}
