@@ -22,6 +22,7 @@
 
 pub mod client;
 pub mod stun;
+pub mod turn;
 
 use std::fmt;
 use std::io;
