@@ -84,7 +84,9 @@ fn coturn() -> Option<Coturn> {
         let mut lines = BufReader::new(stdout).lines();
         for line in lines.by_ref() {
             let line = line.unwrap_or_default();
-            if line.contains("Total General servers") || line.contains("IPv4. TCP listener opened on") && line.contains(&port.to_string()) {
+            if line.contains("Total General servers")
+                || line.contains("IPv4. TCP listener opened on") && line.contains(&port.to_string())
+            {
                 ready = true;
                 break;
             }
@@ -113,7 +115,9 @@ fn rendezvous(dir: &Path, turn: Option<&Coturn>) -> (Guard, String) {
     if let Some(turn) = turn {
         let secret = dir.join("turn-secret");
         std::fs::write(&secret, TURN_SECRET).expect("write secret");
-        cmd.args(["--turn", &turn.addr]).arg("--turn-secret-file").arg(secret);
+        cmd.args(["--turn", &turn.addr])
+            .arg("--turn-secret-file")
+            .arg(secret);
     }
     let mut child = cmd
         .stdout(Stdio::null())
@@ -204,7 +208,14 @@ fn transfer(
     });
     let receiver = b
         .command(env)
-        .args(["receive", &code, "--rendezvous", server, "--json", "--output"])
+        .args([
+            "receive",
+            &code,
+            "--rendezvous",
+            server,
+            "--json",
+            "--output",
+        ])
         .arg(out)
         .output()
         .expect("run receiver");
@@ -284,10 +295,19 @@ fn a_wrong_code_through_a_rendezvous_is_refused_and_nothing_is_written() {
         .output()
         .expect("receiver");
     let sender = sender.wait_with_output().expect("sender exit");
-    assert_eq!(receiver.status.code(), Some(8), "{}", String::from_utf8_lossy(&receiver.stderr));
+    assert_eq!(
+        receiver.status.code(),
+        Some(8),
+        "{}",
+        String::from_utf8_lossy(&receiver.stderr)
+    );
     assert!(String::from_utf8_lossy(&receiver.stderr).contains("wrong code"));
     assert_eq!(sender.status.code(), Some(8));
-    assert!(receiver_files(&out).is_empty(), "{:?}", receiver_files(&out));
+    assert!(
+        receiver_files(&out).is_empty(),
+        "{:?}",
+        receiver_files(&out)
+    );
 }
 
 #[test]
@@ -319,7 +339,11 @@ fn a_transfer_that_starts_on_the_relay_moves_to_a_direct_path_without_resending(
     assert_eq!(sha256_file(&out.join("movie.bin")), sha256_file(&file));
     let received = events(&receiver.stdout);
     let paths = paths_of(&received);
-    assert_eq!(paths.first().map(String::as_str), Some("relay"), "{paths:?}");
+    assert_eq!(
+        paths.first().map(String::as_str),
+        Some("relay"),
+        "{paths:?}"
+    );
     assert!(
         paths.iter().any(|p| p == "direct" || p == "lan"),
         "never left the relay: {paths:?}"

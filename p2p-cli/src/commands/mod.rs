@@ -179,10 +179,17 @@ pub fn rendezvous_server(session: &SessionArgs) -> Option<String> {
 
 /// `host` with the default rendezvous port when none is given.
 fn with_default_rendezvous_port(server: &str) -> String {
-    if server.parse::<std::net::SocketAddr>().is_ok() || server.rsplit_once(':').is_some_and(|(h, p)| !h.contains(':') && p.parse::<u16>().is_ok()) {
+    if server.parse::<std::net::SocketAddr>().is_ok()
+        || server
+            .rsplit_once(':')
+            .is_some_and(|(h, p)| !h.contains(':') && p.parse::<u16>().is_ok())
+    {
         server.to_owned()
     } else {
-        format!("{server}:{}", p2p_core::net::traversal::DEFAULT_RENDEZVOUS_PORT)
+        format!(
+            "{server}:{}",
+            p2p_core::net::traversal::DEFAULT_RENDEZVOUS_PORT
+        )
     }
 }
 

@@ -104,7 +104,9 @@ pub fn host_candidates(port: u16, ipv6: bool) -> Vec<Candidate> {
             let usable = match ip {
                 IpAddr::V4(v4) => !v4.is_loopback() && !v4.is_link_local(),
                 // Link-local IPv6 needs a scope id the peer cannot use.
-                IpAddr::V6(v6) => ipv6 && !v6.is_loopback() && (v6.segments()[0] & 0xffc0) != 0xfe80,
+                IpAddr::V6(v6) => {
+                    ipv6 && !v6.is_loopback() && (v6.segments()[0] & 0xffc0) != 0xfe80
+                }
             };
             if usable {
                 out.push(Candidate {
@@ -254,8 +256,8 @@ impl Stun {
         let id = TransactionId::random();
         let (tx, mut rx) = oneshot::channel();
         self.0.waiting().insert(id.0, Waiter::Binding(tx));
-        let request = MessageBuilder::new(Class::Request, stun::METHOD_BINDING, id)
-            .finish_with_fingerprint();
+        let request =
+            MessageBuilder::new(Class::Request, stun::METHOD_BINDING, id).finish_with_fingerprint();
         let deadline = tokio::time::Instant::now() + limit;
         let mut wait = Duration::from_millis(100);
         let answer = loop {
@@ -310,7 +312,11 @@ impl Stun {
             });
             opened += 1;
         }
-        *self.0.spray_quic.lock().unwrap_or_else(PoisonError::into_inner) = Some(quic_tx);
+        *self
+            .0
+            .spray_quic
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(quic_tx);
         self.0.mux.attach_side(quic_rx);
         opened
     }
@@ -424,8 +430,7 @@ impl Shared {
                         }
                     }
                     Some(Waiter::Check(sent_via, to)) => {
-                        if key.is_some_and(|k| verify(bytes, &k)) && to == from && sent_via == via
-                        {
+                        if key.is_some_and(|k| verify(bytes, &k)) && to == from && sent_via == via {
                             let _ = self.events.send(CheckEvent::Valid(via, from));
                         }
                     }

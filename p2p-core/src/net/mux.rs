@@ -79,6 +79,9 @@ struct State {
     /// Datagrams that arrived elsewhere — the TURN allocation, the spray sockets — and
     /// are the peer's (QUIC only: STUN went to the inbox).
     side: Vec<mpsc::Receiver<(SocketAddr, Bytes)>>,
+    /// The task polling for datagrams (quinn's endpoint driver): woken when a side
+    /// channel is added, which it has not polled yet.
+    reader: Option<std::task::Waker>,
 }
 
 /// The UDP socket QUIC, STUN and the connectivity checks share (see the module
@@ -118,6 +121,7 @@ impl MuxSocket {
                 peer_addrs: HashSet::new(),
                 turn_tx: None,
                 side: Vec::new(),
+                reader: None,
             }),
             stun_tx,
         };
@@ -153,11 +157,18 @@ impl MuxSocket {
         let mut state = self.state();
         state.turn_tx = Some(tx);
         state.side.push(rx);
+        if let Some(reader) = state.reader.take() {
+            reader.wake();
+        }
     }
 
     /// Datagrams for QUIC that arrive on other sockets (the spray sockets).
     pub fn attach_side(&self, rx: mpsc::Receiver<(SocketAddr, Bytes)>) {
-        self.state().side.push(rx);
+        let mut state = self.state();
+        state.side.push(rx);
+        if let Some(reader) = state.reader.take() {
+            reader.wake();
+        }
     }
 
     /// Hands a STUN datagram that arrived on another socket to the inbox.
@@ -187,7 +198,8 @@ impl MuxSocket {
     /// far NAT (whose conntrack it would otherwise disturb).
     pub fn send_stun_with_ttl(&self, to: SocketAddr, bytes: &[u8], ttl: u32) -> io::Result<()> {
         let socket = socket2::SockRef::from(&self.raw);
-        let v6 = self.ipv6 && !matches!(self.outward(to), SocketAddr::V6(a) if a.ip().to_ipv4_mapped().is_some());
+        let v6 = self.ipv6
+            && !matches!(self.outward(to), SocketAddr::V6(a) if a.ip().to_ipv4_mapped().is_some());
         let restore = if v6 {
             socket.unicast_hops_v6()?
         } else {
@@ -237,8 +249,8 @@ impl AsyncUdpSocket for MuxSocket {
 
     fn try_send(&self, transmit: &Transmit) -> io::Result<()> {
         if canonical(transmit.destination) != VIRTUAL_PEER {
-            // Another QUIC peer (an incoming connection not from this peer): as is.
-            return self.primary.try_send(transmit);
+            // Nothing else is ever reached from this socket by QUIC.
+            return Ok(());
         }
         let (route, turn) = {
             let state = self.state();
@@ -292,6 +304,13 @@ impl AsyncUdpSocket for MuxSocket {
         // all the peer's.
         {
             let mut state = self.state();
+            if !state
+                .reader
+                .as_ref()
+                .is_some_and(|w| w.will_wake(cx.waker()))
+            {
+                state.reader = Some(cx.waker().clone());
+            }
             for rx in state.side.iter_mut() {
                 let (Poll::Ready(Some((from, data))), Some(buf), Some(m)) =
                     (rx.poll_recv(cx), bufs.first_mut(), meta.first_mut())
@@ -325,9 +344,7 @@ impl AsyncUdpSocket for MuxSocket {
             let from = canonical(m.addr);
             let data = &buf[..m.len.min(buf.len())];
             if m.stride >= m.len && is_stun(data) {
-                let _ = self
-                    .stun_tx
-                    .try_send((from, Bytes::copy_from_slice(data)));
+                let _ = self.stun_tx.try_send((from, Bytes::copy_from_slice(data)));
                 // An empty datagram: QUIC skips it.
                 m.len = 0;
                 m.stride = 0;
@@ -335,6 +352,12 @@ impl AsyncUdpSocket for MuxSocket {
             }
             if state.peer_addrs.contains(&from) {
                 m.addr = VIRTUAL_PEER;
+            } else {
+                // This endpoint has one peer; datagrams from anywhere else (a stranger,
+                // or the peer from an address no check proved yet) are dropped, so
+                // that QUIC never sees the peer under two addresses.
+                m.len = 0;
+                m.stride = 0;
             }
         }
         Poll::Ready(Ok(count))

@@ -94,8 +94,7 @@ struct Keys {
 }
 
 fn derive(key: &[u8], label: &[u8]) -> [u8; 32] {
-    let mut mac =
-        <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC takes any key length");
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC takes any key length");
     mac.update(label);
     mac.finalize().into_bytes().into()
 }
@@ -148,7 +147,10 @@ impl Keys {
         }
         let mut body = rest.to_vec();
         let nonce = Self::nonce(self.received);
-        let plain = self.open.open_in_place(nonce, Aad::empty(), &mut body).ok()?;
+        let plain = self
+            .open
+            .open_in_place(nonce, Aad::empty(), &mut body)
+            .ok()?;
         self.received += 1;
         postcard::from_bytes(plain).ok()
     }
@@ -200,9 +202,7 @@ impl Rendezvous {
     /// number is the code's nameplate ([`Self::nameplate`]); give the code with
     /// [`Self::set_code`] before connecting.
     pub async fn allocate(server: &str) -> Result<Self> {
-        let (mailbox, nameplate) = Mailbox::allocate(server)
-            .await
-            .map_err(rendezvous_error)?;
+        let (mailbox, nameplate) = Mailbox::allocate(server).await.map_err(rendezvous_error)?;
         Ok(Rendezvous {
             state: Mutex::new(State::Waiting {
                 mailbox: Box::new(mailbox),
@@ -360,7 +360,11 @@ async fn exchange(
     let theirs = recv(&mut mailbox, None).await?;
     let key = match theirs.split_first() {
         Some((&KIND_PAKE, msg)) => spake.finish(msg).map_err(|_| SecurityError::WrongCode)?,
-        _ => return Err(Error::protocol("the rendezvous peer did not start with SPAKE2")),
+        _ => {
+            return Err(Error::protocol(
+                "the rendezvous peer did not start with SPAKE2",
+            ))
+        }
     };
     let mut keys = Keys::new(&key, allocator);
 
@@ -373,6 +377,19 @@ async fn exchange(
     let socket = quic::udp_socket((std::net::Ipv4Addr::UNSPECIFIED, 0).into()).map_err(local)?;
     let (mux, inbox) = MuxSocket::new(socket).map_err(local)?;
     let (stun, mut events) = Stun::start(mux.clone(), inbox);
+    // The QUIC endpoint from the start: its driver is what reads the socket (and hands
+    // STUN to the inbox).
+    let endpoint = quinn::Endpoint::new_with_abstract_socket(
+        quinn::EndpointConfig::default(),
+        if allocator {
+            Some(quic::server_config(security)?)
+        } else {
+            None
+        },
+        mux.clone(),
+        Arc::new(quinn::TokioRuntime),
+    )
+    .map_err(local)?;
     let port = mux.local_port().map_err(local)?;
     let mut candidates = ice::host_candidates(port, false);
     let stun_server = mailbox.server_addr();
@@ -553,7 +570,11 @@ async fn exchange(
             punch.go_direct(addr.0, addr.1);
             // The peer may still be checking: keep answering (the STUN service does)
             // and keep its path fresh for a while.
-            tokio::spawn(async move { punch.keep_checking(&mut events, Duration::from_secs(5)).await })
+            tokio::spawn(async move {
+                punch
+                    .keep_checking(&mut events, Duration::from_secs(5))
+                    .await
+            })
         }
         None => {
             let Some((route, addr)) = relay_route.filter(|_| forced != "direct") else {
@@ -561,7 +582,11 @@ async fn exchange(
                     addr: Some(format!(
                         "the peer (no direct path within {} ms, and no relay{})",
                         DIRECT_WAIT.as_millis(),
-                        if turn.is_none() { ": the rendezvous offers none, or it failed" } else { "" }
+                        if turn.is_none() {
+                            ": the rendezvous offers none, or it failed"
+                        } else {
+                            ""
+                        }
                     )),
                 }));
             };
@@ -579,23 +604,14 @@ async fn exchange(
                 }
                 if let Some(addr) = punch.until_valid_for(&mut events, PUNCH_FOR).await {
                     punch.go_direct(addr.0, addr.1);
-                    punch.keep_checking(&mut events, Duration::from_secs(5)).await;
+                    punch
+                        .keep_checking(&mut events, Duration::from_secs(5))
+                        .await;
                 }
             })
         }
     };
 
-    let endpoint = quinn::Endpoint::new_with_abstract_socket(
-        quinn::EndpointConfig::default(),
-        if allocator {
-            Some(quic::server_config(security)?)
-        } else {
-            None
-        },
-        mux,
-        Arc::new(quinn::TokioRuntime),
-    )
-    .map_err(local)?;
     Ok(Established {
         endpoint,
         path: path_rx,
