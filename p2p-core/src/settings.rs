@@ -260,6 +260,7 @@ mod tests {
             overwrite: true,
             auto_accept: true,
             transport: crate::net::TransportChoice::Quic,
+            rendezvous: Some("rdv.example.net:4000".into()),
         };
         settings.save(&nested).unwrap();
         let saved = std::fs::read_to_string(nested.join(SETTINGS_FILE)).unwrap();

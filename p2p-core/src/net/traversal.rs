@@ -747,3 +747,77 @@ impl Punch {
 const SPRAY_INTERVAL: Duration = Duration::from_millis(5);
 /// Probes per batch: 2,048 probes take 0.64 s.
 const SPRAY_BATCH: usize = 16;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sealed_offer_matches_the_spec() {
+        let offer = Sealed::Offer {
+            device_id: "ABCDE-FGHIJ".into(),
+            candidates: vec![Candidate {
+                kind: CandidateKind::Host,
+                addr: "10.0.0.2:4000".parse().expect("address"),
+            }],
+            symmetric: false,
+        };
+        let bytes = postcard::to_allocvec(&offer).expect("encodes");
+        assert_eq!(
+            bytes,
+            [
+                0x00, 0x0b, b'A', b'B', b'C', b'D', b'E', b'-', b'F', b'G', b'H', b'I', b'J',
+                0x01, 0x00, 0x00, 0x0a, 0x00, 0x00, 0x02, 0xa0, 0x1f, 0x00
+            ]
+        );
+        assert_eq!(postcard::to_allocvec(&Sealed::Primed).expect("encodes"), [0x01]);
+    }
+
+    #[test]
+    fn sealed_messages_open_only_under_the_same_code_and_in_order() {
+        let key = [9u8; 32];
+        let (mut a, mut b) = (Keys::new(&key, true), Keys::new(&key, false));
+        let first = a.seal(&Sealed::Primed);
+        let second = a.seal(&Sealed::Primed);
+        // Out of order (a replay of the second as the first) does not open.
+        assert!(b.open(&second).is_none());
+        assert!(matches!(b.open(&first), Some(Sealed::Primed)));
+        assert!(matches!(b.open(&second), Some(Sealed::Primed)));
+        // Another key (another code), or a side's own message reflected back, does not.
+        let mut stranger = Keys::new(&[8u8; 32], false);
+        assert!(stranger.open(&a.seal(&Sealed::Primed)).is_none());
+        let mut a2 = Keys::new(&key, true);
+        assert!(a2.open(&Keys::new(&key, true).seal(&Sealed::Primed)).is_none());
+        assert_eq!(a.check, b.check);
+    }
+
+    #[test]
+    fn the_relay_route_prefers_sending_to_the_peers_allocation_when_udp_works() {
+        let c = |kind, a: &str| Candidate {
+            kind,
+            addr: a.parse().expect("address"),
+        };
+        let mine_udp = [c(CandidateKind::ServerReflexive, "198.51.100.2:5000")];
+        let theirs = [
+            c(CandidateKind::ServerReflexive, "203.0.113.7:6000"),
+            c(CandidateKind::Relayed, "192.0.2.10:50000"),
+        ];
+        let relay: SocketAddr = "192.0.2.10:50000".parse().expect("address");
+        assert!(matches!(
+            relay_route(&mine_udp, &theirs, true),
+            Some((Route::Direct(a), _)) if a == relay
+        ));
+        // UDP blocked here (no reflexive address): through our own (TCP) allocation.
+        assert!(matches!(
+            relay_route(&[], &theirs, true),
+            Some((Route::Turn(a), _)) if a == relay
+        ));
+        // The peer has no allocation: ours, to its reflexive address.
+        let srflx: SocketAddr = "203.0.113.7:6000".parse().expect("address");
+        assert!(matches!(
+            relay_route(&[], &theirs[..1], true),
+            Some((Route::Turn(a), _)) if a == srflx
+        ));
+        assert!(relay_route(&[], &theirs[..1], false).is_none());
+    }
+}
