@@ -2,6 +2,8 @@
 //! messages both ways, the refusals and their reasons, every limit, hostile input, STUN
 //! on the same port over UDP, and the TURN credentials.
 
+mod support;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -587,4 +589,107 @@ async fn welcome_carries_turn_credentials_when_configured() {
     let (username, password) =
         turn_credentials("s3cret", secret.lifetime, grant.expires_unix - 3600);
     assert_eq!((grant.username, grant.password), (username, password));
+}
+
+/// The path of `turnutils_uclient` (coturn's test client), if installed.
+fn turnutils_uclient() -> Option<std::path::PathBuf> {
+    support::turnserver()
+        .map(|t| t.with_file_name("turnutils_uclient"))
+        .filter(|p| p.is_file())
+}
+
+/// Runs coturn's test client against `port` with these credentials; true when it
+/// completed a TURN allocation and relayed its test packets.
+fn uclient_allocates(port: u16, username: &str, password: &str) -> bool {
+    let output = std::process::Command::new(turnutils_uclient().unwrap())
+        .args(["-y", "-n", "1", "-m", "1", "-l", "100", "-p"])
+        .arg(port.to_string())
+        .args(["-u", username, "-w", password, "127.0.0.1"])
+        .output()
+        .expect("run turnutils_uclient");
+    let text = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
+    !text.contains("Cannot complete Allocation") && text.contains("Total lost packets 0")
+}
+
+#[tokio::test]
+async fn coturn_with_use_auth_secret_accepts_the_credentials_the_rendezvous_hands_out() {
+    let tools = support::turnserver().is_some() && turnutils_uclient().is_some();
+    if !support::require(tools, "coturn (turnserver, turnutils_uclient) is not installed") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // A free port for coturn (UDP and TCP), and a relay range next to nothing else.
+    let port = {
+        let probe = Server::bind(ServerConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            turn: None,
+            limits: Limits::default(),
+        })
+        .await
+        .unwrap();
+        probe.local_addr().port()
+    };
+    let mut coturn = std::process::Command::new(support::turnserver().unwrap())
+        .args([
+            "-n",
+            "--listening-ip",
+            "127.0.0.1",
+            "--relay-ip",
+            "127.0.0.1",
+            "--listening-port",
+            &port.to_string(),
+            "--min-port",
+            "49152",
+            "--max-port",
+            "65535",
+            "--use-auth-secret",
+            "--static-auth-secret",
+            "north-sea-secret",
+            "--realm",
+            "p2p.test",
+            "--allow-loopback-peers",
+            "--no-cli",
+            "--no-tls",
+            "--no-dtls",
+            "--simple-log",
+            "--log-file",
+            "stdout",
+        ])
+        .arg("--pidfile")
+        .arg(dir.path().join("turnserver.pid"))
+        .current_dir(dir.path())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn turnserver");
+    // Ready when it answers STUN (it retransmits, so no sleep is needed).
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let coturn_addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let ready = binding(&socket, coturn_addr, &RetransmitSchedule::default()).await;
+
+    let server = start_with(
+        Limits::default(),
+        Some(TurnSecret::new(
+            vec![coturn_addr.to_string()],
+            "north-sea-secret".into(),
+        )),
+    )
+    .await;
+    let (a, _) = Mailbox::allocate(&server.server).await.unwrap();
+    let grant = a.turn().unwrap().clone();
+    let (good, wrong) = tokio::task::spawn_blocking(move || {
+        (
+            uclient_allocates(port, &grant.username, &grant.password),
+            uclient_allocates(port, &grant.username, "d3JvbmcgcGFzc3dvcmQ="),
+        )
+    })
+    .await
+    .unwrap();
+    let _ = coturn.kill();
+    let _ = coturn.wait();
+    assert!(ready.is_ok(), "coturn did not answer STUN: {ready:?}");
+    assert!(good, "coturn refused the rendezvous's credentials");
+    assert!(!wrong, "coturn accepted a wrong password: the check proves nothing");
 }
