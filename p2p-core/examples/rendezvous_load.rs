@@ -100,7 +100,10 @@ fn load(args: &[String]) {
         .strip_prefix("listening on ")
         .expect("'listening on ADDR'")
         .to_owned();
-    println!("server pid {pid} on {server}{}", if pin { ", pinned to core 0" } else { "" });
+    println!(
+        "server pid {pid} on {server}{}",
+        if pin { ", pinned to core 0" } else { "" }
+    );
     println!("server at start: {}", memory(pid));
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -126,7 +129,11 @@ fn load(args: &[String]) {
         let mut nameplates: Vec<u32> = waiting.iter().map(|(_, n)| *n).collect();
         nameplates.sort_unstable();
         nameplates.dedup();
-        assert_eq!(nameplates.len(), mailboxes, "every mailbox has its own nameplate");
+        assert_eq!(
+            nameplates.len(),
+            mailboxes,
+            "every mailbox has its own nameplate"
+        );
         println!(
             "{mailboxes} waiting mailboxes opened in {:.2}s (nameplates 1..={})",
             opened_in.as_secs_f64(),

@@ -275,7 +275,9 @@ async fn the_per_address_limit_refuses_the_next_connection_at_once() {
     );
     // A raw connection is refused before it says anything.
     let mut e = raw(&server).await;
-    assert!(expect_error(&mut e).await.starts_with("too many connections"));
+    assert!(expect_error(&mut e)
+        .await
+        .starts_with("too many connections"));
     // The three that are in still work.
     a.send(b"in").await.unwrap();
     assert_eq!(b.recv().await.unwrap(), b"in");
@@ -351,10 +353,7 @@ async fn a_mailbox_expires_after_its_lifetime() {
             "{reason}"
         );
     }
-    assert_eq!(
-        Limits::default().mailbox_lifetime,
-        Duration::from_secs(600)
-    );
+    assert_eq!(Limits::default().mailbox_lifetime, Duration::from_secs(600));
     assert_pair_works(&server.server).await;
 }
 
@@ -417,7 +416,10 @@ async fn bad_frames_get_an_error_and_the_server_serves_on() {
     // Not Hello first; an unknown version; Hello twice; Add without a mailbox; a body
     // over MAX_BODY; a second mailbox on one connection.
     let cases: [(&[ClientMessage], &str); 6] = [
-        (&[ClientMessage::Allocate], "the first message must be Hello"),
+        (
+            &[ClientMessage::Allocate],
+            "the first message must be Hello",
+        ),
         (
             &[ClientMessage::Hello { version: 2 }],
             "unsupported rendezvous protocol version 2 (this server speaks 1); update \
@@ -547,7 +549,10 @@ async fn stun_binding_over_udp_answers_with_the_clients_address() {
     assert_eq!(server.stats.stun_answers(), 1);
 
     // Garbage on the UDP port is ignored, and STUN still answers after it.
-    socket.send_to(b"not stun at all", server.addr).await.unwrap();
+    socket
+        .send_to(b"not stun at all", server.addr)
+        .await
+        .unwrap();
     let response = binding(&socket, server.addr, &RetransmitSchedule::default())
         .await
         .unwrap();
@@ -615,7 +620,10 @@ fn uclient_allocates(port: u16, username: &str, password: &str) -> bool {
 #[tokio::test]
 async fn coturn_with_use_auth_secret_accepts_the_credentials_the_rendezvous_hands_out() {
     let tools = support::turnserver().is_some() && turnutils_uclient().is_some();
-    if !support::require(tools, "coturn (turnserver, turnutils_uclient) is not installed") {
+    if !support::require(
+        tools,
+        "coturn (turnserver, turnutils_uclient) is not installed",
+    ) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -691,5 +699,8 @@ async fn coturn_with_use_auth_secret_accepts_the_credentials_the_rendezvous_hand
     let _ = coturn.wait();
     assert!(ready.is_ok(), "coturn did not answer STUN: {ready:?}");
     assert!(good, "coturn refused the rendezvous's credentials");
-    assert!(!wrong, "coturn accepted a wrong password: the check proves nothing");
+    assert!(
+        !wrong,
+        "coturn accepted a wrong password: the check proves nothing"
+    );
 }

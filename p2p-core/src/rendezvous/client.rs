@@ -13,9 +13,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
 
-use super::protocol::{
-    self, ClientMessage, ServerMessage, TurnGrant, MAX_BODY, PROTOCOL_VERSION,
-};
+use super::protocol::{self, ClientMessage, ServerMessage, TurnGrant, MAX_BODY, PROTOCOL_VERSION};
 
 /// How long resolving and connecting may take, and each answer to `Hello`, `Allocate`
 /// and `Claim`.
@@ -180,9 +178,7 @@ impl Mailbox {
                 )),
                 Ok(ServerMessage::PeerLeft) => Err(RendezvousError::PeerLeft),
                 Ok(message) => Ok(message),
-                Err(e) => Err(RendezvousError::Protocol(format!(
-                    "the server sent a {e}"
-                ))),
+                Err(e) => Err(RendezvousError::Protocol(format!("the server sent a {e}"))),
             },
         }
     }

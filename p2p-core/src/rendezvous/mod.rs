@@ -33,7 +33,9 @@ pub mod protocol;
 pub mod server;
 
 pub use client::{Mailbox, RendezvousError};
-pub use protocol::{ClientMessage, ServerMessage, TurnGrant, MAX_BODY, MAX_FRAME, PROTOCOL_VERSION};
+pub use protocol::{
+    ClientMessage, ServerMessage, TurnGrant, MAX_BODY, MAX_FRAME, PROTOCOL_VERSION,
+};
 pub use server::{
     serve, turn_credentials, Limits, Server, ServerConfig, ServerStats, TurnSecret,
     DEFAULT_TURN_LIFETIME,

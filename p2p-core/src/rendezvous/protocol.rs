@@ -177,8 +177,8 @@ mod tests {
                 }),
             }),
             [
-                0x00, 0x12, 0x00, 0x01, 0x01, 0x01, 0x03, b't', b':', b'1', 0x05, b'9', b':',
-                b'p', b'2', b'p', 0x02, b'p', b'w', 0x09
+                0x00, 0x12, 0x00, 0x01, 0x01, 0x01, 0x03, b't', b':', b'1', 0x05, b'9', b':', b'p',
+                b'2', b'p', 0x02, b'p', b'w', 0x09
             ]
         );
         assert_eq!(
@@ -193,7 +193,9 @@ mod tests {
         );
         assert_eq!(frame(&ServerMessage::PeerLeft), [0x00, 0x01, 0x05]);
         assert_eq!(
-            frame(&ServerMessage::Error { reason: "no".into() }),
+            frame(&ServerMessage::Error {
+                reason: "no".into()
+            }),
             [0x00, 0x04, 0x06, 0x02, b'n', b'o']
         );
     }
@@ -209,7 +211,10 @@ mod tests {
             Err(DecodeError::Trailing(1))
         );
         assert_eq!(decode::<ClientMessage>(&[]), Err(DecodeError::Malformed));
-        assert_eq!(decode::<ClientMessage>(&[0x04]), Err(DecodeError::Malformed));
+        assert_eq!(
+            decode::<ClientMessage>(&[0x04]),
+            Err(DecodeError::Malformed)
+        );
         // A body that claims more bytes than the frame has.
         assert_eq!(
             decode::<ClientMessage>(&[0x03, 0x80, 0x20, 1]),

@@ -152,7 +152,9 @@ pub struct Server {
 
 impl std::fmt::Debug for Server {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Server").field("local", &self.local).finish()
+        f.debug_struct("Server")
+            .field("local", &self.local)
+            .finish()
     }
 }
 
@@ -459,6 +461,19 @@ impl Drop for Member {
     }
 }
 
+/// The smallest free nameplate (from 1), now taken.
+fn take_nameplate(state: &mut State) -> Option<u32> {
+    match state.free.pop_first() {
+        Some(n) => Some(n),
+        None => {
+            let n = state.high;
+            state.high = n.checked_add(1)?;
+            Some(n)
+        }
+    }
+}
+
+/// Gives `nameplate` back; the highest free numbers shrink `high` again.
 fn release_nameplate(state: &mut State, nameplate: u32) {
     if nameplate + 1 == state.high {
         state.high = nameplate;
@@ -550,15 +565,16 @@ async fn write_message(
     }
 }
 
-type Reader<'a> = FramedRead<tokio::net::tcp::ReadHalf<'a>, tokio_util::codec::LengthDelimitedCodec>;
+type Reader<'a> =
+    FramedRead<tokio::net::tcp::ReadHalf<'a>, tokio_util::codec::LengthDelimitedCodec>;
 
 /// Reads the next client message; `Err` is how the connection ends.
 async fn next_message(reader: &mut Reader<'_>) -> Result<ClientMessage, End> {
     match reader.next().await {
         None => Err(End::Quiet),
-        Some(Err(e)) if e.kind() == io::ErrorKind::InvalidData => Err(End::Error(format!(
-            "frame longer than {MAX_FRAME} bytes"
-        ))),
+        Some(Err(e)) if e.kind() == io::ErrorKind::InvalidData => {
+            Err(End::Error(format!("frame longer than {MAX_FRAME} bytes")))
+        }
         Some(Err(_)) => Err(End::Quiet),
         Some(Ok(payload)) => protocol::decode::<ClientMessage>(&payload)
             .map_err(|e| End::Error(format!("{e}: this is not a p2p-transfer rendezvous client"))),
@@ -574,12 +590,7 @@ async fn session(
     let limits = &shared.limits;
     // Hello, in time.
     let hello = match tokio::time::timeout(limits.handshake_timeout, next_message(reader)).await {
-        Err(_) => {
-            return End::Error(format!(
-                "no Hello within {:?}",
-                limits.handshake_timeout
-            ))
-        }
+        Err(_) => return End::Error(format!("no Hello within {:?}", limits.handshake_timeout)),
         Ok(Err(end)) => return end,
         Ok(Ok(message)) => message,
     };
@@ -719,16 +730,8 @@ fn handle(
                     state.mailboxes.len()
                 ));
             }
-            let nameplate = match state.free.pop_first() {
-                Some(n) => n,
-                None => {
-                    let n = state.high;
-                    state.high = n
-                        .checked_add(1)
-                        .ok_or_else(|| "no nameplate left".to_owned())?;
-                    n
-                }
-            };
+            let nameplate =
+                take_nameplate(&mut state).ok_or_else(|| "no nameplate left".to_owned())?;
             state.mailboxes.insert(
                 nameplate,
                 Slot {
@@ -785,7 +788,11 @@ fn handle(
             });
             let mut replies = Vec::with_capacity(1 + pending.len());
             replies.push(ServerMessage::Claimed);
-            replies.extend(pending.into_iter().map(|body| ServerMessage::Message { body }));
+            replies.extend(
+                pending
+                    .into_iter()
+                    .map(|body| ServerMessage::Message { body }),
+            );
             Ok(Step {
                 replies,
                 forward: None,
@@ -796,10 +803,15 @@ fn handle(
                 return Err(format!("message body longer than {MAX_BODY} bytes"));
             }
             let Some(m) = member.as_ref() else {
-                return Err("no mailbox on this connection: send Allocate or Claim first".to_owned());
+                return Err(
+                    "no mailbox on this connection: send Allocate or Claim first".to_owned(),
+                );
             };
             let mut state = shared.lock();
-            let Some(slot) = state.mailboxes.get_mut(&m.nameplate).filter(|s| s.id == m.id)
+            let Some(slot) = state
+                .mailboxes
+                .get_mut(&m.nameplate)
+                .filter(|s| s.id == m.id)
             else {
                 // Destroyed an instant ago; the inbox will say PeerLeft.
                 return Ok(Step::default());
@@ -832,13 +844,7 @@ mod tests {
             high: 1,
             ..State::default()
         };
-        let mut take = |state: &mut State| match state.free.pop_first() {
-            Some(n) => n,
-            None => {
-                state.high += 1;
-                state.high - 1
-            }
-        };
+        let take = |state: &mut State| take_nameplate(state).unwrap();
         assert_eq!(
             (take(&mut state), take(&mut state), take(&mut state)),
             (1, 2, 3)
@@ -882,7 +888,10 @@ mod tests {
         let m = Message::decode(&answer).unwrap();
         assert_eq!(m.class, Class::ErrorResponse);
         assert_eq!(m.error_code().unwrap().unwrap().0, 420);
-        assert_eq!(m.attribute(attr::UNKNOWN_ATTRIBUTES), Some(&[0x77, 0x77][..]));
+        assert_eq!(
+            m.attribute(attr::UNKNOWN_ATTRIBUTES),
+            Some(&[0x77, 0x77][..])
+        );
     }
 
     #[test]
