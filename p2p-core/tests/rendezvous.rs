@@ -256,6 +256,46 @@ async fn bursts_in_both_directions_arrive_whole_and_in_order() {
 }
 
 #[tokio::test]
+async fn a_side_that_stops_reading_is_dropped_after_the_write_timeout() {
+    let server = start_with(
+        Limits {
+            write_timeout: Duration::from_millis(200),
+            ..Limits::default()
+        },
+        None,
+    )
+    .await;
+    assert_eq!(Limits::default().write_timeout, Duration::from_secs(10));
+    let (mut a, nameplate) = Mailbox::allocate(&server.server).await.unwrap();
+    let _b = Mailbox::claim(&server.server, nameplate).await.unwrap();
+    // b never reads. Once the socket buffers between the server and b are full, the
+    // server gives up on b within the write timeout, and a is told (or cut off, if the
+    // server closed with a's unread bytes still queued). Without the timeout a would
+    // block in send for ever: the overall timeout turns that into a failure.
+    let body = vec![7u8; MAX_BODY];
+    let outcome = tokio::time::timeout(Duration::from_secs(60), async {
+        for _ in 0..100_000 {
+            if let Err(e) = a.send(&body).await {
+                return e;
+            }
+        }
+        panic!("100,000 messages went to a side that does not read");
+    })
+    .await
+    .expect("the server must drop a side that stops reading");
+    assert!(matches!(outcome, RendezvousError::Io(_)), "{outcome:?}");
+    let ended = a.recv().await;
+    assert!(
+        matches!(
+            ended,
+            Err(RendezvousError::PeerLeft | RendezvousError::Closed)
+        ),
+        "{ended:?}"
+    );
+    assert_pair_works(&server.server).await;
+}
+
+#[tokio::test]
 async fn the_per_address_limit_refuses_the_next_connection_at_once() {
     let server = start_with(
         Limits {
