@@ -2,6 +2,8 @@
 //! messages both ways, the refusals and their reasons, every limit, hostile input, STUN
 //! on the same port over UDP, and the TURN credentials.
 
+mod support;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -251,6 +253,46 @@ async fn bursts_in_both_directions_arrive_whole_and_in_order() {
         assert_eq!(b.recv().await.unwrap(), i.to_be_bytes());
         assert_eq!(a.recv().await.unwrap(), (i + n).to_be_bytes());
     }
+}
+
+#[tokio::test]
+async fn a_side_that_stops_reading_is_dropped_after_the_write_timeout() {
+    let server = start_with(
+        Limits {
+            write_timeout: Duration::from_millis(200),
+            ..Limits::default()
+        },
+        None,
+    )
+    .await;
+    assert_eq!(Limits::default().write_timeout, Duration::from_secs(10));
+    let (mut a, nameplate) = Mailbox::allocate(&server.server).await.unwrap();
+    let _b = Mailbox::claim(&server.server, nameplate).await.unwrap();
+    // b never reads. Once the socket buffers between the server and b are full, the
+    // server gives up on b within the write timeout, and a is told (or cut off, if the
+    // server closed with a's unread bytes still queued). Without the timeout a would
+    // block in send for ever: the overall timeout turns that into a failure.
+    let body = vec![7u8; MAX_BODY];
+    let outcome = tokio::time::timeout(Duration::from_secs(60), async {
+        for _ in 0..100_000 {
+            if let Err(e) = a.send(&body).await {
+                return e;
+            }
+        }
+        panic!("100,000 messages went to a side that does not read");
+    })
+    .await
+    .expect("the server must drop a side that stops reading");
+    assert!(matches!(outcome, RendezvousError::Io(_)), "{outcome:?}");
+    let ended = a.recv().await;
+    assert!(
+        matches!(
+            ended,
+            Err(RendezvousError::PeerLeft | RendezvousError::Closed)
+        ),
+        "{ended:?}"
+    );
+    assert_pair_works(&server.server).await;
 }
 
 #[tokio::test]
@@ -592,4 +634,113 @@ async fn welcome_carries_turn_credentials_when_configured() {
     let (username, password) =
         turn_credentials("s3cret", secret.lifetime, grant.expires_unix - 3600);
     assert_eq!((grant.username, grant.password), (username, password));
+}
+
+/// The path of `turnutils_uclient` (coturn's test client), if installed.
+fn turnutils_uclient() -> Option<std::path::PathBuf> {
+    support::turnserver()
+        .map(|t| t.with_file_name("turnutils_uclient"))
+        .filter(|p| p.is_file())
+}
+
+/// Runs coturn's test client against `port` with these credentials; true when it
+/// completed a TURN allocation and relayed its test packets.
+fn uclient_allocates(port: u16, username: &str, password: &str) -> bool {
+    let output = std::process::Command::new(turnutils_uclient().unwrap())
+        .args(["-y", "-n", "1", "-m", "1", "-l", "100", "-p"])
+        .arg(port.to_string())
+        .args(["-u", username, "-w", password, "127.0.0.1"])
+        .output()
+        .expect("run turnutils_uclient");
+    let text = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
+    !text.contains("Cannot complete Allocation") && text.contains("Total lost packets 0")
+}
+
+#[tokio::test]
+async fn coturn_with_use_auth_secret_accepts_the_credentials_the_rendezvous_hands_out() {
+    let tools = support::turnserver().is_some() && turnutils_uclient().is_some();
+    if !support::require(
+        tools,
+        "coturn (turnserver, turnutils_uclient) is not installed",
+    ) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // A free port for coturn (UDP and TCP), and a relay range next to nothing else.
+    let port = {
+        let probe = Server::bind(ServerConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            turn: None,
+            limits: Limits::default(),
+        })
+        .await
+        .unwrap();
+        probe.local_addr().port()
+    };
+    let mut coturn = std::process::Command::new(support::turnserver().unwrap())
+        .args([
+            "-n",
+            "--listening-ip",
+            "127.0.0.1",
+            "--relay-ip",
+            "127.0.0.1",
+            "--listening-port",
+            &port.to_string(),
+            "--min-port",
+            "49152",
+            "--max-port",
+            "65535",
+            "--use-auth-secret",
+            "--static-auth-secret",
+            "north-sea-secret",
+            "--realm",
+            "p2p.test",
+            "--allow-loopback-peers",
+            "--no-cli",
+            "--no-tls",
+            "--no-dtls",
+            "--simple-log",
+            "--log-file",
+            "stdout",
+        ])
+        .arg("--pidfile")
+        .arg(dir.path().join("turnserver.pid"))
+        .current_dir(dir.path())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn turnserver");
+    // Ready when it answers STUN (it retransmits, so no sleep is needed).
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let coturn_addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let ready = binding(&socket, coturn_addr, &RetransmitSchedule::default()).await;
+
+    let server = start_with(
+        Limits::default(),
+        Some(TurnSecret::new(
+            vec![coturn_addr.to_string()],
+            "north-sea-secret".into(),
+        )),
+    )
+    .await;
+    let (a, _) = Mailbox::allocate(&server.server).await.unwrap();
+    let grant = a.turn().unwrap().clone();
+    let (good, wrong) = tokio::task::spawn_blocking(move || {
+        (
+            uclient_allocates(port, &grant.username, &grant.password),
+            uclient_allocates(port, &grant.username, "d3JvbmcgcGFzc3dvcmQ="),
+        )
+    })
+    .await
+    .unwrap();
+    let _ = coturn.kill();
+    let _ = coturn.wait();
+    assert!(ready.is_ok(), "coturn did not answer STUN: {ready:?}");
+    assert!(good, "coturn refused the rendezvous's credentials");
+    assert!(
+        !wrong,
+        "coturn accepted a wrong password: the check proves nothing"
+    );
 }

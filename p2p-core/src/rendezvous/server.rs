@@ -461,6 +461,19 @@ impl Drop for Member {
     }
 }
 
+/// The smallest free nameplate (from 1), now taken.
+fn take_nameplate(state: &mut State) -> Option<u32> {
+    match state.free.pop_first() {
+        Some(n) => Some(n),
+        None => {
+            let n = state.high;
+            state.high = n.checked_add(1)?;
+            Some(n)
+        }
+    }
+}
+
+/// Gives `nameplate` back; the highest free numbers shrink `high` again.
 fn release_nameplate(state: &mut State, nameplate: u32) {
     if nameplate + 1 == state.high {
         state.high = nameplate;
@@ -717,16 +730,8 @@ fn handle(
                     state.mailboxes.len()
                 ));
             }
-            let nameplate = match state.free.pop_first() {
-                Some(n) => n,
-                None => {
-                    let n = state.high;
-                    state.high = n
-                        .checked_add(1)
-                        .ok_or_else(|| "no nameplate left".to_owned())?;
-                    n
-                }
-            };
+            let nameplate =
+                take_nameplate(&mut state).ok_or_else(|| "no nameplate left".to_owned())?;
             state.mailboxes.insert(
                 nameplate,
                 Slot {
@@ -839,13 +844,7 @@ mod tests {
             high: 1,
             ..State::default()
         };
-        let mut take = |state: &mut State| match state.free.pop_first() {
-            Some(n) => n,
-            None => {
-                state.high += 1;
-                state.high - 1
-            }
-        };
+        let take = |state: &mut State| take_nameplate(state).unwrap();
         assert_eq!(
             (take(&mut state), take(&mut state), take(&mut state)),
             (1, 2, 3)
