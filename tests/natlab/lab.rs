@@ -1,7 +1,12 @@
 //! A Rust handle on `natlab.sh`: brings a lab up under a prefix unique to this test,
 //! builds commands that run inside its nodes, and tears everything down on drop — also
 //! when the test panics. Later work (hole punching, relays) reuses it as is:
-//! `Lab::up(&["pair", "cone", "symmetric"])` gives two hosts behind two NATs.
+//! `Lab::up(&["pair", "cone", "symmetric"])` gives two hosts behind two NATs,
+//! `Lab::up(&["same", "cone"])` two hosts behind one.
+//!
+//! Addresses (see `natlab.sh`): the public side `inet` holds coturn (STUN and TURN) on
+//! [`STUN`] and 10.200.0.3, a free [`RENDEZVOUS_IP`], and routes between the routers'
+//! WAN addresses 10.200.0.11 (rt1) and 10.200.0.12 (rt2).
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
@@ -13,6 +18,18 @@ use std::time::{Duration, Instant};
 pub fn script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/natlab/natlab.sh")
 }
+
+/// The minimal UDP hole puncher (`punch_probe.py`) next to this file.
+pub fn punch_probe() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/natlab/punch_probe.py")
+}
+
+/// coturn's primary STUN/TURN address on the public side.
+pub const STUN: &str = "10.200.0.2:3478";
+/// A public address nothing uses, kept for a rendezvous server.
+pub const RENDEZVOUS_IP: &str = "10.200.0.4";
+/// coturn's TURN REST API secret (`--static-auth-secret`); also in `STATE/turn-secret`.
+pub const TURN_SECRET: &str = "natlab-secret";
 
 /// True when running under CI (`CI=true`): missing prerequisites fail instead of skip.
 pub use p2p_wan::in_ci;
@@ -88,6 +105,13 @@ impl Lab {
     /// The namespace name prefix.
     pub fn prefix(&self) -> &str {
         &self.prefix
+    }
+
+    /// The lab's state directory (coturn's log, `turn-secret`); removed by `down`, so a
+    /// good place for files that processes in different nodes share.
+    pub fn state_dir(&self) -> PathBuf {
+        let root = std::env::var_os("NATLAB_STATE").unwrap_or_else(|| "/tmp/natlab".into());
+        PathBuf::from(root).join(&self.prefix)
     }
 
     /// A command that runs `program` inside `node` (`h1`, `rt1`, `inet`, …).

@@ -13,4 +13,5 @@ mod lab;
 mod lan;
 mod loopback;
 mod nat;
+mod punch;
 mod wan;
