@@ -232,7 +232,10 @@ impl TurnClient {
                 let _ = stream.set_nodelay(true);
                 let (read, write) = stream.into_split();
                 let reader = tokio::spawn(read_tcp(read, inbound));
-                (Writer::Tcp(BufWriter::with_capacity(256 * 1024, write)), reader)
+                (
+                    Writer::Tcp(BufWriter::with_capacity(256 * 1024, write)),
+                    reader,
+                )
             }
         };
         let mut control = Control {
@@ -617,9 +620,10 @@ impl Control {
         let id = TransactionId::random();
         let bytes = request.encode(id, self.auth.as_ref());
         let key = self.key();
-        self.writer.message(&bytes).await.map_err(|e| {
-            TurnError::Unreachable(format!("cannot send to the TURN server: {e}"))
-        })?;
+        self.writer
+            .message(&bytes)
+            .await
+            .map_err(|e| TurnError::Unreachable(format!("cannot send to the TURN server: {e}")))?;
         let mut retransmit = Retransmit::new();
         let mut next_send = match self.transport {
             TurnTransport::Udp => retransmit.next_after_send().map(|d| Instant::now() + d),

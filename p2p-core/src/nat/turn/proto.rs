@@ -168,10 +168,14 @@ impl Request {
 /// A Send indication: data for `peer` before its channel is bound. No integrity (RFC
 /// 8656 §11: indications cannot be authenticated).
 pub fn send_indication(peer: SocketAddr, data: &[u8]) -> Vec<u8> {
-    MessageBuilder::new(Class::Indication, stun::METHOD_SEND, TransactionId::random())
-        .xor_address(attr::XOR_PEER_ADDRESS, peer)
-        .attribute(attr::DATA, data)
-        .finish()
+    MessageBuilder::new(
+        Class::Indication,
+        stun::METHOD_SEND,
+        TransactionId::random(),
+    )
+    .xor_address(attr::XOR_PEER_ADDRESS, peer)
+    .attribute(attr::DATA, data)
+    .finish()
 }
 
 /// The 4-byte ChannelData header.
@@ -475,7 +479,10 @@ mod tests {
             refresh_after(Duration::from_secs(600)),
             Duration::from_secs(300)
         );
-        assert_eq!(refresh_after(Duration::from_secs(3)), Duration::from_millis(1500));
+        assert_eq!(
+            refresh_after(Duration::from_secs(3)),
+            Duration::from_millis(1500)
+        );
         assert_eq!(refresh_after(Duration::ZERO), Duration::from_secs(1));
     }
 
@@ -519,7 +526,7 @@ mod tests {
         assert!(tcp_frame_len([0x00, 0x03, 0x00, 0x11]).is_err());
         assert!(tcp_frame_len([0x80, 0, 0, 0]).is_err());
         assert!(tcp_frame_len([0x50, 0, 0, 4]).is_err()); // channel 0x5000
-        assert!(MAX_TCP_FRAME >= 4 + 0x10000 - 1);
+        const { assert!(MAX_TCP_FRAME >= 4 + 0xFFFF + 3) };
         assert_eq!(tcp_padding(0), 0);
         assert_eq!(tcp_padding(1200), 0);
         assert_eq!(tcp_padding(1201), 3);
@@ -540,7 +547,10 @@ mod tests {
             classify(&[0x7F, 0xFF, 0x00, 0x00]),
             Err(FrameError::BadChannel(0x7FFF))
         );
-        assert_eq!(classify(&[0xC0, 0, 0, 0]), Err(FrameError::UnknownKind(0xC0)));
+        assert_eq!(
+            classify(&[0xC0, 0, 0, 0]),
+            Err(FrameError::UnknownKind(0xC0))
+        );
         // Every prefix and every byte flip of real frames: no panic anywhere.
         let id = TransactionId::random();
         let auth = Auth::new("u", "p", b"realm", b"nonce");
@@ -648,21 +658,27 @@ mod tests {
     #[test]
     fn data_indications_are_read() {
         let peer: SocketAddr = "[2001:db8::1]:4000".parse().unwrap();
-        let bytes =
-            MessageBuilder::new(Class::Indication, stun::METHOD_DATA, TransactionId::random())
-                .xor_address(attr::XOR_PEER_ADDRESS, peer)
-                .attribute(attr::DATA, b"payload")
-                .finish();
+        let bytes = MessageBuilder::new(
+            Class::Indication,
+            stun::METHOD_DATA,
+            TransactionId::random(),
+        )
+        .xor_address(attr::XOR_PEER_ADDRESS, peer)
+        .attribute(attr::DATA, b"payload")
+        .finish();
         let m = Message::decode(&bytes).unwrap();
         assert_eq!(data_indication(&m), Some((peer, &b"payload"[..])));
         // A Send indication (our direction) is not a Data indication.
         let send = send_indication(peer, b"x");
         assert_eq!(data_indication(&Message::decode(&send).unwrap()), None);
         // DATA without a peer address: nothing.
-        let no_peer =
-            MessageBuilder::new(Class::Indication, stun::METHOD_DATA, TransactionId::random())
-                .attribute(attr::DATA, b"payload")
-                .finish();
+        let no_peer = MessageBuilder::new(
+            Class::Indication,
+            stun::METHOD_DATA,
+            TransactionId::random(),
+        )
+        .attribute(attr::DATA, b"payload")
+        .finish();
         assert_eq!(data_indication(&Message::decode(&no_peer).unwrap()), None);
     }
 }
