@@ -458,8 +458,10 @@ async fn nothing_passes_without_a_permission() {
 }
 
 /// coturn grants a 3 s allocation (`--max-allocate-lifetime`) and expires nonces after
-/// 2 s (`--stale-nonce`): without refreshes (which then meet 438 Stale Nonce and must
-/// retry) the relay would stop after 3 s. Data still flows after three lifetimes.
+/// 2 s (`--stale-nonce`). Without the refresh at half the lifetime the relay would stop
+/// after 3 s (coturn then grants its default 600 s to the Refresh). A permission asked
+/// for after the nonce expired meets 438 Stale Nonce and must be retried with the new
+/// nonce.
 #[tokio::test]
 async fn refreshes_keep_a_short_allocation_alive_through_stale_nonces() {
     let Some(coturn) = Coturn::start(&["--max-allocate-lifetime=3", "--stale-nonce=2"]).await
@@ -502,6 +504,22 @@ async fn refreshes_keep_a_short_allocation_alive_through_stale_nonces() {
                 .expect("receiver open");
             assert_eq!((from, check(&data, 64)), (peer_addr, Some(round)));
         }
+        // A permission asked for now goes out with a nonce coturn has expired: it is
+        // answered 438 and retried with the new one.
+        let second = UdpSocket::bind("127.0.0.2:0")
+            .await
+            .expect("peer on 127.0.0.2");
+        let second_addr = second.local_addr().expect("addr");
+        client
+            .permit(second_addr.ip())
+            .await
+            .expect("permission despite a stale nonce");
+        assert!(sender.send(second_addr, datagram(5, 64)));
+        let (n, _) = tokio::time::timeout(WAIT, second.recv_from(&mut buf))
+            .await
+            .expect("second peer gets data")
+            .expect("recv");
+        assert_eq!(check(&buf[..n], 64), Some(5));
         client.close().await;
     }
 }

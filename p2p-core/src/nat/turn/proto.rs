@@ -107,10 +107,11 @@ impl Auth {
 pub enum Request {
     /// Allocate a UDP relayed address.
     Allocate,
-    /// Refresh the allocation, asking for this lifetime (0 deletes it).
+    /// Refresh the allocation: with `None` for the server's default lifetime, with
+    /// `Some(0)` to delete it.
     Refresh {
         /// Seconds.
-        lifetime: u32,
+        lifetime: Option<u32>,
     },
     /// Install or refresh a permission for this peer IP.
     CreatePermission(IpAddr),
@@ -145,7 +146,9 @@ impl Request {
                     .software(SOFTWARE);
             }
             Request::Refresh { lifetime } => {
-                b = b.attribute(attr::LIFETIME, &lifetime.to_be_bytes());
+                if let Some(lifetime) = lifetime {
+                    b = b.attribute(attr::LIFETIME, &lifetime.to_be_bytes());
+                }
             }
             Request::CreatePermission(ip) => {
                 // The port is ignored by the server (RFC 8656 §10).
