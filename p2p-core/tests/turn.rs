@@ -4,7 +4,8 @@
 //! nonces, close. Without coturn the tests print SKIPPED (and fail under CI=true).
 //!
 //! The throughput benchmark is ignored by default:
-//! `cargo test --release -p p2p-core --test turn -- --ignored --nocapture throughput`
+//! `cargo test -p p2p-core --test turn throughput -- --ignored --nocapture` (the dev
+//! profile of this workspace is optimized).
 
 mod support;
 
