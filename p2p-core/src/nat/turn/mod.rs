@@ -538,11 +538,10 @@ enum Op {
 }
 
 impl Op {
-    fn request(self, lifetime: Duration) -> Request {
+    fn request(self) -> Request {
         match self {
-            Op::Refresh => Request::Refresh {
-                lifetime: u32::try_from(lifetime.as_secs()).unwrap_or(u32::MAX),
-            },
+            // The server's default lifetime (capped by its maximum).
+            Op::Refresh => Request::Refresh { lifetime: None },
             Op::Permission(ip) => Request::CreatePermission(ip),
             Op::ChannelBind(peer, channel) => Request::ChannelBind { channel, peer },
         }
@@ -801,7 +800,7 @@ impl Control {
 
     /// Sends a request for `op` and records it as pending.
     async fn start(&mut self, op: Op, renewals: u32) -> bool {
-        let request = op.request(self.lifetime);
+        let request = op.request();
         let id = TransactionId::random();
         let bytes = request.encode(id, self.auth.as_ref());
         let sent = self.writer.message(&bytes).await;
@@ -1115,7 +1114,7 @@ impl Control {
     /// Refresh with LIFETIME 0; with `wait`, waits up to [`CLOSE_TIMEOUT`] for the
     /// answer (retrying once on a stale nonce).
     async fn deallocate(&mut self, wait: bool) {
-        let request = Request::Refresh { lifetime: 0 };
+        let request = Request::Refresh { lifetime: Some(0) };
         if !wait {
             let bytes = request.encode(TransactionId::random(), self.auth.as_ref());
             let _ = self.writer.message(&bytes).await;

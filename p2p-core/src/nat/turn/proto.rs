@@ -107,10 +107,11 @@ impl Auth {
 pub enum Request {
     /// Allocate a UDP relayed address.
     Allocate,
-    /// Refresh the allocation, asking for this lifetime (0 deletes it).
+    /// Refresh the allocation: with `None` for the server's default lifetime, with
+    /// `Some(0)` to delete it.
     Refresh {
         /// Seconds.
-        lifetime: u32,
+        lifetime: Option<u32>,
     },
     /// Install or refresh a permission for this peer IP.
     CreatePermission(IpAddr),
@@ -145,7 +146,9 @@ impl Request {
                     .software(SOFTWARE);
             }
             Request::Refresh { lifetime } => {
-                b = b.attribute(attr::LIFETIME, &lifetime.to_be_bytes());
+                if let Some(lifetime) = lifetime {
+                    b = b.attribute(attr::LIFETIME, &lifetime.to_be_bytes());
+                }
             }
             Request::CreatePermission(ip) => {
                 // The port is ignored by the server (RFC 8656 §10).
@@ -526,7 +529,7 @@ mod tests {
         assert!(tcp_frame_len([0x00, 0x03, 0x00, 0x11]).is_err());
         assert!(tcp_frame_len([0x80, 0, 0, 0]).is_err());
         assert!(tcp_frame_len([0x50, 0, 0, 4]).is_err()); // channel 0x5000
-        assert!(MAX_TCP_FRAME >= 4 + 0x10000 - 1);
+        const { assert!(MAX_TCP_FRAME >= 4 + 0xFFFF + 3) };
         assert_eq!(tcp_padding(0), 0);
         assert_eq!(tcp_padding(1200), 0);
         assert_eq!(tcp_padding(1201), 3);
