@@ -18,6 +18,8 @@ pub struct Recorder {
     receive_hint: Mutex<Option<ReceiveHint>>,
     /// The follow-up code of the last session let in by a code (its code is used up).
     resume_code: Mutex<Option<String>>,
+    /// The path last reported (a rendezvous connection's), so that each is told once.
+    path: Mutex<Option<p2p_core::net::ice::Path>>,
     /// Why the current transfer cannot be resumed, when it cannot (`commands::stream`).
     no_resume: Mutex<Option<String>>,
     /// The transfer that started and has not finished (it may be between attempts).
@@ -56,6 +58,7 @@ impl Recorder {
             resume_code: Mutex::new(None),
             unfinished: Mutex::new(None),
             no_resume: Mutex::new(None),
+            path: Mutex::new(None),
         }
     }
 
@@ -122,11 +125,23 @@ impl Recorder {
             self.tracker().set_transport(transport);
         }
         self.tracker().set_peer_details(address, device_id);
-        if let Some(mut path) = path {
-            let now = *path.borrow_and_update();
-            self.renderer().path(&now, false);
-            self.tracker().set_path(now.kind);
+        if let Some(path) = path {
+            let now = *path.borrow();
+            self.report_path(now, false);
         }
+    }
+
+    /// Tells a path once: on stderr when it `changed` (the first is in the
+    /// `connected` line), as a `path` event in JSON mode, and in the record.
+    fn report_path(&self, now: p2p_core::net::ice::Path, changed: bool) {
+        let mut last = lock(&self.path);
+        if *last == Some(now) {
+            return;
+        }
+        *last = Some(now);
+        drop(last);
+        self.renderer().path(&now, changed);
+        self.tracker().set_path(now.kind);
     }
 
     /// Runs `work` (the transfer), telling each change of the session's path (relay →
@@ -148,8 +163,7 @@ impl Recorder {
                         return work.await;
                     }
                     let now = *path.borrow_and_update();
-                    self.renderer().path(&now, true);
-                    self.tracker().set_path(now.kind);
+                    self.report_path(now, true);
                 }
             }
         }

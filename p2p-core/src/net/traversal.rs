@@ -49,12 +49,16 @@ use crate::rendezvous::client::{Mailbox, RendezvousError};
 pub const DEFAULT_RENDEZVOUS_PORT: u16 = 4000;
 /// How long the first checks may take before the transfer starts over the relay.
 pub const DIRECT_WAIT: Duration = Duration::from_millis(1500);
+/// [`DIRECT_WAIT`] when only a shared network could give a direct path.
+pub const LAN_WAIT: Duration = Duration::from_millis(300);
 /// How long checks go on in the background while the transfer runs over the relay.
 pub const PUNCH_FOR: Duration = Duration::from_secs(60);
 /// How long a side waits for the peer's sealed messages once both joined.
 const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(20);
-/// How long gathering (STUN, TURN) may take.
-const GATHER_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a STUN lookup while gathering may take (retransmitted from 100 ms on).
+const GATHER_TIMEOUT: Duration = Duration::from_millis(1500);
+/// How long a TURN allocation over UDP may take before TCP is tried.
+const TURN_UDP_WAIT: Duration = Duration::from_millis(1500);
 /// SPAKE2 identity of the rendezvous exchange (differs from admission's).
 const SPAKE2_IDENTITY: &[u8] = b"p2p-transfer/2 rendezvous";
 /// Environment variable: delays this side's first probe (the lab's skew), in ms.
@@ -420,7 +424,16 @@ async fn exchange(
             username: grant.username.clone(),
             password: grant.password.clone(),
         };
-        match TurnClient::allocate(server, TurnTransport::Udp, &creds).await {
+        // UDP first; TCP when it fails or has not answered within TURN_UDP_WAIT (a
+        // network that drops UDP says nothing).
+        let udp = tokio::time::timeout(
+            TURN_UDP_WAIT,
+            TurnClient::allocate(server, TurnTransport::Udp, &creds),
+        )
+        .await
+        .map_err(|_| "no answer".to_owned())
+        .and_then(|r| r.map_err(|e| e.to_string()));
+        match udp {
             Ok(client) => Some(client),
             Err(e) => {
                 tracing::debug!("TURN over UDP failed ({e}); trying TCP");
@@ -560,7 +573,17 @@ async fn exchange(
     let direct = if forced == "relay" || direct_after.is_some() {
         None
     } else {
-        tokio::time::timeout(DIRECT_WAIT, punch.until_valid(&mut events))
+        // Without a reflexive address on either side (UDP blocked) or with two
+        // symmetric NATs, only a shared network can still give a direct path, and it
+        // answers within milliseconds: do not hold the relay back for long.
+        let has_reflexive = |list: &[Candidate]| {
+            list.iter()
+                .any(|c| c.kind == CandidateKind::ServerReflexive)
+        };
+        let hopeless =
+            !has_reflexive(&candidates) || !has_reflexive(&remote) || (symmetric && peer_symmetric);
+        let wait = if hopeless { LAN_WAIT } else { DIRECT_WAIT };
+        tokio::time::timeout(wait, punch.until_valid(&mut events))
             .await
             .ok()
             .flatten()
@@ -766,11 +789,14 @@ mod tests {
         assert_eq!(
             bytes,
             [
-                0x00, 0x0b, b'A', b'B', b'C', b'D', b'E', b'-', b'F', b'G', b'H', b'I', b'J',
-                0x01, 0x00, 0x00, 0x0a, 0x00, 0x00, 0x02, 0xa0, 0x1f, 0x00
+                0x00, 0x0b, b'A', b'B', b'C', b'D', b'E', b'-', b'F', b'G', b'H', b'I', b'J', 0x01,
+                0x00, 0x00, 0x0a, 0x00, 0x00, 0x02, 0xa0, 0x1f, 0x00
             ]
         );
-        assert_eq!(postcard::to_allocvec(&Sealed::Primed).expect("encodes"), [0x01]);
+        assert_eq!(
+            postcard::to_allocvec(&Sealed::Primed).expect("encodes"),
+            [0x01]
+        );
     }
 
     #[test]
@@ -787,7 +813,9 @@ mod tests {
         let mut stranger = Keys::new(&[8u8; 32], false);
         assert!(stranger.open(&a.seal(&Sealed::Primed)).is_none());
         let mut a2 = Keys::new(&key, true);
-        assert!(a2.open(&Keys::new(&key, true).seal(&Sealed::Primed)).is_none());
+        assert!(a2
+            .open(&Keys::new(&key, true).seal(&Sealed::Primed))
+            .is_none());
         assert_eq!(a.check, b.check);
     }
 
