@@ -14,4 +14,5 @@ mod lan;
 mod loopback;
 mod nat;
 mod punch;
+mod traversal;
 mod wan;
