@@ -38,6 +38,8 @@ use crate::nat::stun::{self, attr, Class, Message, MessageBuilder, TransactionId
 pub const PRIME_TTL: u32 = 2;
 /// Time between two rounds of checks.
 pub const CHECK_INTERVAL: Duration = Duration::from_millis(50);
+/// Check events waiting to be handled (more are dropped).
+const EVENT_QUEUE: usize = 1024;
 /// Candidates of the peer that are checked (more are ignored).
 pub const MAX_REMOTE_CANDIDATES: usize = 32;
 
@@ -194,7 +196,7 @@ struct Shared {
     /// Transactions waiting for an answer: plain STUN (to a server) or a check.
     waiting: Mutex<HashMap<[u8; 12], Waiter>>,
     key: Mutex<Option<[u8; 32]>>,
-    events: mpsc::UnboundedSender<CheckEvent>,
+    events: mpsc::Sender<CheckEvent>,
     sprays: Mutex<Vec<Arc<tokio::net::UdpSocket>>>,
     /// Datagrams for QUIC that arrive on a spray socket.
     spray_quic: Mutex<Option<mpsc::Sender<(SocketAddr, bytes::Bytes)>>>,
@@ -213,11 +215,9 @@ pub struct Stun(Arc<Shared>);
 impl Stun {
     /// Starts answering and dispatching the STUN datagrams of `inbox`; check events
     /// arrive on the returned receiver.
-    pub fn start(
-        mux: Arc<MuxSocket>,
-        mut inbox: StunInbox,
-    ) -> (Stun, mpsc::UnboundedReceiver<CheckEvent>) {
-        let (events, rx) = mpsc::unbounded_channel();
+    pub fn start(mux: Arc<MuxSocket>, mut inbox: StunInbox) -> (Stun, mpsc::Receiver<CheckEvent>) {
+        // Bounded: a peer that floods checks loses events, not our memory.
+        let (events, rx) = mpsc::channel(EVENT_QUEUE);
         let (spray_stun, mut sprayed) = mpsc::channel(1024);
         let shared = Arc::new(Shared {
             mux,
@@ -419,7 +419,7 @@ impl Shared {
                 if via == Via::Primary {
                     self.mux.accept_from(from);
                 }
-                let _ = self.events.send(CheckEvent::Request(via, from));
+                let _ = self.events.try_send(CheckEvent::Request(via, from));
             }
             Class::SuccessResponse => {
                 let waiter = self.waiting().remove(&message.transaction_id.0);
@@ -431,7 +431,7 @@ impl Shared {
                     }
                     Some(Waiter::Check(sent_via, to)) => {
                         if key.is_some_and(|k| verify(bytes, &k)) && to == from && sent_via == via {
-                            let _ = self.events.send(CheckEvent::Valid(via, from));
+                            let _ = self.events.try_send(CheckEvent::Valid(via, from));
                         }
                     }
                     None => {}

@@ -678,7 +678,7 @@ struct Punch {
     reached: std::collections::HashSet<(Via, SocketAddr)>,
 }
 
-type Events = tokio::sync::mpsc::UnboundedReceiver<CheckEvent>;
+type Events = tokio::sync::mpsc::Receiver<CheckEvent>;
 
 impl Punch {
     /// Checks every target each [`ice::CHECK_INTERVAL`] until one is valid.
@@ -705,13 +705,16 @@ impl Punch {
                     // A triggered check (RFC 8445 §7.3.1.4): the peer reached us from
                     // an address we may not know (peer-reflexive).
                     CheckEvent::Request(via, from) => {
-                        self.reached.insert((via, from));
+                        // Checked at once when new (then with the others, each tick);
+                        // a bounded set, so a peer cannot make us probe without end.
                         if !self.targets.contains(&(via, from))
                             && self.targets.len() < ice::MAX_REMOTE_CANDIDATES * 2 + ice::SPRAY_SOCKETS
                         {
                             self.targets.push((via, from));
                         }
-                        self.stun.check_via(via, from, None);
+                        if self.targets.contains(&(via, from)) && self.reached.insert((via, from)) {
+                            self.stun.check_via(via, from, None);
+                        }
                     }
                 }
             }

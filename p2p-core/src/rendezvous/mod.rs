@@ -8,7 +8,7 @@
 //! server it already talks to), and it hands out per-session credentials for a coturn
 //! configured with `use-auth-secret` ([`turn_credentials`]).
 //!
-//! The wire format is in [`protocol`] and, byte by byte, in `docs/rendezvous.md`; how to
+//! The wire format is in [`protocol`] and, byte by byte, in `docs/protocol.md (section 9)`; how to
 //! run a public server is in `docs/deploy.md`.
 //!
 //! ```no_run

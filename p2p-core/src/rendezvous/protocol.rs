@@ -1,5 +1,5 @@
 //! The rendezvous wire format: frames of a big-endian `u16` length and a postcard-encoded
-//! [`ClientMessage`] or [`ServerMessage`]. `docs/rendezvous.md` has it byte by byte.
+//! [`ClientMessage`] or [`ServerMessage`]. `docs/protocol.md (section 9)` has it byte by byte.
 //!
 //! Both ends decode strictly: a frame must hold exactly one message (no trailing bytes),
 //! and is at most [`MAX_FRAME`] bytes long.
@@ -141,7 +141,7 @@ mod tests {
         encode_frame(m).unwrap().to_vec()
     }
 
-    /// The byte strings docs/rendezvous.md shows.
+    /// The byte strings docs/protocol.md (section 9) shows.
     #[test]
     fn frames_are_byte_exact() {
         assert_eq!(
