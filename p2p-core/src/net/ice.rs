@@ -422,19 +422,30 @@ impl Shared {
                 let _ = self.events.try_send(CheckEvent::Request(via, from));
             }
             Class::SuccessResponse => {
-                let waiter = self.waiting().remove(&message.transaction_id.0);
-                match waiter {
-                    Some(Waiter::Binding(tx)) => {
-                        if let Ok(Some(addr)) = message.address(attr::XOR_MAPPED_ADDRESS) {
+                let id = message.transaction_id.0;
+                let mut waiting = self.waiting();
+                match waiting.get(&id) {
+                    Some(Waiter::Binding(_)) => {
+                        if let (Some(Waiter::Binding(tx)), Ok(Some(addr))) = (
+                            waiting.remove(&id),
+                            message.address(attr::XOR_MAPPED_ADDRESS),
+                        ) {
                             let _ = tx.send(canonical(addr));
                         }
                     }
-                    Some(Waiter::Check(sent_via, to)) => {
-                        if key.is_some_and(|k| verify(bytes, &k)) && to == from && sent_via == via {
-                            let _ = self.events.try_send(CheckEvent::Valid(via, from));
-                        }
+                    // Only an answer that proves the key, from where the check went, on
+                    // the socket it left from: a forgery neither counts nor uses up the
+                    // transaction.
+                    Some(&Waiter::Check(sent_via, to))
+                        if key.is_some_and(|k| verify(bytes, &k))
+                            && to == from
+                            && sent_via == via =>
+                    {
+                        waiting.remove(&id);
+                        drop(waiting);
+                        let _ = self.events.try_send(CheckEvent::Valid(via, from));
                     }
-                    None => {}
+                    _ => {}
                 }
             }
             _ => {}
