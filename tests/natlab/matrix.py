@@ -15,7 +15,8 @@ writes every run as JSON.
 
 Cells: MODE_A:MODE_B (sender behind rt1 in MODE_A, receiver behind rt2 in MODE_B) or
 same:MODE (both behind one rt1); `all` = every unordered pair of cone, cone-dropped,
-symmetric, blocked, plus same:cone; `ci` = cone:cone, symmetric:cone,
+symmetric, blocked, plus same:cone; `ordered` = every ordered pair (who sends from
+behind which router) plus same:cone; `ci` = cone:cone, symmetric:cone,
 symmetric:symmetric, same:cone.
 
 Skew: the late side gets P2P_PUNCH_DELAY_MS=SKEW*1000 in its environment, which delays
@@ -72,6 +73,9 @@ def expand_cells(spec):
         if part == "all":
             pairs = itertools.combinations_with_replacement(MODES, 2)
             cells += ["%s:%s" % pair for pair in pairs] + ["same:cone"]
+        elif part == "ordered":
+            pairs = itertools.product(MODES, repeat=2)
+            cells += ["%s:%s" % pair for pair in pairs] + ["same:cone"]
         elif part == "ci":
             cells += CI_CELLS
         elif part:
@@ -99,7 +103,8 @@ def plan_runs(args):
         for i in range(args.random_skew):
             skew = round(rng.uniform(0.0, 3.0), 3)
             late = rng.choice(["sender", "receiver"])
-            runs.append({"cell": args.random_cell, "skew": skew, "late": late, "repeat": i})
+            runs.append({"cell": args.random_cell, "skew": skew, "late": late, "repeat": i,
+                         "random": True})
         return runs
     lates = [x for x in args.late.split(",") if x]
     for cell in expand_cells(args.cells):
@@ -345,6 +350,8 @@ def cell_name(cell):
 
 
 def markdown(results, title):
+    if results and all(r.get("random") for r in results):
+        return random_markdown(results, title)
     rows = ["| cell | skew | completed | path at first byte → end | expected | "
             "time to first byte (s) | of it after the skew (s) | wall (s) |",
             "|---|---|---|---|---|---|---|---|"]
@@ -392,6 +399,30 @@ def percentile(values, q):
     return values[min(len(values) - 1, int(q * len(values)))]
 
 
+def random_markdown(results, title):
+    """The --random-skew runs, by skew bucket and late side."""
+    rows = ["| skew | late side | runs | completed | ended direct | "
+            "time to first byte after the skew (s) |", "|---|---|---|---|---|---|"]
+    for low in (0, 1, 2):
+        for late in ("sender", "receiver"):
+            runs = [r for r in results if r["late"] == late and
+                    (low <= r["skew"] < low + 1 or (low == 2 and r["skew"] >= 3))]
+            if not runs:
+                continue
+            rows.append("| %d–%d s | %s | %d | %d | %d | %s |" % (
+                low, low + 1, late, len(runs), sum(r["completed"] for r in runs),
+                sum(1 for r in runs if r.get("path_end") in DIRECT),
+                median_max([after_skew(r) for r in runs])))
+    summary = summarise(results)
+    failed = ["run %d (%s, skew %g s, %s late): %s" % (i, cell_name(r["cell"]), r["skew"],
+                                                        r["late"], r.get("error"))
+              for i, r in enumerate(results) if not r["completed"]]
+    lines = ["### " + title, ""] + rows + ["", summary_text(summary)]
+    if failed:
+        lines += [""] + ["- " + f for f in failed]
+    return "\n".join(lines) + "\n", summary
+
+
 def summarise(results):
     ttfb = [r.get("ttfb_s") for r in results]
     ttfb_after = [after_skew(r) for r in results]
@@ -423,7 +454,7 @@ def main():
     parser.add_argument("--binary", default=os.path.join(HERE, "..", "..", "target", "release",
                                                          "p2p-transfer"),
                         help="the p2p-transfer binary (default: target/release/p2p-transfer)")
-    parser.add_argument("--cells", default="all", help="comma list: all, ci, MODE:MODE, same:MODE")
+    parser.add_argument("--cells", default="all", help="comma list: all, ordered, ci, MODE:MODE, same:MODE")
     parser.add_argument("--skews", default="0,1,3", help="seconds, comma list (default 0,1,3)")
     parser.add_argument("--late", default="sender,receiver",
                         help="who is late when skew > 0 (default: both, one run each)")
