@@ -404,3 +404,62 @@ fn the_relay_carries_the_whole_transfer_when_no_direct_path_is_allowed() {
     assert_eq!(sha256_file(&out.join("data.bin")), sha256_file(&file));
     assert_eq!(paths_of(&events(&receiver.stdout)), ["relay"]);
 }
+
+#[test]
+fn bad_flags_fail_before_the_rendezvous_is_contacted_and_an_unreachable_one_is_said_in_words() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a = side(dir.path(), "a");
+    let file = dir.path().join("f.txt");
+    std::fs::write(&file, b"x").expect("write");
+    // Nothing listens on port 1: a size out of range is still a usage error (exit 2),
+    // and a missing file a file error (exit 7), both before any connection.
+    let out = a
+        .command(&[])
+        .arg("send")
+        .arg(&file)
+        .args(["--rendezvous", "127.0.0.1:1", "--chunk-size", "64G"])
+        .output()
+        .expect("run");
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = a
+        .command(&[])
+        .args(["send", "does-not-exist", "--rendezvous", "127.0.0.1:1"])
+        .output()
+        .expect("run");
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A rendezvous nobody runs: exit 3, naming it.
+    let out = a
+        .command(&[])
+        .args([
+            "receive",
+            "7-guitar-orbit",
+            "--rendezvous",
+            "127.0.0.1:1",
+            "--output",
+        ])
+        .arg(dir.path())
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("127.0.0.1:1"), "{stderr}");
+    // And the environment variable works like the flag.
+    let out = a
+        .command(&[("P2P_RENDEZVOUS", "127.0.0.1:1")])
+        .args(["receive", "7-guitar-orbit", "--output"])
+        .arg(dir.path())
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("127.0.0.1:1"));
+}

@@ -66,24 +66,29 @@ pub async fn run(args: ReceiveArgs, recorder: &Recorder) -> anyhow::Result<()> {
     // Waiting for a sender with neither a code nor --ask: make a code, so that a new
     // sender gets in (trusted devices need none).
     let given = args.code_phrase.clone().or(args.session.code.clone());
-    // With a rendezvous server: join the code's mailbox, or open one (its number
-    // starts the code) — not for --ask, which waits for devices without a code.
-    let rendezvous = if given.is_some() || !args.ask {
-        super::rendezvous(&args.session, given.as_ref()).await?
-    } else {
-        None
-    };
-    let generated = match &rendezvous {
-        Some((_, generated)) => generated.clone(),
-        None => (role == RoleArg::Server && given.is_none() && !args.ask)
-            .then(p2p_core::net::Code::generate),
-    };
-    let code = given.or(generated.clone());
+    // With a rendezvous server (and no --peer): join the code's mailbox, or open one
+    // (its number starts the code) — not for --ask without a code, which waits for
+    // devices that have none. The mailbox is opened once the local checks passed.
+    let meets = (given.is_some() || !args.ask)
+        && args.session.peer.is_none()
+        && super::rendezvous_server(&args.session).is_some();
+    let mut generated = (role == RoleArg::Server && given.is_none() && !args.ask && !meets)
+        .then(p2p_core::net::Code::generate);
+    let code = given.clone().or(generated.clone());
     let nameplate = code.as_ref().map(p2p_core::net::Code::nameplate);
     let security = super::security(&args.session, code.clone(), args.ask)?;
     let tuning = crate::SendTuning::default();
     let options =
         super::session_options(&args.session, &args.transfer, &tuning, &ceilings, security)?;
+    let rendezvous = match meets {
+        true => super::rendezvous(&args.session, given.as_ref()).await?,
+        false => None,
+    };
+    if let Some((_, Some(made))) = &rendezvous {
+        // The code made from the mailbox' number: the one admission expects too.
+        let _ = options.security.admission.clone().with_code(made.clone());
+        generated = Some(made.clone());
+    }
     let mut args = args;
     if role == RoleArg::Client && args.session.peer.is_none() && rendezvous.is_none() {
         if let Some(nameplate) = nameplate {

@@ -125,21 +125,14 @@ async fn send_as(
             RoleArg::Server
         });
     super::check_role(role, &args.session)?;
-    // Scan first: a missing file is reported before any connection is made.
-    let text = args.stream.text.as_deref();
-    let payload =
-        super::stream::Payload::prepare(&args.paths, text, transfer_id.is_some(), recorder).await?;
-    // With a rendezvous server: join the code's mailbox, or open one (its number
-    // starts the code).
-    let rendezvous = match &args.discover {
-        None => super::rendezvous(&args.session, args.session.code.as_ref()).await?,
-        Some(_) => None,
-    };
+    // With a rendezvous server (and no --peer or --discover), the code comes from the
+    // mailbox opened there, once the checks that need no network have passed.
+    let meets = args.discover.is_none()
+        && super::rendezvous_server(&args.session).is_some()
+        && args.session.peer.is_none();
     // Waiting for a receiver without --code: print a one-time code for it.
-    let generated = match &rendezvous {
-        Some((_, generated)) => generated.clone(),
-        None => (role == RoleArg::Server && args.session.code.is_none()).then(Code::generate),
-    };
+    let mut generated =
+        (role == RoleArg::Server && args.session.code.is_none() && !meets).then(Code::generate);
     let code = args.session.code.clone().or(generated.clone());
     let nameplate = code.as_ref().map(Code::nameplate);
     let security = super::security(&args.session, code, false)?;
@@ -150,6 +143,19 @@ async fn send_as(
         &defaults,
         security,
     )?;
+    // Scan first: a missing file is reported before any connection is made.
+    let text = args.stream.text.as_deref();
+    let payload =
+        super::stream::Payload::prepare(&args.paths, text, transfer_id.is_some(), recorder).await?;
+    let rendezvous = match meets {
+        true => super::rendezvous(&args.session, args.session.code.as_ref()).await?,
+        false => None,
+    };
+    if let Some((_, Some(code))) = &rendezvous {
+        // The code made from the mailbox' number: the one admission expects too.
+        let _ = options.security.admission.clone().with_code(code.clone());
+        generated = Some(code.clone());
+    }
     if let Some(query) = &args.discover {
         if role != RoleArg::Client {
             return Err(crate::exit::Usage(
