@@ -19,11 +19,28 @@ use super::protocol::{self, ClientMessage, ServerMessage, TurnGrant, MAX_BODY, P
 /// and `Claim`.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Why a server could not be reached, in words (no "os error N").
+fn unreachable_words(e: &io::Error) -> String {
+    use io::ErrorKind::*;
+    match e.kind() {
+        ConnectionRefused => {
+            "nothing is listening there (is the address right, and the server running?)".into()
+        }
+        TimedOut => "no answer (a firewall, or the wrong address?)".into(),
+        HostUnreachable | NetworkUnreachable => "it cannot be reached from this network".into(),
+        NotFound => "the name does not resolve".into(),
+        _ => crate::error::os_words(e),
+    }
+}
+
 /// What went wrong talking to the rendezvous server.
 #[derive(Debug, thiserror::Error)]
 pub enum RendezvousError {
     /// The server could not be resolved or connected to.
-    #[error("cannot reach the rendezvous server {server}: {source}")]
+    #[error(
+        "cannot reach the rendezvous server {server}: {}",
+        unreachable_words(source)
+    )]
     Unreachable {
         /// The `host:port` as given.
         server: String,
