@@ -45,7 +45,7 @@ pub enum RendezvousError {
         /// The `host:port` as given.
         server: String,
         /// Why.
-        source: io::Error,
+        why: io::Error,
     },
     /// The server refused: its `Error` reason, escaped for showing.
     #[error("the rendezvous server refused: {0}")]
@@ -136,9 +136,9 @@ impl Mailbox {
     }
 
     async fn connect(server: &str) -> Result<Mailbox, RendezvousError> {
-        let unreachable = |source| RendezvousError::Unreachable {
+        let unreachable = |why| RendezvousError::Unreachable {
             server: server.to_owned(),
-            source,
+            why,
         };
         let stream = tokio::time::timeout(CONNECT_TIMEOUT, connect_any(server))
             .await
