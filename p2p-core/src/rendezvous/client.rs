@@ -39,7 +39,7 @@ pub enum RendezvousError {
     /// The server could not be resolved or connected to.
     #[error(
         "cannot reach the rendezvous server {server}: {}",
-        unreachable_words(source)
+        unreachable_words(why)
     )]
     Unreachable {
         /// The `host:port` as given.
