@@ -66,6 +66,15 @@ The issue's targets are computed from the same run. --wan-smoke is a quick manua
 8 MiB over `lossy`, p2p-transfer only, verified, printed. Namespaces, servers and the
 emulator are torn down at the end, on Ctrl+C and on errors.
 
+With --relay PROFILE (issue 13) it measures what the TURN relay costs, and nothing else
+(written to docs/benchmarks-relay.md): per profile, the emulated link h1 <-> h2, coturn
+(use-auth-secret) and `p2p-transfer rendezvous --turn` in h2, and the --size file (200 MiB)
+sent from h1 (`send --rendezvous --json`) to h2 (`receive CODE --rendezvous --json`),
+directly (P2P_PATH=direct on both sides) and through coturn (P2P_PATH=relay), --repeat
+times each (default 3, alternating), under each --relay-cc (default bbr,cubic). Rows: MiB/s
+by wall time and by the receiver's `done` rate, the path events, CPU of both ends, coturn
+and the emulator; relay/direct ratios against the 80% target.
+
 Typical use:
 
     python3 benchmark.py                                   # full data sets, no comparison
@@ -77,6 +86,7 @@ Typical use:
     python3 benchmark.py --wan intercontinental,lossy,satellite,dsl  # docs/benchmarks-wan.md
     python3 benchmark.py --wan lossy --skip-small --wan-timeout 120 --share-seconds 20
     python3 benchmark.py --wan-smoke
+    python3 benchmark.py --relay intercontinental,lossy,dsl   # docs/benchmarks-relay.md
 
 Python 3.11, standard library only. Linux only (pidfd_open, wait4, /proc); --wan needs
 root (ip netns, sysctl) and iperf3 for the share test.
@@ -4603,6 +4613,507 @@ def wan_smoke_main(ctx: Context) -> int:
 
 
 # --------------------------------------------------------------------------------------
+# Relay (issue 13): the same emulated link, direct and through coturn
+# --------------------------------------------------------------------------------------
+
+DEFAULT_RELAY_OUTPUT = REPO / "docs" / "benchmarks-relay.md"
+RELAY_REPEAT = 3                    # --repeat default with --relay
+RELAY_CCS = "bbr,cubic"             # --relay-cc default
+RELAY_TARGET = 0.80                 # relay ÷ direct (issue 13)
+RELAY_TURN_PORT = 3478              # coturn in h2
+RELAY_RDV_PORT = 4000               # the rendezvous in h2 (TCP mailboxes, UDP STUN)
+RELAY_MODES = ["direct", "relay"]   # P2P_PATH on both sides
+RELAY_OK_PATHS = {"direct": {"direct", "lan"}, "relay": {"relay"}}
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def parse_ccs(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    bad = [n for n in names if not re.fullmatch(r"[a-z0-9_]+", n)]
+    if not names or bad:
+        raise argparse.ArgumentTypeError(f"not a list of congestion controls: {text!r}")
+    return list(dict.fromkeys(names))
+
+
+def proc_cpu(pid: int | None) -> float | None:
+    """utime + stime of a running process (all its threads), seconds; None if gone."""
+    if pid is None:
+        return None
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def json_events(path: Path) -> list[dict]:
+    events = []
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return events
+    for line in lines:
+        line = line.strip()
+        if not line.startswith("{"):
+            continue
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(obj, dict):
+            events.append(obj)
+    return events
+
+
+def wait_for_code(child: Child, timeout: float) -> str:
+    """The code of the `{"event":"code"}` line a `send --rendezvous --json` prints first."""
+    deadline = time.monotonic() + timeout
+    while True:
+        for e in json_events(child.out):
+            if e.get("event") == "code" and isinstance(e.get("code"), str):
+                return e["code"]
+        if child.exited():
+            raise BenchError(f"{child.name} exited before printing a code:\n{tail(child.err)}")
+        if time.monotonic() > deadline:
+            raise BenchError(f"{child.name} printed no code within {timeout:.0f}s\n"
+                             f"{tail(child.err)}")
+        time.sleep(0.02)
+
+
+@dataclass
+class RelayRun:
+    profile: str
+    mode: str                      # "direct" / "relay" (P2P_PATH on both sides)
+    cc: str
+    file_bytes: int
+    link_mibps: float | None
+    commands: list[str] = field(default_factory=list)
+    exits: str = "n/a"
+    seconds: float | None = None   # start of the sender → both ends exited
+    done: bool = False
+    verified: str = "n/a"
+    recv_bps: int | None = None    # the receiver's `done` bytes_per_second
+    recv_paths: list[str] = field(default_factory=list)
+    send_paths: list[str] = field(default_factory=list)
+    path_ok: bool = False
+    transport: str = "?"           # the sender's "connected to … over X (path)"
+    sender_cpu: float | None = None
+    receiver_cpu: float | None = None
+    coturn_cpu: float | None = None
+    emulator_cpu: float | None = None
+    stats: str = NOT_MEASURED
+    note: str = ""
+    status: str = "ok"
+
+    def mibps(self) -> float | None:
+        return self.file_bytes / MiB / self.seconds if self.done and self.seconds else None
+
+    def xfer_mibps(self) -> float | None:
+        return self.recv_bps / MiB if self.done and self.recv_bps else None
+
+
+@dataclass
+class RelayProfileResult:
+    profile: WanProfile
+    link_line: str = ""
+    link_commands: list[str] = field(default_factory=list)
+    servers: list[str] = field(default_factory=list)
+    sysctls: dict[str, str] = field(default_factory=dict)
+    runs: list[RelayRun] = field(default_factory=list)
+    coturn_total: str = ""
+    error: str | None = None
+
+
+class RelayServers:
+    """coturn (use-auth-secret, the secret in its config file) and the rendezvous (the
+    same secret in --turn-secret-file) in h2, on h2's address, like a public server."""
+
+    def __init__(self, ctx: "Context", wan: WanLink):
+        self.ctx, self.wan = ctx, wan
+        self.dir = ctx.workdir / f"relay-{wan.prefix}"
+        self.coturn: Child | None = None
+        self.rdv: Child | None = None
+        self.addr = f"{wan.ip2}:{RELAY_RDV_PORT}"
+        self.commands: list[str] = []
+
+    def start(self) -> None:
+        import secrets
+        turnserver = shutil.which("turnserver")
+        if turnserver is None:
+            raise BenchError("turnserver (coturn) is not installed: apt-get install coturn")
+        drop_tree(self.dir)
+        self.dir.mkdir(parents=True)
+        secret = secrets.token_hex(24)
+        secret_file = self.dir / "turn-secret"
+        conf = self.dir / "turnserver.conf"
+        for path, text in ((secret_file, secret + "\n"), (conf, "\n".join([
+                f"listening-ip={self.wan.ip2}", f"relay-ip={self.wan.ip2}",
+                f"listening-port={RELAY_TURN_PORT}", "min-port=40000", "max-port=60000",
+                "use-auth-secret", f"static-auth-secret={secret}", "realm=p2p.bench",
+                "no-tls", "no-dtls", "no-cli", "no-multicast-peers",
+                f"userdb={self.dir / 'turndb'}", f"pidfile={self.dir / 'turnserver.pid'}",
+                "log-file=stdout", "simple-log", ""]))):
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+        argv = [turnserver, "-c", str(conf)]
+        self.commands.append(shlex.join(self.wan.in2(argv))
+                             + "    # turnserver.conf: " + ", ".join(
+                                 ln if not ln.startswith("static-auth-secret") else
+                                 "static-auth-secret=(random, 48 hex)"
+                                 for ln in conf.read_text().splitlines()
+                                 if ln and not ln.startswith(("userdb", "pidfile"))))
+        self.coturn = self.ctx.procs.start(f"coturn-{self.wan.profile.name}",
+                                           self.wan.in2(argv))
+        self.wan.wait_for_port(RELAY_TURN_PORT, 30, self.coturn)
+        binary = self.ctx.args.binary
+        argv = [str(binary), "rendezvous", "--listen", self.addr, "--turn",
+                f"{self.wan.ip2}:{RELAY_TURN_PORT}", "--turn-secret-file", str(secret_file)]
+        self.commands.append(shlex.join(self.wan.in2(argv)))
+        self.rdv = self.ctx.procs.start(f"rendezvous-{self.wan.profile.name}",
+                                        self.wan.in2(argv))
+        wait_for_text(self.rdv, self.rdv.err, "rendezvous listening on", 30)
+
+    def cpu(self) -> float | None:
+        return proc_cpu(self.coturn.pid if self.coturn else None)
+
+    def stop(self) -> None:
+        for child in (self.rdv, self.coturn):
+            if child is not None:
+                self.ctx.procs.stop(child, grace=3.0)
+        drop_tree(self.dir)
+
+
+def measure_relay_once(ctx: "Context", wan: WanLink, srv: RelayServers, ds: Dataset,
+                       mode: str, cc: str, i: int) -> RelayRun:
+    """`send FILE --rendezvous H2 --json` in h1, `receive CODE --rendezvous H2 --json` in
+    h2, P2P_PATH=mode on both; time: start of the sender → both ends exited."""
+    binary = ctx.args.binary
+    run = RelayRun(wan.profile.name, mode, cc, ds.total_bytes, wan.profile.mibps)
+    name = ctx.log_name(f"relay-{wan.profile.name}-{mode}-{cc}-{i}")
+    try:
+        out = ctx.fresh_output()
+        envs = {side: dict(p2p_env(ctx, side), P2P_PATH=mode) for side in ("send", "receive")}
+        send_argv = [str(binary), "send", str(ds.path), "--rendezvous", srv.addr, "--json"]
+        os.sync()
+        before = wan.snapshot()
+        cpu0 = (srv.cpu(), proc_cpu(wan.child.pid if wan.child else None))
+        t0 = time.perf_counter()
+        send = ctx.procs.start(f"{name}-send", wan.in1(send_argv), env=envs["send"])
+        try:
+            code = wait_for_code(send, 30)
+        except BenchError:
+            ctx.procs.stop(send)
+            raise
+        recv_argv = [str(binary), "receive", code, "--rendezvous", srv.addr, "--output",
+                     str(out), "--json"]
+        run.commands += [f"P2P_PATH={mode} " + env_prefix(ctx, "send")
+                         + shlex.join(wan.in1(send_argv)) + f"    # → code {code}",
+                         f"P2P_PATH={mode} " + env_prefix(ctx, "receive")
+                         + shlex.join(wan.in2(recv_argv))]
+        recv = ctx.procs.start(f"{name}-receive", wan.in2(recv_argv), env=envs["receive"])
+        exits = wait_ends(ctx, [send, recv], ctx.args.wan_timeout)
+        es, er = exits[send.name], exits[recv.name]
+        cpu1 = (srv.cpu(), proc_cpu(wan.child.pid if wan.child else None))
+        run.seconds = max(es.end, er.end) - t0
+        run.exits = f"{fmt_exit(es)} / {fmt_exit(er)}"
+        run.sender_cpu, run.receiver_cpu = es.cpu_seconds, er.cpu_seconds
+        if cpu0[0] is not None and cpu1[0] is not None:
+            run.coturn_cpu = cpu1[0] - cpu0[0]
+        if cpu0[1] is not None and cpu1[1] is not None:
+            run.emulator_cpu = cpu1[1] - cpu0[1]
+        errors, extras = verify_output(ds, out)
+        run.verified = ("yes" + (f" ({len(extras)} other file(s))" if extras else "")
+                        if not errors else f"NO: {errors[0]}")
+        rev, sev = json_events(recv.out), json_events(send.out)
+        run.recv_paths = [str(e.get("path")) for e in rev if e.get("event") == "path"]
+        run.send_paths = [str(e.get("path")) for e in sev if e.get("event") == "path"]
+        done = [e for e in rev if e.get("event") == "done"]
+        if done and isinstance(done[-1].get("bytes_per_second"), int):
+            run.recv_bps = done[-1]["bytes_per_second"]
+        seen = set(run.recv_paths) | set(run.send_paths)
+        run.path_ok = bool(run.recv_paths) and bool(run.send_paths) and \
+            seen <= RELAY_OK_PATHS[mode]
+        m = re.search(r"connected to \S+ over (\S+ \(\w+\))", send.err.read_text(errors="replace"))
+        run.transport = m.group(1) if m else "?"
+        clean = all(e.returncode == 0 and not e.timed_out for e in (es, er))
+        run.done = clean and not errors and run.path_ok
+        if not run.path_ok:
+            run.note = (f"path events: sender {run.send_paths}, receiver {run.recv_paths} "
+                        f"(want only {' or '.join(sorted(RELAY_OK_PATHS[mode]))})")
+        if es.timed_out or er.timed_out:
+            run.note = (f"did not finish in {ctx.args.wan_timeout:.0f} s: "
+                        f"{bytes_under(out) / MiB:.1f} MiB arrived; " + run.note)
+        elif not clean:
+            for who, child in (("sender", send), ("receiver", recv)):
+                line = last_line(child.err, "error") or last_line(child.err)
+                if line:
+                    run.note += f"{who}: `{line}`; "
+        run.stats = wan.fmt_stats(wan.stats_diff(before, wan.snapshot()))
+    except BenchError as e:
+        run.status = f"could not be run: {str(e).splitlines()[0]}"
+        ctx.failures.append(f"relay bench {wan.profile.name} {mode} ({cc}): {e}")
+        print(f"\n!!! {wan.profile.name} {mode} ({cc}): {e}\n", file=sys.stderr, flush=True)
+        return run
+    finally:
+        ctx.clear_output()
+    if run.done:
+        print(f"  {mode:<6} {cc:<5} run {i + 1}: {run.seconds:7.2f} s, "
+              f"{run.mibps():6.2f} MiB/s wall, {fmt_num(run.xfer_mibps(), '.2f')} MiB/s "
+              f"transfer; paths {'/'.join(run.recv_paths)}; {run.transport}; CPU s/r/coturn/"
+              f"emu {fmt_num(run.sender_cpu)}/{fmt_num(run.receiver_cpu)}/"
+              f"{fmt_num(run.coturn_cpu)}/{fmt_num(run.emulator_cpu)} s", flush=True)
+    else:
+        print(f"  {mode:<6} {cc:<5} run {i + 1}: FAILED exit {run.exits}, verified "
+              f"{run.verified}; {run.note}", flush=True)
+        ctx.failures.append(f"relay bench {wan.profile.name} {mode} ({cc}) run {i + 1}: exit "
+                            f"{run.exits}, verified {run.verified}; {run.note}")
+    return run
+
+
+def run_relay_profile(ctx: "Context", profile: WanProfile, ds: Dataset) -> RelayProfileResult:
+    args = ctx.args
+    res = RelayProfileResult(profile)
+    wan = WanLink(ctx, profile, args.wan_emulator, args.wan_seed)
+    wan.prefix = f"br{uuid.uuid4().hex[:5]}"  # this mode's own namespaces: brXXXXX-h1/h2
+    srv = RelayServers(ctx, wan)
+    try:
+        print(f"\n== relay vs direct over {profile.label}", flush=True)
+        wan.up()
+        res.link_line, res.link_commands = wan.ready_line, wan.commands
+        srv.start()
+        res.servers = srv.commands
+        for cc in args.relay_cc:
+            in_force = wan.set_congestion(cc)
+            print(f"-- TCP congestion control {in_force} in both hosts", flush=True)
+            for i in range(args.repeat):
+                for mode in RELAY_MODES:  # interleaved: drift hits both alike
+                    res.runs.append(measure_relay_once(ctx, wan, srv, ds, mode, in_force, i))
+        res.sysctls = wan.sysctls()
+        total = srv.cpu()
+        if total is not None:
+            res.coturn_total = f"{total:.1f} s of CPU over the whole profile"
+    except BenchError as e:
+        res.error = str(e).splitlines()[0]
+        print(f"\n!!! relay profile {profile.name}: {e}\n", file=sys.stderr, flush=True)
+        ctx.failures.append(f"relay profile {profile.name}: {e}")
+    finally:
+        srv.stop()
+        wan.down()
+    return res
+
+
+def _median(values: list[float | None]) -> float | None:
+    vals = [v for v in values if v is not None]
+    return statistics.median(vals) if vals else None
+
+
+def relay_group(res: RelayProfileResult, cc: str, mode: str) -> list[RelayRun]:
+    return [r for r in res.runs if r.cc == cc and r.mode == mode and r.status == "ok"]
+
+
+def relay_summary_rows(results: list[RelayProfileResult]) -> list[list[str]]:
+    rows = []
+    for res in results:
+        for cc in dict.fromkeys(r.cc for r in res.runs):
+            for mode in RELAY_MODES:
+                runs = relay_group(res, cc, mode)
+                ok = [r for r in runs if r.done]
+                wall, xfer = _median([r.mibps() for r in ok]), _median([r.xfer_mibps() for r in ok])
+                link = res.profile.mibps
+                paths = sorted({p for r in runs for p in r.recv_paths + r.send_paths})
+                secs = _median([r.seconds for r in ok])
+                pct = lambda v: (f"{v / secs:.0%}" if v is not None and secs else "n/a")
+                rows.append([
+                    f"`{res.profile.name}`", cc, mode, f"{len(ok)}/{len(runs)}",
+                    fmt_num(wall, ".2f"), fmt_num(xfer, ".2f"),
+                    f"{wall / link:.0%}" if wall and link else "n/a",
+                    ", ".join(paths) or "none",
+                    "; ".join(sorted({r.transport for r in runs})) or "?",
+                    pct(_median([r.sender_cpu for r in ok])),
+                    pct(_median([r.receiver_cpu for r in ok])),
+                    pct(_median([r.coturn_cpu for r in ok])),
+                    pct(_median([r.emulator_cpu for r in ok])),
+                ])
+    return rows
+
+
+def relay_ratio_rows(results: list[RelayProfileResult]) -> tuple[list[list[str]], list[Target]]:
+    rows, targets = [], []
+    for res in results:
+        for cc in dict.fromkeys(r.cc for r in res.runs):
+            d = [r for r in relay_group(res, cc, "direct") if r.done]
+            rl = [r for r in relay_group(res, cc, "relay") if r.done]
+            dw, rw = _median([r.mibps() for r in d]), _median([r.mibps() for r in rl])
+            dx, rx = _median([r.xfer_mibps() for r in d]), _median([r.xfer_mibps() for r in rl])
+            wr = rw / dw if rw and dw else None
+            xr = rx / dx if rx and dx else None
+            verdict = "n.a." if wr is None else ("PASS" if wr >= RELAY_TARGET else "FAIL")
+            rows.append([f"`{res.profile.name}`", cc, fmt_num(dw, ".2f"), fmt_num(rw, ".2f"),
+                         fmt_num(wr, ".2f"), fmt_num(dx, ".2f"), fmt_num(rx, ".2f"),
+                         fmt_num(xr, ".2f"), f"**{verdict}**"])
+            targets.append(Target(f"relay ≥ {RELAY_TARGET:.0%} of direct, {res.profile.name} "
+                                  f"({cc})", verdict,
+                                  f"wall {fmt_num(rw, '.2f')} / {fmt_num(dw, '.2f')} MiB/s = "
+                                  f"{fmt_num(wr, '.2f')}; transfer phase {fmt_num(xr, '.2f')}"))
+    return rows, targets
+
+
+def relay_run_rows(results: list[RelayProfileResult]) -> list[list[str]]:
+    rows = []
+    for res in results:
+        for n, r in enumerate(res.runs, 1):
+            if r.status != "ok":
+                rows.append([f"`{r.profile}`", r.cc, r.mode, str(n), r.status, "", "", "",
+                             "", "", "", ""])
+                continue
+            rows.append([f"`{r.profile}`", r.cc, r.mode, str(n), r.exits, fmt_num(r.seconds, ".2f"),
+                         fmt_num(r.mibps(), ".2f"), fmt_num(r.xfer_mibps(), ".2f"),
+                         "/".join(r.send_paths) + " · " + "/".join(r.recv_paths),
+                         r.verified,
+                         f"{fmt_num(r.sender_cpu)} / {fmt_num(r.receiver_cpu)} / "
+                         f"{fmt_num(r.coturn_cpu)} / {fmt_num(r.emulator_cpu)}",
+                         r.stats + (f"; {r.note}" if r.note else "")])
+    return rows
+
+
+def write_relay_report(path: Path, *, command: str, started: datetime.datetime, machine: dict,
+                       binary: str, emulator: str, coturn: str, ds: Dataset,
+                       results: list[RelayProfileResult], ctx: "Context") -> list[Target]:
+    ratio_rows, targets = relay_ratio_rows(results)
+    lines = [
+        "# Relay vs direct over the emulated WAN (issue 13)",
+        "",
+        f"Generated by `benchmark.py --relay` on {started.strftime('%Y-%m-%d %H:%M %Z')}. "
+        "Target (issue 13): *over the relay, throughput ≥ 80% of what the same emulated "
+        "link gives directly.*",
+        "",
+        "```sh",
+        command,
+        "```",
+        "",
+        "## Set-up",
+        "",
+        "For each profile, `p2p-wan up` joins two network namespaces, h1 (the sender) and "
+        "h2 (the receiver), through the project's user-space link emulator (rate, delay, "
+        "random loss; docs/natlab.md). coturn (`use-auth-secret`, the secret in its "
+        "config file, `relay-ip` = `listening-ip` = h2's address, no TLS, no CLI, no "
+        "loopback peers) and `p2p-transfer rendezvous --turn … --turn-secret-file …` run "
+        "in h2, like a public server. Each run sends "
+        f"{ds.label} with `send FILE --rendezvous H2:4000 --json` in h1 and receives it "
+        "with `receive CODE --rendezvous H2:4000 --json` in h2:",
+        "",
+        "- **direct**: `P2P_PATH=direct` on both sides (never relays). The two hosts share "
+        "a subnet (no NAT), so the direct path is found through the host candidates, which "
+        "p2p-transfer labels `lan`; it still crosses the emulated link.",
+        "- **relay**: `P2P_PATH=relay` on both sides (no direct checks): sender → coturn "
+        "(across the link) → coturn's relayed address → receiver (inside h2). The data cross "
+        "the emulated link once, as in the direct runs, so the ratio isolates what the "
+        "relay costs (TURN framing, coturn's forwarding, its CPU).",
+        "",
+        "MiB/s (wall) = file bytes ÷ wall time from the sender's start to both ends' exit "
+        "(code exchange, candidate gathering, TURN allocation and TLS handshake included). "
+        "MiB/s (transfer) = the receiver's `done` event `bytes_per_second` (the transfer "
+        "phase only). Medians over the runs that completed; every run is SHA-256 verified "
+        "and must show only the expected path events (relay: `relay` throughout; direct: "
+        "`direct` or `lan`). CPU columns: CPU time ÷ wall time of the run (100% = one core), "
+        "median; coturn's and the emulator's from /proc/PID/stat around each run. The runs "
+        "of both modes alternate (direct, relay, direct, …), so drift hits both alike. "
+        "The OS congestion control (set in both namespaces) only matters to TCP: "
+        "p2p-transfer runs QUIC (its own congestion control) here, and the TURN leg is UDP.",
+        "",
+        "## Machine",
+        "",
+        *[f"- {k}: {v}" for k, v in machine.items()],
+        f"- p2p-transfer: {binary}",
+        f"- emulator: {emulator}",
+        f"- coturn: {coturn}",
+        "",
+        "## Relay ÷ direct",
+        "",
+        *md_table(["profile", "OS CC", "direct MiB/s (wall)", "relay MiB/s (wall)",
+                   "relay ÷ direct (wall)", "direct MiB/s (transfer)",
+                   "relay MiB/s (transfer)", "relay ÷ direct (transfer)",
+                   f"≥ {RELAY_TARGET:.0%} (wall)"],
+                  ["---", "---", "---:", "---:", "---:", "---:", "---:", "---:", "---"],
+                  ratio_rows),
+        "",
+        "## Per mode",
+        "",
+        *md_table(["profile", "OS CC", "mode", "completed", "MiB/s (wall)",
+                   "MiB/s (transfer)", "of link (wall)", "path events", "sender says",
+                   "sender CPU", "receiver CPU", "coturn CPU", "emulator CPU"],
+                  ["---", "---", "---", "---:", "---:", "---:", "---:", "---", "---",
+                   "---:", "---:", "---:", "---:"],
+                  relay_summary_rows(results)),
+        "",
+        "## Every run",
+        "",
+        "CPU seconds: sender / receiver / coturn / emulator. Path events: sender · receiver.",
+        "",
+        *md_table(["profile", "OS CC", "mode", "#", "exit (s / r)", "seconds", "MiB/s (wall)",
+                   "MiB/s (transfer)", "path events", "verified", "CPU s", "emulator counters"],
+                  ["---", "---", "---", "---:", "---", "---:", "---:", "---:", "---", "---",
+                   "---", "---"],
+                  relay_run_rows(results)),
+        "",
+        "## Links and servers",
+        "",
+    ]
+    for res in results:
+        lines += [f"### {res.profile.label}", ""]
+        if res.error:
+            lines += [f"**Could not complete:** {res.error}", ""]
+        lines += [f"- link: {res.link_line}"]
+        if res.coturn_total:
+            lines += [f"- coturn: {res.coturn_total}"]
+        for k, v in res.sysctls.items():
+            lines.append(f"- `{k}` (after the runs): {v}")
+        lines += ["", "```sh", *res.link_commands, *res.servers]
+        shown = set()
+        for r in res.runs:
+            if r.mode not in shown and r.commands:
+                shown.add(r.mode)
+                lines += r.commands
+        lines += ["```", ""]
+    write_markdown(ctx, path, lines)
+    return targets
+
+
+def relay_main(ctx: Context, *, command: str, started: datetime.datetime,
+               machine: dict, binary: str) -> int:
+    """--relay PROFILE…: direct vs relay on the same emulated links, printed and written
+    to --output (default docs/benchmarks-relay.md)."""
+    args = ctx.args
+    profiles = [WAN_PROFILES[name] for name in args.relay]
+    if any(p.mbit is not None for p in profiles):
+        ensure_wan_emulator(args.wan_emulator)
+    if shutil.which("turnserver") is None:
+        raise SystemExit("error: --relay needs coturn (`turnserver`): apt-get install coturn")
+    r = run_quiet(["turnserver", "--version"], timeout=30)
+    coturn = (r.stdout or r.stderr).strip().splitlines()[0] if (r.stdout or r.stderr) else "?"
+    ds = make_random_file(ctx.data_dir, "wan-" + human_size(args.wan_size).replace(" ", ""),
+                          args.wan_size)
+    results = [run_relay_profile(ctx, p, ds) for p in profiles]
+    output = args.output if args.output.is_absolute() else Path.cwd() / args.output
+    targets = write_relay_report(output, command=command, started=started, machine=machine,
+                                 binary=binary, emulator=emulator_info(args, profiles),
+                                 coturn=coturn, ds=ds, results=results, ctx=ctx)
+    print()
+    for row in relay_summary_rows(results):
+        print("  " + "  ".join(c.replace("`", "") for c in row))
+    print("\nTargets:")
+    for t in targets:
+        print(f"  {t.verdict:<5} {t.name}: {t.detail}")
+    print(f"\nwrote {output}")
+    if ctx.failures:
+        print(f"\n!!! {len(ctx.failures)} problem(s); see above and the logs in "
+              f"{ctx.log_dir}", file=sys.stderr)
+        return 1
+    return 0
+
+
+# --------------------------------------------------------------------------------------
 # main
 # --------------------------------------------------------------------------------------
 
@@ -4691,12 +5202,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         "with --slow-link, rsync through the shaped link")
     p.add_argument("--congestion", choices=["cubic", "bbr", "default"], default="default",
                    help="net.ipv4.tcp_congestion_control for the run (restored afterwards)")
-    p.add_argument("--repeat", type=int, default=1, help="runs per measurement; median reported")
+    p.add_argument("--repeat", type=int, default=None,
+                   help=f"runs per measurement; median reported (default 1; with --relay "
+                        f"{RELAY_REPEAT})%(default).0s")
     p.add_argument("--output", type=Path, default=None,
                    help=f"the Markdown report to write (default: {DEFAULT_OUTPUT.relative_to(REPO)}"
                         f", with --slow-link {DEFAULT_SLOW_OUTPUT.relative_to(REPO)}, with "
                         f"--setup {DEFAULT_SETUP_OUTPUT.relative_to(REPO)}, with --wan "
-                        f"{DEFAULT_WAN_OUTPUT.relative_to(REPO)})"
+                        f"{DEFAULT_WAN_OUTPUT.relative_to(REPO)}, with --relay "
+                        f"{DEFAULT_RELAY_OUTPUT.relative_to(REPO)})"
                         "%(default).0s")  # renders as nothing: no "(default: None)"
     p.add_argument("--skip-big", action="store_true", help="skip the big-file data set")
     p.add_argument("--skip-small", action="store_true", help="skip the small-files data set")
@@ -4737,8 +5251,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         "share test. Repeatable or comma-separated; profiles: "
                         + ", ".join(WAN_PROFILES) + " (veth: no emulator, to check the "
                         "script)%(default).0s")
-    p.add_argument("--wan-size", type=parse_size, default=WAN_SIZE,
-                   help="with --wan: size of the random file sent across the link")
+    p.add_argument("--wan-size", "--size", type=parse_size, default=WAN_SIZE,
+                   help="with --wan or --relay: size of the random file sent across the link")
     p.add_argument("--wan-timeout", type=float, default=WAN_TIMEOUT, metavar="SECS",
                    help="with --wan: seconds one run may take; then it is killed and "
                         "reported as did-not-finish with the bytes that arrived")
@@ -4755,6 +5269,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         "--release -p p2p-wan if missing)")
     p.add_argument("--wan-seed", type=int, default=1, metavar="N",
                    help="with --wan: p2p-wan --seed (its random loss pattern)")
+    p.add_argument("--relay", type=parse_wan_profiles, action="extend", default=[],
+                   metavar="PROFILE[,PROFILE]",
+                   help="issue 13: for each WAN profile, the --size file from h1 to h2, "
+                        "directly (P2P_PATH=direct) and through coturn in h2 "
+                        "(P2P_PATH=relay), --repeat times each, with the rendezvous and "
+                        "coturn in h2; nothing else (written to "
+                        f"{DEFAULT_RELAY_OUTPUT.relative_to(REPO)})%(default).0s")
+    p.add_argument("--relay-cc", type=parse_ccs, default=RELAY_CCS, metavar="CC[,CC]",
+                   help="with --relay: the OS TCP congestion controls to run under (set in "
+                        "both namespaces)")
     p.add_argument("--wan-smoke", action="store_true",
                    help=f"a quick manual check: {human_size(WAN_SMOKE_SIZE)} over "
                         f"`{WAN_SMOKE_PROFILE}` (or the one --wan profile given) with "
@@ -4766,6 +5290,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         "(default: 3 hours; with --wan, 12 hours: a run that collapses "
                         "may take all of --wan-timeout, and there are many rows)%(default).0s")
     args = p.parse_args(argv)
+    if args.repeat is None:
+        args.repeat = RELAY_REPEAT if args.relay else 1
+    if isinstance(args.relay_cc, str):
+        args.relay_cc = parse_ccs(args.relay_cc)
     if args.repeat < 1:
         p.error("--repeat must be >= 1")
     if args.small_count < 1:
@@ -4787,12 +5315,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if args.wan_timeout <= 0 or args.share_seconds < 5:
         p.error("--wan-timeout must be > 0 and --share-seconds >= 5")
     args.wan = list(dict.fromkeys(args.wan))  # each profile once, in the order given
+    args.relay = list(dict.fromkeys(args.relay))
+    if args.relay and (wan or args.setup or args.slow_link):
+        p.error("--relay is a run of its own (not with --wan, --wan-smoke, --setup, "
+                "--slow-link)")
     if args.total_timeout is None:
-        args.total_timeout = (12 if args.wan else 3) * 3600
+        args.total_timeout = (12 if args.wan or args.relay else 3) * 3600
     if args.setup and args.skip_setup:
         p.error("--setup and --skip-setup contradict each other")
     if (args.skip_big and args.skip_small and args.skip_resilience and args.skip_setup
-            and not args.slow_link and not wan):
+            and not args.slow_link and not wan and not args.relay):
         p.error("nothing to do with --skip-big, --skip-small, --skip-resilience and "
                 "--skip-setup")
     if not args.slow_link and (args.link_rate != LINK_MBIT or args.link_rtt != LINK_RTT_MS):
@@ -4807,7 +5339,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         if not args.baseline_binary.is_file():
             p.error(f"--baseline-binary: {args.baseline_binary} does not exist")
     if args.output is None:
-        args.output = (DEFAULT_WAN_OUTPUT if wan else DEFAULT_SLOW_OUTPUT if args.slow_link
+        args.output = (DEFAULT_RELAY_OUTPUT if args.relay else DEFAULT_WAN_OUTPUT if wan
+                       else DEFAULT_SLOW_OUTPUT if args.slow_link
                        else DEFAULT_SETUP_OUTPUT if args.setup else DEFAULT_OUTPUT)
     args.binary = args.binary.resolve() if args.binary != DEFAULT_BINARY else args.binary
     return args
@@ -4909,6 +5442,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.setup:
             return setup_main(ctx, command=command, started=started, machine=machine,
                               congestion=congestion, binary=binary)
+        if args.relay:
+            return relay_main(ctx, command=command, started=started, machine=machine,
+                              binary=binary)
         if args.wan_smoke:
             return wan_smoke_main(ctx)
         if args.wan:
