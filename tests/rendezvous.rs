@@ -466,4 +466,20 @@ fn bad_flags_fail_before_the_rendezvous_is_contacted_and_an_unreachable_one_is_s
         .expect("run");
     assert_eq!(out.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&out.stderr).contains("127.0.0.1:1"));
+    // So does the settings file (the GUI's), when neither is given.
+    let config = dir.path().join("config");
+    std::fs::create_dir_all(&config).expect("mkdir");
+    std::fs::write(
+        config.join("settings.json"),
+        r#"{"rendezvous": "127.0.0.1:2"}"#,
+    )
+    .expect("settings");
+    let out = a
+        .command(&[("P2P_TRANSFER_CONFIG_DIR", config.to_str().expect("utf-8"))])
+        .args(["receive", "7-guitar-orbit", "--output"])
+        .arg(dir.path())
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("127.0.0.1:2"));
 }
