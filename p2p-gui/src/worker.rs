@@ -558,13 +558,16 @@ fn rendezvous_words(error: &RendezvousError) -> String {
                 _ => source.to_string(),
             };
             format!(
-                "cannot reach the rendezvous server {server} ({why}): check the Rendezvous                  server under Settings, or empty it to use codes on this network only"
+                "cannot reach the rendezvous server {server} ({why}): check the Rendezvous \
+                 server under Settings, or empty it to use codes on this network only"
             )
         }
         RendezvousError::Timeout => format!(
-            "{error}: check the Rendezvous server under Settings, or empty it to use codes              on this network only"
+            "{error}: check the Rendezvous server under Settings, or empty it to use codes \
+             on this network only"
         ),
-        RendezvousError::PeerLeft => "the other side left the rendezvous before the                                       transfer could start: start again with a new code"
+        RendezvousError::PeerLeft => "the other side left the rendezvous before the transfer \
+                                      could start: start again with a new code"
             .to_owned(),
         // The server's reason is escaped already ("no one is waiting on nameplate 7:
         // check the code…").
