@@ -865,10 +865,10 @@ impl App {
             adaptive,
             heading("Network"),
             transport,
-            rendezvous,
             bandwidth,
             reconnect,
             retries,
+            rendezvous,
             note("Changes apply to the next connection."),
         ]
         .spacing(SPACING);

@@ -2623,6 +2623,8 @@ async fn the_rendezvous_setting_is_checked_saved_and_used() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("config");
     let mut h = Harness::new(own_key(&config));
+    // Tall enough for the whole Settings tab (the field is near its end).
+    h.size = iced::Size::new(900.0, 1400.0);
     h.click("Settings");
     assert!(h.shows("Rendezvous server"));
     assert!(
@@ -2649,6 +2651,7 @@ async fn the_rendezvous_setting_is_checked_saved_and_used() {
     assert_eq!(saved.rendezvous.as_deref(), Some("rdv.example.net:4100"));
     // After a restart the field shows it, and the code panels say where codes go.
     let mut h = Harness::new(own_key(&config));
+    h.size = iced::Size::new(900.0, 1400.0);
     h.click("Settings");
     assert!(h.shows("rdv.example.net:4100"));
     h.click("Receive");
