@@ -13,6 +13,7 @@ use iced::task;
 use iced::Task;
 use p2p_core::discovery::{DiscoveryConfig, PeerInfo};
 use p2p_core::fs::source::SourceManifest;
+use p2p_core::net::ice::Path as NetPath;
 use p2p_core::net::{
     Admission, Admitted, Code, DeviceId, Identity, PeerIdentity, Security, Transport,
 };
@@ -72,6 +73,9 @@ pub struct Launch {
     pub code: Option<String>,
     /// Light or dark; `None` follows the desktop's setting.
     pub theme: Option<iced::Theme>,
+    /// The rendezvous server for this run (`P2P_RENDEZVOUS`), over the saved setting;
+    /// empty turns it off.
+    pub rendezvous: Option<String>,
 }
 
 /// The tabs, in order.
@@ -278,6 +282,9 @@ pub struct Peer {
     pub identity: Option<PeerIdentity>,
     /// What the session runs on (TCP or QUIC).
     pub transport: Option<Transport>,
+    /// The path it takes now (lan, direct, relay): a connection made through a
+    /// rendezvous; it changes mid-session (relay → direct).
+    pub path: Option<NetPath>,
     /// An unknown device whose offer the person accepted in this session: sending to
     /// it is allowed from then on.
     pub accepted: bool,
@@ -337,6 +344,11 @@ pub struct App {
     /// The last transfer that started, and every transport it ran on, in order (a
     /// resume after a reconnection may run on another): its records list them.
     transports: Option<(Uuid, Vec<Transport>)>,
+    /// The session now (or last) connected has a path (it was made through a
+    /// rendezvous): records name the paths the tracker saw only then.
+    session_has_path: bool,
+    /// The rendezvous server given for this run ([`Launch::rendezvous`]).
+    rendezvous_override: Option<String>,
     pub notice: Option<Notice>,
     pub history: History,
     history_file: Option<HistoryFile>,
@@ -456,6 +468,8 @@ impl App {
             resumable: None,
             tracker: Tracker::default(),
             transports: None,
+            session_has_path: false,
+            rendezvous_override: launch.rendezvous,
             notice: None,
             history: History::default(),
             history_file: launch.data_dir.as_deref().map(HistoryFile::in_dir),
@@ -1098,10 +1112,28 @@ impl App {
 
     /// Listens on `bind` for the peer that knows the typed code, or a new code (shown
     /// large) when none is typed; the beacon carries the code's nameplate.
+    ///
+    /// With a rendezvous server, the peer may be on any network: without a typed code
+    /// a mailbox is opened there and the code made from its number (shown once it
+    /// comes); a typed code joins its mailbox.
     fn wait_with_code(&mut self, bind: String) -> Task<Message> {
         let Some(typed) = self.typed_code() else {
             return Task::none();
         };
+        if let Some(server) = self.rendezvous_server() {
+            self.code_error = None;
+            return match typed {
+                None => self.start_worker(Plan::Allocate { server }),
+                Some(code) => self.start_worker_with(
+                    Plan::Claim {
+                        server,
+                        code: code.clone(),
+                    },
+                    Some(code),
+                    None,
+                ),
+            };
+        }
         let code = typed.unwrap_or_else(Code::generate);
         let task = self.start_worker_with(
             Plan::Listen {
@@ -1129,8 +1161,13 @@ impl App {
             }
             Some(Some(code)) => code,
         };
-        let plan = match self.peer_address.trim() {
-            "" if self.discovery.is_none() => {
+        let rendezvous = self.rendezvous_server();
+        let plan = match (self.peer_address.trim(), rendezvous) {
+            ("", Some(server)) => Plan::Claim {
+                server,
+                code: code.clone(),
+            },
+            ("", None) if self.discovery.is_none() => {
                 self.code_error = Some(
                     "Finding peers on this network is off: type the other side's address \
                      too."
@@ -1138,15 +1175,33 @@ impl App {
                 );
                 return Task::none();
             }
-            "" => Plan::FindCode {
+            ("", None) => Plan::FindCode {
                 nameplate: code.nameplate(),
             },
-            addr => Plan::Connect {
+            (addr, _) => Plan::Connect {
                 addr: with_default_port(addr),
             },
         };
         self.code_error = None;
         self.start_worker_with(plan, Some(code), None)
+    }
+
+    /// The rendezvous server codes go through (`host:port`): this run's
+    /// (`P2P_RENDEZVOUS`), else the saved setting; `None` when neither is set (or it
+    /// is empty): codes then work on this network only.
+    pub fn rendezvous_server(&self) -> Option<String> {
+        let given = match &self.rendezvous_override {
+            Some(server) => Some(server.as_str()),
+            None => self.settings.rendezvous.as_deref(),
+        };
+        crate::settings_form::rendezvous_server(given.unwrap_or_default())
+            .ok()
+            .flatten()
+    }
+
+    /// The rendezvous server given for this run (`P2P_RENDEZVOUS`), over the setting.
+    pub fn rendezvous_override(&self) -> Option<&str> {
+        self.rendezvous_override.as_deref()
     }
 
     fn connect(&mut self) -> Task<Message> {
@@ -1178,8 +1233,11 @@ impl App {
         let id = self.next_worker;
         self.next_worker += 1;
         let config = match plan {
-            Plan::Listen { .. } => self.settings.responder_config(),
-            Plan::Connect { .. } | Plan::FindCode { .. } => self.settings.session_config(),
+            // The side that accepts the connection offers ceilings.
+            Plan::Listen { .. } | Plan::Allocate { .. } => self.settings.responder_config(),
+            Plan::Connect { .. } | Plan::FindCode { .. } | Plan::Claim { .. } => {
+                self.settings.session_config()
+            }
         };
         // A listener lets unknown devices in for the person to decide on their offers
         // (`receive --ask`); a dialer insists on a code or trust, as `send` does.
@@ -1456,13 +1514,32 @@ impl App {
                     addr: found.addr.to_string(),
                 };
             }
+            WorkerEvent::Code(code) => {
+                // Shown large until the peer has used it.
+                self.waiting_code = Some(code);
+            }
+            WorkerEvent::Path(path) => {
+                if let Some(peer) = worker.peer.as_mut() {
+                    peer.path = Some(path);
+                    peer.addr = Some(path.addr);
+                    self.tracker.set_path(path.kind);
+                    if let Some(t) = self.transfer.as_mut().filter(|t| t.is_running()) {
+                        t.path = Some(path.kind);
+                    }
+                }
+            }
             WorkerEvent::Connected {
                 peer,
                 addr,
                 identity,
                 transport,
+                path,
                 handle,
             } => {
+                self.session_has_path = path.is_some();
+                if let Some(path) = path {
+                    self.tracker.set_path(path.kind);
+                }
                 self.tracker.set_peer(peer.clone());
                 // History names the peer by address and proven id, the transport, and
                 // where files went.
@@ -1482,6 +1559,7 @@ impl App {
                     addr,
                     identity,
                     transport,
+                    path,
                     accepted: false,
                     handle,
                 });
@@ -1622,6 +1700,7 @@ impl App {
                     now,
                 );
                 progress.transport = transport;
+                progress.path = self.peer().and_then(|p| p.path).map(|p| p.kind);
                 self.transfer = Some(progress);
             }
             TransferEvent::Skipped { path, reason } => {
@@ -1705,6 +1784,11 @@ impl App {
             Some((id, all)) if *id == record.transfer_id => all.clone(),
             _ => self.peer().and_then(|p| p.transport).into_iter().collect(),
         };
+        // The tracker keeps the last path for the next session; a session without one
+        // (not through a rendezvous) has none.
+        if !self.session_has_path {
+            record.paths.clear();
+        }
         self.history.push(record.clone());
         let Some(file) = self.history_file.clone() else {
             return Task::none();

@@ -2,6 +2,7 @@
 //! `p2p-transfer history` reads), newest first, and the tab's filters.
 
 use p2p_core::history::{Record, Status};
+use p2p_core::net::ice::PathKind;
 use p2p_core::net::Transport;
 use p2p_core::Direction;
 
@@ -13,6 +14,27 @@ pub fn over(transports: &[Transport]) -> String {
     }
     let all: Vec<String> = transports.iter().map(ToString::to_string).collect();
     format!(" over {}", all.join(", then "))
+}
+
+/// The transport and the path the connection takes now, as the status line and the
+/// progress headline say them: ` over QUIC · relay`; [`over`] alone without a path.
+pub fn over_path(transports: &[Transport], path: Option<PathKind>) -> String {
+    let over = over(transports);
+    match path {
+        Some(path) if over.is_empty() => format!(" · {}", path.label()),
+        Some(path) => format!("{over} · {}", path.label()),
+        None => over,
+    }
+}
+
+/// The paths a transfer ran on, as `p2p-transfer history` says them: ` (relay →
+/// direct)`; empty when the record names none (not through a rendezvous, or older).
+pub fn paths(paths: &[PathKind]) -> String {
+    if paths.is_empty() {
+        return String::new();
+    }
+    let all: Vec<&str> = paths.iter().map(|p| p.label()).collect();
+    format!(" ({})", all.join(" → "))
 }
 
 /// Which directions the list shows.
@@ -142,6 +164,22 @@ mod tests {
             over(&[Transport::Quic, Transport::Tcp]),
             " over QUIC, then TCP"
         );
+    }
+
+    #[test]
+    fn paths_are_said_as_the_cli_says_them() {
+        assert_eq!(paths(&[]), "");
+        assert_eq!(paths(&[PathKind::Relay]), " (relay)");
+        assert_eq!(
+            paths(&[PathKind::Relay, PathKind::Direct]),
+            " (relay → direct)"
+        );
+        assert_eq!(
+            over_path(&[Transport::Quic], Some(PathKind::Relay)),
+            " over QUIC · relay"
+        );
+        assert_eq!(over_path(&[Transport::Quic], None), " over QUIC");
+        assert_eq!(over_path(&[], Some(PathKind::Lan)), " · lan");
     }
 
     #[test]

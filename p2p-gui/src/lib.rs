@@ -72,6 +72,10 @@ pub fn admitted_short(admitted: &p2p_core::net::Admitted) -> &'static str {
 /// managers group it by, and the base name of a `.desktop` file.
 pub const APP_ID: &str = "p2p-transfer";
 
+/// Environment variable naming the rendezvous server for one run, over the saved
+/// setting (the CLI's too; empty turns it off).
+pub const RENDEZVOUS_ENV: &str = "P2P_RENDEZVOUS";
+
 /// The smallest window in which every tab's actions (an offer's Accept and Decline, a
 /// send's Start sending) stay on screen.
 pub const MIN_SIZE: iced::Size = iced::Size::new(720.0, 480.0);

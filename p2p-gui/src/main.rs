@@ -131,6 +131,8 @@ fn main() -> ExitCode {
         auto_accept: args.auto_accept,
         identity: None,
         code: args.code,
+        // As the CLI: the environment names the rendezvous server for this run.
+        rendezvous: std::env::var(p2p_gui::RENDEZVOUS_ENV).ok(),
         theme: match args.theme {
             ThemeArg::System => None,
             ThemeArg::Light => Some(iced::Theme::Light),
@@ -155,7 +157,10 @@ fn main() -> ExitCode {
             if let Some(ok) = ended {
                 failed_in_update.store(!ok, Ordering::Relaxed);
             }
-            let listening = matches!(message, Message::Worker(_, WorkerEvent::Listening(_)));
+            let listening = matches!(
+                message,
+                Message::Worker(_, WorkerEvent::Listening(_) | WorkerEvent::Code(_))
+            );
             let task = app.update(message);
             if let Some(code) = app.waiting_code.as_ref().filter(|_| listening) {
                 // What the person reads to the peer; the CLI prints it the same way.
@@ -210,11 +215,12 @@ fn report(message: &Message) -> Option<bool> {
             addr,
             identity,
             transport,
+            path,
             ..
         } => {
             let peer = p2p_core::text::printable(peer);
             let addr = addr.map(|a| format!(" ({a})")).unwrap_or_default();
-            let over = p2p_gui::history::over(transport.as_slice());
+            let over = p2p_gui::history::over_path(transport.as_slice(), path.map(|p| p.kind));
             let device = identity
                 .as_ref()
                 .map(|i| {
@@ -227,6 +233,7 @@ fn report(message: &Message) -> Option<bool> {
                 .unwrap_or_default();
             eprintln!("connected to {peer}{addr}{over}{device}");
         }
+        WorkerEvent::Path(path) => eprintln!("path: now {} ({})", path.kind, path.addr),
         WorkerEvent::Offer(offer) => eprintln!(
             "offer from {}: {} file(s), {} bytes; waiting for Accept or Decline",
             p2p_core::text::printable(&offer.peer),

@@ -46,6 +46,9 @@ pub struct TransferProgress {
     pub state: TransferState,
     /// What the session runs on, when known (set by the app from the session's).
     pub transport: Option<p2p_core::net::Transport>,
+    /// The path it takes now (lan, direct, relay), for a connection made through a
+    /// rendezvous: set by the app, and again on each change while it runs.
+    pub path: Option<p2p_core::net::ice::PathKind>,
     started: Instant,
     /// Recent `(time, done_bytes)` samples for the speed.
     samples: VecDeque<(Instant, u64)>,
@@ -78,6 +81,7 @@ impl TransferProgress {
             resumed_bytes: 0,
             state: TransferState::Running,
             transport: None,
+            path: None,
             started: now,
             samples: VecDeque::from([(now, 0)]),
         }

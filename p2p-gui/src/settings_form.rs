@@ -3,6 +3,7 @@
 //! field with a note under it and is not saved.
 
 use p2p_core::config::{COMPRESS_LEVELS, MAX_WINDOW_SIZE};
+use p2p_core::net::traversal::DEFAULT_RENDEZVOUS_PORT;
 use p2p_core::net::TransportChoice;
 use p2p_core::settings::Settings;
 
@@ -59,6 +60,61 @@ pub enum SettingsMessage {
     Retries(String),
     /// Which transports to connect (and listen) with.
     Transport(TransportChoice),
+    /// The rendezvous server, `host:port`; empty: codes work on this network only.
+    Rendezvous(String),
+}
+
+/// One line of help under the rendezvous field.
+pub const RENDEZVOUS_HELP: &str = "Codes work across the internet through this server; \
+                                   empty: this network only.";
+
+/// The rendezvous server typed (`host:port`, or a host: the default port is added),
+/// checked: `Ok(None)` when empty (off), the words to show when it is no address.
+pub fn rendezvous_server(typed: &str) -> Result<Option<String>, String> {
+    let typed = typed.trim();
+    if typed.is_empty() {
+        return Ok(None);
+    }
+    let bad = || {
+        Err(format!(
+            "{typed:?} is not a server address: type HOST:PORT, for example \
+             rendezvous.example.net:{port} or 203.0.113.7:{port} (empty: this network only).",
+            port = DEFAULT_RENDEZVOUS_PORT
+        ))
+    };
+    if typed.parse::<std::net::SocketAddr>().is_ok() {
+        return Ok(Some(typed.to_owned()));
+    }
+    // An IPv6 address needs brackets to take a port.
+    if let Ok(ip) = typed.parse::<std::net::IpAddr>() {
+        return Ok(Some(
+            std::net::SocketAddr::new(ip, DEFAULT_RENDEZVOUS_PORT).to_string(),
+        ));
+    }
+    let (host, port) = match typed.rsplit_once(':') {
+        Some((host, port)) => match port.parse::<u16>() {
+            Ok(port) if port > 0 => (host, port),
+            _ => {
+                return Err(format!(
+                    "{port:?} is not a port: a number from 1 to 65535, as in \
+                     {host}:{DEFAULT_RENDEZVOUS_PORT}."
+                ))
+            }
+        },
+        None => (typed, DEFAULT_RENDEZVOUS_PORT),
+    };
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    };
+    let host = host.strip_suffix('.').unwrap_or(host);
+    if host.len() > 253 || !host.split('.').all(label_ok) {
+        return bad();
+    }
+    Ok(Some(format!("{host}:{port}")))
 }
 
 /// Text of the typed fields and what is wrong with them.
@@ -70,6 +126,8 @@ pub struct SettingsForm {
     pub bandwidth_error: Option<String>,
     pub retries: String,
     pub retries_error: Option<String>,
+    pub rendezvous: String,
+    pub rendezvous_error: Option<String>,
 }
 
 impl SettingsForm {
@@ -78,6 +136,7 @@ impl SettingsForm {
             window: settings.window_size.to_string(),
             bandwidth: mib_per_s(settings.bandwidth_limit),
             retries: settings.max_retries.to_string(),
+            rendezvous: settings.rendezvous.clone().unwrap_or_default(),
             ..Self::default()
         }
     }
@@ -151,6 +210,21 @@ impl SettingsForm {
             }
             SettingsMessage::AutoReconnect(on) => settings.auto_reconnect = on,
             SettingsMessage::Transport(choice) => settings.transport = choice,
+            SettingsMessage::Rendezvous(text) => {
+                let checked = rendezvous_server(&text);
+                self.rendezvous = text;
+                match checked {
+                    Ok(server) => {
+                        self.rendezvous_error = None;
+                        // Saved as typed (a host alone gets the default port when used).
+                        settings.rendezvous = server.map(|_| self.rendezvous.trim().to_owned());
+                    }
+                    Err(error) => {
+                        self.rendezvous_error = Some(error);
+                        return false;
+                    }
+                }
+            }
             SettingsMessage::Retries(text) => {
                 let parsed = text.trim().parse::<u32>().ok();
                 self.retries = text;
@@ -237,6 +311,55 @@ mod tests {
         assert!(TRANSPORTS.iter().all(|(_, label, help)| !label.is_empty()
             && help.ends_with('.')
             && !help.contains('\n')));
+    }
+
+    #[test]
+    fn a_rendezvous_server_is_checked_before_it_is_saved() {
+        let mut settings = Settings::default();
+        let mut form = SettingsForm::new(&settings);
+        assert!(form.apply(
+            SettingsMessage::Rendezvous(" rdv.example.net:4100 ".into()),
+            &mut settings
+        ));
+        assert_eq!(settings.rendezvous.as_deref(), Some("rdv.example.net:4100"));
+        assert_eq!(
+            SettingsForm::new(&settings).rendezvous,
+            "rdv.example.net:4100"
+        );
+        for bad in [
+            "rdv.example.net:",
+            "rdv.example.net:99999",
+            "no spaces.net",
+            "a:b:c",
+            "-x.net",
+        ] {
+            assert!(
+                !form.apply(SettingsMessage::Rendezvous(bad.into()), &mut settings),
+                "{bad}"
+            );
+            let error = form.rendezvous_error.clone().unwrap_or_default();
+            assert!(
+                error.contains("HOST:PORT") || error.contains("port"),
+                "{bad}: {error}"
+            );
+            assert_eq!(settings.rendezvous.as_deref(), Some("rdv.example.net:4100"));
+        }
+        assert!(form.apply(SettingsMessage::Rendezvous(String::new()), &mut settings));
+        assert_eq!(
+            (settings.rendezvous.clone(), form.rendezvous_error.clone()),
+            (None, None)
+        );
+        assert_eq!(
+            rendezvous_server("203.0.113.7"),
+            Ok(Some("203.0.113.7:4000".into()))
+        );
+        assert_eq!(rendezvous_server("::1"), Ok(Some("[::1]:4000".into())));
+        assert_eq!(rendezvous_server("[::1]:5"), Ok(Some("[::1]:5".into())));
+        assert_eq!(
+            rendezvous_server("rdv.example"),
+            Ok(Some("rdv.example:4000".into()))
+        );
+        assert!(RENDEZVOUS_HELP.ends_with('.') && !RENDEZVOUS_HELP.contains("  "));
     }
 
     #[test]

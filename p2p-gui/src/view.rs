@@ -258,6 +258,16 @@ impl App {
         let mut panel = column![
             heading(title),
             note(explain),
+            note(match self.rendezvous_server() {
+                Some(server) => format!(
+                    "Codes go through the rendezvous {}: the other side may be on any \
+                     network (with the same server set).",
+                    printable(&server)
+                ),
+                None => "Codes work on this network; set a rendezvous server in Settings \
+                         to reach other networks."
+                    .to_owned(),
+            }),
             row![
                 text_input("code, e.g. 7-guitar-orbit", &self.code_input)
                     .id("code")
@@ -599,7 +609,9 @@ impl App {
             .on_toggle(Message::OverwriteToggled);
         let state = match (self.worker.as_ref(), self.peer()) {
             (_, Some(peer)) => format!("Ready to receive from {}.", printable(&peer.name)),
-            (Some(w), None) if w.listening_on.is_some() => {
+            (Some(w), None)
+                if w.listening_on.is_some() || matches!(w.plan, Plan::Allocate { .. }) =>
+            {
                 "Waiting for a peer to connect.".to_owned()
             }
             _ => "Connect with a one-time code above, or on the Connection tab, to receive."
@@ -824,6 +836,26 @@ impl App {
             }));
         }
         let transport = field("Transport", transport.into(), None);
+        let mut rendezvous = column![text_input("host:port", &form.rendezvous)
+            .id("rendezvous")
+            .on_input(on(SettingsMessage::Rendezvous))
+            .width(320)]
+        .spacing(4);
+        if let Some(error) = &form.rendezvous_error {
+            rendezvous = rendezvous.push(text(error).size(NOTE_SIZE).style(text::danger));
+        }
+        rendezvous = rendezvous.push(note(crate::settings_form::RENDEZVOUS_HELP));
+        if let Some(server) = self.rendezvous_override() {
+            rendezvous = rendezvous.push(note(format!(
+                "For this run: {} (P2P_RENDEZVOUS).",
+                if server.trim().is_empty() {
+                    "off"
+                } else {
+                    server.trim()
+                }
+            )));
+        }
+        let rendezvous = field("Rendezvous server", rendezvous.into(), None);
         let mut tab = column![
             heading("Transfer"),
             chunk,
@@ -836,6 +868,7 @@ impl App {
             bandwidth,
             reconnect,
             retries,
+            rendezvous,
             note("Changes apply to the next connection."),
         ]
         .spacing(SPACING);
@@ -950,7 +983,11 @@ impl App {
         let mut shown = 0;
         for record in self.history.visible() {
             shown += 1;
-            let over = crate::history::over(&record.transports);
+            let over = format!(
+                "{}{}",
+                crate::history::over(&record.transports),
+                crate::history::paths(&record.paths)
+            );
             let peer = match record.direction {
                 Direction::Send => format!("To {}{over}", printable(&record.peer)),
                 Direction::Receive => format!("From {}{over}", printable(&record.peer)),
@@ -1005,7 +1042,7 @@ impl App {
             Direction::Receive => ("Receiving", "from"),
         };
         let peer = printable(&t.peer);
-        let over = crate::history::over(t.transport.as_slice());
+        let over = crate::history::over_path(t.transport.as_slice(), t.path);
         let peer = format!("{peer}{over}");
         let headline = match &t.state {
             TransferState::Running => {
@@ -1124,7 +1161,10 @@ impl App {
                     if let Some(addr) = peer.addr {
                         status.push_str(&format!(" ({addr})"));
                     }
-                    status.push_str(&crate::history::over(peer.transport.as_slice()));
+                    status.push_str(&crate::history::over_path(
+                        peer.transport.as_slice(),
+                        peer.path.map(|p| p.kind),
+                    ));
                     if let Some(identity) = &peer.identity {
                         let how = if peer.accepted {
                             "accepted by you"
@@ -1157,6 +1197,19 @@ impl App {
                 (None, Plan::FindCode { nameplate }, _) => {
                     format!("Looking for the peer of code {nameplate}-… on this network…")
                 }
+                (None, Plan::Allocate { server }, _) => match &self.waiting_code {
+                    Some(code) => format!(
+                        "Waiting for the peer with code {}-… through the rendezvous {}",
+                        code.nameplate(),
+                        printable(server)
+                    ),
+                    None => format!("Opening a mailbox on the rendezvous {}…", printable(server)),
+                },
+                (None, Plan::Claim { server, code }, _) => format!(
+                    "Meeting the peer of code {}-… through the rendezvous {}…",
+                    code.nameplate(),
+                    printable(server)
+                ),
             },
         };
         let connected = self.peer().is_some();

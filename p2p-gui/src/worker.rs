@@ -27,6 +27,14 @@
 //! ([`p2p_core::reconnect::Reconnect`], the CLI's too): after a transient failure it
 //! connects again with backoff and sends the unfinished selection again under the same
 //! transfer id, so the receiver resumes it and only what is missing moves.
+//!
+//! With a rendezvous server (Settings, or `P2P_RENDEZVOUS`), a code reaches a peer on
+//! any network: the waiting side opens a mailbox there ([`Plan::Allocate`]) and makes
+//! its code from the mailbox' number, the side given the code joins it
+//! ([`Plan::Claim`]). The [`Endpoint::Rendezvous`] that results is served like any
+//! other connecting endpoint (reconnections included). Its path (lan, direct, relay)
+//! comes with [`WorkerEvent::Connected`] and each change of it as
+//! [`WorkerEvent::Path`]: it moves from the relay to a direct path mid-transfer.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -39,8 +47,13 @@ use std::time::Duration;
 use iced::futures::stream::{self, Stream, StreamExt};
 use p2p_core::discovery::{Beacon, DiscoveryConfig, PeerInfo};
 use p2p_core::fs::source::SourceManifest;
-use p2p_core::net::{Admitted, Endpoint, PeerIdentity, SecurityError, Transport, TransportChoice};
+use p2p_core::net::ice::Path;
+use p2p_core::net::traversal::Rendezvous;
+use p2p_core::net::{
+    Admitted, Code, Endpoint, PeerIdentity, SecurityError, Transport, TransportChoice,
+};
 use p2p_core::reconnect::Reconnect;
+use p2p_core::rendezvous::client::RendezvousError;
 use p2p_core::transport::Stream as ByteStream;
 use p2p_core::{
     Decision, EventSink, IncomingOffer, P2PSession, ReceiveOptions, SessionOptions, TransferEvent,
@@ -68,6 +81,13 @@ pub enum Plan {
     /// then connect to it as [`Plan::Connect`] does. The connection must prove the id
     /// its beacon announced.
     FindCode { nameplate: u16 },
+    /// Open a mailbox on the rendezvous `server` (`host:port`), make the code from its
+    /// number ([`WorkerEvent::Code`]) and wait there for the peer that knows it; then
+    /// serve the session as [`Plan::Connect`] does (this side accepts the connection).
+    Allocate { server: String },
+    /// Join the mailbox of `code` on the rendezvous `server` and connect to the peer
+    /// waiting there; then as [`Plan::Connect`].
+    Claim { server: String, code: Code },
 }
 
 /// How the worker receives and reconnects. The receive half can change while it runs
@@ -95,6 +115,11 @@ pub enum WorkerEvent {
     Note(String),
     /// The peer of a code was found on the local network; connecting to it.
     Found(PeerInfo),
+    /// The rendezvous opened a mailbox: this code (its first part the mailbox' number)
+    /// lets the peer in, from any network.
+    Code(Code),
+    /// The connection's path changed (a rendezvous connection: relay → direct).
+    Path(Path),
     /// A session is established with the device `identity` proved to be, over
     /// `transport`.
     Connected {
@@ -102,6 +127,9 @@ pub enum WorkerEvent {
         addr: Option<SocketAddr>,
         identity: Option<PeerIdentity>,
         transport: Option<Transport>,
+        /// The path it takes (lan, direct, relay), for a connection made through a
+        /// rendezvous; its changes follow as [`WorkerEvent::Path`].
+        path: Option<Path>,
         handle: SessionHandle,
     },
     /// The peer offers a transfer and waits for [`SessionHandle::decide`].
@@ -233,14 +261,32 @@ pub fn run(
             Plan::Listen { bind, nameplate } => {
                 listen(&bind, nameplate, &options, &state, discovery, &out).await
             }
-            Plan::Connect { addr } => connect(&addr, &options, &state, &out).await,
+            Plan::Connect { addr } => dial(&addr, &options, &state, &out).await,
             Plan::FindCode { nameplate } => match find(nameplate, discovery, &options).await {
                 Ok(peer) => {
                     let addr = peer.addr.to_string();
                     out.send(WorkerEvent::Found(peer));
-                    connect(&addr, &options, &state, &out).await
+                    dial(&addr, &options, &state, &out).await
                 }
                 Err(error) => Some(error),
+            },
+            Plan::Allocate { server } => match allocate(&server).await {
+                Ok((rendezvous, code)) => {
+                    // Clones of an admission share their state: the session's options
+                    // now let in the peer that proves this code.
+                    let _ = options.security.admission.clone().with_code(code.clone());
+                    out.send(WorkerEvent::Code(code));
+                    let endpoint = Endpoint::Rendezvous(Box::new(rendezvous));
+                    connect(&endpoint, &options, &state, &out).await
+                }
+                Err(error) => Some(error),
+            },
+            Plan::Claim { server, code } => match Rendezvous::claim(&server, &code).await {
+                Ok(rendezvous) => {
+                    let endpoint = Endpoint::Rendezvous(Box::new(rendezvous));
+                    connect(&endpoint, &options, &state, &out).await
+                }
+                Err(e) => Some(describe(&e)),
             },
         };
         out.send(WorkerEvent::Stopped { error });
@@ -312,17 +358,42 @@ async fn find(
     }
 }
 
-/// Connects, serves the session, and — with auto-reconnect — connects again after a
-/// transient failure. The first connection is not retried: a wrong address is
-/// reported at once. Returns the error that ended it, if any.
-async fn connect(
+/// Opens a mailbox on the rendezvous `server` and makes the code for it.
+async fn allocate(server: &str) -> Result<(Rendezvous, Code), String> {
+    let rendezvous = Rendezvous::allocate(server)
+        .await
+        .map_err(|e| describe(&e))?;
+    let nameplate = u16::try_from(rendezvous.nameplate()).map_err(|_| {
+        format!(
+            "the rendezvous server {server} gave mailbox number {}, too large for a code",
+            rendezvous.nameplate()
+        )
+    })?;
+    let code = Code::generate_on(nameplate);
+    rendezvous.set_code(code.clone()).await;
+    Ok((rendezvous, code))
+}
+
+/// [`connect`] to `addr` with the transports the Settings tab chose.
+async fn dial(
     addr: &str,
     options: &SessionOptions,
     state: &Shared,
     out: &Output,
 ) -> Option<String> {
     let transport = lock(state).policy.transport;
-    let endpoint = &Endpoint::dial_with(addr, transport);
+    connect(&Endpoint::dial_with(addr, transport), options, state, out).await
+}
+
+/// Connects through `endpoint`, serves the session, and — with auto-reconnect —
+/// connects again after a transient failure. The first connection is not retried: a
+/// wrong address is reported at once. Returns the error that ended it, if any.
+async fn connect(
+    endpoint: &Endpoint,
+    options: &SessionOptions,
+    state: &Shared,
+    out: &Output,
+) -> Option<String> {
     let mut first = match P2PSession::open(endpoint, options).await {
         Ok(session) => Some(session),
         Err(e) => return Some(describe(&e)),
@@ -360,6 +431,8 @@ async fn connect(
             },
         )
         .await;
+    // A QUIC close is sent by this process: let it leave before the endpoint goes.
+    endpoint.shut_down().await;
     match result {
         Ok(()) => None,
         Err(e) if reconnect.gave_up() => Some(format!(
@@ -462,12 +535,42 @@ pub fn describe(error: &p2p_core::Error) -> String {
             addr,
             source,
         } => connect_words(action, addr, source),
+        p2p_core::Error::Rendezvous(e) => rendezvous_words(e),
         p2p_core::Error::Security(SecurityError::NoQuicAnswer { addr }) => format!(
             "{} did not answer over QUIC (UDP): check that the other side is waiting, and \
              that this network lets UDP through — if it does not, choose TCP or Automatic \
              under Transport in Settings",
             addr.as_deref().unwrap_or("the peer")
         ),
+        other => other.to_string(),
+    }
+}
+
+/// A rendezvous failure, as a person would say it, with what to do about it.
+fn rendezvous_words(error: &RendezvousError) -> String {
+    match error {
+        RendezvousError::Unreachable { server, source } => {
+            let why = match source.kind() {
+                std::io::ErrorKind::ConnectionRefused => "nothing answers there".to_owned(),
+                _ if source.to_string().contains("failed to lookup address") => {
+                    "no such host".to_owned()
+                }
+                _ => source.to_string(),
+            };
+            format!(
+                "cannot reach the rendezvous server {server} ({why}): check the Rendezvous \
+                 server under Settings, or empty it to use codes on this network only"
+            )
+        }
+        RendezvousError::Timeout => format!(
+            "{error}: check the Rendezvous server under Settings, or empty it to use codes \
+             on this network only"
+        ),
+        RendezvousError::PeerLeft => "the other side left the rendezvous before the transfer \
+                                      could start: start again with a new code"
+            .to_owned(),
+        // The server's reason is escaped already ("no one is waiting on nameplate 7:
+        // check the code…").
         other => other.to_string(),
     }
 }
@@ -528,6 +631,10 @@ async fn serve<S: ByteStream>(
         cancelling: cancelling.clone(),
     };
     let identity = session.peer_identity().cloned();
+    // A rendezvous connection's path, and each change of it while the session lasts.
+    let mut path = session.path();
+    let now = path.as_mut().map(|p| *p.borrow_and_update());
+    let _following = path.map(|path| follow_path(path, out.clone()));
     // Nobody vouches for an unknown device: a person decides on each of its offers.
     let unknown = identity
         .as_ref()
@@ -537,6 +644,7 @@ async fn serve<S: ByteStream>(
         addr: session.peer_addr(),
         identity,
         transport: session.transport(),
+        path: now,
         handle: SessionHandle {
             commands,
             decisions,
@@ -660,6 +768,26 @@ async fn serve<S: ByteStream>(
         reason: result.as_ref().err().map(describe),
     });
     result
+}
+
+/// Aborts the task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Tells the window each change of the connection's path, until the session ends (the
+/// guard is dropped) or the connection goes.
+fn follow_path(mut path: tokio::sync::watch::Receiver<Path>, out: Output) -> AbortOnDrop {
+    AbortOnDrop(tokio::spawn(async move {
+        while path.changed().await.is_ok() {
+            let now = *path.borrow_and_update();
+            out.send(WorkerEvent::Path(now));
+        }
+    }))
 }
 
 /// How long a Cancel lets the running transfer tell the peer it stops (it sends

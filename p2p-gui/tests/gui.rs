@@ -2419,3 +2419,247 @@ async fn a_send_cancelled_over_quic_resumes_over_tcp_and_its_record_names_both()
         (Some(Transport::Tcp), 1)
     );
 }
+
+/// A rendezvous server (p2p-core's, the one `p2p-transfer rendezvous` runs) on
+/// 127.0.0.1, in this process; its `host:port`.
+async fn rendezvous_server() -> String {
+    use p2p_core::rendezvous::server::{Limits, Server, ServerConfig};
+    let server = Server::bind(ServerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        turn: None,
+        limits: Limits::default(),
+    })
+    .await
+    .unwrap();
+    let addr = server.local_addr().to_string();
+    tokio::spawn(server.run());
+    addr
+}
+
+/// A p2p-core receiver (a device of its own) that joins the mailbox of `code` on the
+/// rendezvous `server` and receives into `output` until the peer closes.
+fn rendezvous_receiver(
+    server: String,
+    code: Code,
+    output: PathBuf,
+) -> tokio::task::JoinHandle<p2p_core::Result<Vec<p2p_core::TransferSummary>>> {
+    tokio::spawn(async move {
+        let rendezvous = p2p_core::net::traversal::Rendezvous::claim(&server, &code).await?;
+        let endpoint = Endpoint::Rendezvous(Box::new(rendezvous));
+        let options = SessionOptions {
+            security: Security::new(
+                Identity::generate_shared(),
+                Admission::default().with_code(code),
+            )
+            .unwrap(),
+            ..SessionOptions::default()
+        };
+        let mut session = P2PSession::open(&endpoint, &options).await?;
+        let options = ReceiveOptions {
+            output_dir: output,
+            overwrite: false,
+        };
+        let received = session.run_event_loop(&options, &NoEvents).await;
+        endpoint.shut_down().await;
+        received
+    })
+}
+
+/// With a rendezvous server set, "Wait for the receiver" opens a mailbox there and
+/// shows the code made from its number; a p2p-core receiver that joins it gets the
+/// file byte-identical, and the window says the path (lan or direct) next to the
+/// transport, in the status line, the progress headline and the record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_code_through_a_rendezvous_sends_to_a_core_receiver_and_the_path_is_shown() {
+    let dir = tempfile::tempdir().unwrap();
+    let (inbox, config) = (dir.path().join("inbox"), dir.path().join("config"));
+    let file = dir.path().join("far-away.bin");
+    std::fs::write(&file, data(3 << 20, 41)).unwrap();
+    let server = rendezvous_server().await;
+
+    let mut h = Harness::new(Launch {
+        rendezvous: Some(server.clone()),
+        ..own_key(&config)
+    });
+    h.click("Send");
+    h.update(Message::Picked(vec![file.clone()]));
+    assert!(h.shows_part(&format!("Codes go through the rendezvous {server}")));
+    h.click("Wait for the receiver");
+    assert!(
+        h.shows(&format!("Opening a mailbox on the rendezvous {server}…")),
+        "status bar"
+    );
+    h.run_until("the code", |app| app.waiting_code.is_some())
+        .await;
+    let code = h.app.waiting_code.clone().unwrap();
+    assert!(h.shows(&code.to_string()), "the code, large");
+    assert!(h.shows(&format!(
+        "Waiting for the peer with code {}-… through the rendezvous {server}",
+        code.nameplate()
+    )));
+    // No local listener: the peer comes through the rendezvous.
+    assert!(h.app.worker.as_ref().unwrap().listening_on.is_none());
+
+    let receiver = rendezvous_receiver(server.clone(), code.clone(), inbox.clone());
+    h.run_until("the connection", |app| app.peer().is_some())
+        .await;
+    let peer = h.app.peer().unwrap();
+    assert_eq!(
+        peer.identity.as_ref().map(|i| i.admitted.clone()),
+        Some(Admitted::Code)
+    );
+    assert_eq!(peer.transport, Some(Transport::Quic));
+    let path = peer.path.expect("a rendezvous connection has a path");
+    let label = path.kind.label();
+    assert!(
+        label == "lan" || label == "direct",
+        "two processes on one machine, no relay configured: {path:?}"
+    );
+    assert_eq!(peer.addr, Some(path.addr));
+    assert!(
+        h.shows_part(&format!("over QUIC · {label} · device")),
+        "status line"
+    );
+
+    h.run_until("the file to be measured", |app| {
+        app.send_blocker().is_none()
+    })
+    .await;
+    h.click("Start sending");
+    h.run_until("the transfer to start", |app| app.transfer.is_some())
+        .await;
+    assert_eq!(h.app.transfer.as_ref().unwrap().path, Some(path.kind));
+    assert!(
+        h.shows_part("Sending 1 file to ") && h.shows_part(&format!("QUIC · {label}")),
+        "progress headline"
+    );
+    h.run_until("the record", |app| app.history.visible().next().is_some())
+        .await;
+    assert!(
+        h.shows_part(&format!("over QUIC · {label} in ")),
+        "done headline"
+    );
+    let record = h.app.history.visible().next().unwrap().clone();
+    assert_eq!(record.status, Status::Completed);
+    assert_eq!(record.paths, [path.kind], "{record:?}");
+    assert_eq!(sha256(&inbox.join("far-away.bin")), sha256(&file));
+    // History says it as `p2p-transfer history` does.
+    h.click("History");
+    assert!(
+        h.shows_part(&format!(" over QUIC ({label}): ")),
+        "history line"
+    );
+    // In the history file too, for the CLI to read.
+    h.run_until("the record written", |app| app.history_writes == 0)
+        .await;
+    let written = p2p_core::history::History::in_dir(&config.join("data"))
+        .load()
+        .unwrap();
+    assert_eq!(
+        written.records.last().map(|r| r.paths.clone()),
+        Some(vec![path.kind])
+    );
+
+    h.click("Connection");
+    h.click("Disconnect");
+    h.settle().await;
+    let received = receiver.await.unwrap().expect("the receiver ends cleanly");
+    assert_eq!(received.len(), 1);
+}
+
+/// The side given a code joins its mailbox on the rendezvous; a code nobody waits
+/// for, and a rendezvous that does not answer, are said in words.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rendezvous_failures_are_said_in_words() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = rendezvous_server().await;
+    let mut h = Harness::new(Launch {
+        rendezvous: Some(server.clone()),
+        ..own_key(&dir.path().join("config"))
+    });
+    h.click("Receive");
+    h.type_into("code", "42-guitar-orbit");
+    h.click("Connect to the sender");
+    h.run_until("the worker to stop", |app| app.worker.is_none())
+        .await;
+    let shown = format!("{:?}", h.app.notice);
+    assert!(
+        shown.contains("no one is waiting on nameplate 42: check the code"),
+        "{shown}"
+    );
+
+    // Nothing listens on this port (bound, then closed).
+    let closed = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().to_string()
+    };
+    let mut h = Harness::new(Launch {
+        rendezvous: Some(closed.clone()),
+        ..own_key(&dir.path().join("config2"))
+    });
+    h.click("Send");
+    h.click("Wait for the receiver");
+    h.run_until("the worker to stop", |app| app.worker.is_none())
+        .await;
+    let shown = format!("{:?}", h.app.notice);
+    assert!(
+        shown.contains(&format!(
+            "cannot reach the rendezvous server {closed} (nothing answers there)"
+        )),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("Rendezvous server under Settings"),
+        "{shown}"
+    );
+    assert!(h.shows_part("cannot reach the rendezvous server"));
+    assert_eq!(h.app.waiting_code, None);
+}
+
+/// The Settings tab's rendezvous field: a bad value is said under it and not saved; a
+/// good one is saved in settings.json and used by the next code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rendezvous_setting_is_checked_saved_and_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config");
+    let mut h = Harness::new(own_key(&config));
+    // Tall enough for the whole Settings tab (the field is near its end).
+    h.size = iced::Size::new(900.0, 1400.0);
+    h.click("Settings");
+    assert!(h.shows("Rendezvous server"));
+    assert!(
+        h.shows("Codes work across the internet through this server; empty: this network only.")
+    );
+    h.type_into("rendezvous", "rdv.example.net:");
+    assert!(
+        h.shows_part("is not a port"),
+        "{:?}",
+        h.app.form.rendezvous_error
+    );
+    // What was typed before the ':' was a host (the default port); the rest is not kept.
+    assert_eq!(
+        h.app.rendezvous_server().as_deref(),
+        Some("rdv.example.net:4000")
+    );
+    h.type_into("rendezvous", "4100");
+    assert_eq!(h.app.form.rendezvous_error, None);
+    assert_eq!(
+        h.app.rendezvous_server().as_deref(),
+        Some("rdv.example.net:4100")
+    );
+    let saved = p2p_core::settings::Settings::load(&config).unwrap();
+    assert_eq!(saved.rendezvous.as_deref(), Some("rdv.example.net:4100"));
+    // After a restart the field shows it, and the code panels say where codes go.
+    let mut h = Harness::new(own_key(&config));
+    h.size = iced::Size::new(900.0, 1400.0);
+    h.click("Settings");
+    assert!(h.shows("rdv.example.net:4100"));
+    h.click("Receive");
+    assert!(h.shows_part("Codes go through the rendezvous rdv.example.net:4100"));
+    // P2P_RENDEZVOUS (empty) turns it off for one run.
+    let h = Harness::new(Launch {
+        rendezvous: Some(String::new()),
+        ..own_key(&config)
+    });
+    assert_eq!(h.app.rendezvous_server(), None);
+}

@@ -210,3 +210,151 @@ fn the_gui_receives_a_file_sent_by_the_cli_under_xvfb() {
     );
     assert_eq!(sha256(&inbox.join("holiday.bin")), sha256(&file));
 }
+
+/// A code through a rendezvous, in a real window: `p2p-gui --code CODE` with
+/// `P2P_RENDEZVOUS` set joins the mailbox of a p2p-core sender (this process, as is the
+/// rendezvous server), receives its file byte-identical, and says the path next to the
+/// transport. The screen is saved as `CARGO_TARGET_TMPDIR/gui-rendezvous-path.png`
+/// while the session is still up, for a person to look at the status line.
+#[test]
+fn the_window_receives_through_a_rendezvous_and_shows_the_path_under_xvfb() {
+    use p2p_core::net::traversal::Rendezvous;
+    use p2p_core::net::{Admission, Code, Endpoint, Identity, Security};
+    use p2p_core::rendezvous::server::{Limits, Server, ServerConfig};
+    use p2p_core::{NoEvents, P2PSession, SessionOptions};
+
+    let Some(xvfb) = on_path("Xvfb") else {
+        assert!(
+            !in_ci(),
+            "CI=true but Xvfb is not installed: .ci/run must install xvfb"
+        );
+        eprintln!("skipping: Xvfb is not installed (apt-get install xvfb to run this test)");
+        return;
+    };
+    let import = on_path("import");
+    let dir = tempfile::tempdir().unwrap();
+    let (inbox, config) = (dir.path().join("inbox"), dir.path().join("config"));
+    let file = dir.path().join("from-afar.bin");
+    std::fs::write(&file, data(4 << 20, 13)).unwrap();
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let server = runtime
+        .block_on(Server::bind(ServerConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            turn: None,
+            limits: Limits::default(),
+        }))
+        .unwrap();
+    let server_addr = server.local_addr().to_string();
+    runtime.spawn(server.run());
+    // The sender opens a mailbox and waits there with the code made from its number;
+    // it keeps the session open until `done` (the screenshot is taken).
+    let (rendezvous, code) = runtime.block_on(async {
+        let rendezvous = Rendezvous::allocate(&server_addr).await.unwrap();
+        let code = Code::generate_on(u16::try_from(rendezvous.nameplate()).unwrap());
+        rendezvous.set_code(code.clone()).await;
+        (rendezvous, code)
+    });
+    let (done, until_done) = tokio::sync::oneshot::channel::<()>();
+    let sender = {
+        let (code, file) = (code.clone(), file.clone());
+        runtime.spawn(async move {
+            let endpoint: Endpoint = Endpoint::Rendezvous(Box::new(rendezvous));
+            let options = SessionOptions {
+                security: Security::new(
+                    Identity::generate_shared(),
+                    Admission::default().with_code(code),
+                )
+                .unwrap(),
+                ..SessionOptions::default()
+            };
+            let mut session = P2PSession::open(&endpoint, &options).await?;
+            session.send(&[file], &NoEvents).await?;
+            let _ = until_done.await;
+            let closed: p2p_core::Result<()> = session.close().await;
+            closed?;
+            endpoint.shut_down().await;
+            Ok::<(), p2p_core::Error>(())
+        })
+    };
+
+    let (_xvfb, display) = start_xvfb(&xvfb);
+    let mut gui = Command::new(env!("CARGO_BIN_EXE_p2p-gui"))
+        .args([
+            "--code",
+            &code.to_string(),
+            "--auto-accept",
+            "--tab",
+            "receive",
+        ])
+        .args(["--theme", "light", "--no-find-peers"])
+        .arg("--output")
+        .arg(&inbox)
+        .env("DISPLAY", &display)
+        .env_remove("WAYLAND_DISPLAY")
+        .env("P2P_RENDEZVOUS", &server_addr)
+        .env("P2P_TRANSFER_CONFIG_DIR", &config)
+        .env("P2P_TRANSFER_DATA_DIR", dir.path().join("data"))
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start p2p-gui");
+    let stderr = gui.stderr.take().expect("p2p-gui stderr");
+    let _gui = Running(gui);
+    let (lines_tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    let mut wait_for = |prefix: &str| loop {
+        match lines.recv_timeout(WAIT) {
+            Ok(line) => {
+                seen.push(line.clone());
+                if line.starts_with(prefix) {
+                    break line;
+                }
+            }
+            Err(e) => panic!("p2p-gui never said {prefix:?} ({e}); it said: {seen:#?}"),
+        }
+    };
+    let connected = wait_for("connected to ");
+    // Two processes on one machine, no relay configured: a host pair.
+    assert!(
+        connected.contains(" over QUIC · lan") || connected.contains(" over QUIC · direct"),
+        "{connected}"
+    );
+    let finished = wait_for("finished: 1 file(s), 4194304 bytes");
+    assert_eq!(sha256(&inbox.join("from-afar.bin")), sha256(&file));
+
+    // The screen while the session is up: the status line names the path.
+    let shot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("gui-rendezvous-path.png");
+    match import {
+        Some(import) => {
+            // A moment for the window to draw the last frame (as scripts/screenshots.sh).
+            std::thread::sleep(Duration::from_secs(1));
+            let status = Command::new(import)
+                .args(["-window", "root"])
+                .arg(&shot)
+                .env("DISPLAY", &display)
+                .status()
+                .expect("run import");
+            assert!(status.success(), "import failed: {status}");
+            let png = std::fs::read(&shot).unwrap();
+            assert!(
+                png.starts_with(b"\x89PNG") && png.len() > 10_000,
+                "{}",
+                png.len()
+            );
+            eprintln!("screenshot: {} ({finished})", shot.display());
+        }
+        None => eprintln!("no screenshot: ImageMagick's import is not installed"),
+    }
+    let _ = done.send(());
+    runtime
+        .block_on(sender)
+        .unwrap()
+        .expect("the sender ends cleanly");
+}
