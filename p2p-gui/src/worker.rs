@@ -549,13 +549,13 @@ pub fn describe(error: &p2p_core::Error) -> String {
 /// A rendezvous failure, as a person would say it, with what to do about it.
 fn rendezvous_words(error: &RendezvousError) -> String {
     match error {
-        RendezvousError::Unreachable { server, source } => {
-            let why = match source.kind() {
+        RendezvousError::Unreachable { server, why: cause } => {
+            let why = match cause.kind() {
                 std::io::ErrorKind::ConnectionRefused => "nothing answers there".to_owned(),
-                _ if source.to_string().contains("failed to lookup address") => {
+                _ if cause.to_string().contains("failed to lookup address") => {
                     "no such host".to_owned()
                 }
-                _ => source.to_string(),
+                _ => p2p_core::error::os_words(cause),
             };
             format!(
                 "cannot reach the rendezvous server {server} ({why}): check the Rendezvous \

@@ -297,17 +297,23 @@ async fn open_quic(
     allocator: bool,
     security: &Security,
 ) -> Result<Connection<PeerStream>> {
-    let until = tokio::time::Instant::now() + super::SECURE_TIMEOUT;
-    let handshake = async {
-        if allocator {
-            let incoming = established
+    // The waiting side waits for the peer's connection as a listener does (a
+    // reconnecting peer may take a while); the handshake itself is bounded.
+    let incoming = match allocator {
+        true => Some(
+            established
                 .endpoint
                 .accept()
                 .await
-                .ok_or(SecurityError::Closed)?;
-            quic::accept(incoming, security).await
-        } else {
-            quic::connect_on(&established.endpoint, VIRTUAL_PEER, security).await
+                .ok_or(SecurityError::Closed)?,
+        ),
+        false => None,
+    };
+    let until = tokio::time::Instant::now() + super::SECURE_TIMEOUT;
+    let handshake = async {
+        match incoming {
+            Some(incoming) => quic::accept(incoming, security).await,
+            None => quic::connect_on(&established.endpoint, VIRTUAL_PEER, security).await,
         }
     };
     let (stream, channel): (QuicStream, _) = tokio::time::timeout_at(until, handshake)
