@@ -46,12 +46,21 @@ table inet p2p_upnp {
 }
 "#;
 
-fn miniupnpd_config(dir: &Path) -> String {
+/// What the router offers.
+#[derive(Clone, Copy, PartialEq)]
+enum Offers {
+    /// PCP, NAT-PMP and UPnP IGD (the client's PCP request wins the race).
+    All,
+    /// UPnP IGD only.
+    UpnpOnly,
+}
+
+fn miniupnpd_config(dir: &Path, offers: Offers) -> String {
     format!(
         "ext_ifname=wan\n\
          listening_ip=lan\n\
          http_port=0\n\
-         enable_natpmp=yes\n\
+         enable_natpmp={}\n\
          enable_upnp=yes\n\
          secure_mode=yes\n\
          system_uptime=yes\n\
@@ -64,6 +73,7 @@ fn miniupnpd_config(dir: &Path) -> String {
          uuid=8d0a7bde-3f53-4c9e-a5a1-6e2d1c1b7f10\n\
          allow 1024-65535 10.200.1.0/24 1024-65535\n\
          deny 0-65535 0.0.0.0/0 0-65535\n",
+        if offers == Offers::All { "yes" } else { "no" },
         dir.join("upnp.leases").display()
     )
 }
@@ -78,7 +88,7 @@ fn ok(command: &mut Command) {
 }
 
 /// Starts miniupnpd in rt1 (NAT-PMP/PCP and UPnP on the LAN side, nftables backend).
-fn start_miniupnpd(lab: &Lab, dir: &Path) -> Spawned {
+fn start_miniupnpd(lab: &Lab, dir: &Path, offers: Offers) -> Spawned {
     ok(lab
         .command("rt1", "ip")
         .args(["addr", "add", &format!("{PUBLIC_IP}/32"), "dev", "wan"]));
@@ -93,7 +103,7 @@ fn start_miniupnpd(lab: &Lab, dir: &Path) -> Spawned {
     std::fs::write(&init, NFT_INIT).expect("nft file");
     ok(lab.command("rt1", "nft").arg("-f").arg(&init));
     let config = dir.join("miniupnpd.conf");
-    std::fs::write(&config, miniupnpd_config(dir)).expect("config");
+    std::fs::write(&config, miniupnpd_config(dir, offers)).expect("config");
     let log = dir.join("miniupnpd.log");
     let child = lab
         .command("rt1", MINIUPNPD)
@@ -109,7 +119,7 @@ fn start_miniupnpd(lab: &Lab, dir: &Path) -> Spawned {
     // -d logs to stderr.
     wait_for_text(
         &dir.join("miniupnpd.err"),
-        "Listening for NAT-PMP/PCP traffic",
+        "HTTP listening on port",
         Duration::from_secs(10),
     );
     daemon
@@ -142,8 +152,31 @@ fn rendezvous(lab: &Lab, dir: &Path) -> Spawned {
     spawned
 }
 
+/// The port forwardings miniupnpd holds in rt1 (its DNAT rules).
+fn forwardings(lab: &Lab) -> Vec<String> {
+    let output = run(
+        lab.command("rt1", "nft")
+            .args(["list", "chain", "inet", "p2p_upnp", "upnp_prerouting"]),
+        Duration::from_secs(10),
+    );
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter(|l| l.contains("dnat"))
+        .map(|l| l.trim().to_owned())
+        .collect()
+}
+
 #[test]
 fn a_port_mapped_by_the_router_gives_two_symmetric_nats_a_direct_path() {
+    transfer_through_a_mapping(Offers::All, "PCP");
+}
+
+#[test]
+fn a_upnp_igd_mapping_gives_two_symmetric_nats_a_direct_path() {
+    transfer_through_a_mapping(Offers::UpnpOnly, "UPnP IGD");
+}
+
+fn transfer_through_a_mapping(offers: Offers, protocol: &str) {
     if !Path::new(MINIUPNPD).exists() {
         assert!(
             !in_ci(),
@@ -157,7 +190,7 @@ fn a_port_mapped_by_the_router_gives_two_symmetric_nats_a_direct_path() {
     };
     let dir = lab.state_dir().join("portmap");
     std::fs::create_dir_all(dir.join("out")).expect("dirs");
-    let _miniupnpd = start_miniupnpd(&lab, &dir);
+    let _miniupnpd = start_miniupnpd(&lab, &dir, offers);
     let _rendezvous = rendezvous(&lab, &dir);
     let server = format!("{RENDEZVOUS_IP}:4000");
 
@@ -212,9 +245,10 @@ fn a_port_mapped_by_the_router_gives_two_symmetric_nats_a_direct_path() {
         .lines()
         .find(|l| l.contains("port mapped through"))
         .unwrap_or("(no mapping)");
-    eprintln!("natlab portmap: {mapped}; receiver's paths {paths:?}");
+    let left = forwardings(&lab);
+    eprintln!("natlab portmap: {mapped}; receiver's paths {paths:?}; left on rt1: {left:?}");
     assert!(
-        mapped.contains(&format!("{PUBLIC_IP}:")),
+        mapped.contains(&format!("through {protocol}: {PUBLIC_IP}:")),
         "h1 got no port mapping from miniupnpd:\n{sender_text}"
     );
     assert_eq!(
@@ -222,4 +256,6 @@ fn a_port_mapped_by_the_router_gives_two_symmetric_nats_a_direct_path() {
         Some("direct"),
         "{paths:?}\nsender: {sender_text}"
     );
+    // The sender removed its mapping before it ended.
+    assert_eq!(left, Vec::<String>::new(), "sender: {sender_text}");
 }

@@ -72,7 +72,19 @@ pub struct Mapping {
     /// How it was made.
     pub protocol: Protocol,
     /// Dropped with the mapping: tells the keeper to remove it.
-    _release: oneshot::Sender<()>,
+    release: Option<oneshot::Sender<()>>,
+    keeper: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Mapping {
+    /// Removes the mapping from the router now, waiting for that (bounded). Dropping a
+    /// mapping removes it too, but in the background: a process about to end calls this.
+    pub async fn release(mut self) {
+        drop(self.release.take());
+        if let Some(keeper) = self.keeper.take() {
+            let _ = tokio::time::timeout(REMOVE_WAIT, keeper).await;
+        }
+    }
 }
 
 /// Whether [`NO_PORTMAP_ENV`] turns port mapping off.
@@ -147,11 +159,12 @@ async fn map_udp_at(target: &Target, local_port: u16, lifetime: Duration) -> Opt
     let (external, protocol, held) = tokio::time::timeout(MAP_WAIT, work).await.ok()??;
     tracing::info!("port mapped through {protocol}: {external} -> local port {local_port}");
     let (release, released) = oneshot::channel();
-    tokio::spawn(keep(held, released));
+    let keeper = tokio::spawn(keep(held, released));
     Some(Mapping {
         external,
         protocol,
-        _release: release,
+        release: Some(release),
+        keeper: Some(keeper),
     })
 }
 

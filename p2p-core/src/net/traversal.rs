@@ -206,7 +206,8 @@ struct Established {
     path: watch::Receiver<Path>,
     _punching: tokio::task::JoinHandle<()>,
     _turn: Option<TurnClient>,
-    _portmap: Option<Mapping>,
+    /// The port the router forwards, removed at [`Rendezvous::shut_down`] (or on drop).
+    portmap: std::sync::Mutex<Option<Mapping>>,
 }
 
 impl Rendezvous {
@@ -287,14 +288,25 @@ impl Rendezvous {
         open_quic(&established, self.allocator, security).await
     }
 
-    /// Closes the QUIC endpoint, giving its last packets a moment to leave.
+    /// Closes the QUIC endpoint, giving its last packets a moment to leave, and removes
+    /// the port mapping from the router meanwhile.
     pub async fn shut_down(&self) {
         if let State::Connected(established) = &*self.state.lock().await {
-            let _ = tokio::time::timeout(
+            let mapping = established
+                .portmap
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take();
+            let release = async {
+                if let Some(mapping) = mapping {
+                    mapping.release().await;
+                }
+            };
+            let flush = tokio::time::timeout(
                 super::endpoint::CLOSE_FLUSH,
                 established.endpoint.wait_idle(),
-            )
-            .await;
+            );
+            let _ = tokio::join!(flush, release);
         }
     }
 }
@@ -681,7 +693,7 @@ async fn exchange(
         path: path_rx,
         _punching: punching,
         _turn: turn,
-        _portmap: portmap,
+        portmap: std::sync::Mutex::new(portmap),
     })
 }
 
