@@ -432,12 +432,14 @@ impl Shared {
                             let _ = tx.send(canonical(addr));
                         }
                     }
-                    Some(Waiter::Check(sent_via, to)) => {
-                        if key.is_some_and(|k| verify(bytes, &k)) && to == from && sent_via == via {
-                            let _ = self.events.try_send(CheckEvent::Valid(via, from));
-                        }
+                    Some(Waiter::Check(sent_via, to))
+                        if key.is_some_and(|k| verify(bytes, &k))
+                            && to == from
+                            && sent_via == via =>
+                    {
+                        let _ = self.events.try_send(CheckEvent::Valid(via, from));
                     }
-                    None => {}
+                    _ => {}
                 }
             }
             _ => {}
