@@ -13,6 +13,7 @@ mod lab;
 mod lan;
 mod loopback;
 mod nat;
+mod portmap;
 mod punch;
 mod traversal;
 mod wan;

@@ -52,6 +52,9 @@ pub enum CandidateKind {
     ServerReflexive,
     /// 2 — an address allocated on a TURN server.
     Relayed,
+    /// 3 — a port the host's router forwards to it (PCP, NAT-PMP or UPnP IGD:
+    /// [`super::portmap`]); reachable from anywhere.
+    PortMapped,
 }
 
 /// One address the peer may reach this side at.

@@ -25,6 +25,7 @@ pub mod endpoint;
 pub mod ice;
 pub mod identity;
 pub mod mux;
+pub mod portmap;
 pub mod quic;
 pub mod stream;
 pub mod tcp;

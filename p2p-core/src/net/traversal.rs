@@ -39,6 +39,7 @@ use tokio::sync::{watch, Mutex};
 
 use super::ice::{self, Candidate, CandidateKind, CheckEvent, Path, PathKind, Stun, Via};
 use super::mux::{MuxSocket, Route, VIRTUAL_PEER};
+use super::portmap::{self, Mapping};
 use super::quic::{self, QuicStream};
 use super::{Code, Connection, DeviceId, PeerStream, Security, SecurityError, Transport};
 use crate::error::{Error, Result};
@@ -59,6 +60,12 @@ const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(20);
 const GATHER_TIMEOUT: Duration = Duration::from_millis(1500);
 /// How long a TURN allocation over UDP may take before TCP is tried.
 const TURN_UDP_WAIT: Duration = Duration::from_millis(1500);
+/// How long a port mapping asked for while gathering lives (renewed while held).
+const PORTMAP_LIFETIME: Duration = Duration::from_secs(600);
+/// How much longer than STUN and TURN the port mapping may take while gathering (never
+/// more than [`portmap::MAP_WAIT`] in all): a router that maps answers within
+/// milliseconds, and a network without one must not slow the connection down.
+const PORTMAP_GRACE: Duration = Duration::from_millis(250);
 /// SPAKE2 identity of the rendezvous exchange (differs from admission's).
 const SPAKE2_IDENTITY: &[u8] = b"p2p-transfer/2 rendezvous";
 /// Environment variable: delays this side's first probe (the lab's skew), in ms.
@@ -199,6 +206,8 @@ struct Established {
     path: watch::Receiver<Path>,
     _punching: tokio::task::JoinHandle<()>,
     _turn: Option<TurnClient>,
+    /// The port the router forwards, removed at [`Rendezvous::shut_down`] (or on drop).
+    portmap: std::sync::Mutex<Option<Mapping>>,
 }
 
 impl Rendezvous {
@@ -279,14 +288,25 @@ impl Rendezvous {
         open_quic(&established, self.allocator, security).await
     }
 
-    /// Closes the QUIC endpoint, giving its last packets a moment to leave.
+    /// Closes the QUIC endpoint, giving its last packets a moment to leave, and removes
+    /// the port mapping from the router meanwhile.
     pub async fn shut_down(&self) {
         if let State::Connected(established) = &*self.state.lock().await {
-            let _ = tokio::time::timeout(
+            let mapping = established
+                .portmap
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take();
+            let release = async {
+                if let Some(mapping) = mapping {
+                    mapping.release().await;
+                }
+            };
+            let flush = tokio::time::timeout(
                 super::endpoint::CLOSE_FLUSH,
                 established.endpoint.wait_idle(),
-            )
-            .await;
+            );
+            let _ = tokio::join!(flush, release);
         }
     }
 }
@@ -450,7 +470,30 @@ async fn exchange(
             }
         }
     };
-    let ((reflexive, second), mut turn) = tokio::join!(reflexive, relay);
+    // A port the router forwards (PCP, NAT-PMP, UPnP IGD), not when the rendezvous is on
+    // this host (a peer that meets us there shares it; and tests must not touch the
+    // host's router) or with P2P_NO_PORTMAP=1.
+    let (gathered, gathered_rx) = tokio::sync::oneshot::channel::<()>();
+    let stun_and_turn = async {
+        let done = tokio::join!(reflexive, relay);
+        let _ = gathered.send(());
+        done
+    };
+    let mapped = async {
+        if stun_server.ip().is_loopback() {
+            return None;
+        }
+        let map = portmap::map_udp(port, PORTMAP_LIFETIME);
+        tokio::pin!(map);
+        tokio::select! {
+            mapping = &mut map => mapping,
+            _ = async {
+                let _ = gathered_rx.await;
+                tokio::time::sleep(PORTMAP_GRACE).await;
+            } => None,
+        }
+    };
+    let (((reflexive, second), mut turn), portmap) = tokio::join!(stun_and_turn, mapped);
     let symmetric = matches!((reflexive, second), (Some(a), Some(b)) if a != b);
     if symmetric {
         tracing::info!("this side's NAT is symmetric ({reflexive:?} vs {second:?})");
@@ -459,6 +502,12 @@ async fn exchange(
         candidates.push(Candidate {
             kind: CandidateKind::ServerReflexive,
             addr,
+        });
+    }
+    if let Some(mapping) = &portmap {
+        candidates.push(Candidate {
+            kind: CandidateKind::PortMapped,
+            addr: mapping.external,
         });
     }
     if let Some(turn) = &turn {
@@ -586,8 +635,12 @@ async fn exchange(
             list.iter()
                 .any(|c| c.kind == CandidateKind::ServerReflexive)
         };
-        let hopeless =
-            !has_reflexive(&candidates) || !has_reflexive(&remote) || (symmetric && peer_symmetric);
+        // A port-mapped candidate on either side is reachable whatever the NATs do.
+        let mapped = |list: &[Candidate]| list.iter().any(|c| c.kind == CandidateKind::PortMapped);
+        let hopeless = !(mapped(&candidates) || mapped(&remote))
+            && (!has_reflexive(&candidates)
+                || !has_reflexive(&remote)
+                || (symmetric && peer_symmetric));
         let wait = if hopeless { LAN_WAIT } else { DIRECT_WAIT };
         tokio::time::timeout(wait, punch.until_valid(&mut events))
             .await
@@ -646,6 +699,7 @@ async fn exchange(
         path: path_rx,
         _punching: punching,
         _turn: turn,
+        portmap: std::sync::Mutex::new(portmap),
     })
 }
 
