@@ -371,34 +371,49 @@ async fn recv(mailbox: &mut Mailbox, limit: Option<Duration>) -> Result<Vec<u8>>
     }
 }
 
-/// The whole exchange, up to a QUIC endpoint on a chosen path.
+/// What the environment asks of the path (tests and the NAT lab).
+#[derive(Debug, Default)]
+struct Overrides {
+    /// `P2P_PATH=relay`: the relay only, no checks.
+    relay_only: bool,
+    /// `P2P_PATH=direct`: never the relay.
+    direct_only: bool,
+    /// `P2P_PUNCH_DELAY_MS`: this side primes that much later (the lab's skew).
+    punch_delay: Option<Duration>,
+    /// `P2P_DIRECT_AFTER_MS`: start on the relay, check only after that long.
+    direct_after: Option<Duration>,
+}
+
+impl Overrides {
+    fn from_env() -> Self {
+        let ms = |name: &str, cap: u64| {
+            std::env::var(name)
+                .ok()
+                .and_then(|v| v.parse::<u64>().ok())
+                .map(|ms| Duration::from_millis(ms.min(cap)))
+        };
+        let path = std::env::var(PATH_ENV).unwrap_or_default();
+        Overrides {
+            relay_only: path == "relay",
+            direct_only: path == "direct",
+            punch_delay: ms(PUNCH_DELAY_ENV, 60_000),
+            direct_after: ms(DIRECT_AFTER_ENV, 600_000),
+        }
+    }
+}
+
+/// The whole exchange (protocol.md §8), up to a QUIC endpoint on a chosen path.
 async fn exchange(
     mut mailbox: Mailbox,
     code: &Code,
     allocator: bool,
     security: &Security,
 ) -> Result<Established> {
-    // 1. SPAKE2 through the mailbox.
-    let (spake, message) = Spake2::<Ed25519Group>::start_symmetric(
-        &Password::new(code.password()),
-        &SpakeIdentity::new(SPAKE2_IDENTITY),
-    );
-    let mut first = vec![KIND_PAKE];
-    first.extend_from_slice(&message);
-    send(&mut mailbox, &first).await?;
-    // The allocating side waits here for the person on the other side to type the code.
-    let theirs = recv(&mut mailbox, None).await?;
-    let key = match theirs.split_first() {
-        Some((&KIND_PAKE, msg)) => spake.finish(msg).map_err(|_| SecurityError::WrongCode)?,
-        _ => {
-            return Err(Error::protocol(
-                "the rendezvous peer did not start with SPAKE2",
-            ))
-        }
-    };
-    let mut keys = Keys::new(&key, allocator);
+    let overrides = Overrides::from_env();
+    let mut keys = pake(&mut mailbox, code, allocator).await?;
 
-    // 2. Gather on the socket QUIC will use.
+    // The socket QUIC will use, and QUIC's endpoint on it from the start: its driver
+    // is what reads the socket (and hands STUN to the inbox).
     let local = |e| Error::Connect {
         action: "open a UDP socket on",
         addr: "0.0.0.0:0".into(),
@@ -407,8 +422,6 @@ async fn exchange(
     let socket = quic::udp_socket((std::net::Ipv4Addr::UNSPECIFIED, 0).into()).map_err(local)?;
     let (mux, inbox) = MuxSocket::new(socket).map_err(local)?;
     let (stun, mut events) = Stun::start(mux.clone(), inbox);
-    // The QUIC endpoint from the start: its driver is what reads the socket (and hands
-    // STUN to the inbox).
     let endpoint = quinn::Endpoint::new_with_abstract_socket(
         quinn::EndpointConfig::default(),
         if allocator {
@@ -421,17 +434,174 @@ async fn exchange(
     )
     .map_err(local)?;
     let port = mux.local_port().map_err(local)?;
+    let Gathered {
+        candidates,
+        symmetric,
+        mut turn,
+        portmap,
+    } = gather(&stun, port, mailbox.server_addr(), mailbox.turn().cloned()).await;
+
+    let offer = Sealed::Offer {
+        device_id: security.device_id().to_string(),
+        candidates: candidates.clone(),
+        symmetric,
+    };
+    let peer = swap_offers(&mut mailbox, &mut keys, &offer).await?;
+    // The TLS connection must come from the device that proved the code here.
+    security.admission.expect(Some(peer.device_id));
+    stun.set_key(keys.check);
+    if let Some(turn) = turn.as_mut() {
+        attach_relay(turn, &peer.candidates, &mux).await;
+    }
+
+    // Prime, tell the peer, wait for its word (protocol.md §8.3).
+    let (targets, spray_to) = plan_checks(&stun, symmetric, &peer, &overrides);
+    if let Some(delay) = overrides.punch_delay {
+        tokio::time::sleep(delay).await;
+    }
+    if !overrides.relay_only {
+        for (via, target) in &targets {
+            for _ in 0..2 {
+                stun.check_via(*via, *target, Some(ice::PRIME_TTL));
+            }
+        }
+    }
+    send(&mut mailbox, &keys.seal(&Sealed::Primed)).await?;
+    match keys.open(&recv(&mut mailbox, Some(EXCHANGE_TIMEOUT)).await?) {
+        Some(Sealed::Primed) => {}
+        _ => return Err(Error::protocol("the rendezvous peer broke the exchange")),
+    }
+    drop(mailbox);
+
+    // A direct path within DIRECT_WAIT, else the relay while checks go on.
+    let relay = relay_route(&candidates, &peer.candidates, turn.is_some());
+    let (path_tx, path_rx) = watch::channel(Path {
+        kind: PathKind::Relay,
+        addr: relay.as_ref().map(|(_, a)| *a).unwrap_or(VIRTUAL_PEER),
+    });
+    let mut punch = Punch {
+        stun: stun.clone(),
+        mux: mux.clone(),
+        targets,
+        remote: peer.candidates.clone(),
+        path: path_tx,
+        spray_to,
+        sprayed: 0,
+        reached: Default::default(),
+    };
+    let direct = if overrides.relay_only || overrides.direct_after.is_some() {
+        None
+    } else {
+        let wait = match hopeless(&candidates, &peer.candidates, symmetric, peer.symmetric) {
+            true => LAN_WAIT,
+            false => DIRECT_WAIT,
+        };
+        tokio::time::timeout(wait, punch.until_valid(&mut events))
+            .await
+            .ok()
+            .flatten()
+    };
+    let punching = match direct {
+        Some((via, addr)) => {
+            punch.go_direct(via, addr);
+            // The peer may still be checking: keep answering (the STUN service does)
+            // and re-checking for a while.
+            tokio::spawn(async move {
+                punch
+                    .keep_checking(&mut events, Duration::from_secs(5))
+                    .await
+            })
+        }
+        None => {
+            let Some((route, addr)) = relay.filter(|_| !overrides.direct_only) else {
+                return Err(Error::Security(SecurityError::NoQuicAnswer {
+                    addr: Some(format!(
+                        "the peer (no direct path within {} ms, and no relay{})",
+                        DIRECT_WAIT.as_millis(),
+                        if turn.is_none() {
+                            ": the rendezvous offers none, or it failed"
+                        } else {
+                            ""
+                        }
+                    )),
+                }));
+            };
+            mux.set_route(route);
+            tracing::info!("no direct path yet: starting over the relay ({addr})");
+            tokio::spawn(async move {
+                if overrides.relay_only {
+                    return;
+                }
+                if let Some(delay) = overrides.direct_after {
+                    tokio::time::sleep(delay).await;
+                    // Checks the peer sent meanwhile were answered; start afresh.
+                    while events.try_recv().is_ok() {}
+                }
+                if let Some((via, addr)) = punch.until_valid_for(&mut events, PUNCH_FOR).await {
+                    punch.go_direct(via, addr);
+                    punch
+                        .keep_checking(&mut events, Duration::from_secs(5))
+                        .await;
+                }
+            })
+        }
+    };
+
+    Ok(Established {
+        endpoint,
+        path: path_rx,
+        _punching: punching,
+        _turn: turn,
+        portmap: std::sync::Mutex::new(portmap),
+    })
+}
+
+/// SPAKE2 through the mailbox (protocol.md §8.1): the keys of this exchange.
+async fn pake(mailbox: &mut Mailbox, code: &Code, allocator: bool) -> Result<Keys> {
+    let (spake, message) = Spake2::<Ed25519Group>::start_symmetric(
+        &Password::new(code.password()),
+        &SpakeIdentity::new(SPAKE2_IDENTITY),
+    );
+    let mut first = vec![KIND_PAKE];
+    first.extend_from_slice(&message);
+    send(mailbox, &first).await?;
+    // The allocating side waits here for the person on the other side to type the code.
+    let theirs = recv(mailbox, None).await?;
+    let key = match theirs.split_first() {
+        Some((&KIND_PAKE, msg)) => spake.finish(msg).map_err(|_| SecurityError::WrongCode)?,
+        _ => {
+            return Err(Error::protocol(
+                "the rendezvous peer did not start with SPAKE2",
+            ))
+        }
+    };
+    Ok(Keys::new(&key, allocator))
+}
+
+/// This side's candidates, and what gathering them left to keep.
+struct Gathered {
+    candidates: Vec<Candidate>,
+    /// Two servers saw the mux socket at different ports.
+    symmetric: bool,
+    turn: Option<TurnClient>,
+    portmap: Option<portmap::Mapping>,
+}
+
+/// Gathers on the mux socket (bound to `port`): host addresses, the reflexive address
+/// from the rendezvous' STUN (and the TURN server's, to tell a symmetric NAT), a TURN
+/// allocation (UDP, else TCP), a port the router maps — all at once.
+async fn gather(
+    stun: &Stun,
+    port: u16,
+    stun_server: SocketAddr,
+    turn_grant: Option<crate::rendezvous::protocol::TurnGrant>,
+) -> Gathered {
     let mut candidates = ice::host_candidates(port, false);
-    let stun_server = mailbox.server_addr();
-    let turn_grant = mailbox.turn().cloned();
-    let turn_server = match &turn_grant {
-        Some(grant) => match grant.servers.first() {
-            Some(s) => tokio::net::lookup_host(s.as_str())
-                .await
-                .ok()
-                .and_then(|mut a| a.find(SocketAddr::is_ipv4)),
-            None => None,
-        },
+    let turn_server = match turn_grant.as_ref().and_then(|g| g.servers.first()) {
+        Some(s) => tokio::net::lookup_host(s.as_str())
+            .await
+            .ok()
+            .and_then(|mut a| a.find(SocketAddr::is_ipv4)),
         None => None,
     };
     // The mapping seen by two servers: different ports mean a symmetric NAT.
@@ -472,7 +642,7 @@ async fn exchange(
     };
     // A port the router forwards (PCP, NAT-PMP, UPnP IGD), not when the rendezvous is on
     // this host (a peer that meets us there shares it; and tests must not touch the
-    // host's router) or with P2P_NO_PORTMAP=1.
+    // host's router) or with P2P_NO_PORTMAP=1; at most PORTMAP_GRACE past the rest.
     let (gathered, gathered_rx) = tokio::sync::oneshot::channel::<()>();
     let stun_and_turn = async {
         let done = tokio::join!(reflexive, relay);
@@ -493,214 +663,125 @@ async fn exchange(
             } => None,
         }
     };
-    let (((reflexive, second), mut turn), portmap) = tokio::join!(stun_and_turn, mapped);
+    let (((reflexive, second), turn), portmap) = tokio::join!(stun_and_turn, mapped);
     let symmetric = matches!((reflexive, second), (Some(a), Some(b)) if a != b);
     if symmetric {
         tracing::info!("this side's NAT is symmetric ({reflexive:?} vs {second:?})");
     }
+    let mut add = |kind, addr| candidates.push(Candidate { kind, addr });
     if let Some(addr) = reflexive {
-        candidates.push(Candidate {
-            kind: CandidateKind::ServerReflexive,
-            addr,
-        });
+        add(CandidateKind::ServerReflexive, addr);
     }
     if let Some(mapping) = &portmap {
-        candidates.push(Candidate {
-            kind: CandidateKind::PortMapped,
-            addr: mapping.external,
-        });
+        add(CandidateKind::PortMapped, mapping.external);
     }
     if let Some(turn) = &turn {
-        candidates.push(Candidate {
-            kind: CandidateKind::Relayed,
-            addr: turn.relayed_addr(),
-        });
+        add(CandidateKind::Relayed, turn.relayed_addr());
     }
     tracing::debug!("candidates: {candidates:?}");
-
-    // 3. Exchange sealed offers.
-    let offer = Sealed::Offer {
-        device_id: security.device_id().to_string(),
-        candidates: candidates.clone(),
+    Gathered {
+        candidates,
         symmetric,
+        turn,
+        portmap,
+    }
+}
+
+/// What the peer's sealed offer said.
+struct PeerOffer {
+    device_id: DeviceId,
+    candidates: Vec<Candidate>,
+    symmetric: bool,
+}
+
+/// Sends this side's sealed offer and opens the peer's; one that does not open was
+/// sealed under another code.
+async fn swap_offers(mailbox: &mut Mailbox, keys: &mut Keys, offer: &Sealed) -> Result<PeerOffer> {
+    send(mailbox, &keys.seal(offer)).await?;
+    let sealed = recv(mailbox, Some(EXCHANGE_TIMEOUT)).await?;
+    let Some(Sealed::Offer {
+        device_id,
+        candidates,
+        symmetric,
+    }) = keys.open(&sealed)
+    else {
+        return Err(SecurityError::WrongCode.into());
     };
-    send(&mut mailbox, &keys.seal(&offer)).await?;
-    let sealed = recv(&mut mailbox, Some(EXCHANGE_TIMEOUT)).await?;
-    let (peer_id, remote, peer_symmetric) = match keys.open(&sealed) {
-        Some(Sealed::Offer {
-            device_id,
-            candidates,
-            symmetric,
-        }) => (device_id, candidates, symmetric),
-        // It does not open: the peer derived another key from another code.
-        _ => return Err(SecurityError::WrongCode.into()),
-    };
-    let peer_id: DeviceId = peer_id
+    let device_id = device_id
         .parse()
         .map_err(|_| Error::protocol("the peer's device id does not parse"))?;
-    // The TLS connection must come from the device that proved the code here.
-    security.admission.expect(Some(peer_id));
-    stun.set_key(keys.check);
+    Ok(PeerOffer {
+        device_id,
+        candidates,
+        symmetric,
+    })
+}
 
-    // The relay: permissions for every address the peer may send from.
-    if let Some(turn) = turn.as_mut() {
-        let ips: std::collections::HashSet<IpAddr> =
-            remote.iter().map(|c| c.addr.ip().to_canonical()).collect();
-        for ip in ips {
-            if let Err(e) = turn.permit(ip).await {
-                tracing::debug!("TURN permission for {ip} failed: {e}");
-            }
-        }
-        if let Some(rx) = turn.take_receiver() {
-            mux.attach_turn(turn.sender(), rx);
+/// Gives the mux this side's allocation, permitting every address the peer may send
+/// from.
+async fn attach_relay(turn: &mut TurnClient, remote: &[Candidate], mux: &MuxSocket) {
+    let ips: std::collections::HashSet<IpAddr> =
+        remote.iter().map(|c| c.addr.ip().to_canonical()).collect();
+    for ip in ips {
+        if let Err(e) = turn.permit(ip).await {
+            tracing::debug!("TURN permission for {ip} failed: {e}");
         }
     }
+    if let Some(rx) = turn.take_receiver() {
+        mux.attach_turn(turn.sender(), rx);
+    }
+}
 
-    // 4. Prime, tell the peer, wait for its word.
-    let forced = std::env::var(PATH_ENV).unwrap_or_default();
-    let mut targets: Vec<(Via, SocketAddr)> = ice::check_targets(&remote, false)
+/// What to check, and from where: the peer's candidates from the mux socket; behind a
+/// symmetric NAT facing one that is not, also from 256 spray sockets towards the peer's
+/// reflexive address (primed only: a full probe would reach the peer's router before
+/// the peer sent anything and spoil its conntrack); facing a symmetric NAT, the IP
+/// whose random ports to probe.
+fn plan_checks(
+    stun: &Stun,
+    symmetric: bool,
+    peer: &PeerOffer,
+    overrides: &Overrides,
+) -> (Vec<(Via, SocketAddr)>, Option<IpAddr>) {
+    let mut targets: Vec<(Via, SocketAddr)> = ice::check_targets(&peer.candidates, false)
         .into_iter()
         .map(|t| (Via::Primary, t))
         .collect();
-    // Behind a symmetric NAT facing one that is not: open many mappings towards the
-    // peer's reflexive address (primed only: a full probe would reach the peer's router
-    // before the peer sent anything and spoil its conntrack), for the peer's spray
-    // of probes to find one.
-    let peer_reflexive = remote
+    let peer_reflexive = peer
+        .candidates
         .iter()
         .find(|c| c.kind == CandidateKind::ServerReflexive)
         .map(|c| c.addr);
     let mut spray_to = None;
-    if forced != "relay" {
-        match (symmetric, peer_symmetric, peer_reflexive) {
-            (true, false, Some(peer)) => {
+    if !overrides.relay_only {
+        match (symmetric, peer.symmetric, peer_reflexive) {
+            (true, false, Some(reflexive)) => {
                 let opened = stun.spray(ice::SPRAY_SOCKETS);
-                tracing::info!("symmetric NAT: {opened} extra sockets towards {peer}");
-                targets.extend((0..opened).map(|n| (Via::Spray(n), peer)));
+                tracing::info!("symmetric NAT: {opened} extra sockets towards {reflexive}");
+                targets.extend((0..opened).map(|n| (Via::Spray(n), reflexive)));
             }
-            (false, true, Some(peer)) => spray_to = Some(peer.ip()),
+            (false, true, Some(reflexive)) => spray_to = Some(reflexive.ip()),
             _ => {}
         }
     }
-    if let Some(delay) = std::env::var(PUNCH_DELAY_ENV)
-        .ok()
-        .and_then(|v| v.parse::<u64>().ok())
-    {
-        tokio::time::sleep(Duration::from_millis(delay.min(60_000))).await;
-    }
-    if forced != "relay" {
-        for (via, target) in &targets {
-            for _ in 0..2 {
-                stun.check_via(*via, *target, Some(ice::PRIME_TTL));
-            }
-        }
-    }
-    send(&mut mailbox, &keys.seal(&Sealed::Primed)).await?;
-    match keys.open(&recv(&mut mailbox, Some(EXCHANGE_TIMEOUT)).await?) {
-        Some(Sealed::Primed) => {}
-        _ => return Err(Error::protocol("the rendezvous peer broke the exchange")),
-    }
-    drop(mailbox);
+    (targets, spray_to)
+}
 
-    // 5. Checks: a direct path within DIRECT_WAIT, else the relay and checks go on.
-    let relay_route = relay_route(&candidates, &remote, turn.is_some());
-    let (path_tx, path_rx) = watch::channel(Path {
-        kind: PathKind::Relay,
-        addr: relay_route
-            .as_ref()
-            .map(|(_, a)| *a)
-            .unwrap_or(VIRTUAL_PEER),
-    });
-    let mut punch = Punch {
-        stun: stun.clone(),
-        mux: mux.clone(),
-        targets,
-        remote: remote.clone(),
-        path: path_tx,
-        spray_to,
-        sprayed: 0,
-        reached: Default::default(),
-    };
-    let direct_after = std::env::var(DIRECT_AFTER_ENV)
-        .ok()
-        .and_then(|v| v.parse::<u64>().ok())
-        .map(|ms| Duration::from_millis(ms.min(600_000)));
-    let direct = if forced == "relay" || direct_after.is_some() {
-        None
-    } else {
-        // Without a reflexive address on either side (UDP blocked) or with two
-        // symmetric NATs, only a shared network can still give a direct path, and it
-        // answers within milliseconds: do not hold the relay back for long.
-        let has_reflexive = |list: &[Candidate]| {
-            list.iter()
-                .any(|c| c.kind == CandidateKind::ServerReflexive)
-        };
-        // A port-mapped candidate on either side is reachable whatever the NATs do.
-        let mapped = |list: &[Candidate]| list.iter().any(|c| c.kind == CandidateKind::PortMapped);
-        let hopeless = !(mapped(&candidates) || mapped(&remote))
-            && (!has_reflexive(&candidates)
-                || !has_reflexive(&remote)
-                || (symmetric && peer_symmetric));
-        let wait = if hopeless { LAN_WAIT } else { DIRECT_WAIT };
-        tokio::time::timeout(wait, punch.until_valid(&mut events))
-            .await
-            .ok()
-            .flatten()
-    };
-    let punching = match direct {
-        Some(addr) => {
-            punch.go_direct(addr.0, addr.1);
-            // The peer may still be checking: keep answering (the STUN service does)
-            // and keep its path fresh for a while.
-            tokio::spawn(async move {
-                punch
-                    .keep_checking(&mut events, Duration::from_secs(5))
-                    .await
-            })
-        }
-        None => {
-            let Some((route, addr)) = relay_route.filter(|_| forced != "direct") else {
-                return Err(Error::Security(SecurityError::NoQuicAnswer {
-                    addr: Some(format!(
-                        "the peer (no direct path within {} ms, and no relay{})",
-                        DIRECT_WAIT.as_millis(),
-                        if turn.is_none() {
-                            ": the rendezvous offers none, or it failed"
-                        } else {
-                            ""
-                        }
-                    )),
-                }));
-            };
-            mux.set_route(route);
-            tracing::info!("no direct path yet: starting over the relay ({addr})");
-            let forced_relay = forced == "relay";
-            tokio::spawn(async move {
-                if forced_relay {
-                    return;
-                }
-                if let Some(delay) = direct_after {
-                    tokio::time::sleep(delay).await;
-                    // Checks the peer sent meanwhile were answered; start afresh.
-                    while events.try_recv().is_ok() {}
-                }
-                if let Some(addr) = punch.until_valid_for(&mut events, PUNCH_FOR).await {
-                    punch.go_direct(addr.0, addr.1);
-                    punch
-                        .keep_checking(&mut events, Duration::from_secs(5))
-                        .await;
-                }
-            })
-        }
-    };
-
-    Ok(Established {
-        endpoint,
-        path: path_rx,
-        _punching: punching,
-        _turn: turn,
-        portmap: std::sync::Mutex::new(portmap),
-    })
+/// Whether only a shared network could still give a direct path (it answers within
+/// milliseconds): no reflexive address on one side (UDP blocked) or two symmetric
+/// NATs, and no port mapped on either side.
+fn hopeless(
+    local: &[Candidate],
+    remote: &[Candidate],
+    symmetric: bool,
+    peer_symmetric: bool,
+) -> bool {
+    let has = |list: &[Candidate], kind| list.iter().any(|c| c.kind == kind);
+    let mapped = has(local, CandidateKind::PortMapped) || has(remote, CandidateKind::PortMapped);
+    !mapped
+        && (!has(local, CandidateKind::ServerReflexive)
+            || !has(remote, CandidateKind::ServerReflexive)
+            || (symmetric && peer_symmetric))
 }
 
 /// The relay route: to the peer's relayed address from this socket when this side has
@@ -880,6 +961,21 @@ mod tests {
             .open(&Keys::new(&key, true).seal(&Sealed::Primed))
             .is_none());
         assert_eq!(a.check, b.check);
+    }
+
+    #[test]
+    fn the_relay_is_taken_early_only_where_no_punch_can_work() {
+        let c = |kind, a: &str| Candidate {
+            kind,
+            addr: a.parse().expect("address"),
+        };
+        let srflx = [c(CandidateKind::ServerReflexive, "198.51.100.2:5000")];
+        let mapped = [c(CandidateKind::PortMapped, "198.51.100.3:5000")];
+        assert!(!hopeless(&srflx, &srflx, false, true), "symmetric x cone: spray");
+        assert!(hopeless(&srflx, &srflx, true, true), "two symmetric NATs");
+        assert!(hopeless(&[], &srflx, false, false), "UDP blocked here");
+        assert!(hopeless(&srflx, &[], false, false), "UDP blocked there");
+        assert!(!hopeless(&srflx, &mapped, true, true), "a mapped port beats both");
     }
 
     #[test]
