@@ -971,11 +971,17 @@ mod tests {
         };
         let srflx = [c(CandidateKind::ServerReflexive, "198.51.100.2:5000")];
         let mapped = [c(CandidateKind::PortMapped, "198.51.100.3:5000")];
-        assert!(!hopeless(&srflx, &srflx, false, true), "symmetric x cone: spray");
+        assert!(
+            !hopeless(&srflx, &srflx, false, true),
+            "symmetric x cone: spray"
+        );
         assert!(hopeless(&srflx, &srflx, true, true), "two symmetric NATs");
         assert!(hopeless(&[], &srflx, false, false), "UDP blocked here");
         assert!(hopeless(&srflx, &[], false, false), "UDP blocked there");
-        assert!(!hopeless(&srflx, &mapped, true, true), "a mapped port beats both");
+        assert!(
+            !hopeless(&srflx, &mapped, true, true),
+            "a mapped port beats both"
+        );
     }
 
     #[test]
