@@ -224,3 +224,33 @@ pub fn wait_for_text(path: &Path, needle: &str, limit: Duration) -> String {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// `p2p-transfer rendezvous` on the public side (RENDEZVOUS_IP:4000), handing out the
+/// lab coturn's credentials; returns once it listens (the secret file goes in `dir`).
+pub fn start_rendezvous(lab: &Lab, dir: &Path) -> Spawned {
+    use std::io::{BufRead, BufReader};
+    let secret = dir.join("turn-secret");
+    std::fs::write(&secret, TURN_SECRET).expect("secret");
+    let mut rendezvous = lab
+        .p2p("inet")
+        .args(["rendezvous", "--listen", &format!("{RENDEZVOUS_IP}:4000")])
+        .args(["--turn", STUN])
+        .arg("--turn-secret-file")
+        .arg(&secret)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("rendezvous");
+    let stderr = rendezvous.stderr.take().expect("stderr");
+    let spawned = Spawned::new(rendezvous);
+    let mut lines = BufReader::new(stderr).lines();
+    assert!(
+        lines
+            .by_ref()
+            .map_while(Result::ok)
+            .any(|l| l.contains("rendezvous listening on")),
+        "the rendezvous did not start"
+    );
+    std::thread::spawn(move || for _ in lines {});
+    spawned
+}

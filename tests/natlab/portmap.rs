@@ -15,7 +15,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use crate::common::{random_file, sha256_file};
-use crate::lab::{in_ci, run, wait_for_text, Lab, Spawned, RENDEZVOUS_IP, STUN, TURN_SECRET};
+use crate::lab::{in_ci, run, start_rendezvous, wait_for_text, Lab, Spawned, RENDEZVOUS_IP};
 
 /// rt1's "public" address for miniupnpd (not in its list of reserved ranges).
 const PUBLIC_IP: &str = "192.0.3.11";
@@ -125,33 +125,6 @@ fn start_miniupnpd(lab: &Lab, dir: &Path, offers: Offers) -> Spawned {
     daemon
 }
 
-fn rendezvous(lab: &Lab, dir: &Path) -> Spawned {
-    let secret = dir.join("turn-secret");
-    std::fs::write(&secret, TURN_SECRET).expect("secret");
-    let mut rendezvous = lab
-        .p2p("inet")
-        .args(["rendezvous", "--listen", &format!("{RENDEZVOUS_IP}:4000")])
-        .args(["--turn", STUN])
-        .arg("--turn-secret-file")
-        .arg(&secret)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("rendezvous");
-    let stderr = rendezvous.stderr.take().expect("stderr");
-    let spawned = Spawned::new(rendezvous);
-    let mut lines = BufReader::new(stderr).lines();
-    assert!(
-        lines
-            .by_ref()
-            .map_while(Result::ok)
-            .any(|l| l.contains("rendezvous listening on")),
-        "the rendezvous did not start"
-    );
-    std::thread::spawn(move || for _ in lines {});
-    spawned
-}
-
 /// The port forwardings miniupnpd holds in rt1 (its DNAT rules).
 fn forwardings(lab: &Lab) -> Vec<String> {
     let output = run(
@@ -191,7 +164,7 @@ fn transfer_through_a_mapping(offers: Offers, protocol: &str) {
     let dir = lab.state_dir().join("portmap");
     std::fs::create_dir_all(dir.join("out")).expect("dirs");
     let _miniupnpd = start_miniupnpd(&lab, &dir, offers);
-    let _rendezvous = rendezvous(&lab, &dir);
+    let _rendezvous = start_rendezvous(&lab, &dir);
     let server = format!("{RENDEZVOUS_IP}:4000");
 
     let file = dir.join("payload.bin");

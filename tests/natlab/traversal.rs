@@ -9,7 +9,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use crate::common::{random_file, sha256_file};
-use crate::lab::{run, Lab, Spawned, RENDEZVOUS_IP, STUN, TURN_SECRET};
+use crate::lab::{run, start_rendezvous, Lab, Spawned, RENDEZVOUS_IP};
 
 /// Which side starts its punching late, and by how much.
 #[derive(Clone, Copy)]
@@ -29,29 +29,8 @@ fn cell(lab: &Lab, late: Late) -> Cell {
     let dir = lab.state_dir().join("traversal");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("out")).expect("dirs");
-    let secret = dir.join("turn-secret");
-    std::fs::write(&secret, TURN_SECRET).expect("secret");
     let rendezvous_addr = format!("{RENDEZVOUS_IP}:4000");
-    let mut rendezvous = lab
-        .p2p("inet")
-        .args(["rendezvous", "--listen", &rendezvous_addr, "--turn", STUN])
-        .arg("--turn-secret-file")
-        .arg(&secret)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("rendezvous");
-    let stderr = rendezvous.stderr.take().expect("stderr");
-    let _rendezvous = Spawned::new(rendezvous);
-    let mut lines = BufReader::new(stderr).lines();
-    assert!(
-        lines
-            .by_ref()
-            .map_while(Result::ok)
-            .any(|l| l.contains("rendezvous listening on")),
-        "the rendezvous did not start"
-    );
-    std::thread::spawn(move || for _ in lines {});
+    let _rendezvous = start_rendezvous(lab, &dir);
 
     let file = dir.join("payload.bin");
     random_file(&file, 4 << 20, 99);
