@@ -179,6 +179,9 @@ pub enum Error {
     /// The rendezvous server could not be reached, refused, or the peer left it.
     #[error(transparent)]
     Rendezvous(#[from] crate::rendezvous::client::RendezvousError),
+    /// A swarm download or share failed.
+    #[error(transparent)]
+    Swarm(#[from] crate::swarm::SwarmError),
 }
 
 impl Error {
@@ -208,6 +211,7 @@ impl Error {
             Error::Connect { source, .. } => io_is_transient(source),
             Error::InvalidInput(_) => false,
             Error::Rendezvous(_) => false,
+            Error::Swarm(e) => e.is_transient(),
         }
     }
 

@@ -66,6 +66,7 @@ pub mod reconnect;
 pub mod rendezvous;
 pub mod session;
 pub mod settings;
+pub mod swarm;
 pub mod text;
 pub mod throttle;
 pub mod transfer;

@@ -341,7 +341,7 @@ impl Message {
 /// than as a sequence of individually encoded `u8`s — the same bytes on the wire for
 /// postcard, but one `memcpy` instead of a loop. (Decoding a `Chunk` from a frame does not
 /// go through serde at all: see [`decode_chunk`].)
-mod serde_bytes_compat {
+pub(crate) mod serde_bytes_compat {
     use bytes::Bytes;
     use serde::{Deserializer, Serializer};
 

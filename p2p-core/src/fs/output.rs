@@ -423,6 +423,21 @@ impl OutputDir {
         }
     }
 
+    /// Reads `len` bytes at `offset` of file `file` at its final path (a file this
+    /// attempt finalized, served to swarm peers).
+    pub fn read_final(&mut self, file: u32, offset: u64, len: usize) -> Result<Vec<u8>> {
+        let Placement { parent, name, .. } = self.placement(file)?;
+        let mut buf = vec![0u8; len];
+        let read = self
+            .dir_for(&parent)
+            .and_then(|dir| dir.open_with(&name, OpenOptions::new().read(true)))
+            .and_then(|f| f.into_std().read_exact_at(&mut buf, offset));
+        match read {
+            Ok(()) => Ok(buf),
+            Err(e) => Err(self.storage("cannot read back", &join(&parent, &name), e)),
+        }
+    }
+
     /// Applies metadata to a verified file and moves it to its final path.
     pub fn finalize(&mut self, file: u32) -> Result<()> {
         let entry = self
