@@ -64,6 +64,15 @@ impl Code {
         }
     }
 
+    /// The code two peers of a swarm meet with: the mailbox `nameplate` and a secret
+    /// only holders of the share's root hash know (`swarm::Hash::swarm_secret`).
+    pub fn for_swarm(nameplate: u16, secret: &str) -> Self {
+        Code {
+            nameplate: nameplate.max(1),
+            secret: secret.to_ascii_lowercase(),
+        }
+    }
+
     /// The public part, which beacons carry.
     pub fn nameplate(&self) -> u16 {
         self.nameplate
