@@ -121,6 +121,21 @@ Examples:
   p2p-transfer trust rename 7K3QD-M2XWA-0B9ZT-4RHCE-P1VNF work-laptop
   p2p-transfer trust remove 7K3QD-M2XWA-0B9ZT-4RHCE-P1VNF")]
     Trust(commands::trust::TrustArgs),
+    /// Share files or folders with anyone who has the ticket: writes NAME.p2p, prints a
+    /// ticket, and serves the content (from the background daemon, or --foreground).
+    #[command(after_help = "\
+Examples:
+  p2p-transfer share album/ --rendezvous rdv.example.net:4000   # writes album.p2p, prints a ticket
+  p2p-transfer share big.iso --foreground --max-upload 10M      # serve from this terminal
+Others then run `p2p-transfer get album.p2p` or `p2p-transfer get p2p1…`.")]
+    Share(commands::swarm::ShareArgs),
+    /// Download a share (a NAME.p2p file or a ticket) from every peer that has it.
+    #[command(after_help = "\
+Examples:
+  p2p-transfer get album.p2p -o ~/Downloads
+  p2p-transfer get p2p1AbC… --peers 16 --max-download 20M
+  p2p-transfer get album.p2p --seed          # keep serving it after the download")]
+    Get(commands::swarm::GetArgs),
 }
 
 /// Which side opens the connection.

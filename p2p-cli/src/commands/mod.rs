@@ -7,6 +7,7 @@ pub mod receive;
 pub mod rendezvous;
 pub mod send;
 pub mod stream;
+pub mod swarm;
 pub mod trust;
 
 use p2p_core::net::traversal::Rendezvous;
@@ -30,6 +31,8 @@ pub async fn run(command: Command, recorder: &Recorder) -> anyhow::Result<()> {
         Command::NatTest(args) => nat_test::run(args).await,
         Command::Id => trust::show_id(),
         Command::Trust(args) => trust::run(args),
+        Command::Share(args) => swarm::share(args).await,
+        Command::Get(args) => swarm::get(args, recorder).await,
     }
 }
 
@@ -163,14 +166,18 @@ pub const RENDEZVOUS_ENV: &str = "P2P_RENDEZVOUS";
 /// The rendezvous server: `--rendezvous`, else `P2P_RENDEZVOUS`, else the settings
 /// file's `rendezvous`; `None` when none is set (or it is empty).
 pub fn rendezvous_server(session: &SessionArgs) -> Option<String> {
+    rendezvous_from(session.rendezvous.as_deref())
+}
+
+/// The rendezvous server: `flag` (a `--rendezvous` value), else `P2P_RENDEZVOUS`, else
+/// the settings file's `rendezvous`; `None` when none is set (or it is empty).
+pub fn rendezvous_from(flag: Option<&str>) -> Option<String> {
     let from_settings = || {
         p2p_core::settings::Settings::dir()
             .and_then(|dir| p2p_core::settings::Settings::load(&dir).ok())
             .and_then(|s| s.rendezvous)
     };
-    session
-        .rendezvous
-        .clone()
+    flag.map(str::to_owned)
         .or_else(|| std::env::var(RENDEZVOUS_ENV).ok())
         .or_else(from_settings)
         .filter(|s| !s.trim().is_empty())

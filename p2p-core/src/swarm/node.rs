@@ -94,6 +94,8 @@ struct Inner {
     fetching: Option<PeerKey>,
     /// When the swarm last had no peer (for the no-peer timeout).
     alone_since: Option<Instant>,
+    /// Verified bytes received per device, this run (peers that left included).
+    from: HashMap<DeviceId, u64>,
 }
 
 struct Shared {
@@ -182,6 +184,7 @@ impl Swarm {
                 discarded: 0,
                 fetching: None,
                 alone_since: Some(Instant::now()),
+                from: HashMap::new(),
             }),
             config,
             store: Arc::new(Mutex::new(store)),
@@ -324,6 +327,18 @@ impl Swarm {
             inner.peers.values().map(|p| p.info.device).collect(),
             inner.bad.iter().copied().collect(),
         )
+    }
+
+    /// Verified bytes received from each device this run (peers that left included),
+    /// most first.
+    pub fn received_from(&self) -> Vec<(DeviceId, u64)> {
+        let mut from: Vec<(DeviceId, u64)> = lock(&self.shared.inner)
+            .from
+            .iter()
+            .map(|(d, b)| (*d, *b))
+            .collect();
+        from.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        from
     }
 
     /// Waits until the download is done (or it failed, or was stopped). A seed is done
@@ -1081,6 +1096,9 @@ impl<R: AsyncRead + Unpin> Reader<'_, R> {
                 inner.downloaded = inner.downloaded.saturating_add(len as u64);
                 if let Some(peer) = inner.peers.get_mut(&self.key) {
                     peer.downloaded = peer.downloaded.saturating_add(len as u64);
+                    let device = peer.info.device;
+                    let from = inner.from.entry(device).or_default();
+                    *from = from.saturating_add(len as u64);
                 }
                 for peer in inner.peers.values() {
                     let _ = peer.tx.send(Ctl::Send(PeerMessage::Have { piece }));
