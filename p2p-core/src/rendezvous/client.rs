@@ -65,47 +65,52 @@ pub enum RendezvousError {
     /// The connection failed.
     #[error("rendezvous connection failed: {0}")]
     Io(#[from] io::Error),
+    /// A tracker's connection is down; it is being re-established in the background.
+    #[error("the connection to the tracker {server} is down ({why}); reconnecting")]
+    Reconnecting {
+        /// The `host:port` as given.
+        server: String,
+        /// Why the last connection ended or the last attempt failed.
+        why: String,
+    },
 }
 
 /// A connection to the rendezvous server holding one mailbox.
 #[derive(Debug)]
 pub struct Mailbox {
-    reader: FramedRead<OwnedReadHalf, LengthDelimitedCodec>,
-    writer: OwnedWriteHalf,
-    server: SocketAddr,
-    turn: Option<TurnGrant>,
+    conn: Connection,
 }
 
 impl Mailbox {
     /// Connects to `server` (`host:port`) and opens a new mailbox; returns it and its
     /// nameplate.
     pub async fn allocate(server: &str) -> Result<(Mailbox, u32), RendezvousError> {
-        let mut mailbox = Mailbox::connect(server).await?;
-        mailbox.write(&ClientMessage::Allocate).await?;
-        match mailbox.answer().await? {
-            ServerMessage::Allocated { nameplate } => Ok((mailbox, nameplate)),
+        let mut conn = Connection::open(server).await?;
+        conn.write(&ClientMessage::Allocate).await?;
+        match conn.answer().await? {
+            ServerMessage::Allocated { nameplate } => Ok((Mailbox { conn }, nameplate)),
             other => Err(unexpected("Allocated", &other)),
         }
     }
 
     /// Connects to `server` and joins the mailbox waiting on `nameplate`.
     pub async fn claim(server: &str, nameplate: u32) -> Result<Mailbox, RendezvousError> {
-        let mut mailbox = Mailbox::connect(server).await?;
-        mailbox.write(&ClientMessage::Claim { nameplate }).await?;
-        match mailbox.answer().await? {
-            ServerMessage::Claimed => Ok(mailbox),
+        let mut conn = Connection::open(server).await?;
+        conn.write(&ClientMessage::Claim { nameplate }).await?;
+        match conn.answer().await? {
+            ServerMessage::Claimed => Ok(Mailbox { conn }),
             other => Err(unexpected("Claimed", &other)),
         }
     }
 
     /// The TURN credentials the server handed out, if it has a TURN server.
     pub fn turn(&self) -> Option<&TurnGrant> {
-        self.turn.as_ref()
+        self.conn.turn.as_ref()
     }
 
     /// The server's address as connected; its UDP port answers STUN Binding requests.
     pub fn server_addr(&self) -> SocketAddr {
-        self.server
+        self.conn.server
     }
 
     /// Sends `body` (at most [`MAX_BODY`] bytes) to the other side; queued by the server
@@ -117,25 +122,40 @@ impl Mailbox {
                 body.len()
             )));
         }
-        self.write(&ClientMessage::Add {
-            body: body.to_vec(),
-        })
-        .await
+        self.conn
+            .write(&ClientMessage::Add {
+                body: body.to_vec(),
+            })
+            .await
     }
 
     /// The next body from the other side. Skips `PeerJoined`; the other side's leaving is
     /// `Err(PeerLeft)`. Cancel-safe.
     pub async fn recv(&mut self) -> Result<Vec<u8>, RendezvousError> {
         loop {
-            match self.read().await? {
+            match self.conn.read().await? {
                 ServerMessage::Message { body } => return Ok(body),
                 ServerMessage::PeerJoined => {}
                 other => return Err(unexpected("Message", &other)),
             }
         }
     }
+}
 
-    async fn connect(server: &str) -> Result<Mailbox, RendezvousError> {
+/// One connection to the rendezvous server, past `Hello`/`Welcome`: what [`Mailbox`] and
+/// the [tracker](super::tracker) client share.
+#[derive(Debug)]
+pub(super) struct Connection {
+    reader: FramedRead<OwnedReadHalf, LengthDelimitedCodec>,
+    writer: OwnedWriteHalf,
+    server: SocketAddr,
+    turn: Option<TurnGrant>,
+}
+
+impl Connection {
+    /// Connects to `server` (`host:port`) and says `Hello`, all within
+    /// [`CONNECT_TIMEOUT`] per step.
+    pub(super) async fn open(server: &str) -> Result<Connection, RendezvousError> {
         let unreachable = |why| RendezvousError::Unreachable {
             server: server.to_owned(),
             why,
@@ -147,21 +167,20 @@ impl Mailbox {
         let _ = stream.set_nodelay(true);
         let server_addr = stream.peer_addr()?;
         let (read, writer) = stream.into_split();
-        let mut mailbox = Mailbox {
+        let mut conn = Connection {
             reader: FramedRead::with_capacity(read, protocol::codec(), 256),
             writer,
             server: server_addr,
             turn: None,
         };
-        mailbox
-            .write(&ClientMessage::Hello {
-                version: PROTOCOL_VERSION,
-            })
-            .await?;
-        match mailbox.answer().await? {
+        conn.write(&ClientMessage::Hello {
+            version: PROTOCOL_VERSION,
+        })
+        .await?;
+        match conn.answer().await? {
             ServerMessage::Welcome { version, turn } if version == PROTOCOL_VERSION => {
-                mailbox.turn = turn;
-                Ok(mailbox)
+                conn.turn = turn;
+                Ok(conn)
             }
             ServerMessage::Welcome { version, .. } => Err(RendezvousError::Protocol(format!(
                 "the server speaks version {version}, this client {PROTOCOL_VERSION}"
@@ -170,14 +189,15 @@ impl Mailbox {
         }
     }
 
-    async fn answer(&mut self) -> Result<ServerMessage, RendezvousError> {
+    /// The next frame, within [`CONNECT_TIMEOUT`].
+    pub(super) async fn answer(&mut self) -> Result<ServerMessage, RendezvousError> {
         tokio::time::timeout(CONNECT_TIMEOUT, self.read())
             .await
             .map_err(|_| RendezvousError::Timeout)?
     }
 
     /// The next frame; `Error` and `PeerLeft` become errors. Cancel-safe.
-    async fn read(&mut self) -> Result<ServerMessage, RendezvousError> {
+    pub(super) async fn read(&mut self) -> Result<ServerMessage, RendezvousError> {
         match self.reader.next().await {
             None => Err(RendezvousError::Closed),
             Some(Err(e)) if e.kind() == io::ErrorKind::InvalidData => Err(
@@ -200,7 +220,8 @@ impl Mailbox {
         }
     }
 
-    async fn write(&mut self, message: &ClientMessage) -> Result<(), RendezvousError> {
+    /// Writes one message (not cancel-safe).
+    pub(super) async fn write(&mut self, message: &ClientMessage) -> Result<(), RendezvousError> {
         let frame = protocol::encode_frame(message)
             .ok_or_else(|| RendezvousError::Protocol("message exceeds a frame".to_owned()))?;
         self.writer.write_all(&frame).await?;
@@ -221,7 +242,7 @@ async fn connect_any(server: &str) -> io::Result<TcpStream> {
     }))
 }
 
-fn unexpected(wanted: &str, got: &ServerMessage) -> RendezvousError {
+pub(super) fn unexpected(wanted: &str, got: &ServerMessage) -> RendezvousError {
     let name = match got {
         ServerMessage::Welcome { .. } => "Welcome",
         ServerMessage::Allocated { .. } => "Allocated",
@@ -230,6 +251,10 @@ fn unexpected(wanted: &str, got: &ServerMessage) -> RendezvousError {
         ServerMessage::Message { .. } => "Message",
         ServerMessage::PeerLeft => "PeerLeft",
         ServerMessage::Error { .. } => "Error",
+        ServerMessage::Announced { .. } => "Announced",
+        ServerMessage::Peers { .. } => "Peers",
+        ServerMessage::Introduced { .. } => "Introduced",
+        ServerMessage::Introduction { .. } => "Introduction",
     };
     RendezvousError::Protocol(format!("expected {wanted}, the server sent {name}"))
 }

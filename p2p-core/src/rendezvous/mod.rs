@@ -1,6 +1,8 @@
 //! The rendezvous: a small, memory-only server that pairs two peers by a number (the
 //! *nameplate*, the first part of a one-time code such as `7-guitar-orbit`) and relays a
-//! few small, opaque messages between them, and its client, [`Mailbox`].
+//! few small, opaque messages between them, and its client, [`Mailbox`]. It is also the
+//! swarms' **tracker**: peers announce the swarms they have, look up who has one, and
+//! introduce themselves to an announcer through it ([`tracker::Tracker`]).
 //!
 //! The peers run SPAKE2 and then exchange encrypted candidate lists through the mailbox;
 //! the server never sees the code, only the nameplate. On the same port number it
@@ -31,12 +33,14 @@
 pub mod client;
 pub mod protocol;
 pub mod server;
+pub mod tracker;
 
 pub use client::{Mailbox, RendezvousError};
 pub use protocol::{
     ClientMessage, ServerMessage, TurnGrant, MAX_BODY, MAX_FRAME, PROTOCOL_VERSION,
 };
 pub use server::{
-    serve, turn_credentials, Limits, Server, ServerConfig, ServerStats, TurnSecret,
+    serve, turn_credentials, Limits, Rate, Server, ServerConfig, ServerStats, TurnSecret,
     DEFAULT_TURN_LIFETIME,
 };
+pub use tracker::{Introduction, SwarmId, Tracker};

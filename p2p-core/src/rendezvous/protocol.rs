@@ -20,6 +20,12 @@ pub const MAX_BODY: usize = 2048;
 pub const PROTOCOL_VERSION: u16 = 1;
 /// Length of the frame header (the big-endian payload length).
 pub const HEADER_LEN: usize = 2;
+/// Most peer ids in one [`ServerMessage::Peers`].
+pub const MAX_PEERS: usize = 50;
+
+/// Names a swarm on the tracker: 32 bytes the peers derive from the share (the tracker
+/// never learns the share's root hash).
+pub type SwarmId = [u8; 32];
 
 /// What a client sends.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -41,6 +47,46 @@ pub enum ClientMessage {
         /// Opaque to the server; at most [`MAX_BODY`] bytes.
         body: Vec<u8>,
     },
+    /// Tag 4. Tracker: this connection has (part of) `swarm`; (re)starts the entry's TTL.
+    /// Answered [`ServerMessage::Announced`].
+    Announce {
+        /// The swarm.
+        swarm: SwarmId,
+    },
+    /// Tag 5. Tracker: this connection no longer has `swarm`. No answer.
+    Withdraw {
+        /// The swarm.
+        swarm: SwarmId,
+    },
+    /// Tag 6. Tracker: who has `swarm`? Answered [`ServerMessage::Peers`].
+    Lookup {
+        /// The swarm.
+        swarm: SwarmId,
+    },
+    /// Tag 7. Tracker: asks `peer` (an announcer of `swarm`) to claim the mailbox on
+    /// `nameplate`. Answered [`ServerMessage::Introduced`].
+    Introduce {
+        /// The swarm the peer announced.
+        swarm: SwarmId,
+        /// The peer, as [`ServerMessage::Peers`] named it.
+        peer: u64,
+        /// A mailbox the asking client allocated (on another connection) and waits on.
+        nameplate: u32,
+    },
+}
+
+impl ClientMessage {
+    /// Whether this is one of the tracker's messages (`Announce`, `Withdraw`, `Lookup`,
+    /// `Introduce`).
+    pub fn is_tracker(&self) -> bool {
+        matches!(
+            self,
+            ClientMessage::Announce { .. }
+                | ClientMessage::Withdraw { .. }
+                | ClientMessage::Lookup { .. }
+                | ClientMessage::Introduce { .. }
+        )
+    }
 }
 
 /// What the server sends.
@@ -74,6 +120,34 @@ pub enum ServerMessage {
     Error {
         /// A sentence for a person (clients show it escaped).
         reason: String,
+    },
+    /// Tag 7. The answer to `Announce`.
+    Announced {
+        /// The swarm announced.
+        swarm: SwarmId,
+    },
+    /// Tag 8. The answer to `Lookup`: up to [`MAX_PEERS`] random live announcers of
+    /// `swarm`, never the asking connection; empty when there are none.
+    Peers {
+        /// The swarm asked about.
+        swarm: SwarmId,
+        /// Their peer ids (valid while their connections last).
+        peers: Vec<u64>,
+    },
+    /// Tag 9. The answer to `Introduce`.
+    Introduced {
+        /// The peer asked for.
+        peer: u64,
+        /// Whether the [`ServerMessage::Introduction`] was queued for that peer.
+        delivered: bool,
+    },
+    /// Tag 10. Unsolicited, to an announcer: a peer that wants `swarm` waits on the
+    /// mailbox `nameplate`; claim it to run the sealed exchange.
+    Introduction {
+        /// The swarm this connection announced.
+        swarm: SwarmId,
+        /// The mailbox to claim.
+        nameplate: u32,
     },
 }
 
@@ -197,6 +271,127 @@ mod tests {
                 reason: "no".into()
             }),
             [0x00, 0x04, 0x06, 0x02, b'n', b'o']
+        );
+    }
+
+    /// A swarm id for the examples: bytes 0x00, 0x01, … 0x1f.
+    fn example_swarm() -> SwarmId {
+        std::array::from_fn(|i| i as u8)
+    }
+
+    fn with_swarm(head: &[u8], tail: &[u8]) -> Vec<u8> {
+        let mut frame = head.to_vec();
+        frame.extend(0..32u8);
+        frame.extend_from_slice(tail);
+        frame
+    }
+
+    /// The tracker's byte strings docs/protocol.md (section 9.8) shows.
+    #[test]
+    fn tracker_frames_are_byte_exact() {
+        let swarm = example_swarm();
+        let cases: [(Vec<u8>, Vec<u8>); 8] = [
+            (
+                frame(&ClientMessage::Announce { swarm }),
+                with_swarm(&[0x00, 0x21, 0x04], &[]),
+            ),
+            (
+                frame(&ClientMessage::Withdraw { swarm }),
+                with_swarm(&[0x00, 0x21, 0x05], &[]),
+            ),
+            (
+                frame(&ClientMessage::Lookup { swarm }),
+                with_swarm(&[0x00, 0x21, 0x06], &[]),
+            ),
+            (
+                frame(&ClientMessage::Introduce {
+                    swarm,
+                    peer: 1000,
+                    nameplate: 300,
+                }),
+                with_swarm(&[0x00, 0x25, 0x07], &[0xE8, 0x07, 0xAC, 0x02]),
+            ),
+            (
+                frame(&ServerMessage::Announced { swarm }),
+                with_swarm(&[0x00, 0x21, 0x07], &[]),
+            ),
+            (
+                frame(&ServerMessage::Peers {
+                    swarm,
+                    peers: vec![1000, 5],
+                }),
+                with_swarm(&[0x00, 0x25, 0x08], &[0x02, 0xE8, 0x07, 0x05]),
+            ),
+            (
+                frame(&ServerMessage::Introduced {
+                    peer: 1000,
+                    delivered: true,
+                }),
+                vec![0x00, 0x04, 0x09, 0xE8, 0x07, 0x01],
+            ),
+            (
+                frame(&ServerMessage::Introduction {
+                    swarm,
+                    nameplate: 7,
+                }),
+                with_swarm(&[0x00, 0x22, 0x0A], &[0x07]),
+            ),
+        ];
+        for (got, expected) in cases {
+            assert_eq!(got, expected);
+        }
+        // The largest Peers fits a frame with room to spare.
+        let peers = ServerMessage::Peers {
+            swarm,
+            peers: vec![u64::MAX; MAX_PEERS],
+        };
+        assert!(encode_frame(&peers).is_some_and(|f| f.len() < 600));
+    }
+
+    #[test]
+    fn tracker_messages_round_trip() {
+        let swarm = [0xAB; 32];
+        for message in [
+            ClientMessage::Announce { swarm },
+            ClientMessage::Withdraw { swarm },
+            ClientMessage::Lookup { swarm },
+            ClientMessage::Introduce {
+                swarm,
+                peer: u64::MAX,
+                nameplate: u32::MAX,
+            },
+        ] {
+            assert!(message.is_tracker());
+            let f = frame(&message);
+            assert_eq!(decode::<ClientMessage>(&f[HEADER_LEN..]), Ok(message));
+        }
+        assert!(!ClientMessage::Allocate.is_tracker());
+        for message in [
+            ServerMessage::Announced { swarm },
+            ServerMessage::Peers {
+                swarm,
+                peers: vec![],
+            },
+            ServerMessage::Introduced {
+                peer: 0,
+                delivered: false,
+            },
+            ServerMessage::Introduction {
+                swarm,
+                nameplate: u32::MAX,
+            },
+        ] {
+            let f = frame(&message);
+            assert_eq!(decode::<ServerMessage>(&f[HEADER_LEN..]), Ok(message));
+        }
+        // A swarm id cut short is malformed, not a shorter id.
+        let mut short = vec![0x04];
+        short.extend([0u8; 31]);
+        assert_eq!(decode::<ClientMessage>(&short), Err(DecodeError::Malformed));
+        // A delivered flag other than 0 or 1 is malformed.
+        assert_eq!(
+            decode::<ServerMessage>(&[0x09, 0x01, 0x02]),
+            Err(DecodeError::Malformed)
         );
     }
 

@@ -26,7 +26,8 @@ use tokio::time::Instant;
 use tokio_util::codec::FramedRead;
 
 use super::protocol::{
-    self, ClientMessage, ServerMessage, TurnGrant, MAX_BODY, MAX_FRAME, PROTOCOL_VERSION,
+    self, ClientMessage, ServerMessage, SwarmId, TurnGrant, MAX_BODY, MAX_FRAME, MAX_PEERS,
+    PROTOCOL_VERSION,
 };
 use crate::nat::stun::{self, attr, Class, Message, MessageBuilder, METHOD_BINDING};
 
@@ -55,6 +56,38 @@ pub struct Limits {
     /// A frame the client does not take within this long ends the connection (a client
     /// that stops reading cannot hold a task forever). Default 10 s.
     pub write_timeout: Duration,
+    /// Tracker: swarms one connection may have announced at once; one more `Announce`
+    /// is an `Error` and close. Default 1024.
+    pub max_announces: usize,
+    /// Tracker: (swarm, connection) entries over all clients; an `Announce` that would
+    /// add one more is an `Error` ("the tracker is full") and close. Default 200,000.
+    pub max_entries: usize,
+    /// Tracker: an entry expires this long after its last `Announce` (clients re-announce
+    /// well within it). Default 10 min.
+    pub announce_ttl: Duration,
+    /// Tracker: `Introduce` per connection; beyond it the answer is
+    /// `Introduced { delivered: false }` (not an error). Default 20 at once, 5/s.
+    pub introductions: Rate,
+    /// Tracker: `Lookup` per connection; beyond it the server waits for the bucket to
+    /// refill before it answers (and reads nothing else from that connection meanwhile).
+    /// Default 20 at once, 5/s.
+    pub lookups: Rate,
+    /// Tracker: introductions waiting to be written to one announcer; one more is not
+    /// delivered (`Introduced { delivered: false }` to the introducer). Default 16.
+    pub max_introductions_queued: usize,
+    /// Tracker: a tracker connection that sends nothing for this long is closed (`Error`,
+    /// "idle"); a client with announces re-sends them every third of `announce_ttl`.
+    /// Default 30 min.
+    pub tracker_idle: Duration,
+}
+
+/// A token bucket: `burst` at once, then `per_second`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    /// Tokens when full (the bucket starts full).
+    pub burst: u32,
+    /// Tokens added per second.
+    pub per_second: u32,
 }
 
 impl Default for Limits {
@@ -66,6 +99,19 @@ impl Default for Limits {
             handshake_timeout: Duration::from_secs(10),
             max_queued: 16,
             write_timeout: Duration::from_secs(10),
+            max_announces: 1024,
+            max_entries: 200_000,
+            announce_ttl: Duration::from_secs(600),
+            introductions: Rate {
+                burst: 20,
+                per_second: 5,
+            },
+            lookups: Rate {
+                burst: 20,
+                per_second: 5,
+            },
+            max_introductions_queued: 16,
+            tracker_idle: Duration::from_secs(1800),
         }
     }
 }
@@ -121,6 +167,10 @@ pub struct ServerStats {
     mailboxes: AtomicUsize,
     panics: AtomicUsize,
     stun_answers: AtomicU64,
+    swarms: AtomicUsize,
+    entries: AtomicUsize,
+    announces: AtomicU64,
+    introductions: AtomicU64,
 }
 
 impl ServerStats {
@@ -139,6 +189,22 @@ impl ServerStats {
     /// STUN Binding requests answered.
     pub fn stun_answers(&self) -> u64 {
         self.stun_answers.load(Ordering::Relaxed)
+    }
+    /// Tracker: swarms with at least one entry now.
+    pub fn swarms(&self) -> usize {
+        self.swarms.load(Ordering::Relaxed)
+    }
+    /// Tracker: (swarm, connection) entries now.
+    pub fn entries(&self) -> usize {
+        self.entries.load(Ordering::Relaxed)
+    }
+    /// Tracker: `Announce` messages accepted so far (first ones and refreshes).
+    pub fn announces(&self) -> u64 {
+        self.announces.load(Ordering::Relaxed)
+    }
+    /// Tracker: introductions delivered so far.
+    pub fn introductions(&self) -> u64 {
+        self.introductions.load(Ordering::Relaxed)
     }
 }
 
@@ -328,6 +394,12 @@ struct State {
     /// One above the highest nameplate ever handed out (and not given back).
     high: u32,
     per_ip: HashMap<IpKey, usize>,
+    /// Tracker: who announced each swarm.
+    swarms: HashMap<SwarmId, Swarm>,
+    /// Tracker: every tracker connection, by peer id.
+    trackers: HashMap<u64, Tracked>,
+    /// Tracker: (swarm, connection) entries, the sum of every `Tracked::swarms` length.
+    entries: usize,
 }
 
 type Outbox = mpsc::Sender<ServerMessage>;
@@ -617,16 +689,30 @@ async fn session(
         return End::Quiet;
     }
 
-    // A connection without a mailbox lives as long as a mailbox would.
+    // A connection that says nothing after Hello lives as long as a mailbox would.
     let expiry = tokio::time::sleep(limits.mailbox_lifetime);
     tokio::pin!(expiry);
+    // The first message decides: a tracker connection, or a mailbox connection.
+    let first = tokio::select! {
+        () = &mut expiry => return End::Error(expired_reason(None, limits)),
+        message = next_message(reader) => match message {
+            Ok(message) => message,
+            Err(end) => return end,
+        },
+    };
+    if first.is_tracker() {
+        return tracker_session(shared, reader, write, first).await;
+    }
+    let mut first = Some(first);
     let mut member: Option<Member> = None;
     // A message on its way into the other side's inbox. While it waits (the other side
     // reads slowly), this connection reads nothing more from its client, but still
     // delivers its own inbox — so two sides that both send bursts cannot block each other.
     let mut forward: Option<Forward> = None;
     loop {
-        tokio::select! {
+        let message = match first.take() {
+            Some(message) => message,
+            None => tokio::select! {
             biased;
             () = &mut expiry => return End::Error(expired_reason(member.as_ref(), limits)),
             delivered = recv_inbox(&mut member), if member.is_some() => match delivered {
@@ -634,6 +720,7 @@ async fn session(
                     if write_message(write, &message, limits.write_timeout).await.is_err() {
                         return End::Quiet;
                     }
+                    continue;
                 }
                 None => {
                     // The mailbox is gone: the other side left, or it expired first.
@@ -648,27 +735,32 @@ async fn session(
                 }
             },
             // If the other side is gone, its leaving closes our inbox: nothing to do here.
-            _ = async { forward.as_mut()?.await.ok() }, if forward.is_some() => forward = None,
-            message = next_message(reader), if forward.is_none() => {
-                let message = match message {
-                    Ok(message) => message,
-                    Err(end) => return end,
-                };
-                let step = match handle(shared, &mut member, message) {
-                    Ok(step) => step,
-                    Err(reason) => return End::Error(reason),
-                };
-                if let Some(m) = &member {
-                    expiry.as_mut().reset(m.expires);
-                }
-                forward = step.forward.map(|(outbox, message)| -> Forward {
-                    Box::pin(async move { outbox.send(message).await.map_err(drop) })
-                });
-                for reply in step.replies {
-                    if write_message(write, &reply, limits.write_timeout).await.is_err() {
-                        return End::Quiet;
-                    }
-                }
+            _ = async { forward.as_mut()?.await.ok() }, if forward.is_some() => {
+                forward = None;
+                continue;
+            }
+            message = next_message(reader), if forward.is_none() => match message {
+                Ok(message) => message,
+                Err(end) => return end,
+            },
+            },
+        };
+        let step = match handle(shared, &mut member, message) {
+            Ok(step) => step,
+            Err(reason) => return End::Error(reason),
+        };
+        if let Some(m) = &member {
+            expiry.as_mut().reset(m.expires);
+        }
+        forward = step.forward.map(|(outbox, message)| -> Forward {
+            Box::pin(async move { outbox.send(message).await.map_err(drop) })
+        });
+        for reply in step.replies {
+            if write_message(write, &reply, limits.write_timeout)
+                .await
+                .is_err()
+            {
+                return End::Quiet;
             }
         }
     }
@@ -716,6 +808,14 @@ fn handle(
     let limits = &shared.limits;
     match message {
         ClientMessage::Hello { .. } => Err("Hello was already received".to_owned()),
+        ClientMessage::Announce { .. }
+        | ClientMessage::Withdraw { .. }
+        | ClientMessage::Lookup { .. }
+        | ClientMessage::Introduce { .. } => Err(
+            "this is a mailbox connection (it sent Allocate, Claim or Add): tracker messages \
+             need a connection of their own"
+                .to_owned(),
+        ),
         ClientMessage::Allocate | ClientMessage::Claim { .. } if member.is_some() => {
             Err("this connection already has a mailbox".to_owned())
         }
@@ -829,6 +929,394 @@ fn handle(
                     slot.pending.push_back(body);
                     Ok(Step::default())
                 }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The tracker
+//
+// A tracker connection registers a peer id (random, never 0) with a bounded queue for the
+// introductions addressed to it. Its entries live in two places kept in step under the
+// state lock: `Tracked::swarms` (swarm → expiry, per connection) and `Swarm` (the
+// announcers of one swarm, in a vector for O(1) random sampling). The connection's task
+// removes its own entries when they expire; its `TrackerGuard` removes them all when the
+// task ends in any way.
+
+/// The announcers of one swarm: a vector to sample from, and where each one is in it.
+#[derive(Default)]
+struct Swarm {
+    members: Vec<u64>,
+    index: HashMap<u64, usize>,
+}
+
+impl Swarm {
+    fn insert(&mut self, peer: u64) {
+        if let std::collections::hash_map::Entry::Vacant(slot) = self.index.entry(peer) {
+            slot.insert(self.members.len());
+            self.members.push(peer);
+        }
+    }
+
+    fn remove(&mut self, peer: u64) {
+        let Some(at) = self.index.remove(&peer) else {
+            return;
+        };
+        self.members.swap_remove(at);
+        if let Some(&moved) = self.members.get(at) {
+            self.index.insert(moved, at);
+        }
+    }
+}
+
+/// One tracker connection, as the state knows it.
+struct Tracked {
+    /// Where introductions for this connection go (bounded by
+    /// [`Limits::max_introductions_queued`]).
+    introductions: mpsc::Sender<ServerMessage>,
+    /// What it announced, and when each entry expires.
+    swarms: HashMap<SwarmId, Instant>,
+}
+
+impl State {
+    fn remove_entry(&mut self, peer: u64, swarm: &SwarmId) {
+        let Some(tracked) = self.trackers.get_mut(&peer) else {
+            return;
+        };
+        if tracked.swarms.remove(swarm).is_none() {
+            return;
+        }
+        self.entries = self.entries.saturating_sub(1);
+        if let Some(members) = self.swarms.get_mut(swarm) {
+            members.remove(peer);
+            if members.members.is_empty() {
+                self.swarms.remove(swarm);
+            }
+        }
+    }
+
+    /// Whether `peer` announced `swarm` and the entry has not expired.
+    fn is_live(&self, peer: u64, swarm: &SwarmId, now: Instant) -> bool {
+        self.trackers
+            .get(&peer)
+            .and_then(|t| t.swarms.get(swarm))
+            .is_some_and(|&expires| expires > now)
+    }
+
+    fn update_tracker_stats(&self, stats: &ServerStats) {
+        stats.swarms.store(self.swarms.len(), Ordering::Relaxed);
+        stats.entries.store(self.entries, Ordering::Relaxed);
+    }
+}
+
+/// A tracker connection's registration; dropping it removes every entry it has.
+struct TrackerGuard {
+    shared: Arc<Shared>,
+    peer: u64,
+}
+
+impl TrackerGuard {
+    /// Registers a new tracker connection under a fresh random peer id.
+    fn register(shared: &Arc<Shared>, introductions: mpsc::Sender<ServerMessage>) -> Self {
+        let mut state = shared.lock();
+        let peer = loop {
+            let candidate: u64 = rand::random();
+            if candidate != 0 && !state.trackers.contains_key(&candidate) {
+                break candidate;
+            }
+        };
+        state.trackers.insert(
+            peer,
+            Tracked {
+                introductions,
+                swarms: HashMap::new(),
+            },
+        );
+        TrackerGuard {
+            shared: Arc::clone(shared),
+            peer,
+        }
+    }
+
+    fn announce(&self, swarm: SwarmId) -> Result<(), String> {
+        let limits = &self.shared.limits;
+        let expires = Instant::now() + limits.announce_ttl;
+        let mut state = self.shared.lock();
+        let entries = state.entries;
+        let Some(tracked) = state.trackers.get_mut(&self.peer) else {
+            return Err("this tracker connection is no longer registered".to_owned());
+        };
+        if let Some(entry) = tracked.swarms.get_mut(&swarm) {
+            *entry = expires;
+        } else {
+            if tracked.swarms.len() >= limits.max_announces {
+                return Err(format!(
+                    "too many swarms announced on one connection (the limit is {})",
+                    limits.max_announces
+                ));
+            }
+            if entries >= limits.max_entries {
+                return Err(format!(
+                    "the tracker is full ({entries} announces); try again later"
+                ));
+            }
+            tracked.swarms.insert(swarm, expires);
+            state.entries = entries.saturating_add(1);
+            state.swarms.entry(swarm).or_default().insert(self.peer);
+            state.update_tracker_stats(&self.shared.stats);
+        }
+        self.shared.stats.announces.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn withdraw(&self, swarm: &SwarmId) {
+        let mut state = self.shared.lock();
+        state.remove_entry(self.peer, swarm);
+        state.update_tracker_stats(&self.shared.stats);
+    }
+
+    /// Removes the entries that expired; returns when the next one expires.
+    fn expire(&self) -> Option<Instant> {
+        let now = Instant::now();
+        let mut state = self.shared.lock();
+        let expired: Vec<SwarmId> = state
+            .trackers
+            .get(&self.peer)?
+            .swarms
+            .iter()
+            .filter(|(_, &expires)| expires <= now)
+            .map(|(swarm, _)| *swarm)
+            .collect();
+        for swarm in &expired {
+            state.remove_entry(self.peer, swarm);
+        }
+        if !expired.is_empty() {
+            state.update_tracker_stats(&self.shared.stats);
+        }
+        state
+            .trackers
+            .get(&self.peer)?
+            .swarms
+            .values()
+            .min()
+            .copied()
+    }
+
+    /// Up to [`MAX_PEERS`] random live announcers of `swarm`, not this connection.
+    fn lookup(&self, swarm: &SwarmId) -> Vec<u64> {
+        let now = Instant::now();
+        let state = self.shared.lock();
+        let Some(members) = state.swarms.get(swarm) else {
+            return Vec::new();
+        };
+        let n = members.members.len();
+        let amount = n.min(MAX_PEERS + 1);
+        let mut rng = rand::rng();
+        rand::seq::index::sample(&mut rng, n, amount)
+            .into_iter()
+            .filter_map(|i| members.members.get(i).copied())
+            .filter(|&peer| peer != self.peer && state.is_live(peer, swarm, now))
+            .take(MAX_PEERS)
+            .collect()
+    }
+
+    /// Queues an `Introduction` for `peer` when it is a live announcer of `swarm`,
+    /// `nameplate` is an allocated mailbox nobody claimed yet, and `peer`'s queue has room.
+    fn introduce(&self, swarm: SwarmId, peer: u64, nameplate: u32) -> bool {
+        let now = Instant::now();
+        let state = self.shared.lock();
+        if !state.is_live(peer, &swarm, now) {
+            return false;
+        }
+        let waiting = state.mailboxes.get(&nameplate).is_some_and(|slot| {
+            slot.sides[0].is_some() && slot.sides[1].is_none() && slot.expires > now
+        });
+        if !waiting {
+            return false;
+        }
+        let Some(tracked) = state.trackers.get(&peer) else {
+            return false;
+        };
+        let queued = tracked
+            .introductions
+            .try_send(ServerMessage::Introduction { swarm, nameplate })
+            .is_ok();
+        if queued {
+            self.shared
+                .stats
+                .introductions
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        queued
+    }
+}
+
+impl Drop for TrackerGuard {
+    fn drop(&mut self) {
+        let mut state = self.shared.lock();
+        let swarms: Vec<SwarmId> = state
+            .trackers
+            .get(&self.peer)
+            .map(|t| t.swarms.keys().copied().collect())
+            .unwrap_or_default();
+        for swarm in &swarms {
+            state.remove_entry(self.peer, swarm);
+        }
+        state.trackers.remove(&self.peer);
+        state.update_tracker_stats(&self.shared.stats);
+    }
+}
+
+/// A token bucket for one connection (see [`Rate`]).
+struct Bucket {
+    rate: Rate,
+    tokens: f64,
+    last: Instant,
+}
+
+impl Bucket {
+    fn new(rate: Rate) -> Self {
+        Bucket {
+            rate,
+            tokens: f64::from(rate.burst),
+            last: Instant::now(),
+        }
+    }
+
+    fn refill(&mut self) {
+        let now = Instant::now();
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * f64::from(self.rate.per_second))
+            .min(f64::from(self.rate.burst));
+    }
+
+    /// Takes a token if there is one.
+    fn try_take(&mut self) -> bool {
+        self.refill();
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Waits for a token and takes it.
+    async fn take(&mut self) {
+        while !self.try_take() {
+            let wait = if self.rate.per_second == 0 {
+                // Never refills: the connection waits until it is closed (idle, or the
+                // client gives up).
+                Duration::from_secs(3600)
+            } else {
+                Duration::from_secs_f64((1.0 - self.tokens) / f64::from(self.rate.per_second))
+                    .max(Duration::from_millis(1))
+            };
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+/// Far enough in the future to stand for "never" in a `sleep_until`.
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(86_400 * 365)
+}
+
+/// Serves a tracker connection from its first tracker message on. It lives until the
+/// client closes it, is idle for [`Limits::tracker_idle`], errs, or stops reading.
+async fn tracker_session(
+    shared: &Arc<Shared>,
+    reader: &mut Reader<'_>,
+    write: &mut tokio::net::tcp::WriteHalf<'_>,
+    first: ClientMessage,
+) -> End {
+    let limits = &shared.limits;
+    let (introductions, mut inbox) = mpsc::channel(limits.max_introductions_queued.max(1));
+    let guard = TrackerGuard::register(shared, introductions);
+    let mut introduce_bucket = Bucket::new(limits.introductions);
+    let mut lookup_bucket = Bucket::new(limits.lookups);
+    let idle = tokio::time::sleep(limits.tracker_idle);
+    tokio::pin!(idle);
+    let mut next_expiry: Option<Instant> = None;
+    let mut first = Some(first);
+    loop {
+        let message = match first.take() {
+            Some(message) => message,
+            None => tokio::select! {
+                biased;
+                Some(introduction) = inbox.recv() => {
+                    if write_message(write, &introduction, limits.write_timeout).await.is_err() {
+                        return End::Quiet;
+                    }
+                    continue;
+                }
+                () = tokio::time::sleep_until(next_expiry.unwrap_or_else(far_future)),
+                    if next_expiry.is_some() =>
+                {
+                    next_expiry = guard.expire();
+                    continue;
+                }
+                () = &mut idle => {
+                    return End::Error(format!(
+                        "idle: nothing received for {:?} on this tracker connection",
+                        limits.tracker_idle
+                    ));
+                }
+                message = next_message(reader) => match message {
+                    Ok(message) => message,
+                    Err(end) => return end,
+                },
+            },
+        };
+        idle.as_mut().reset(Instant::now() + limits.tracker_idle);
+        let reply = match message {
+            ClientMessage::Hello { .. } => {
+                return End::Error("Hello was already received".to_owned())
+            }
+            ClientMessage::Allocate | ClientMessage::Claim { .. } | ClientMessage::Add { .. } => {
+                return End::Error(
+                    "this is a tracker connection (it sent Announce, Withdraw, Lookup or \
+                     Introduce): mailbox messages need a connection of their own"
+                        .to_owned(),
+                )
+            }
+            ClientMessage::Announce { swarm } => {
+                if let Err(reason) = guard.announce(swarm) {
+                    return End::Error(reason);
+                }
+                next_expiry = guard.expire();
+                Some(ServerMessage::Announced { swarm })
+            }
+            ClientMessage::Withdraw { swarm } => {
+                guard.withdraw(&swarm);
+                next_expiry = guard.expire();
+                None
+            }
+            ClientMessage::Lookup { swarm } => {
+                lookup_bucket.take().await;
+                Some(ServerMessage::Peers {
+                    peers: guard.lookup(&swarm),
+                    swarm,
+                })
+            }
+            ClientMessage::Introduce {
+                swarm,
+                peer,
+                nameplate,
+            } => {
+                let delivered =
+                    introduce_bucket.try_take() && guard.introduce(swarm, peer, nameplate);
+                Some(ServerMessage::Introduced { peer, delivered })
+            }
+        };
+        if let Some(reply) = reply {
+            if write_message(write, &reply, limits.write_timeout)
+                .await
+                .is_err()
+            {
+                return End::Quiet;
             }
         }
     }
