@@ -4,6 +4,7 @@ use p2p_core::discovery::DiscoveryError;
 use p2p_core::error::{HandshakeError, TransferError, WireError};
 use p2p_core::nat::NatError;
 use p2p_core::net::SecurityError;
+use p2p_core::swarm::SwarmError;
 use p2p_core::Error;
 
 pub const EXIT_CODES_HELP: &str = "\
@@ -169,6 +170,14 @@ pub fn exit_code(error: &anyhow::Error) -> u8 {
             _ => 8,
         },
         Error::InvalidInput(_) => 1,
+        Error::Swarm(s) => match s {
+            SwarmError::Input(_) => 2,
+            SwarmError::Manifest(_) | SwarmError::Protocol(_) => 4,
+            SwarmError::Io(_) => 7,
+            SwarmError::Output(_) => 5,
+            SwarmError::Tracker(_) | SwarmError::NoPeers(_) => 3,
+            SwarmError::Stopped => 130,
+        },
     }
 }
 

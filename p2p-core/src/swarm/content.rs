@@ -201,7 +201,9 @@ impl Manifest {
         }
         if self.name.is_empty() || self.name.len() > 255 || self.name.chars().any(char::is_control)
         {
-            return Err(SwarmError::Manifest("the share's name is empty or unsafe".into()));
+            return Err(SwarmError::Manifest(
+                "the share's name is empty or unsafe".into(),
+            ));
         }
         validate_entries(&self.entries).map_err(|e| SwarmError::Manifest(e.to_string()))?;
         let map = PieceMap::new(&self.entries, self.chunk_size)?;
@@ -363,8 +365,8 @@ pub fn hash_share<P: AsRef<Path>>(
         let EntryKind::File { size } = entry.kind else {
             continue;
         };
-        let mut file =
-            File::open(path).map_err(|e| SwarmError::Io(format!("cannot read {}: {e}", path.display())))?;
+        let mut file = File::open(path)
+            .map_err(|e| SwarmError::Io(format!("cannot read {}: {e}", path.display())))?;
         let mut left = size;
         while left > 0 {
             let len = left.min(u64::from(chunk_size)) as usize;
@@ -479,7 +481,10 @@ mod tests {
             pieces: vec![piece_hash(b"x")],
         };
         let err = Manifest::decode(&manifest.encode(), &manifest.root()).unwrap_err();
-        assert!(err.to_string().contains("1 piece hashes for 2 pieces"), "{err}");
+        assert!(
+            err.to_string().contains("1 piece hashes for 2 pieces"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -134,7 +134,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-fn bucket(rate: Option<u64>, shared: Option<Arc<Mutex<TokenBucket>>>) -> Option<Arc<Mutex<TokenBucket>>> {
+fn bucket(
+    rate: Option<u64>,
+    shared: Option<Arc<Mutex<TokenBucket>>>,
+) -> Option<Arc<Mutex<TokenBucket>>> {
     shared.or_else(|| rate.map(|r| Arc::new(Mutex::new(TokenBucket::new(r, Instant::now())))))
 }
 
@@ -257,7 +260,8 @@ impl Swarm {
                 upload,
             ));
         };
-        let (known, store, have, notes) = open_download(root, manifest, out_dir.to_path_buf()).await?;
+        let (known, store, have, notes) =
+            open_download(root, manifest, out_dir.to_path_buf()).await?;
         let swarm = Self::start(
             root,
             local,
@@ -316,7 +320,8 @@ impl Swarm {
     pub fn wants_peers(&self) -> bool {
         let inner = lock(&self.shared.inner);
         !(inner.known.is_some() && inner.have.is_full())
-            && inner.peers.values().filter(|p| !p.info.incoming).count() < self.shared.config.max_peers
+            && inner.peers.values().filter(|p| !p.info.incoming).count()
+                < self.shared.config.max_peers
             && !self.shared.stop.is_cancelled()
     }
 
@@ -415,11 +420,19 @@ impl Swarm {
             if inner.peers.len() >= self.shared.config.max_connections {
                 return Err(SwarmError::NoPeers("too many peers".into()));
             }
-            if let Some((&old, existing)) =
-                inner.peers.iter().find(|(_, p)| p.info.device == info.device)
+            if let Some((&old, existing)) = inner
+                .peers
+                .iter()
+                .find(|(_, p)| p.info.device == info.device)
             {
                 // Keep the connection opened by the smaller device id: both ends agree.
-                let opener = |incoming: bool| if incoming { info.device } else { self.shared.local };
+                let opener = |incoming: bool| {
+                    if incoming {
+                        info.device
+                    } else {
+                        self.shared.local
+                    }
+                };
                 let new_opener = opener(info.incoming);
                 let old_opener = if existing.info.incoming {
                     info.device
@@ -427,9 +440,13 @@ impl Swarm {
                     self.shared.local
                 };
                 if new_opener.min(old_opener) != new_opener || new_opener == old_opener {
-                    return Err(SwarmError::NoPeers("already connected to that device".into()));
+                    return Err(SwarmError::NoPeers(
+                        "already connected to that device".into(),
+                    ));
                 }
-                let _ = existing.tx.send(Ctl::Close("a second connection replaces this one".into()));
+                let _ = existing
+                    .tx
+                    .send(Ctl::Close("a second connection replaces this one".into()));
                 let _ = old;
             }
             let key = inner.next_key;
@@ -671,7 +688,9 @@ async fn ticker(shared: Arc<Shared>) {
                 .unwrap_or_default();
             for (key, piece) in &expired {
                 if let Some(peer) = inner.peers.get(key) {
-                    let _ = peer.tx.send(Ctl::Send(PeerMessage::Cancel { piece: *piece }));
+                    let _ = peer
+                        .tx
+                        .send(Ctl::Send(PeerMessage::Cancel { piece: *piece }));
                 }
             }
             if !expired.is_empty() {
@@ -990,9 +1009,11 @@ impl<R: AsyncRead + Unpin> Reader<'_, R> {
             .out_dir
             .clone()
             .ok_or_else(|| violation("a manifest for a share this side serves"))?;
-        let (known, store, have, notes) = open_download(root, manifest, out_dir).await.inspect_err(|e| {
-            self.swarm.fail(e.clone());
-        })?;
+        let (known, store, have, notes) = open_download(root, manifest, out_dir)
+            .await
+            .inspect_err(|e| {
+                self.swarm.fail(e.clone());
+            })?;
         {
             let mut inner = lock(&self.shared().inner);
             inner.fetching = None;
@@ -1020,7 +1041,9 @@ impl<R: AsyncRead + Unpin> Reader<'_, R> {
     }
 
     async fn received_piece(&mut self, piece: u32, data: Bytes) -> Result<(), SwarmError> {
-        let known = self.known().ok_or_else(|| violation("Piece before the manifest"))?;
+        let known = self
+            .known()
+            .ok_or_else(|| violation("Piece before the manifest"))?;
         {
             let inner = lock(&self.shared().inner);
             let asked = inner
@@ -1037,7 +1060,8 @@ impl<R: AsyncRead + Unpin> Reader<'_, R> {
             }
         }
         let expected = known.map.piece_len(piece).unwrap_or(0);
-        let good = data.len() == expected && piece_hash(&data) == known.manifest.pieces[piece as usize];
+        let good =
+            data.len() == expected && piece_hash(&data) == known.manifest.pieces[piece as usize];
         if !good {
             let device = {
                 let mut inner = lock(&self.shared().inner);
@@ -1139,12 +1163,10 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                     lock(&queue.pieces).push_front(piece);
                     Some(ctl)
                 }
-                Err(mpsc::error::TryRecvError::Empty) => {
-                    match serve(&shared, key, piece).await {
-                        Ok(message) => Some(Ctl::Send(message)),
-                        Err(e) => Some(Ctl::Close(e.to_string())),
-                    }
-                }
+                Err(mpsc::error::TryRecvError::Empty) => match serve(&shared, key, piece).await {
+                    Ok(message) => Some(Ctl::Send(message)),
+                    Err(e) => Some(Ctl::Close(e.to_string())),
+                },
                 Err(mpsc::error::TryRecvError::Disconnected) => None,
             }
         } else {

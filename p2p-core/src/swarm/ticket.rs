@@ -242,7 +242,9 @@ mod tests {
         forged.manifest.as_mut().unwrap().pieces[0] = piece_hash(b"abd");
         let err = ShareFile::decode(&forged.encode()).unwrap_err().to_string();
         assert!(err.contains("root hash"), "{err}");
-        let err = ShareFile::decode(&bytes[..bytes.len() - 1]).unwrap_err().to_string();
+        let err = ShareFile::decode(&bytes[..bytes.len() - 1])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("damaged"), "{err}");
     }
 
