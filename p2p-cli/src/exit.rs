@@ -120,6 +120,9 @@ pub fn exit_code(error: &anyhow::Error) -> u8 {
             _ => 1,
         };
     }
+    if let Some(swarm) = error.chain().find_map(|c| c.downcast_ref::<SwarmError>()) {
+        return swarm_exit_code(swarm);
+    }
     let Some(core) = error.chain().find_map(|c| c.downcast_ref::<Error>()) else {
         return 1;
     };
@@ -170,14 +173,18 @@ pub fn exit_code(error: &anyhow::Error) -> u8 {
             _ => 8,
         },
         Error::InvalidInput(_) => 1,
-        Error::Swarm(s) => match s {
-            SwarmError::Input(_) => 2,
-            SwarmError::Manifest(_) | SwarmError::Protocol(_) => 4,
-            SwarmError::Io(_) => 7,
-            SwarmError::Output(_) => 5,
-            SwarmError::Tracker(_) | SwarmError::NoPeers(_) => 3,
-            SwarmError::Stopped => 130,
-        },
+        Error::Swarm(s) => swarm_exit_code(s),
+    }
+}
+
+fn swarm_exit_code(error: &SwarmError) -> u8 {
+    match error {
+        SwarmError::Input(_) => 2,
+        SwarmError::Manifest(_) | SwarmError::Protocol(_) => 4,
+        SwarmError::Io(_) => 7,
+        SwarmError::Output(_) => 5,
+        SwarmError::Tracker(_) | SwarmError::NoPeers(_) => 3,
+        SwarmError::Stopped => 130,
     }
 }
 

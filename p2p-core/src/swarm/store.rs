@@ -72,7 +72,23 @@ impl Store {
         let entries: Arc<[Entry]> = manifest.entries.clone().into();
         let mut output =
             OutputDir::prepare(dir, transfer_id(root), &entries, false, manifest.chunk_size)
-                .map_err(|e| SwarmError::Output(e.to_string()))?;
+                .map_err(|e| match e {
+                    crate::Error::Transfer(crate::error::TransferError::AlreadyExists {
+                        first,
+                        count,
+                    }) => SwarmError::Output(format!(
+                        "{} already exists in {}{}: nothing was overwritten; download into \
+                     another folder (-o DIR), or move it away",
+                        crate::text::Printable(&first),
+                        dir.display(),
+                        if count > 1 {
+                            format!(" (and {} more)", count - 1)
+                        } else {
+                            String::new()
+                        }
+                    )),
+                    e => SwarmError::Output(e.to_string()),
+                })?;
         let notes = output.notes().to_vec();
         let resume = output.resume_info().clone();
         let mut have = Bitfield::new(map.count());
