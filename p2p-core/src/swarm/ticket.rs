@@ -206,6 +206,20 @@ mod tests {
     }
 
     #[test]
+    fn a_ticket_has_the_documented_text() {
+        // docs/protocol.md section 10.2.
+        let ticket = Ticket {
+            root: Hash([0x11; 32]),
+            tracker: Some("h:1".into()),
+            trusted: vec![],
+        };
+        assert_eq!(
+            ticket.to_string(),
+            "p2p1EREREREREREREREREREREREREREREREREREREREREREBA2g6MQA"
+        );
+    }
+
+    #[test]
     fn tickets_round_trip_and_stay_short() {
         let ticket = Ticket {
             root: manifest().root(),
