@@ -365,8 +365,12 @@ impl Task {
                         Ok(message) => message,
                         Err(e) => {
                             let why = e.to_string();
-                            if let Some(first) = awaiting.pop_front() {
-                                first.fail(e);
+                            // The server's reason is about the oldest request (the one
+                            // it could not take); the others just lost the connection.
+                            if matches!(e, RendezvousError::Refused(_)) {
+                                if let Some(first) = awaiting.pop_front() {
+                                    first.fail(e);
+                                }
                             }
                             return lost(&mut awaiting, &self.server, why);
                         }
