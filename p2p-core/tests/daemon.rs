@@ -342,7 +342,10 @@ async fn bad_requests_get_errors_and_an_oversized_line_closes_only_its_connectio
     let mut big = vec![b' '; 64 * 1024 + 1];
     big.push(b'\n');
     let answer = raw(&mut conn, &big).await.unwrap();
-    assert!(answer["error"].as_str().unwrap().contains("longer than 65536"));
+    assert!(answer["error"]
+        .as_str()
+        .unwrap()
+        .contains("longer than 65536"));
     let mut rest = String::new();
     let closed = tokio::time::timeout(WAIT, conn.read_line(&mut rest)).await;
     assert!(matches!(closed, Ok(Ok(0)) | Ok(Err(_))), "{closed:?}");
@@ -423,7 +426,11 @@ async fn stopping_shuts_the_shares_down_and_removes_the_socket() {
     let dir = tempfile::tempdir().unwrap();
     let (fake, _events) = Fake::new(&[]);
     let daemon = spawn(dir.path(), fake.clone()).await;
-    client(dir.path()).await.add(&record('e', "e")).await.unwrap();
+    client(dir.path())
+        .await
+        .add(&record('e', "e"))
+        .await
+        .unwrap();
     daemon.terminate().await.unwrap();
     assert!(!socket_path(dir.path()).exists());
     assert_eq!(fake.calls().last(), Some(&Call::Shutdown));
@@ -441,5 +448,8 @@ async fn stopping_shuts_the_shares_down_and_removes_the_socket() {
     client(dir.path()).await.stop().await.unwrap();
     daemon.finished().await.unwrap();
     assert!(!socket_path(dir.path()).exists());
-    assert_eq!(fake.calls(), vec![Call::Start("e".repeat(64)), Call::Shutdown]);
+    assert_eq!(
+        fake.calls(),
+        vec![Call::Start("e".repeat(64)), Call::Shutdown]
+    );
 }

@@ -1,5 +1,6 @@
 //! One module per subcommand; [`run`] dispatches.
 
+pub mod daemon;
 pub mod history;
 pub mod nat_test;
 pub mod peers;
@@ -30,6 +31,9 @@ pub async fn run(command: Command, recorder: &Recorder) -> anyhow::Result<()> {
         Command::NatTest(args) => nat_test::run(args).await,
         Command::Id => trust::show_id(),
         Command::Trust(args) => trust::run(args),
+        Command::Daemon(args) => daemon::run(args).await,
+        Command::Shares(args) => daemon::shares(args).await,
+        Command::Unshare(args) => daemon::unshare(args).await,
     }
 }
 

@@ -77,7 +77,8 @@ impl Client {
 
     /// Sends one request and reads its response (an `ok: false` one included).
     pub async fn request(&mut self, request: &Request) -> Result<Response, DaemonError> {
-        let mut line = serde_json::to_vec(request).map_err(|e| DaemonError::Protocol(e.to_string()))?;
+        let mut line =
+            serde_json::to_vec(request).map_err(|e| DaemonError::Protocol(e.to_string()))?;
         line.push(b'\n');
         let exchange = async {
             self.writer
@@ -199,7 +200,11 @@ pub async fn ensure_running(dir: &Path, exe: &Path) -> Result<Client, DaemonErro
         .process_group(0)
         .spawn()
         .map_err(|e| failed(format!("cannot run {}: {e}", exe.display())))?;
-    tracing::info!("started the daemon (pid {}), log: {}", child.id(), log.display());
+    tracing::info!(
+        "started the daemon (pid {}), log: {}",
+        child.id(),
+        log.display()
+    );
     let deadline = Instant::now() + START_TIMEOUT;
     loop {
         if let Some(client) = answering(dir).await? {

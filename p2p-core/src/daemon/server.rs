@@ -44,10 +44,10 @@ pub async fn run<S: Shares>(dir: &Path, shares: S) -> Result<(), DaemonError> {
 pub fn termination() -> Result<impl Future<Output = ()> + Send + 'static, DaemonError> {
     use tokio::signal::unix::{signal, SignalKind};
     let here = Path::new("SIGTERM/SIGINT");
-    let mut term = signal(SignalKind::terminate())
-        .map_err(|e| DaemonError::io("cannot handle", here, e))?;
-    let mut int = signal(SignalKind::interrupt())
-        .map_err(|e| DaemonError::io("cannot handle", here, e))?;
+    let mut term =
+        signal(SignalKind::terminate()).map_err(|e| DaemonError::io("cannot handle", here, e))?;
+    let mut int =
+        signal(SignalKind::interrupt()).map_err(|e| DaemonError::io("cannot handle", here, e))?;
     Ok(async move {
         tokio::select! {
             _ = term.recv() => tracing::info!("SIGTERM: stopping"),
@@ -295,8 +295,8 @@ fn bind_private(dir: &Path, socket: &Path) -> Result<UnixListener, DaemonError> 
         .create(&private)
         .map_err(|e| DaemonError::io("cannot create", &private, e))?;
     let result = (|| {
-        let listener =
-            UnixListener::bind(&staged).map_err(|e| DaemonError::io("cannot listen on", &staged, e))?;
+        let listener = UnixListener::bind(&staged)
+            .map_err(|e| DaemonError::io("cannot listen on", &staged, e))?;
         std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o600))
             .map_err(|e| DaemonError::io("cannot restrict", &staged, e))?;
         std::fs::rename(&staged, socket).map_err(|e| DaemonError::io("cannot place", socket, e))?;
@@ -329,10 +329,7 @@ async fn start_persisted<S: Shares>(inner: Arc<Inner<S>>) {
         let name = record.name.clone();
         let status = match inner.shares.start(record).await {
             Ok(()) => {
-                tracing::info!(
-                    "serving {} ({root})",
-                    crate::text::printable(&name)
-                );
+                tracing::info!("serving {} ({root})", crate::text::printable(&name));
                 Status::Started
             }
             Err(e) => {
@@ -385,8 +382,8 @@ async fn connection<S: Shares>(inner: &Inner<S>, stream: UnixStream) {
                     "the request is longer than {} bytes: closing the connection",
                     protocol::MAX_REQUEST
                 ));
-                let _ = tokio::time::timeout(WRITE_TIMEOUT, write.write_all(&error.to_line()))
-                    .await;
+                let _ =
+                    tokio::time::timeout(WRITE_TIMEOUT, write.write_all(&error.to_line())).await;
                 return;
             }
             Ok(Ok(Line::Line(line))) => line,
@@ -487,7 +484,11 @@ impl<S: Shares> Inner<S> {
                 Ok(()) => Status::Started,
                 Err(again) => Status::Failed(again),
             };
-            if let Some(entry) = self.lock_entries().iter_mut().find(|e| e.record.root == root) {
+            if let Some(entry) = self
+                .lock_entries()
+                .iter_mut()
+                .find(|e| e.record.root == root)
+            {
                 entry.status = status;
             }
             return Err(format!(
@@ -546,7 +547,11 @@ impl<S: Shares> Inner<S> {
     }
 
     async fn persist(&self) -> Result<(), DaemonError> {
-        let records: Vec<ShareRecord> = self.lock_entries().iter().map(|e| e.record.clone()).collect();
+        let records: Vec<ShareRecord> = self
+            .lock_entries()
+            .iter()
+            .map(|e| e.record.clone())
+            .collect();
         let dir = self.dir.clone();
         tokio::task::spawn_blocking(move || registry::save(&dir, &records))
             .await
@@ -560,7 +565,9 @@ pub fn resolve<'a>(records: &[&'a ShareRecord], which: &str) -> Result<&'a Share
     let which = which.trim();
     let shown = crate::text::printable_truncated(which, 80);
     if which.is_empty() {
-        return Err("say which share: a root hash prefix or a name (see `p2p-transfer shares`)".into());
+        return Err(
+            "say which share: a root hash prefix or a name (see `p2p-transfer shares`)".into(),
+        );
     }
     let prefix = which.to_ascii_lowercase();
     let hex = prefix.bytes().all(|b| b.is_ascii_hexdigit());
