@@ -317,3 +317,121 @@ fn bad_input_gets_a_clear_error_and_touches_nothing() {
     );
     let _ = Duration::ZERO;
 }
+
+/// The daemon's pid, from its lock file.
+fn daemon_pid(data: &Path) -> i32 {
+    std::fs::read_to_string(data.join("daemon.lock"))
+        .expect("daemon.lock")
+        .trim()
+        .parse()
+        .expect("pid")
+}
+
+/// Waits (bounded) until process `pid` is gone.
+fn wait_gone(pid: i32) {
+    for _ in 0..200 {
+        if !Path::new(&format!("/proc/{pid}")).exists()
+            || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .map(|s| s.contains(") Z "))
+                .unwrap_or(true)
+        {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("process {pid} did not exit");
+}
+
+#[test]
+fn the_daemon_serves_a_share_across_a_restart_until_unshared() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path();
+    let (_tracker, addr) = tracker();
+    let source = share_tree(root, 2 * 1024 * 1024 + 3);
+    let data = root.join("sharer");
+    let file = root.join("album.p2p");
+    // `share` without --foreground starts the daemon on demand and hands it the share.
+    let shared = run(p2p(&data)
+        .arg("share")
+        .arg(&source)
+        .args(["--rendezvous", &addr, "--output-file"])
+        .arg(&file));
+    assert!(
+        shared.status.success(),
+        "{}",
+        String::from_utf8_lossy(&shared.stderr)
+    );
+    assert!(String::from_utf8_lossy(&shared.stderr).contains("through the background daemon"));
+    let pid = daemon_pid(&data);
+    let listed = run(p2p(&data).arg("shares"));
+    let listed = String::from_utf8_lossy(&listed.stdout).to_string();
+    assert!(
+        listed.contains("album") && listed.contains("serving"),
+        "{listed}"
+    );
+
+    let out1 = root.join("out1");
+    let got = run(&mut get(
+        &root.join("d1"),
+        file.to_str().expect("utf-8"),
+        &out1,
+        None,
+    ));
+    assert!(
+        got.status.success(),
+        "{}",
+        String::from_utf8_lossy(&got.stderr)
+    );
+    assert_eq!(tree_digest(&out1.join("album")), tree_digest(&source));
+
+    // SIGTERM: a clean stop, the socket removed.
+    let killed = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    wait_gone(pid);
+    assert!(
+        !data.join("daemon.sock").exists(),
+        "the socket was left behind"
+    );
+    let none = run(p2p(&data).arg("shares"));
+    let said =
+        String::from_utf8_lossy(&none.stdout).to_string() + &String::from_utf8_lossy(&none.stderr);
+    assert!(said.contains("no daemon runs"), "{said}");
+
+    // Started again, it serves the same share without being told.
+    let mut daemon = p2p(&data)
+        .arg("daemon")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("daemon");
+    line_with(daemon.stderr.take().expect("stderr"), "daemon listening on");
+    let _daemon = Guard(daemon);
+    let out2 = root.join("out2");
+    let got = run(&mut get(
+        &root.join("d2"),
+        file.to_str().expect("utf-8"),
+        &out2,
+        None,
+    ));
+    assert!(
+        got.status.success(),
+        "{}",
+        String::from_utf8_lossy(&got.stderr)
+    );
+    assert_eq!(tree_digest(&out2.join("album")), tree_digest(&source));
+
+    // Unshared: gone from the list.
+    let un = run(p2p(&data).args(["unshare", "album"]));
+    assert!(
+        un.status.success(),
+        "{}",
+        String::from_utf8_lossy(&un.stderr)
+    );
+    let listed = run(p2p(&data).arg("shares"));
+    let said = String::from_utf8_lossy(&listed.stdout).to_string()
+        + &String::from_utf8_lossy(&listed.stderr);
+    assert!(said.contains("no shares"), "{said}");
+}

@@ -177,8 +177,40 @@ async fn register_with_daemon(
     args: &ShareArgs,
     tracker: &str,
 ) -> anyhow::Result<()> {
-    let _ = (share, file, args, tracker);
-    anyhow::bail!("serving through the daemon is not built yet: use --foreground")
+    let absolute = |p: &Path| {
+        std::fs::canonicalize(p).with_context(|| format!("cannot resolve {}", p.display()))
+    };
+    let record = p2p_core::daemon::ShareRecord {
+        root: share.root.to_hex(),
+        name: share.manifest.name.clone(),
+        share_file: absolute(file)?,
+        sources: args
+            .paths
+            .iter()
+            .map(|p| absolute(p))
+            .collect::<anyhow::Result<_>>()?,
+        rendezvous: tracker.to_owned(),
+        added_unix: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        max_upload: args.max_upload.0,
+    };
+    let dir = super::data_dir()?;
+    let exe = std::env::current_exe().context("cannot find this program to start the daemon")?;
+    let mut daemon = p2p_core::daemon::ensure_running(&dir, &exe).await?;
+    let replaced = daemon.add(&record).await?;
+    eprintln!(
+        "{} {} through the background daemon: `p2p-transfer shares` lists it, \
+         `p2p-transfer unshare {}` stops it",
+        if replaced {
+            "now serving again"
+        } else {
+            "serving"
+        },
+        Printable(&share.manifest.name),
+        share.root.short()
+    );
+    Ok(())
 }
 
 async fn host(

@@ -115,12 +115,27 @@ impl Host {
         share: &LocalShare,
         trusted: Vec<DeviceId>,
     ) -> Result<Swarm, SwarmError> {
-        let swarm = Swarm::seed(
-            share,
-            self.device_id(),
-            self.inner.config.clone(),
-            self.inner.upload.clone(),
-        )?;
+        self.share_limited(share, trusted, None).await
+    }
+
+    /// Serves `share` with an upload limit of its own (else the host's) and announces it.
+    pub async fn share_limited(
+        &self,
+        share: &LocalShare,
+        trusted: Vec<DeviceId>,
+        max_upload: Option<u64>,
+    ) -> Result<Swarm, SwarmError> {
+        let (config, upload) = match max_upload {
+            Some(rate) => (
+                SwarmConfig {
+                    max_upload: Some(rate),
+                    ..self.inner.config.clone()
+                },
+                None,
+            ),
+            None => (self.inner.config.clone(), self.inner.upload.clone()),
+        };
+        let swarm = Swarm::seed(share, self.device_id(), config, upload)?;
         self.register(&swarm, trusted).await?;
         Ok(swarm)
     }

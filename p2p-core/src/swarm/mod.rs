@@ -21,6 +21,7 @@ pub mod content;
 pub mod host;
 pub mod node;
 pub mod picker;
+pub mod service;
 pub mod status;
 pub mod store;
 pub mod ticket;

@@ -305,6 +305,12 @@ impl Swarm {
         self.shared.status.subscribe()
     }
 
+    /// The status as it is now (not up to 250 ms old).
+    pub fn status_now(&self) -> SwarmStatus {
+        self.publish();
+        self.shared.status.borrow().clone()
+    }
+
     /// The events (once: later calls get `None`).
     pub fn events(&self) -> Option<mpsc::Receiver<SwarmEvent>> {
         lock(&self.shared.events_rx).take()

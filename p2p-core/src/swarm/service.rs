@@ -83,12 +83,11 @@ fn local_share(
             file.display()
         )));
     }
-    let manifest = share.manifest.ok_or_else(|| {
-        SwarmError::Input(format!("{} holds no manifest", file.display()))
-    })?;
-    let scan = SourceManifest::scan(sources).map_err(|e| {
-        SwarmError::Io(format!("the shared files cannot be read any more: {e}"))
-    })?;
+    let manifest = share
+        .manifest
+        .ok_or_else(|| SwarmError::Input(format!("{} holds no manifest", file.display())))?;
+    let scan = SourceManifest::scan(sources)
+        .map_err(|e| SwarmError::Io(format!("the shared files cannot be read any more: {e}")))?;
     if scan.entries != manifest.entries {
         return Err(SwarmError::Io(
             "the shared files changed since they were shared (sizes, names or times \
@@ -119,7 +118,7 @@ impl Shares for SwarmService {
     fn stats(&self, root: &str) -> ShareStats {
         match lock(&self.running).get(root) {
             Some((_, swarm)) => {
-                let status = swarm.status().borrow().clone();
+                let status = swarm.status_now();
                 ShareStats {
                     peers: status.peers.len(),
                     uploaded: status.uploaded,
