@@ -380,38 +380,35 @@ pub async fn get(args: GetArgs, _recorder: &crate::record::Recorder) -> anyhow::
     let last = swarm.status().borrow().clone();
     let from = swarm.received_from();
     record(&last, &args.output, started.elapsed(), &result, from.len());
-    match &result {
-        Ok(()) => {
-            let secs = started.elapsed().as_secs_f64().max(0.001);
-            if args.json {
-                let from: serde_json::Map<String, serde_json::Value> = from
-                    .iter()
-                    .map(|(d, b)| (d.to_string(), serde_json::Value::from(*b)))
-                    .collect();
-                println!(
-                    "{}",
-                    serde_json::json!({
-                        "event": "done", "root": last.root.to_hex(), "name": last.name,
-                        "bytes": last.total_bytes, "downloaded": last.downloaded,
-                        "seconds": secs, "from": from,
-                    })
-                );
-            } else {
-                eprintln!(
-                    "received {} ({}) into {} in {:.1} s from {} peers ({}/s)",
-                    last.name,
-                    human(last.total_bytes),
-                    args.output.display(),
-                    secs,
-                    from.len(),
-                    human((last.downloaded as f64 / secs) as u64)
-                );
-                for (device, bytes) in &from {
-                    eprintln!("  from {device}: {}", human(*bytes));
-                }
+    if result.is_ok() {
+        let secs = started.elapsed().as_secs_f64().max(0.001);
+        if args.json {
+            let from: serde_json::Map<String, serde_json::Value> = from
+                .iter()
+                .map(|(d, b)| (d.to_string(), serde_json::Value::from(*b)))
+                .collect();
+            println!(
+                "{}",
+                serde_json::json!({
+                    "event": "done", "root": last.root.to_hex(), "name": last.name,
+                    "bytes": last.total_bytes, "downloaded": last.downloaded,
+                    "seconds": secs, "from": from,
+                })
+            );
+        } else {
+            eprintln!(
+                "received {} ({}) into {} in {:.1} s from {} peers ({}/s)",
+                last.name,
+                human(last.total_bytes),
+                args.output.display(),
+                secs,
+                from.len(),
+                human((last.downloaded as f64 / secs) as u64)
+            );
+            for (device, bytes) in &from {
+                eprintln!("  from {device}: {}", human(*bytes));
             }
         }
-        Err(_) => {}
     }
     if result.is_ok() && args.seed {
         eprintln!("seeding {}: Ctrl+C to stop", last.name);

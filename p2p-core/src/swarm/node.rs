@@ -116,6 +116,15 @@ struct Shared {
     done: watch::Sender<Option<Result<(), SwarmError>>>,
 }
 
+/// What a swarm starts from.
+struct Parts {
+    known: Option<Arc<Known>>,
+    have: Bitfield,
+    store: Option<Store>,
+    out_dir: Option<std::path::PathBuf>,
+    upload: Option<Arc<Mutex<TokenBucket>>>,
+}
+
 /// A running swarm for one share (see the module documentation). Cloning shares it.
 #[derive(Clone)]
 pub struct Swarm {
@@ -142,16 +151,14 @@ fn bucket(
 }
 
 impl Swarm {
-    fn start(
-        root: Hash,
-        local: DeviceId,
-        config: SwarmConfig,
-        known: Option<Arc<Known>>,
-        have: Bitfield,
-        store: Option<Store>,
-        out_dir: Option<&Path>,
-        upload: Option<Arc<Mutex<TokenBucket>>>,
-    ) -> Swarm {
+    fn start(root: Hash, local: DeviceId, config: SwarmConfig, parts: Parts) -> Swarm {
+        let Parts {
+            known,
+            have,
+            store,
+            out_dir,
+            upload,
+        } = parts;
         let complete = known.is_some() && have.is_full();
         let picker = match (&known, complete) {
             (Some(k), false) => Some(Picker::new(
@@ -191,7 +198,7 @@ impl Swarm {
             }),
             config,
             store: Arc::new(Mutex::new(store)),
-            out_dir: out_dir.map(Path::to_path_buf),
+            out_dir,
             status: watch::Sender::new(SwarmStatus::new(root)),
             manifest_ready: watch::Sender::new(known.is_some()),
             events,
@@ -227,11 +234,13 @@ impl Swarm {
             share.root,
             local,
             config,
-            Some(known),
-            have,
-            Some(Store::seed(share)),
-            None,
-            upload,
+            Parts {
+                known: Some(known),
+                have,
+                store: Some(Store::seed(share)),
+                out_dir: None,
+                upload,
+            },
         ))
     }
 
@@ -253,11 +262,13 @@ impl Swarm {
                 root,
                 local,
                 config,
-                None,
-                Bitfield::new(0),
-                None,
-                Some(out_dir),
-                upload,
+                Parts {
+                    known: None,
+                    have: Bitfield::new(0),
+                    store: None,
+                    out_dir: Some(out_dir.to_path_buf()),
+                    upload,
+                },
             ));
         };
         let (known, store, have, notes) =
@@ -266,11 +277,13 @@ impl Swarm {
             root,
             local,
             config,
-            Some(known.clone()),
-            have.clone(),
-            Some(store),
-            Some(out_dir),
-            upload,
+            Parts {
+                known: Some(known.clone()),
+                have: have.clone(),
+                store: Some(store),
+                out_dir: Some(out_dir.to_path_buf()),
+                upload,
+            },
         );
         swarm.manifest_event(&known, &have, notes);
         if have.is_full() {
@@ -707,7 +720,7 @@ async fn ticker(shared: Arc<Shared>) {
             }
         }
         publish(&shared);
-        if ticks % 4 == 0 {
+        if ticks.is_multiple_of(4) {
             save_state(&shared).await;
         }
     }
