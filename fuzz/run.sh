@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Coverage-guided fuzzing of p2p-core's decoders with AFL++ (cargo-afl, stable Rust).
 #
-#   fuzz/run.sh TARGET SECONDS     one target (frame, message, resume_state, beacon, stun)
+#   fuzz/run.sh TARGET SECONDS     one target (frame, message, resume_state, beacon, stun, swarm)
 #   fuzz/run.sh all SECONDS        every target, one after the other, SECONDS each
 #
 # Environment:
@@ -23,7 +23,7 @@ set -euo pipefail
 FUZZ_DIR="$(cd "$(dirname "$0")" && pwd)"
 cd "$FUZZ_DIR"
 
-ALL_TARGETS=(frame message resume_state beacon stun)
+ALL_TARGETS=(frame message resume_state beacon stun swarm)
 # Default -G per target: frames and payloads well past any header or varint (8 KiB),
 # resume states with hundreds of ranges, beacon records (datagrams are at most 512 B),
 # STUN datagrams just past MAX_MESSAGE_LEN (9000 B).
@@ -33,6 +33,7 @@ max_len_for() {
     resume_state) echo 4096 ;;
     beacon) echo 4096 ;;
     stun) echo 9216 ;;
+    swarm) echo 65536 ;;
   esac
 }
 CARGO_AFL_VERSION=0.18.2

@@ -38,6 +38,10 @@ pub const TARGETS: &[Target] = &[
         name: "stun",
         run: targets::stun::run,
     },
+    Target {
+        name: "swarm",
+        run: targets::swarm::run,
+    },
 ];
 
 /// The target called `name`, if any.

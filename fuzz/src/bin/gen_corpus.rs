@@ -37,6 +37,7 @@ fn main() {
         ("resume_state", resume_seeds()),
         ("beacon", beacon_seeds()),
         ("stun", stun_seeds()),
+        ("swarm", swarm_seeds()),
     ] {
         let dir = root.join(target);
         std::fs::create_dir_all(&dir).unwrap();
@@ -286,4 +287,61 @@ fn stun_seeds() -> Vec<(&'static str, Vec<u8>)> {
         ("legacy-mapped", legacy),
         ("error-420", error),
     ]
+}
+
+/// One input per decoder of the `swarm` target: the first byte picks it.
+fn swarm_seeds() -> Vec<(&'static str, Vec<u8>)> {
+    use p2p_core::swarm::content::{piece_hash, Manifest, MIN_CHUNK_SIZE};
+    use p2p_core::swarm::wire::PeerMessage;
+    use p2p_core::swarm::{ShareFile, Ticket};
+    use p2p_core::wire::{Entry, EntryKind, Timestamp};
+    let entry = |path: &str, kind| Entry {
+        path: path.into(),
+        kind,
+        mode: 0o644,
+        mtime: Timestamp { secs: 1_700_000_000, nanos: 5 },
+    };
+    let manifest = Manifest {
+        name: "album".into(),
+        chunk_size: MIN_CHUNK_SIZE,
+        entries: vec![
+            entry("album", EntryKind::Dir),
+            entry("album/a.bin", EntryKind::File { size: u64::from(MIN_CHUNK_SIZE) + 3 }),
+            entry("album/empty", EntryKind::File { size: 0 }),
+        ],
+        pieces: vec![piece_hash(b"first"), piece_hash(b"abc")],
+    };
+    let ticket = Ticket {
+        root: manifest.root(),
+        tracker: Some("rdv.example.net:4000".into()),
+        trusted: vec![],
+    };
+    let file = ShareFile {
+        ticket: ticket.clone(),
+        manifest: Some(manifest.clone()),
+    };
+    let tagged = |tag: u8, body: &[u8]| {
+        let mut out = vec![tag];
+        out.extend_from_slice(body);
+        out
+    };
+    let messages = [
+        PeerMessage::Hello { version: 1, manifest: true },
+        PeerMessage::GetManifest,
+        PeerMessage::Bitfield { bits: bytes::Bytes::from_static(&[0xa0]) },
+        PeerMessage::Have { piece: 300 },
+        PeerMessage::Request { piece: 2 },
+        PeerMessage::Piece { piece: 1, data: bytes::Bytes::from_static(b"abc") },
+        PeerMessage::Goodbye { reason: "bye".into() },
+    ];
+    let names = ["hello", "get-manifest", "bitfield", "have", "request", "piece", "goodbye"];
+    let mut seeds: Vec<(&'static str, Vec<u8>)> = names
+        .iter()
+        .zip(messages.iter())
+        .map(|(name, m)| (*name, tagged(0, &m.encode())))
+        .collect();
+    seeds.push(("share-file", tagged(1, &file.encode())));
+    seeds.push(("ticket", tagged(2, ticket.to_string().as_bytes())));
+    seeds.push(("manifest", tagged(3, &manifest.encode())));
+    seeds
 }

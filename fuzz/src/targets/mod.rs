@@ -5,3 +5,4 @@ pub mod frame;
 pub mod message;
 pub mod resume_state;
 pub mod stun;
+pub mod swarm;
