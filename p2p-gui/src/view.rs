@@ -29,8 +29,8 @@ use crate::trust::TrustMessage;
 use crate::worker::Plan;
 use p2p_core::history::Status;
 
-const SPACING: f32 = 12.0;
-const NOTE_SIZE: f32 = 13.0;
+pub(crate) const SPACING: f32 = 12.0;
+pub(crate) const NOTE_SIZE: f32 = 13.0;
 /// A code waiting to be read out: large enough to read across a desk.
 const CODE_SIZE: f32 = 34.0;
 
@@ -58,6 +58,7 @@ impl App {
             Tab::Connection => self.connection_tab(),
             Tab::Send => self.send_tab(),
             Tab::Receive => self.receive_tab(),
+            Tab::Get => self.get_tab(),
             Tab::Settings => self.settings_tab(),
             Tab::History => self.history_tab(),
         };
@@ -1231,11 +1232,11 @@ impl App {
     }
 }
 
-fn heading(label: &str) -> Element<'_, Message> {
+pub(crate) fn heading(label: &str) -> Element<'_, Message> {
     text(label).size(18).into()
 }
 
-fn note<'a>(label: impl text::IntoFragment<'a>) -> Element<'a, Message> {
+pub(crate) fn note<'a>(label: impl text::IntoFragment<'a>) -> Element<'a, Message> {
     text(label).size(NOTE_SIZE).style(hint).into()
 }
 
