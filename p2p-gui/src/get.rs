@@ -532,11 +532,12 @@ mod tests {
 
     #[test]
     fn many_pieces_are_shaded_by_the_fraction_present() {
-        // One more piece than cells: the first cell covers two pieces.
-        let map = ChunkMap::of(&status(4097, |i| i == 0), MAX_CELLS);
+        // One more piece than cells: the last cell covers two pieces, the others one.
+        let map = ChunkMap::of(&status(4097, |i| i == 0 || i == 4096), MAX_CELLS);
         assert_eq!(map.cells.len(), MAX_CELLS);
-        assert_eq!(map.cells[0], 0.5);
-        assert!(map.cells[1..].iter().all(|&f| f == 0.0));
+        assert_eq!(map.cells[0], 1.0);
+        assert_eq!(map.cells[MAX_CELLS - 1], 0.5);
+        assert!(map.cells[1..MAX_CELLS - 1].iter().all(|&f| f == 0.0));
 
         // The most pieces a share may have: 256 per cell; only the very last piece here.
         let pieces = p2p_core::swarm::content::MAX_PIECES;

@@ -17,7 +17,7 @@ use crate::view::{heading, note, NOTE_SIZE, SPACING};
 /// Cells per row of the chunk map (fewer when the share has fewer pieces).
 pub const MAP_COLUMNS: usize = 128;
 /// Height of one row of cells, the gap included.
-const ROW_HEIGHT: f32 = 9.0;
+const ROW_HEIGHT: f32 = 11.0;
 /// Widest a cell is drawn (a share of a few pieces does not get huge blocks).
 const MAX_CELL_WIDTH: f32 = 28.0;
 /// Event lines shown (the newest).

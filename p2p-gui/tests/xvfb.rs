@@ -444,21 +444,23 @@ fn the_window_gets_a_share_under_xvfb() {
             }
         }
     });
-    let mut seen = Vec::new();
-    let mut wait_for = |prefix: &str| loop {
-        match lines.recv_timeout(WAIT) {
-            Ok(line) => {
-                seen.push(line.clone());
-                if line.starts_with(prefix) {
-                    break line;
-                }
+    let mut seen: Vec<String> = Vec::new();
+    // Reads lines until `done` holds for the lines seen so far.
+    let mut wait_until = |what: &str, done: &dyn Fn(&[String]) -> bool| {
+        while !done(&seen) {
+            match lines.recv_timeout(WAIT) {
+                Ok(line) => seen.push(line),
+                Err(e) => panic!("p2p-gui never said {what} ({e}); it said: {seen:#?}"),
             }
-            Err(e) => panic!("p2p-gui never said {prefix:?} ({e}); it said: {seen:#?}"),
         }
     };
-    wait_for("get: The share holds 2 files");
-    wait_for("get: Peer ");
-    wait_for("get: Peer ");
+    // Both seeds connected and the manifest fetched from one of them, in any order.
+    wait_until("two peers and the manifest", &|seen| {
+        seen.iter().filter(|l| l.starts_with("get: Peer ")).count() >= 2
+            && seen
+                .iter()
+                .any(|l| l.starts_with("get: The share holds 2 files"))
+    });
 
     // Mid-download (40 MiB at 3 MiB/s): the chunk map part full, both peers listed.
     let shot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("gui-get.png");
@@ -492,7 +494,7 @@ fn the_window_gets_a_share_under_xvfb() {
         None => eprintln!("no screenshot: ImageMagick's import is not installed"),
     }
 
-    wait_for("get: done");
+    wait_until("get: done", &|seen| seen.iter().any(|l| l == "get: done"));
     let closed = wait_with_timeout(&mut gui.0, "p2p-gui");
     assert!(
         closed.success(),
