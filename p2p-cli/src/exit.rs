@@ -4,6 +4,7 @@ use p2p_core::discovery::DiscoveryError;
 use p2p_core::error::{HandshakeError, TransferError, WireError};
 use p2p_core::nat::NatError;
 use p2p_core::net::SecurityError;
+use p2p_core::swarm::SwarmError;
 use p2p_core::Error;
 
 pub const EXIT_CODES_HELP: &str = "\
@@ -119,6 +120,9 @@ pub fn exit_code(error: &anyhow::Error) -> u8 {
             _ => 1,
         };
     }
+    if let Some(swarm) = error.chain().find_map(|c| c.downcast_ref::<SwarmError>()) {
+        return swarm_exit_code(swarm);
+    }
     let Some(core) = error.chain().find_map(|c| c.downcast_ref::<Error>()) else {
         return 1;
     };
@@ -169,6 +173,18 @@ pub fn exit_code(error: &anyhow::Error) -> u8 {
             _ => 8,
         },
         Error::InvalidInput(_) => 1,
+        Error::Swarm(s) => swarm_exit_code(s),
+    }
+}
+
+fn swarm_exit_code(error: &SwarmError) -> u8 {
+    match error {
+        SwarmError::Input(_) => 2,
+        SwarmError::Manifest(_) | SwarmError::Protocol(_) => 4,
+        SwarmError::Io(_) => 7,
+        SwarmError::Output(_) => 5,
+        SwarmError::Tracker(_) | SwarmError::NoPeers(_) => 3,
+        SwarmError::Stopped => 130,
     }
 }
 

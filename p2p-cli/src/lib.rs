@@ -136,6 +136,25 @@ Examples:
   p2p-transfer get p2p1AbC… --peers 16 --max-download 20M
   p2p-transfer get album.p2p --seed          # keep serving it after the download")]
     Get(commands::swarm::GetArgs),
+    /// Run the background daemon in this terminal: keeps shares served, answers
+    /// `shares` and `unshare` (started on demand otherwise; SIGTERM stops it).
+    #[command(after_help = "\
+Examples:
+  p2p-transfer daemon                      # in the foreground; Ctrl+C or kill -TERM stops it
+  p2p-transfer daemon -v 2>>daemon.log     # with its log in a file")]
+    Daemon(commands::daemon::DaemonArgs),
+    /// List what the daemon shares: name, root hash, peers, uploaded, state.
+    #[command(after_help = "\
+Examples:
+  p2p-transfer shares
+  p2p-transfer shares --json | jq .stats   # one JSON object per share")]
+    Shares(commands::daemon::SharesArgs),
+    /// Stop sharing: the daemon stops serving the share and forgets it.
+    #[command(after_help = "\
+Examples:
+  p2p-transfer unshare 3fa9c2e1b0d4        # a prefix of the root hash (see `shares`)
+  p2p-transfer unshare holiday-photos      # or the share's name")]
+    Unshare(commands::daemon::UnshareArgs),
 }
 
 /// Which side opens the connection.
@@ -307,8 +326,13 @@ pub fn main() -> ExitCode {
         p2p_core::history::History::default_location(),
         render::Renderer::with_output(output),
     );
+    // The daemon stops on SIGINT/SIGTERM itself, cleanly, with exit code 0.
+    let own_signals = matches!(cli.command, Command::Daemon(_));
     let result = runtime.block_on(async {
         let command = commands::run(cli.command, &recorder);
+        if own_signals {
+            return command.await;
+        }
         let mut command = std::pin::pin!(command);
         // Biased, Ctrl+C first: its handler is installed on the first poll, before the
         // command can print anything (a test sends SIGINT right after "listening on").

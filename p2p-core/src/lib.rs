@@ -53,6 +53,7 @@
 pub mod chunk;
 pub mod compress;
 pub mod config;
+pub mod daemon;
 pub mod discovery;
 pub mod error;
 pub mod event;

@@ -1,6 +1,7 @@
 //! The rendezvous server and its client over real sockets on loopback: pairing, the
 //! messages both ways, the refusals and their reasons, every limit, hostile input, STUN
-//! on the same port over UDP, and the TURN credentials.
+//! on the same port over UDP, the TURN credentials, and the tracker (announce, lookup,
+//! introduce, expiry, its limits, and the client's reconnection).
 
 mod support;
 
@@ -11,8 +12,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use p2p_core::nat::client::{binding, RetransmitSchedule};
 use p2p_core::rendezvous::protocol::{self, ClientMessage, ServerMessage, MAX_BODY, MAX_FRAME};
 use p2p_core::rendezvous::{
-    turn_credentials, Limits, Mailbox, RendezvousError, Server, ServerConfig, ServerStats,
-    TurnSecret,
+    turn_credentials, Introduction, Limits, Mailbox, RendezvousError, Server, ServerConfig,
+    ServerStats, SwarmId, Tracker, TurnSecret,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
@@ -545,7 +546,8 @@ async fn random_bytes_never_break_the_server() {
                 let mut payload = vec![0u8; rng.random_range(0..64)];
                 rng.fill_bytes(&mut payload);
                 if let Some(tag) = payload.first_mut() {
-                    *tag %= 5;
+                    // Mailbox and tracker messages alike.
+                    *tag %= 8;
                 }
                 let mut frame = (payload.len() as u16).to_be_bytes().to_vec();
                 frame.extend_from_slice(&payload);
@@ -743,4 +745,518 @@ async fn coturn_with_use_auth_secret_accepts_the_credentials_the_rendezvous_hand
         !wrong,
         "coturn accepted a wrong password: the check proves nothing"
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// The tracker
+
+/// Polls `condition` until it holds (bounded: 10 s). For state the server changes on its
+/// own (an expiry, a closed connection), where there is no answer to wait for.
+async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !condition() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not within 10 s: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn swarm(n: u8) -> SwarmId {
+    [n; 32]
+}
+
+#[tokio::test]
+async fn an_announce_is_seen_by_other_connections_and_not_by_its_own() {
+    let server = start().await;
+    let (seeder, _intros) = Tracker::connect(&server.server).await.unwrap();
+    assert_eq!(seeder.server(), server.server);
+    let (other, _) = Tracker::connect(&server.server).await.unwrap();
+    let (downloader, _) = Tracker::connect(&server.server).await.unwrap();
+    assert_eq!(
+        downloader.lookup(swarm(1)).await.unwrap(),
+        Vec::<u64>::new()
+    );
+
+    seeder.announce(swarm(1)).await.unwrap();
+    // Announcing again only refreshes it.
+    seeder.announce(swarm(1)).await.unwrap();
+    let peers = downloader.lookup(swarm(1)).await.unwrap();
+    assert_eq!(peers.len(), 1);
+    assert_ne!(peers[0], 0);
+    assert_eq!(seeder.lookup(swarm(1)).await.unwrap(), Vec::<u64>::new());
+    // Other swarms are unaffected.
+    assert_eq!(
+        downloader.lookup(swarm(2)).await.unwrap(),
+        Vec::<u64>::new()
+    );
+
+    other.announce(swarm(1)).await.unwrap();
+    let mut both = downloader.lookup(swarm(1)).await.unwrap();
+    both.sort_unstable();
+    assert_eq!(both.len(), 2);
+    assert!(both.contains(&peers[0]));
+    // Each announcer sees only the other one.
+    assert_eq!(seeder.lookup(swarm(1)).await.unwrap().len(), 1);
+    assert_eq!(server.stats.swarms(), 1);
+    assert_eq!(server.stats.entries(), 2);
+    assert_eq!(server.stats.announces(), 3);
+}
+
+#[tokio::test]
+async fn a_lookup_names_at_most_fifty_random_peers() {
+    let server = start_with(
+        Limits {
+            per_ip: 100,
+            ..Limits::default()
+        },
+        None,
+    )
+    .await;
+    let mut seeders = Vec::new();
+    for _ in 0..60 {
+        let (seeder, _) = Tracker::connect(&server.server).await.unwrap();
+        seeder.announce(swarm(9)).await.unwrap();
+        seeders.push(seeder);
+    }
+    let (downloader, _) = Tracker::connect(&server.server).await.unwrap();
+    let first = downloader.lookup(swarm(9)).await.unwrap();
+    assert_eq!(first.len(), 50);
+    let mut distinct = first.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 50, "no peer twice");
+    // Random: ten more lookups name more than the first fifty.
+    let mut seen: std::collections::HashSet<u64> = first.into_iter().collect();
+    for _ in 0..10 {
+        seen.extend(downloader.lookup(swarm(9)).await.unwrap());
+    }
+    assert_eq!(seen.len(), 60);
+}
+
+#[tokio::test]
+async fn withdraw_and_closing_the_connection_remove_the_entries() {
+    let server = start().await;
+    let (seeder, _) = Tracker::connect(&server.server).await.unwrap();
+    let (downloader, _) = Tracker::connect(&server.server).await.unwrap();
+    seeder.announce(swarm(1)).await.unwrap();
+    seeder.announce(swarm(2)).await.unwrap();
+    assert_eq!(server.stats.entries(), 2);
+
+    seeder.withdraw(swarm(1)).await.unwrap();
+    // Withdrawing what was never announced is nothing.
+    seeder.withdraw(swarm(3)).await.unwrap();
+    // Answers come in order: once this one is here, the withdraw was applied.
+    seeder.lookup(swarm(1)).await.unwrap();
+    assert_eq!(
+        downloader.lookup(swarm(1)).await.unwrap(),
+        Vec::<u64>::new()
+    );
+    assert_eq!(downloader.lookup(swarm(2)).await.unwrap().len(), 1);
+    assert_eq!((server.stats.swarms(), server.stats.entries()), (1, 1));
+
+    // Dropping every handle closes the connection, and its entries go with it.
+    let clone = seeder.clone();
+    drop(seeder);
+    assert_eq!(downloader.lookup(swarm(2)).await.unwrap().len(), 1);
+    drop(clone);
+    let stats = Arc::clone(&server.stats);
+    eventually("the closed connection's entries are gone", || {
+        stats.entries() == 0 && stats.connections() == 1
+    })
+    .await;
+    assert_eq!(server.stats.swarms(), 0);
+    assert_eq!(
+        downloader.lookup(swarm(2)).await.unwrap(),
+        Vec::<u64>::new()
+    );
+}
+
+#[tokio::test]
+async fn an_announce_expires_unless_it_is_refreshed() {
+    // Long enough that a loaded machine still refreshes in time (every 333 ms).
+    let ttl = Duration::from_secs(1);
+    let server = start_with(
+        Limits {
+            announce_ttl: ttl,
+            ..Limits::default()
+        },
+        None,
+    )
+    .await;
+    assert_eq!(Limits::default().announce_ttl, Duration::from_secs(600));
+    // One client assumes the default TTL (it would refresh in 200 s), one the server's.
+    let (stale, _) = Tracker::connect(&server.server).await.unwrap();
+    let (fresh, _) = Tracker::connect(&server.server).await.unwrap();
+    let fresh = fresh.with_refresh(ttl);
+    let (downloader, _) = Tracker::connect(&server.server).await.unwrap();
+    stale.announce(swarm(1)).await.unwrap();
+    fresh.announce(swarm(1)).await.unwrap();
+    assert_eq!(downloader.lookup(swarm(1)).await.unwrap().len(), 2);
+
+    let stats = Arc::clone(&server.stats);
+    eventually("the stale entry expires", || stats.entries() == 1).await;
+    // The fresh one is re-announced every third of the TTL: wait for four more, well past
+    // the TTL.
+    let announces = server.stats.announces();
+    eventually("four refreshes", || stats.announces() >= announces + 4).await;
+    assert_eq!(server.stats.entries(), 1);
+    assert_eq!(downloader.lookup(swarm(1)).await.unwrap().len(), 1);
+    // The expired one can announce again.
+    stale.announce(swarm(1)).await.unwrap();
+    assert_eq!(downloader.lookup(swarm(1)).await.unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn an_introduction_reaches_the_announcer_and_the_mailbox_pairs_them() {
+    let server = start().await;
+    let (seeder, mut introductions) = Tracker::connect(&server.server).await.unwrap();
+    seeder.announce(swarm(5)).await.unwrap();
+
+    let (downloader, _) = Tracker::connect(&server.server).await.unwrap();
+    let peers = downloader.lookup(swarm(5)).await.unwrap();
+    assert_eq!(peers.len(), 1);
+    let (mut mine, nameplate) = Mailbox::allocate(&server.server).await.unwrap();
+    assert!(downloader
+        .introduce(swarm(5), peers[0], nameplate)
+        .await
+        .unwrap());
+    let introduction = tokio::time::timeout(Duration::from_secs(10), introductions.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        introduction,
+        Introduction {
+            swarm: swarm(5),
+            nameplate
+        }
+    );
+
+    let mut theirs = Mailbox::claim(&server.server, introduction.nameplate)
+        .await
+        .unwrap();
+    mine.send(b"which chunks?").await.unwrap();
+    assert_eq!(theirs.recv().await.unwrap(), b"which chunks?");
+    theirs.send(b"all of them").await.unwrap();
+    assert_eq!(mine.recv().await.unwrap(), b"all of them");
+    assert_eq!(server.stats.introductions(), 1);
+
+    // The tracker connection is still usable.
+    assert_eq!(seeder.lookup(swarm(5)).await.unwrap(), Vec::<u64>::new());
+}
+
+#[tokio::test]
+async fn an_introduction_that_cannot_be_delivered_says_so() {
+    let server = start().await;
+    let (seeder, mut introductions) = Tracker::connect(&server.server).await.unwrap();
+    seeder.announce(swarm(5)).await.unwrap();
+    let (downloader, _) = Tracker::connect(&server.server).await.unwrap();
+    let peer = downloader.lookup(swarm(5)).await.unwrap()[0];
+    let (_waiting, nameplate) = Mailbox::allocate(&server.server).await.unwrap();
+    let (_paired, claimed) = Mailbox::allocate(&server.server).await.unwrap();
+    let _side1 = Mailbox::claim(&server.server, claimed).await.unwrap();
+
+    // An unknown peer; a swarm the peer did not announce; no such mailbox; a mailbox
+    // that is already paired.
+    let unknown = peer.wrapping_add(1);
+    assert!(!downloader
+        .introduce(swarm(5), unknown, nameplate)
+        .await
+        .unwrap());
+    assert!(!downloader
+        .introduce(swarm(6), peer, nameplate)
+        .await
+        .unwrap());
+    assert!(!downloader.introduce(swarm(5), peer, 999).await.unwrap());
+    assert!(!downloader.introduce(swarm(5), peer, claimed).await.unwrap());
+    // After a withdraw, the peer is not an announcer any more.
+    seeder.withdraw(swarm(5)).await.unwrap();
+    seeder.lookup(swarm(5)).await.unwrap();
+    assert!(!downloader
+        .introduce(swarm(5), peer, nameplate)
+        .await
+        .unwrap());
+    assert_eq!(server.stats.introductions(), 0);
+    assert!(introductions.try_recv().is_err());
+}
+
+#[tokio::test]
+async fn mailbox_and_tracker_messages_do_not_mix_on_one_connection() {
+    let server = start().await;
+    let cases: [(&[ClientMessage], &str); 3] = [
+        (
+            &[
+                ClientMessage::Hello { version: 1 },
+                ClientMessage::Allocate,
+                ClientMessage::Announce { swarm: swarm(1) },
+            ],
+            "this is a mailbox connection (it sent Allocate, Claim or Add): tracker messages \
+             need a connection of their own",
+        ),
+        (
+            &[
+                ClientMessage::Hello { version: 1 },
+                ClientMessage::Lookup { swarm: swarm(1) },
+                ClientMessage::Allocate,
+            ],
+            "this is a tracker connection (it sent Announce, Withdraw, Lookup or Introduce): \
+             mailbox messages need a connection of their own",
+        ),
+        (
+            &[
+                ClientMessage::Hello { version: 1 },
+                ClientMessage::Withdraw { swarm: swarm(1) },
+                ClientMessage::Hello { version: 1 },
+            ],
+            "Hello was already received",
+        ),
+    ];
+    for (messages, expected) in cases {
+        let mut stream = raw(&server).await;
+        for message in messages {
+            send_message(&mut stream, message).await;
+        }
+        assert_eq!(expect_error(&mut stream).await, expected);
+    }
+    // Tracker messages before Hello are refused like anything else.
+    let mut early = raw(&server).await;
+    send_message(&mut early, &ClientMessage::Announce { swarm: swarm(1) }).await;
+    assert_eq!(
+        expect_error(&mut early).await,
+        "the first message must be Hello"
+    );
+    assert_pair_works(&server.server).await;
+    assert_eq!(server.stats.entries(), 0);
+}
+
+#[tokio::test]
+async fn a_connection_may_announce_only_so_many_swarms() {
+    let server = start().await;
+    let limit = Limits::default().max_announces;
+    assert_eq!(limit, 1024);
+    let mut stream = raw(&server).await;
+    hello(&mut stream).await;
+    for i in 0..=limit {
+        let mut id = [0u8; 32];
+        id[..8].copy_from_slice(&(i as u64).to_be_bytes());
+        send_message(&mut stream, &ClientMessage::Announce { swarm: id }).await;
+    }
+    let mut announced = 0;
+    let reason = loop {
+        match read_frame(&mut stream).await {
+            Some(ServerMessage::Announced { .. }) => announced += 1,
+            Some(ServerMessage::Error { reason }) => break reason,
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert_eq!(announced, limit);
+    assert_eq!(
+        reason,
+        "too many swarms announced on one connection (the limit is 1024)"
+    );
+    assert_eq!(read_frame(&mut stream).await, None);
+    let stats = Arc::clone(&server.stats);
+    eventually("its entries are gone", || stats.entries() == 0).await;
+    assert_eq!(server.stats.swarms(), 0);
+
+    // The client refuses the 1025th itself.
+    let (tracker, _) = Tracker::connect(&server.server).await.unwrap();
+    for i in 0..limit {
+        let mut id = [0u8; 32];
+        id[..8].copy_from_slice(&(i as u64).to_be_bytes());
+        tracker.announce(id).await.unwrap();
+    }
+    assert!(matches!(
+        tracker.announce(swarm(0xFF)).await,
+        Err(RendezvousError::Protocol(_))
+    ));
+    assert_eq!(server.stats.entries(), limit);
+}
+
+#[tokio::test]
+async fn the_tracker_refuses_announces_beyond_its_size() {
+    let server = start_with(
+        Limits {
+            max_entries: 3,
+            ..Limits::default()
+        },
+        None,
+    )
+    .await;
+    assert_eq!(Limits::default().max_entries, 200_000);
+    let (a, _) = Tracker::connect(&server.server).await.unwrap();
+    let (b, _) = Tracker::connect(&server.server).await.unwrap();
+    a.announce(swarm(1)).await.unwrap();
+    a.announce(swarm(2)).await.unwrap();
+    b.announce(swarm(1)).await.unwrap();
+    // Refreshing is fine when full; a new entry is not.
+    a.announce(swarm(1)).await.unwrap();
+    let reason = refused(b.announce(swarm(3)).await);
+    assert_eq!(reason, "the tracker is full (3 announces); try again later");
+}
+
+#[tokio::test]
+async fn a_flood_of_introductions_is_rate_limited() {
+    // A queue that holds the whole flood, so that only the rate limits (the queue's own
+    // bound is `server::tests::an_announcers_introduction_queue_is_bounded`).
+    let server = start_with(
+        Limits {
+            max_introductions_queued: 200,
+            ..Limits::default()
+        },
+        None,
+    )
+    .await;
+    let rate = Limits::default().introductions;
+    assert_eq!((rate.burst, rate.per_second), (20, 5));
+    let (seeder, mut introductions) = Tracker::connect(&server.server).await.unwrap();
+    seeder.announce(swarm(5)).await.unwrap();
+    let (downloader, _) = Tracker::connect(&server.server).await.unwrap();
+    let peer = downloader.lookup(swarm(5)).await.unwrap()[0];
+    let (_mailbox, nameplate) = Mailbox::allocate(&server.server).await.unwrap();
+
+    let mut flood = raw(&server).await;
+    hello(&mut flood).await;
+    let started = std::time::Instant::now();
+    let introduce = ClientMessage::Introduce {
+        swarm: swarm(5),
+        peer,
+        nameplate,
+    };
+    let mut frames = Vec::new();
+    for _ in 0..200 {
+        frames.extend_from_slice(&protocol::encode_frame(&introduce).unwrap());
+    }
+    flood.write_all(&frames).await.unwrap();
+    let mut delivered = 0u64;
+    for _ in 0..200 {
+        match read_frame(&mut flood).await {
+            Some(ServerMessage::Introduced {
+                peer: p,
+                delivered: d,
+            }) => {
+                assert_eq!(p, peer);
+                delivered += u64::from(d);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let allowed = 20 + (elapsed * 5.0).ceil() as u64;
+    assert!(
+        (20..=allowed).contains(&delivered),
+        "{delivered} delivered in {elapsed:.2} s"
+    );
+    assert_eq!(server.stats.introductions(), delivered);
+    // Each one the server delivered reaches the announcer.
+    for _ in 0..delivered {
+        let got = tokio::time::timeout(Duration::from_secs(10), introductions.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got.nameplate, nameplate);
+    }
+    // Not a reason to close: the flooding connection still works.
+    send_message(&mut flood, &ClientMessage::Lookup { swarm: swarm(5) }).await;
+    assert_eq!(
+        read_frame(&mut flood).await,
+        Some(ServerMessage::Peers {
+            swarm: swarm(5),
+            peers: vec![peer]
+        })
+    );
+}
+
+#[tokio::test]
+async fn a_tracker_connection_outlives_the_mailbox_lifetime_but_not_idleness() {
+    let server = start_with(
+        Limits {
+            mailbox_lifetime: Duration::from_millis(200),
+            tracker_idle: Duration::from_millis(600),
+            ..Limits::default()
+        },
+        None,
+    )
+    .await;
+    assert_eq!(Limits::default().tracker_idle, Duration::from_secs(1800));
+    // A client with nothing announced sends keep-alives (every 200 ms here).
+    let (quiet, _) = Tracker::connect(&server.server).await.unwrap();
+    let quiet = quiet.with_refresh(Duration::from_millis(600));
+    quiet.lookup(swarm(1)).await.unwrap();
+    let mut stream = raw(&server).await;
+    hello(&mut stream).await;
+    let announce = ClientMessage::Announce { swarm: swarm(1) };
+    // Keeps talking past the mailbox lifetime (each answer is waited for).
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_millis(500) {
+        send_message(&mut stream, &announce).await;
+        assert_eq!(
+            read_frame(&mut stream).await,
+            Some(ServerMessage::Announced { swarm: swarm(1) })
+        );
+    }
+    // Then falls silent.
+    assert_eq!(
+        expect_error(&mut stream).await,
+        "idle: nothing received for 600ms on this tracker connection"
+    );
+    // The client's connection, older and without a request since its first lookup, is
+    // still the same (a closed one would be waiting 1 s to reconnect, and say so).
+    assert_eq!(quiet.lookup(swarm(1)).await.unwrap(), Vec::<u64>::new());
+}
+
+#[tokio::test]
+async fn the_client_reconnects_and_announces_again() {
+    let first = start().await;
+    let addr = first.addr;
+    let (tracker, _) = Tracker::connect(&first.server).await.unwrap();
+    tracker.announce(swarm(1)).await.unwrap();
+    tracker.announce(swarm(2)).await.unwrap();
+    drop(first);
+    // The server is gone: requests fail (they do not hang).
+    let lookup = tracker.lookup(swarm(1)).await;
+    assert!(
+        matches!(lookup, Err(RendezvousError::Reconnecting { .. })),
+        "{lookup:?}"
+    );
+    // Withdrawn while down: not announced again.
+    tracker.withdraw(swarm(2)).await.unwrap();
+
+    // A server on the same port again.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let second = loop {
+        match Server::bind(ServerConfig {
+            listen: addr,
+            turn: None,
+            limits: Limits::default(),
+        })
+        .await
+        {
+            Ok(server) => break server,
+            Err(e) => {
+                assert!(tokio::time::Instant::now() < deadline, "rebind: {e}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    let stats = second.stats();
+    let _second = Running {
+        addr,
+        server: addr.to_string(),
+        stats: Arc::clone(&stats),
+        task: tokio::spawn(second.run()),
+    };
+    eventually("the client reconnects and announces", || {
+        stats.entries() == 1
+    })
+    .await;
+    let (downloader, _) = Tracker::connect(&addr.to_string()).await.unwrap();
+    assert_eq!(downloader.lookup(swarm(1)).await.unwrap().len(), 1);
+    assert_eq!(
+        downloader.lookup(swarm(2)).await.unwrap(),
+        Vec::<u64>::new()
+    );
+    assert_eq!(tracker.lookup(swarm(1)).await.unwrap(), Vec::<u64>::new());
 }

@@ -22,7 +22,11 @@ fn write_tree(root: &Path) -> PathBuf {
     let share = root.join("album");
     std::fs::create_dir_all(share.join("sub")).unwrap();
     let mut rng = rand::rng();
-    for (name, size) in [("a.bin", 3 * 1024 * 1024 + 17), ("sub/b.bin", 700_000), ("c.txt", 5)] {
+    for (name, size) in [
+        ("a.bin", 3 * 1024 * 1024 + 17),
+        ("sub/b.bin", 700_000),
+        ("c.txt", 5),
+    ] {
         let mut data = vec![0u8; size];
         rng.fill_bytes(&mut data);
         std::fs::write(share.join(name), data).unwrap();
@@ -40,7 +44,11 @@ fn digest_tree(root: &Path) -> Vec<(String, [u8; 32])> {
             if path.is_dir() {
                 stack.push(path);
             } else {
-                let rel = path.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+                let rel = path
+                    .strip_prefix(root)
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned();
                 out.push((rel, Sha256::digest(std::fs::read(&path).unwrap()).into()));
             }
         }
@@ -86,23 +94,39 @@ async fn two_downloaders_fetch_from_a_seed_and_from_each_other() {
     let seed = Swarm::seed(&share, s_id, config(), None).unwrap();
     let (out_a, out_b) = (dir.path().join("a"), dir.path().join("b"));
     // One with the manifest (a .p2p file), one with only the root hash (a ticket).
-    let a = Swarm::download(share.root, Some(share.manifest.clone()), &out_a, a_id, config(), None)
-        .await
-        .unwrap();
+    let a = Swarm::download(
+        share.root,
+        Some(share.manifest.clone()),
+        &out_a,
+        a_id,
+        config(),
+        None,
+    )
+    .await
+    .unwrap();
     let b = Swarm::download(share.root, None, &out_b, b_id, config(), None)
         .await
         .unwrap();
     connect(&a, a_id, &seed, s_id);
     connect(&b, b_id, &seed, s_id);
     connect(&a, a_id, &b, b_id);
-    tokio::time::timeout(LIMIT, a.wait()).await.unwrap().unwrap();
-    tokio::time::timeout(LIMIT, b.wait()).await.unwrap().unwrap();
+    tokio::time::timeout(LIMIT, a.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    tokio::time::timeout(LIMIT, b.wait())
+        .await
+        .unwrap()
+        .unwrap();
     let expected = digest_tree(&source);
     assert_eq!(digest_tree(&out_a.join("album")), expected);
     assert_eq!(digest_tree(&out_b.join("album")), expected);
     // Nothing but the share is left in the output folders (no .part, no resume state).
     for out in [&out_a, &out_b] {
-        let names: Vec<_> = std::fs::read_dir(out).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let names: Vec<_> = std::fs::read_dir(out)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(names, vec![std::ffi::OsString::from("album")], "{out:?}");
     }
     let (sa, sb) = (a.status().borrow().clone(), b.status().borrow().clone());
@@ -115,8 +139,9 @@ async fn two_downloaders_fetch_from_a_seed_and_from_each_other() {
 async fn hostile<F, Fut>(swarm: &Swarm, script: F) -> (Result<(), String>, Vec<PeerMessage>)
 where
     F: FnOnce(Framed<tokio::io::DuplexStream, tokio_util::codec::LengthDelimitedCodec>) -> Fut,
-    Fut: std::future::Future<Output = Framed<tokio::io::DuplexStream, tokio_util::codec::LengthDelimitedCodec>>
-        + Send
+    Fut: std::future::Future<
+            Output = Framed<tokio::io::DuplexStream, tokio_util::codec::LengthDelimitedCodec>,
+        > + Send
         + 'static,
 {
     let (x, y) = tokio::io::duplex(1 << 22);
@@ -127,7 +152,9 @@ where
     let result = tokio::time::timeout(LIMIT, run).await.unwrap().unwrap();
     // Everything the swarm said, up to its Goodbye.
     let mut said = Vec::new();
-    while let Ok(Some(Ok(frame))) = tokio::time::timeout(Duration::from_secs(5), framed.next()).await {
+    while let Ok(Some(Ok(frame))) =
+        tokio::time::timeout(Duration::from_secs(5), framed.next()).await
+    {
         let m = PeerMessage::decode(&frame).unwrap();
         let bye = matches!(m, PeerMessage::Goodbye { .. });
         said.push(m);
@@ -138,7 +165,10 @@ where
     (result.map_err(|e| e.to_string()), said)
 }
 
-async fn send(f: &mut Framed<tokio::io::DuplexStream, tokio_util::codec::LengthDelimitedCodec>, m: PeerMessage) {
+async fn send(
+    f: &mut Framed<tokio::io::DuplexStream, tokio_util::codec::LengthDelimitedCodec>,
+    m: PeerMessage,
+) {
     f.send(m.encode()).await.unwrap();
 }
 
@@ -164,7 +194,13 @@ async fn hostile_messages_get_a_clear_goodbye() {
     let h = hello.clone();
     let (result, said) = hostile(&seed, |mut f| async move {
         send(&mut f, h).await;
-        send(&mut f, PeerMessage::Bitfield { bits: Bytes::from_static(&[0; 100]) }).await;
+        send(
+            &mut f,
+            PeerMessage::Bitfield {
+                bits: Bytes::from_static(&[0; 100]),
+            },
+        )
+        .await;
         f
     })
     .await;
@@ -176,7 +212,13 @@ async fn hostile_messages_get_a_clear_goodbye() {
     let h = hello.clone();
     let (result, said) = hostile(&seed, |mut f| async move {
         send(&mut f, h).await;
-        send(&mut f, PeerMessage::Bitfield { bits: Bitfield::new(pieces).to_bytes() }).await;
+        send(
+            &mut f,
+            PeerMessage::Bitfield {
+                bits: Bitfield::new(pieces).to_bytes(),
+            },
+        )
+        .await;
         send(&mut f, PeerMessage::Request { piece: pieces }).await;
         f
     })
@@ -188,9 +230,18 @@ async fn hostile_messages_get_a_clear_goodbye() {
     let h = hello.clone();
     let (result, _) = hostile(&seed, |mut f| async move {
         send(&mut f, h).await;
-        send(&mut f, PeerMessage::Bitfield { bits: Bitfield::new(pieces).to_bytes() }).await;
+        send(
+            &mut f,
+            PeerMessage::Bitfield {
+                bits: Bitfield::new(pieces).to_bytes(),
+            },
+        )
+        .await;
         for _ in 0..10_000 {
-            if f.send(PeerMessage::Request { piece: 0 }.encode()).await.is_err() {
+            if f.send(PeerMessage::Request { piece: 0 }.encode())
+                .await
+                .is_err()
+            {
                 break;
             }
         }
@@ -198,7 +249,10 @@ async fn hostile_messages_get_a_clear_goodbye() {
     })
     .await;
     let err = result.unwrap_err();
-    assert!(err.contains(&format!("more than {MAX_PEER_REQUESTS} requests")), "{err}");
+    assert!(
+        err.contains(&format!("more than {MAX_PEER_REQUESTS} requests")),
+        "{err}"
+    );
 
     // A request before Hello; a frame larger than any message may be.
     let (result, _) = hostile(&seed, |mut f| async move {
@@ -218,9 +272,14 @@ async fn hostile_messages_get_a_clear_goodbye() {
     // The seed serves on: a good peer still downloads.
     let out = dir.path().join("after");
     let id = DeviceId::random();
-    let d = Swarm::download(share.root, None, &out, id, config(), None).await.unwrap();
+    let d = Swarm::download(share.root, None, &out, id, config(), None)
+        .await
+        .unwrap();
     connect(&d, id, &seed, DeviceId::random());
-    tokio::time::timeout(LIMIT, d.wait()).await.unwrap().unwrap();
+    tokio::time::timeout(LIMIT, d.wait())
+        .await
+        .unwrap()
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -231,9 +290,16 @@ async fn a_peer_sending_bad_pieces_is_dropped_and_the_good_one_finishes() {
     let chunk = share.manifest.chunk_size as usize;
     let out = dir.path().join("out");
     let me = DeviceId::random();
-    let d = Swarm::download(share.root, Some(share.manifest.clone()), &out, me, config(), None)
-        .await
-        .unwrap();
+    let d = Swarm::download(
+        share.root,
+        Some(share.manifest.clone()),
+        &out,
+        me,
+        config(),
+        None,
+    )
+    .await
+    .unwrap();
     let mut events = d.events().unwrap();
     // The liar connects first and answers every request with garbage.
     let liar_id = DeviceId::random();
@@ -241,12 +307,33 @@ async fn a_peer_sending_bad_pieces_is_dropped_and_the_good_one_finishes() {
     let dd = d.clone();
     let liar_run = tokio::spawn(async move { dd.run_peer(x, info(liar_id, true)).await });
     let mut f = Framed::new(y, codec(64 << 20));
-    send(&mut f, PeerMessage::Hello { version: 1, manifest: true }).await;
-    send(&mut f, PeerMessage::Bitfield { bits: Bitfield::full(pieces).to_bytes() }).await;
+    send(
+        &mut f,
+        PeerMessage::Hello {
+            version: 1,
+            manifest: true,
+        },
+    )
+    .await;
+    send(
+        &mut f,
+        PeerMessage::Bitfield {
+            bits: Bitfield::full(pieces).to_bytes(),
+        },
+    )
+    .await;
     let mut lied = 0;
     while let Some(Ok(frame)) = f.next().await {
         if let PeerMessage::Request { piece } = PeerMessage::decode(&frame).unwrap() {
-            let _ = f.send(PeerMessage::Piece { piece, data: Bytes::from(vec![0xee; chunk.min(1000)]) }.encode()).await;
+            let _ = f
+                .send(
+                    PeerMessage::Piece {
+                        piece,
+                        data: Bytes::from(vec![0xee; chunk.min(1000)]),
+                    }
+                    .encode(),
+                )
+                .await;
             lied += 1;
         }
     }
@@ -257,13 +344,20 @@ async fn a_peer_sending_bad_pieces_is_dropped_and_the_good_one_finishes() {
     assert!(!out.join("album").join("a.bin").exists());
     // Barred: it cannot connect again.
     let (x, _y) = tokio::io::duplex(1024);
-    let again = d.run_peer(x, info(liar_id, true)).await.unwrap_err().to_string();
+    let again = d
+        .run_peer(x, info(liar_id, true))
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(again.contains("barred"), "{again}");
     // A good seed finishes the job.
     let s_id = DeviceId::random();
     let seed = Swarm::seed(&share, s_id, config(), None).unwrap();
     connect(&d, me, &seed, s_id);
-    tokio::time::timeout(LIMIT, d.wait()).await.unwrap().unwrap();
+    tokio::time::timeout(LIMIT, d.wait())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(digest_tree(&out.join("album")), digest_tree(&source));
     let mut saw_bad = false;
     while let Ok(e) = events.try_recv() {
@@ -289,9 +383,16 @@ async fn an_interrupted_download_resumes_with_only_the_missing_pieces() {
         ..config()
     };
     let seed = Swarm::seed(&share, s_id, slow, None).unwrap();
-    let d = Swarm::download(share.root, Some(share.manifest.clone()), &out, me, config(), None)
-        .await
-        .unwrap();
+    let d = Swarm::download(
+        share.root,
+        Some(share.manifest.clone()),
+        &out,
+        me,
+        config(),
+        None,
+    )
+    .await
+    .unwrap();
     connect(&d, me, &seed, s_id);
     let mut status = d.status();
     let before = tokio::time::timeout(LIMIT, async {
@@ -309,9 +410,16 @@ async fn an_interrupted_download_resumes_with_only_the_missing_pieces() {
     seed.stop().await;
     assert!(before < share.manifest.pieces.len() as u32);
     // A new attempt finds them (hashed again) and fetches only the rest.
-    let d = Swarm::download(share.root, Some(share.manifest.clone()), &out, me, config(), None)
-        .await
-        .unwrap();
+    let d = Swarm::download(
+        share.root,
+        Some(share.manifest.clone()),
+        &out,
+        me,
+        config(),
+        None,
+    )
+    .await
+    .unwrap();
     let mut events = d.events().unwrap();
     let resumed = match events.recv().await.unwrap() {
         SwarmEvent::Manifest { resumed, .. } => resumed,
@@ -320,7 +428,10 @@ async fn an_interrupted_download_resumes_with_only_the_missing_pieces() {
     assert!(resumed >= 3, "resumed {resumed}");
     let seed = Swarm::seed(&share, s_id, config(), None).unwrap();
     connect(&d, me, &seed, s_id);
-    tokio::time::timeout(LIMIT, d.wait()).await.unwrap().unwrap();
+    tokio::time::timeout(LIMIT, d.wait())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(digest_tree(&out.join("album")), digest_tree(&source));
     let fetched = d.status().borrow().downloaded;
     let total = share.manifest.total_bytes();

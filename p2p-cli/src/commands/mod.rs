@@ -1,5 +1,6 @@
 //! One module per subcommand; [`run`] dispatches.
 
+pub mod daemon;
 pub mod history;
 pub mod nat_test;
 pub mod peers;
@@ -33,6 +34,9 @@ pub async fn run(command: Command, recorder: &Recorder) -> anyhow::Result<()> {
         Command::Trust(args) => trust::run(args),
         Command::Share(args) => swarm::share(args).await,
         Command::Get(args) => swarm::get(args, recorder).await,
+        Command::Daemon(args) => daemon::run(args).await,
+        Command::Shares(args) => daemon::shares(args).await,
+        Command::Unshare(args) => daemon::unshare(args).await,
     }
 }
 

@@ -2,19 +2,19 @@
 //! every peer that has them (`p2p_core::swarm`).
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use p2p_core::history::{Direction, History, Record, Status};
+use p2p_core::history::{History, Record, Status};
 use p2p_core::net::DeviceId;
 use p2p_core::swarm::{
     hash_share, Host, LocalShare, ShareFile, SwarmConfig, SwarmEvent, SwarmState, SwarmStatus,
     Ticket,
 };
 use p2p_core::text::Printable;
+use p2p_core::Direction;
 
 use crate::size::{parse_rate, Rate};
 
@@ -145,7 +145,10 @@ pub async fn share(args: ShareArgs) -> anyhow::Result<()> {
     let ticket = file.ticket.to_string();
     println!("share file: {}", out.display());
     println!("ticket: {ticket}");
-    eprintln!("On another device:\n  p2p-transfer get {}\n  p2p-transfer get {ticket}", out.display());
+    eprintln!(
+        "On another device:\n  p2p-transfer get {}\n  p2p-transfer get {ticket}",
+        out.display()
+    );
     if args.foreground {
         let host = host(&tracker, args.max_upload.0, None, 8).await?;
         let swarm = host.share(&share, args.trusted.clone()).await?;
@@ -174,8 +177,40 @@ async fn register_with_daemon(
     args: &ShareArgs,
     tracker: &str,
 ) -> anyhow::Result<()> {
-    let _ = (share, file, args, tracker);
-    anyhow::bail!("serving through the daemon is not built yet: use --foreground")
+    let absolute = |p: &Path| {
+        std::fs::canonicalize(p).with_context(|| format!("cannot resolve {}", p.display()))
+    };
+    let record = p2p_core::daemon::ShareRecord {
+        root: share.root.to_hex(),
+        name: share.manifest.name.clone(),
+        share_file: absolute(file)?,
+        sources: args
+            .paths
+            .iter()
+            .map(|p| absolute(p))
+            .collect::<anyhow::Result<_>>()?,
+        rendezvous: tracker.to_owned(),
+        added_unix: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        max_upload: args.max_upload.0,
+    };
+    let dir = super::data_dir()?;
+    let exe = std::env::current_exe().context("cannot find this program to start the daemon")?;
+    let mut daemon = p2p_core::daemon::ensure_running(&dir, &exe).await?;
+    let replaced = daemon.add(&record).await?;
+    eprintln!(
+        "{} {} through the background daemon: `p2p-transfer shares` lists it, \
+         `p2p-transfer unshare {}` stops it",
+        if replaced {
+            "now serving again"
+        } else {
+            "serving"
+        },
+        Printable(&share.manifest.name),
+        share.root.short()
+    );
+    Ok(())
 }
 
 async fn host(
@@ -202,7 +237,10 @@ fn print_event(event: &SwarmEvent, bar: Option<&ProgressBar>) {
             resumed,
         } => {
             if *resumed > 0 {
-                format!("{files} files, {}; {resumed} pieces already here (resumed)", human(*bytes))
+                format!(
+                    "{files} files, {}; {resumed} pieces already here (resumed)",
+                    human(*bytes)
+                )
             } else {
                 format!("{files} files, {}", human(*bytes))
             }
@@ -235,7 +273,9 @@ fn json_event(event: &SwarmEvent) -> serde_json::Value {
             files,
             bytes,
             resumed,
-        } => json!({"event": "manifest", "files": files, "bytes": bytes, "resumed_pieces": resumed}),
+        } => {
+            json!({"event": "manifest", "files": files, "bytes": bytes, "resumed_pieces": resumed})
+        }
         SwarmEvent::PeerConnected {
             device,
             path,
@@ -298,6 +338,7 @@ pub async fn get(args: GetArgs, _recorder: &crate::record::Recorder) -> anyhow::
     let mut status = swarm.status();
     let wait = swarm.wait();
     tokio::pin!(wait);
+    let mut last_progress = Instant::now();
     let result = loop {
         tokio::select! {
             result = &mut wait => break result,
@@ -312,6 +353,14 @@ pub async fn get(args: GetArgs, _recorder: &crate::record::Recorder) -> anyhow::
                 if changed.is_err() { continue; }
                 if let Some(bar) = &bar {
                     show_status(bar, &status.borrow());
+                } else if last_progress.elapsed() >= Duration::from_millis(500) {
+                    last_progress = Instant::now();
+                    let s = status.borrow().clone();
+                    println!("{}", serde_json::json!({
+                        "event": "progress", "have_bytes": s.have_bytes, "total_bytes": s.total_bytes,
+                        "have_pieces": s.have_count, "pieces": s.pieces, "peers": s.peers.len(),
+                        "downloaded": s.downloaded, "uploaded": s.uploaded,
+                    }));
                 }
             }
         }
@@ -331,38 +380,35 @@ pub async fn get(args: GetArgs, _recorder: &crate::record::Recorder) -> anyhow::
     let last = swarm.status().borrow().clone();
     let from = swarm.received_from();
     record(&last, &args.output, started.elapsed(), &result, from.len());
-    match &result {
-        Ok(()) => {
-            let secs = started.elapsed().as_secs_f64().max(0.001);
-            if args.json {
-                let from: serde_json::Map<String, serde_json::Value> = from
-                    .iter()
-                    .map(|(d, b)| (d.to_string(), serde_json::Value::from(*b)))
-                    .collect();
-                println!(
-                    "{}",
-                    serde_json::json!({
-                        "event": "done", "root": last.root.to_hex(), "name": last.name,
-                        "bytes": last.total_bytes, "downloaded": last.downloaded,
-                        "seconds": secs, "from": from,
-                    })
-                );
-            } else {
-                eprintln!(
-                    "received {} ({}) into {} in {:.1} s from {} peers ({}/s)",
-                    last.name,
-                    human(last.total_bytes),
-                    args.output.display(),
-                    secs,
-                    from.len(),
-                    human((last.downloaded as f64 / secs) as u64)
-                );
-                for (device, bytes) in &from {
-                    eprintln!("  from {device}: {}", human(*bytes));
-                }
+    if result.is_ok() {
+        let secs = started.elapsed().as_secs_f64().max(0.001);
+        if args.json {
+            let from: serde_json::Map<String, serde_json::Value> = from
+                .iter()
+                .map(|(d, b)| (d.to_string(), serde_json::Value::from(*b)))
+                .collect();
+            println!(
+                "{}",
+                serde_json::json!({
+                    "event": "done", "root": last.root.to_hex(), "name": last.name,
+                    "bytes": last.total_bytes, "downloaded": last.downloaded,
+                    "seconds": secs, "from": from,
+                })
+            );
+        } else {
+            eprintln!(
+                "received {} ({}) into {} in {:.1} s from {} peers ({}/s)",
+                last.name,
+                human(last.total_bytes),
+                args.output.display(),
+                secs,
+                from.len(),
+                human((last.downloaded as f64 / secs) as u64)
+            );
+            for (device, bytes) in &from {
+                eprintln!("  from {device}: {}", human(*bytes));
             }
         }
-        Err(_) => {}
     }
     if result.is_ok() && args.seed {
         eprintln!("seeding {}: Ctrl+C to stop", last.name);
@@ -374,10 +420,14 @@ pub async fn get(args: GetArgs, _recorder: &crate::record::Recorder) -> anyhow::
 }
 
 fn read_source(source: &str) -> anyhow::Result<(Ticket, Option<p2p_core::swarm::Manifest>)> {
-    if source.trim().starts_with(p2p_core::swarm::ticket::TICKET_PREFIX) && !Path::new(source).exists() {
-        let ticket: Ticket = source.parse().map_err(|e: p2p_core::swarm::SwarmError| {
-            crate::exit::Usage(e.to_string())
-        })?;
+    if source
+        .trim()
+        .starts_with(p2p_core::swarm::ticket::TICKET_PREFIX)
+        && !Path::new(source).exists()
+    {
+        let ticket: Ticket = source
+            .parse()
+            .map_err(|e: p2p_core::swarm::SwarmError| crate::exit::Usage(e.to_string()))?;
         return Ok((ticket, None));
     }
     let path = Path::new(source);
@@ -403,7 +453,9 @@ fn record(
     };
     let (state, error) = match result {
         Ok(()) => (Status::Completed, None),
-        Err(p2p_core::swarm::SwarmError::Stopped) => (Status::Interrupted, Some("stopped".to_owned())),
+        Err(p2p_core::swarm::SwarmError::Stopped) => {
+            (Status::Interrupted, Some("stopped".to_owned()))
+        }
         Err(e) => (Status::Failed, Some(e.to_string())),
     };
     let files = status.name.clone();
@@ -427,9 +479,4 @@ fn record(
     if let Err(e) = history.append(&record) {
         tracing::warn!("could not write the history: {e}");
     }
-}
-
-/// The identity is loaded once per process; a daemon's shares use it too.
-pub fn shared_identity() -> anyhow::Result<Arc<p2p_core::net::Identity>> {
-    super::identity()
 }

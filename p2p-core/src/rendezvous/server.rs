@@ -1383,6 +1383,71 @@ mod tests {
     }
 
     #[test]
+    fn an_announcers_introduction_queue_is_bounded() {
+        let limits = Limits {
+            introductions: Rate {
+                burst: 1000,
+                per_second: 0,
+            },
+            ..Limits::default()
+        };
+        let queued = limits.max_introductions_queued;
+        assert_eq!(queued, 16);
+        let shared = Arc::new(Shared::new(None, limits));
+        // An announcer that never reads its queue.
+        let (tx, mut rx) = mpsc::channel(queued);
+        let announcer = TrackerGuard::register(&shared, tx);
+        announcer.announce([1; 32]).unwrap();
+        let mut member = None;
+        handle(&shared, &mut member, ClientMessage::Allocate).unwrap();
+        let (tx, _rx) = mpsc::channel(queued);
+        let introducer = TrackerGuard::register(&shared, tx);
+        let delivered = (0..1000)
+            .filter(|_| introducer.introduce([1; 32], announcer.peer, 1))
+            .count();
+        assert_eq!(delivered, queued);
+        let mut waiting = 0;
+        while let Ok(message) = rx.try_recv() {
+            assert_eq!(
+                message,
+                ServerMessage::Introduction {
+                    swarm: [1; 32],
+                    nameplate: 1
+                }
+            );
+            waiting += 1;
+        }
+        assert_eq!(waiting, queued);
+        // Read: room again.
+        assert!(introducer.introduce([1; 32], announcer.peer, 1));
+
+        // Leaving removes everything.
+        drop(announcer);
+        drop(introducer);
+        let state = shared.lock();
+        assert!(state.trackers.is_empty() && state.swarms.is_empty());
+        assert_eq!(state.entries, 0);
+    }
+
+    #[test]
+    fn a_swarm_removes_members_in_any_order() {
+        let mut swarm = Swarm::default();
+        for peer in 1..=5 {
+            swarm.insert(peer);
+        }
+        swarm.insert(3);
+        assert_eq!(swarm.members.len(), 5);
+        for peer in [1, 5, 3, 9, 2, 4] {
+            swarm.remove(peer);
+            for (i, member) in swarm.members.iter().enumerate() {
+                assert_eq!(swarm.index.get(member), Some(&i));
+            }
+            assert_eq!(swarm.index.len(), swarm.members.len());
+        }
+        assert!(swarm.members.is_empty());
+    }
+
+    #[test]
     fn ipv6_clients_are_counted_per_64() {
         let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
         let b: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();

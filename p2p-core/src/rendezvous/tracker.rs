@@ -4,7 +4,9 @@
 //! exchange of `net::traversal` as for a code).
 //!
 //! A [`Tracker`] is a cheap, clonable handle over one connection and a background task.
-//! The task re-announces every remembered swarm every third of the announce TTL, and when
+//! The task re-announces every remembered swarm every third of the announce TTL (with
+//! none, it sends a keep-alive instead, so that the server does not close the connection
+//! as idle), and when
 //! the connection drops it reconnects (backoff 1 s doubling to 30 s) and announces them
 //! all again. Requests made while it is down fail at once with
 //! [`RendezvousError::Reconnecting`]; every request is bounded by [`CONNECT_TIMEOUT`].
@@ -58,6 +60,9 @@ pub const MAX_ANNOUNCES: usize = 1024;
 /// Introductions waiting in the receiver; more are dropped (the introducer times out and
 /// tries another peer).
 pub const INTRODUCTIONS_QUEUED: usize = 64;
+/// What a client with nothing announced sends as a keep-alive: `Withdraw` of the
+/// all-zero swarm id (a no-op for the server, and no answer).
+pub const KEEP_ALIVE: SwarmId = [0; 32];
 /// The first wait before reconnecting; it doubles up to [`BACKOFF_MAX`].
 pub const BACKOFF_FIRST: Duration = Duration::from_secs(1);
 /// The longest wait between reconnection attempts.
@@ -365,8 +370,12 @@ impl Task {
                         Ok(message) => message,
                         Err(e) => {
                             let why = e.to_string();
-                            if let Some(first) = awaiting.pop_front() {
-                                first.fail(e);
+                            // The server's reason is about the oldest request (the one
+                            // it could not take); the others just lost the connection.
+                            if matches!(e, RendezvousError::Refused(_)) {
+                                if let Some(first) = awaiting.pop_front() {
+                                    first.fail(e);
+                                }
                             }
                             return lost(&mut awaiting, &self.server, why);
                         }
@@ -377,7 +386,7 @@ impl Task {
                 }
                 () = tokio::time::sleep_until(refresh_at) => {
                     last_refresh = Instant::now();
-                    if let Err(e) = self.announce_all(conn, &mut awaiting).await {
+                    if let Err(e) = self.refresh(conn, &mut awaiting).await {
                         return lost(&mut awaiting, &self.server, e.to_string());
                     }
                 }
@@ -395,6 +404,22 @@ impl Task {
             awaiting.push_back(Awaiting::Announced(swarm, None));
         }
         Ok(())
+    }
+
+    /// What the task sends every third of the TTL: every remembered announce, or, with
+    /// none, a keep-alive ([`KEEP_ALIVE`]) so that the server does not close the
+    /// connection as idle.
+    async fn refresh(
+        &self,
+        conn: &mut Connection,
+        awaiting: &mut VecDeque<Awaiting>,
+    ) -> Result<(), RendezvousError> {
+        if self.remembered.is_empty() {
+            conn.write(&ClientMessage::Withdraw { swarm: KEEP_ALIVE })
+                .await
+        } else {
+            self.announce_all(conn, awaiting).await
+        }
     }
 
     /// Writes one request; `Err` (the connection failed, and why) fails it too.

@@ -201,7 +201,9 @@ impl Manifest {
         }
         if self.name.is_empty() || self.name.len() > 255 || self.name.chars().any(char::is_control)
         {
-            return Err(SwarmError::Manifest("the share's name is empty or unsafe".into()));
+            return Err(SwarmError::Manifest(
+                "the share's name is empty or unsafe".into(),
+            ));
         }
         validate_entries(&self.entries).map_err(|e| SwarmError::Manifest(e.to_string()))?;
         let map = PieceMap::new(&self.entries, self.chunk_size)?;
@@ -363,8 +365,8 @@ pub fn hash_share<P: AsRef<Path>>(
         let EntryKind::File { size } = entry.kind else {
             continue;
         };
-        let mut file =
-            File::open(path).map_err(|e| SwarmError::Io(format!("cannot read {}: {e}", path.display())))?;
+        let mut file = File::open(path)
+            .map_err(|e| SwarmError::Io(format!("cannot read {}: {e}", path.display())))?;
         let mut left = size;
         while left > 0 {
             let len = left.min(u64::from(chunk_size)) as usize;
@@ -479,7 +481,10 @@ mod tests {
             pieces: vec![piece_hash(b"x")],
         };
         let err = Manifest::decode(&manifest.encode(), &manifest.root()).unwrap_err();
-        assert!(err.to_string().contains("1 piece hashes for 2 pieces"), "{err}");
+        assert!(
+            err.to_string().contains("1 piece hashes for 2 pieces"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -496,5 +501,53 @@ mod tests {
         assert_eq!(chunk_size_for(16 << 30), MIN_CHUNK_SIZE);
         assert_eq!(chunk_size_for((16 << 30) + 1), 2 * MIN_CHUNK_SIZE);
         assert_eq!(chunk_size_for(u64::MAX), MAX_CHUNK_SIZE);
+    }
+}
+
+#[cfg(test)]
+mod vectors {
+    use super::*;
+    use crate::wire::Timestamp;
+
+    /// The test vectors docs/protocol.md section 10.1 quotes.
+    #[test]
+    fn hashes_match_the_spec() {
+        let a = piece_hash(b"abc");
+        let b = piece_hash(b"");
+        let manifest = Manifest {
+            name: "a".into(),
+            chunk_size: MIN_CHUNK_SIZE,
+            entries: vec![Entry {
+                path: "a".into(),
+                kind: EntryKind::File { size: 3 },
+                mode: 0o644,
+                mtime: Timestamp { secs: 0, nanos: 0 },
+            }],
+            pieces: vec![a],
+        };
+        assert_eq!(
+            a.to_hex(),
+            "3f85f1064e90e776c1967d3b989d78d957ae57a643c5880873bd1180fcb2e4a1"
+        );
+        assert_eq!(
+            merkle_root(&[a, b]).to_hex(),
+            "ea77ed1f608390f8e8595705145773c567ba07db811d823ea0e9305a8ec8d444"
+        );
+        let root = manifest.root();
+        assert_eq!(
+            root.to_hex(),
+            "d515da4f044dda52773531709b119fb7c655fda1563725fe9923abde2a9641d9"
+        );
+        assert_eq!(
+            Hash(root.swarm_id()).to_hex(),
+            "32801b9cb1d5c7b5b9d97d072521521114c631698e4258bdda39d1c440f18123"
+        );
+        assert_eq!(root.swarm_secret(), "f8bf44398fa49c61d0d9fba2e7e8e8d1");
+        let mut expected = vec![
+            0x01, 0x61, 0x80, 0x80, 0x10, 0x01, 0x01, 0x61, 0x01, 0x03, 0xa4, 0x03, 0x00, 0x00,
+            0x01,
+        ];
+        expected.extend_from_slice(&a.0);
+        assert_eq!(manifest.encode(), expected);
     }
 }

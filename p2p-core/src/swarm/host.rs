@@ -110,13 +110,32 @@ impl Host {
     }
 
     /// Serves `share` and announces it.
-    pub async fn share(&self, share: &LocalShare, trusted: Vec<DeviceId>) -> Result<Swarm, SwarmError> {
-        let swarm = Swarm::seed(
-            share,
-            self.device_id(),
-            self.inner.config.clone(),
-            self.inner.upload.clone(),
-        )?;
+    pub async fn share(
+        &self,
+        share: &LocalShare,
+        trusted: Vec<DeviceId>,
+    ) -> Result<Swarm, SwarmError> {
+        self.share_limited(share, trusted, None).await
+    }
+
+    /// Serves `share` with an upload limit of its own (else the host's) and announces it.
+    pub async fn share_limited(
+        &self,
+        share: &LocalShare,
+        trusted: Vec<DeviceId>,
+        max_upload: Option<u64>,
+    ) -> Result<Swarm, SwarmError> {
+        let (config, upload) = match max_upload {
+            Some(rate) => (
+                SwarmConfig {
+                    max_upload: Some(rate),
+                    ..self.inner.config.clone()
+                },
+                None,
+            ),
+            None => (self.inner.config.clone(), self.inner.upload.clone()),
+        };
+        let swarm = Swarm::seed(share, self.device_id(), config, upload)?;
         self.register(&swarm, trusted).await?;
         Ok(swarm)
     }
@@ -192,7 +211,9 @@ fn security(inner: &Inner, code: Code) -> Result<Security, SwarmError> {
 
 fn code_for(root: &Hash, nameplate: u32) -> Result<Code, SwarmError> {
     let nameplate = u16::try_from(nameplate).map_err(|_| {
-        SwarmError::Tracker(format!("mailbox number {nameplate} is too large for a code"))
+        SwarmError::Tracker(format!(
+            "mailbox number {nameplate} is too large for a code"
+        ))
     })?;
     Ok(Code::for_swarm(nameplate, &root.swarm_secret()))
 }
@@ -297,8 +318,12 @@ async fn find_peers(inner: Arc<Inner>, swarm: Swarm, trusted: Vec<DeviceId>) {
                             continue;
                         }
                         lock(&tried).insert(token, now);
-                        let (inner, swarm, trusted, connecting) =
-                            (inner.clone(), swarm.clone(), trusted.clone(), connecting.clone());
+                        let (inner, swarm, trusted, connecting) = (
+                            inner.clone(),
+                            swarm.clone(),
+                            trusted.clone(),
+                            connecting.clone(),
+                        );
                         tokio::spawn(async move {
                             if let Err(e) = dial(&inner, swarm, &trusted, token).await {
                                 tracing::info!("swarm peer {token:x}: {e}");
@@ -326,7 +351,12 @@ async fn find_peers(inner: Arc<Inner>, swarm: Swarm, trusted: Vec<DeviceId>) {
     }
 }
 
-async fn dial(inner: &Inner, swarm: Swarm, trusted: &[DeviceId], peer: u64) -> Result<(), SwarmError> {
+async fn dial(
+    inner: &Inner,
+    swarm: Swarm,
+    trusted: &[DeviceId],
+    peer: u64,
+) -> Result<(), SwarmError> {
     let server = inner.tracker.server().to_owned();
     let id = swarm.root().swarm_id();
     let connect = async {
@@ -340,7 +370,9 @@ async fn dial(inner: &Inner, swarm: Swarm, trusted: &[DeviceId], peer: u64) -> R
             .await
             .map_err(tracker_error)?;
         if !delivered {
-            return Err(SwarmError::NoPeers("the peer is gone from the tracker".into()));
+            return Err(SwarmError::NoPeers(
+                "the peer is gone from the tracker".into(),
+            ));
         }
         rendezvous.set_code(code.clone()).await;
         let conn = rendezvous

@@ -18,9 +18,10 @@
 //! connection (the CLI's `get`/`share`, the daemon).
 
 pub mod content;
-// pub mod host;
+pub mod host;
 pub mod node;
 pub mod picker;
+pub mod service;
 pub mod status;
 pub mod store;
 pub mod ticket;
@@ -29,6 +30,7 @@ pub mod wire;
 use std::time::Duration;
 
 pub use content::{hash_share, Hash, LocalShare, Manifest};
+pub use host::Host;
 
 pub use node::Swarm;
 pub use status::{PeerStatus, SwarmEvent, SwarmState, SwarmStatus};

@@ -116,6 +116,15 @@ struct Shared {
     done: watch::Sender<Option<Result<(), SwarmError>>>,
 }
 
+/// What a swarm starts from.
+struct Parts {
+    known: Option<Arc<Known>>,
+    have: Bitfield,
+    store: Option<Store>,
+    out_dir: Option<std::path::PathBuf>,
+    upload: Option<Arc<Mutex<TokenBucket>>>,
+}
+
 /// A running swarm for one share (see the module documentation). Cloning shares it.
 #[derive(Clone)]
 pub struct Swarm {
@@ -134,21 +143,22 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-fn bucket(rate: Option<u64>, shared: Option<Arc<Mutex<TokenBucket>>>) -> Option<Arc<Mutex<TokenBucket>>> {
+fn bucket(
+    rate: Option<u64>,
+    shared: Option<Arc<Mutex<TokenBucket>>>,
+) -> Option<Arc<Mutex<TokenBucket>>> {
     shared.or_else(|| rate.map(|r| Arc::new(Mutex::new(TokenBucket::new(r, Instant::now())))))
 }
 
 impl Swarm {
-    fn start(
-        root: Hash,
-        local: DeviceId,
-        config: SwarmConfig,
-        known: Option<Arc<Known>>,
-        have: Bitfield,
-        store: Option<Store>,
-        out_dir: Option<&Path>,
-        upload: Option<Arc<Mutex<TokenBucket>>>,
-    ) -> Swarm {
+    fn start(root: Hash, local: DeviceId, config: SwarmConfig, parts: Parts) -> Swarm {
+        let Parts {
+            known,
+            have,
+            store,
+            out_dir,
+            upload,
+        } = parts;
         let complete = known.is_some() && have.is_full();
         let picker = match (&known, complete) {
             (Some(k), false) => Some(Picker::new(
@@ -188,7 +198,7 @@ impl Swarm {
             }),
             config,
             store: Arc::new(Mutex::new(store)),
-            out_dir: out_dir.map(Path::to_path_buf),
+            out_dir,
             status: watch::Sender::new(SwarmStatus::new(root)),
             manifest_ready: watch::Sender::new(known.is_some()),
             events,
@@ -224,11 +234,13 @@ impl Swarm {
             share.root,
             local,
             config,
-            Some(known),
-            have,
-            Some(Store::seed(share)),
-            None,
-            upload,
+            Parts {
+                known: Some(known),
+                have,
+                store: Some(Store::seed(share)),
+                out_dir: None,
+                upload,
+            },
         ))
     }
 
@@ -250,23 +262,28 @@ impl Swarm {
                 root,
                 local,
                 config,
-                None,
-                Bitfield::new(0),
-                None,
-                Some(out_dir),
-                upload,
+                Parts {
+                    known: None,
+                    have: Bitfield::new(0),
+                    store: None,
+                    out_dir: Some(out_dir.to_path_buf()),
+                    upload,
+                },
             ));
         };
-        let (known, store, have, notes) = open_download(root, manifest, out_dir.to_path_buf()).await?;
+        let (known, store, have, notes) =
+            open_download(root, manifest, out_dir.to_path_buf()).await?;
         let swarm = Self::start(
             root,
             local,
             config,
-            Some(known.clone()),
-            have.clone(),
-            Some(store),
-            Some(out_dir),
-            upload,
+            Parts {
+                known: Some(known.clone()),
+                have: have.clone(),
+                store: Some(store),
+                out_dir: Some(out_dir.to_path_buf()),
+                upload,
+            },
         );
         swarm.manifest_event(&known, &have, notes);
         if have.is_full() {
@@ -301,6 +318,12 @@ impl Swarm {
         self.shared.status.subscribe()
     }
 
+    /// The status as it is now (not up to 250 ms old).
+    pub fn status_now(&self) -> SwarmStatus {
+        self.publish();
+        self.shared.status.borrow().clone()
+    }
+
     /// The events (once: later calls get `None`).
     pub fn events(&self) -> Option<mpsc::Receiver<SwarmEvent>> {
         lock(&self.shared.events_rx).take()
@@ -316,7 +339,8 @@ impl Swarm {
     pub fn wants_peers(&self) -> bool {
         let inner = lock(&self.shared.inner);
         !(inner.known.is_some() && inner.have.is_full())
-            && inner.peers.values().filter(|p| !p.info.incoming).count() < self.shared.config.max_peers
+            && inner.peers.values().filter(|p| !p.info.incoming).count()
+                < self.shared.config.max_peers
             && !self.shared.stop.is_cancelled()
     }
 
@@ -415,11 +439,19 @@ impl Swarm {
             if inner.peers.len() >= self.shared.config.max_connections {
                 return Err(SwarmError::NoPeers("too many peers".into()));
             }
-            if let Some((&old, existing)) =
-                inner.peers.iter().find(|(_, p)| p.info.device == info.device)
+            if let Some((&old, existing)) = inner
+                .peers
+                .iter()
+                .find(|(_, p)| p.info.device == info.device)
             {
                 // Keep the connection opened by the smaller device id: both ends agree.
-                let opener = |incoming: bool| if incoming { info.device } else { self.shared.local };
+                let opener = |incoming: bool| {
+                    if incoming {
+                        info.device
+                    } else {
+                        self.shared.local
+                    }
+                };
                 let new_opener = opener(info.incoming);
                 let old_opener = if existing.info.incoming {
                     info.device
@@ -427,9 +459,13 @@ impl Swarm {
                     self.shared.local
                 };
                 if new_opener.min(old_opener) != new_opener || new_opener == old_opener {
-                    return Err(SwarmError::NoPeers("already connected to that device".into()));
+                    return Err(SwarmError::NoPeers(
+                        "already connected to that device".into(),
+                    ));
                 }
-                let _ = existing.tx.send(Ctl::Close("a second connection replaces this one".into()));
+                let _ = existing
+                    .tx
+                    .send(Ctl::Close("a second connection replaces this one".into()));
                 let _ = old;
             }
             let key = inner.next_key;
@@ -671,7 +707,9 @@ async fn ticker(shared: Arc<Shared>) {
                 .unwrap_or_default();
             for (key, piece) in &expired {
                 if let Some(peer) = inner.peers.get(key) {
-                    let _ = peer.tx.send(Ctl::Send(PeerMessage::Cancel { piece: *piece }));
+                    let _ = peer
+                        .tx
+                        .send(Ctl::Send(PeerMessage::Cancel { piece: *piece }));
                 }
             }
             if !expired.is_empty() {
@@ -682,7 +720,7 @@ async fn ticker(shared: Arc<Shared>) {
             }
         }
         publish(&shared);
-        if ticks % 4 == 0 {
+        if ticks.is_multiple_of(4) {
             save_state(&shared).await;
         }
     }
@@ -990,9 +1028,11 @@ impl<R: AsyncRead + Unpin> Reader<'_, R> {
             .out_dir
             .clone()
             .ok_or_else(|| violation("a manifest for a share this side serves"))?;
-        let (known, store, have, notes) = open_download(root, manifest, out_dir).await.inspect_err(|e| {
-            self.swarm.fail(e.clone());
-        })?;
+        let (known, store, have, notes) = open_download(root, manifest, out_dir)
+            .await
+            .inspect_err(|e| {
+                self.swarm.fail(e.clone());
+            })?;
         {
             let mut inner = lock(&self.shared().inner);
             inner.fetching = None;
@@ -1020,7 +1060,9 @@ impl<R: AsyncRead + Unpin> Reader<'_, R> {
     }
 
     async fn received_piece(&mut self, piece: u32, data: Bytes) -> Result<(), SwarmError> {
-        let known = self.known().ok_or_else(|| violation("Piece before the manifest"))?;
+        let known = self
+            .known()
+            .ok_or_else(|| violation("Piece before the manifest"))?;
         {
             let inner = lock(&self.shared().inner);
             let asked = inner
@@ -1037,7 +1079,8 @@ impl<R: AsyncRead + Unpin> Reader<'_, R> {
             }
         }
         let expected = known.map.piece_len(piece).unwrap_or(0);
-        let good = data.len() == expected && piece_hash(&data) == known.manifest.pieces[piece as usize];
+        let good =
+            data.len() == expected && piece_hash(&data) == known.manifest.pieces[piece as usize];
         if !good {
             let device = {
                 let mut inner = lock(&self.shared().inner);
@@ -1139,12 +1182,10 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                     lock(&queue.pieces).push_front(piece);
                     Some(ctl)
                 }
-                Err(mpsc::error::TryRecvError::Empty) => {
-                    match serve(&shared, key, piece).await {
-                        Ok(message) => Some(Ctl::Send(message)),
-                        Err(e) => Some(Ctl::Close(e.to_string())),
-                    }
-                }
+                Err(mpsc::error::TryRecvError::Empty) => match serve(&shared, key, piece).await {
+                    Ok(message) => Some(Ctl::Send(message)),
+                    Err(e) => Some(Ctl::Close(e.to_string())),
+                },
                 Err(mpsc::error::TryRecvError::Disconnected) => None,
             }
         } else {

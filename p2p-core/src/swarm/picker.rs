@@ -169,7 +169,13 @@ impl Picker {
             .has
             .iter()
             .filter(|&p| !self.have.has(p) && !self.requested.contains_key(&p))
-            .map(|p| (self.availability[p as usize], p.wrapping_mul(salt) ^ salt, p))
+            .map(|p| {
+                (
+                    self.availability[p as usize],
+                    p.wrapping_mul(salt) ^ salt,
+                    p,
+                )
+            })
             .collect();
         let mut picked: Vec<u32> = if fresh.len() > room {
             fresh.select_nth_unstable(room - 1);

@@ -40,8 +40,10 @@ pub enum Store {
         output: Box<OutputDir>,
         /// Entries finalized (moved to their final path).
         finalized: Vec<bool>,
-        /// Pieces written per file still to come.
+        /// Pieces still to come, per file.
         missing: Vec<u32>,
+        /// Pieces on disk (a second copy of one, as endgame brings, is not written).
+        written: Bitfield,
     },
 }
 
@@ -68,14 +70,25 @@ impl Store {
         map: &PieceMap,
     ) -> Result<(Store, Bitfield, Vec<String>), SwarmError> {
         let entries: Arc<[Entry]> = manifest.entries.clone().into();
-        let mut output = OutputDir::prepare(
-            dir,
-            transfer_id(root),
-            &entries,
-            false,
-            manifest.chunk_size,
-        )
-        .map_err(|e| SwarmError::Output(e.to_string()))?;
+        let mut output =
+            OutputDir::prepare(dir, transfer_id(root), &entries, false, manifest.chunk_size)
+                .map_err(|e| match e {
+                    crate::Error::Transfer(crate::error::TransferError::AlreadyExists {
+                        first,
+                        count,
+                    }) => SwarmError::Output(format!(
+                        "{} already exists in {}{}: nothing was overwritten; download into \
+                     another folder (-o DIR), or move it away",
+                        crate::text::Printable(&first),
+                        dir.display(),
+                        if count > 1 {
+                            format!(" (and {} more)", count - 1)
+                        } else {
+                            String::new()
+                        }
+                    )),
+                    e => SwarmError::Output(e.to_string()),
+                })?;
         let notes = output.notes().to_vec();
         let resume = output.resume_info().clone();
         let mut have = Bitfield::new(map.count());
@@ -118,6 +131,7 @@ impl Store {
                 output: Box::new(output),
                 finalized,
                 missing,
+                written: have.clone(),
             },
             have,
             notes,
@@ -145,6 +159,8 @@ impl Store {
     }
 
     /// Writes verified piece `piece` (a download); returns the file it completed, if any.
+    /// A piece already written is not written again (endgame brings copies, and the
+    /// file may be in its final place already).
     pub fn write(
         &mut self,
         map: &PieceMap,
@@ -152,7 +168,10 @@ impl Store {
         data: &[u8],
     ) -> Result<Option<u32>, SwarmError> {
         let Store::Download {
-            output, missing, ..
+            output,
+            missing,
+            written,
+            ..
         } = self
         else {
             return Ok(None);
@@ -160,9 +179,13 @@ impl Store {
         let (at, offset, _) = map
             .locate(piece)
             .ok_or_else(|| SwarmError::Protocol(format!("no piece {piece}")))?;
+        if written.has(piece) {
+            return Ok(None);
+        }
         output
             .write(at.file, offset, data)
             .map_err(|e| SwarmError::Output(e.to_string()))?;
+        written.set(piece);
         let left = &mut missing[at.file as usize];
         *left = left.saturating_sub(1);
         Ok((*left == 0).then_some(at.file))
@@ -209,5 +232,42 @@ impl Store {
             Store::Download { output, .. } => output.save_job(false).ok(),
             Store::Seed { .. } => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::swarm::content::hash_share;
+
+    /// Endgame brings two copies of a piece; both pass their hash. Counting both once
+    /// finalized a file a piece early — its last piece then never reached the final file
+    /// (found by three downloaders of one 50 MiB share: one file differed).
+    #[test]
+    fn a_second_copy_of_a_piece_does_not_complete_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("f.bin");
+        let data: Vec<u8> = (0..600_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&src, &data).unwrap();
+        let share = hash_share(&[&src], &mut |_, _| {}).unwrap();
+        let map = share.manifest.validate().unwrap();
+        assert_eq!(map.count(), 3);
+        let out = dir.path().join("out");
+        let (mut store, have, _) =
+            Store::download(&out, &share.root, &share.manifest, &map).unwrap();
+        assert_eq!(have.count(), 0);
+        let mut seed = Store::seed(&share);
+        let pieces: Vec<Vec<u8>> = (0..3).map(|p| seed.read(&map, p).unwrap()).collect();
+        assert_eq!(store.write(&map, 0, &pieces[0]).unwrap(), None);
+        assert_eq!(store.write(&map, 1, &pieces[1]).unwrap(), None);
+        assert_eq!(
+            store.write(&map, 1, &pieces[1]).unwrap(),
+            None,
+            "a copy counted twice"
+        );
+        assert_eq!(store.write(&map, 2, &pieces[2]).unwrap(), Some(0));
+        store.finalize(0).unwrap();
+        store.finish(&share.manifest).unwrap();
+        assert_eq!(std::fs::read(out.join("f.bin")).unwrap(), data);
     }
 }

@@ -206,6 +206,20 @@ mod tests {
     }
 
     #[test]
+    fn a_ticket_has_the_documented_text() {
+        // docs/protocol.md section 10.2.
+        let ticket = Ticket {
+            root: Hash([0x11; 32]),
+            tracker: Some("h:1".into()),
+            trusted: vec![],
+        };
+        assert_eq!(
+            ticket.to_string(),
+            "p2p1EREREREREREREREREREREREREREREREREREREREREREBA2g6MQA"
+        );
+    }
+
+    #[test]
     fn tickets_round_trip_and_stay_short() {
         let ticket = Ticket {
             root: manifest().root(),
@@ -242,7 +256,9 @@ mod tests {
         forged.manifest.as_mut().unwrap().pieces[0] = piece_hash(b"abd");
         let err = ShareFile::decode(&forged.encode()).unwrap_err().to_string();
         assert!(err.contains("root hash"), "{err}");
-        let err = ShareFile::decode(&bytes[..bytes.len() - 1]).unwrap_err().to_string();
+        let err = ShareFile::decode(&bytes[..bytes.len() - 1])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("damaged"), "{err}");
     }
 
