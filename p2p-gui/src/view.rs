@@ -88,6 +88,9 @@ impl App {
     fn close_question(&self) -> Element<'_, Message> {
         let what = if self.offer.is_some() {
             "An incoming transfer waits for your answer: closing declines it."
+        } else if self.get.is_busy() && !self.is_busy() {
+            "A download of shared files is running: closing stops it (what arrived is kept; \
+             get the same share into the same folder to resume)."
         } else {
             "A transfer is running: closing stops it (it is recorded as interrupted and \
              can be resumed later)."
