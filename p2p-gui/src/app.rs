@@ -958,6 +958,8 @@ impl App {
             Message::GetWorker(id, event) => {
                 if self.get_job.as_ref().is_some_and(|(job, ..)| *job == id) {
                     self.on_get(event);
+                    // Closing waits for a cancelled download to save its resume state.
+                    return self.exit_when_done();
                 }
             }
             Message::CancelGet => {
@@ -1142,11 +1144,12 @@ impl App {
         }
     }
 
-    /// After [`Message::Quit`]: exits once no session is being closed and no record is
-    /// being written.
+    /// After [`Message::Quit`]: exits once no session is being closed, no download is
+    /// saving its resume state and no record is being written.
     fn exit_when_done(&self) -> Task<Message> {
         if self.quitting
             && self.closing.is_empty()
+            && self.get_job.is_none()
             && self.history_writes == 0
             && self.trusted.writes == 0
         {

@@ -50,7 +50,8 @@ struct Args {
     /// Select these files or folders, and send them once connected.
     #[arg(long, value_name = "PATH", num_args = 1..)]
     send: Vec<PathBuf>,
-    /// Close the window after the first transfer ends (exit code 1 if it failed).
+    /// Close the window after the first transfer or download ends (exit code 1 if it
+    /// failed or was cancelled).
     #[arg(long)]
     exit_after_transfer: bool,
     /// Start looking for peers on the local network at once (the default).
