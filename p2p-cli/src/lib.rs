@@ -309,6 +309,7 @@ pub fn main() -> ExitCode {
         Command::Send(args) if args.session.json => render::Output::Json,
         Command::Receive(args) if args.session.json => render::Output::Json,
         Command::Resume(args) if args.session.json => render::Output::Json,
+        Command::Get(args) if args.json => render::Output::Json,
         _ => render::Output::Human,
     };
     init_logging(cli.verbose);

@@ -437,3 +437,45 @@ async fn an_interrupted_download_resumes_with_only_the_missing_pieces() {
     let total = share.manifest.total_bytes();
     assert!(fetched < total, "fetched {fetched} of {total} again");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_the_peer_asked_for_the_manifest_leaves_another_is_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let (share, source) = share_of(dir.path());
+    let out = dir.path().join("out");
+    let me = DeviceId::random();
+    // A ticket: no manifest yet.
+    let d = Swarm::download(share.root, None, &out, me, config(), None)
+        .await
+        .unwrap();
+    // A peer that claims the manifest, is asked for it, and leaves without answering.
+    let (x, y) = tokio::io::duplex(1 << 20);
+    let dd = d.clone();
+    let silent = tokio::spawn(async move { dd.run_peer(x, info(DeviceId::random(), true)).await });
+    let mut f = Framed::new(y, codec(64 << 20));
+    send(
+        &mut f,
+        PeerMessage::Hello {
+            version: 1,
+            manifest: true,
+        },
+    )
+    .await;
+    loop {
+        let frame = f.next().await.unwrap().unwrap();
+        if PeerMessage::decode(&frame).unwrap() == PeerMessage::GetManifest {
+            break;
+        }
+    }
+    // A good seed arrives while the question is out; then the silent one goes.
+    let s_id = DeviceId::random();
+    let seed = Swarm::seed(&share, s_id, config(), None).unwrap();
+    connect(&d, me, &seed, s_id);
+    drop(f);
+    let _ = silent.await;
+    tokio::time::timeout(LIMIT, d.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(digest_tree(&out.join("album")), digest_tree(&source));
+}

@@ -121,12 +121,25 @@ pub fn parse_request(line: &[u8]) -> Result<Request, String> {
     let op = match value.get("op") {
         Some(serde_json::Value::String(op)) => op.clone(),
         Some(_) => return Err("\"op\" must be a string".into()),
+        None if !value.is_object() => return Err("the request must be a JSON object".into()),
         None => return Err(format!("the request has no \"op\" (one of {OPS})")),
     };
     if !OPS.split(", ").any(|known| known == op) {
         return Err(format!(
             "unknown op {:?} (one of {OPS})",
             crate::text::printable_truncated(&op, 64)
+        ));
+    }
+    let allowed: &[&str] = match op.as_str() {
+        "add" => &["op", "record"],
+        "remove" => &["op", "which"],
+        _ => &["op"],
+    };
+    let mut fields = value.as_object().map(|o| o.keys()).into_iter().flatten();
+    if let Some(extra) = fields.find(|k| !allowed.contains(&k.as_str())) {
+        return Err(format!(
+            "bad {op} request: unknown field {:?}",
+            crate::text::printable_truncated(extra, 64)
         ));
     }
     serde_json::from_value(value).map_err(|e| format!("bad {op} request: {e}"))
@@ -209,5 +222,7 @@ mod tests {
             .unwrap_err()
             .contains("bad remove request"));
         assert!(parse_request(br#"{}"#).unwrap_err().contains("no \"op\""));
+        assert!(parse_request(br#"{"op":"ping","extra":1}"#).is_err());
+        assert!(parse_request(br#"{"op":"remove","which":"a","extra":1}"#).is_err());
     }
 }

@@ -503,15 +503,21 @@ impl Swarm {
             if let Some(picker) = inner.picker.as_mut() {
                 picker.remove_peer(key);
             }
-            if inner.fetching == Some(key) {
+            let was_fetching = inner.fetching == Some(key);
+            if was_fetching {
                 inner.fetching = None;
             }
             let removed = inner.peers.remove(&key);
             if inner.peers.is_empty() {
                 inner.alone_since = Some(Instant::now());
             }
-            removed
+            (removed, was_fetching)
         };
+        let (removed, was_fetching) = removed;
+        if was_fetching {
+            // Another peer that has the manifest is asked for it.
+            self.shared.manifest_ready.send_modify(|_| {});
+        }
         if let Some(entry) = removed {
             self.event(SwarmEvent::PeerGone {
                 device: entry.info.device.to_string(),
@@ -885,6 +891,9 @@ impl<R: AsyncRead + Unpin> Reader<'_, R> {
                             self.set_frame_limit(&known);
                             self.send_bitfield();
                         }
+                    } else if changed.is_ok() && self.peer_manifest && !self.asked_manifest {
+                        // The peer asked for it left without answering: ask this one.
+                        self.ask_manifest();
                     }
                     continue;
                 }
