@@ -22,6 +22,8 @@ use p2p_core::{Direction, IncomingOffer, ReceiveOptions, SessionOptions, Transfe
 use uuid::Uuid;
 
 use crate::dialog::{self, Pick};
+use crate::get::{self, Download, GetTab, Phase, Source};
+use crate::get_worker::{self, GetEnd, GetEvent, GetHandle, GetPlan};
 use crate::history::{DirectionFilter, History, OutcomeFilter};
 use crate::peers;
 use crate::progress::{TransferProgress, TransferState};
@@ -76,6 +78,9 @@ pub struct Launch {
     /// The rendezvous server for this run (`P2P_RENDEZVOUS`), over the saved setting;
     /// empty turns it off.
     pub rendezvous: Option<String>,
+    /// A share ticket (`p2p1…`) or the path of a `.p2p` file: opens the "Get shared
+    /// files" tab with it and starts the download.
+    pub get: Option<String>,
 }
 
 /// The tabs, in order.
@@ -84,24 +89,35 @@ pub enum Tab {
     Connection,
     Send,
     Receive,
+    /// Swarm downloads: a share ticket or a `.p2p` file.
+    Get,
     Settings,
     History,
 }
 
 impl Tab {
-    pub const ALL: [Tab; 5] = [
+    pub const ALL: [Tab; 6] = [
         Tab::Connection,
         Tab::Send,
         Tab::Receive,
+        Tab::Get,
         Tab::Settings,
         Tab::History,
     ];
 
-    /// The tab whose title is `name` (any case).
+    /// The tab whose title (or short name: `get`) is `name` (any case).
     pub fn from_name(name: &str) -> Option<Tab> {
-        Tab::ALL
-            .into_iter()
-            .find(|tab| tab.title().eq_ignore_ascii_case(name))
+        Tab::ALL.into_iter().find(|tab| {
+            tab.title().eq_ignore_ascii_case(name) || tab.name().eq_ignore_ascii_case(name)
+        })
+    }
+
+    /// The tab's name on the command line (`--tab get`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Tab::Get => "get",
+            other => other.title(),
+        }
     }
 
     pub fn title(self) -> &'static str {
@@ -109,6 +125,7 @@ impl Tab {
             Tab::Connection => "Connection",
             Tab::Send => "Send",
             Tab::Receive => "Receive",
+            Tab::Get => "Get shared files",
             Tab::Settings => "Settings",
             Tab::History => "History",
         }
@@ -222,6 +239,23 @@ pub enum Message {
     HistoryLoaded(Result<(Vec<Record>, usize), String>),
     /// A record was appended to the history file (or could not be).
     HistoryWritten(Result<(), String>),
+    // Get shared files
+    /// The ticket or `.p2p` path field.
+    GetInputChanged(String),
+    /// Choose a `.p2p` file with the system's dialog.
+    OpenShareFile,
+    /// The `.p2p` file chosen (`None`: the dialog was cancelled).
+    ShareFilePicked(Option<PathBuf>),
+    /// Start downloading what the field names.
+    StartGet,
+    /// The field read (a `.p2p` file from the disk): what to download, or what is wrong.
+    GetSource(Result<Source, String>),
+    /// A report from the download worker with this id.
+    GetWorker(u64, GetEvent),
+    /// Stop the download (what arrived is kept for a resume).
+    CancelGet,
+    /// Open the folder the download went to (file manager).
+    OpenGetFolder,
 }
 
 /// Keys the window handles itself.
@@ -415,6 +449,12 @@ pub struct App {
     pub addresses: Vec<IpAddr>,
     /// The program that opens a folder ([`OPENER`]).
     pub opener: String,
+    /// The "Get shared files" tab.
+    pub get: GetTab,
+    /// The running download's worker: its id, its stop switch, and the handle that
+    /// aborts its task when dropped.
+    get_job: Option<(u64, GetHandle, task::Handle)>,
+    next_get: u64,
 }
 
 /// Files of an offer that exist already where it would be saved.
@@ -506,6 +546,9 @@ impl App {
             device_name: p2p_core::session::default_device_name(),
             addresses: Vec::new(),
             opener: OPENER.to_owned(),
+            get: GetTab::default(),
+            get_job: None,
+            next_get: 0,
         };
         app.output_input = app.output_dir.display().to_string();
         let mut tasks = vec![Task::perform(local_addresses(), Message::Addresses)];
@@ -533,6 +576,11 @@ impl App {
             app.tab = Tab::Send;
             tasks.push(app.select(launch.send));
         }
+        if let Some(get) = launch.get {
+            app.tab = Tab::Get;
+            app.get.input = get;
+            tasks.push(app.update(Message::StartGet));
+        }
         if let Some(tab) = launch.tab {
             app.tab = tab;
         }
@@ -548,9 +596,12 @@ impl App {
 
     /// The window title: progress first while a transfer runs.
     pub fn title(&self) -> String {
-        match &self.transfer {
-            Some(t) if t.is_running() => {
+        match (&self.transfer, &self.get.download) {
+            (Some(t), _) if t.is_running() => {
                 format!("{:.0}% · p2p-transfer", t.fraction() * 100.0)
+            }
+            (_, Some(d)) if d.is_running() => {
+                format!("{:.0}% · p2p-transfer", d.fraction() * 100.0)
             }
             _ => "p2p-transfer".to_owned(),
         }
@@ -644,6 +695,10 @@ impl App {
             Message::Copy(text) => return iced::clipboard::write(text),
             Message::Quit => {
                 self.quitting = true;
+                if let Some((_, handle, _)) = &self.get_job {
+                    // Saves the resume state, so the next Get of it resumes.
+                    handle.cancel();
+                }
                 self.confirm_close = false;
                 let stopped = self.stop_with(Ending::WindowClosed);
                 // A peer that does not take the close must not keep the window open.
@@ -653,7 +708,7 @@ impl App {
             }
             Message::QuitNow => return iced::exit(),
             Message::CloseRequested => {
-                if self.is_busy() || self.offer.is_some() {
+                if self.is_busy() || self.offer.is_some() || self.get.is_busy() {
                     self.confirm_close = true;
                 } else {
                     return self.update(Message::Quit);
@@ -861,8 +916,121 @@ impl App {
                 }
                 return self.exit_when_done();
             }
+            Message::GetInputChanged(text) => {
+                self.get.input = text;
+                self.get.error = None;
+            }
+            Message::OpenShareFile => {
+                self.dialog_error = None;
+                return Task::perform(dialog::pick(Pick::ShareFile), |picked| match picked {
+                    Ok(files) => Message::ShareFilePicked(files.into_iter().next()),
+                    Err(error) => Message::PickFailed(error),
+                });
+            }
+            Message::ShareFilePicked(Some(path)) => {
+                self.get.input = path.display().to_string();
+                self.get.error = None;
+            }
+            Message::ShareFilePicked(None) => {}
+            Message::StartGet => {
+                if self.get.is_busy() {
+                    return Task::none();
+                }
+                self.get.error = None;
+                self.get.reading = true;
+                let input = self.get.input.clone();
+                return Task::perform(
+                    async move {
+                        tokio::task::spawn_blocking(move || get::parse_source(&input))
+                            .await
+                            .unwrap_or_else(|e| Err(format!("Reading failed: {e}.")))
+                    },
+                    Message::GetSource,
+                );
+            }
+            Message::GetSource(source) => {
+                self.get.reading = false;
+                match source {
+                    Ok(source) => return self.start_get(source),
+                    Err(error) => self.get.error = Some(error),
+                }
+            }
+            Message::GetWorker(id, event) => {
+                if self.get_job.as_ref().is_some_and(|(job, ..)| *job == id) {
+                    self.on_get(event);
+                    // Closing waits for a cancelled download to save its resume state.
+                    return self.exit_when_done();
+                }
+            }
+            Message::CancelGet => {
+                if let Some((_, handle, _)) = &self.get_job {
+                    handle.cancel();
+                }
+            }
+            Message::OpenGetFolder => {
+                if let Some(d) = &self.get.download {
+                    self.open_error = None;
+                    return Task::perform(
+                        open_folder(self.opener.clone(), d.out_dir.clone()),
+                        Message::FolderOpened,
+                    );
+                }
+            }
         }
         Task::none()
+    }
+
+    /// Starts downloading `source` into the output folder, from the peers its tracker
+    /// (else the rendezvous server in Settings) knows.
+    fn start_get(&mut self, source: Source) -> Task<Message> {
+        let tracker = match get::tracker_for(source.ticket(), self.rendezvous_server()) {
+            Ok(tracker) => tracker,
+            Err(error) => {
+                self.get.error = Some(error);
+                return Task::none();
+            }
+        };
+        let id = self.next_get;
+        self.next_get += 1;
+        let handle = GetHandle::default();
+        let plan = GetPlan {
+            tracker: tracker.clone(),
+            ticket: source.ticket().clone(),
+            manifest: source.manifest().cloned(),
+            out_dir: self.output_dir.clone(),
+            identity: self.security.identity.clone(),
+            config: p2p_core::swarm::SwarmConfig {
+                max_upload: self.settings.max_speed(),
+                ..Default::default()
+            },
+        };
+        self.get.download = Some(Download::new(&source, tracker, self.output_dir.clone()));
+        let (task, abort) = Task::run(get_worker::run(plan, handle.clone()), move |event| {
+            Message::GetWorker(id, event)
+        })
+        .abortable();
+        self.get_job = Some((id, handle, abort.abort_on_drop()));
+        task
+    }
+
+    /// A report from the running download.
+    fn on_get(&mut self, event: GetEvent) {
+        let Some(download) = &mut self.get.download else {
+            return;
+        };
+        match event {
+            GetEvent::Connected => {}
+            GetEvent::Status(status) => download.apply_status(*status),
+            GetEvent::Swarm(event) => download.apply_event(&event),
+            GetEvent::Ended(end) => {
+                download.phase = match end {
+                    GetEnd::Done => Phase::Done,
+                    GetEnd::Failed(error) => Phase::Failed(error),
+                    GetEnd::Cancelled => Phase::Cancelled,
+                };
+                self.get_job = None;
+            }
+        }
     }
 
     fn on_key(&mut self, key: KeyPress) -> Task<Message> {
@@ -976,11 +1144,12 @@ impl App {
         }
     }
 
-    /// After [`Message::Quit`]: exits once no session is being closed and no record is
-    /// being written.
+    /// After [`Message::Quit`]: exits once no session is being closed, no download is
+    /// saving its resume state and no record is being written.
     fn exit_when_done(&self) -> Task<Message> {
         if self.quitting
             && self.closing.is_empty()
+            && self.get_job.is_none()
             && self.history_writes == 0
             && self.trusted.writes == 0
         {

@@ -80,6 +80,8 @@ pub enum Pick {
     Folder,
     /// Where received files go.
     OutputFolder,
+    /// A `.p2p` share file to download.
+    ShareFile,
 }
 
 /// Shows the dialog; `Ok(empty)` when the person cancelled.
@@ -100,6 +102,12 @@ pub async fn pick(kind: Pick) -> Result<Vec<PathBuf>, String> {
         Pick::OutputFolder => dialog
             .set_title("Choose where received files go")
             .pick_folder()
+            .await
+            .map(|f| vec![f.path().to_path_buf()]),
+        Pick::ShareFile => dialog
+            .set_title("Open a shared-files (.p2p) file")
+            .add_filter("Shared files", &["p2p"])
+            .pick_file()
             .await
             .map(|f| vec![f.path().to_path_buf()]),
     };

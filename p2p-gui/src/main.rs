@@ -15,6 +15,7 @@ use std::sync::Arc;
 use clap::Parser;
 use p2p_core::settings::Settings;
 use p2p_core::TransferEvent;
+use p2p_gui::get_worker::{GetEnd, GetEvent};
 use p2p_gui::worker::WorkerEvent;
 use p2p_gui::{App, Launch, Message, Tab};
 
@@ -49,7 +50,8 @@ struct Args {
     /// Select these files or folders, and send them once connected.
     #[arg(long, value_name = "PATH", num_args = 1..)]
     send: Vec<PathBuf>,
-    /// Close the window after the first transfer ends (exit code 1 if it failed).
+    /// Close the window after the first transfer or download ends (exit code 1 if it
+    /// failed or was cancelled).
     #[arg(long)]
     exit_after_transfer: bool,
     /// Start looking for peers on the local network at once (the default).
@@ -58,7 +60,11 @@ struct Args {
     /// Do not look for peers on the local network when the window opens.
     #[arg(long)]
     no_find_peers: bool,
-    /// Open on this tab: connection, send, receive, settings or history.
+    /// Download shared files: a share ticket (p2p1…) or the path of a .p2p file. Opens
+    /// the "Get shared files" tab and starts at once, into the output folder.
+    #[arg(long, value_name = "TICKET_OR_FILE")]
+    get: Option<String>,
+    /// Open on this tab: connection, send, receive, get, settings or history.
     #[arg(long, value_parser = parse_tab)]
     tab: Option<Tab>,
     /// Light or dark window; by default it follows the desktop's setting.
@@ -75,7 +81,7 @@ enum ThemeArg {
 
 fn parse_tab(name: &str) -> Result<Tab, String> {
     Tab::from_name(name).ok_or_else(|| {
-        format!("{name:?} is not a tab (connection, send, receive, settings, history)")
+        format!("{name:?} is not a tab (connection, send, receive, get, settings, history)")
     })
 }
 
@@ -133,6 +139,7 @@ fn main() -> ExitCode {
         code: args.code,
         // As the CLI: the environment names the rendezvous server for this run.
         rendezvous: std::env::var(p2p_gui::RENDEZVOUS_ENV).ok(),
+        get: args.get,
         theme: match args.theme {
             ThemeArg::System => None,
             ThemeArg::Light => Some(iced::Theme::Light),
@@ -205,8 +212,14 @@ fn view(app: &App) -> iced::Element<'_, Message> {
 /// Writes one stderr line for the notable worker events. Returns `Some(succeeded)` when
 /// a transfer ended.
 fn report(message: &Message) -> Option<bool> {
-    let Message::Worker(_, event) = message else {
-        return None;
+    let event = match message {
+        Message::Worker(_, event) => event,
+        Message::GetWorker(_, event) => return report_get(event),
+        Message::GetSource(Err(error)) => {
+            eprintln!("get: {error}");
+            return None;
+        }
+        _ => return None,
     };
     match event {
         WorkerEvent::Listening(addr) => eprintln!("listening on {addr}"),
@@ -270,6 +283,29 @@ fn report(message: &Message) -> Option<bool> {
             return Some(false);
         }
         _ => {}
+    }
+    None
+}
+
+/// The stderr lines of a swarm download: each peer and event, and how it ended
+/// (`Some(succeeded)`).
+fn report_get(event: &GetEvent) -> Option<bool> {
+    match event {
+        GetEvent::Connected => eprintln!("get: connected to the tracker"),
+        GetEvent::Status(_) => {}
+        GetEvent::Swarm(event) => eprintln!("get: {}", p2p_gui::get::event_line(event)),
+        GetEvent::Ended(GetEnd::Done) => {
+            eprintln!("get: done");
+            return Some(true);
+        }
+        GetEvent::Ended(GetEnd::Failed(error)) => {
+            eprintln!("get failed: {}", p2p_core::text::printable(error));
+            return Some(false);
+        }
+        GetEvent::Ended(GetEnd::Cancelled) => {
+            eprintln!("get: cancelled");
+            return Some(false);
+        }
     }
     None
 }

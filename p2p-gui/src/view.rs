@@ -29,8 +29,8 @@ use crate::trust::TrustMessage;
 use crate::worker::Plan;
 use p2p_core::history::Status;
 
-const SPACING: f32 = 12.0;
-const NOTE_SIZE: f32 = 13.0;
+pub(crate) const SPACING: f32 = 12.0;
+pub(crate) const NOTE_SIZE: f32 = 13.0;
 /// A code waiting to be read out: large enough to read across a desk.
 const CODE_SIZE: f32 = 34.0;
 
@@ -58,6 +58,7 @@ impl App {
             Tab::Connection => self.connection_tab(),
             Tab::Send => self.send_tab(),
             Tab::Receive => self.receive_tab(),
+            Tab::Get => self.get_tab(),
             Tab::Settings => self.settings_tab(),
             Tab::History => self.history_tab(),
         };
@@ -87,6 +88,9 @@ impl App {
     fn close_question(&self) -> Element<'_, Message> {
         let what = if self.offer.is_some() {
             "An incoming transfer waits for your answer: closing declines it."
+        } else if self.get.is_busy() && !self.is_busy() {
+            "A download of shared files is running: closing stops it (what arrived is kept; \
+             get the same share into the same folder to resume)."
         } else {
             "A transfer is running: closing stops it (it is recorded as interrupted and \
              can be resumed later)."
@@ -1231,11 +1235,11 @@ impl App {
     }
 }
 
-fn heading(label: &str) -> Element<'_, Message> {
+pub(crate) fn heading(label: &str) -> Element<'_, Message> {
     text(label).size(18).into()
 }
 
-fn note<'a>(label: impl text::IntoFragment<'a>) -> Element<'a, Message> {
+pub(crate) fn note<'a>(label: impl text::IntoFragment<'a>) -> Element<'a, Message> {
     text(label).size(NOTE_SIZE).style(hint).into()
 }
 

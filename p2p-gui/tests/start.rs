@@ -63,6 +63,7 @@ fn the_flags_have_the_clis_names() {
         "--port <PORT>",
         "--bind <ADDR>",
         "--code <CODE>",
+        "--get <TICKET_OR_FILE>",
     ] {
         assert!(help.contains(flag), "{flag} missing from:\n{help}");
     }

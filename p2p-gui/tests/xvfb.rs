@@ -358,3 +358,158 @@ fn the_window_receives_through_a_rendezvous_and_shows_the_path_under_xvfb() {
         .unwrap()
         .expect("the sender ends cleanly");
 }
+
+/// A swarm download in a real window: two seeds (this process, each limited to
+/// 1.5 MiB/s so the download takes a while) share a folder on a tracker (a rendezvous
+/// server, this process); `p2p-gui --get TICKET` gets it byte-identical. The screen is
+/// saved mid-download as `CARGO_TARGET_TMPDIR/gui-get.png`, for a person to look at
+/// the chunk map and the peers' table.
+#[test]
+fn the_window_gets_a_share_under_xvfb() {
+    use p2p_core::net::Identity;
+    use p2p_core::rendezvous::server::{Limits, Server, ServerConfig};
+    use p2p_core::swarm::{hash_share, Host, SwarmConfig, Ticket};
+
+    let Some(xvfb) = on_path("Xvfb") else {
+        assert!(
+            !in_ci(),
+            "CI=true but Xvfb is not installed: .ci/run must install xvfb"
+        );
+        eprintln!("skipping: Xvfb is not installed (apt-get install xvfb to run this test)");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (inbox, config) = (dir.path().join("inbox"), dir.path().join("config"));
+    let shared = dir.path().join("holiday photos");
+    std::fs::create_dir_all(shared.join("day 2")).unwrap();
+    std::fs::write(shared.join("beach.raw"), data(24 << 20, 41)).unwrap();
+    std::fs::write(shared.join("day 2/harbour.raw"), data(16 << 20, 42)).unwrap();
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let server = runtime
+        .block_on(Server::bind(ServerConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            turn: None,
+            limits: Limits {
+                per_ip: 1000,
+                ..Limits::default()
+            },
+        }))
+        .unwrap();
+    let tracker = server.local_addr().to_string();
+    runtime.spawn(server.run());
+    let share = hash_share(&[&shared], &mut |_, _| {}).unwrap();
+    let seeds: Vec<Host> = runtime.block_on(async {
+        let mut seeds = Vec::new();
+        for _ in 0..2 {
+            let config = SwarmConfig {
+                max_upload: Some(3 << 19),
+                ..SwarmConfig::default()
+            };
+            let host = Host::connect(&tracker, Identity::generate_shared(), config)
+                .await
+                .unwrap();
+            host.share(&share, vec![]).await.unwrap();
+            seeds.push(host);
+        }
+        seeds
+    });
+    let ticket = Ticket {
+        root: share.root,
+        tracker: Some(tracker.clone()),
+        trusted: vec![],
+    };
+
+    let (_xvfb, display) = start_xvfb(&xvfb);
+    let mut gui = Command::new(env!("CARGO_BIN_EXE_p2p-gui"))
+        .args(["--get", &ticket.to_string(), "--exit-after-transfer"])
+        .args(["--theme", "light", "--no-find-peers"])
+        .arg("--output")
+        .arg(&inbox)
+        .env("DISPLAY", &display)
+        .env_remove("WAYLAND_DISPLAY")
+        .env_remove("P2P_RENDEZVOUS")
+        .env("P2P_TRANSFER_CONFIG_DIR", &config)
+        .env("P2P_TRANSFER_DATA_DIR", dir.path().join("data"))
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start p2p-gui");
+    let stderr = gui.stderr.take().expect("p2p-gui stderr");
+    let mut gui = Running(gui);
+    let (lines_tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen: Vec<String> = Vec::new();
+    // Reads lines until `done` holds for the lines seen so far.
+    let mut wait_until = |what: &str, done: &dyn Fn(&[String]) -> bool| {
+        while !done(&seen) {
+            match lines.recv_timeout(WAIT) {
+                Ok(line) => seen.push(line),
+                Err(e) => panic!("p2p-gui never said {what} ({e}); it said: {seen:#?}"),
+            }
+        }
+    };
+    // Both seeds connected and the manifest fetched from one of them, in any order.
+    wait_until("two peers and the manifest", &|seen| {
+        seen.iter().filter(|l| l.starts_with("get: Peer ")).count() >= 2
+            && seen
+                .iter()
+                .any(|l| l.starts_with("get: The share holds 2 files"))
+    });
+
+    // Mid-download (40 MiB at 3 MiB/s): the chunk map part full, both peers listed.
+    let shot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("gui-get.png");
+    match on_path("import") {
+        Some(import) => {
+            // A few seconds of progress to look at (as scripts/screenshots.sh waits).
+            std::thread::sleep(Duration::from_secs(4));
+            let window = on_path("xdotool").and_then(|xdotool| {
+                let out = Command::new(xdotool)
+                    .args(["search", "--onlyvisible", "--name", "p2p-transfer"])
+                    .env("DISPLAY", &display)
+                    .output()
+                    .ok()?;
+                let id = String::from_utf8_lossy(&out.stdout)
+                    .lines()
+                    .next()?
+                    .to_owned();
+                (!id.is_empty()).then_some(id)
+            });
+            let status = Command::new(import)
+                .args(["-window", window.as_deref().unwrap_or("root")])
+                .arg(&shot)
+                .env("DISPLAY", &display)
+                .status()
+                .expect("run import");
+            assert!(status.success(), "import failed: {status}");
+            let png = std::fs::read(&shot).unwrap();
+            assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000);
+            eprintln!("screenshot: {}", shot.display());
+        }
+        None => eprintln!("no screenshot: ImageMagick's import is not installed"),
+    }
+
+    wait_until("get: done", &|seen| seen.iter().any(|l| l == "get: done"));
+    let closed = wait_with_timeout(&mut gui.0, "p2p-gui");
+    assert!(
+        closed.success(),
+        "p2p-gui exited with {closed}; it said: {seen:#?}"
+    );
+    for file in ["beach.raw", "day 2/harbour.raw"] {
+        assert_eq!(
+            sha256(&inbox.join("holiday photos").join(file)),
+            sha256(&shared.join(file)),
+            "{file}"
+        );
+    }
+    runtime.block_on(async {
+        for seed in seeds {
+            seed.shut_down().await;
+        }
+    });
+}
