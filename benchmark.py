@@ -127,6 +127,7 @@ DEFAULT_OUTPUT = REPO / "docs" / "benchmarks.md"
 DEFAULT_SLOW_OUTPUT = REPO / "docs" / "benchmarks-slow-link.md"
 DEFAULT_SETUP_OUTPUT = REPO / "docs" / "benchmarks-security.md"
 DEFAULT_WAN_OUTPUT = REPO / "docs" / "benchmarks-wan.md"
+DEFAULT_SWARM_OUTPUT = REPO / "docs" / "benchmarks-swarm.md"
 DEFAULT_CHUNK = 1 * MiB  # p2p-transfer's default chunk size (p2p-core config.rs)
 LOOPBACK = "127.0.0.1"
 LISTEN_RE = re.compile(r"listening on (\S+)")
@@ -5114,6 +5115,560 @@ def relay_main(ctx: Context, *, command: str, started: datetime.datetime,
 
 
 # --------------------------------------------------------------------------------------
+# Swarm (issue 14): several seeders, ten downloaders, hashing
+# --------------------------------------------------------------------------------------
+
+SWARM_SEEDERS_SIZE = "512M"   # (a) three seeders -> one downloader
+SWARM_TEN_SIZE = "128M"       # (b) one seeder -> 1, then 10 downloaders
+SWARM_HASH_SIZE = "1G"        # (c) hashing on one core
+SWARM_UPLOAD = "10M"          # each seeder's --max-upload
+SWARM_SEEDERS = 3
+SWARM_DOWNLOADERS = 10
+SWARM_CCS = "cubic,bbr"
+
+
+@dataclass
+class SwarmGet:
+    """One `get --json` of a swarm run."""
+    name: str
+    device: str | None = None
+    exit: str = "?"
+    wall: float | None = None     # start of the run -> its done event (or exit) was seen
+    seconds: float | None = None  # the done event's own "seconds"
+    bytes: int | None = None
+    from_bytes: dict[str, int] = field(default_factory=dict)  # device id -> bytes
+    paths: list[str] = field(default_factory=list)
+    gone: list[str] = field(default_factory=list)  # peer_gone reasons
+    verified: bool = False
+    note: str = ""
+
+    def from_others(self, seeders: set[str]) -> int:
+        return sum(b for d, b in self.from_bytes.items() if d not in seeders)
+
+
+@dataclass
+class SwarmSeedersRun:
+    cc: str
+    size: int
+    get: SwarmGet
+    seeders: dict[str, str]  # device id -> name
+    commands: list[str]
+
+
+@dataclass
+class SwarmTenRun:
+    size: int
+    alone: SwarmGet | None
+    together: list[SwarmGet]
+    seeder: str | None
+    commands: list[str]
+
+    def t1(self) -> float | None:
+        return self.alone.wall if self.alone and self.alone.verified else None
+
+    def t10(self) -> float | None:
+        if not self.together or not all(g.verified and g.wall for g in self.together):
+            return None
+        return max(g.wall for g in self.together)
+
+
+@dataclass
+class SwarmHashRun:
+    size: int
+    example: dict[str, tuple[float, float | None]]  # label -> GiB/s (wall, per CPU-second)
+    example_cmd: str
+    example_out: str
+    share_line: str | None
+    share_cmd: str
+    share_wall: float | None
+
+
+def swarm_env(ctx: Context, name: str) -> dict:
+    """The environment of one swarm peer: its own data folder (its own device key)."""
+    env = dict(os.environ)
+    env["P2P_TRANSFER_DATA_DIR"] = str(ctx.workdir / "swarm-keys" / name)
+    env["P2P_NO_PORTMAP"] = "1"
+    env.pop("P2P_RENDEZVOUS", None)
+    return env
+
+
+def swarm_device_id(ctx: Context, name: str) -> str | None:
+    r = run_quiet([str(ctx.args.binary), "id"], timeout=60, env=swarm_env(ctx, name))
+    text = r.stdout.split()
+    return text[0] if r.returncode == 0 and text else None
+
+
+def start_swarm_tracker(ctx: Context) -> tuple[Child, str]:
+    port = free_port()
+    addr = f"{LOOPBACK}:{port}"
+    child = ctx.procs.start(ctx.log_name("tracker"),
+                            [ctx.args.binary, "rendezvous", "--listen", addr,
+                             "--max-per-ip", "10000"], env=swarm_env(ctx, "tracker"))
+    wait_for_text(child, child.err, "rendezvous listening on", 60)
+    return child, addr
+
+
+def start_swarm_seeder(ctx: Context, name: str, ds: Dataset, tracker: str, p2p_file: Path,
+                       prefix: list[str] | None = None) -> tuple[Child, list[str]]:
+    """`share --foreground --max-upload 10M`; returns once it serves."""
+    argv = [*(prefix or []), ctx.args.binary, "share", ds.path, "--rendezvous", tracker,
+            "--foreground", "--max-upload", SWARM_UPLOAD, "--output-file", p2p_file]
+    drop_tree(p2p_file)
+    child = ctx.procs.start(ctx.log_name(name), argv, env=swarm_env(ctx, name))
+    wait_for_text(child, child.err, "serving", ctx.args.timeout)
+    return child, [str(a) for a in argv]
+
+
+def swarm_command(env_name: str, argv: list) -> str:
+    return (f"P2P_TRANSFER_DATA_DIR=KEYS/{env_name} P2P_NO_PORTMAP=1 "
+            + " ".join(shlex.quote(str(a)) for a in argv))
+
+
+def run_swarm_gets(ctx: Context, names: list[str], source: Path, tracker: str,
+                   ds: Dataset) -> tuple[list[SwarmGet], list[str]]:
+    """Starts one `get --json` per name together (fresh outputs), waits until every one
+    has printed its done event or exited (bounded by --timeout), and checks the bytes."""
+    base = ctx.workdir / "swarm-out"
+    gets = [SwarmGet(n, device=swarm_device_id(ctx, n)) for n in names]
+    outs = {}
+    for n in names:
+        outs[n] = base / n
+        drop_tree(outs[n])
+        outs[n].mkdir(parents=True)
+    os.sync()
+    argvs = {n: [ctx.args.binary, "get", source, "-o", outs[n], "--rendezvous", tracker,
+                 "--json"] for n in names}
+    started = time.perf_counter()
+    children = {n: ctx.procs.start(ctx.log_name(n), argvs[n], env=swarm_env(ctx, n))
+                for n in names}
+    pending = set(names)
+    deadline = time.monotonic() + ctx.args.timeout
+    while pending and time.monotonic() < deadline:
+        for n in sorted(pending):
+            c = children[n]
+            done = any(e.get("event") == "done" for e in json_events(c.out))
+            if done or c.exited():
+                next(g for g in gets if g.name == n).wall = time.perf_counter() - started
+                pending.discard(n)
+        time.sleep(0.02)
+    exits = ctx.procs.wait(list(children.values()), 30 if not pending else 1)
+    for g in gets:
+        c = children[g.name]
+        e = exits.get(c.name)
+        g.exit = ("killed (timeout)" if e is None or e.timed_out else str(e.returncode))
+        events = json_events(c.out)
+        g.paths = [f"{ev.get('path')}{' in' if ev.get('incoming') else ''}"
+                   for ev in events if ev.get("event") == "peer"]
+        g.gone = [str(ev.get("reason")) for ev in events if ev.get("event") == "peer_gone"]
+        done = next((ev for ev in events if ev.get("event") == "done"), None)
+        if g.name in pending:
+            g.wall = None
+            g.note = f"not done after {ctx.args.timeout:.0f} s"
+        if done is None:
+            g.note = g.note or f"no done event: {tail(c.err, 3)}"
+            ctx.failures.append(f"swarm {g.name}: {g.note}")
+            continue
+        g.seconds = float(done.get("seconds") or 0) or None
+        g.bytes = int(done.get("bytes") or 0)
+        g.from_bytes = {str(k): int(v) for k, v in (done.get("from") or {}).items()}
+        got = outs[g.name] / ds.path.name
+        g.verified = (got.is_file() and sha256_file(got) == next(iter(ds.hashes.values()))
+                      and g.exit == "0")
+        if not g.verified:
+            g.note = g.note or "bytes differ or exit != 0"
+            ctx.failures.append(f"swarm {g.name}: {g.note} (exit {g.exit})")
+        drop_tree(outs[g.name])
+    commands = [swarm_command(n, [Path(a).name if a == ctx.args.binary else a
+                                  for a in argvs[n]]) for n in names[:1]]
+    return gets, commands
+
+
+def measure_swarm_seeders(ctx: Context, ds: Dataset, cc: str) -> SwarmSeedersRun:
+    """(a) three seeders of the same content, each --max-upload 10M; one downloader."""
+    print(f"\n== swarm (a): {SWARM_SEEDERS} seeders x --max-upload {SWARM_UPLOAD} -> one "
+          f"get, {human_size(ds.total_bytes)}, tcp_congestion_control {cc}", flush=True)
+    tracker, addr = start_swarm_tracker(ctx)
+    seeders: dict[str, str] = {}
+    started: list[Child] = []
+    commands: list[str] = []
+    p2p_file = ctx.workdir / "swarm-a.p2p"
+    try:
+        for i in range(SWARM_SEEDERS):
+            name = f"seed-a{i + 1}"
+            own = ctx.workdir / f"swarm-a-{i + 1}.p2p"
+            child, argv = start_swarm_seeder(ctx, name, ds, addr, own)
+            started.append(child)
+            device = swarm_device_id(ctx, name)
+            if device:
+                seeders[device] = name
+            if i == 0:
+                shutil.copy(own, p2p_file)
+                commands.append(swarm_command(name, [Path(argv[0]).name, *argv[1:]]))
+        gets, cmds = run_swarm_gets(ctx, ["get-a"], p2p_file, addr, ds)
+        commands += cmds
+    finally:
+        for c in [*started, tracker]:
+            ctx.procs.stop(c)
+    g = gets[0]
+    rate = (g.bytes / MiB / g.seconds) if g.bytes and g.seconds else None
+    wall = (ds.total_bytes / MiB / g.wall) if g.wall else None
+    print(f"  get: exit {g.exit}, {fmt_num(rate)} MiB/s (done event), {fmt_num(wall)} MiB/s "
+          f"(wall), from {[(seeders.get(d, d[:8]), human_size(b)) for d, b in g.from_bytes.items()]}",
+          flush=True)
+    return SwarmSeedersRun(cc, ds.total_bytes, g, seeders, commands)
+
+
+def measure_swarm_ten(ctx: Context, ds: Dataset) -> SwarmTenRun:
+    """(b) one seeder --max-upload 10M: one downloader alone, then ten together."""
+    print(f"\n== swarm (b): one seeder --max-upload {SWARM_UPLOAD}, 1 then "
+          f"{SWARM_DOWNLOADERS} downloaders, {human_size(ds.total_bytes)}", flush=True)
+    tracker, addr = start_swarm_tracker(ctx)
+    p2p_file = ctx.workdir / "swarm-b.p2p"
+    seeder = None
+    seeder_child = None
+    alone, together, commands = None, [], []
+    try:
+        seeder_child, argv = start_swarm_seeder(ctx, "seed-b", ds, addr, p2p_file)
+        commands.append(swarm_command("seed-b", [Path(argv[0]).name, *argv[1:]]))
+        seeder = swarm_device_id(ctx, "seed-b")
+        gets, cmds = run_swarm_gets(ctx, ["alone"], p2p_file, addr, ds)
+        alone = gets[0]
+        commands += cmds
+        print(f"  alone: exit {alone.exit}, {fmt_num(alone.wall, '.2f')} s", flush=True)
+        names = [f"get-{i + 1:02d}" for i in range(SWARM_DOWNLOADERS)]
+        together, _ = run_swarm_gets(ctx, names, p2p_file, addr, ds)
+        for g in together:
+            print(f"  {g.name}: exit {g.exit}, {fmt_num(g.wall, '.2f')} s, "
+                  f"{human_size(g.from_others({seeder or ''}))} from non-seeders", flush=True)
+    finally:
+        if seeder_child is not None:
+            ctx.procs.stop(seeder_child)
+        ctx.procs.stop(tracker)
+    return SwarmTenRun(ds.total_bytes, alone, together, seeder, commands)
+
+
+def hash_speed_binary(ctx: Context) -> Path:
+    """target/release/examples/hash_speed next to --binary, built if missing."""
+    path = ctx.args.binary.parent / "examples" / "hash_speed"
+    if not path.exists():
+        print(f"{path} missing: cargo build --release -p p2p-core --example hash_speed",
+              flush=True)
+        env = dict(os.environ)
+        env.setdefault("CARGO_TARGET_DIR", str(ctx.args.binary.parent.parent))
+        r = subprocess.run(["cargo", "build", "--release", "-p", "p2p-core", "--example",
+                            "hash_speed"], cwd=REPO, stdin=subprocess.DEVNULL, env=env,
+                           timeout=3600)
+        if r.returncode != 0 or not path.exists():
+            raise BenchError("cargo build --release -p p2p-core --example hash_speed failed")
+    return path
+
+
+def read_through(path: Path) -> None:
+    """Reads a file once, so that it is in the page cache."""
+    with open(path, "rb") as f:
+        while f.read(8 * MiB):
+            pass
+
+
+def measure_swarm_hashing(ctx: Context, ds: Dataset) -> SwarmHashRun:
+    """(c) hashing on one core: the hash_speed example (in memory and the file through
+    swarm::hash_share), and `taskset -c 0 p2p-transfer share` itself."""
+    print(f"\n== swarm (c): hashing {human_size(ds.total_bytes)} on one core", flush=True)
+    example = hash_speed_binary(ctx)
+    read_through(ds.path)
+    mib = max(1, ds.total_bytes // MiB)
+    argv = ["taskset", "-c", "0", example, "--mib", str(mib), ds.path]
+    r = run_quiet([str(a) for a in argv], timeout=ctx.args.timeout)
+    if r.returncode != 0:
+        raise BenchError(f"hash_speed failed: {r.stderr.strip()}")
+    figures = {}
+    for line in r.stdout.splitlines():
+        m = re.search(r"^\s+(\S+)\s+\((\S+)\):\s+[\d.]+ s\s+([\d.]+) GiB/s \(wall\)"
+                      r"(?:;\s+[\d.]+ s CPU\s+([\d.]+) GiB/s)?", line)
+        if m:
+            figures[f"{m.group(1)} ({m.group(2)})"] = (
+                float(m.group(3)), float(m.group(4)) if m.group(4) else None)
+    print(r.stdout.rstrip(), flush=True)
+    tracker, addr = start_swarm_tracker(ctx)
+    p2p_file = ctx.workdir / "swarm-c.p2p"
+    line, wall = None, None
+    try:
+        t0 = time.perf_counter()
+        child, share_argv = start_swarm_seeder(ctx, "seed-c", ds, addr, p2p_file,
+                                               prefix=["taskset", "-c", "0"])
+        wall = time.perf_counter() - t0
+        line = next((l.strip() for l in child.err.read_text(errors="replace").splitlines()
+                     if l.startswith("hashed ")), None)
+        ctx.procs.stop(child)
+    finally:
+        ctx.procs.stop(tracker)
+    print(f"  share: {line}; {wall:.2f} s from start to serving", flush=True)
+    return SwarmHashRun(ds.total_bytes, figures,
+                        " ".join(shlex.quote(str(a)) for a in
+                                 ["taskset", "-c", "0", "target/release/examples/hash_speed",
+                                  "--mib", str(mib), "BIG"]),
+                        r.stdout.strip(), line,
+                        swarm_command("seed-c", ["taskset", "-c", "0", "p2p-transfer",
+                                                 *share_argv[4:]]), wall)
+
+
+def gone_summary(gets: list[SwarmGet]) -> list[str]:
+    """Why connections of these downloaders ended, counted (a markdown list)."""
+    counts: dict[str, int] = {}
+    for g in gets:
+        for reason in g.gone:
+            counts[reason] = counts.get(reason, 0) + 1
+    if not counts:
+        return ["No downloader saw a peer connection end before it was done."]
+    return [f"Peer connections that ended while the downloaders ran (`peer_gone` events, "
+            f"reason as printed, all {len(gets)} downloader(s) together):", "",
+            *(f"- {n} × `{r}`" for r, n in sorted(counts.items(), key=lambda kv: -kv[1]))]
+
+
+def available_ccs() -> list[str]:
+    try:
+        return Path("/proc/sys/net/ipv4/tcp_available_congestion_control").read_text().split()
+    except OSError:
+        return []
+
+
+def write_swarm_report(path: Path, *, command: str, started: datetime.datetime,
+                       machine: dict, binary: str, ctx: Context,
+                       seeders: list[SwarmSeedersRun], ten: SwarmTenRun | None,
+                       hashing: SwarmHashRun | None) -> list[Target]:
+    targets: list[Target] = []
+    lines = [
+        "# Swarm downloads (issue 14)",
+        "",
+        f"Generated by `benchmark.py --swarm` on {started.strftime('%Y-%m-%d %H:%M %Z')}.",
+        "",
+        "```sh",
+        command,
+        "```",
+        "",
+        "## Machine",
+        "",
+        f"- **CPU:** {machine['nproc']} vCPU ({machine['cpu']}), memory {machine['memory']}, "
+        f"load before the run {machine['load']}",
+        f"- **Kernel:** {machine['kernel']}; file system {machine['filesystem']}",
+        f"- **Binary:** {binary}",
+        "- **Network:** loopback only; the tracker is `p2p-transfer rendezvous --listen "
+        "127.0.0.1:PORT --max-per-ip 10000`; every peer is a separate process with its own "
+        "data folder (`P2P_TRANSFER_DATA_DIR`, its own device key) and `P2P_NO_PORTMAP=1`.",
+        "- Swarm connections are QUIC (UDP), so the OS's TCP congestion control "
+        "(`net.ipv4.tcp_congestion_control`) does not act on them; (a) was run under each "
+        "setting anyway, as a check.",
+        "",
+    ]
+    if seeders:
+        lines += [
+            f"## (a) Three seeders, each `--max-upload {SWARM_UPLOAD}`, one downloader",
+            "",
+            "Target: *three seeders each limited to 10 MiB/s: one downloader gets ≥ 27 MiB/s.* "
+            "Each seeder hashes the same file (the same root) in its own data folder; the "
+            "downloader starts once all three serve. MiB/s by the `done` event "
+            "(bytes / its `seconds`) and by the wall clock (start of `get` → its `done` "
+            "line seen).",
+            "",
+            "Commands (seeder 1 of 3; the others alike with their own data folder; then the "
+            "downloader):",
+            "",
+            "```sh",
+            *seeders[0].commands,
+            "```",
+            "",
+        ]
+        rows = []
+        for run in seeders:
+            g = run.get
+            rate = g.bytes / MiB / g.seconds if g.bytes and g.seconds and g.verified else None
+            wall = run.size / MiB / g.wall if g.wall and g.verified else None
+            per = ", ".join(f"{run.seeders.get(d, d[:10])} {human_size(b)}"
+                            for d, b in sorted(g.from_bytes.items(),
+                                               key=lambda kv: run.seeders.get(kv[0], kv[0])))
+            rows.append([run.cc, human_size(run.size), g.exit, fmt_num(g.seconds, ".2f"),
+                         fmt_num(rate), fmt_num(g.wall, ".2f"), fmt_num(wall),
+                         "yes" if g.verified else "**no**", per or "-",
+                         ", ".join(sorted(set(g.paths))) or "-"])
+            ok = rate is not None and rate >= 27 and wall is not None and wall >= 27
+            least = min((g.from_bytes.get(d, 0) for d in run.seeders), default=0)
+            targets.append(Target(f"(a) 3 seeders x 10 MiB/s -> 1 downloader ≥ 27 MiB/s "
+                                  f"({run.cc}, run {len(targets) + 1})",
+                                  "PASS" if ok else "FAIL",
+                                  f"{fmt_num(rate)} MiB/s (done event), {fmt_num(wall)} MiB/s "
+                                  f"(wall); the least from one seeder: "
+                                  f"{human_size(least)} of {human_size(run.size)}"))
+        lines += md_table(["TCP CC", "size", "exit", "done s", "MiB/s (done)", "wall s",
+                           "MiB/s (wall)", "SHA-256", "bytes from each seeder", "paths"],
+                          ["---", "---:", "---:", "---:", "---:", "---:", "---:", "---",
+                           "---", "---"], rows)
+        lines += ["", *gone_summary([r.get for r in seeders]), ""]
+    if ten is not None:
+        seeder = {ten.seeder or ""}
+        lines += [
+            f"## (b) One seeder `--max-upload {SWARM_UPLOAD}`: one downloader, then "
+            f"{SWARM_DOWNLOADERS} together",
+            "",
+            f"Target: *ten downloaders from one seeder limited to 10 MiB/s: all done in ≤ 2× "
+            f"the time one downloader alone takes.* {human_size(ten.size)}; T1 = one "
+            f"`get` alone (start → its done line); then {SWARM_DOWNLOADERS} `get`s started "
+            "together into fresh folders (each its own data folder), T10 = start → the last "
+            "done line. A downloader exits when it is done (no `--seed`), so it serves "
+            "others only while it downloads.",
+            "",
+            "```sh",
+            *ten.commands,
+            f"# then {SWARM_DOWNLOADERS} of these at once, each with its own "
+            "P2P_TRANSFER_DATA_DIR and -o",
+            "```",
+            "",
+        ]
+        rows = []
+        if ten.alone is not None:
+            g = ten.alone
+            rows.append(["alone (T1)", g.exit, fmt_num(g.wall, ".2f"), fmt_num(g.seconds, ".2f"),
+                         "yes" if g.verified else "**no**", human_size(g.from_others(seeder)),
+                         str(len(g.from_bytes)), ", ".join(sorted(set(g.paths))) or "-"])
+        for g in ten.together:
+            rows.append([g.name, g.exit, fmt_num(g.wall, ".2f"), fmt_num(g.seconds, ".2f"),
+                         "yes" if g.verified else "**no**", human_size(g.from_others(seeder)),
+                         str(len(g.from_bytes)), str(len(g.paths))])
+        lines += md_table(["downloader", "exit", "wall s", "done s", "SHA-256",
+                           "bytes from non-seeders", "peers it got bytes from",
+                           "peer connections (alone: paths)"],
+                          ["---", "---:", "---:", "---:", "---", "---:", "---:", "---"], rows)
+        t1, t10 = ten.t1(), ten.t10()
+        total_others = sum(g.from_others(seeder) for g in ten.together)
+        total = ten.size * len(ten.together)
+        lines += [
+            "",
+            f"T1 = {fmt_num(t1, '.2f')} s, T10 = {fmt_num(t10, '.2f')} s, T10 / T1 = "
+            f"{fmt_num(t10 / t1 if t1 and t10 else None, '.2f')}; of the "
+            f"{human_size(total)} the ten downloaded, {human_size(total_others)} "
+            f"({fmt_num(100 * total_others / total if total else None, '.0f')}%) came from "
+            "other downloaders.",
+            "",
+            *gone_summary(ten.together),
+            "",
+        ]
+        ok = t1 is not None and t10 is not None and t10 <= 2 * t1
+        targets.append(Target(f"(b) {SWARM_DOWNLOADERS} downloaders ≤ 2 × one alone",
+                              "PASS" if ok else "FAIL",
+                              f"T1 {fmt_num(t1, '.2f')} s, T10 {fmt_num(t10, '.2f')} s"))
+    if hashing is not None:
+        lines += [
+            "## (c) Hashing on one core",
+            "",
+            f"Target: *hashing a 1 GiB share ≥ 1 GiB/s on one core.* A "
+            f"{human_size(hashing.size)} random file, read once first (page cache). "
+            "`hash_speed` (p2p-core/examples/hash_speed.rs) hashes the same amount of random "
+            "bytes in memory in 256 KiB pieces with the swarm's piece hash (BLAKE3, "
+            "`swarm::content::piece_hash`) and with SHA-256 (`sha2::Sha256`) over the same "
+            "pieces, then the file through `swarm::hash_share` (what `share` runs: read + "
+            "hash, the share's chunk size), best of 3 rounds each:",
+            "",
+            "```sh",
+            "cargo build --release -p p2p-core --example hash_speed",
+            hashing.example_cmd,
+            "```",
+            "",
+            "```text",
+            hashing.example_out,
+            "```",
+            "",
+            "`p2p-transfer share` itself, pinned to core 0 (its own `hashed` line; 0.1 s "
+            "resolution), and the wall time from its start to `serving` (hashing, writing "
+            "the .p2p file, connecting to the tracker):",
+            "",
+            "```sh",
+            hashing.share_cmd,
+            "```",
+            "",
+            f"    {hashing.share_line or '(no hashed line)'}",
+            "",
+            f"Start → serving: {fmt_num(hashing.share_wall, '.2f')} s.",
+            "",
+        ]
+        share_wall, share_cpu = next((v for k, v in hashing.example.items()
+                                      if "hash_share" in k), (None, None))
+        blake_wall, blake_cpu = next((v for k, v in hashing.example.items()
+                                      if "piece_hash" in k), (None, None))
+        one_core = share_cpu if share_cpu is not None else share_wall
+        ok = one_core is not None and one_core >= 1.0
+        lines += [
+            "The verdict uses the rate per CPU-second of the hashing thread (what one core "
+            "does when it is not shared); the wall-clock rate is below it by the share of "
+            f"core 0 that other work took (load average before the run: {machine['load']}).",
+            "",
+        ]
+        targets.append(Target("(c) hashing a 1 GiB share ≥ 1 GiB/s on one core",
+                              "PASS" if ok else "FAIL",
+                              f"hash_share from the page cache {fmt_num(share_cpu, '.2f')} "
+                              f"GiB/s per CPU-second ({fmt_num(share_wall, '.2f')} by the "
+                              f"wall clock); BLAKE3 in memory {fmt_num(blake_cpu, '.2f')} "
+                              f"({fmt_num(blake_wall, '.2f')}) GiB/s"))
+    lines += ["## Targets", ""]
+    lines += md_table(["target", "verdict", "measured"], ["---", "---", "---"],
+                      [[t.name, f"**{t.verdict}**", t.detail] for t in targets])
+    write_markdown(ctx, path, lines)
+    return targets
+
+
+def swarm_main(ctx: Context, *, command: str, started: datetime.datetime,
+               machine: dict, binary: str) -> int:
+    """--swarm: (a) three seeders -> one downloader, (b) one seeder -> 1 and 10
+    downloaders, (c) hashing on one core; printed and written to --output (default
+    docs/benchmarks-swarm.md)."""
+    args = ctx.args
+    seeders_runs: list[SwarmSeedersRun] = []
+    ten = None
+    hashing = None
+    parts = args.swarm_parts
+    if "a" in parts:
+        ds = make_random_file(ctx.data_dir, "swarm-a", args.swarm_size)
+        for cc in args.swarm_cc:
+            now, old = set_congestion(cc)  # the kernel loads tcp_bbr on demand
+            if now != cc:
+                ctx.warnings.append(f"(a): asked for congestion control {cc}, got {now} "
+                                    f"(available: {' '.join(available_ccs())})")
+            try:
+                for _ in range(args.repeat):
+                    seeders_runs.append(measure_swarm_seeders(ctx, ds, now))
+            except BenchError as e:
+                ctx.failures.append(f"swarm (a) {cc}: {e}")
+                print(f"FAILED: {e}", file=sys.stderr)
+            finally:
+                restore_congestion(old)
+    if "b" in parts:
+        ds = make_random_file(ctx.data_dir, "swarm-b", args.swarm_ten_size)
+        try:
+            ten = measure_swarm_ten(ctx, ds)
+        except BenchError as e:
+            ctx.failures.append(f"swarm (b): {e}")
+            print(f"FAILED: {e}", file=sys.stderr)
+    if "c" in parts:
+        ds = make_random_file(ctx.data_dir, "swarm-c", args.swarm_hash_size)
+        try:
+            hashing = measure_swarm_hashing(ctx, ds)
+        except BenchError as e:
+            ctx.failures.append(f"swarm (c): {e}")
+            print(f"FAILED: {e}", file=sys.stderr)
+    output = args.output if args.output.is_absolute() else Path.cwd() / args.output
+    targets = write_swarm_report(output, command=command, started=started, machine=machine,
+                                 binary=binary, ctx=ctx, seeders=seeders_runs, ten=ten,
+                                 hashing=hashing)
+    print("\nTargets:")
+    for t in targets:
+        print(f"  {t.verdict:<5} {t.name}: {t.detail}")
+    print(f"\nwrote {output}")
+    if ctx.failures:
+        print(f"\n!!! {len(ctx.failures)} problem(s); see above and the logs in "
+              f"{ctx.log_dir}", file=sys.stderr)
+        return 1
+    return 0
+
+
+# --------------------------------------------------------------------------------------
 # main
 # --------------------------------------------------------------------------------------
 
@@ -5204,7 +5759,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="net.ipv4.tcp_congestion_control for the run (restored afterwards)")
     p.add_argument("--repeat", type=int, default=None,
                    help=f"runs per measurement; median reported (default 1; with --relay "
-                        f"{RELAY_REPEAT})%(default).0s")
+                        f"{RELAY_REPEAT}; with --swarm: runs of (a) per --swarm-cc, each "
+                        "reported)%(default).0s")
     p.add_argument("--output", type=Path, default=None,
                    help=f"the Markdown report to write (default: {DEFAULT_OUTPUT.relative_to(REPO)}"
                         f", with --slow-link {DEFAULT_SLOW_OUTPUT.relative_to(REPO)}, with "
@@ -5283,6 +5839,27 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help=f"a quick manual check: {human_size(WAN_SMOKE_SIZE)} over "
                         f"`{WAN_SMOKE_PROFILE}` (or the one --wan profile given) with "
                         "p2p-transfer only, verified; prints, writes no report")
+    p.add_argument("--swarm", action="store_true",
+                   help="issue 14, on loopback only, nothing else (written to "
+                        f"{DEFAULT_SWARM_OUTPUT.relative_to(REPO)}): (a) three seeders "
+                        f"(share --foreground --max-upload {SWARM_UPLOAD}) -> one get "
+                        "(--swarm-size), under each --swarm-cc; (b) one seeder -> one get "
+                        f"alone, then {SWARM_DOWNLOADERS} together (--swarm-ten-size); (c) "
+                        "hashing on one core (--swarm-hash-size; the hash_speed example and "
+                        "taskset -c 0 share)")
+    p.add_argument("--swarm-size", type=parse_size, default=SWARM_SEEDERS_SIZE,
+                   help="with --swarm: the share of (a), three seeders -> one downloader")
+    p.add_argument("--swarm-ten-size", type=parse_size, default=SWARM_TEN_SIZE,
+                   help=f"with --swarm: the share of (b), one seeder -> {SWARM_DOWNLOADERS} "
+                        "downloaders")
+    p.add_argument("--swarm-hash-size", type=parse_size, default=SWARM_HASH_SIZE,
+                   help="with --swarm: the file hashed in (c)")
+    p.add_argument("--swarm-cc", type=parse_ccs, default=SWARM_CCS, metavar="CC[,CC]",
+                   help="with --swarm: TCP congestion controls (a) runs under, one run each "
+                        "(the swarm is QUIC: a check, not a variable); ones the kernel lacks "
+                        "are skipped")
+    p.add_argument("--swarm-parts", default="abc", metavar="abc",
+                   help="with --swarm: which of (a), (b), (c) to run")
     p.add_argument("--timeout", type=float, default=600,
                    help="seconds one run may take before it is killed and marked FAILED")
     p.add_argument("--total-timeout", type=float, default=None,
@@ -5323,8 +5900,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         args.total_timeout = (12 if args.wan or args.relay else 3) * 3600
     if args.setup and args.skip_setup:
         p.error("--setup and --skip-setup contradict each other")
+    if isinstance(args.swarm_cc, str):
+        args.swarm_cc = parse_ccs(args.swarm_cc)
+    if args.swarm and (wan or args.relay or args.setup or args.slow_link):
+        p.error("--swarm is a run of its own (not with --wan, --relay, --setup, --slow-link)")
+    if args.swarm and (not args.swarm_parts or set(args.swarm_parts) - set("abc")):
+        p.error("--swarm-parts takes letters among a, b, c")
     if (args.skip_big and args.skip_small and args.skip_resilience and args.skip_setup
-            and not args.slow_link and not wan and not args.relay):
+            and not args.slow_link and not wan and not args.relay and not args.swarm):
         p.error("nothing to do with --skip-big, --skip-small, --skip-resilience and "
                 "--skip-setup")
     if not args.slow_link and (args.link_rate != LINK_MBIT or args.link_rtt != LINK_RTT_MS):
@@ -5339,7 +5922,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         if not args.baseline_binary.is_file():
             p.error(f"--baseline-binary: {args.baseline_binary} does not exist")
     if args.output is None:
-        args.output = (DEFAULT_RELAY_OUTPUT if args.relay else DEFAULT_WAN_OUTPUT if wan
+        args.output = (DEFAULT_SWARM_OUTPUT if args.swarm
+                       else DEFAULT_RELAY_OUTPUT if args.relay else DEFAULT_WAN_OUTPUT if wan
                        else DEFAULT_SLOW_OUTPUT if args.slow_link
                        else DEFAULT_SETUP_OUTPUT if args.setup else DEFAULT_OUTPUT)
     args.binary = args.binary.resolve() if args.binary != DEFAULT_BINARY else args.binary
@@ -5444,6 +6028,9 @@ def main(argv: list[str] | None = None) -> int:
                               congestion=congestion, binary=binary)
         if args.relay:
             return relay_main(ctx, command=command, started=started, machine=machine,
+                              binary=binary)
+        if args.swarm:
+            return swarm_main(ctx, command=command, started=started, machine=machine,
                               binary=binary)
         if args.wan_smoke:
             return wan_smoke_main(ctx)

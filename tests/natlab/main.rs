@@ -15,5 +15,6 @@ mod loopback;
 mod nat;
 mod portmap;
 mod punch;
+mod swarm;
 mod traversal;
 mod wan;
