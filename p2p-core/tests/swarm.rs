@@ -479,3 +479,123 @@ async fn when_the_peer_asked_for_the_manifest_leaves_another_is_asked() {
         .unwrap();
     assert_eq!(digest_tree(&out.join("album")), digest_tree(&source));
 }
+
+/// A peer that connected but has not said `Hello` yet must not be told `Have` before our
+/// `Bitfield` (found by the benchmark: seeders dropped connections as "Have before
+/// Bitfield" while pieces arrived from others).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_have_goes_out_before_the_bitfield() {
+    let dir = tempfile::tempdir().unwrap();
+    let (share, _) = share_of(dir.path());
+    let me = DeviceId::random();
+    let d = Swarm::download(
+        share.root,
+        Some(share.manifest.clone()),
+        &dir.path().join("out"),
+        me,
+        config(),
+        None,
+    )
+    .await
+    .unwrap();
+    // A slow peer connects and says nothing yet.
+    let (x, y) = tokio::io::duplex(1 << 22);
+    let dd = d.clone();
+    tokio::spawn(async move { dd.run_peer(x, info(DeviceId::random(), true)).await });
+    let mut f = Framed::new(y, codec(64 << 20));
+    // Meanwhile pieces arrive from a seed.
+    let s_id = DeviceId::random();
+    let seed = Swarm::seed(&share, s_id, config(), None).unwrap();
+    connect(&d, me, &seed, s_id);
+    tokio::time::timeout(LIMIT, d.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    // Only now the slow peer speaks; what it was sent: Hello, then the Bitfield, and
+    // no Have before it.
+    send(
+        &mut f,
+        PeerMessage::Hello {
+            version: 1,
+            manifest: true,
+        },
+    )
+    .await;
+    let mut said = Vec::new();
+    while let Ok(Some(Ok(frame))) = tokio::time::timeout(Duration::from_secs(2), f.next()).await {
+        let m = PeerMessage::decode(&frame).unwrap();
+        let bitfield = matches!(m, PeerMessage::Bitfield { .. });
+        said.push(m);
+        if bitfield {
+            break;
+        }
+    }
+    assert!(
+        matches!(said.first(), Some(PeerMessage::Hello { .. })),
+        "{said:?}"
+    );
+    match said.last() {
+        Some(PeerMessage::Bitfield { bits }) => {
+            assert!(
+                Bitfield::from_peer(bits, share.manifest.pieces.len() as u32)
+                    .unwrap()
+                    .is_full()
+            )
+        }
+        other => panic!("no Bitfield: {other:?} after {said:?}"),
+    }
+    assert!(
+        !said.iter().any(|m| matches!(m, PeerMessage::Have { .. })),
+        "Have before Bitfield: {said:?}"
+    );
+}
+
+/// A device that dials again replaces its old connection, which the other side may
+/// still think alive (found in the NAT lab: a seed refused a downloader's new
+/// connection as "already connected" for 85 s, until the dead one timed out).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_that_dials_again_replaces_its_dead_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let (share, source) = share_of(dir.path());
+    let s_id = DeviceId::random();
+    let seed = Swarm::seed(&share, s_id, config(), None).unwrap();
+    let me = DeviceId::random();
+    // The first connection goes quiet (the path died one way): it says Hello and its
+    // bitfield, then nothing, and never closes.
+    let (x, y) = tokio::io::duplex(1 << 22);
+    let s = seed.clone();
+    tokio::spawn(async move { s.run_peer(x, info(me, true)).await });
+    let mut dead = Framed::new(y, codec(64 << 20));
+    send(
+        &mut dead,
+        PeerMessage::Hello {
+            version: 1,
+            manifest: true,
+        },
+    )
+    .await;
+    send(
+        &mut dead,
+        PeerMessage::Bitfield {
+            bits: Bitfield::new(share.manifest.pieces.len() as u32).to_bytes(),
+        },
+    )
+    .await;
+    let mut status = seed.status();
+    tokio::time::timeout(LIMIT, status.wait_for(|s| s.peers.len() == 1))
+        .await
+        .unwrap()
+        .unwrap();
+    // The same device dials again: served.
+    let out = dir.path().join("out");
+    let d = Swarm::download(share.root, None, &out, me, config(), None)
+        .await
+        .unwrap();
+    connect(&d, me, &seed, s_id);
+    tokio::time::timeout(LIMIT, d.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(digest_tree(&out.join("album")), digest_tree(&source));
+    drop(dead);
+}

@@ -301,14 +301,14 @@ impl Stun {
                 while let Ok((len, from)) = socket.recv_from(&mut buf).await {
                     let data = bytes::Bytes::copy_from_slice(&buf[..len]);
                     let from = canonical(from);
-                    let delivered = if super::mux::is_stun(&data) {
-                        stun.try_send((n, from, data))
-                            .map_err(|e| matches!(e, mpsc::error::TrySendError::Closed(_)))
-                    } else {
+                    if super::mux::is_stun(&data) {
+                        // Checks end after a while; a late check must not end this
+                        // socket's QUIC (it used to: the reader stopped for good, and a
+                        // punched path through a spray socket went deaf one way).
+                        let _ = stun.try_send((n, from, data));
+                    } else if let Err(mpsc::error::TrySendError::Closed(_)) =
                         quic.try_send((from, data))
-                            .map_err(|e| matches!(e, mpsc::error::TrySendError::Closed(_)))
-                    };
-                    if delivered == Err(true) {
+                    {
                         break;
                     }
                 }

@@ -69,6 +69,11 @@ struct Known {
 struct PeerEntry {
     info: PeerInfo,
     tx: mpsc::UnboundedSender<Ctl>,
+    /// Our `Bitfield` is queued to it: from then on it is told each new piece (`Have`);
+    /// before, a `Have` would break the protocol (the bitfield will carry the piece).
+    bitfield_sent: bool,
+    /// Ends this connection (replaced by a newer one with the same device).
+    ended: CancellationToken,
     has: u32,
     downloaded: u64,
     uploaded: u64,
@@ -428,6 +433,7 @@ impl Swarm {
         S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
         let (tx, rx) = mpsc::unbounded_channel();
+        let ended = self.shared.stop.child_token();
         let key = {
             let mut inner = lock(&self.shared.inner);
             if info.device == self.shared.local {
@@ -444,7 +450,9 @@ impl Swarm {
                 .iter()
                 .find(|(_, p)| p.info.device == info.device)
             {
-                // Keep the connection opened by the smaller device id: both ends agree.
+                // The same side dialled again: it thinks the old connection is dead (it
+                // may know before we do), so the new one replaces it. Both sides dialled
+                // at once: keep the one the smaller device id opened (both ends agree).
                 let opener = |incoming: bool| {
                     if incoming {
                         info.device
@@ -452,21 +460,23 @@ impl Swarm {
                         self.shared.local
                     }
                 };
-                let new_opener = opener(info.incoming);
-                let old_opener = if existing.info.incoming {
-                    info.device
-                } else {
-                    self.shared.local
-                };
-                if new_opener.min(old_opener) != new_opener || new_opener == old_opener {
+                let (new_opener, old_opener) =
+                    (opener(info.incoming), opener(existing.info.incoming));
+                if new_opener != old_opener && new_opener > old_opener {
                     return Err(SwarmError::NoPeers(
-                        "already connected to that device".into(),
+                        "already connected to that device (the connection it opened is kept)"
+                            .into(),
                     ));
                 }
-                let _ = existing
-                    .tx
-                    .send(Ctl::Close("a second connection replaces this one".into()));
-                let _ = old;
+                let _ = existing.tx.send(Ctl::Close(
+                    "a new connection from the same device replaces this one".into(),
+                ));
+                existing.ended.cancel();
+                // Its requests go to the others now, not when its reader notices.
+                inner.peers.remove(&old);
+                if let Some(picker) = inner.picker.as_mut() {
+                    picker.remove_peer(old);
+                }
             }
             let key = inner.next_key;
             inner.next_key += 1;
@@ -476,6 +486,8 @@ impl Swarm {
                 PeerEntry {
                     info: info.clone(),
                     tx: tx.clone(),
+                    bitfield_sent: false,
+                    ended: ended.clone(),
                     has: 0,
                     downloaded: 0,
                     uploaded: 0,
@@ -488,7 +500,7 @@ impl Swarm {
             path: info.path.clone(),
             incoming: info.incoming,
         });
-        let result = run_connection(self, key, stream, tx, rx).await;
+        let result = run_connection(self, key, stream, tx, rx, ended).await;
         let reason = match &result {
             Ok(reason) => reason.clone(),
             Err(e) => e.to_string(),
@@ -746,6 +758,7 @@ async fn run_connection<S>(
     stream: S,
     tx: mpsc::UnboundedSender<Ctl>,
     rx: mpsc::UnboundedReceiver<Ctl>,
+    ended: CancellationToken,
 ) -> Result<String, SwarmError>
 where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
@@ -778,7 +791,7 @@ where
     };
     let result = tokio::select! {
         r = reader.run() => r,
-        _ = swarm.shared.stop.cancelled() => Ok("stopped".into()),
+        _ = ended.cancelled() => Ok("stopped, or replaced by a new connection".into()),
     };
     match &result {
         Err(e) => {
@@ -841,15 +854,20 @@ impl<R: AsyncRead + Unpin> Reader<'_, R> {
         if self.sent_bitfield {
             return;
         }
-        let bits = {
-            let inner = lock(&self.shared().inner);
-            if inner.known.is_none() {
-                return;
-            }
-            inner.have.to_bytes()
-        };
+        // Snapshot, queue and mark under one lock: a piece verified meanwhile is either
+        // in the bitfield or announced by a `Have` queued after it.
+        let shared = self.swarm.shared.clone();
+        let mut inner = lock(&shared.inner);
+        if inner.known.is_none() {
+            return;
+        }
+        let bits = inner.have.to_bytes();
+        let _ = self.tx.send(Ctl::Send(PeerMessage::Bitfield { bits }));
+        if let Some(peer) = inner.peers.get_mut(&self.key) {
+            peer.bitfield_sent = true;
+        }
+        drop(inner);
         self.sent_bitfield = true;
-        self.send(PeerMessage::Bitfield { bits });
     }
 
     fn set_frame_limit(&mut self, known: &Known) {
@@ -1152,7 +1170,7 @@ impl<R: AsyncRead + Unpin> Reader<'_, R> {
                     let from = inner.from.entry(device).or_default();
                     *from = from.saturating_add(len as u64);
                 }
-                for peer in inner.peers.values() {
+                for peer in inner.peers.values().filter(|p| p.bitfield_sent) {
                     let _ = peer.tx.send(Ctl::Send(PeerMessage::Have { piece }));
                 }
             }
