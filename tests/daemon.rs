@@ -122,9 +122,65 @@ fn the_daemon_lists_nothing_then_stops_cleanly_on_sigterm() {
     assert!(!socket.exists(), "the socket is removed");
 }
 
+/// A rendezvous server (the tracker) on 127.0.0.1, killed on drop.
+struct Tracker(Child, String);
+
+impl Drop for Tracker {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn tracker() -> Tracker {
+    let mut child = Command::new(binary())
+        .args(["rendezvous", "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("rendezvous starts");
+    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let line = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find(|l| l.contains("listening on "))
+        .expect("the rendezvous says where it listens");
+    std::thread::spawn(move || for _ in lines {});
+    let addr = line
+        .split("listening on ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("address")
+        .to_owned();
+    Tracker(child, addr)
+}
+
+/// A real share of a small folder in `dir`: its `.p2p` file and root (hex).
+fn real_share(dir: &Path, tracker: &str) -> (PathBuf, PathBuf, String) {
+    use p2p_core::swarm::{hash_share, ShareFile, Ticket};
+    let folder = dir.join("holiday");
+    std::fs::create_dir_all(&folder).unwrap();
+    std::fs::write(folder.join("beach.jpg"), vec![7u8; 300_000]).unwrap();
+    let share = hash_share(&[&folder], &mut |_, _| {}).unwrap();
+    let file = dir.join("holiday.p2p");
+    ShareFile {
+        ticket: Ticket {
+            root: share.root,
+            tracker: Some(tracker.to_owned()),
+            trusted: vec![],
+        },
+        manifest: Some(share.manifest.clone()),
+    }
+    .write_new(&file)
+    .unwrap();
+    (file, folder, share.root.to_hex())
+}
+
 #[test]
 fn a_daemon_started_on_demand_serves_shares_and_unshare_removes_one() {
     let dir = tempfile::tempdir().unwrap();
+    let tracker = tracker();
+    let (share_file, folder, root) = real_share(dir.path(), &tracker.1);
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         let mut client = daemon::ensure_running(dir.path(), &binary())
@@ -132,12 +188,25 @@ fn a_daemon_started_on_demand_serves_shares_and_unshare_removes_one() {
             .expect("the daemon starts on demand");
         let pid = client.ping().await.unwrap().pid;
         assert_ne!(pid, std::process::id());
-        let record = ShareRecord {
+        // A record whose files are not there is refused, and not kept.
+        let missing = ShareRecord {
             root: format!("3fa9c2e1b0d4{}", "0".repeat(52)),
+            name: "gone".into(),
+            share_file: dir.path().join("gone.p2p"),
+            sources: vec![dir.path().join("gone")],
+            rendezvous: tracker.1.clone(),
+            added_unix: 1_700_000_000,
+            max_upload: None,
+        };
+        let refused = client.add(&missing).await.unwrap_err().to_string();
+        assert!(refused.contains("cannot serve gone"), "{refused}");
+        assert!(client.list().await.unwrap().is_empty());
+        let record = ShareRecord {
+            root: root.clone(),
             name: "holiday\u{1b}[2J".into(),
-            share_file: dir.path().join("holiday.p2p"),
-            sources: vec![dir.path().join("holiday")],
-            rendezvous: "tracker.example:4000".into(),
+            share_file: share_file.clone(),
+            sources: vec![folder.clone()],
+            rendezvous: tracker.1.clone(),
             added_unix: 1_700_000_000,
             max_upload: None,
         };
@@ -151,19 +220,19 @@ fn a_daemon_started_on_demand_serves_shares_and_unshare_removes_one() {
         assert!(out.status.success(), "{}", text(&out));
         let table = String::from_utf8_lossy(&out.stdout);
         assert!(table.contains("holiday\\u{1b}[2J"), "{table}");
-        assert!(table.contains("3fa9c2e1b0d4 "), "{table}");
-        assert!(table.contains("recorded"), "{table}");
+        assert!(table.contains(&format!("{} ", &root[..12])), "{table}");
+        assert!(table.contains("serving"), "{table}");
 
         let out = command(dir.path(), &["shares", "--json"]);
         let line = String::from_utf8_lossy(&out.stdout);
         let listed: serde_json::Value = serde_json::from_str(line.trim()).unwrap();
         assert_eq!(listed["record"]["root"], record.root.as_str());
-        assert_eq!(listed["stats"]["state"], "recorded");
+        assert_eq!(listed["stats"]["state"], "serving");
 
         let out = command(dir.path(), &["unshare", "nothing-like-it"]);
         assert_eq!(out.status.code(), Some(1), "{}", text(&out));
         assert!(text(&out).contains("no share is named"), "{}", text(&out));
-        let out = command(dir.path(), &["unshare", "3FA9"]);
+        let out = command(dir.path(), &["unshare", &root[..4].to_uppercase()]);
         assert!(out.status.success(), "{}", text(&out));
         assert!(
             text(&out).contains("stopped sharing holiday"),
