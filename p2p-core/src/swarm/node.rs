@@ -1146,6 +1146,12 @@ impl<R: AsyncRead + Unpin> Reader<'_, R> {
             let file = store.write(&map_known.map, piece, &data)?;
             if let Some(file) = file {
                 store.finalize(file)?;
+                // Recorded at once: a file in its final place that the resume state does
+                // not list would refuse the next attempt ("already exists") if this
+                // process were killed now.
+                if let Some(job) = store.save_job() {
+                    job.run().map_err(|e| SwarmError::Output(e.to_string()))?;
+                }
             }
             Ok::<_, SwarmError>(file)
         })
