@@ -299,14 +299,22 @@ fn swarm_seeds() -> Vec<(&'static str, Vec<u8>)> {
         path: path.into(),
         kind,
         mode: 0o644,
-        mtime: Timestamp { secs: 1_700_000_000, nanos: 5 },
+        mtime: Timestamp {
+            secs: 1_700_000_000,
+            nanos: 5,
+        },
     };
     let manifest = Manifest {
         name: "album".into(),
         chunk_size: MIN_CHUNK_SIZE,
         entries: vec![
             entry("album", EntryKind::Dir),
-            entry("album/a.bin", EntryKind::File { size: u64::from(MIN_CHUNK_SIZE) + 3 }),
+            entry(
+                "album/a.bin",
+                EntryKind::File {
+                    size: u64::from(MIN_CHUNK_SIZE) + 3,
+                },
+            ),
             entry("album/empty", EntryKind::File { size: 0 }),
         ],
         pieces: vec![piece_hash(b"first"), piece_hash(b"abc")],
@@ -326,15 +334,33 @@ fn swarm_seeds() -> Vec<(&'static str, Vec<u8>)> {
         out
     };
     let messages = [
-        PeerMessage::Hello { version: 1, manifest: true },
+        PeerMessage::Hello {
+            version: 1,
+            manifest: true,
+        },
         PeerMessage::GetManifest,
-        PeerMessage::Bitfield { bits: bytes::Bytes::from_static(&[0xa0]) },
+        PeerMessage::Bitfield {
+            bits: bytes::Bytes::from_static(&[0xa0]),
+        },
         PeerMessage::Have { piece: 300 },
         PeerMessage::Request { piece: 2 },
-        PeerMessage::Piece { piece: 1, data: bytes::Bytes::from_static(b"abc") },
-        PeerMessage::Goodbye { reason: "bye".into() },
+        PeerMessage::Piece {
+            piece: 1,
+            data: bytes::Bytes::from_static(b"abc"),
+        },
+        PeerMessage::Goodbye {
+            reason: "bye".into(),
+        },
     ];
-    let names = ["hello", "get-manifest", "bitfield", "have", "request", "piece", "goodbye"];
+    let names = [
+        "hello",
+        "get-manifest",
+        "bitfield",
+        "have",
+        "request",
+        "piece",
+        "goodbye",
+    ];
     let mut seeds: Vec<(&'static str, Vec<u8>)> = names
         .iter()
         .zip(messages.iter())

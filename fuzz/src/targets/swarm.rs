@@ -74,7 +74,11 @@ fn share_file(bytes: &[u8]) {
         return;
     };
     if let Some(manifest) = &file.manifest {
-        assert_eq!(manifest.root(), file.ticket.root, "a foreign manifest was accepted");
+        assert_eq!(
+            manifest.root(),
+            file.ticket.root,
+            "a foreign manifest was accepted"
+        );
         check_manifest(manifest);
     }
     let again = file.encode();
@@ -104,5 +108,8 @@ fn manifest(bytes: &[u8]) {
     }
     let mut wrong = root;
     wrong.0[0] ^= 1;
-    assert!(Manifest::decode(bytes, &wrong).is_err(), "a manifest matched a wrong root");
+    assert!(
+        Manifest::decode(bytes, &wrong).is_err(),
+        "a manifest matched a wrong root"
+    );
 }
