@@ -125,6 +125,19 @@ fn get(data: &Path, source: &str, out: &Path, tracker: Option<&str>) -> Command 
     cmd
 }
 
+/// `get` without `--rendezvous` (the share names its tracker): it must succeed and
+/// deliver exactly `source` under `out/album`.
+fn get_ok(data: &Path, what: &str, out: &Path, source: &Path) -> Output {
+    let got = run(&mut get(data, what, out, None));
+    assert!(
+        got.status.success(),
+        "{}",
+        String::from_utf8_lossy(&got.stderr)
+    );
+    assert_eq!(tree_digest(&out.join("album")), tree_digest(source));
+    got
+}
+
 fn run(cmd: &mut Command) -> Output {
     cmd.stdin(Stdio::null()).output().expect("run")
 }
@@ -151,31 +164,19 @@ fn a_share_file_and_a_ticket_both_fetch_the_same_bytes() {
 
     // The .p2p file names the tracker: no --rendezvous needed.
     let out1 = root.join("out1");
-    let got = run(&mut get(
+    let got = get_ok(
         &root.join("d1"),
         file.to_str().expect("utf-8"),
         &out1,
-        None,
-    ));
-    assert!(
-        got.status.success(),
-        "{}",
-        String::from_utf8_lossy(&got.stderr)
+        &source,
     );
-    assert_eq!(tree_digest(&out1.join("album")), tree_digest(&source));
     let events = json_lines(&got.stdout);
     let done = event(&events, "done").expect("done event");
     assert_eq!(done["bytes"], 3 * 1024 * 1024 + 5 + 1000);
 
     // The ticket: the manifest comes from the peer, checked against the root hash.
     let out2 = root.join("out2");
-    let got = run(&mut get(&root.join("d2"), &ticket, &out2, None));
-    assert!(
-        got.status.success(),
-        "{}",
-        String::from_utf8_lossy(&got.stderr)
-    );
-    assert_eq!(tree_digest(&out2.join("album")), tree_digest(&source));
+    get_ok(&root.join("d2"), &ticket, &out2, &source);
     assert!(partial_files(&out2).is_empty());
 
     // Again into the same folder: the files exist; nothing is overwritten.
@@ -251,13 +252,7 @@ fn a_killed_download_resumes_with_only_the_missing_pieces() {
 
     // A fresh seed, unthrottled; the same command again.
     let (_seed, _, _) = seed(root, "seed2", &addr, &source, &[]);
-    let got = run(&mut get(&data, file.to_str().expect("utf-8"), &out, None));
-    assert!(
-        got.status.success(),
-        "{}",
-        String::from_utf8_lossy(&got.stderr)
-    );
-    assert_eq!(tree_digest(&out.join("album")), tree_digest(&source));
+    let got = get_ok(&data, file.to_str().expect("utf-8"), &out, &source);
     let events = json_lines(&got.stdout);
     let manifest = event(&events, "manifest").expect("manifest event");
     let resumed = manifest["resumed_pieces"].as_u64().expect("resumed");
@@ -387,18 +382,12 @@ fn the_daemon_serves_a_share_across_a_restart_until_unshared() {
     );
 
     let out1 = root.join("out1");
-    let got = run(&mut get(
+    get_ok(
         &root.join("d1"),
         file.to_str().expect("utf-8"),
         &out1,
-        None,
-    ));
-    assert!(
-        got.status.success(),
-        "{}",
-        String::from_utf8_lossy(&got.stderr)
+        &source,
     );
-    assert_eq!(tree_digest(&out1.join("album")), tree_digest(&source));
 
     // SIGTERM: a clean stop, the socket removed.
     let killed = Command::new("kill")
@@ -426,18 +415,12 @@ fn the_daemon_serves_a_share_across_a_restart_until_unshared() {
     line_with(daemon.stderr.take().expect("stderr"), "daemon listening on");
     let _daemon = Guard(daemon);
     let out2 = root.join("out2");
-    let got = run(&mut get(
+    get_ok(
         &root.join("d2"),
         file.to_str().expect("utf-8"),
         &out2,
-        None,
-    ));
-    assert!(
-        got.status.success(),
-        "{}",
-        String::from_utf8_lossy(&got.stderr)
+        &source,
     );
-    assert_eq!(tree_digest(&out2.join("album")), tree_digest(&source));
 
     // Unshared: gone from the list.
     let un = run(p2p(&data).args(["unshare", "album"]));

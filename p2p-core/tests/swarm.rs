@@ -87,7 +87,7 @@ fn config() -> SwarmConfig {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_downloaders_fetch_from_a_seed_and_from_each_other() {
+async fn two_downloaders_one_with_only_a_ticket_fetch_from_a_seed_while_linked_to_each_other() {
     let dir = tempfile::tempdir().unwrap();
     let (share, source) = share_of(dir.path());
     let (s_id, a_id, b_id) = (DeviceId::random(), DeviceId::random(), DeviceId::random());

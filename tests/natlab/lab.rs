@@ -228,6 +228,11 @@ pub fn wait_for_text(path: &Path, needle: &str, limit: Duration) -> String {
 /// `p2p-transfer rendezvous` on the public side (RENDEZVOUS_IP:4000), handing out the
 /// lab coturn's credentials; returns once it listens (the secret file goes in `dir`).
 pub fn start_rendezvous(lab: &Lab, dir: &Path) -> Spawned {
+    start_rendezvous_with(lab, dir, &[])
+}
+
+/// [`start_rendezvous`] with more flags (e.g. `--max-per-ip`).
+pub fn start_rendezvous_with(lab: &Lab, dir: &Path, extra: &[&str]) -> Spawned {
     use std::io::{BufRead, BufReader};
     let secret = dir.join("turn-secret");
     std::fs::write(&secret, TURN_SECRET).expect("secret");
@@ -235,6 +240,7 @@ pub fn start_rendezvous(lab: &Lab, dir: &Path) -> Spawned {
         .p2p("inet")
         .args(["rendezvous", "--listen", &format!("{RENDEZVOUS_IP}:4000")])
         .args(["--turn", STUN])
+        .args(extra)
         .arg("--turn-secret-file")
         .arg(&secret)
         .stdout(Stdio::null())

@@ -22,7 +22,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use crate::common::{random_file, sha256_file};
-use crate::lab::{run, wait_for_text, Lab, Spawned, RENDEZVOUS_IP, STUN, TURN_SECRET};
+use crate::lab::{run, start_rendezvous_with, wait_for_text, Lab, Spawned, RENDEZVOUS_IP};
 
 /// The share's size and the seeder's upload limit: alone, the seeder needs
 /// SHARE_BYTES / 4 MiB/s = 6 s per downloader, 18 s for the three one after the other.
@@ -32,30 +32,7 @@ const SEEDER_UPLOAD: &str = "4M";
 /// `p2p-transfer rendezvous` (also the tracker) on the public side, with a per-address
 /// limit high enough for two peers behind one NAT; returns once it listens.
 fn start_tracker(lab: &Lab, dir: &Path) -> Spawned {
-    let secret = dir.join("turn-secret");
-    std::fs::write(&secret, TURN_SECRET).expect("secret");
-    let mut tracker = lab
-        .p2p("inet")
-        .args(["rendezvous", "--listen", &format!("{RENDEZVOUS_IP}:4000")])
-        .args(["--turn", STUN, "--max-per-ip", "256"])
-        .arg("--turn-secret-file")
-        .arg(&secret)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("rendezvous");
-    let stderr = tracker.stderr.take().expect("stderr");
-    let spawned = Spawned::new(tracker);
-    let mut lines = BufReader::new(stderr).lines();
-    assert!(
-        lines
-            .by_ref()
-            .map_while(Result::ok)
-            .any(|l| l.contains("rendezvous listening on")),
-        "the rendezvous did not start"
-    );
-    std::thread::spawn(move || for _ in lines {});
-    spawned
+    start_rendezvous_with(lab, dir, &["--max-per-ip", "256"])
 }
 
 /// The device id of the key in `data_dir` (`p2p-transfer id`), run in `node`.

@@ -57,10 +57,10 @@ impl SwarmService {
         let root: Hash = record.root.parse()?;
         let path = record.share_file.clone();
         let sources = record.sources.clone();
-        let local = tokio::task::spawn_blocking(move || local_share(&path, &sources, &root))
-            .await
-            .map_err(|e| SwarmError::Io(e.to_string()))??;
-        let file_trusted = ShareFile::read(&record.share_file)?.ticket.trusted;
+        let (local, file_trusted) =
+            tokio::task::spawn_blocking(move || local_share(&path, &sources, &root))
+                .await
+                .map_err(|e| SwarmError::Io(e.to_string()))??;
         let host = self.host(&record.rendezvous).await?;
         let swarm = host
             .share_limited(&local, file_trusted, record.max_upload)
@@ -70,12 +70,13 @@ impl SwarmService {
     }
 }
 
-/// The share a record describes, its files checked against the manifest.
+/// The share a record describes, its files checked against the manifest, and the
+/// devices its `.p2p` file trusts.
 fn local_share(
     file: &std::path::Path,
     sources: &[std::path::PathBuf],
     root: &Hash,
-) -> Result<LocalShare, SwarmError> {
+) -> Result<(LocalShare, Vec<crate::net::DeviceId>), SwarmError> {
     let share = ShareFile::read(file)?;
     if share.ticket.root != *root {
         return Err(SwarmError::Input(format!(
@@ -95,11 +96,14 @@ fn local_share(
                 .into(),
         ));
     }
-    Ok(LocalShare {
-        manifest,
-        root: *root,
-        local_paths: scan.local_paths,
-    })
+    Ok((
+        LocalShare {
+            manifest,
+            root: *root,
+            local_paths: scan.local_paths,
+        },
+        share.ticket.trusted,
+    ))
 }
 
 impl Shares for SwarmService {
